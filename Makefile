@@ -1,0 +1,31 @@
+# The two commands a new user runs (see README.md); each sets up .venv from constraints.txt first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test reference constraints clean
+
+demo: $(STAMP)  ## the main job; for now: validate and show the quickstart spec
+	$(VENV)/bin/spotctl validate examples/quickstart.yaml
+
+test: $(STAMP)  ## the whole test suite
+	$(PY) -m pytest -q
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit("spotctl needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[trainer,dev]'
+	touch $(STAMP)
+
+reference: $(STAMP)  ## rewrite the job.yaml reference in README.md from the schema
+	$(PY) scripts/update_readme_reference.py
+
+constraints:  ## re-resolve the tested set into constraints.txt (then run `make test`)
+	rm -rf /tmp/spotctl-constraints && $(PYTHON) -m venv /tmp/spotctl-constraints
+	/tmp/spotctl-constraints/bin/pip install --quiet 'torch==2.14.1' 'torchvision==0.29.1' -e '.[trainer,dev]'
+	/tmp/spotctl-constraints/bin/pip freeze --exclude-editable | grep -v '^spotctl' > constraints.txt.new
+	@echo "review constraints.txt.new (keep the header comment), then move it over constraints.txt"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,69 @@
+"""`spotctl`: the entry point. Turns every known error into one clear message and an exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from orchestrator import __version__
+from orchestrator.cli import schema, validate
+from orchestrator.errors import UserError
+from trainer.spec_file import SpecError
+
+EXIT_USAGE = 2  # bad arguments or a bad job spec, as click and most CLIs use it
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(__version__, prog_name="spotctl")
+def cli(debug: bool) -> None:
+    """Fine-tune PyTorch vision models on AWS spot GPUs; an interruption costs minutes, not the run.
+
+    Start with `spotctl validate examples/quickstart.yaml`.
+    """
+
+
+cli.add_command(validate.command)
+cli.add_command(schema.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        result = cli.main(args=args, prog_name="spotctl", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors: unknown option, missing file argument...
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except SpecError as exc:
+        if debug:
+            raise
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"error: {exc.summary}", err=True)
+        return exc.exit_code
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        return exc.exit_code
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: run again with --debug for the traceback, and report it if it is a bug", err=True)
+        return 1
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""`spotctl validate JOB.yaml`: check a job file and show the spec as it will run."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import render
+from trainer.spec_file import SpecError, load_spec
+
+
+@click.command("validate")
+@click.argument("job_file", metavar="JOB.yaml")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved spec (or the problems) as JSON.")
+def command(job_file: str, as_json: bool) -> int:
+    """Check JOB.yaml and print the resolved spec, defaults filled in.
+
+    Every problem is reported on its own line as FILE:LINE: FIELD: MESSAGE; the exit code is 2
+    when there is any.
+    """
+    try:
+        spec = load_spec(job_file)
+    except SpecError as exc:
+        if not as_json:
+            raise
+        problems = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in exc.problems]
+        click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
+        return exc.exit_code
+    if as_json:
+        click.echo(json.dumps({"valid": True, "spec": spec.model_dump(mode="json")}, indent=2))
+    else:
+        render.console().print(render.spec_tree(spec, title=f"{job_file}: valid"))
+    return 0

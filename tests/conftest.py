@@ -1,0 +1,90 @@
+"""Fixtures every test can use: a moto server, AWS clients pointed at it, tiny image datasets.
+
+No test may reach the real network: `_no_network` refuses connections to anything but loopback,
+and the AWS environment is replaced by one that points at the local moto server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.harness import AWS_VARIABLES_TO_CLEAR, MotoServer, make_image_folder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Fail any connection this process makes to a non-loopback address."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ConnectionRefusedError(f"tests must not reach the network (tried {host})")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch):
+    """A clean moto server and the environment that points every AWS client (boto3, s3fs) at it."""
+    moto_server.reset()
+    for name in AWS_VARIABLES_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in moto_server.environment().items():
+        monkeypatch.setenv(name, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # no listings cached from before the reset
+    yield moto_server
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_bucket(aws):
+    """An empty bucket on the moto server; returns its name."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="spotctl-test")
+    return "spotctl-test"
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Factory for tiny ImageFolder datasets of real PNGs, local (default) or at an s3:// root."""
+
+    def make(root: str | Path | None = None, **kwargs):
+        return make_image_folder(root if root is not None else tmp_path / "data", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def spotctl(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from orchestrator.cli.main import main
+
+    def run(*args: str):
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

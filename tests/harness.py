@@ -1,0 +1,158 @@
+"""Test helpers: a moto server on 127.0.0.1 and tiny real ImageFolder datasets.
+
+Used by conftest.py's fixtures; importable by benchmarks that need the same pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+from PIL import Image, ImageDraw
+
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """A real moto server (s3fs cannot talk to in-process mocks), bound to loopback only."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        self._server.start()
+        return self
+
+    def bound_address(self) -> tuple[str, int]:
+        return tuple(self._server._server.server_address)
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def reset(self) -> None:
+        """Forget every bucket, instance and parameter (moto's own reset API)."""
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def environment(self, region: str = "us-east-1") -> dict[str, str]:
+        """What an AWS client needs to reach this server, and only it."""
+        return {
+            **DUMMY_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": region,
+            "AWS_REGION": region,
+            # moto answers calls it lacks with HTTP 500: fail fast instead of retrying them.
+            "AWS_MAX_ATTEMPTS": "2",
+            "AWS_RETRY_MODE": "standard",
+            # Never ask the real instance-metadata service for credentials.
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+
+
+# Environment variables that could point a test at a real account.
+AWS_VARIABLES_TO_CLEAR = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE")
+
+
+@dataclass
+class ImageFolderData:
+    """A dataset written by make_image_folder: root URL, class names and every file per split."""
+
+    root: str
+    classes: list[str]
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    def split(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    @property
+    def root_path(self) -> Path:
+        """The root as a local path (local datasets only)."""
+        return Path(self.root)
+
+
+_SHAPES = ("circle", "square", "triangle", "cross", "ring")
+
+
+def make_image_folder(
+    root: str | Path,
+    classes: tuple[str, ...] = ("circle", "square", "triangle"),
+    per_class: dict[str, int] | int = 6,
+    size: int = 32,
+    seed: int = 0,
+    corrupt: int = 0,
+) -> ImageFolderData:
+    """Write real PNGs, one folder per class and split, to a local folder or any fsspec URL.
+
+    Each class draws its own shape (so a model can learn them) at a random place, scale and colour.
+    `per_class` may be a number or {split: number}; `corrupt` adds that many undecodable .png files
+    to the first class of the first split.
+    """
+    root = str(root)
+    splits = per_class if isinstance(per_class, dict) else {"train": per_class, "val": max(2, per_class // 2)}
+    fs, base = fsspec.core.url_to_fs(root)
+    rng = random.Random(seed)
+    data = ImageFolderData(root=root, classes=list(classes))
+    for split, count in splits.items():
+        data.files[split] = []
+        for class_index, class_name in enumerate(classes):
+            folder = f"{base.rstrip('/')}/{split}/{class_name}"
+            fs.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                path = f"{folder}/{i:04d}.png"
+                with fs.open(path, "wb") as handle:
+                    _draw(_SHAPES[class_index % len(_SHAPES)], size, rng).save(handle, format="PNG")
+                data.files[split].append(path)
+        if corrupt and split == next(iter(splits)):
+            for i in range(corrupt):
+                path = f"{base.rstrip('/')}/{split}/{classes[0]}/corrupt-{i}.png"
+                fs.pipe(path, b"\x89PNG\r\n\x1a\n this is not an image")
+                data.files[split].append(path)
+    return data
+
+
+def _draw(shape: str, size: int, rng: random.Random) -> Image.Image:
+    background = tuple(rng.randrange(0, 80) for _ in range(3))
+    colour = tuple(rng.randrange(140, 256) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    extent = rng.uniform(0.45, 0.8) * size
+    x0, y0 = rng.uniform(0, size - extent), rng.uniform(0, size - extent)
+    box = (x0, y0, x0 + extent, y0 + extent)
+    width = max(1, size // 10)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(x0, y0 + extent), (x0 + extent / 2, y0), (x0 + extent, y0 + extent)], fill=colour)
+    elif shape == "cross":
+        draw.line([(x0, y0), (x0 + extent, y0 + extent)], fill=colour, width=width)
+        draw.line([(x0, y0 + extent), (x0 + extent, y0)], fill=colour, width=width)
+    else:
+        draw.ellipse(box, outline=colour, width=width)
+    return image
+
+
+def write_json(url: str, value) -> None:
+    with fsspec.open(url, "w") as handle:
+        json.dump(value, handle)

@@ -1,0 +1,128 @@
+"""Valid job files: the examples validate, defaults are filled in, and the schema matches the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from trainer.config import DEFAULT_AMI, JobSpec, json_schema
+from trainer.spec_file import dump_spec, load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+MINIMAL = """\
+name: tiny
+storage: s3://bucket-a/spotctl
+train:
+  model:
+    name: resnet18
+  data:
+    train: s3://bucket-a/data/train
+"""
+
+
+def test_there_are_examples():
+    assert {p.name for p in EXAMPLES} >= {"quickstart.yaml", "aws-resnet50.yaml"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_validates(example, spotctl):
+    code, out, err = spotctl("validate", str(example))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == f"{example}: valid"
+
+
+def test_defaults_are_filled_in():
+    spec = parse_spec(MINIMAL)
+    assert spec.region == "us-east-1"
+    assert spec.compute.gpu.count == 1 and spec.compute.instance_types is None
+    assert spec.compute.ami == DEFAULT_AMI
+    assert spec.train.model.weights == "DEFAULT"
+    assert (spec.train.optimizer.name, spec.train.optimizer.momentum, spec.train.optimizer.betas) == ("sgd", 0.9, None)
+    assert spec.train.early_stopping.mode == "max"
+    assert spec.train.checkpoint.every_seconds == 600 and spec.train.checkpoint.keep == 3
+    assert spec.is_local is False
+
+
+def test_adamw_gets_betas_not_momentum():
+    spec = parse_spec(MINIMAL + "  optimizer: {name: adamw, lr: 0.001}\n")
+    assert (spec.train.optimizer.momentum, spec.train.optimizer.betas) == (None, (0.9, 0.999))
+
+
+@pytest.mark.parametrize(("written", "meant"), [("true", "auto"), ("false", "off"), ("bf16", "bf16")])
+def test_amp_accepts_booleans(written, meant):
+    assert parse_spec(MINIMAL + f"  amp: {written}\n").train.amp == meant
+
+
+def test_relative_paths_are_relative_to_the_job_file(tmp_path):
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    (folder / "job.yaml").write_text(
+        "name: local\nstorage: ../runs\ntrain:\n  model: {name: resnet18, weights: ./w/init.pt}\n  data: {train: data/train}\n"
+    )
+    spec = load_spec(folder / "job.yaml")
+    assert spec.storage == str(tmp_path / "runs")
+    assert spec.train.data.train == str(folder / "data" / "train")
+    assert spec.train.model.weights == str(folder / "w" / "init.pt")
+    assert spec.is_local
+
+
+def test_urls_are_kept_as_written():
+    spec = parse_spec(MINIMAL.replace("s3://bucket-a/data/train", "https://example.com/d.tar"), base_dir=Path("/x"))
+    assert spec.train.data.train == "https://example.com/d.tar"
+    assert spec.storage == "s3://bucket-a/spotctl"
+
+
+def test_resolved_spec_round_trips_through_yaml():
+    spec = load_spec(REPO / "examples" / "aws-resnet50.yaml")
+    assert parse_spec(dump_spec(spec)) == spec
+
+
+def test_validate_json_is_the_resolved_spec(spotctl):
+    path = REPO / "examples" / "aws-resnet50.yaml"
+    code, out, _ = spotctl("validate", "--json", str(path))
+    document = json.loads(out)
+    assert code == 0 and document["valid"] is True
+    assert JobSpec.model_validate(document["spec"]) == load_spec(path)
+    assert document["spec"]["train"]["optimizer"]["param_groups"][1] == {"prefixes": ["layer3"], "lr": 0.003, "weight_decay": None}
+
+
+def test_validate_shows_a_tree_marking_defaults(tmp_path, spotctl):
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL)
+    code, out, _ = spotctl("validate", str(job))
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[:4] == [f"{job}: valid", "├── name: tiny", "├── storage: s3://bucket-a/spotctl", "├── region: us-east-1  (default)"]
+    assert "└── train" in lines and "    ├── model" in lines
+    assert "    │   ├── name: resnet18" in lines
+    assert "    │   ├── momentum: 0.9  (default)" in lines
+    assert f"│   ├── ami: {DEFAULT_AMI}  (default)" in lines  # long values are not wrapped
+    assert "    ├── epochs: 10  (default)" in lines
+
+
+def test_schema_is_valid_json_schema_and_accepts_the_examples(spotctl):
+    code, out, _ = spotctl("schema")
+    schema = json.loads(out)
+    assert code == 0 and schema == json.loads(json.dumps(json_schema()))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for example in EXAMPLES:
+        validator.validate(yaml.safe_load(example.read_text()))
+    with pytest.raises(jsonschema.ValidationError, match="lrr"):
+        validator.validate(yaml.safe_load(MINIMAL + "  optimizer: {lrr: 0.1}\n"))
+
+
+def test_schema_documents_every_field():
+    def walk(node, path):
+        for name, prop in node.get("properties", {}).items():
+            assert prop.get("description"), f"{path}{name} has no description"
+    schema = json_schema()
+    walk(schema, "")
+    for name, definition in schema["$defs"].items():
+        walk(definition, f"{name}.")

@@ -1,0 +1,553 @@
+"""The job spec: every field of job.yaml, shared by the orchestrator and the trainer.
+
+Torch-free on purpose (pydantic only), so `spotctl validate` runs on a laptop without torch. Each field
+is documented by the docstring under it; those texts become the JSON Schema descriptions that editors
+show and the README's job.yaml reference.
+
+Validation has two layers. Pydantic checks each field on its own (types, ranges, formats, unknown
+keys). `JobSpec.problems()` then checks what needs several fields or the model catalog (weights that
+belong to the model, module prefixes the model has, zones inside the region...). Always go through
+`trainer.spec_file.load_spec()` / `parse_spec()`, which run both and report every problem with its line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from trainer import model_catalog
+
+DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id"
+"""The AWS Deep Learning AMI (PyTorch, Ubuntu 24.04), resolved per region through its SSM public parameter."""
+
+STORAGE_SCHEMES = ("s3", "file")
+DATA_SCHEMES = ("s3", "file", "gs", "gcs", "az", "abfs", "http", "https")
+GPU_MODELS = ("T4", "T4g", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200", "V100", "K80", "M60")
+LOSS_METRICS = ("val_loss", "train_loss")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where (a path into the YAML), what, and how to fix it."""
+
+    loc: tuple[str | int, ...]
+    message: str
+
+
+def close_match(value: str, choices, cutoff: float = 0.6) -> str | None:
+    """The choice `value` was most likely meant to be, for "did you mean" hints."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    if value.lower() in lowered:
+        return lowered[value.lower()]
+    found = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=cutoff)
+    return lowered[found[0]] if found else None
+
+
+def did_you_mean(value: str, choices, cutoff: float = 0.6) -> str:
+    match = close_match(value, choices, cutoff)
+    return f"; did you mean '{match}'?" if match else ""
+
+
+def _spec_error(message: str, **ctx: Any) -> PydanticCustomError:
+    # Our own error type keeps the message free of pydantic's "Value error, " prefix.
+    return PydanticCustomError("spec", message, ctx)
+
+
+def _resolve_local(value: str, info: ValidationInfo) -> str:
+    """Relative local paths are relative to the job file's folder, as in docker-compose."""
+    base = (info.context or {}).get("base_dir")
+    parsed = urlparse(value)
+    if parsed.scheme or base is None or Path(value).is_absolute():
+        return value
+    return str((Path(base) / value).resolve())
+
+
+def _check_url(value: str, schemes: tuple[str, ...], what: str) -> str:
+    value = value.strip()
+    if not value:
+        raise _spec_error(f"{what} is empty; give an s3:// URL or a local path")
+    scheme = urlparse(value).scheme
+    # A one-letter "scheme" is a Windows drive (C:\data), not a URL.
+    if scheme and len(scheme) > 1 and scheme not in schemes:
+        raise _spec_error(
+            f"'{scheme}://' is not supported for {what}{did_you_mean(scheme, schemes, cutoff=0.5)} "
+            f"(use one of: {', '.join(s + '://' for s in schemes)} or a local path)"
+        )
+    if scheme == "s3":
+        _check_bucket(urlparse(value).netloc)
+    return value
+
+
+def _check_bucket(bucket: str) -> None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
+        raise _spec_error(
+            f"'{bucket}' is not a valid S3 bucket name: 3-63 characters of lowercase letters, digits, '.' and '-'"
+        )
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------- compute
+def _gpu_model(model: str) -> str:
+    match = close_match(model, GPU_MODELS)
+    if match is None or match.lower() != model.lower():
+        raise _spec_error(f"unknown GPU model '{model}'{did_you_mean(model, GPU_MODELS)} (known: {', '.join(GPU_MODELS)})")
+    return match  # EC2's spelling
+
+
+def _instance_type(itype: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9-]+", itype):
+        raise _spec_error(f"'{itype}' is not an EC2 instance type; write it like g5.xlarge")
+    return itype
+
+
+def _zone(zone: str) -> str:
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+[a-z]", zone):
+        raise _spec_error(f"'{zone}' is not an availability zone; write it like us-east-1a")
+    return zone
+
+
+# Item types, so an error points at the bad item (instance_types[1]), not at the whole list.
+GpuModel = Annotated[str, AfterValidator(_gpu_model)]
+InstanceType = Annotated[str, AfterValidator(_instance_type)]
+AvailabilityZone = Annotated[str, AfterValidator(_zone)]
+
+
+class GpuRequirement(Section):
+    count: int = Field(1, ge=1, le=16)
+    """GPUs per instance."""
+    min_memory_gib: float | None = Field(None, gt=0, le=1024, examples=[16, 24])
+    """Minimum memory of each GPU, in GiB; any if omitted."""
+    models: list[GpuModel] | None = Field(None, min_length=1, examples=[["A10G", "L4"]])
+    """Acceptable GPU models as EC2 names them (T4, A10G, L4, L40S, A100, H100, ...); any if omitted."""
+
+
+class ComputeSpec(Section):
+    instance_types: list[InstanceType] | None = Field(None, min_length=1, examples=[["g5.xlarge", "g6.xlarge"]])
+    """EC2 instance types to choose from. Give these or `gpu`, not both."""
+    gpu: GpuRequirement | None = None
+    """A GPU requirement, resolved to instance types at launch. Default when neither this nor
+    `instance_types` is given: one GPU of any model."""
+    availability_zones: list[AvailabilityZone] | None = Field(None, min_length=1, examples=[["us-east-1a", "us-east-1b"]])
+    """Zones to launch in, all inside `region`; every zone of the region if omitted."""
+    max_price_per_hour: float | None = Field(None, gt=0, le=1000, examples=[1.5])
+    """Highest spot price to pay, in USD per instance-hour; offers above it are never used."""
+    ami: str = DEFAULT_AMI
+    """An AMI id (ami-...), or `ssm:/parameter/name` resolved at launch. Default: the AWS Deep Learning AMI."""
+    disk_gib: int = Field(100, ge=20, le=16384)
+    """Size of the root volume, in GiB."""
+    instance_profile: str | None = Field(None, examples=["spotctl-trainer"])
+    """IAM instance profile (name or ARN) that gives the instance access to `storage`."""
+    security_group: str | None = Field(None, examples=["sg-0123456789abcdef0"])
+    """Security group id; default: one with no inbound rules, created at launch."""
+
+    @field_validator("ami")
+    @classmethod
+    def _ami_format(cls, ami: str) -> str:
+        if re.fullmatch(r"ami-[0-9a-f]{8}([0-9a-f]{9})?", ami) or re.fullmatch(r"ssm:/[\w./-]+", ami):
+            return ami
+        raise _spec_error(f"'{ami}' is neither an AMI id (ami-0123456789abcdef0) nor an SSM parameter (ssm:/path/name)")
+
+    @field_validator("instance_profile")
+    @classmethod
+    def _profile_format(cls, profile: str | None) -> str | None:
+        if profile is None or re.fullmatch(r"[\w+=,.@-]{1,128}", profile):
+            return profile
+        if re.fullmatch(r"arn:aws[\w-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+", profile):
+            return profile
+        raise _spec_error(f"'{profile}' is not an instance profile name or ARN (arn:aws:iam::123456789012:instance-profile/NAME)")
+
+    @field_validator("security_group")
+    @classmethod
+    def _sg_format(cls, group: str | None) -> str | None:
+        if group is None or re.fullmatch(r"sg-[0-9a-f]{8}([0-9a-f]{9})?", group):
+            return group
+        raise _spec_error(f"'{group}' is not a security group id; write it like sg-0123456789abcdef0")
+
+    def problems(self, region: str) -> list[Problem]:
+        found = []
+        if self.instance_types is not None and self.gpu is not None:
+            found.append(Problem(("gpu",), "give either instance_types or gpu, not both; remove one of them"))
+        for i, zone in enumerate(self.availability_zones or []):
+            if not zone.startswith(region + "-") and zone.rstrip("abcdefghijklmnopqrstuvwxyz") != region:
+                found.append(Problem(("availability_zones", i), f"'{zone}' is not in region {region}; use zones like {region}a"))
+        return found
+
+
+# ----------------------------------------------------------------------------------- recovery, budget
+class RecoverySpec(Section):
+    max_interruptions: int = Field(20, ge=0, le=1000)
+    """Spot interruptions to recover from before the job is given up."""
+    retries_on_error: int = Field(0, ge=0, le=10)
+    """Times to relaunch after the trainer itself fails (a bug rarely fixes itself: default 0)."""
+
+
+class BudgetSpec(Section):
+    max_cost_usd: float | None = Field(None, gt=0, le=1_000_000, examples=[25])
+    """Stop the job gracefully (final checkpoint kept) before its cost passes this many USD."""
+
+
+# ------------------------------------------------------------------------------------------------ train
+class ModelSpec(Section):
+    name: str = Field(examples=["resnet50", "efficientnet_b0", "vit_b_16"])
+    """A torchvision classification model (`torchvision.models.list_models()`)."""
+    weights: str | None = Field("DEFAULT", examples=["DEFAULT", "IMAGENET1K_V2", "s3://bucket/weights.pt"])
+    """Starting weights: null (random init), a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or
+    the URL of a state dict (s3://, https://, a local path...)."""
+    num_classes: int | None = Field(None, ge=2, le=100_000)
+    """Classes of the new head; default: the number of class folders in the training data."""
+    freeze: Literal["none", "backbone"] | list[str] = Field("none", examples=["backbone", ["conv1", "layer1"]])
+    """Parameters not trained: none, everything but the classifier head (backbone), or a list of
+    module-name prefixes."""
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        catalog = model_catalog.load()
+        if name not in catalog:
+            hint = did_you_mean(name, catalog) or f"; torchvision has {len(catalog)}, e.g. resnet50, efficientnet_v2_s, convnext_tiny, vit_b_16"
+            raise _spec_error(f"unknown torchvision model '{name}'{hint}")
+        return name
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_location(cls, weights: str | None, info: ValidationInfo) -> str | None:
+        if weights is None or is_weights_name(weights):
+            return weights
+        return _resolve_local(_check_url(weights, DATA_SCHEMES, "weights"), info)
+
+    @field_validator("freeze")
+    @classmethod
+    def _non_empty_prefixes(cls, freeze):
+        if isinstance(freeze, list) and not all(p.strip() for p in freeze):
+            raise _spec_error("an empty module prefix would freeze everything; use freeze: backbone or name modules")
+        return freeze
+
+    def problems(self) -> list[Problem]:
+        info = model_catalog.load()[self.name]
+        found = []
+        if self.weights is not None and is_weights_name(self.weights):
+            known = ["DEFAULT", *info.weights]
+            if self.weights not in known:
+                found.append(Problem(("weights",), f"'{self.weights}' are not weights of {self.name}{did_you_mean(self.weights, known)} (known: {', '.join(known)})"))
+        if isinstance(self.freeze, list):
+            found += _prefix_problems(self.freeze, info, ("freeze",))
+        if self.freeze == "backbone" and self.weights is None:
+            found.append(Problem(("freeze",), "freeze: backbone with weights: null trains only a head on random features; set weights or freeze: none"))
+        return found
+
+
+def is_weights_name(weights: str) -> bool:
+    """A torchvision weights enum name (DEFAULT, IMAGENET1K_V2) rather than a URL or path."""
+    return re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) is not None
+
+
+def _prefix_problems(prefixes: list[str], info: model_catalog.ModelInfo, loc: tuple) -> list[Problem]:
+    found = []
+    for i, prefix in enumerate(prefixes):
+        if not info.has_module_prefix(prefix):
+            depth = prefix.count(".") + 1
+            same_depth = [m for m in info.modules if m.count(".") + 1 == min(depth, model_catalog.MODULE_DEPTH)]
+            tops = sorted({m.split(".")[0] for m in info.modules})
+            hint = did_you_mean(prefix, same_depth) or f" (its top-level modules: {', '.join(tops)})"
+            found.append(Problem((*loc, i), f"'{prefix}' names no module of {info.name}{hint}"))
+    return found
+
+
+class AugmentationSpec(Section):
+    random_resized_crop: bool = True
+    """Random-resized-crop training images (else resize and center-crop them like validation)."""
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    """Area range of the random crop, as fractions of the image."""
+    horizontal_flip: bool = True
+    """Flip training images left-right at random."""
+    color_jitter: float = Field(0.0, ge=0, le=1)
+    """Strength of random brightness/contrast/saturation changes; 0 turns it off."""
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_order(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        low, high = scale
+        if not 0 < low <= high <= 1:
+            raise _spec_error(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got [{low}, {high}]")
+        return scale
+
+
+class DataSpec(Section):
+    train: str = Field(examples=["s3://my-bucket/datasets/flowers/train", "./data/train"])
+    """Training images: an ImageFolder (one folder per class) or a .tar of one, at a URL or local path."""
+    val: str | None = Field(None, examples=["s3://my-bucket/datasets/flowers/val"])
+    """Validation images, same layout; default: a seeded `val_fraction` split of the training images."""
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of the training images held out for validation when `val` is not given."""
+    image_size: int = Field(224, ge=16, le=1024)
+    """Side of the square images fed to the model."""
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    """Random transforms of training images."""
+    workers: int = Field(4, ge=0, le=64)
+    """Data-loading worker processes (0 loads in the training process)."""
+
+    @field_validator("train", "val")
+    @classmethod
+    def _data_location(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        return _resolve_local(_check_url(value, DATA_SCHEMES, f"data.{info.field_name}"), info)
+
+
+class ParamGroupSpec(Section):
+    prefixes: list[str] = Field(min_length=1, examples=[["layer4"], ["fc"]])
+    """Module-name prefixes whose parameters get this group's settings."""
+    lr: float = Field(gt=0, le=10, examples=[0.001])
+    """Learning rate of this group (its schedule follows the main one)."""
+    weight_decay: float | None = Field(None, ge=0, le=1)
+    """Weight decay of this group; default: the optimizer's."""
+
+
+class OptimizerSpec(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    """sgd (with momentum) or adamw."""
+    lr: float = Field(0.01, gt=0, le=10)
+    """Peak learning rate of parameters in no `param_groups` entry."""
+    momentum: float | None = Field(None, ge=0, lt=1)
+    """SGD momentum; default 0.9. sgd only."""
+    nesterov: bool = False
+    """Nesterov momentum. sgd only."""
+    betas: tuple[float, float] | None = None
+    """AdamW betas; default [0.9, 0.999]. adamw only."""
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    """Weight decay (decoupled for adamw)."""
+    param_groups: list[ParamGroupSpec] = []
+    """Parameter groups with their own lr (discriminative fine-tuning); the rest use `lr`."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, betas):
+        if betas is not None and not all(0 <= b < 1 for b in betas):
+            raise _spec_error(f"betas must both be in [0, 1), got {list(betas)}; the usual values are [0.9, 0.999]")
+        return betas
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> OptimizerSpec:
+        # The resolved spec shows the values actually used.
+        if self.name == "sgd" and self.momentum is None:
+            self.momentum = 0.9
+            self.__pydantic_fields_set__.discard("momentum")  # still a default, not the user's choice
+        if self.name == "adamw" and self.betas is None:
+            self.betas = (0.9, 0.999)
+            self.__pydantic_fields_set__.discard("betas")
+        return self
+
+    def problems(self, info: model_catalog.ModelInfo) -> list[Problem]:
+        found = []
+        if self.name == "adamw" and "momentum" in self.model_fields_set:
+            found.append(Problem(("momentum",), "momentum applies to sgd only; for adamw set betas (e.g. [0.9, 0.999])"))
+        if self.name == "adamw" and self.nesterov:
+            found.append(Problem(("nesterov",), "nesterov applies to sgd only; remove it"))
+        if self.name == "sgd" and self.betas is not None:
+            found.append(Problem(("betas",), "betas apply to adamw only; for sgd set momentum"))
+        if self.name == "sgd" and self.nesterov and not self.momentum:
+            found.append(Problem(("nesterov",), "nesterov needs a momentum above 0"))
+        claimed: dict[str, int] = {}
+        for g, group in enumerate(self.param_groups):
+            found += _prefix_problems(group.prefixes, info, ("param_groups", g, "prefixes"))
+            for p, prefix in enumerate(group.prefixes):
+                if prefix in claimed:
+                    found.append(Problem(("param_groups", g, "prefixes", p), f"'{prefix}' is already in param_groups[{claimed[prefix]}]; a module belongs to one group"))
+                claimed.setdefault(prefix, g)
+        return found
+
+
+class SchedulerSpec(Section):
+    name: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_epochs: float = Field(0.0, ge=0, le=1000)
+    """Linear warm-up from lr/100, in epochs (fractions allowed). Not for onecycle, which warms up itself."""
+    step_epochs: int = Field(30, ge=1, le=10000)
+    """step: multiply the lr by `gamma` every this many epochs."""
+    gamma: float = Field(0.1, gt=0, le=1)
+    """step: the factor applied every `step_epochs`."""
+    min_lr: float = Field(0.0, ge=0)
+    """cosine: the lr reached at the last step."""
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    """onecycle: share of the run spent increasing the lr."""
+
+
+class EarlyStoppingSpec(Section):
+    metric: Literal["val_acc1", "val_acc5", "val_loss", "train_loss"] = "val_acc1"
+    """Metric that picks the best model (kept under best/) and drives early stopping. Losses are minimised, accuracies maximised."""
+    patience: int | None = Field(None, ge=1, le=10000)
+    """Stop after this many epochs without improvement; null never stops early."""
+    min_delta: float = Field(0.0, ge=0)
+    """Smallest change that counts as an improvement."""
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric in LOSS_METRICS else "max"
+
+
+class CheckpointSpec(Section):
+    every_seconds: float | None = Field(600, ge=5, le=86400)
+    """Save at the first step boundary after this many seconds since the last save; null: no timed saves."""
+    every_steps: int | None = Field(None, ge=1)
+    """Save every this many optimizer steps; null: no step-count saves. Epoch ends and spot notices always save."""
+    keep: int = Field(3, ge=1, le=1000)
+    """Committed checkpoints kept, besides best/ and the one a run resumed from."""
+
+
+class ExportSpec(Section):
+    formats: list[Literal["state_dict", "torchscript", "exported", "onnx", "int8"]] = ["state_dict", "onnx"]
+    """Artifacts exported from the best model when training ends."""
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, formats: list[str]) -> list[str]:
+        repeated = sorted({f for f in formats if formats.count(f) > 1})
+        if repeated:
+            raise _spec_error(f"{', '.join(repeated)} listed more than once; list each format once")
+        return formats
+
+
+class TrainSpec(Section):
+    model: ModelSpec
+    """What to fine-tune."""
+    data: DataSpec
+    """Where the images are and how they are loaded."""
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    """Optimizer and its parameter groups."""
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    """Learning-rate schedule."""
+    epochs: int = Field(10, ge=1, le=10000)
+    """Passes over the training data."""
+    batch_size: int = Field(32, ge=1, le=65536)
+    """Images per optimizer step."""
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    """Mixed precision. auto: bf16 on GPUs that support it, else fp16 with a grad scaler; off on CPU."""
+    grad_clip_norm: float | None = Field(None, gt=0)
+    """Clip the gradient norm to this value; null: no clipping."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy loss."""
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    """Best-model metric and early stopping."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """When to save and how many checkpoints to keep."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seed of every random choice: shuffling, augmentation, the val split, the new head's init."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """Deployable artifacts."""
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, amp):
+        # `amp: true` / `amp: false` read naturally; they mean auto / off.
+        return {True: "auto", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp
+
+    def problems(self) -> list[Problem]:
+        info = model_catalog.load()[self.model.name]
+        found = [Problem(("model", *p.loc), p.message) for p in self.model.problems()]
+        found += [Problem(("optimizer", *p.loc), p.message) for p in self.optimizer.problems(info)]
+        if self.scheduler.name == "onecycle" and self.scheduler.warmup_epochs > 0:
+            found.append(Problem(("scheduler", "warmup_epochs"), "onecycle warms up by itself (pct_start); set warmup_epochs: 0"))
+        if self.scheduler.warmup_epochs >= self.epochs:
+            found.append(Problem(("scheduler", "warmup_epochs"), f"warm-up of {self.scheduler.warmup_epochs:g} epochs leaves nothing of a {self.epochs}-epoch run; use fewer warm-up epochs"))
+        if self.scheduler.min_lr >= self.optimizer.lr and self.scheduler.name == "cosine":
+            found.append(Problem(("scheduler", "min_lr"), f"min_lr {self.scheduler.min_lr:g} is not below lr {self.optimizer.lr:g}; lower it"))
+        found += self._image_size_problems(info)
+        return found
+
+    def _image_size_problems(self, info: model_catalog.ModelInfo) -> list[Problem]:
+        weights = self.model.weights if self.model.weights and is_weights_name(self.model.weights) else None
+        if weights is not None and info.resolve_weights(weights) not in info.weights:
+            return []  # reported as unknown weights already
+        size, loc = self.data.image_size, ("data", "image_size")
+        required = info.required_image_size(weights)
+        if required is not None:
+            if size == required:
+                return []
+            with_weights = f" with {info.resolve_weights(weights)} weights" if weights else ""
+            return [Problem(loc, f"{info.name} takes exactly {required}x{required} images{with_weights}; set image_size: {required}")]
+        minimum = info.min_image_size(weights)
+        if size < minimum:
+            return [Problem(loc, f"{info.name} needs images of at least {minimum}x{minimum}; set image_size: {minimum} or more")]
+        return []
+
+
+# ----------------------------------------------------------------------------------------------- job
+class JobSpec(Section):
+    """A spotctl job: what to train, where its state lives, and on what it may run."""
+
+    model_config = ConfigDict(title="spotctl job")
+
+    name: str = Field(examples=["flowers-resnet50"])
+    """Job name: letters, digits, '.', '_' and '-', up to 64 characters. Job ids start with it."""
+    storage: str = Field(examples=["s3://my-bucket/spotctl", "./runs"])
+    """Root of everything the job writes (checkpoints, metrics, logs, artifacts): s3://bucket/prefix,
+    or a local path for training with no cloud."""
+    region: str = Field("us-east-1", examples=["us-east-1", "eu-west-1"])
+    """AWS region of the instances (and, usually, of the bucket)."""
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    """What the job may run on."""
+    recovery: RecoverySpec = Field(default_factory=RecoverySpec)
+    """How interruptions and failures are handled."""
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    """Spending limit."""
+    train: TrainSpec
+    """The fine-tuning run."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, name: str) -> str:
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            return name
+        suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:64] or "my-job"
+        raise _spec_error(f"'{name}' is not a valid job name: use letters, digits, '.', '_' and '-' (up to 64), e.g. '{suggestion}'")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_location(cls, storage: str, info: ValidationInfo) -> str:
+        storage = _check_url(storage, STORAGE_SCHEMES, "storage")
+        if urlparse(storage).scheme == "s3" and not urlparse(storage).netloc:
+            raise _spec_error("storage s3:// URL has no bucket; write s3://bucket/prefix")
+        return _resolve_local(storage, info)
+
+    @field_validator("region")
+    @classmethod
+    def _region_format(cls, region: str) -> str:
+        if re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
+            return region
+        raise _spec_error(f"'{region}' is not an AWS region; write it like us-east-1")
+
+    @model_validator(mode="after")
+    def _default_gpu(self) -> JobSpec:
+        if self.compute.instance_types is None and self.compute.gpu is None:
+            self.compute.gpu = GpuRequirement()
+            self.compute.__pydantic_fields_set__.discard("gpu")
+        return self
+
+    def problems(self) -> list[Problem]:
+        """Problems that need more than one field (or the model catalog) to see."""
+        return [Problem(("compute", *p.loc), p.message) for p in self.compute.problems(self.region)] + [
+            Problem(("train", *p.loc), p.message) for p in self.train.problems()
+        ]
+
+    @property
+    def is_local(self) -> bool:
+        """True when the job's storage is a local folder (training with no cloud)."""
+        return urlparse(self.storage).scheme in ("", "file")
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of job.yaml, for editors (yaml-language-server) and the README reference."""
+    schema = JobSpec.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://spotctl.dev/job.schema.json", **schema}

@@ -1,0 +1,334 @@
+"""Reading job.yaml: YAML with line numbers, the JobSpec, and one clear line per problem.
+
+Every problem is reported as `file:line: dotted.path: what is wrong; how to fix it`, the line being
+where the YAML parser saw the key or value. Both halves load specs through here: `spotctl validate`
+on a laptop and `python -m trainer run` on the instance.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
+
+from trainer.config import JobSpec, Problem, did_you_mean
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LocatedProblem:
+    source: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(ValueError):
+    """A job file that cannot be used; carries every problem found, each with its line."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[LocatedProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    @property
+    def summary(self) -> str:
+        count = len(self.problems)
+        return f"{self.source} is not a valid job spec ({count} problem{'s' * (count != 1)})"
+
+
+def load_spec(location: str | Path) -> JobSpec:
+    """Load and fully validate a job file from a local path or any fsspec URL (s3://...)."""
+    location = str(location)
+    text = _read_text(location)
+    is_local = urlparse(location).scheme in ("", "file")
+    base_dir = Path(urlparse(location).path if location.startswith("file://") else location).parent if is_local else None
+    return parse_spec(text, source=location, base_dir=base_dir)
+
+
+def parse_spec(text: str, source: str = "job.yaml", base_dir: Path | None = None) -> JobSpec:
+    """Validate job.yaml text. Relative local paths in it are resolved against `base_dir`."""
+    data, lines = _parse_yaml(text, source)
+    try:
+        spec = JobSpec.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise SpecError(source, _locate_pydantic(exc, data, lines, source)) from None
+    problems = spec.problems()
+    if problems:
+        raise SpecError(source, [_locate(p, lines, source, key_line=False) for p in problems])
+    return spec
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML (defaults filled in), as written next to a job's state."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _read_text(location: str) -> str:
+    def fail(message: str) -> SpecError:
+        return SpecError(location, [LocatedProblem(location, None, "", message)])
+
+    try:
+        if urlparse(location).scheme in ("", "file"):
+            path = Path(urlparse(location).path if location.startswith("file://") else location)
+            if path.is_dir():
+                raise fail("is a folder; give the path of a job .yaml file inside it")
+            raw = path.read_bytes()
+        else:
+            import fsspec
+
+            with fsspec.open(location, "rb") as handle:
+                raw = handle.read()
+    except FileNotFoundError:
+        raise fail("no such file; check the path (examples/ has job files to start from)") from None
+    except PermissionError:
+        raise fail("cannot be read (permission denied)") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"is not UTF-8 text (byte {exc.start}); save the job file as UTF-8") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps each key's and value's line, and refuses duplicate keys."""
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict, dict[Loc, tuple[int, int]]]:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(source, [LocatedProblem(source, None, "", "is empty; start from one of the files in examples/")])
+        duplicates: list[LocatedProblem] = []
+        lines: dict[Loc, tuple[int, int]] = {}
+        _index_lines(node, (), lines, duplicates, source)
+        if duplicates:
+            raise SpecError(source, duplicates)
+        data = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f" (column {mark.column + 1})" if mark else ""
+        hint = "; YAML indents with spaces, not tabs" if "\\t" in problem else "; check the indentation and quoting"
+        raise SpecError(source, [LocatedProblem(source, mark.line + 1 if mark else None, "", f"YAML syntax error{where}: {problem}{hint}")]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        kind = _describe(data)
+        raise SpecError(source, [LocatedProblem(source, 1, "", f"the file must be a mapping with keys like name:, storage:, train:; got {kind}")])
+    return data, lines
+
+
+def _index_lines(node, path: Loc, lines: dict, duplicates: list, source: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                dotted = _dotted((*path, key))
+                duplicates.append(LocatedProblem(source, line, dotted, f"duplicate key (first set on line {seen[key]}); keep one of them"))
+            seen.setdefault(key, line)
+            lines[(*path, key)] = (line, value_node.start_mark.line + 1)
+            _index_lines(value_node, (*path, key), lines, duplicates, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = (item.start_mark.line + 1,) * 2
+            _index_lines(item, (*path, i), lines, duplicates, source)
+
+
+# ---------------------------------------------------------------------------------------- locating
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _locate(problem: Problem, lines: dict, source: str, key_line: bool) -> LocatedProblem:
+    loc = problem.loc
+    while loc and loc not in lines:
+        loc, key_line = loc[:-1], True  # a missing field: point at the section that should hold it
+    line = lines[loc][0 if key_line else 1] if loc else None
+    return LocatedProblem(source, line, _dotted(problem.loc), problem.message)
+
+
+def _is_union_tag(part) -> bool:
+    # pydantic names union branches in locations, e.g. "literal['none','backbone']" or "list[str]".
+    return isinstance(part, str) and ("[" in part or "'" in part)
+
+
+def _locate_pydantic(exc: ValidationError, data: dict, lines: dict, source: str) -> list[LocatedProblem]:
+    plain, unions = [], {}
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        tag_at = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        if tag_at is None:
+            plain.append(error)
+        else:
+            unions.setdefault(loc[:tag_at], []).append({**error, "loc": loc[:tag_at] + loc[tag_at + 1 :], "depth": len(loc) - tag_at - 1})
+    for loc, errors in unions.items():
+        inner = [e for e in errors if e["depth"] > 0]
+        if inner:  # the value had a branch's shape (a list, say): report what is wrong inside it
+            plain += inner
+        else:
+            alternatives = " or ".join(_expected(e) for e in errors)
+            plain.append({"type": "spec", "loc": loc, "input": errors[0]["input"], "msg": f"expected {alternatives}; got {_describe(errors[0]['input'])}"})
+    located = []
+    for error in plain:
+        message = _message(error)
+        key_line = error["type"] in ("extra_forbidden", "missing")
+        located.append(_locate(Problem(tuple(error["loc"]), message), lines, source, key_line))
+    return sorted(located, key=lambda p: (p.line or 0, p.path))
+
+
+def _expected(error: dict) -> str:
+    kind = error["type"]
+    if kind == "literal_error":
+        return error["ctx"]["expected"]
+    return {"list_type": "a list", "string_type": "a string", "dict_type": "a mapping", "int_type": "a whole number"}.get(kind, error["msg"].lower())
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+_TYPE_NAMES = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string (quote it if it looks like a number)",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping of keys",
+    "model_type": "a mapping of keys",
+    "model_attributes_type": "a mapping of keys",
+}
+
+_BOUNDS = {
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+}
+
+
+def _message(error: dict) -> str:
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    field = _field_at(loc)
+    if kind == "spec":
+        return error["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = did_you_mean(str(loc[-1]), allowed) or f"; valid keys here: {', '.join(allowed)}"
+        return f"unknown key '{loc[-1]}'{hint}"
+    if kind == "missing":
+        example = _example(field)
+        return f"required but missing; add {loc[-1]}:{' ' + example if example else ''}"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        return f"{_describe(value)} is not one of {', '.join(choices)}{did_you_mean(str(value), choices)}"
+    if kind in _BOUNDS:
+        bound = {key: _number(limit) for key, limit in error["ctx"].items()}
+        return f"{_BOUNDS[kind].format(**bound)}, got {_describe(value)}{_default_hint(field)}"
+    if value is None and kind in _TYPE_NAMES:
+        return f"is empty; give a value{_default_hint(field)}"
+    if kind in _TYPE_NAMES:
+        return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}{_default_hint(field)}"
+    if kind == "too_short" and isinstance(value, (list, tuple)) and not value:
+        return "must not be empty; list at least one item or remove the key"
+    if kind in ("too_short", "too_long"):
+        expected = error["ctx"].get("min_length") if kind == "too_short" else error["ctx"].get("max_length")
+        return f"expected {expected} items, got {len(value) if hasattr(value, '__len__') else _describe(value)}"
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def _number(value) -> str:
+    return str(int(value)) if isinstance(value, (int, float)) and float(value).is_integer() else str(value)
+
+
+def _default_hint(field) -> str:
+    if field is None:
+        return ""
+    example = _example(field)
+    return f" (e.g. {example})" if example else ""
+
+
+def _example(field) -> str:
+    """A value to suggest for a field: its default, else its first documented example."""
+    if field is None:
+        return ""
+    if field.examples:
+        return _yaml_inline(field.examples[0])
+    if field.default is PydanticUndefined or field.default is None:
+        return ""
+    return _yaml_inline(field.default)
+
+
+def _yaml_inline(value) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (X, X | None, list[X]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_at(loc: Loc):
+    model, field = JobSpec, None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = _model_in(field.annotation)
+    return field
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    model: type[BaseModel] | None = JobSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        model = _model_in(model.model_fields[part].annotation) if model and part in model.model_fields else None
+    return list(model.model_fields) if model else []
+
+
