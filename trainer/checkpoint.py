@@ -1,0 +1,290 @@
+"""Checkpoints: immutable step folders committed by a manifest, saved in the background.
+
+Protocol (DESIGN.md): `<prefix>/step-<N>/` holds the state file(s) and `MANIFEST.json`, written LAST
+and create-only; a folder without a manifest is not a checkpoint. `<prefix>/LATEST.json` points at
+the newest committed step and carries its manifest's sha256, so the latest checkpoint is found in two
+reads; a missing or stale pointer falls back to listing. Loading verifies every file's sha256 and uses
+`torch.load(weights_only=True)`; a corrupt checkpoint is skipped with a warning and the previous one
+is used. Retention keeps the last `keep` committed steps and never the one in use.
+
+The loop calls `save(step, ...)` at every step boundary and the checkpointer decides (every N steps,
+every N seconds, or forced at epoch ends and spot notices). The caller's thread only copies the state
+to host memory; serialising and uploading run on one background thread, one save at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from trainer.storage import Storage
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+POINTER = "LATEST.json"
+STATE_FILE = "state.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointMismatch(Exception):
+    """A committed checkpoint that belongs to another model or spec: refused, never half-loaded."""
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint whose files do not match its manifest: skipped, the previous one is used."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed checkpoint: its step and its (already read) manifest."""
+
+    step: int
+    manifest: dict[str, Any]
+    manifest_sha256: str
+
+
+def step_folder(step: int) -> str:
+    return f"step-{step}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_host(value: Any) -> Any:
+    """A copy of `value` whose tensors live in CPU memory, detached from training."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(item) for item in value)
+    return value
+
+
+class Checkpointer:
+    """Saves and finds the checkpoints under one prefix (`checkpoints` or `best`) of the job's storage."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        prefix: str = "checkpoints",
+        keep: int = 3,
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        identity: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.storage = storage
+        self.prefix = prefix
+        self.keep = keep
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        # What a checkpoint must match to be loaded into this run (model name, classes, spec hash...).
+        self.identity = identity or {}
+        self._clock = clock
+        self._last_save_time = clock()
+        self._last_saved_step: int | None = None
+        self.protected: set[int] = set()  # the step this run resumed from: never deleted
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_committed: Committed | None = None
+
+    # ------------------------------------------------------------------------------------ saving
+    def due(self, step: int) -> bool:
+        """Whether a save is due at this step boundary (by step count or elapsed time)."""
+        if step == self._last_saved_step:
+            return False
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_seconds) and self._clock() - self._last_save_time >= self.every_seconds
+
+    def save(self, step: int, state_fn: Callable[[], dict], meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+        """Save at this step if due (or forced). `state_fn` is only called when saving.
+
+        Returns once the state is copied to host memory; the upload continues in the background.
+        """
+        if not (force or self.due(step)) or step == self._last_saved_step:
+            return False
+        self.wait()  # one upload at a time; also surfaces the previous upload's error
+        snapshot = to_host(state_fn())
+        self._last_save_time = self._clock()
+        self._last_saved_step = step
+        self._worker = threading.Thread(target=self._write_guarded, args=(step, snapshot, dict(meta or {})), name=f"checkpoint-{step}", daemon=True)
+        self._worker.start()
+        return True
+
+    def wait(self) -> None:
+        """Block until the upload in flight (if any) is committed; re-raise its error."""
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _write_guarded(self, step: int, snapshot: dict, meta: dict) -> None:
+        try:
+            self.write(step, snapshot, meta)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def write(self, step: int, state: dict, meta: dict[str, Any]) -> Committed:
+        """Serialise, upload, then commit: state file, MANIFEST (create-only), pointer, retention."""
+        folder = f"{self.prefix}/{step_folder(step)}"
+        existing = self._read_manifest(step)
+        if existing is not None:  # an earlier attempt already committed this very step
+            log.info("checkpoint: step %d already committed; keeping it", step)
+            return self._commit_pointer(existing)
+        with tempfile.TemporaryDirectory(prefix="spotctl-ckpt-") as spool:
+            local = os.path.join(spool, STATE_FILE)
+            torch.save(state, local)
+            digest, size = _file_sha256(local)
+            self.storage.upload(local, f"{folder}/{STATE_FILE}")
+        manifest = {
+            "format": FORMAT_VERSION,
+            "step": step,
+            **meta,
+            **self.identity,
+            "files": {STATE_FILE: {"sha256": digest, "size": size}},
+            "torch": torch.__version__,
+            "world_size": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        try:
+            self.storage.write_bytes(f"{folder}/{MANIFEST}", body, create_only=True)
+        except FileExistsError:  # another writer committed this step between our check and now
+            existing = self._read_manifest(step)
+            if existing is None:
+                raise
+            return self._commit_pointer(existing)
+        committed = self._commit_pointer(Committed(step, manifest, _sha256(body)))
+        self._apply_retention()
+        return committed
+
+    def _commit_pointer(self, committed: Committed) -> Committed:
+        pointer = {"step": committed.step, "manifest_sha256": committed.manifest_sha256}
+        current = self._read_pointer()
+        if current is None or current["step"] <= committed.step:  # never move the pointer backwards
+            self.storage.write_bytes(f"{self.prefix}/{POINTER}", json.dumps(pointer).encode())
+        self.last_committed = committed
+        log.info("checkpoint: committed step %d under %s", committed.step, self.prefix)
+        return committed
+
+    def _apply_retention(self) -> None:
+        steps = self.committed_steps()
+        doomed = [s for s in steps[: -self.keep] if s not in self.protected]
+        for step in doomed:
+            # Uncommit first (manifest), then remove the files: a crash in between leaves debris, never a
+            # manifest whose files are gone.
+            folder = f"{self.prefix}/{step_folder(step)}"
+            self.storage.delete(f"{folder}/{MANIFEST}")
+            self.storage.delete(folder, recursive=True)
+            log.info("checkpoint: retention removed step %d", step)
+
+    # ----------------------------------------------------------------------------------- finding
+    def committed_steps(self) -> list[int]:
+        """Steps whose folder holds a manifest, oldest first (a listing: used as the fallback)."""
+        steps = []
+        for name in self.storage.list(self.prefix):
+            if name.startswith("step-") and name[5:].isdigit() and self.storage.exists(f"{self.prefix}/{name}/{MANIFEST}"):
+                steps.append(int(name[5:]))
+        return sorted(steps)
+
+    def latest(self) -> Committed | None:
+        """The newest committed checkpoint: through the pointer (2 reads), else by listing."""
+        pointer = self._read_pointer()
+        if pointer is not None:
+            found = self._read_manifest(pointer["step"])
+            if found is not None and found.manifest_sha256 == pointer.get("manifest_sha256"):
+                return found
+            log.warning("checkpoint: %s/%s is stale or points at a missing manifest; listing instead", self.prefix, POINTER)
+        steps = self.committed_steps()
+        return self._read_manifest(steps[-1]) if steps else None
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[Committed, dict] | None:
+        """Load the newest checkpoint that verifies; a corrupt one is skipped with a warning."""
+        newest = self.latest()
+        if newest is None:
+            return None
+        candidates = [newest.step] + [s for s in reversed(self.committed_steps()) if s < newest.step]
+        for step in candidates:
+            committed = newest if step == newest.step else self._read_manifest(step)
+            if committed is None:
+                continue
+            self.check_identity(committed)
+            try:
+                return committed, self.load(committed, map_location)
+            except CorruptCheckpoint as exc:
+                log.warning("checkpoint: step %d is corrupt (%s); trying the previous one", step, exc)
+        return None
+
+    def check_identity(self, committed: Committed) -> None:
+        """Refuse a checkpoint written for another model, class set or spec, with the reason."""
+        for key, expected in self.identity.items():
+            found = committed.manifest.get(key)
+            if found != expected:
+                raise CheckpointMismatch(
+                    f"checkpoint step {committed.step} under {self.storage.url_of(self.prefix)} was written with "
+                    f"{key}={found!r}, this run has {key}={expected!r}; use a new job name, or delete the old checkpoints"
+                )
+
+    def load(self, committed: Committed, map_location: str | torch.device = "cpu") -> dict:
+        """Download, verify size and sha256 of every file, then load with weights_only=True."""
+        folder = f"{self.prefix}/{step_folder(committed.step)}"
+        entry = committed.manifest["files"][STATE_FILE]
+        try:
+            data = self.storage.read_bytes(f"{folder}/{STATE_FILE}")
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{STATE_FILE} is missing") from None
+        if len(data) != entry["size"] or _sha256(data) != entry["sha256"]:
+            raise CorruptCheckpoint(f"{STATE_FILE} does not match its manifest (size {len(data)}, expected {entry['size']})")
+        # Only tensors and plain containers: a checkpoint is untrusted input.
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+    def _read_pointer(self) -> dict | None:
+        try:
+            pointer = json.loads(self.storage.read_bytes(f"{self.prefix}/{POINTER}"))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a torn or garbled pointer is only a hint: fall back to listing
+        return pointer if isinstance(pointer, dict) and isinstance(pointer.get("step"), int) else None
+
+    def _read_manifest(self, step: int) -> Committed | None:
+        try:
+            body = self.storage.read_bytes(f"{self.prefix}/{step_folder(step)}/{MANIFEST}")
+            manifest = json.loads(body)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("checkpoint: manifest of step %d is not valid JSON; ignoring that step", step)
+            return None
+        return Committed(step, manifest, _sha256(body))
+
+
+def _file_sha256(path: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size

@@ -1,0 +1,98 @@
+"""The job's storage: one root (s3://bucket/prefix or a local folder) through fsspec.
+
+Everything the trainer writes goes through here, with paths relative to the job's prefix. Transient
+errors (throttling, 5xx, dropped connections) are retried with backoff; errors that retrying cannot
+fix (missing object, access denied, a create-only write that lost the race) are raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import fsspec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors no retry can fix. FileExistsError is a create-only write finding the object already there.
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+
+
+class Storage:
+    """Read and write objects under one root, on S3 (or any fsspec filesystem) or a local folder."""
+
+    def __init__(self, root: str, attempts: int = 5, sleep: Callable[[float], None] = time.sleep):
+        self.url = root.rstrip("/")
+        self.fs, self._root = fsspec.core.url_to_fs(self.url)
+        self.is_local = self.fs.protocol in ("file", ("file", "local"))
+        self._attempts = attempts
+        self._sleep = sleep
+
+    def path(self, relative: str) -> str:
+        """The filesystem path of `relative` (no protocol), for fsspec calls."""
+        return f"{self._root}/{relative.lstrip('/')}" if relative else self._root
+
+    def url_of(self, relative: str) -> str:
+        return f"{self.url}/{relative.lstrip('/')}"
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self._retry(f"read {relative}", lambda: self.fs.cat_file(self.path(relative)))
+
+    def write_bytes(self, relative: str, data: bytes, create_only: bool = False) -> None:
+        """Write an object whole. create_only: fail with FileExistsError if it already exists."""
+        path = self.path(relative)
+        if self.is_local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite"))
+
+    def upload(self, local_file: str, relative: str) -> None:
+        """Copy a local file to `relative` (multipart on S3 for large files)."""
+        path = self.path(relative)
+        if self.is_local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path))
+
+    def download(self, relative: str, local_file: str) -> None:
+        self._retry(f"download {relative}", lambda: self.fs.get_file(self.path(relative), local_file))
+
+    def exists(self, relative: str) -> bool:
+        return self._retry(f"check {relative}", lambda: self.fs.exists(self.path(relative)))
+
+    def list(self, relative: str) -> list[str]:
+        """Names directly under `relative` (files and folders); empty if it does not exist."""
+        path = self.path(relative)
+
+        def names() -> list[str]:
+            try:
+                return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False, refresh=True))
+            except FileNotFoundError:
+                return []
+
+        return self._retry(f"list {relative}", names)
+
+    def delete(self, relative: str, recursive: bool = False) -> None:
+        def remove() -> None:
+            try:
+                self.fs.rm(self.path(relative), recursive=recursive)
+            except FileNotFoundError:
+                pass
+
+        self._retry(f"delete {relative}", remove)
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return call()
+            except PERMANENT_ERRORS:
+                raise
+            except Exception as exc:  # throttling, 5xx, connection resets: worth another try
+                if attempt == self._attempts:
+                    raise
+                delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("storage: %s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, self._attempts - 1, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
