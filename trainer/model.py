@@ -1,0 +1,140 @@
+"""Building the model to fine-tune: torchvision architecture, starting weights, new head, freezing,
+and the optimizer's parameter groups."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import fsspec
+import torch
+from torch import nn
+from torchvision import models
+
+from trainer.config import ModelSpec, OptimizerSpec, is_weights_name
+
+log = logging.getLogger(__name__)
+
+# These two return (logits, aux_logits) while training unless told not to build the auxiliary heads.
+_AUX_HEAD_MODELS = ("googlenet", "inception_v3")
+
+
+class WeightsError(Exception):
+    """Starting weights that cannot be loaded: missing, unreadable, or for another architecture."""
+
+
+def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
+    """The architecture with its starting weights and a fresh head of `num_classes` outputs."""
+    kwargs = {"aux_logits": False} if spec.name in _AUX_HEAD_MODELS else {}
+    enum_weights = spec.weights if spec.weights and is_weights_name(spec.weights) else None
+    model = models.get_model(spec.name, weights=enum_weights, **kwargs)
+    if spec.weights and enum_weights is None:
+        load_state_dict_url(model, spec.weights)
+    replace_head(model, num_classes)
+    freeze(model, spec.freeze)
+    return model
+
+
+def load_state_dict_url(model: nn.Module, url: str) -> None:
+    """Load a state dict saved with torch.save from any fsspec URL (s3://, https://, a path)."""
+    try:
+        with fsspec.open(url, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise WeightsError(f"weights {url} do not exist; check train.model.weights") from None
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # a common wrapper (Lightning and others)
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights {url} hold a {type(state).__name__}, not a state dict")
+    head_name, _ = find_head(model)
+    # The head's shape differs when the weights come from another task: it is replaced anyway.
+    body = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    missing = [k for k in missing if not k.startswith(head_name + ".")]
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights {url} do not fit {type(model).__name__}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classifier head: the last Linear, or for a model without any (SqueezeNet) the last 1x1 Conv2d.
+
+    Found by what it is, not by name, so it works for `fc`, `classifier[-1]`, `heads.head`... (a test
+    checks every torchvision classification model).
+    """
+    linear = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    conv1x1 = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    candidates = linear or conv1x1
+    if not candidates:
+        raise ValueError(f"{type(model).__name__} has no linear or 1x1-conv classifier head")
+    return candidates[-1]
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    name, old = find_head(model)
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride, bias=old.bias is not None)
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attribute, new)
+
+
+def freeze(model: nn.Module, what: str | list[str]) -> None:
+    """Stop training `what`: "none", "backbone" (all but the head) or module-name prefixes."""
+    if what == "none":
+        return
+    if what == "backbone":
+        head_name, _ = find_head(model)
+        frozen = lambda name: not _under(name, head_name)  # noqa: E731
+    else:
+        frozen = lambda name: any(_under(name, prefix) for prefix in what)  # noqa: E731
+    for name, parameter in model.named_parameters():
+        if frozen(name):
+            parameter.requires_grad_(False)
+
+
+def _under(parameter_name: str, prefix: str) -> bool:
+    return parameter_name == prefix or parameter_name.startswith(prefix + ".")
+
+
+@dataclass
+class ParamGroup:
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+    weight_decay: float
+
+
+def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[ParamGroup]:
+    """Trainable parameters split into the spec's groups (by prefix) plus a default group.
+
+    Frozen parameters are in no group, so they get no optimizer state. The layout is deterministic
+    (model order), which the checkpoint relies on to restore the optimizer.
+    """
+    groups = [ParamGroup(f"group{i}:{','.join(g.prefixes)}", [], g.lr, spec.weight_decay if g.weight_decay is None else g.weight_decay) for i, g in enumerate(spec.param_groups)]
+    default = ParamGroup("default", [], spec.lr, spec.weight_decay)
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        index = next((i for i, g in enumerate(spec.param_groups) if any(_under(name, p) for p in g.prefixes)), None)
+        (groups[index] if index is not None else default).params.append(parameter)
+    for group in groups:
+        if not group.params:
+            log.warning("optimizer: param group %s matches no trainable parameter (frozen?)", group.name)
+    return [g for g in [*groups, default] if g.params]
+
+
+def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    groups = [{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name} for g in param_groups(model, spec)]
+    if spec.name == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum or 0.0, nesterov=spec.nesterov)
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
