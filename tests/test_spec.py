@@ -126,3 +126,19 @@ def test_schema_documents_every_field():
     walk(schema, "")
     for name, definition in schema["$defs"].items():
         walk(definition, f"{name}.")
+
+
+def test_a_spec_loads_from_s3_with_line_numbered_errors(s3_bucket):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=s3_bucket, Key="jobs/a/job.yaml", Body=MINIMAL.encode())
+    assert load_spec(f"s3://{s3_bucket}/jobs/a/job.yaml") == parse_spec(MINIMAL)
+    s3.put_object(Bucket=s3_bucket, Key="jobs/b/job.yaml", Body=MINIMAL.replace("resnet18", "resnet81").encode())
+    from trainer.spec_file import SpecError
+
+    with pytest.raises(SpecError) as caught:
+        load_spec(f"s3://{s3_bucket}/jobs/b/job.yaml")
+    assert str(caught.value) == f"s3://{s3_bucket}/jobs/b/job.yaml:5: train.model.name: unknown torchvision model 'resnet81'; did you mean 'resnet18'?"
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(f"s3://{s3_bucket}/jobs/missing/job.yaml")

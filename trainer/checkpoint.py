@@ -117,7 +117,7 @@ class Checkpointer:
 
         Returns once the state is copied to host memory; the upload continues in the background.
         """
-        if not (force or self.due(step)) or step == self._last_saved_step:
+        if step == self._last_saved_step or not (force or self.due(step)):
             return False
         self.wait()  # one upload at a time; also surfaces the previous upload's error
         snapshot = to_host(state_fn())

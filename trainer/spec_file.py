@@ -54,10 +54,8 @@ class SpecError(ValueError):
 def load_spec(location: str | Path) -> JobSpec:
     """Load and fully validate a job file from a local path or any fsspec URL (s3://...)."""
     location = str(location)
-    text = _read_text(location)
-    is_local = urlparse(location).scheme in ("", "file")
-    base_dir = Path(urlparse(location).path if location.startswith("file://") else location).parent if is_local else None
-    return parse_spec(text, source=location, base_dir=base_dir)
+    local = _local_path(location)
+    return parse_spec(_read_text(location, local), source=location, base_dir=local.parent if local else None)
 
 
 def parse_spec(text: str, source: str = "job.yaml", base_dir: Path | None = None) -> JobSpec:
@@ -79,16 +77,23 @@ def dump_spec(spec: JobSpec) -> str:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _read_text(location: str) -> str:
+def _local_path(location: str) -> Path | None:
+    """The local file a location names (a path or file:// URL), or None for a remote URL."""
+    if location.startswith("file://"):
+        return Path(urlparse(location).path)
+    scheme = urlparse(location).scheme
+    return Path(location) if len(scheme) <= 1 else None  # a one-letter scheme is a Windows drive
+
+
+def _read_text(location: str, local: Path | None) -> str:
     def fail(message: str) -> SpecError:
         return SpecError(location, [LocatedProblem(location, None, "", message)])
 
     try:
-        if urlparse(location).scheme in ("", "file"):
-            path = Path(urlparse(location).path if location.startswith("file://") else location)
-            if path.is_dir():
+        if local is not None:
+            if local.is_dir():
                 raise fail("is a folder; give the path of a job .yaml file inside it")
-            raw = path.read_bytes()
+            raw = local.read_bytes()
         else:
             import fsspec
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,7 +29,7 @@ class Storage:
     def __init__(self, root: str, attempts: int = 5, sleep: Callable[[float], None] = time.sleep):
         self.url = root.rstrip("/")
         self.fs, self._root = fsspec.core.url_to_fs(self.url)
-        self.is_local = self.fs.protocol in ("file", ("file", "local"))
+        self.is_local = isinstance(self.fs, LocalFileSystem)  # local folders must be created; S3 has none
         self._attempts = attempts
         self._sleep = sleep
 
