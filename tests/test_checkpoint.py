@@ -231,3 +231,21 @@ def test_transient_storage_errors_are_retried_and_permanent_ones_are_not(tmp_pat
     with pytest.raises(FileNotFoundError):
         storage.read_bytes("missing.json")
     assert len(sleeps) == 2
+
+
+def test_loading_a_healthy_latest_checkpoint_lists_nothing(tmp_path):
+    class CountingStorage(Storage):
+        lists = 0
+
+        def list(self, relative):
+            CountingStorage.lists += 1
+            return super().list(relative)
+
+    storage = CountingStorage(str(tmp_path / "job"))
+    ckpt = Checkpointer(storage, keep=10)
+    for step in (1, 2, 3):
+        ckpt.save(step, lambda: {"s": torch.tensor(step)}, force=True)
+        ckpt.wait()
+    CountingStorage.lists = 0
+    committed, _ = Checkpointer(storage).load_latest()
+    assert committed.step == 3 and CountingStorage.lists == 0

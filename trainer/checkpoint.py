@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -225,16 +226,19 @@ class Checkpointer:
         newest = self.latest()
         if newest is None:
             return None
-        candidates = [newest.step] + [s for s in reversed(self.committed_steps()) if s < newest.step]
-        for step in candidates:
-            committed = newest if step == newest.step else self._read_manifest(step)
+        def older():  # listed only if the newest one fails to verify
+            for step in reversed(self.committed_steps()):
+                if step < newest.step:
+                    yield self._read_manifest(step)
+
+        for committed in itertools.chain([newest], older()):
             if committed is None:
                 continue
             self.check_identity(committed)
             try:
                 return committed, self.load(committed, map_location)
             except CorruptCheckpoint as exc:
-                log.warning("checkpoint: step %d is corrupt (%s); trying the previous one", step, exc)
+                log.warning("checkpoint: step %d is corrupt (%s); trying the previous one", committed.step, exc)
         return None
 
     def check_identity(self, committed: Committed) -> None:

@@ -74,10 +74,6 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
     return candidates[-1]
 
 
-def _out_features(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
 def replace_head(model: nn.Module, num_classes: int) -> None:
     name, old = find_head(model)
     if isinstance(old, nn.Linear):

@@ -29,7 +29,7 @@ class Storage:
     def __init__(self, root: str, attempts: int = 5, sleep: Callable[[float], None] = time.sleep):
         self.url = root.rstrip("/")
         self.fs, self._root = fsspec.core.url_to_fs(self.url)
-        self.is_local = isinstance(self.fs, LocalFileSystem)  # local folders must be created; S3 has none
+        self.is_local = isinstance(self.fs, LocalFileSystem)
         self._attempts = attempts
         self._sleep = sleep
 
@@ -45,20 +45,20 @@ class Storage:
 
     def write_bytes(self, relative: str, data: bytes, create_only: bool = False) -> None:
         """Write an object whole. create_only: fail with FileExistsError if it already exists."""
-        path = self.path(relative)
-        if self.is_local:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        path = self._target(relative)
         self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite"))
 
     def upload(self, local_file: str, relative: str) -> None:
         """Copy a local file to `relative` (multipart on S3 for large files)."""
+        path = self._target(relative)
+        self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path))
+
+    def _target(self, relative: str) -> str:
+        """The path to write `relative` to; a local folder needs its parent created first (S3 has none)."""
         path = self.path(relative)
         if self.is_local:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path))
-
-    def download(self, relative: str, local_file: str) -> None:
-        self._retry(f"download {relative}", lambda: self.fs.get_file(self.path(relative), local_file))
+        return path
 
     def exists(self, relative: str) -> bool:
         return self._retry(f"check {relative}", lambda: self.fs.exists(self.path(relative)))
