@@ -156,3 +156,48 @@ def _draw(shape: str, size: int, rng: random.Random) -> Image.Image:
 def write_json(url: str, value) -> None:
     with fsspec.open(url, "w") as handle:
         json.dump(value, handle)
+
+
+class FakeImds:
+    """An IMDSv2 endpoint on 127.0.0.1: token required, spot notice and rebalance served on demand."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.instance_action: dict | None = None
+        self.rebalance: dict | None = None
+        self.requests: list[str] = []
+        imds = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body: str = "") -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_PUT(self):
+                imds.requests.append(f"PUT {self.path}")
+                if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    return self._send(200, "token-123")
+                return self._send(400)
+
+            def do_GET(self):
+                imds.requests.append(f"GET {self.path}")
+                if self.headers.get("X-aws-ec2-metadata-token") != "token-123":
+                    return self._send(401)
+                documents = {"/latest/meta-data/spot/instance-action": imds.instance_action, "/latest/meta-data/events/recommendations/rebalance": imds.rebalance}
+                document = documents.get(self.path)
+                return self._send(200, json.dumps(document)) if document else self._send(404)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -186,8 +186,12 @@ def test_checkpoint_of_another_model_is_refused_with_the_reason(storage):
     ckpt.save(1, lambda: {"v": torch.tensor(1)}, force=True)
     ckpt.wait()
     other = Checkpointer(storage, identity={"model": "resnet50", "num_classes": 3})
-    with pytest.raises(CheckpointMismatch, match="model='resnet18', this run has model='resnet50'"):
+    with pytest.raises(CheckpointMismatch, match="model: checkpoint has 'resnet18', this run has 'resnet50'"):
         other.load_latest()
+    Checkpointer(storage, prefix="nested", identity={"train": {"optimizer": {"lr": 0.05, "name": "sgd"}}}).write(1, {}, {})
+    nested = Checkpointer(storage, prefix="nested", identity={"train": {"optimizer": {"lr": 0.1, "name": "sgd"}}})
+    with pytest.raises(CheckpointMismatch, match=r"was written for another run: train\.optimizer\.lr: checkpoint has 0\.05, this run has 0\.1; use a new job name"):
+        nested.load_latest()
 
 
 def test_a_failed_upload_surfaces_and_leaves_the_latest_intact(tmp_path):

@@ -103,6 +103,7 @@ class Checkpointer:
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_committed: Committed | None = None
+        self.last_commit_time: float | None = None  # wall clock, for the heartbeat's checkpoint age
 
     # ------------------------------------------------------------------------------------ saving
     def due(self, step: int) -> bool:
@@ -187,6 +188,7 @@ class Checkpointer:
         if current is None or current["step"] <= committed.step:  # never move the pointer backwards
             self.storage.write_bytes(f"{self.prefix}/{POINTER}", json.dumps(pointer).encode())
         self.last_committed = committed
+        self.last_commit_time = time.time()
         log.info("checkpoint: committed step %d under %s", committed.step, self.prefix)
         return committed
 
@@ -242,14 +244,15 @@ class Checkpointer:
         return None
 
     def check_identity(self, committed: Committed) -> None:
-        """Refuse a checkpoint written for another model, class set or spec, with the reason."""
-        for key, expected in self.identity.items():
-            found = committed.manifest.get(key)
-            if found != expected:
-                raise CheckpointMismatch(
-                    f"checkpoint step {committed.step} under {self.storage.url_of(self.prefix)} was written with "
-                    f"{key}={found!r}, this run has {key}={expected!r}; use a new job name, or delete the old checkpoints"
-                )
+        """Refuse a checkpoint written for another model, class set or spec, naming what differs."""
+        differences = _differences(committed.manifest, self.identity)
+        if differences:
+            shown = "; ".join(f"{key}: checkpoint has {found!r}, this run has {expected!r}" for key, found, expected in differences[:3])
+            more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+            raise CheckpointMismatch(
+                f"checkpoint step {committed.step} under {self.storage.url_of(self.prefix)} was written for another run: {shown}{more}; "
+                "use a new job name, or delete the old checkpoints"
+            )
 
     def load(self, committed: Committed, map_location: str | torch.device = "cpu") -> dict:
         """Download, verify size and sha256 of every file, then load with weights_only=True."""
@@ -283,6 +286,18 @@ class Checkpointer:
             log.warning("checkpoint: manifest of step %d is not valid JSON; ignoring that step", step)
             return None
         return Committed(step, manifest, _sha256(body))
+
+
+def _differences(found: dict, expected: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, found, expected) for every identity field that differs, nested dicts walked."""
+    result = []
+    for key, want in expected.items():
+        have = found.get(key) if isinstance(found, dict) else None
+        if isinstance(want, dict) and isinstance(have, dict):
+            result += _differences(have, want, f"{prefix}{key}.")
+        elif have != want and not (isinstance(want, (list, tuple)) and isinstance(have, (list, tuple)) and list(have) == list(want)):
+            result.append((f"{prefix}{key}", have, want))
+    return result
 
 
 def _file_sha256(path: str) -> tuple[str, int]:

@@ -297,6 +297,8 @@ class DataSpec(Section):
     """Random transforms of training images."""
     workers: int = Field(4, ge=0, le=64)
     """Data-loading worker processes (0 loads in the training process)."""
+    max_bad_images: float = Field(0.01, ge=0, le=1)
+    """Share of images that may fail to decode (skipped, counted and logged) before the run fails."""
 
     @field_validator("train", "val")
     @classmethod

@@ -28,7 +28,16 @@ def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
     """The architecture with its starting weights and a fresh head of `num_classes` outputs."""
     kwargs = {"aux_logits": False} if spec.name in _AUX_HEAD_MODELS else {}
     enum_weights = spec.weights if spec.weights and is_weights_name(spec.weights) else None
-    model = models.get_model(spec.name, weights=enum_weights, **kwargs)
+    try:
+        model = models.get_model(spec.name, weights=enum_weights, **kwargs)
+    except (OSError, RuntimeError) as exc:  # no network and not in torch's cache, or a truncated download
+        if enum_weights is None:
+            raise
+        url = models.get_model_weights(spec.name)[enum_weights].url
+        raise WeightsError(
+            f"could not load {spec.name} weights {enum_weights} from {url} ({type(exc).__name__}: {exc}); "
+            f"without internet access, put that file in {torch.hub.get_dir()}/checkpoints/"
+        ) from None
     if spec.weights and enum_weights is None:
         load_state_dict_url(model, spec.weights)
     replace_head(model, num_classes)

@@ -8,9 +8,13 @@ fix (missing object, access denied, a create-only write that lost the race) are 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import fsspec
@@ -46,11 +50,17 @@ class Storage:
     def write_bytes(self, relative: str, data: bytes, create_only: bool = False) -> None:
         """Write an object whole. create_only: fail with FileExistsError if it already exists."""
         path = self._target(relative)
+        if self.is_local:
+            self._retry(f"write {relative}", lambda: _local_publish(path, create_only, lambda tmp: Path(tmp).write_bytes(data)))
+            return
         self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite"))
 
     def upload(self, local_file: str, relative: str) -> None:
         """Copy a local file to `relative` (multipart on S3 for large files)."""
         path = self._target(relative)
+        if self.is_local:
+            self._retry(f"upload {relative}", lambda: _local_publish(path, False, lambda tmp: shutil.copyfile(local_file, tmp)))
+            return
         self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path))
 
     def _target(self, relative: str) -> str:
@@ -97,3 +107,19 @@ class Storage:
                 log.warning("storage: %s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, self._attempts - 1, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _local_publish(path: str, create_only: bool, fill: Callable[[str], object]) -> None:
+    """Write a local file so readers see it whole or not at all, as they do on S3: fill a temporary
+    file beside it, then rename it into place (or hard-link it, which refuses an existing file)."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    os.close(handle)
+    try:
+        fill(temporary)
+        if create_only:
+            os.link(temporary, path)  # FileExistsError if another writer got there first
+        else:
+            os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

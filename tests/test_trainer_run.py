@@ -1,0 +1,197 @@
+"""`python -m trainer run --job URL` end to end: what it writes for the orchestrator, on a local folder
+and on S3 (moto server), how it stops (spot notice, rebalance, control/stop), and how it fails."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.harness import FakeImds
+from tests.trainer_runs import exists, kill_when, read_json, run_trainer, start_trainer, trainer_env, wait_for, write_job
+from trainer.run import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_SUCCEEDED, run
+
+
+@pytest.fixture
+def dataset(image_folder):
+    return image_folder(per_class={"train": 12, "val": 3})
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch):
+    """Run the trainer inside the test (fast), leaving pytest's logging set-up as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    yield lambda job: run(str(job), heartbeat_seconds=0.2)
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def lines(prefix: Path, folder: str) -> list[dict]:
+    return [json.loads(line) for part in sorted((prefix / folder).glob("*.jsonl")) for line in part.read_text().splitlines()]
+
+
+def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_process, capsys):
+    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="local-run")
+    assert in_process(job) == EXIT_SUCCEEDED
+    prefix = tmp_path / "runs" / "jobs" / "local-run"
+
+    final = json.loads((prefix / "status/final.json").read_text())
+    assert final["outcome"] == "succeeded" and final["attempt"] == 1 and final["step"] == 18 and final["epochs_completed"] == 3
+    assert [h["epoch"] for h in final["history"]] == [1, 2, 3] and final["best"]["metric"] == "val_acc1"
+    beat = json.loads((prefix / "status/heartbeat.json").read_text())
+    assert beat["phase"] == "done" and beat["step"] == 18 and beat["steps_per_epoch"] == 6 and beat["total_steps"] == 18
+    assert beat["images_per_sec"] > 0 and 0 <= beat["data_wait_fraction"] <= 1 and beat["last_checkpoint_step"] == 18
+    assert beat["gpu_util_pct"] is None and beat["gpu_mem_used_gib"] is None  # no GPU here: nulls, no error
+
+    records = lines(prefix, "metrics")
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]  # every epoch
+    assert {"loss", "acc1", "lr", "images_per_sec"} <= set(next(r for r in records if r["kind"] == "step"))
+    assert "succeeded after 18 steps" in (prefix / "logs/attempt-1.log").read_text()
+
+    committed = sorted(p.parent.name for p in (prefix / "checkpoints").glob("step-*/MANIFEST.json"))
+    assert committed == ["step-16", "step-18"]  # keep: 2
+    best = json.loads(next((prefix / "best").glob("step-*/MANIFEST.json")).read_text())
+    assert best["classes"] == ["circle", "square", "triangle"] and best["metric"] == "val_acc1"
+
+    capsys.readouterr()
+    assert in_process(job) == EXIT_SUCCEEDED  # already done: nothing is redone
+    assert "already succeeded" in capsys.readouterr().err
+    assert not (prefix / "logs/attempt-2.log").exists()
+
+
+def test_job_file_data_and_state_on_s3(s3_bucket, image_folder, tmp_path, aws):
+    data = image_folder(f"s3://{s3_bucket}/datasets/shapes", per_class={"train": 10})
+    local = write_job(tmp_path / "job.yaml", f"s3://{s3_bucket}/spotctl", data.split("train"), None, name="on-s3", train__epochs=1)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="spotctl/jobs/on-s3-7f3a/job.yaml", Body=local.read_bytes())
+    env = trainer_env({**aws.environment(), "SPOTCTL_CACHE_DIR": str(tmp_path / "cache"), "SPOTCTL_ATTEMPT": "2"})
+    assert run_trainer(f"s3://{s3_bucket}/spotctl/jobs/on-s3-7f3a/job.yaml", env, log=tmp_path / "out.log") == EXIT_SUCCEEDED, (tmp_path / "out.log").read_text()
+
+    prefix = f"s3://{s3_bucket}/spotctl/jobs/on-s3-7f3a"  # the id comes from where launch put the job file
+    assert read_json(f"{prefix}/status/final.json")["outcome"] == "succeeded"
+    assert exists(f"{prefix}/logs/attempt-2.log") and exists(f"{prefix}/best/LATEST.json")
+    out = (tmp_path / "out.log").read_text()
+    assert "27 training and 3 validation images" in out  # no val folder: a seeded 10% split
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 30
+
+
+def test_rebalance_checkpoints_and_a_spot_notice_stops_then_resume_finishes(tmp_path, dataset):
+    imds = FakeImds()
+    try:
+        job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="noticed", train__checkpoint={"every_steps": None, "every_seconds": None})
+        prefix = tmp_path / "runs/jobs/noticed"
+        env = trainer_env({"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "SPOTCTL_IMDS_POLL_SECONDS": "0.1", "SPOTCTL_CACHE_DIR": str(tmp_path / "cache")})
+        imds.rebalance = {"noticeTime": "2026-11-24T10:00:00Z"}
+        process = start_trainer(str(job), env, log=tmp_path / "out.log")
+        assert wait_for(lambda: (prefix / "checkpoints/LATEST.json").exists(), timeout=60)
+        rebalance_step = json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"]
+        imds.instance_action = {"action": "terminate", "time": "2026-11-24T10:02:00Z"}
+        assert process.wait(timeout=120) == EXIT_INTERRUPTED
+    finally:
+        imds.stop()
+    out = (tmp_path / "out.log").read_text()
+    assert "rebalance recommendation" in out and "spot interruption notice (terminate at 2026-11-24T10:02:00Z)" in out
+    assert rebalance_step % 6 != 0  # not an epoch end: saved because of the recommendation
+    interrupted_at = json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"]
+    assert interrupted_at > rebalance_step and f"interrupted (spot interruption notice" in out
+    assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
+    assert not (prefix / "status/final.json").exists()  # interrupted is not an outcome: resume me
+
+    assert run_trainer(str(job), trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache")}), log=tmp_path / "out.log") == EXIT_SUCCEEDED
+    assert f"resumed from checkpoint step {interrupted_at}" in (tmp_path / "out.log").read_text()
+    assert (prefix / "logs/attempt-2.log").exists()
+
+
+def test_control_stop_checkpoints_and_exits_then_resume_continues(tmp_path, dataset):
+    job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="stopped")
+    prefix = tmp_path / "runs/jobs/stopped"
+    env = trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache"), "SPOTCTL_HEARTBEAT_SECONDS": "0.2"})
+    process = start_trainer(str(job), env, log=tmp_path / "out.log")
+    assert wait_for(lambda: (prefix / "checkpoints/LATEST.json").exists(), timeout=60)
+    (prefix / "control").mkdir()
+    (prefix / "control/stop").write_text(json.dumps({"reason": "budget of $5.00 reached"}))
+    assert process.wait(timeout=120) == EXIT_STOPPED
+    final = json.loads((prefix / "status/final.json").read_text())
+    assert final["outcome"] == "stopped" and final["reason"] == "budget of $5.00 reached"
+    assert json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"] == final["step"]
+
+    (prefix / "control/stop").unlink()  # what `spotctl resume` does
+    assert run_trainer(str(job), env, log=tmp_path / "out.log") == EXIT_SUCCEEDED
+    assert json.loads((prefix / "status/final.json").read_text())["outcome"] == "succeeded"
+
+
+# ------------------------------------------------------------------------------------------ failures
+def failure(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / "runs/jobs" / name / "status/final.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_train", "train.data.train: {tmp}/nowhere does not exist; check the location"),
+        ("class_mismatch", "train.data: train and val have different class folders (missing in val: triangle; only in val: star); give both the same classes"),
+        ("missing_weights", "weights {tmp}/weights.pt do not exist; check train.model.weights"),
+        ("too_many_bad_images", "train.data: 1 of 47 images failed to decode, more than max_bad_images (1%) allows; e.g. {tmp}/data/train/circle/corrupt-"),
+    ],
+)
+def test_bad_input_fails_with_one_clear_message_in_final_json(tmp_path, image_folder, in_process, case, message):
+    data = image_folder(per_class={"train": 12, "val": 3}, corrupt=2 if case == "too_many_bad_images" else 0)
+    train, val, overrides = data.split("train"), data.split("val"), {}
+    if case == "missing_train":
+        train = str(tmp_path / "nowhere")
+    if case == "class_mismatch":
+        val = image_folder(tmp_path / "other", classes=("circle", "square", "star"), per_class={"val": 2}).split("val")
+    if case == "missing_weights":
+        overrides["train__model__weights"] = str(tmp_path / "weights.pt")
+    job = write_job(tmp_path / "job.yaml", "./runs", train, val, name=case, **overrides)
+    assert in_process(job) == EXIT_FAILED
+    final = failure(tmp_path, case)
+    assert final["outcome"] == "failed" and final["error"].startswith(message.format(tmp=tmp_path))
+    assert final["traceback"] == []  # the message says it all
+    assert "failed: " + message.format(tmp=tmp_path) in (tmp_path / "runs/jobs" / case / "logs/attempt-1.log").read_text()
+
+
+def test_a_few_bad_images_are_skipped_and_counted(tmp_path, image_folder, in_process, caplog):
+    data = image_folder(per_class={"train": 40, "val": 3}, corrupt=1)
+    job = write_job(tmp_path / "job.yaml", "./runs", data.split("train"), data.split("val"), name="few-bad", train__epochs=1)
+    assert in_process(job) == EXIT_SUCCEEDED
+    log = (tmp_path / "runs/jobs/few-bad/logs/attempt-1.log").read_text()
+    assert log.count("data: skipping") == 1 and "corrupt-0.png (UnidentifiedImageError" in log
+
+
+def test_a_checkpoint_of_another_spec_is_refused_with_the_reason(tmp_path, dataset, in_process):
+    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="changed", train__epochs=1)
+    assert in_process(job) == EXIT_SUCCEEDED
+    (tmp_path / "runs/jobs/changed/status/final.json").unlink()
+    write_job(job, "./runs", dataset.split("train"), dataset.split("val"), name="changed", train__epochs=1, train__optimizer={"name": "sgd", "lr": 0.1})
+    assert in_process(job) == EXIT_FAILED
+    error = failure(tmp_path, "changed")["error"]
+    assert "was written for another run: train.optimizer.lr: checkpoint has 0.05, this run has 0.1; use a new job name" in error
+
+
+def test_an_invalid_job_file_starts_nothing(tmp_path, in_process, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: x\nstorage: ./runs\ntrain:\n  model: {name: resnet181}\n  data: {train: ./d}\n")
+    assert in_process(job) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert f"{job}:4: train.model.name: unknown torchvision model 'resnet181'; did you mean 'resnet18'?" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_during_training_is_a_clean_interruption(tmp_path, dataset):
+    job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="term")
+    prefix = tmp_path / "runs/jobs/term"
+    process = start_trainer(str(job), trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache")}), log=tmp_path / "out.log")
+    assert kill_when(process, lambda: (prefix / "checkpoints/LATEST.json").exists(), signal.SIGTERM) == EXIT_INTERRUPTED
+    assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
+    assert (prefix / "logs/attempt-1.log").exists()

@@ -1,0 +1,127 @@
+"""Running the real trainer (`python -m trainer run`) as a separate process, as the instance does, and
+reading what it left in storage. Shared by the trainer's end-to-end tests and the benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_job(path: Path, storage: str, train: str, val: str | None = None, name: str = "job", **overrides) -> Path:
+    """A job file for a small, fast, augmented run (mobilenet_v3_small has dropout and BatchNorm)."""
+    spec = {
+        "name": name,
+        "storage": storage,
+        "train": {
+            "model": {"name": "mobilenet_v3_small", "weights": None},
+            "data": {"train": train, "val": val, "image_size": 32, "workers": 0, "augmentation": {"color_jitter": 0.2}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
+            "epochs": 3,
+            "batch_size": 6,
+            "checkpoint": {"every_steps": 2, "every_seconds": None, "keep": 2},
+            "seed": 7,
+            "export": {"formats": []},
+        },
+    }
+    for dotted, value in overrides.items():
+        node = spec
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    if spec["train"]["data"]["val"] is None:
+        del spec["train"]["data"]["val"]
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTCTL_", "AWS_"))}
+    env.update({"AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(REPO), "SPOTCTL_HEARTBEAT_SECONDS": "1"})
+    env.update(extra or {})
+    return env
+
+
+def start_trainer(job: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "trainer", "run", "--job", job], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_trainer(job: str, env: dict[str, str], timeout: float = 300, log: Path | None = None) -> int:
+    process = start_trainer(job, env, log)
+    return process.wait(timeout=timeout)
+
+
+def wait_for(predicate, timeout: float = 120, poll: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def kill_when(process: subprocess.Popen, ready, sig: int, delay: float = 0.0, timeout: float = 120) -> int:
+    """Send `sig` once `ready()` is true (plus `delay` seconds); returns the exit code."""
+    if not wait_for(lambda: ready() or process.poll() is not None, timeout):
+        process.kill()
+        raise TimeoutError("the trainer never reached the point to interrupt it")
+    time.sleep(delay)
+    if process.poll() is None:
+        process.send_signal(sig)
+    return process.wait(timeout=120)
+
+
+def exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return fs.exists(path)
+
+
+def read_json(url: str):
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return json.loads(fs.cat_file(path))
+
+
+def final_state(prefix: str) -> dict:
+    """The state of the newest committed checkpoint under a job prefix (verified by the real loader)."""
+    from trainer.checkpoint import Checkpointer
+    from trainer.storage import Storage
+
+    storage = Storage(prefix)
+    storage.fs.invalidate_cache()
+    committed, state = Checkpointer(storage).load_latest()
+    return state
+
+
+def tensor_digest(tensors: dict) -> str:
+    """One sha256 over every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def optimizer_digest(optimizer_state: dict) -> str:
+    flat = {f"{index}.{name}": value for index, entry in optimizer_state["state"].items() for name, value in entry.items() if isinstance(value, torch.Tensor)}
+    return tensor_digest(flat)
+
+
+SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}

@@ -1,0 +1,28 @@
+"""`python -m trainer run --job URL`: train a job (or continue it from its latest checkpoint).
+
+Exit codes are documented in trainer/run.py: 0 succeeded, 1 failed, 2 invalid job file, 3 stopped on
+request, 75 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="spotctl's resumable trainer (the data plane).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train a job, resuming from its latest checkpoint if it has one")
+    run.add_argument("--job", required=True, metavar="URL", help="the job file: a local path or s3://bucket/.../job.yaml")
+    run.add_argument("--job-id", help="job id (default: from a .../jobs/<id>/job.yaml URL, else the job's name)")
+    run.add_argument("--attempt", type=int, help="attempt number (default: SPOTCTL_ATTEMPT, else the next free one)")
+    args = parser.parse_args(argv)
+
+    from trainer.run import run as run_job
+
+    return run_job(args.job, job_id=args.job_id, attempt=args.attempt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Training data: ImageFolder indexes, transforms with the weights' statistics, and loading that a
+resumed run replays exactly.
+
+Exact resume rests on three rules (each measured to matter):
+- the shuffle of epoch e is a permutation seeded with seed + e, independent of anything before it;
+- each sample's augmentation is seeded from (seed, epoch, index), so it does not depend on which worker
+  loads it, on how many workers there are, or on which samples a resumed run skipped;
+- a resumed epoch starts at its first unconsumed batch without loading the ones before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import models, transforms
+
+from trainer.config import DataSpec, ModelSpec, is_weights_name
+from trainer.fetch import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------------------ indexes
+@dataclass(frozen=True)
+class ImageIndex:
+    """The images of one ImageFolder: class names (sorted folder names) and (path, class) samples."""
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[str, int]]
+
+
+def scan(root: Path, field: str) -> ImageIndex:
+    """Index an ImageFolder (`root/<class>/**/<image>`) in a deterministic order."""
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise DataError(f"{field}: {root} has no class folders; an ImageFolder holds one folder per class, e.g. {root}/cat/001.jpg")
+    samples = []
+    for label, name in enumerate(classes):
+        found = sorted(
+            str(Path(folder) / file)
+            for folder, _, files in os.walk(root / name)
+            for file in files
+            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith(".")
+        )
+        if not found:
+            raise DataError(f"{field}: class folder '{name}' in {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+        samples += [(path, label) for path in found]
+    if len(classes) < 2:
+        raise DataError(f"{field}: {root} has only the class '{classes[0]}'; a classifier needs at least two class folders")
+    return ImageIndex(root, classes, samples)
+
+
+def check_same_classes(train: ImageIndex, val: ImageIndex) -> None:
+    if train.classes == val.classes:
+        return
+    missing = sorted(set(train.classes) - set(val.classes))
+    extra = sorted(set(val.classes) - set(train.classes))
+    parts = ([f"missing in val: {', '.join(missing)}"] if missing else []) + ([f"only in val: {', '.join(extra)}"] if extra else [])
+    raise DataError(f"train.data: train and val have different class folders ({'; '.join(parts)}); give both the same classes")
+
+
+def split_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded train/val split of `count` samples: the same every run and every attempt."""
+    held_out = max(1, round(count * fraction))
+    if held_out >= count:
+        raise DataError(f"train.data.train: {count} images are too few to hold out a val_fraction of {fraction:g}; add images or give data.val")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[held_out:]), sorted(order[:held_out])
+
+
+# --------------------------------------------------------------------------------------- transforms
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize_ratio: float  # validation resizes to size * ratio, then center-crops `size`
+
+
+def normalization(spec: ModelSpec) -> Normalization:
+    """The statistics the starting weights were trained with (ImageNet's for random or custom weights)."""
+    if spec.weights and is_weights_name(spec.weights):
+        preset = models.get_model_weights(spec.name)[spec.weights].transforms()
+        return Normalization(tuple(preset.mean), tuple(preset.std), preset.resize_size[0] / preset.crop_size[0])
+    return Normalization(IMAGENET_MEAN, IMAGENET_STD, 256 / 224)
+
+
+def train_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
+    aug, size = spec.augmentation, spec.image_size
+    steps = [transforms.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True)] if aug.random_resized_crop else val_transform(spec, norm).transforms[:2]
+    if aug.horizontal_flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    if aug.color_jitter:
+        steps.append(transforms.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)])
+
+
+def val_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
+    size = spec.image_size
+    return transforms.Compose(
+        [transforms.Resize(round(size * norm.resize_ratio), antialias=True), transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)]
+    )
+
+
+# ------------------------------------------------------------------------------------------ loading
+class BadImage(NamedTuple):
+    """An image that failed to decode: skipped, counted, and reported by path."""
+
+    path: str
+    reason: str
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch: well mixed, and the same in any process."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0])
+
+
+class ImageDataset(Dataset):
+    """Samples addressed by (epoch, index) keys, so augmentation randomness follows the sample."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform, seed: int):
+        self.samples, self.transform, self.seed = samples, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return BadImage(path, f"{type(exc).__name__}: {exc}")
+        # Transforms draw from torch's global generator: give them their own seed and leave the
+        # caller's state untouched (with 0 workers this runs in the training process, next to dropout).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(image), label
+
+
+def collate(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadImage]]:
+    """Stack the decoded samples; bad images leave the batch and are returned for counting."""
+    good = [item for item in batch if not isinstance(item, BadImage)]
+    bad = [item for item in batch if isinstance(item, BadImage)]
+    if not good:
+        return None, None, bad
+    return torch.stack([image for image, _ in good]), torch.tensor([label for _, label in good]), bad
+
+
+class ResumableBatchSampler:
+    """Batches of (epoch, index) keys: the seed+epoch permutation, starting at the first unconsumed batch."""
+
+    def __init__(self, count: int, batch_size: int, seed: int, shuffle: bool = True):
+        self.count, self.batch_size, self.seed, self.shuffle = count, batch_size, seed, shuffle
+        # Full batches only while training (a batch of one breaks BatchNorm), unless the set is smaller than one batch.
+        self.drop_last = shuffle and count >= batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.count, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.shuffle:
+            order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.count))
+        for batch in range(self.start_batch, len(self)):
+            yield [(self.epoch, index) for index in order[batch * self.batch_size : (batch + 1) * self.batch_size]]
+
+
+@dataclass
+class TrainingData:
+    classes: list[str]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_sampler: ResumableBatchSampler
+    train_size: int
+    val_size: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_sampler)
+
+
+def build(spec: DataSpec, model: ModelSpec, seed: int, batch_size: int, train_root: Path, val_root: Path | None, pin_memory: bool = False) -> TrainingData:
+    """Datasets and loaders from local ImageFolders (see trainer.fetch for getting them there)."""
+    train_index = scan(train_root, "train.data.train")
+    if val_root is not None:
+        val_index = scan(val_root, "train.data.val")
+        check_same_classes(train_index, val_index)
+        train_samples, val_samples = train_index.samples, val_index.samples
+    else:
+        train_ids, val_ids = split_indices(len(train_index.samples), spec.val_fraction, seed)
+        train_samples = [train_index.samples[i] for i in train_ids]
+        val_samples = [train_index.samples[i] for i in val_ids]
+    norm = normalization(model)
+    train_set = ImageDataset(train_samples, train_transform(spec, norm), seed)
+    val_set = ImageDataset(val_samples, val_transform(spec, norm), seed)
+    sampler = ResumableBatchSampler(len(train_set), batch_size, seed)
+
+    def loader(dataset: ImageDataset, batches: ResumableBatchSampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=spec.workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            persistent_workers=spec.workers > 0,
+            # Our own generator: otherwise every new iterator draws its workers' base seed from the
+            # global generator, and a resumed run (which starts iterating mid-epoch) would drift from
+            # the uninterrupted one in everything else that uses it (dropout).
+            generator=torch.Generator(),
+        )
+
+    log.info("data: %d classes, %d training and %d validation images", len(train_index.classes), len(train_set), len(val_set))
+    return TrainingData(
+        classes=train_index.classes,
+        train_loader=loader(train_set, sampler),
+        val_loader=loader(val_set, ResumableBatchSampler(len(val_set), batch_size, seed, shuffle=False)),
+        train_sampler=sampler,
+        train_size=len(train_set),
+        val_size=len(val_set),
+    )

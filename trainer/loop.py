@@ -1,0 +1,332 @@
+"""The training loop: fine-tune, validate, checkpoint, and stop cleanly when the instance is going away.
+
+`Trainer(...).fit()` reads top to bottom: set up (or restore) every piece of state, then epochs of
+steps. After each step the loop reaches a *boundary*: there it stops if a spot notice, SIGTERM or a
+control stop arrived, and it lets the checkpointer decide whether to save. Everything that shapes the
+next step is in `_state()`, so a run restored from any boundary continues bit for bit (CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer import data as data_mod
+from trainer import rng
+from trainer.checkpoint import CheckpointMismatch, Checkpointer
+from trainer.config import JobSpec, TrainSpec
+from trainer.display import ConsoleProgress, format_metrics
+from trainer.fetch import DataError, fetch
+from trainer.metrics import EarlyStopping, Meter
+from trainer.model import build_model, build_optimizer
+from trainer.preemption import InterruptionWatcher
+from trainer.reporting import Reporter
+from trainer.schedule import build_scheduler
+from trainer.storage import Storage
+
+log = logging.getLogger("trainer")
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # batches of it already trained
+    step: int = 0  # optimizer steps since the start of the run
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded | interrupted | stopped
+    step: int
+    epoch: int
+    reason: str | None = None
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 where the GPU supports it, else fp16 with a grad scaler; off on CPU."""
+    if setting == "off":
+        return None
+    if device.type == "cuda":
+        if setting == "bf16" and not torch.cuda.is_bf16_supported():
+            log.warning("amp: this GPU has no bf16; using fp16 with a grad scaler")
+            return torch.float16
+        if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+    if setting == "bf16":
+        return torch.bfloat16  # CPU autocast supports bf16
+    if setting == "fp16":
+        log.warning("amp: fp16 needs a CUDA GPU; training in fp32")
+    return None
+
+
+def train_fingerprint(train: TrainSpec) -> dict:
+    """The spec fields a checkpoint must agree with to be resumed (not: how often to save, export
+    formats, worker count or the bad-image threshold, which never change the result)."""
+    return train.model_dump(mode="json", exclude={"checkpoint": True, "export": True, "data": {"workers", "max_bad_images"}})
+
+
+class Trainer:
+    def __init__(self, spec: JobSpec, storage: Storage, reporter: Reporter, watcher: InterruptionWatcher, display: ConsoleProgress, cache_dir: Path, attempt: int = 1, sample_every: int | None = None):
+        self.spec, self.train = spec, spec.train
+        self.storage, self.reporter, self.watcher, self.display, self.attempt = storage, reporter, watcher, display, attempt
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # channels_last feeds cuDNN's fastest convolution kernels; on CPU it brings nothing here.
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+
+        reporter.update(phase="downloading data")
+        reporter.beat_now()
+        train_root = fetch(self.train.data.train, "train.data.train", cache_dir, display.downloading)
+        val_root = fetch(self.train.data.val, "train.data.val", cache_dir, display.downloading) if self.train.data.val else None
+        self.data = data_mod.build(self.train.data, self.train.model, self.train.seed, self.train.batch_size, train_root, val_root, pin_memory=self.device.type == "cuda")
+        self.classes = self.data.classes
+        if self.train.model.num_classes not in (None, len(self.classes)):
+            raise DataError(f"train.model.num_classes is {self.train.model.num_classes} but the training data has {len(self.classes)} class folders; remove num_classes or fix the data")
+
+        torch.manual_seed(self.train.seed)  # the new head's initial weights are part of the run
+        self.model = build_model(self.train.model, len(self.classes)).to(self.device, memory_format=self.memory_format)
+        self.optimizer = build_optimizer(self.model, self.train.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.train, self.data.steps_per_epoch)
+        self.amp = amp_dtype(self.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+        identity = {"model": self.train.model.name, "classes": self.classes, "train": train_fingerprint(self.train)}
+        ckpt = self.train.checkpoint
+        self.checkpoints = Checkpointer(storage, "checkpoints", keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
+        self.best = Checkpointer(storage, "best", keep=1, identity=identity)
+        self.stopper = EarlyStopping(self.train.early_stopping)
+        self.position = Position()
+        self.epoch_meter = Meter(self.device)
+        self.history: list[dict] = []
+        self.bad_images: set[str] = set()
+        self.sample_every = sample_every or max(1, self.data.steps_per_epoch // 20)
+        self._restore()
+
+    # ------------------------------------------------------------------------------------- the loop
+    def fit(self) -> Outcome:
+        spe, epochs = self.data.steps_per_epoch, self.train.epochs
+        self.display.start(spe * epochs, self.position.step)
+        while self.position.epoch < epochs:
+            self.model.train()
+            self.data.train_sampler.set_position(self.position.epoch, self.position.batch)
+            self.reporter.update(phase="training", epoch=self.position.epoch, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs)
+            window = _Window(self.device)
+            batches = iter(self.data.train_loader)
+            while True:
+                started = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                window.waited += time.perf_counter() - started
+                self._train_step(*batch, window.meter)
+                self.position.batch += 1
+                self.position.step += 1
+                window.images += 0 if batch[1] is None else len(batch[1])
+                if self.position.step % self.sample_every == 0:
+                    self._report_window(window, time.perf_counter())
+                    window = _Window(self.device)
+                # The epoch's last step is saved after validation (below), with its results.
+                if self.position.batch < spe and (outcome := self._boundary()) is not None:
+                    return outcome
+            self._end_epoch()
+            if (outcome := self._boundary(epoch_end=True)) is not None:
+                return outcome
+            if self.stopper.should_stop:
+                log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", self.stopper.spec.metric, self.stopper.bad_epochs, self.stopper.best, self.stopper.best_epoch + 1)
+                break
+        self.reporter.update(phase="checkpointing")
+        self.checkpoints.wait()
+        self.best.wait()
+        self._note_checkpoint()
+        return self._outcome("succeeded")
+
+    def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, bad: list, meter: Meter) -> None:
+        self._count_bad(bad)
+        if images is None:  # every image of the batch failed to decode: keep the lr schedule in step
+            self.scheduler.step()
+            return
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.model(images)
+            loss = self.criterion(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.train.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            nn.utils.clip_grad_norm_(self.trainable, self.train.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        meter.add(loss, logits, targets)
+        self.epoch_meter.add(loss, logits, targets)
+
+    def _boundary(self, epoch_end: bool = False) -> Outcome | None:
+        """Between two steps: stop if asked to, else save when due (always at an epoch end or on a rebalance notice)."""
+        if self.watcher.interrupt.is_set() or self.reporter.stop_requested.is_set():
+            interrupted = self.watcher.interrupt.is_set()
+            self.reporter.update(phase="checkpointing")
+            self.reporter.beat_now()
+            # save() first waits for an upload in flight; then this step's state is committed before exiting.
+            self.checkpoints.save(self.position.step, self._state, self._meta(), force=True)
+            self.checkpoints.wait()
+            self.best.wait()
+            self._note_checkpoint()
+            if interrupted:
+                return self._outcome("interrupted", self.watcher.reason)
+            return self._outcome("stopped", self.reporter.stop_reason)
+        force = epoch_end or self.watcher.take_rebalance()
+        if self.checkpoints.save(self.position.step, self._state, self._meta(), force=force):
+            self._note_checkpoint()
+        return None
+
+    def _end_epoch(self) -> None:
+        epoch = self.position.epoch
+        train_metrics = self.epoch_meter.read("train_")
+        self.reporter.update(phase="validating")
+        val_metrics = self.evaluate()
+        record = {"epoch": epoch + 1, "step": self.position.step, "lr": self.optimizer.param_groups[-1]["lr"], **train_metrics, **val_metrics}
+        self.history.append(record)
+        self.reporter.metrics.record("epoch", **record)
+        log.info("epoch %d/%d done: %s", epoch + 1, self.train.epochs, _brief(record))
+        metric = self.stopper.spec.metric
+        if self.stopper.update(record[metric], epoch):
+            log.info("best model so far (%s %.4f); saving it under best/", metric, record[metric])
+            best = {"model": self.model.state_dict(), "classes": self.classes, "epoch": epoch + 1, "metrics": record}
+            self.best.save(self.position.step, lambda: best, {"epoch": epoch + 1, "metric": metric, "value": record[metric], "metrics": record}, force=True)
+        self.position = Position(epoch + 1, 0, self.position.step)
+        self.epoch_meter = Meter(self.device)
+        self.reporter.update(phase="training", **{k: v for k, v in record.items() if k.startswith("val_")})
+        self.reporter.beat_now()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        meter = Meter(self.device)
+        for images, targets, bad in self.data.val_loader:
+            self._count_bad(bad)
+            if images is None:
+                continue
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                logits = self.model(images)
+                loss = self.criterion(logits, targets)
+            meter.add(loss, logits, targets)
+        self.model.train()
+        return meter.read("val_")
+
+    # ----------------------------------------------------------------------------- state and restore
+    def _state(self) -> dict:
+        """Everything that shapes the next step. Called only when the checkpointer decides to save."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "position": asdict(self.position),
+            "epoch_meter": {"sums": self.epoch_meter.sums, "count": self.epoch_meter.count},
+            "early_stopping": self.stopper.state_dict(),
+            "history": self.history,
+            "bad_images": sorted(self.bad_images),
+            "rng": rng.capture(),
+            "classes": self.classes,
+            "param_groups": [group["name"] for group in self.optimizer.param_groups],
+            "threads": torch.get_num_threads(),
+        }
+
+    def _meta(self) -> dict:
+        return {"epoch": self.position.epoch, "batch": self.position.batch, "attempt": self.attempt, "metrics": self.history[-1] if self.history else None}
+
+    def _restore(self) -> None:
+        found = self.checkpoints.load_latest(map_location=self.device)
+        if found is None:
+            log.info("no checkpoint under %s: starting from the beginning", self.storage.url_of("checkpoints"))
+            return
+        committed, state = found
+        groups = [group["name"] for group in self.optimizer.param_groups]
+        if state["param_groups"] != groups:
+            raise CheckpointMismatch(f"checkpoint step {committed.step} has parameter groups {state['param_groups']}, this run has {groups}; use a new job name")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.position = Position(**state["position"])
+        self.epoch_meter.sums.copy_(state["epoch_meter"]["sums"])
+        self.epoch_meter.count = state["epoch_meter"]["count"]
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.history = list(state["history"])
+        self.bad_images = set(state["bad_images"])
+        rng.restore(state["rng"])
+        if state["threads"] != torch.get_num_threads():
+            log.warning("resume: the checkpoint was written with %d CPU threads, this process has %d; results may differ in the last bits", state["threads"], torch.get_num_threads())
+        self.checkpoints.protected.add(committed.step)  # never deleted by this attempt's retention
+        self.checkpoints.last_committed = committed
+        self.checkpoints.last_commit_time = time.time()
+        log.info("resumed from checkpoint step %d (epoch %d, batch %d of %d)", committed.step, self.position.epoch + 1, self.position.batch, self.data.steps_per_epoch)
+
+    # --------------------------------------------------------------------------------------- helpers
+    def _count_bad(self, bad: list) -> None:
+        for item in bad:
+            if item.path not in self.bad_images:
+                self.bad_images.add(item.path)
+                log.warning("data: skipping %s (%s)", item.path, item.reason)
+        limit = self.train.data.max_bad_images * (self.data.train_size + self.data.val_size)
+        if len(self.bad_images) > limit:
+            raise DataError(
+                f"train.data: {len(self.bad_images)} of {self.data.train_size + self.data.val_size} images failed to decode, more than "
+                f"max_bad_images ({self.train.data.max_bad_images:.0%}) allows; e.g. {sorted(self.bad_images)[0]}; fix or remove them, or raise data.max_bad_images"
+            )
+
+    def _report_window(self, window: _Window, now: float) -> None:
+        values = window.meter.read("")
+        if values and not torch.isfinite(torch.tensor(values["loss"])):
+            raise FloatingPointError(f"the training loss became {values['loss']} at step {self.position.step}; lower optimizer.lr or set grad_clip_norm")
+        elapsed = max(now - window.started, 1e-9)
+        fields = {
+            "step": self.position.step,
+            "epoch": self.position.epoch,
+            "batch": self.position.batch,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "images_per_sec": window.images / elapsed,
+            "data_wait_fraction": min(1.0, window.waited / elapsed),
+            **values,
+        }
+        self.reporter.update(**fields)
+        self.reporter.metrics.record("step", **fields)
+        self.display.update(self.position.step, self.position.epoch, self.train.epochs, {k: fields.get(k) for k in ("loss", "acc1", "lr", "images_per_sec")})
+        self._note_checkpoint()
+
+    def _note_checkpoint(self) -> None:
+        committed = self.checkpoints.last_committed
+        if committed is not None:
+            self.reporter.update(last_checkpoint_step=committed.step, last_checkpoint_time=self.checkpoints.last_commit_time)
+
+    def _outcome(self, status: str, reason: str | None = None) -> Outcome:
+        best = None
+        if self.stopper.best is not None:
+            best = {"metric": self.stopper.spec.metric, "value": self.stopper.best, "epoch": self.stopper.best_epoch + 1}
+        return Outcome(status, self.position.step, self.position.epoch, reason, self.history, best)
+
+
+class _Window:
+    """Throughput, data wait and metrics over the steps since the last report."""
+
+    def __init__(self, device: torch.device):
+        self.started = time.perf_counter()
+        self.meter = Meter(device)
+        self.images = 0
+        self.waited = 0.0
+
+
+def _brief(record: dict) -> str:
+    return format_metrics({k: v for k, v in record.items() if k not in ("epoch", "step")})

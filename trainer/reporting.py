@@ -1,0 +1,142 @@
+"""What the orchestrator reads while a job runs, written by one background thread so the loop never
+waits on S3 for it:
+
+- `status/heartbeat.json` every `interval` seconds (phase, progress, throughput, metrics, last
+  checkpoint, data-wait fraction, GPU telemetry averaged over the interval, timestamps);
+- metric records, flushed as new JSON-lines objects (trainer.metrics.MetricsLog);
+- the log file, shipped to `logs/attempt-<k>.log` every few heartbeats;
+- the control object `control/stop`, polled with the heartbeat: when present the loop stops gracefully.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from trainer.metrics import MetricsLog
+from trainer.storage import Storage
+from trainer.telemetry import GpuMonitor
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = "status/heartbeat.json"
+FINAL = "status/final.json"
+CONTROL_STOP = "control/stop"
+PHASES = ("starting", "downloading data", "training", "validating", "checkpointing", "exporting", "interrupted", "stopped", "done", "failed")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def log_key(attempt: int) -> str:
+    return f"logs/attempt-{attempt}.log"
+
+
+class Reporter:
+    def __init__(self, storage: Storage, attempt: int, log_file: Path | None = None, gpu: GpuMonitor | None = None, interval: float = 15.0, ship_log_every: int = 4):
+        self.storage, self.attempt, self.log_file = storage, attempt, log_file
+        self.metrics = MetricsLog(storage, attempt)
+        self.gpu = gpu or GpuMonitor()
+        self.interval, self.ship_log_every = interval, ship_log_every
+        self.stop_requested = threading.Event()
+        self.stop_reason: str | None = None
+        self._status: dict = {"phase": "starting"}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._ticks = 0
+        self._started = now_iso()
+        self._thread: threading.Thread | None = None
+
+    def update(self, **fields) -> None:
+        """Cheap, called by the loop: the latest values for the next heartbeat."""
+        with self._lock:
+            self._status.update(fields)
+
+    def beat_now(self) -> None:
+        """Write a heartbeat (and flush metrics) as soon as possible, e.g. at a phase change."""
+        self._wake.set()
+
+    def start(self) -> Reporter:
+        self.gpu.start()
+        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, phase: str) -> None:
+        """Final heartbeat, metrics and log, written before returning."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.update(phase=phase)
+        self._tick(ship_log=True, poll_control=False)
+        self.gpu.close()
+
+    def heartbeat(self) -> dict:
+        with self._lock:
+            status = dict(self._status)
+        checkpoint_time = status.pop("last_checkpoint_time", None)
+        return {
+            "attempt": self.attempt,
+            **status,
+            "last_checkpoint_age_s": round(time.time() - checkpoint_time, 1) if checkpoint_time else None,
+            **self.gpu.read_and_reset(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "instance_id": os.environ.get("SPOTCTL_INSTANCE_ID"),
+            "started_at": self._started,
+            "updated_at": now_iso(),
+        }
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
+            self._ticks += 1
+            self._tick(ship_log=self._ticks % self.ship_log_every == 0, poll_control=True)
+
+    def _tick(self, ship_log: bool, poll_control: bool) -> None:
+        # Each part on its own: S3 trouble with one must not starve the others (or stop training).
+        for what, action in (
+            ("heartbeat", lambda: self.storage.write_bytes(HEARTBEAT, json.dumps(self.heartbeat(), indent=1).encode())),
+            ("metrics", self.metrics.flush),
+            ("control", self._poll_control if poll_control else None),
+            ("log", self.ship_log if ship_log else None),
+        ):
+            if action is None:
+                continue
+            try:
+                action()
+            except Exception as exc:
+                log.warning("reporting: writing the %s failed (%s: %s); trying again at the next heartbeat", what, type(exc).__name__, exc)
+
+    def _poll_control(self) -> None:
+        if self.stop_requested.is_set():
+            return
+        try:
+            body = self.storage.read_bytes(CONTROL_STOP)
+        except FileNotFoundError:
+            return
+        try:
+            reason = json.loads(body).get("reason") or "stop requested"
+        except (ValueError, AttributeError):
+            reason = "stop requested"
+        self.stop_reason = reason
+        log.warning("control: %s; checkpointing and stopping", reason)
+        self.stop_requested.set()
+
+    def ship_log(self) -> None:
+        if self.log_file is not None and self.log_file.exists():
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            self.storage.upload(str(self.log_file), log_key(self.attempt))

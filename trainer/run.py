@@ -1,0 +1,182 @@
+"""One attempt of a job: find its prefix, start reporting and the interruption watcher, train, and
+record the outcome. Run again after an interruption, the same call continues from the latest checkpoint.
+
+Exit codes (the bootstrap script and `spotctl watch` act on them):
+
+    0   succeeded (also when the job had already succeeded: nothing is redone)
+    1   failed: the error is in status/final.json and the log
+    2   the job file is invalid (nothing was started)
+    3   stopped on request (control/stop): final checkpoint committed, resumable
+    75  interrupted (spot notice, SIGTERM, Ctrl-C): final checkpoint committed, run again to resume
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from trainer.checkpoint import CheckpointMismatch
+from trainer.config import JobSpec
+from trainer.fetch import DataError, default_cache_dir
+from trainer.model import WeightsError
+from trainer.reporting import FINAL, Reporter, now_iso
+from trainer.spec_file import SpecError, load_spec
+from trainer.storage import Storage
+
+log = logging.getLogger("trainer")
+
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
+
+# Errors whose message says all a user needs: no traceback in the log or final.json.
+USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError)
+
+
+def job_prefix(spec: JobSpec, job_url: str, job_id: str | None = None) -> tuple[str, str]:
+    """(job id, URL of the job's prefix). The id is `job_id`, else SPOTCTL_JOB_ID, else taken from a
+    job file at `<storage>/jobs/<id>/job.yaml` (where `spotctl launch` puts it), else the job's name."""
+    job_id = job_id or os.environ.get("SPOTCTL_JOB_ID")
+    if not job_id:
+        match = re.search(r"/jobs/([^/]+)/job\.ya?ml$", job_url)
+        job_id = match.group(1) if match else spec.name
+    return job_id, f"{spec.storage.rstrip('/')}/jobs/{job_id}"
+
+
+def next_attempt(storage: Storage) -> int:
+    """SPOTCTL_ATTEMPT when the orchestrator set it, else one past the attempts that left a log."""
+    if os.environ.get("SPOTCTL_ATTEMPT"):
+        return int(os.environ["SPOTCTL_ATTEMPT"])
+    numbers = [int(m.group(1)) for name in storage.list("logs") if (m := re.fullmatch(r"attempt-(\d+)\.log", name))]
+    return max(numbers, default=0) + 1
+
+
+def run(job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None) -> int:
+    try:
+        spec = load_spec(job_url)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"error: {exc.summary}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    job_id, prefix = job_prefix(spec, job_url, job_id)
+    storage = Storage(prefix)
+    previous = read_final(storage)
+    if previous and previous.get("outcome") == "succeeded":
+        print(f"job {job_id} already succeeded (status/final.json under {prefix}); nothing to do", file=sys.stderr)
+        return EXIT_SUCCEEDED
+    if previous:  # a stopped or failed job being resumed: it is running again
+        storage.delete(FINAL)
+    attempt = attempt or next_attempt(storage)
+    log_file, console = _setup_logging(attempt)
+    log.info("job %s attempt %d: %s -> %s", job_id, attempt, job_url, prefix)
+
+    # Imported here: torch takes seconds to import, and a bad job file should fail at once.
+    from trainer.display import ConsoleProgress
+    from trainer.loop import Trainer
+    from trainer.preemption import InterruptionWatcher
+
+    interval = heartbeat_seconds or float(os.environ.get("SPOTCTL_HEARTBEAT_SECONDS", 15))
+    reporter = Reporter(storage, attempt, log_file, interval=interval).start()
+    watcher = InterruptionWatcher().start()
+    display = ConsoleProgress(console, live=console.is_terminal)
+    outcome = None
+    try:
+        trainer = Trainer(spec, storage, reporter, watcher, display, default_cache_dir(), attempt)
+        outcome = trainer.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: leave at once, resumable from the last checkpoint
+        log.warning("stopped without a final checkpoint; run the same command to resume from the last one")
+        reporter.close("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        _record_failure(storage, reporter, attempt, exc)
+        return EXIT_FAILED
+    finally:
+        display.close()
+        watcher.close()
+
+    if outcome.status == "interrupted":
+        log.warning("interrupted (%s) at step %d; run the same command to resume", outcome.reason, outcome.step)
+        reporter.close("interrupted")
+        return EXIT_INTERRUPTED
+    if outcome.status == "stopped":
+        _write_final(storage, {"outcome": "stopped", "reason": outcome.reason, **_summary(outcome, attempt)})
+        log.info("stopped (%s) at step %d; final checkpoint committed", outcome.reason, outcome.step)
+        reporter.close("stopped")
+        return EXIT_STOPPED
+    _write_final(storage, {"outcome": "succeeded", **_summary(outcome, attempt)})
+    log.info("succeeded after %d steps; best %s", outcome.step, outcome.best)
+    reporter.close("done")
+    return EXIT_SUCCEEDED
+
+
+def read_final(storage: Storage) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(FINAL))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"outcome": "unreadable"}
+
+
+def _summary(outcome, attempt: int) -> dict:
+    return {
+        "attempt": attempt,
+        "step": outcome.step,
+        "epochs_completed": outcome.epoch,
+        "best": outcome.best,
+        "metrics": outcome.history[-1] if outcome.history else None,
+        "history": outcome.history,
+        "finished_at": now_iso(),
+    }
+
+
+def _record_failure(storage: Storage, reporter: Reporter, attempt: int, exc: Exception) -> None:
+    message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, USER_ERRORS) else str(exc)
+    lines = [] if isinstance(exc, USER_ERRORS) else traceback.format_exception(exc)
+    if lines:
+        log.error("failed: %s\n%s", message, "".join(lines).rstrip())
+    else:
+        log.error("failed: %s", message)
+    tail = "".join(lines).splitlines()[-20:]
+    try:
+        _write_final(storage, {"outcome": "failed", "attempt": attempt, "error": message, "traceback": tail, "finished_at": now_iso()})
+    except Exception as write_error:  # the storage itself may be what failed
+        log.error("could not write %s: %s", storage.url_of(FINAL), write_error)
+    reporter.update(error=message)
+    reporter.close("failed")
+
+
+def _write_final(storage: Storage, final: dict) -> None:
+    storage.write_bytes(FINAL, json.dumps(final, indent=1).encode())
+
+
+def _setup_logging(attempt: int):
+    """Log to stderr (rich on a terminal) and to a file that is shipped to logs/attempt-<k>.log."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    console = Console(stderr=True)
+    log_file = Path(tempfile.mkdtemp(prefix="spotctl-trainer-")) / f"attempt-{attempt}.log"
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(plain)
+    if console.is_terminal:
+        to_console: logging.Handler = RichHandler(console=console, show_path=False)
+    else:
+        to_console = logging.StreamHandler(sys.stderr)
+        to_console.setFormatter(plain)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(to_file)
+    root.addHandler(to_console)
+    root.setLevel(logging.INFO)
+    for noisy in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3", "fsspec", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return log_file, console
+
