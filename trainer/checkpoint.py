@@ -104,6 +104,7 @@ class Checkpointer:
         self._error: BaseException | None = None
         self.last_committed: Committed | None = None
         self.last_commit_time: float | None = None  # wall clock, for the heartbeat's checkpoint age
+        self.load_timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ saving
     def due(self, step: int) -> bool:
@@ -255,17 +256,24 @@ class Checkpointer:
             )
 
     def load(self, committed: Committed, map_location: str | torch.device = "cpu") -> dict:
-        """Download, verify size and sha256 of every file, then load with weights_only=True."""
+        """Download, verify size and sha256 of every file, then load with weights_only=True.
+
+        The seconds each part took are left in `load_timings` (reported in the heartbeat)."""
         folder = f"{self.prefix}/{step_folder(committed.step)}"
         entry = committed.manifest["files"][STATE_FILE]
+        started = time.perf_counter()
         try:
             data = self.storage.read_bytes(f"{folder}/{STATE_FILE}")
         except FileNotFoundError:
             raise CorruptCheckpoint(f"{STATE_FILE} is missing") from None
+        downloaded = time.perf_counter()
         if len(data) != entry["size"] or _sha256(data) != entry["sha256"]:
             raise CorruptCheckpoint(f"{STATE_FILE} does not match its manifest (size {len(data)}, expected {entry['size']})")
+        verified = time.perf_counter()
         # Only tensors and plain containers: a checkpoint is untrusted input.
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        self.load_timings = {"download_s": downloaded - started, "verify_s": verified - downloaded, "load_s": time.perf_counter() - verified, "bytes": len(data)}
+        return state
 
     def _read_pointer(self) -> dict | None:
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import trainer
 from trainer import data as data_mod
 from trainer import rng
 from trainer.checkpoint import CheckpointMismatch, Checkpointer
@@ -83,10 +84,12 @@ class Trainer:
 
         reporter.update(phase="downloading data")
         reporter.beat_now()
+        marks = {"start": time.monotonic()}
         train_root = fetch(self.train.data.train, "train.data.train", cache_dir, display.downloading)
         val_root = fetch(self.train.data.val, "train.data.val", cache_dir, display.downloading) if self.train.data.val else None
         self.data = data_mod.build(self.train.data, self.train.model, self.train.seed, self.train.batch_size, train_root, val_root, pin_memory=self.device.type == "cuda")
         self.classes = self.data.classes
+        marks["data"] = time.monotonic()
         if self.train.model.num_classes not in (None, len(self.classes)):
             raise DataError(f"train.model.num_classes is {self.train.model.num_classes} but the training data has {len(self.classes)} class folders; remove num_classes or fix the data")
 
@@ -99,6 +102,7 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
+        marks["model"] = time.monotonic()
         identity = {"model": self.train.model.name, "classes": self.classes, "train": train_fingerprint(self.train)}
         ckpt = self.train.checkpoint
         self.checkpoints = Checkpointer(storage, "checkpoints", keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
@@ -110,6 +114,14 @@ class Trainer:
         self.bad_images: set[str] = set()
         self.sample_every = sample_every or max(1, self.data.steps_per_epoch // 20)
         self._restore()
+        marks["restore"] = time.monotonic()
+        self.startup = {
+            "imports_s": marks["start"] - trainer.STARTED,
+            "data_s": marks["data"] - marks["start"],
+            "model_s": marks["model"] - marks["data"],
+            "restore_s": marks["restore"] - marks["model"],
+            "checkpoint": self.checkpoints.load_timings or None,
+        }
 
     # ------------------------------------------------------------------------------------- the loop
     def fit(self) -> Outcome:
@@ -118,7 +130,7 @@ class Trainer:
         while self.position.epoch < epochs:
             self.model.train()
             self.data.train_sampler.set_position(self.position.epoch, self.position.batch)
-            self.reporter.update(phase="training", epoch=self.position.epoch, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs)
+            self.reporter.update(phase="training", epoch=self.position.epoch + 1, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs)
             window = _Window(self.device)
             batches = iter(self.data.train_loader)
             while True:
@@ -128,6 +140,8 @@ class Trainer:
                     break
                 window.waited += time.perf_counter() - started
                 self._train_step(*batch, window.meter)
+                if "first_step_s" not in self.startup:
+                    self._note_first_step()
                 self.position.batch += 1
                 self.position.step += 1
                 window.images += 0 if batch[1] is None else len(batch[1])
@@ -245,7 +259,7 @@ class Trainer:
         }
 
     def _meta(self) -> dict:
-        return {"epoch": self.position.epoch, "batch": self.position.batch, "attempt": self.attempt, "metrics": self.history[-1] if self.history else None}
+        return {"epochs_completed": self.position.epoch, "batch": self.position.batch, "attempt": self.attempt, "metrics": self.history[-1] if self.history else None}
 
     def _restore(self) -> None:
         found = self.checkpoints.load_latest(map_location=self.device)
@@ -294,7 +308,7 @@ class Trainer:
         elapsed = max(now - window.started, 1e-9)
         fields = {
             "step": self.position.step,
-            "epoch": self.position.epoch,
+            "epoch": self.position.epoch + 1,  # 1-based in everything a person reads
             "batch": self.position.batch,
             "lr": self.optimizer.param_groups[-1]["lr"],
             "images_per_sec": window.images / elapsed,
@@ -305,6 +319,11 @@ class Trainer:
         self.reporter.metrics.record("step", **fields)
         self.display.update(self.position.step, self.position.epoch, self.train.epochs, {k: fields.get(k) for k in ("loss", "acc1", "lr", "images_per_sec")})
         self._note_checkpoint()
+
+    def _note_first_step(self) -> None:
+        self.startup["first_step_s"] = time.monotonic() - trainer.STARTED
+        self.reporter.update(startup={k: round(v, 3) if isinstance(v, float) else v for k, v in self.startup.items()})
+        log.info("first step %.1fs after start (imports %.1fs, data %.1fs, model %.1fs, restore %.1fs)", self.startup["first_step_s"], self.startup["imports_s"], self.startup["data_s"], self.startup["model_s"], self.startup["restore_s"])
 
     def _note_checkpoint(self) -> None:
         committed = self.checkpoints.last_committed
