@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test reference constraints clean
 
-demo: $(STAMP)  ## the main job; for now: validate and show the quickstart spec
+demo: $(STAMP)  ## the main job; for now: train the quickstart locally (no cloud), resumable with Ctrl-C
 	$(VENV)/bin/spotctl validate examples/quickstart.yaml
+	test -d data/shapes || $(PY) -m trainer.sample_data data/shapes
+	$(PY) -m trainer run --job examples/quickstart.yaml
 
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest -q

@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import socket
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
-from PIL import Image, ImageDraw
+
+from trainer import sample_data
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -90,9 +90,6 @@ class ImageFolderData:
         return Path(self.root)
 
 
-_SHAPES = ("circle", "square", "triangle", "cross", "ring")
-
-
 def make_image_folder(
     root: str | Path,
     classes: tuple[str, ...] = ("circle", "square", "triangle"),
@@ -101,56 +98,20 @@ def make_image_folder(
     seed: int = 0,
     corrupt: int = 0,
 ) -> ImageFolderData:
-    """Write real PNGs, one folder per class and split, to a local folder or any fsspec URL.
-
-    Each class draws its own shape (so a model can learn them) at a random place, scale and colour.
-    `per_class` may be a number or {split: number}; `corrupt` adds that many undecodable .png files
-    to the first class of the first split.
-    """
+    """Real PNGs (trainer.sample_data's shapes), one folder per class and split, at a local folder or
+    any fsspec URL. `per_class` may be a number or {split: number}; `corrupt` adds that many
+    undecodable .png files to the first class of the first split."""
     root = str(root)
     splits = per_class if isinstance(per_class, dict) else {"train": per_class, "val": max(2, per_class // 2)}
-    fs, base = fsspec.core.url_to_fs(root)
-    rng = random.Random(seed)
-    data = ImageFolderData(root=root, classes=list(classes))
-    for split, count in splits.items():
-        data.files[split] = []
-        for class_index, class_name in enumerate(classes):
-            folder = f"{base.rstrip('/')}/{split}/{class_name}"
-            fs.makedirs(folder, exist_ok=True)
-            for i in range(count):
-                path = f"{folder}/{i:04d}.png"
-                with fs.open(path, "wb") as handle:
-                    _draw(_SHAPES[class_index % len(_SHAPES)], size, rng).save(handle, format="PNG")
-                data.files[split].append(path)
-        if corrupt and split == next(iter(splits)):
-            for i in range(corrupt):
-                path = f"{base.rstrip('/')}/{split}/{classes[0]}/corrupt-{i}.png"
-                fs.pipe(path, b"\x89PNG\r\n\x1a\n this is not an image")
-                data.files[split].append(path)
+    data = ImageFolderData(root=root, classes=list(classes), files=sample_data.render(root, classes, splits, size, seed))
+    if corrupt:
+        fs, base = fsspec.core.url_to_fs(root)
+        split = next(iter(splits))
+        for i in range(corrupt):
+            path = f"{base.rstrip('/')}/{split}/{classes[0]}/corrupt-{i}.png"
+            fs.pipe(path, b"\x89PNG\r\n\x1a\n this is not an image")
+            data.files[split].append(path)
     return data
-
-
-def _draw(shape: str, size: int, rng: random.Random) -> Image.Image:
-    background = tuple(rng.randrange(0, 80) for _ in range(3))
-    colour = tuple(rng.randrange(140, 256) for _ in range(3))
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    extent = rng.uniform(0.45, 0.8) * size
-    x0, y0 = rng.uniform(0, size - extent), rng.uniform(0, size - extent)
-    box = (x0, y0, x0 + extent, y0 + extent)
-    width = max(1, size // 10)
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(x0, y0 + extent), (x0 + extent / 2, y0), (x0 + extent, y0 + extent)], fill=colour)
-    elif shape == "cross":
-        draw.line([(x0, y0), (x0 + extent, y0 + extent)], fill=colour, width=width)
-        draw.line([(x0, y0 + extent), (x0 + extent, y0)], fill=colour, width=width)
-    else:
-        draw.ellipse(box, outline=colour, width=width)
-    return image
 
 
 def write_json(url: str, value) -> None:

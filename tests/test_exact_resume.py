@@ -63,7 +63,8 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, r
         # A step past where the next attempt starts (the first kill in the first third). Once its state
         # file appears, wait a random instant: SIGKILL then lands anywhere from mid-upload (a state file
         # without its manifest) to a few steps later.
-        step = chooser.randrange(latest_step() + 2, last + 1, 2)
+        start = latest_step() // 2 * 2 + 2  # checkpoints are every 2 steps; a SIGTERM one may be odd
+        step = chooser.randrange(start, last + 1, 2)
         process = start_trainer(str(job), env, log=tmp_path / "out.log")
         code = kill_when(process, lambda step=step: exists(f"{prefix}/checkpoints/step-{step}/state.pt"), sig, delay=chooser.uniform(0, 0.2))
         assert code == (75 if sig == signal.SIGTERM else -signal.SIGKILL), (tmp_path / "out.log").read_text()[-3000:]

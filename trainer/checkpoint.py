@@ -190,7 +190,7 @@ class Checkpointer:
             self.storage.write_bytes(f"{self.prefix}/{POINTER}", json.dumps(pointer).encode())
         self.last_committed = committed
         self.last_commit_time = time.time()
-        log.info("checkpoint: committed step %d under %s", committed.step, self.prefix)
+        log.info("checkpoint: committed %s/step-%d", self.prefix, committed.step)
         return committed
 
     def _apply_retention(self) -> None:
@@ -202,7 +202,7 @@ class Checkpointer:
             folder = f"{self.prefix}/{step_folder(step)}"
             self.storage.delete(f"{folder}/{MANIFEST}")
             self.storage.delete(folder, recursive=True)
-            log.info("checkpoint: retention removed step %d", step)
+            log.info("checkpoint: retention removed %s/step-%d", self.prefix, step)
 
     # ----------------------------------------------------------------------------------- finding
     def committed_steps(self) -> list[int]:

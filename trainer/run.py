@@ -109,7 +109,8 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         reporter.close("stopped")
         return EXIT_STOPPED
     _write_final(storage, {"outcome": "succeeded", **_summary(outcome, attempt)})
-    log.info("succeeded after %d steps; best %s", outcome.step, outcome.best)
+    best = f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)" if outcome.best else ""
+    log.info("succeeded after %d steps%s", outcome.step, best)
     reporter.close("done")
     return EXIT_SUCCEEDED
 

@@ -1,0 +1,69 @@
+"""Helpers shared by the benchmarks: command line, summary table, verdict line, JSON, a moto bucket."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; the module docstring is the help text."""
+    args = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args.add_argument("--quick", action="store_true", help="a smaller run, as a smoke test (well under a minute)")
+    args.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    return args
+
+
+def quiet_logging() -> None:
+    """Only warnings: the trainer's INFO lines would bury the table."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the moto server logs every request at INFO
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence]) -> None:
+    cells = [[str(h) for h in headers]] + [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+        if n == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def verdict(ratio: float, target: float, higher_is_better: bool) -> bool:
+    """Print the one line a script or a person greps for, e.g. `RESULT ratio=0.97 target>=0.95 PASS`."""
+    passed = ratio >= target if higher_is_better else ratio <= target
+    print(f"RESULT ratio={ratio:.3f} target{'>=' if higher_is_better else '<='}{target:.2f} {'PASS' if passed else 'FAIL'}")
+    return passed
+
+
+def write_json(path: str | None, figures: dict) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=1)
+        print(f"figures written to {path}")
+
+
+@contextlib.contextmanager
+def moto_bucket(bucket: str = "bench") -> Iterator[str]:
+    """s3://<bucket> on a moto server on 127.0.0.1 (tests/harness.py), with os.environ pointing every
+    AWS client at it for the duration. The server runs in this process: its CPU is charged to us."""
+    import boto3
+
+    from tests.harness import AWS_VARIABLES_TO_CLEAR, MotoServer
+
+    server = MotoServer().start()
+    saved = dict(os.environ)
+    for name in AWS_VARIABLES_TO_CLEAR:
+        os.environ.pop(name, None)
+    os.environ.update(server.environment())
+    try:
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.stop()

@@ -1,0 +1,204 @@
+"""Throughput: the trainer vs a hand-written PyTorch loop (same model, data and batch size), on CPU.
+
+Measures steady-state training images/s of
+  plain    torchvision ImageFolder + DataLoader(shuffle=True) + the same model (trainer.model.build_model)
+           + SGD with momentum + CrossEntropyLoss + a cosine LambdaLR: what an engineer writes by hand;
+  trainer  trainer.loop.Trainer.fit(), wired as trainer.run wires it: a Reporter writing heartbeats every
+           2 s, an InterruptionWatcher (SIGTERM only: AWS_EC2_METADATA_DISABLED), ConsoleProgress(live=False),
+           and a checkpoint of the full state (model + momentum, ~90 MB) every 5 s, the shortest interval a
+           job may ask for. Storage is a local folder (--storage s3: a moto server running in this
+           process, so its CPU is charged to the trainer: pessimistic).
+Both train one epoch of the same PNGs (resnet18, 64 px, batch 32) with the same transforms (trainer.data's),
+seed, torch threads and loader workers.
+
+Fairness: both loops get their batches through `Stamped`, which notes the time whenever the loop asks
+for the next batch. Throughput = images in the batches after the first `--warmup` ones ÷ the time from
+asking for batch `warmup` to the loader running dry. That leaves out setup, the first (slow) steps and
+the trainer's end-of-epoch validation and final save, and counts everything the trainer does between
+steps: metrics, reports, checkpoint copies, and the background uploads and heartbeats competing for the
+same cores. Runs alternate (plain, trainer, plain, trainer, ...) so drifting machine load hits both
+sides; the medians are compared.
+
+Run:    python -m bench.throughput [--quick] [--json PATH]   (from the repository root)
+Target: trainer images/s / plain images/s >= 0.95
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from bench.common import moto_bucket, parser, print_table, quiet_logging, verdict, write_json
+from tests.harness import make_image_folder
+from tests.trainer_runs import write_job
+from trainer.checkpoint import Checkpointer
+from trainer.config import JobSpec
+from trainer.data import normalization, train_transform
+from trainer.display import ConsoleProgress
+from trainer.loop import Trainer
+from trainer.model import build_model
+from trainer.preemption import InterruptionWatcher
+from trainer.reporting import HEARTBEAT, Reporter
+from trainer.spec_file import load_spec
+from trainer.storage import Storage
+
+TARGET = 0.95
+CLASSES = ("circle", "square", "triangle", "cross", "ring")
+HEARTBEAT_SECONDS = 2.0
+CHECKPOINT_SECONDS = 5  # the spec's minimum
+
+
+class Stamped:
+    """Iterates over `loader`, noting perf_counter() each time the loop asks for the next batch
+    (the last note: when the loader is exhausted)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.stamps: list[float] = []
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            self.stamps.append(time.perf_counter())
+            batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    def window(self, warmup: int) -> tuple[float, float]:
+        return self.stamps[warmup], self.stamps[-1]
+
+    def figures(self, warmup: int, batch_size: int) -> dict:
+        steps = len(self.stamps) - 1 - warmup
+        start, end = self.window(warmup)
+        return {"steps": steps, "seconds": end - start, "images_per_sec": steps * batch_size / (end - start)}
+
+
+class HeartbeatCountingStorage(Storage):
+    """The job's storage, noting when each heartbeat is written (to show they ran while measured)."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.heartbeats: list[float] = []
+
+    def write_bytes(self, relative: str, data: bytes, create_only: bool = False) -> None:
+        if relative == HEARTBEAT:
+            self.heartbeats.append(time.perf_counter())
+        super().write_bytes(relative, data, create_only)
+
+
+def run_plain(spec: JobSpec, train_root: str, warmup: int) -> dict:
+    train = spec.train
+    dataset = ImageFolder(train_root, transform=train_transform(train.data, normalization(train.model)))
+    loader = Stamped(DataLoader(dataset, batch_size=train.batch_size, shuffle=True, drop_last=True, num_workers=train.data.workers))
+    torch.manual_seed(train.seed)
+    model = build_model(train.model, len(dataset.classes))
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.optimizer.lr, momentum=0.9, weight_decay=train.optimizer.weight_decay)
+    steps = len(loader.loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    for images, targets in loader:
+        loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return loader.figures(warmup, train.batch_size)
+
+
+def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dict:
+    storage = HeartbeatCountingStorage(prefix)
+    reporter = Reporter(storage, attempt=1, interval=HEARTBEAT_SECONDS).start()
+    watcher = InterruptionWatcher().start()
+    display = ConsoleProgress(Console(stderr=True), live=False)
+    try:
+        fitter = Trainer(spec, storage, reporter, watcher, display, cache_dir)
+        # Instrumentation only: fit() iterates over data.train_loader, a plain attribute.
+        stamped = fitter.data.train_loader = Stamped(fitter.data.train_loader)
+        outcome = fitter.fit()
+    finally:
+        display.close()
+        watcher.close()
+        reporter.close("done")
+    if outcome.status != "succeeded":
+        raise RuntimeError(f"the trainer ended {outcome.status}: {outcome.reason}")
+    start, end = stamped.window(warmup)
+    # A save at step s happens between asking for batches s-1 and s; the last step's is after the window.
+    saved = [step for step in Checkpointer(storage).committed_steps() if warmup < step < outcome.step]
+    return {
+        **stamped.figures(warmup, spec.train.batch_size),
+        "checkpoints": len(saved),
+        "heartbeats": sum(start <= t <= end for t in storage.heartbeats),
+    }
+
+
+def job_spec(folder: Path, storage: str, train: str, val: str, workers: int) -> JobSpec:
+    path = write_job(
+        folder / "job.yaml", storage, train, val, name="bench-throughput",
+        train__model__name="resnet18",
+        train__data__image_size=64,
+        train__data__workers=workers,
+        train__data__augmentation={},  # the defaults: random-resized crop and flip
+        train__optimizer={"name": "sgd", "lr": 0.05},
+        train__scheduler={"name": "cosine"},
+        train__epochs=1,
+        train__batch_size=32,
+        # keep: every checkpoint stays listable, to count the saves made while measuring.
+        train__checkpoint={"every_seconds": CHECKPOINT_SECONDS, "every_steps": None, "keep": 1000},
+    )
+    return load_spec(path)
+
+
+def main() -> None:
+    options = parser(__doc__)
+    options.add_argument("--images", type=int, default=2000, help="training images, one epoch (default 2000)")
+    options.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
+    options.add_argument("--warmup", type=int, default=5, help="first steps left out of the measurement (default 5)")
+    options.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loops (default 0)")
+    options.add_argument("--threads", type=int, default=1, help="torch threads for both loops (default 1, see above)")
+    options.add_argument("--storage", choices=("local", "s3"), default="local", help="the trainer's storage (default local)")
+    args = options.parse_args()
+    if args.quick:
+        args.images, args.repeats, args.warmup = 800, 1, 3  # long enough for one timed save
+    quiet_logging()
+    torch.set_num_threads(args.threads)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # the watcher must not probe 169.254.169.254
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        root = stack.enter_context(moto_bucket()) if args.storage == "s3" else str(folder / "storage")
+        data = make_image_folder(folder / "data", CLASSES, {"train": args.images // len(CLASSES), "val": 2}, size=64)
+        spec = job_spec(folder, root, data.split("train"), data.split("val"), args.workers)
+        for repeat in range(1, args.repeats + 1):
+            runs.append({"loop": "plain", "repeat": repeat, **run_plain(spec, data.split("train"), args.warmup)})
+            runs.append({"loop": "trainer", "repeat": repeat, **run_trainer(spec, f"{root}/run-{repeat}", folder / "cache", args.warmup)})
+            print(f"repeat {repeat}: plain {runs[-2]['images_per_sec']:.1f} img/s, trainer {runs[-1]['images_per_sec']:.1f} img/s", flush=True)
+
+    median = {loop: statistics.median(r["images_per_sec"] for r in runs if r["loop"] == loop) for loop in ("plain", "trainer")}
+    ratio = median["trainer"] / median["plain"]
+    print()
+    print_table(
+        ["loop", "repeat", "steps", "seconds", "images/s", "checkpoints", "heartbeats"],
+        [[r["loop"], r["repeat"], r["steps"], r["seconds"], r["images_per_sec"], r.get("checkpoints", "-"), r.get("heartbeats", "-")] for r in runs],
+    )
+    print(f"\nmedian images/s: plain {median['plain']:.2f}, trainer {median['trainer']:.2f}")
+    passed = verdict(ratio, TARGET, higher_is_better=True)
+    config = {k: v for k, v in vars(args).items() if k != "json"} | {"model": "resnet18", "image_size": 64, "batch_size": 32, "checkpoint_every_seconds": CHECKPOINT_SECONDS, "heartbeat_seconds": HEARTBEAT_SECONDS}
+    write_json(args.json, {"benchmark": "throughput", "config": config, "runs": runs, "median_images_per_sec": median, "ratio": ratio, "target": TARGET, "pass": passed})
+
+
+if __name__ == "__main__":
+    main()
