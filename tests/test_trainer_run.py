@@ -195,3 +195,10 @@ def test_sigterm_during_training_is_a_clean_interruption(tmp_path, dataset):
     assert kill_when(process, lambda: (prefix / "checkpoints/LATEST.json").exists(), signal.SIGTERM) == EXIT_INTERRUPTED
     assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
     assert (prefix / "logs/attempt-1.log").exists()
+
+
+def test_a_missing_bucket_is_one_clear_line(tmp_path, dataset, aws, in_process, capsys):
+    job = write_job(tmp_path / "job.yaml", "s3://no-such-bucket/spotctl", dataset.split("train"), dataset.split("val"), name="nowhere")
+    assert in_process(job) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == "error: cannot use the job's storage s3://no-such-bucket/spotctl/jobs/nowhere (FileNotFoundError: bucket no-such-bucket does not exist); create it, or fix `storage` in the job file\n"

@@ -64,14 +64,20 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         print(f"error: {exc.summary}", file=sys.stderr)
         return EXIT_BAD_SPEC
     job_id, prefix = job_prefix(spec, job_url, job_id)
-    storage = Storage(prefix)
-    previous = read_final(storage)
-    if previous and previous.get("outcome") == "succeeded":
-        print(f"job {job_id} already succeeded (status/final.json under {prefix}); nothing to do", file=sys.stderr)
-        return EXIT_SUCCEEDED
-    if previous:  # a stopped or failed job being resumed: it is running again
-        storage.delete(FINAL)
-    attempt = attempt or next_attempt(storage)
+    try:
+        storage = Storage(prefix)
+        storage.check()
+        previous = read_final(storage)
+        if previous and previous.get("outcome") == "succeeded":
+            print(f"job {job_id} already succeeded (status/final.json under {prefix}); nothing to do", file=sys.stderr)
+            return EXIT_SUCCEEDED
+        if previous:  # a stopped or failed job being resumed: it is running again
+            storage.delete(FINAL)
+        attempt = attempt or next_attempt(storage)
+    except Exception as exc:  # nowhere to report to: say it here, once
+        hint = {PermissionError: "check the credentials or instance profile", FileNotFoundError: "create it, or fix `storage` in the job file"}.get(type(exc), "check `storage` in the job file and the network")
+        print(f"error: cannot use the job's storage {prefix} ({type(exc).__name__}: {exc}); {hint}", file=sys.stderr)
+        return EXIT_FAILED
     log_file, console = _setup_logging(attempt)
     log.info("job %s attempt %d: %s -> %s", job_id, attempt, job_url, prefix)
 

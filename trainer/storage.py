@@ -37,6 +37,14 @@ class Storage:
         self._attempts = attempts
         self._sleep = sleep
 
+    def check(self) -> None:
+        """Fail fast (FileNotFoundError) when the bucket does not exist, before anything is written."""
+        if self.is_local:
+            return
+        bucket = self._root.split("/", 1)[0]
+        if not self._retry(f"check bucket {bucket}", lambda: self.fs.exists(bucket)):
+            raise FileNotFoundError(f"bucket {bucket} does not exist")
+
     def path(self, relative: str) -> str:
         """The filesystem path of `relative` (no protocol), for fsspec calls."""
         return f"{self._root}/{relative.lstrip('/')}" if relative else self._root
