@@ -21,7 +21,6 @@ def parser(doc: str) -> argparse.ArgumentParser:
 def quiet_logging() -> None:
     """Only warnings: the trainer's INFO lines would bury the table."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the moto server logs every request at INFO
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence]) -> None:

@@ -5,11 +5,17 @@ Measures steady-state training images/s of
            + SGD with momentum + CrossEntropyLoss + a cosine LambdaLR: what an engineer writes by hand;
   trainer  trainer.loop.Trainer.fit(), wired as trainer.run wires it: a Reporter writing heartbeats every
            2 s, an InterruptionWatcher (SIGTERM only: AWS_EC2_METADATA_DISABLED), ConsoleProgress(live=False),
-           and a checkpoint of the full state (model + momentum, ~90 MB) every 5 s, the shortest interval a
+           and a checkpoint of the full state (model + momentum, ~94 MB) every 5 s, the shortest interval a
            job may ask for. Storage is a local folder (--storage s3: a moto server running in this
            process, so its CPU is charged to the trainer: pessimistic).
 Both train one epoch of the same PNGs (resnet18, 64 px, batch 32) with the same transforms (trainer.data's),
 seed, torch threads and loader workers.
+
+Threads: all cores but one by default (1 on a 2-core machine). The trainer is built for GPU instances,
+where the loop's thread drives the GPU and a core is free for the background checkpoint and heartbeat
+threads; with every core computing (--threads N = cores), each save's serialising and hashing is taken
+out of the training instead. (On a shared machine, all-core OpenMP also swings several-fold whenever
+another process takes a core.)
 
 Fairness: both loops get their batches through `Stamped`, which notes the time whenever the loop asks
 for the next batch. Throughput = images in the batches after the first `--warmup` ones ÷ the time from
@@ -50,11 +56,12 @@ from trainer.loop import Trainer
 from trainer.model import build_model
 from trainer.preemption import InterruptionWatcher
 from trainer.reporting import HEARTBEAT, Reporter
+from trainer.sample_data import SHAPES
 from trainer.spec_file import load_spec
 from trainer.storage import Storage
 
 TARGET = 0.95
-CLASSES = ("circle", "square", "triangle", "cross", "ring")
+MODEL, IMAGE_SIZE, BATCH_SIZE = "resnet18", 64, 32
 HEARTBEAT_SECONDS = 2.0
 CHECKPOINT_SECONDS = 5  # the spec's minimum
 
@@ -147,46 +154,37 @@ def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dic
 def job_spec(folder: Path, storage: str, train: str, val: str, workers: int) -> JobSpec:
     path = write_job(
         folder / "job.yaml", storage, train, val, name="bench-throughput",
-        train__model__name="resnet18",
-        train__data__image_size=64,
+        train__model__name=MODEL,
+        train__data__image_size=IMAGE_SIZE,
         train__data__workers=workers,
         train__data__augmentation={},  # the defaults: random-resized crop and flip
         train__optimizer={"name": "sgd", "lr": 0.05},
         train__scheduler={"name": "cosine"},
         train__epochs=1,
-        train__batch_size=32,
+        train__batch_size=BATCH_SIZE,
         # keep: every checkpoint stays listable, to count the saves made while measuring.
         train__checkpoint={"every_seconds": CHECKPOINT_SECONDS, "every_steps": None, "keep": 1000},
     )
     return load_spec(path)
 
 
-def main() -> None:
-    options = parser(__doc__)
-    options.add_argument("--images", type=int, default=2000, help="training images, one epoch (default 2000)")
-    options.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
-    options.add_argument("--warmup", type=int, default=5, help="first steps left out of the measurement (default 5)")
-    options.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loops (default 0)")
-    options.add_argument("--threads", type=int, default=1, help="torch threads for both loops (default 1, see above)")
-    options.add_argument("--storage", choices=("local", "s3"), default="local", help="the trainer's storage (default local)")
-    args = options.parse_args()
-    if args.quick:
-        args.images, args.repeats, args.warmup = 800, 1, 3  # long enough for one timed save
-    quiet_logging()
-    torch.set_num_threads(args.threads)
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # the watcher must not probe 169.254.169.254
-
+def measure(args) -> list[dict]:
+    """Plain and trainer runs, alternating, on one generated dataset."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
         root = stack.enter_context(moto_bucket()) if args.storage == "s3" else str(folder / "storage")
-        data = make_image_folder(folder / "data", CLASSES, {"train": args.images // len(CLASSES), "val": 2}, size=64)
+        data = make_image_folder(folder / "data", SHAPES, {"train": args.images // len(SHAPES), "val": 2}, size=IMAGE_SIZE)
         spec = job_spec(folder, root, data.split("train"), data.split("val"), args.workers)
         for repeat in range(1, args.repeats + 1):
             runs.append({"loop": "plain", "repeat": repeat, **run_plain(spec, data.split("train"), args.warmup)})
+            # A prefix of its own: a trainer finding an earlier run's checkpoints would resume from them.
             runs.append({"loop": "trainer", "repeat": repeat, **run_trainer(spec, f"{root}/run-{repeat}", folder / "cache", args.warmup)})
             print(f"repeat {repeat}: plain {runs[-2]['images_per_sec']:.1f} img/s, trainer {runs[-1]['images_per_sec']:.1f} img/s", flush=True)
+    return runs
 
+
+def report(args, runs: list[dict]) -> None:
     median = {loop: statistics.median(r["images_per_sec"] for r in runs if r["loop"] == loop) for loop in ("plain", "trainer")}
     ratio = median["trainer"] / median["plain"]
     print()
@@ -196,8 +194,27 @@ def main() -> None:
     )
     print(f"\nmedian images/s: plain {median['plain']:.2f}, trainer {median['trainer']:.2f}")
     passed = verdict(ratio, TARGET, higher_is_better=True)
-    config = {k: v for k, v in vars(args).items() if k != "json"} | {"model": "resnet18", "image_size": 64, "batch_size": 32, "checkpoint_every_seconds": CHECKPOINT_SECONDS, "heartbeat_seconds": HEARTBEAT_SECONDS}
+    config = {k: v for k, v in vars(args).items() if k != "json"} | {
+        "model": MODEL, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE, "checkpoint_every_seconds": CHECKPOINT_SECONDS, "heartbeat_seconds": HEARTBEAT_SECONDS,
+    }
     write_json(args.json, {"benchmark": "throughput", "config": config, "runs": runs, "median_images_per_sec": median, "ratio": ratio, "target": TARGET, "pass": passed})
+
+
+def main() -> None:
+    options = parser(__doc__)
+    options.add_argument("--images", type=int, default=2000, help="training images, one epoch (default 2000)")
+    options.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
+    options.add_argument("--warmup", type=int, default=5, help="first steps left out of the measurement (default 5)")
+    options.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loops (default 0)")
+    options.add_argument("--threads", type=int, default=max(1, os.cpu_count() - 1), help="torch threads for both loops (default: cores - 1, see above)")
+    options.add_argument("--storage", choices=("local", "s3"), default="local", help="the trainer's storage (default local)")
+    args = options.parse_args()
+    if args.quick:
+        args.images, args.repeats, args.warmup = 800, 1, 3  # long enough for one timed save
+    quiet_logging()
+    torch.set_num_threads(args.threads)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # the watcher must not probe 169.254.169.254
+    report(args, measure(args))
 
 
 if __name__ == "__main__":
