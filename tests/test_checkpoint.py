@@ -88,9 +88,9 @@ def test_training_waits_only_for_the_copy_to_host(tmp_path):
     release = threading.Event()
 
     class SlowStorage(Storage):
-        def upload(self, local_file, relative):
+        def upload(self, local_file, relative, move=False):
             release.wait(10)
-            super().upload(local_file, relative)
+            super().upload(local_file, relative, move)
 
     storage = SlowStorage(str(tmp_path / "job"))
     ckpt = Checkpointer(storage)
@@ -198,10 +198,10 @@ def test_a_failed_upload_surfaces_and_leaves_the_latest_intact(tmp_path):
     class FailingStorage(Storage):
         fail = False
 
-        def upload(self, local_file, relative):
+        def upload(self, local_file, relative, move=False):
             if self.fail:
                 raise PermissionError("access denied")
-            super().upload(local_file, relative)
+            super().upload(local_file, relative, move)
 
     storage = FailingStorage(str(tmp_path / "job"))
     ckpt = Checkpointer(storage)

@@ -158,9 +158,11 @@ class Checkpointer:
             return self._commit_pointer(existing)
         with tempfile.TemporaryDirectory(prefix="spotctl-ckpt-") as spool:
             local = os.path.join(spool, STATE_FILE)
-            torch.save(state, local)
-            digest, size = _file_sha256(local)
-            self.storage.upload(local, f"{folder}/{STATE_FILE}")
+            with open(local, "wb") as handle:
+                hashing = _HashingWriter(handle)  # hashed as it is written: no second pass over the file
+                torch.save(state, hashing)
+            digest, size = hashing.sha256.hexdigest(), hashing.size
+            self.storage.upload(local, f"{folder}/{STATE_FILE}", move=True)
         manifest = {
             "format": FORMAT_VERSION,
             "step": step,
@@ -308,10 +310,16 @@ def _differences(found: dict, expected: dict, prefix: str = "") -> list[tuple[st
     return result
 
 
-def _file_sha256(path: str) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
+class _HashingWriter:
+    """A binary file wrapper that computes the sha256 and size of what passes through it."""
+
+    def __init__(self, handle):
+        self.handle, self.sha256, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()

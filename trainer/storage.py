@@ -63,10 +63,17 @@ class Storage:
             return
         self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite"))
 
-    def upload(self, local_file: str, relative: str) -> None:
-        """Copy a local file to `relative` (multipart on S3 for large files)."""
+    def upload(self, local_file: str, relative: str, move: bool = False) -> None:
+        """Copy a local file to `relative` (multipart on S3 for large files). move: the caller no longer
+        needs `local_file`, so on local storage it may be renamed into place instead of copied."""
         path = self._target(relative)
         if self.is_local:
+            if move:
+                try:
+                    os.replace(local_file, path)  # atomic, and no copy (same filesystem)
+                    return
+                except OSError:
+                    pass  # another filesystem: copy it
             self._retry(f"upload {relative}", lambda: _local_publish(path, False, lambda tmp: shutil.copyfile(local_file, tmp)))
             return
         self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path))
