@@ -14,7 +14,6 @@ runs. Without a CUDA device it says so and exits 0: run it where there is one (s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench.common import parser, write_json
 
 
 def synthetic(amp: str, steps: int) -> dict:
@@ -89,16 +90,16 @@ def real_data(amp: str, root: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    args_parser = parser(__doc__)
+    args_parser.add_argument("--steps", type=int, default=60)
+    args = args_parser.parse_args(argv)
+    steps = 10 if args.quick else args.steps
     if not torch.cuda.is_available():
         print("SKIPPED: no CUDA device here; run this benchmark on a GPU machine")
         return None
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 supported: {torch.cuda.is_bf16_supported()}")
-    results = {"synthetic": {amp: synthetic(amp, args.steps) for amp in ("off", "auto")}}
+    results = {"synthetic": {amp: synthetic(amp, steps) for amp in ("off", "auto")}}
     with tempfile.TemporaryDirectory(prefix="bench-amp-") as tmp:
         from trainer.sample_data import render
 
@@ -111,8 +112,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for amp in ("off", "auto"):
         s = syn[amp]
         print(f"NVML during synthetic AMP {amp} ({s['dtype']}): util {s['gpu_util_pct']}%, memory {s['gpu_mem_used_gib']}/{s['gpu_mem_total_gib']} GiB, power {s['gpu_power_w']} W")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
     return results
 
 

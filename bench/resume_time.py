@@ -13,20 +13,16 @@ cold one. No target: the figures say where a resume spends its time (see the iss
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import signal
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import boto3
-
-from tests.harness import MotoServer, make_image_folder
+from bench.common import moto_bucket, parser, print_table, write_json
+from tests.harness import make_image_folder
 from tests.trainer_runs import read_json, start_trainer, trainer_env, wait_for, write_job
-
-BUCKET = "spotctl-bench"
 
 
 def attempt(job: str, env: dict, prefix: str, number: int, log: Path) -> dict:
@@ -54,48 +50,34 @@ def attempt(job: str, env: dict, prefix: str, number: int, log: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--resumes", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="mobilenet_v3_small, one resume")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    args_parser = parser(__doc__)
+    args_parser.add_argument("--model", default="resnet50")
+    args_parser.add_argument("--resumes", type=int, default=3)
+    args = args_parser.parse_args(argv)
     model, resumes = ("mobilenet_v3_small", 1) if args.quick else (args.model, args.resumes)
 
-    server = MotoServer().start()
-    try:
-        env = trainer_env({**server.environment(), "SPOTCTL_HEARTBEAT_SECONDS": "0.3"})
-        import os
-
-        os.environ.update(server.environment())
-        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=BUCKET)
+    with moto_bucket("spotctl-bench") as bucket:
+        env = trainer_env({**{k: v for k, v in os.environ.items() if k.startswith("AWS_")}, "SPOTCTL_HEARTBEAT_SECONDS": "0.3"})
         work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
         data = make_image_folder(work / "data", per_class={"train": 16, "val": 4}, size=64)
         job = write_job(
-            work / "job.yaml", f"s3://{BUCKET}/spotctl", data.split("train"), data.split("val"), name="resume",
+            work / "job.yaml", f"{bucket}/spotctl", data.split("train"), data.split("val"), name="resume",
             train__model={"name": model, "weights": None}, train__data__image_size=64, train__data__workers=0,
             train__checkpoint={"every_steps": None, "every_seconds": None, "keep": 2},
         )
         env["SPOTCTL_CACHE_DIR"] = str(work / "cache")
-        prefix = f"s3://{BUCKET}/spotctl/jobs/resume"
+        prefix = f"{bucket}/spotctl/jobs/resume"
         cold = attempt(str(job), env, prefix, 1, work / "out.log")
         resumed = [attempt(str(job), env, prefix, n, work / "out.log") for n in range(2, resumes + 2)]
-    finally:
-        server.stop()
 
-    keys = [k for k in cold if k in resumed[0]] + [k for k in resumed[0] if k not in cold]
-    median = {k: statistics.median(r[k] for r in resumed) for k in keys}
-    print(f"\nresume time, {model}, checkpoint {median.get('checkpoint_bytes', 0) / 1e6:.0f} MB on a moto S3 server (median of {len(resumed)} resumes)\n")
-    print(f"{'part':<26}{'cold start':>12}{'resume':>12}")
-    for key in keys:
-        if key == "checkpoint_bytes":
-            continue
-        print(f"{key:<26}{cold.get(key, 0):>11.3f}s{median[key]:>11.3f}s")
+    median = {key: statistics.median(r[key] for r in resumed) for key in resumed[0]}
+    print(f"\nresume time, {model}, checkpoint {median['checkpoint_bytes'] / 1e6:.0f} MB on a moto S3 server (median of {len(resumed)} resumes)\n")
+    rows = [(key, cold.get(key, 0.0), median[key]) for key in median if key != "checkpoint_bytes"]
+    print_table(("part (seconds)", "cold start", "resume"), rows)
     ratio = median["first_step_s"] / cold["first_step_s"]
-    print(f"\nRESULT resume/cold (import -> first step) ratio={ratio:.2f}")
+    print(f"\nresume / cold start, import to first step: {ratio:.2f}")
     figures = {"model": model, "cold": cold, "resumed_median": median, "ratio": ratio}
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+    write_json(args.json, figures)
     return figures
 
 

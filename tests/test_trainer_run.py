@@ -103,7 +103,7 @@ def test_rebalance_checkpoints_and_a_spot_notice_stops_then_resume_finishes(tmp_
     assert "rebalance recommendation" in out and "spot interruption notice (terminate at 2026-11-24T10:02:00Z)" in out
     assert rebalance_step % 6 != 0  # not an epoch end: saved because of the recommendation
     interrupted_at = json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"]
-    assert interrupted_at > rebalance_step and f"interrupted (spot interruption notice" in out
+    assert interrupted_at > rebalance_step and "interrupted (spot interruption notice" in out
     assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
     assert not (prefix / "status/final.json").exists()  # interrupted is not an outcome: resume me
 
