@@ -54,6 +54,26 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
+    def seed_deep_learning_ami(self, region: str = "us-east-1") -> str:
+        """What real AWS has and moto lacks: the Deep Learning AMI's public SSM parameter (moto refuses
+        to create /aws/... names through the API, so it goes straight into the in-process backend),
+        pointing at one of moto's own images. Returns the AMI id."""
+        import datetime
+
+        import boto3
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ssm.models import Parameter, ssm_backends
+
+        from trainer.config import DEFAULT_AMI
+
+        ec2 = boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials())
+        ami = sorted(image["ImageId"] for image in ec2.describe_images(Owners=["amazon"])["Images"])[0]
+        name = DEFAULT_AMI.removeprefix("ssm:")
+        backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
+        backend._parameters[name] = [Parameter(DEFAULT_ACCOUNT_ID, name, ami, "String", "Deep Learning AMI (seeded by spotctl's tests)", None, None,
+                                               datetime.datetime.now(datetime.timezone.utc), 1, "aws:ec2:image")]
+        return ami
+
     def environment(self, region: str = "us-east-1") -> dict[str, str]:
         """What an AWS client needs to reach this server, and only it."""
         return {
@@ -69,6 +89,10 @@ class MotoServer:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
+
+
+def _credentials() -> dict[str, str]:
+    return {"aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
 
 
 # Environment variables that could point a test at a real account.

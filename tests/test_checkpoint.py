@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 import torch
@@ -124,6 +125,32 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(storage, caplog):
         committed, loaded = Checkpointer(storage).load_latest()
     assert committed.step == 1 and loaded["step"] == 1
     assert "step 2 is corrupt" in caplog.text
+    assert not storage.exists(f"checkpoints/step-2/{MANIFEST}")  # uncommitted: no longer a checkpoint
+    ckpt = Checkpointer(storage, keep=5)
+    ckpt.save(2, lambda: make_state(2), force=True)  # the resumed run reaches step 2 again: written afresh
+    ckpt.wait()
+    assert Checkpointer(storage).load_latest()[1]["step"] == 2
+
+
+def test_a_checkpoint_commits_only_after_the_upload_it_depends_on(tmp_path):
+    release = threading.Event()
+
+    class SlowBest(Storage):
+        def upload(self, local_file, relative, move=False):
+            if relative.startswith("best/"):
+                release.wait(10)
+            super().upload(local_file, relative, move)
+
+    storage = SlowBest(str(tmp_path / "job"))
+    best, checkpoints = Checkpointer(storage, prefix="best", keep=1), Checkpointer(storage)
+    checkpoints.depends_on = best
+    best.save(4, lambda: make_state(4), force=True)
+    checkpoints.save(4, lambda: make_state(4), force=True)
+    time.sleep(0.3)
+    assert not storage.exists(f"checkpoints/step-4/{MANIFEST}")  # a kill now leaves no checkpoint claiming a best not saved
+    release.set()
+    checkpoints.wait()
+    assert storage.exists(f"best/step-4/{MANIFEST}") and storage.exists(f"checkpoints/step-4/{MANIFEST}")
 
 
 @pytest.mark.parametrize("pointer", [b"{not json", json.dumps({"step": 99, "manifest_sha256": "x"}).encode()])

@@ -150,7 +150,7 @@ def test_the_sampler_resumes_at_the_first_unconsumed_batch():
     assert list(sampler) == full  # ...from seed + epoch only
 
 
-def test_augmentation_follows_the_sample_not_the_order_or_the_process(image_folder):
+def test_augmentation_follows_the_sample_not_the_loading_order(image_folder):
     made = image_folder(per_class={"train": 2})
     index = data.scan(Path(made.split("train")), "train.data.train")
     spec = DataSpec(train=made.split("train"), image_size=24, augmentation={"color_jitter": 0.3})
@@ -181,3 +181,13 @@ def test_normalisation_comes_from_the_weights():
     assert vit.mean == (0.485, 0.456, 0.406) and vit.resize_ratio == 1.0
     custom = data.normalization(ModelSpec(name="resnet18", weights=None))
     assert custom.resize_ratio == pytest.approx(256 / 224)
+
+
+def test_a_cache_reached_through_a_symlink_is_reused(s3_bucket, image_folder, tmp_path):
+    made = image_folder(f"s3://{s3_bucket}/datasets/linked", per_class={"train": 2})
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    fetch(made.split("train"), "train.data.train", tmp_path / "link")
+    seen = []
+    fetch(made.split("train"), "train.data.train", tmp_path / "link", progress=lambda done, total: seen.append(done))
+    assert seen == []  # nothing downloaded again

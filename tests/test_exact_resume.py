@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from tests.trainer_runs import exists, final_state, kill_when, optimizer_digest, run_trainer, start_trainer, tensor_digest, trainer_env, write_job
+from tests.trainer_runs import SIGNALS, exists, final_state, kill_when, optimizer_digest, run_trainer, start_trainer, tensor_digest, trainer_env, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, r
         storage, env = str(tmp_path / "runs"), trainer_env()
     job = write_job(tmp_path / "job.yaml", storage, data.split("train"), data.split("val"), name="cut", train__data__workers=workers)
     prefix = f"{storage}/jobs/cut"
-    sig = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}[signame]
+    sig = SIGNALS[signame]
 
     from trainer.checkpoint import Checkpointer
     from trainer.storage import Storage

@@ -100,6 +100,7 @@ class Checkpointer:
         self._last_save_time = clock()
         self._last_saved_step: int | None = None
         self.protected: set[int] = set()  # the step this run resumed from: never deleted
+        self.depends_on: Checkpointer | None = None  # whose upload in flight must commit before ours
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_committed: Committed | None = None
@@ -126,7 +127,8 @@ class Checkpointer:
         snapshot = to_host(state_fn())
         self._last_save_time = self._clock()
         self._last_saved_step = step
-        self._worker = threading.Thread(target=self._write_guarded, args=(step, snapshot, dict(meta or {})), name=f"checkpoint-{step}", daemon=True)
+        before = self.depends_on._worker if self.depends_on is not None else None
+        self._worker = threading.Thread(target=self._write_guarded, args=(step, snapshot, dict(meta or {}), before), name=f"checkpoint-{step}", daemon=True)
         self._worker.start()
         return True
 
@@ -143,7 +145,9 @@ class Checkpointer:
     def busy(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
-    def _write_guarded(self, step: int, snapshot: dict, meta: dict) -> None:
+    def _write_guarded(self, step: int, snapshot: dict, meta: dict, before: threading.Thread | None) -> None:
+        if before is not None:
+            before.join()
         try:
             self.write(step, snapshot, meta)
         except BaseException as exc:  # handed to the training thread by wait()
@@ -199,12 +203,15 @@ class Checkpointer:
         steps = self.committed_steps()
         doomed = [s for s in steps[: -self.keep] if s not in self.protected]
         for step in doomed:
-            # Uncommit first (manifest), then remove the files: a crash in between leaves debris, never a
-            # manifest whose files are gone.
-            folder = f"{self.prefix}/{step_folder(step)}"
-            self.storage.delete(f"{folder}/{MANIFEST}")
-            self.storage.delete(folder, recursive=True)
+            self._remove(step)
             log.info("checkpoint: retention removed %s/step-%d", self.prefix, step)
+
+    def _remove(self, step: int) -> None:
+        # Uncommit first (manifest), then remove the files: a crash in between leaves debris, never a
+        # manifest whose files are gone.
+        folder = f"{self.prefix}/{step_folder(step)}"
+        self.storage.delete(f"{folder}/{MANIFEST}")
+        self.storage.delete(folder, recursive=True)
 
     # ----------------------------------------------------------------------------------- finding
     def committed_steps(self) -> list[int]:
@@ -243,7 +250,9 @@ class Checkpointer:
             try:
                 return committed, self.load(committed, map_location)
             except CorruptCheckpoint as exc:
-                log.warning("checkpoint: step %d is corrupt (%s); trying the previous one", committed.step, exc)
+                log.warning("checkpoint: step %d is corrupt (%s); uncommitting it and trying the previous one", committed.step, exc)
+                # Without its manifest it is no checkpoint: reaching this step again writes it afresh.
+                self._remove(committed.step)
         return None
 
     def check_identity(self, committed: Committed) -> None:

@@ -92,7 +92,7 @@ def _sync_tree(fs, path: str, dest: Path, location: str, field: str, progress: P
         wanted[_inside(dest, relative, location)] = (name, info.get("size"))
     if dest.exists():
         for existing in dest.rglob("*"):
-            if existing.is_file() and existing not in wanted:
+            if existing.is_file() and existing.resolve() not in wanted:
                 existing.unlink()  # removed at the source, or debris of a cut-short download
     todo = [(name, target) for target, (name, size) in wanted.items() if not (target.exists() and target.stat().st_size == size)]
     if not todo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,10 +56,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "off":
         return None
     if device.type == "cuda":
-        if setting == "bf16" and not torch.cuda.is_bf16_supported():
-            log.warning("amp: this GPU has no bf16; using fp16 with a grad scaler")
+        native_bf16 = _native_bf16()
+        if setting == "bf16" and not native_bf16:
+            log.warning("amp: this GPU has no native bf16; using fp16 with a grad scaler")
             return torch.float16
-        if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        if setting == "bf16" or (setting == "auto" and native_bf16):
             return torch.bfloat16
         return torch.float16
     if setting == "bf16":
@@ -66,6 +68,14 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "fp16":
         log.warning("amp: fp16 needs a CUDA GPU; training in fp32")
     return None
+
+
+def _native_bf16() -> bool:
+    """bf16 in hardware (Ampere and newer); torch would otherwise count slow emulation as support."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4 had no emulation to count
+        return torch.cuda.is_bf16_supported()
 
 
 def train_fingerprint(train: TrainSpec) -> dict:
@@ -107,6 +117,8 @@ class Trainer:
         ckpt = self.train.checkpoint
         self.checkpoints = Checkpointer(storage, "checkpoints", keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
         self.best = Checkpointer(storage, "best", keep=1, identity=identity)
+        # A checkpoint that records a new best commits only after best/ holds that model.
+        self.checkpoints.depends_on = self.best
         self.stopper = EarlyStopping(self.train.early_stopping)
         self.position = Position()
         self.epoch_meter = Meter(self.device)
@@ -127,7 +139,9 @@ class Trainer:
     def fit(self) -> Outcome:
         spe, epochs = self.data.steps_per_epoch, self.train.epochs
         self.display.start(spe * epochs, self.position.step)
-        while self.position.epoch < epochs:
+        # Early stopping is decided before an epoch starts, so a run resumed after the deciding epoch's
+        # checkpoint stops exactly where the uninterrupted one did.
+        while self.position.epoch < epochs and not self.stopper.should_stop:
             self.model.train()
             self.data.train_sampler.set_position(self.position.epoch, self.position.batch)
             self.reporter.update(phase="training", epoch=self.position.epoch + 1, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs)
@@ -145,18 +159,20 @@ class Trainer:
                 self.position.batch += 1
                 self.position.step += 1
                 window.images += 0 if batch[1] is None else len(batch[1])
+                window.steps += 1
                 if self.position.step % self.sample_every == 0:
                     self._report_window(window, time.perf_counter())
                     window = _Window(self.device)
-                # The epoch's last step is saved after validation (below), with its results.
-                if self.position.batch < spe and (outcome := self._boundary()) is not None:
+                # The epoch's last step is saved after validation (below), with its results; only a
+                # stop is acted on here, so it does not wait for the whole validation.
+                if (outcome := self._boundary(periodic=self.position.batch < spe)) is not None:
                     return outcome
-            self._end_epoch()
-            if (outcome := self._boundary(epoch_end=True)) is not None:
+            if not self._end_epoch():  # stopped during validation: resume validates this epoch again
+                return self._stop_now()
+            if (outcome := self._boundary(force=True)) is not None:
                 return outcome
-            if self.stopper.should_stop:
-                log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", self.stopper.spec.metric, self.stopper.bad_epochs, self.stopper.best, self.stopper.best_epoch + 1)
-                break
+        if self.stopper.should_stop:
+            log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", self.stopper.spec.metric, self.stopper.bad_epochs, self.stopper.best, self.stopper.best_epoch + 1)
         self.reporter.update(phase="checkpointing")
         self.checkpoints.wait()
         self.best.wait()
@@ -184,30 +200,44 @@ class Trainer:
         meter.add(loss, logits, targets)
         self.epoch_meter.add(loss, logits, targets)
 
-    def _boundary(self, epoch_end: bool = False) -> Outcome | None:
-        """Between two steps: stop if asked to, else save when due (always at an epoch end or on a rebalance notice)."""
-        if self.watcher.interrupt.is_set() or self.reporter.stop_requested.is_set():
-            interrupted = self.watcher.interrupt.is_set()
-            self.reporter.update(phase="checkpointing")
-            self.reporter.beat_now()
-            # save() first waits for an upload in flight; then this step's state is committed before exiting.
-            self.checkpoints.save(self.position.step, self._state, self._meta(), force=True)
-            self.checkpoints.wait()
-            self.best.wait()
-            self._note_checkpoint()
-            if interrupted:
-                return self._outcome("interrupted", self.watcher.reason)
-            return self._outcome("stopped", self.reporter.stop_reason)
-        force = epoch_end or self.watcher.take_rebalance()
-        if self.checkpoints.save(self.position.step, self._state, self._meta(), force=force):
+    def _stop_requested(self) -> bool:
+        return self.watcher.interrupt.is_set() or self.reporter.stop_requested.is_set()
+
+    def _boundary(self, periodic: bool = True, force: bool = False) -> Outcome | None:
+        """Between two steps: stop if asked to, else let the checkpointer save when due (forced at an
+        epoch end and on a rebalance recommendation)."""
+        if self._stop_requested():
+            return self._stop_now()
+        rebalance = self.watcher.take_rebalance()
+        if (periodic or force) and self.checkpoints.save(self.position.step, self._state, self._meta(), force=force or rebalance):
             self._note_checkpoint()
         return None
 
-    def _end_epoch(self) -> None:
+    def _stop_now(self) -> Outcome:
+        """Commit this step's state (after the upload in flight) and leave: interrupted or stopped."""
+        self.reporter.update(phase="checkpointing")
+        self.reporter.beat_now()
+        try:
+            self.checkpoints.wait()
+        except Exception as exc:  # an older save failed; this one is what matters now
+            log.error("checkpoint: an earlier save failed (%s: %s); saving the final one anyway", type(exc).__name__, exc)
+        self.checkpoints.save(self.position.step, self._state, self._meta(), force=True)
+        self.checkpoints.wait()
+        self.best.wait()
+        self._note_checkpoint()
+        if self.watcher.interrupt.is_set():
+            return self._outcome("interrupted", self.watcher.reason)
+        return self._outcome("stopped", self.reporter.stop_reason)
+
+    def _end_epoch(self) -> bool:
+        """Validate, record the epoch, keep the best model and move to the next epoch. False when a
+        stop arrived during validation (nothing of this epoch's end is recorded then)."""
         epoch = self.position.epoch
         train_metrics = self.epoch_meter.read("train_")
         self.reporter.update(phase="validating")
-        val_metrics = self.evaluate()
+        val_metrics = self.evaluate(stop_early=True)
+        if val_metrics is None:
+            return False
         record = {"epoch": epoch + 1, "step": self.position.step, "lr": self.optimizer.param_groups[-1]["lr"], **train_metrics, **val_metrics}
         self.history.append(record)
         self.reporter.metrics.record("epoch", **record)
@@ -221,12 +251,17 @@ class Trainer:
         self.epoch_meter = Meter(self.device)
         self.reporter.update(phase="training", **{k: v for k, v in record.items() if k.startswith("val_")})
         self.reporter.beat_now()
+        return True
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, stop_early: bool = False) -> dict[str, float] | None:
+        """Validation loss and accuracy; None if `stop_early` and a stop arrived meanwhile."""
         self.model.eval()
         meter = Meter(self.device)
         for images, targets, bad in self.data.val_loader:
+            if stop_early and self._stop_requested():
+                self.model.train()
+                return None
             self._count_bad(bad)
             if images is None:
                 continue
@@ -256,13 +291,15 @@ class Trainer:
             "classes": self.classes,
             "param_groups": [group["name"] for group in self.optimizer.param_groups],
             "threads": torch.get_num_threads(),
+            "amp": str(self.amp),
         }
 
     def _meta(self) -> dict:
         return {"epochs_completed": self.position.epoch, "batch": self.position.batch, "attempt": self.attempt, "metrics": self.history[-1] if self.history else None}
 
     def _restore(self) -> None:
-        found = self.checkpoints.load_latest(map_location=self.device)
+        # On the CPU: load_state_dict copies to the parameters' device, and RNG states must stay on the CPU.
+        found = self.checkpoints.load_latest(map_location="cpu")
         if found is None:
             log.info("no checkpoint under %s: starting from the beginning", self.storage.url_of("checkpoints"))
             return
@@ -273,7 +310,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        amp = str(self.amp)
+        if state.get("amp", amp) == amp:
+            self.scaler.load_state_dict(state["scaler"])
+        else:  # another GPU type since (an interruption moved the job): a fresh scaler, said out loud
+            log.warning("resume: the checkpoint trained with AMP %s, this GPU uses %s; the grad scaler starts afresh", state["amp"], amp)
         self.position = Position(**state["position"])
         self.epoch_meter.sums.copy_(state["epoch_meter"]["sums"])
         self.epoch_meter.count = state["epoch_meter"]["count"]
@@ -285,7 +326,8 @@ class Trainer:
             log.warning("resume: the checkpoint was written with %d CPU threads, this process has %d; results may differ in the last bits", state["threads"], torch.get_num_threads())
         self.checkpoints.protected.add(committed.step)  # never deleted by this attempt's retention
         self.checkpoints.last_committed = committed
-        self.checkpoints.last_commit_time = time.time()
+        created = committed.manifest.get("created")
+        self.checkpoints.last_commit_time = datetime.fromisoformat(created).timestamp() if created else time.time()
         log.info("resumed from checkpoint step %d (epoch %d, batch %d of %d)", committed.step, self.position.epoch + 1, self.position.batch, self.data.steps_per_epoch)
 
     # --------------------------------------------------------------------------------------- helpers
@@ -313,6 +355,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[-1]["lr"],
             "images_per_sec": window.images / elapsed,
             "data_wait_fraction": min(1.0, window.waited / elapsed),
+            # Training steps left at this window's pace (validation and saves not included).
+            "eta_s": round((self.data.steps_per_epoch * self.train.epochs - self.position.step) * elapsed / max(1, window.steps), 1),
             **values,
         }
         self.reporter.update(**fields)
@@ -344,6 +388,7 @@ class _Window:
         self.started = time.perf_counter()
         self.meter = Meter(device)
         self.images = 0
+        self.steps = 0
         self.waited = 0.0
 
 

@@ -71,6 +71,7 @@ class MetricsLog:
         self.storage, self.attempt = storage, attempt
         self._pending: list[dict] = []
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._parts = 0
 
     def record(self, kind: str, **values) -> None:
@@ -78,17 +79,21 @@ class MetricsLog:
             self._pending.append({"kind": kind, "attempt": self.attempt, **values})
 
     def flush(self) -> None:
-        with self._lock:
-            lines, self._pending = self._pending, []
-        if not lines:
-            return
-        self._parts += 1
-        body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
-        try:
-            self.storage.write_bytes(f"metrics/a{self.attempt:03d}-{self._parts:06d}.jsonl", body)
-        except Exception:
-            with self._lock:  # keep them for the next flush
-                self._pending[:0] = lines
-            self._parts -= 1
-            raise
+        with self._flushing:  # one flush at a time: part numbers are never reused
+            with self._lock:
+                lines, self._pending = self._pending, []
+            if not lines:
+                return
+            body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
+            while True:
+                try:
+                    self.storage.write_bytes(f"metrics/a{self.attempt:03d}-{self._parts + 1:06d}.jsonl", body, create_only=True)
+                    break
+                except FileExistsError:  # left by an earlier run under the same attempt number: never overwritten
+                    self._parts += 1
+                except Exception:
+                    with self._lock:  # keep them for the next flush
+                        self._pending[:0] = lines
+                    raise
+            self._parts += 1
 

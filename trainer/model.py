@@ -52,7 +52,10 @@ def load_state_dict_url(model: nn.Module, url: str) -> None:
             data = handle.read()
     except FileNotFoundError:
         raise WeightsError(f"weights {url} do not exist; check train.model.weights") from None
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or one holding more than tensors (refused by weights_only)
+        raise WeightsError(f"weights {url} cannot be loaded as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a common wrapper (Lightning and others)
     if not isinstance(state, dict):
@@ -60,7 +63,10 @@ def load_state_dict_url(model: nn.Module, url: str) -> None:
     head_name, _ = find_head(model)
     # The head's shape differs when the weights come from another task: it is replaced anyway.
     body = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
-    missing, unexpected = model.load_state_dict(body, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit
+        raise WeightsError(f"weights {url} do not fit {type(model).__name__}: {str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
     missing = [k for k in missing if not k.startswith(head_name + ".")]
     if missing or unexpected:
         raise WeightsError(

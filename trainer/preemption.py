@@ -92,16 +92,19 @@ class InterruptionWatcher:
     # -------------------------------------------------------------------------------------- IMDS
     def _poll_loop(self, explicit: bool) -> None:
         endpoint = self.endpoint or DEFAULT_ENDPOINT
-        first = True
+        reached = explicit
+        failures = 0
         while not self._closed.is_set():
             try:
                 self.poll_once(endpoint)
+                reached, failures = True, 0
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                if first and not explicit:
+                failures += 1
+                if not reached and failures >= 3:  # never answered: not on EC2 (a slow boot gets 3 tries)
                     log.info("preemption: no instance metadata service (%s); watching for SIGTERM only", exc)
                     return
-                log.warning("preemption: polling %s failed: %s", endpoint, exc)
-            first = False
+                if reached:
+                    log.warning("preemption: polling %s failed: %s", endpoint, exc)
             self._closed.wait(self.interval)
 
     def poll_once(self, endpoint: str) -> None:

@@ -97,6 +97,9 @@ class Reporter:
         }
 
     def _run(self) -> None:
+        # At once: the log on S3 claims this attempt's number (trainer.run.next_attempt) even if the
+        # process is killed in its first seconds.
+        self._tick(ship_log=True, poll_control=True)
         while not self._closed.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()

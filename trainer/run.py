@@ -51,7 +51,8 @@ def next_attempt(storage: Storage) -> int:
     """SPOTCTL_ATTEMPT when the orchestrator set it, else one past the attempts that left a log."""
     if os.environ.get("SPOTCTL_ATTEMPT"):
         return int(os.environ["SPOTCTL_ATTEMPT"])
-    numbers = [int(m.group(1)) for name in storage.list("logs") if (m := re.fullmatch(r"attempt-(\d+)\.log", name))]
+    numbers = [int(m.group(1)) for name in storage.list("logs") if (m := re.fullmatch(r"attempt-(\d+)(\.bootstrap)?\.log", name))]
+    numbers += [int(m.group(1)) for name in storage.list("metrics") if (m := re.fullmatch(r"a(\d+)-\d+\.jsonl", name))]
     return max(numbers, default=0) + 1
 
 

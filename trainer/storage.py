@@ -30,9 +30,10 @@ PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADire
 class Storage:
     """Read and write objects under one root, on S3 (or any fsspec filesystem) or a local folder."""
 
-    def __init__(self, root: str, attempts: int = 5, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, root: str, attempts: int = 5, sleep: Callable[[float], None] = time.sleep, **options):
+        """`options` go to the fsspec filesystem (e.g. profile= for s3fs)."""
         self.url = root.rstrip("/")
-        self.fs, self._root = fsspec.core.url_to_fs(self.url)
+        self.fs, self._root = fsspec.core.url_to_fs(self.url, **options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._attempts = attempts
         self._sleep = sleep

@@ -21,6 +21,7 @@ class GpuMonitor:
         self._lock = threading.Lock()
         self._sums = [0.0, 0.0, 0.0]  # util %, memory used GiB, power W (summed over GPUs)
         self._samples = 0
+        self._missing = [False, False, False]  # a figure the GPU did not report in this interval
         self._total_gib = 0.0
         self._closed = threading.Event()
         try:
@@ -56,19 +57,27 @@ class GpuMonitor:
 
     def sample(self) -> None:
         nvml = self._nvml
-        util = sum(nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles) / len(self._handles)
-        used = sum(nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 2**30
-        power = sum(nvml.nvmlDeviceGetPowerUsage(h) for h in self._handles) / 1000
+        # Each figure on its own: some GPUs do not report power (NotSupported), the rest still counts.
+        util = self._read(lambda: sum(nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles) / len(self._handles))
+        used = self._read(lambda: sum(nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 2**30)
+        power = self._read(lambda: sum(nvml.nvmlDeviceGetPowerUsage(h) for h in self._handles) / 1000)
         with self._lock:
-            self._sums = [self._sums[0] + util, self._sums[1] + used, self._sums[2] + power]
+            self._sums = [total + (value or 0.0) for total, value in zip(self._sums, (util, used, power))]
+            self._missing = [m or v is None for m, v in zip(self._missing, (util, used, power))]
             self._samples += 1
+
+    def _read(self, figure):
+        try:
+            return figure()
+        except Exception:
+            return None
 
     def read_and_reset(self) -> dict[str, float | int | None]:
         """Averages since the previous call; nulls when there is no GPU (or no sample yet)."""
         with self._lock:
-            sums, samples = self._sums, self._samples
-            self._sums, self._samples = [0.0, 0.0, 0.0], 0
+            sums, samples, missing = self._sums, self._samples, self._missing
+            self._sums, self._samples, self._missing = [0.0, 0.0, 0.0], 0, [False, False, False]
         if not self.available or not samples:
             return {name: (len(self._handles) or None) if name == "gpu_count" else None for name in FIELDS}
-        util, used, power = (value / samples for value in sums)
-        return {"gpu_count": len(self._handles), "gpu_util_pct": round(util, 1), "gpu_mem_used_gib": round(used, 2), "gpu_mem_total_gib": round(self._total_gib, 2), "gpu_power_w": round(power, 1)}
+        util, used, power = (None if gone else round(value / samples, digits) for value, gone, digits in zip(sums, missing, (1, 2, 1)))
+        return {"gpu_count": len(self._handles), "gpu_util_pct": util, "gpu_mem_used_gib": used, "gpu_mem_total_gib": round(self._total_gib, 2), "gpu_power_w": power}
