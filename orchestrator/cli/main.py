@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 
+import botocore.exceptions
 import click
 
 from orchestrator import __version__
-from orchestrator.cli import schema, validate
+from orchestrator.cli import launch, logs, offers, schema, status, stop, validate
+from orchestrator.aws import as_user_error
 from orchestrator.errors import UserError
 from trainer.spec_file import SpecError
 
@@ -24,8 +26,8 @@ def cli(debug: bool) -> None:
     """
 
 
-cli.add_command(validate.command)
-cli.add_command(schema.command)
+for module in (validate, schema, offers, launch, status, stop, logs):
+    cli.add_command(module.command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,19 +51,32 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(str(problem), err=True)
         click.echo(f"error: {exc.summary}", err=True)
         return exc.exit_code
-    except UserError as exc:
+    except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, PermissionError) as exc:
         if debug:
             raise
-        click.echo(f"error: {exc.message}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        return exc.exit_code
+        error = exc if isinstance(exc, UserError) else cloud_error(exc, args)
+        click.echo(f"error: {error.message}", err=True)
+        if error.hint:
+            click.echo(f"hint: {error.hint}", err=True)
+        return error.exit_code
     except Exception as exc:
         if debug:
             raise
         click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it if it is a bug", err=True)
         return 1
+
+
+DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs"}
+
+
+def cloud_error(exc: Exception, args: list[str]) -> UserError:
+    """An AWS error no command handled itself, as one message saying what was being done."""
+    command = next((a for a in args if a in DOING), None)
+    doing = DOING.get(command, "talking to AWS")
+    if isinstance(exc, PermissionError):
+        return UserError(f"access denied while {doing}: {exc}", "check the credentials and the bucket policy")
+    return as_user_error(exc, doing)
 
 
 def run() -> None:

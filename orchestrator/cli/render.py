@@ -49,3 +49,31 @@ def _format(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_format(v) for v in value) + "]"
     return str(value)
+
+
+def table(headers: list[str], rows: list[list], title: str | None = None):
+    """A plain table (no box-drawing), right-aligned numbers; cells are text, never markup."""
+    from rich import box
+    from rich.table import Table
+
+    grid = Table(*headers, box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False)
+    for row in rows:
+        grid.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
+    return grid
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:.4f}" if value >= 0.01 or value == 0 else f"${value:.2g}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,0 +1,55 @@
+"""`spotctl launch JOB.yaml`: start the job on the cheapest spot offer (or `--dry-run`: show the plan)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import options, render
+from orchestrator.cli.offers import OFFER_HEADERS, offer_rows
+from orchestrator.launch import dry_run as check_permissions
+from orchestrator.launch import launch, plan_launch
+from orchestrator.record import JobStore
+from trainer.spec_file import load_spec
+
+
+@click.command("launch")
+@click.argument("job_file", metavar="JOB.yaml")
+@click.option("--dry-run", is_flag=True, help="Show the plan (offers, AMI, user-data, price) and check permissions; start nothing, write nothing.")
+@options.region_option
+@options.profile_option
+@options.json_option
+def command(job_file: str, dry_run: bool, region: str | None, profile: str | None, as_json: bool) -> int:
+    """Launch JOB.yaml on the cheapest spot offer; print the job id and how to follow it."""
+    spec = load_spec(job_file)
+    if region:
+        spec = spec.model_copy(update={"region": region})
+    cloud = options.cloud(spec.region, profile)
+    plan = plan_launch(spec, cloud, options.prices(cloud))
+    best = plan.best
+    if dry_run:
+        verdict = check_permissions(plan, cloud)
+        if as_json:
+            click.echo(json.dumps({"job_id": plan.job_id, "offer": best.as_dict(), "offers": [o.as_dict() for o in plan.offers.ranked], "ami": plan.ami,
+                                   "wheel_url": plan.wheel_url, "user_data": plan.user_data, "permission_check": verdict}, indent=2))
+            return 0
+        out = render.console()
+        out.print(render.table(OFFER_HEADERS, offer_rows(plan.offers.ranked[:10]), title=f"offers ({len(plan.offers.ranked)}, cheapest first)"))
+        out.print(f"would launch {plan.job_id} on {best.instance.name} in {best.zone} at {render.money(best.spot_price)}/h (AMI {plan.ami})")
+        out.print("user-data:")
+        out.print(plan.user_data, markup=False, highlight=False)
+        out.print(f"permission check (DryRun): {verdict}")
+        return 0
+    store = JobStore(spec.storage, **cloud.storage_options)
+    record = launch(plan, cloud, store)
+    attempt = record.attempts[-1]
+    if as_json:
+        click.echo(json.dumps({"job_id": record.job_id, "instance_id": attempt.instance_id, "offer": best.as_dict() if best.pool == (attempt.instance_type, attempt.zone) else None,
+                               "instance_type": attempt.instance_type, "zone": attempt.zone, "spot_price": attempt.spot_price, "job_url": record.job_url}, indent=2))
+        return 0
+    saving = f", {1 - attempt.spot_price / attempt.on_demand_price:.0%} below on-demand" if attempt.on_demand_price else ""
+    click.echo(f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})")
+    click.echo(f"follow it:  spotctl status {record.job_id} --storage {spec.storage}")
+    click.echo(f"            spotctl logs {record.job_id} --storage {spec.storage} --follow")
+    return 0

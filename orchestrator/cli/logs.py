@@ -1,0 +1,40 @@
+"""`spotctl logs JOB`: print an attempt's shipped log (`--follow` keeps printing until the job ends)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from orchestrator.cli import options
+from orchestrator.control import find_job, log_text
+from orchestrator.status import TERMINAL
+
+
+@click.command("logs")
+@click.argument("job_id", metavar="JOB")
+@click.option("--attempt", type=click.IntRange(1), help="Attempt number (default: the latest).")
+@click.option("--bootstrap", is_flag=True, help="The instance's bootstrap log (install, trainer output, shutdown) instead of the trainer's.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option("--interval", type=click.FloatRange(0.1, 600), default=5.0, show_default=True, help="Seconds between reads with --follow.")
+@options.storage_option
+@options.profile_option
+def command(job_id: str, attempt: int | None, bootstrap: bool, follow: bool, interval: float, storage: str | None, profile: str | None) -> int:
+    """Print JOB's log as last shipped (every minute and at exit)."""
+    store, clouds = options.store(storage, profile), options.clouds(profile)
+    view = find_job(store, job_id, clouds)
+    shown = 0
+    while True:
+        number, name, content = log_text(store, view, attempt, bootstrap)
+        if content is None and not follow:
+            click.echo(f"no log of attempt {number} yet (the instance ships it every minute)", err=True)
+            return 1
+        if content is not None and len(content) > shown:
+            sys.stdout.buffer.write(content[shown:])
+            sys.stdout.flush()
+            shown = len(content)
+        if not follow or view.state in TERMINAL:
+            return 0
+        time.sleep(interval)
+        view = find_job(store, job_id, clouds)

@@ -1,0 +1,45 @@
+"""`spotctl offers JOB.yaml`: the spot pools the job may use, cheapest first."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import options, render
+from orchestrator.offers import Offer, find_offers
+from trainer.spec_file import load_spec
+
+
+def offer_rows(offers: list[Offer]) -> list[list]:
+    return [
+        [o.instance.name, o.instance.gpus, o.instance.gpu_model, f"{o.instance.gpu_memory_gib:g} GiB", o.zone, render.money(o.spot_price),
+         render.money(o.on_demand_price), "-" if o.saving is None else f"{o.saving:.0%}"]
+        for o in offers
+    ]
+
+
+OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-demand $/h", "saving"]
+
+
+@click.command("offers")
+@click.argument("job_file", metavar="JOB.yaml")
+@options.region_option
+@options.profile_option
+@options.json_option
+def command(job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
+    """List the spot offers (instance type x zone) JOB.yaml may run on, cheapest first."""
+    spec = load_spec(job_file)
+    cloud = options.cloud(region or spec.region, profile)
+    found = find_offers(cloud, spec.compute, options.prices(cloud))
+    if as_json:
+        click.echo(json.dumps({"offers": [o.as_dict() for o in found.ranked], "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped]}, indent=2))
+        return 0
+    out = render.console()
+    out.print(render.table(OFFER_HEADERS, offer_rows(found.ranked), title=f"{len(found.ranked)} offers in {cloud.region}"))
+    if found.dropped:
+        out.print(f"{len(found.dropped)} pools dropped, e.g. {found.dropped[0][0][0]} in {found.dropped[0][0][1]}: {found.dropped[0][1]}")
+    sources = {o.on_demand_source for o in found.ranked if o.on_demand_source}
+    if sources:
+        out.print(f"on-demand prices: {', '.join(sorted(sources))}")
+    return 0

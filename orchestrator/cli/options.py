@@ -1,0 +1,46 @@
+"""Options several commands share, and turning them into a Cloud, a price source and a job store."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from orchestrator.aws import Cloud
+from orchestrator.errors import UserError
+from orchestrator.prices import AwsPrices, PriceSource
+from orchestrator.record import JobStore
+
+STORAGE_ENV = "SPOTCTL_STORAGE"
+
+profile_option = click.option("--profile", metavar="NAME", help="AWS profile (default: the standard credential chain).")
+region_option = click.option("--region", metavar="REGION", help="AWS region (default: the job file's).")
+storage_option = click.option("--storage", metavar="URL", help=f"Storage root of the jobs, s3://bucket/prefix (default: ${STORAGE_ENV}).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
+
+
+def cloud(region: str, profile: str | None) -> Cloud:
+    return Cloud(region, profile)
+
+
+def prices(cloud_: Cloud) -> PriceSource:
+    return AwsPrices(cloud_)
+
+
+def store(storage: str | None, profile: str | None) -> JobStore:
+    root = storage or os.environ.get(STORAGE_ENV)
+    if not root:
+        raise UserError("no storage root given", f"pass --storage s3://bucket/prefix (the job file's `storage`) or set {STORAGE_ENV}")
+    return JobStore(root, **({"profile": profile} if profile and root.startswith("s3://") else {}))
+
+
+def clouds(profile: str | None):
+    """A Cloud per region, built on first use."""
+    built: dict[str, Cloud] = {}
+
+    def for_region(region: str) -> Cloud:
+        if region not in built:
+            built[region] = Cloud(region, profile)
+        return built[region]
+
+    return for_region

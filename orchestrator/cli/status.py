@@ -1,0 +1,90 @@
+"""`spotctl status [JOB]`: every job under the storage root, or one job in detail.
+
+`--json` fields (stable): job_id, name, state, region, created_at, attempts[] (number,
+instance_type, zone, spot_price, on_demand_price, instance_id, launched_at, ended_at, end_reason,
+client_token; the current one also instance_state, state_reason), progress (phase, epoch, epochs,
+step, total_steps, steps_per_epoch, eta_s, images_per_sec, data_wait_fraction), metrics (loss, acc1,
+lr, val_loss, val_acc1, val_acc5), gpu (gpu_count, gpu_util_pct, gpu_mem_used_gib,
+gpu_mem_total_gib, gpu_power_w), last_checkpoint (step, age_s), heartbeat_age_s, final, artifacts.
+Absent data is null.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import options, render
+from orchestrator.control import find_job
+from orchestrator.status import read_views
+
+
+@click.command("status")
+@click.argument("job_id", metavar="[JOB]", required=False)
+@options.storage_option
+@options.profile_option
+@options.json_option
+def command(job_id: str | None, storage: str | None, profile: str | None, as_json: bool) -> int:
+    """Show the jobs under the storage root, or JOB in detail."""
+    store = options.store(storage, profile)
+    clouds = options.clouds(profile)
+    if job_id:
+        view = find_job(store, job_id, clouds).as_dict()
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+        else:
+            render.console().print(job_panel(view))
+        return 0
+    views = [v.as_dict() for v in read_views(store, store.job_ids(), clouds)]
+    views.sort(key=lambda v: v["created_at"] or "", reverse=True)
+    if as_json:
+        click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))
+        return 0
+    rows = [[v["job_id"], v["state"], len(v["attempts"]), _where(v), _progress(v), _metric(v)] for v in views]
+    render.console().print(render.table(["job", "state", "attempts", "instance", "progress", "val acc"], rows, title=f"{len(views)} jobs under {store.root}"))
+    return 0
+
+
+def _where(view: dict) -> str | None:
+    if not view["attempts"]:
+        return None
+    last = view["attempts"][-1]
+    return f"{last['instance_type']} {last['zone']} {render.money(last['spot_price'])}/h"
+
+
+def _progress(view: dict) -> str | None:
+    p = view["progress"]
+    if not p or p.get("step") is None:
+        return None
+    eta = f", ETA {render.duration(p['eta_s'])}" if p.get("eta_s") and view["state"] == "running" else ""
+    return f"epoch {p.get('epoch')}/{p.get('epochs')} step {p['step']}/{p.get('total_steps')}{eta}"
+
+
+def _metric(view: dict) -> str | None:
+    metrics = view["metrics"] or {}
+    return f"{metrics['val_acc1']:.1%}" if metrics.get("val_acc1") is not None else None
+
+
+def job_panel(view: dict):
+    from rich.console import Group
+    from rich.text import Text
+
+    lines = [Text(f"{view['job_id']}  {view['state']}", style="bold"), Text(f"region {view['region']}, created {view['created_at']}")]
+    if view["progress"]:
+        p, gpu = view["progress"], view["gpu"] or {}
+        lines.append(Text(f"progress: {_progress(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"))
+        util = "no GPU telemetry" if gpu.get("gpu_util_pct") is None else f"GPU {gpu['gpu_util_pct']:.0f}%, {gpu['gpu_mem_used_gib']}/{gpu['gpu_mem_total_gib']} GiB, {gpu['gpu_power_w']} W"
+        lines.append(Text(f"{util}; heartbeat {render.duration(view['heartbeat_age_s'])} ago"))
+    if view["metrics"]:
+        lines.append(Text("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in view["metrics"].items() if v is not None)))
+    if view["last_checkpoint"] and view["last_checkpoint"]["step"] is not None:
+        lines.append(Text(f"last checkpoint: step {view['last_checkpoint']['step']}, {render.duration(view['last_checkpoint']['age_s'])} ago"))
+    if view["final"]:
+        final = view["final"]
+        lines.append(Text(f"outcome: {final.get('outcome')}" + (f": {final['error']}" if final.get("error") else "")))
+    if view["artifacts"]:
+        lines.append(Text(f"artifacts: {', '.join(sorted(view['artifacts'].get('files', {})))}"))
+    rows = [[a["number"], a["instance_type"], a["zone"], render.money(a["spot_price"]), a["instance_id"], a["launched_at"], a.get("ended_at"),
+             a.get("end_reason") or a.get("state_reason") or a.get("instance_state")] for a in view["attempts"]]
+    return Group(*lines, render.table(["#", "type", "zone", "spot $/h", "instance", "started", "ended", "end / state"], rows, title="attempts"))

@@ -1,0 +1,29 @@
+"""`spotctl stop JOB`: checkpoint and stop a job gracefully, then terminate its instance."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import options
+from orchestrator.control import stop_job
+
+
+@click.command("stop")
+@click.argument("job_id", metavar="JOB")
+@click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=45.0, show_default=True,
+              help="Seconds to wait for the final checkpoint before terminating (10 at most when the trainer sends no heartbeat).")
+@options.storage_option
+@options.profile_option
+@options.json_option
+def command(job_id: str, wait_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
+    """Ask JOB's trainer to checkpoint and exit, then terminate the instance; the job becomes cancelled."""
+    result = stop_job(options.store(storage, profile), job_id, options.clouds(profile), wait_s=wait_s)
+    if as_json:
+        click.echo(json.dumps(vars(result), indent=2))
+        return 0
+    saved = f"final checkpoint at step {result.checkpoint_step}" if result.graceful else "no final checkpoint in time; the last committed one stays"
+    ended = f"; terminated {result.terminated}" if result.terminated else ""
+    click.echo(f"stopped {job_id}: {saved}{ended}. It is cancelled; `spotctl resume {job_id} --force` would continue it.")
+    return 0

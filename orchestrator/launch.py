@@ -1,0 +1,224 @@
+"""Launching: from a validated job spec to attempt 1 running on the best spot offer.
+
+`plan_launch` does everything that costs nothing (offers, AMI, the wheel, user-data); `launch` then
+writes the job's files and starts the instance, moving down the ranked offers while EC2 says a pool
+has no capacity or the price is too low. `start_attempt` is the part shared with resume/watch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import botocore.exceptions
+
+from orchestrator import __version__
+from orchestrator.aws import Cloud, ErrorKind, as_user_error, classify, describe, with_backoff
+from orchestrator.errors import UserError
+from orchestrator.offers import Offer, Offers, find_offers
+from orchestrator.prices import PriceSource
+from orchestrator.record import JOB_FILE, Attempt, JobRecord, JobStore, now_iso
+from orchestrator.userdata import Bootstrap, render
+from orchestrator.wheel import build_wheel, file_sha256
+from trainer.config import JobSpec, is_weights_name
+from trainer.spec_file import dump_spec
+
+log = logging.getLogger(__name__)
+
+SECURITY_GROUP_NAME = "spotctl-no-inbound"
+TAG_JOB, TAG_ATTEMPT = "spotctl:job", "spotctl:attempt"
+
+
+@dataclass
+class Plan:
+    spec: JobSpec
+    job_id: str
+    offers: Offers
+    ami: str
+    wheel: Path
+    wheel_url: str
+    user_data: str
+
+    @property
+    def best(self) -> Offer:
+        return self.offers.ranked[0]
+
+
+def new_job_id(name: str) -> str:
+    """`<name>-<yymmdd>-<4 hex>`: readable, sortable by day, unique enough for one bucket."""
+    return f"{name}-{datetime.now(timezone.utc):%y%m%d}-{secrets.token_hex(2)}"
+
+
+def check_reachable_from_instance(spec: JobSpec) -> None:
+    """Everything the instance reads must be a URL it can reach, not a path on this machine."""
+    if spec.is_local:
+        raise UserError(f"storage is a local folder ({spec.storage}); an instance cannot write there",
+                        "use s3://bucket/prefix, or train here with `python -m trainer run --job FILE`")
+    for field, value in (("train.data.train", spec.train.data.train), ("train.data.val", spec.train.data.val), ("train.model.weights", spec.train.model.weights)):
+        if value and not (field.endswith("weights") and is_weights_name(value)) and urlparse(value).scheme in ("", "file"):
+            raise UserError(f"{field} is a local path ({value}); the instance cannot read it",
+                            "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL")
+
+
+def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
+    """(AMI id, root device name); an `ssm:/...` parameter is resolved first."""
+    if ami.startswith("ssm:"):
+        name = ami[4:]
+        try:
+            ami = with_backoff(lambda: cloud.client("ssm").get_parameter(Name=name))["Parameter"]["Value"]
+        except botocore.exceptions.ClientError as exc:
+            if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
+                raise UserError(f"compute.ami: the SSM parameter {name} does not exist in {cloud.region}",
+                                "check the region, or set compute.ami to an AMI id (ami-...)") from None
+            raise as_user_error(exc, f"reading the SSM parameter {name}") from None
+    try:
+        images = with_backoff(lambda: cloud.client("ec2").describe_images(ImageIds=[ami]))["Images"]
+    except botocore.exceptions.ClientError as exc:
+        if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
+            images = []
+        else:
+            raise as_user_error(exc, f"describing {ami}") from None
+    if not images:
+        raise UserError(f"compute.ami: {ami} does not exist in {cloud.region}", "use an AMI of this region")
+    return ami, images[0].get("RootDeviceName", "/dev/xvda")
+
+
+def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
+    check_reachable_from_instance(spec)
+    job_id = job_id or new_job_id(spec.name)
+    offers = find_offers(cloud, spec.compute, prices)
+    if not offers.ranked:
+        cap = f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""
+        cheapest = ""
+        if offers.over_cap:
+            (name, zone), price = min(offers.over_cap.items(), key=lambda item: item[1])
+            cheapest = f"; the cheapest is {name} in {zone} at ${price:.4f}/h"
+        raise UserError(f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest})",
+                        "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them")
+    ami, _ = resolve_ami(cloud, spec.compute.ami)
+    wheel = build_wheel()
+    wheel_url = f"{spec.storage.rstrip('/')}/wheels/{file_sha256(wheel)}/{wheel.name}"
+    return Plan(spec, job_id, offers, ami, wheel, wheel_url, bootstrap_script(spec, job_id, 1, wheel_url))
+
+
+def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -> str:
+    prefix = f"{spec.storage.rstrip('/')}/jobs/{job_id}"
+    return render(Bootstrap(job_id, attempt, spec.region, f"{prefix}/{JOB_FILE}", prefix, wheel_url, __version__))
+
+
+def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
+    """Upload the wheel and the job's files, then start attempt 1."""
+    wheel_key = plan.wheel_url[len(store.root) + 1 :]
+    if not store.storage.exists(wheel_key):  # content-addressed: an unchanged spotctl is uploaded once
+        store.storage.upload(str(plan.wheel), wheel_key)
+    record = JobRecord(plan.job_id, plan.spec.name, plan.spec.region, store.root, store.url(plan.job_id, JOB_FILE), plan.wheel_url, plan.ami)
+    try:
+        store.write(plan.job_id, JOB_FILE, dump_spec(plan.spec).encode(), create=True)
+    except FileExistsError:
+        raise UserError(f"job {plan.job_id} already exists under {store.root}", "launch again for a new job id, or `spotctl resume` it") from None
+    store.write_record(record, create=True)
+    start_attempt(record, plan.spec, plan.offers.ranked, cloud, store, plan.user_data)
+    return record
+
+
+def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: Cloud, store: JobStore, user_data: str | None = None) -> Attempt:
+    """Start the next attempt on the first offer EC2 grants; capacity and price refusals move on."""
+    number = len(record.attempts) + 1
+    user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
+    ami, root_device = resolve_ami(cloud, record.ami)
+    refusals = []
+    for offer in offers:
+        token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
+        try:
+            instance_id = run_instance(cloud, spec, record.job_id, number, offer, ami, root_device, user_data, token)
+        except botocore.exceptions.ClientError as exc:
+            if classify(exc) is ErrorKind.CAPACITY:
+                log.info("launch: %s in %s refused (%s); trying the next offer", offer.instance.name, offer.zone, describe(exc))
+                refusals.append(f"{offer.instance.name}/{offer.zone}: {describe(exc)}")
+                continue
+            raise as_user_error(exc, f"starting {offer.instance.name} in {offer.zone}") from None
+        attempt = Attempt(number, offer.instance.name, offer.zone, offer.spot_price, offer.on_demand_price, token, instance_id, now_iso())
+        record.attempts.append(attempt)
+        store.write_record(record)
+        return attempt
+    raise UserError(f"no offer could be started; EC2 refused all {len(refusals)}: {'; '.join(refusals[:3])}", "try again later, or allow more instance types or zones")
+
+
+def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: Offer, ami: str, root_device: str, user_data: str, token: str, dry_run: bool = False) -> str:
+    ec2 = cloud.client("ec2")
+    subnet, vpc = subnet_for(cloud, offer.zone)
+    tags = [{"Key": TAG_JOB, "Value": job_id}, {"Key": TAG_ATTEMPT, "Value": str(attempt)}, {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]}]
+    spot_options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if spec.compute.max_price_per_hour:
+        spot_options["MaxPrice"] = f"{spec.compute.max_price_per_hour:.4f}"
+    request = {
+        "ImageId": ami,
+        "InstanceType": offer.instance.name,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "SubnetId": subnet,
+        "UserData": user_data,
+        # run_instances with spot market options (not request_spot_instances) keeps the instance profile.
+        "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options},
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {"VolumeSize": spec.compute.disk_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "ClientToken": token,  # a retried call returns the same instance instead of starting a second one
+        "DryRun": dry_run,
+    }
+    group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
+    if group:  # a dry run creates nothing: without spotctl's group yet, it checks with the default one
+        request["SecurityGroupIds"] = [group]
+    profile = spec.compute.instance_profile
+    if profile:
+        request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+    response = with_backoff(lambda: ec2.run_instances(**request))
+    return response["Instances"][0]["InstanceId"]
+
+
+def subnet_for(cloud: Cloud, zone: str) -> tuple[str, str]:
+    """(subnet id, vpc id) of the default subnet of `zone` (Placement is not how EC2 picks the zone)."""
+    ec2 = cloud.client("ec2")
+    subnets = with_backoff(lambda: ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}]))["Subnets"]
+    if not subnets:
+        raise UserError(f"{zone} has no default subnet", "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones")
+    return subnets[0]["SubnetId"], subnets[0]["VpcId"]
+
+
+def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
+    """spotctl's security group of this VPC: no inbound rules at all (found by name, created once)."""
+    ec2 = cloud.client("ec2")
+    found = with_backoff(lambda: ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP_NAME]}, {"Name": "vpc-id", "Values": [vpc]}]))["SecurityGroups"]
+    if found:
+        return found[0]["GroupId"]
+    if not create:
+        return None
+    try:
+        created = ec2.create_security_group(GroupName=SECURITY_GROUP_NAME, Description="spotctl training instances: no inbound access", VpcId=vpc,
+                                            TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "spotctl:managed", "Value": "true"}]}])
+    except botocore.exceptions.ClientError as exc:
+        if "Duplicate" in describe(exc):  # another launch created it just now
+            return security_group(cloud, vpc)
+        raise as_user_error(exc, "creating the security group") from None
+    return created["GroupId"]
+
+
+def dry_run(plan: Plan, cloud: Cloud) -> str:
+    """Ask EC2 whether the launch would be allowed, without starting anything (DryRun=True)."""
+    offer = plan.best
+    _, root_device = resolve_ami(cloud, plan.ami)
+    try:
+        run_instance(cloud, plan.spec, plan.job_id, 1, offer, plan.ami, root_device, plan.user_data, "dry-run", dry_run=True)
+    except botocore.exceptions.ClientError as exc:
+        if describe(exc).startswith("DryRunOperation"):
+            return "allowed"
+        if classify(exc) is ErrorKind.AUTH:
+            return f"refused: {describe(exc)}"
+        raise as_user_error(exc, "checking the launch (DryRun)") from None
+    return "allowed"

@@ -1,0 +1,141 @@
+"""Offers: the pools (instance type x availability zone) a job may run in, priced and ranked.
+
+Instance types come from the spec's list or its GPU requirement (`describe_instance_types` GpuInfo);
+where they are offered from `describe_instance_type_offerings`; prices from a PriceSource. Pools
+without a spot price or above `max_price_per_hour` are dropped, each with its reason; the rest are
+ranked by spot price (then by more GPU memory, then by name, so the order is stable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.aws import Cloud, with_backoff
+from orchestrator.errors import UserError
+from orchestrator.prices import Pool, PriceSource
+from trainer.config import ComputeSpec, did_you_mean
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    gpus: int
+    gpu_model: str | None
+    gpu_memory_gib: float  # per GPU
+    vcpus: int
+    memory_gib: float
+
+
+@dataclass(frozen=True)
+class Offer:
+    instance: InstanceType
+    zone: str
+    spot_price: float
+    on_demand_price: float | None
+    on_demand_source: str | None
+
+    @property
+    def pool(self) -> Pool:
+        return (self.instance.name, self.zone)
+
+    @property
+    def saving(self) -> float | None:
+        """Share of the on-demand price saved, 0..1."""
+        if not self.on_demand_price:
+            return None
+        return 1 - self.spot_price / self.on_demand_price
+
+    def as_dict(self) -> dict:
+        return {
+            "instance_type": self.instance.name, "zone": self.zone, "gpus": self.instance.gpus, "gpu_model": self.instance.gpu_model,
+            "gpu_memory_gib": self.instance.gpu_memory_gib, "vcpus": self.instance.vcpus, "memory_gib": self.instance.memory_gib,
+            "spot_price": self.spot_price, "on_demand_price": self.on_demand_price, "on_demand_source": self.on_demand_source, "saving": self.saving,
+        }
+
+
+@dataclass
+class Offers:
+    ranked: list[Offer]
+    dropped: list[tuple[Pool, str]] = field(default_factory=list)  # (pool, why)
+    over_cap: dict[Pool, float] = field(default_factory=dict)  # the dropped pools' spot prices, where known
+
+
+def _instance_type(entry: dict) -> InstanceType:
+    gpus = entry.get("GpuInfo", {}).get("Gpus", [])
+    return InstanceType(
+        name=entry["InstanceType"],
+        gpus=sum(g.get("Count", 0) for g in gpus),
+        gpu_model=gpus[0]["Name"] if gpus else None,
+        gpu_memory_gib=round(gpus[0].get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024, 1) if gpus else 0.0,
+        vcpus=entry.get("VCpuInfo", {}).get("DefaultVCpus", 0),
+        memory_gib=round(entry.get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024, 1),
+    )
+
+
+def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
+    """The spec's instance types, or every GPU type that meets its GPU requirement."""
+    ec2 = cloud.client("ec2")
+    if compute.instance_types:
+        all_names = None
+        found = []
+        for name in compute.instance_types:
+            try:
+                found += [_instance_type(t) for t in with_backoff(lambda: ec2.describe_instance_types(InstanceTypes=[name]))["InstanceTypes"]]
+            except Exception as exc:
+                if "InvalidInstanceType" not in str(exc):
+                    raise
+                if all_names is None:
+                    all_names = [t.name for t in _all_types(ec2)]
+                raise UserError(f"compute.instance_types: '{name}' is not an instance type in {cloud.region}{did_you_mean(name, all_names)}") from None
+        return found
+    gpu = compute.gpu
+    matching = [
+        t for t in _all_types(ec2)
+        if t.gpus == gpu.count
+        and (gpu.min_memory_gib is None or t.gpu_memory_gib >= gpu.min_memory_gib)
+        and (gpu.models is None or (t.gpu_model or "").lower() in {m.lower() for m in gpu.models})
+    ]
+    if not matching:
+        wanted = f"{gpu.count} GPU(s)" + (f" of >= {gpu.min_memory_gib:g} GiB" if gpu.min_memory_gib else "") + (f", model {'/'.join(gpu.models)}" if gpu.models else "")
+        raise UserError(f"compute.gpu: no instance type in {cloud.region} has {wanted}", "relax the GPU requirement, or list compute.instance_types")
+    return sorted(matching, key=lambda t: t.name)
+
+
+def _all_types(ec2) -> list[InstanceType]:
+    pages = ec2.get_paginator("describe_instance_types").paginate(Filters=[{"Name": "processor-info.supported-architecture", "Values": ["x86_64", "arm64"]}])
+    return [_instance_type(t) for page in with_backoff(lambda: list(pages)) for t in page["InstanceTypes"] if "GpuInfo" in t]
+
+
+def zones_offering(cloud: Cloud, types: list[str], allowed: list[str] | None) -> list[Pool]:
+    ec2 = cloud.client("ec2")
+    pools = []
+    for chunk in (types[i : i + 20] for i in range(0, len(types), 20)):
+        pages = ec2.get_paginator("describe_instance_type_offerings").paginate(LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": chunk}])
+        for page in with_backoff(lambda: list(pages)):
+            pools += [(o["InstanceType"], o["Location"]) for o in page["InstanceTypeOfferings"] if allowed is None or o["Location"] in allowed]
+    return sorted(set(pools))
+
+
+def find_offers(cloud: Cloud, compute: ComputeSpec, prices: PriceSource) -> Offers:
+    """Every pool the job may use, ranked cheapest first; dropped pools keep their reason."""
+    types = {t.name: t for t in instance_types(cloud, compute)}
+    pools = zones_offering(cloud, sorted(types), compute.availability_zones)
+    if not pools:
+        where = f"zones {', '.join(compute.availability_zones)}" if compute.availability_zones else cloud.region
+        raise UserError(f"none of {', '.join(sorted(types))} is offered in {where}", "allow more availability_zones or instance types")
+    spot = prices.spot_prices(pools)
+    on_demand = {name: prices.on_demand(name) for name in types}
+    offers, dropped, over_cap = [], [], {}
+    for pool in pools:
+        name, zone = pool
+        if pool not in spot:
+            dropped.append((pool, "no spot price (no spot capacity offered)"))
+            continue
+        if compute.max_price_per_hour is not None and spot[pool] > compute.max_price_per_hour:
+            dropped.append((pool, f"spot ${spot[pool]:.4f}/h is above max_price_per_hour ${compute.max_price_per_hour:g}"))
+            over_cap[pool] = spot[pool]
+            continue
+        price = on_demand[name]
+        offers.append(Offer(types[name], zone, spot[pool], price.usd_per_hour if price else None, price.source if price else None))
+    offers.sort(key=lambda o: (o.spot_price, -o.instance.gpu_memory_gib, o.instance.name, o.zone))
+    return Offers(offers, dropped, over_cap)

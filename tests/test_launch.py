@@ -1,0 +1,325 @@
+"""spotctl offers / launch / status / stop / logs against a moto server, checked the way an independent
+client sees EC2 and S3 (plain boto3 calls, not the project's helpers)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import pytest
+
+from orchestrator.cli import options
+from orchestrator.prices import FixedPrices
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples/aws-resnet50.yaml"
+BUCKET = "my-spotctl-bucket"
+STORAGE = f"s3://{BUCKET}/spotctl"
+MARKET = {
+    ("g5.xlarge", "us-east-1a"): 0.45, ("g5.xlarge", "us-east-1b"): 0.38, ("g5.xlarge", "us-east-1c"): 0.41,
+    ("g6.xlarge", "us-east-1a"): 0.33, ("g6.xlarge", "us-east-1b"): 0.72, ("g6.xlarge", "us-east-1c"): 0.35,
+    ("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.24,
+}
+ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """spotctl's wheel, built once for the session (launch ships it to the instance)."""
+    import os
+
+    from orchestrator.wheel import build_wheel
+
+    os.environ["SPOTCTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("wheel-cache"))
+    try:
+        return build_wheel()
+    finally:
+        del os.environ["SPOTCTL_CACHE_DIR"]
+
+
+@pytest.fixture
+def account(aws, monkeypatch, wheel, tmp_path):
+    """What `infra deploy` and AWS itself would provide: the bucket, the instance profile, the DLAMI."""
+    monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    boto3.client("iam").create_instance_profile(InstanceProfileName="spotctl-trainer")
+    ami = aws.seed_deep_learning_ami()
+    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
+    return ami
+
+
+def launched_id(out: str) -> str:
+    return re.search(r"^launched (\S+):", out, re.M).group(1)
+
+
+def user_data_of(instance_id: str) -> str:
+    attribute = boto3.client("ec2").describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    return base64.b64decode(attribute["UserData"]["Value"]).decode()
+
+
+# ------------------------------------------------------------------------------------------- offers
+def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
+    code, out, err = spotctl("offers", str(EXAMPLE), "--json")
+    assert code == 0, err
+    offers, dropped = json.loads(out)["offers"], json.loads(out)["dropped"]
+    assert dropped == [
+        {"instance_type": "g4dn.xlarge", "zone": "us-east-1c", "reason": "no spot price (no spot capacity offered)"},
+        {"instance_type": "g6.xlarge", "zone": "us-east-1b", "reason": "spot $0.7200/h is above max_price_per_hour $0.6"},
+    ]
+    assert [(o["instance_type"], o["zone"]) for o in offers][:3] == [("g4dn.xlarge", "us-east-1a"), ("g4dn.xlarge", "us-east-1b"), ("g6.xlarge", "us-east-1a")]
+    assert ("g6.xlarge", "us-east-1b") not in [(o["instance_type"], o["zone"]) for o in offers]  # $0.72 > max 0.60
+    assert offers[0]["gpus"] == 1 and offers[0]["gpu_model"] == "T4" and offers[0]["gpu_memory_gib"] == 16.0
+    assert offers[0]["saving"] == pytest.approx(1 - 0.21 / 0.526)
+    code, out, _ = spotctl("offers", str(EXAMPLE))
+    lines = out.splitlines()
+    assert lines[1].split() == ["type", "GPUs", "GPU", "GPU", "memory", "zone", "spot", "$/h", "on-demand", "$/h", "saving"]
+    assert lines[3].split() == ["g4dn.xlarge", "1", "T4", "16", "GiB", "us-east-1a", "$0.2100", "$0.5260", "60%"]
+    assert "2 pools dropped, e.g. g4dn.xlarge in us-east-1c: no spot price (no spot capacity offered)" in out
+
+
+# ------------------------------------------------------------------------------------------- launch
+def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0, err
+    job_id = launched_id(out)
+    assert re.fullmatch(r"flowers-resnet50-\d{6}-[0-9a-f]{4}", job_id)
+    assert f"launched {job_id}: g4dn.xlarge in us-east-1a at $0.2100/h spot, 60% below on-demand" in out
+    assert f"spotctl status {job_id} --storage {STORAGE}" in out
+
+    ec2 = boto3.client("ec2")
+    [instance] = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"] for i in r["Instances"]]
+    assert instance["InstanceLifecycle"] == "spot" and instance["InstanceType"] == "g4dn.xlarge" and instance["ImageId"] == account
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/spotctl-trainer")
+    assert ec2.describe_subnets(SubnetIds=[instance["SubnetId"]])["Subnets"][0]["AvailabilityZone"] == "us-east-1a"
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags == {"spotctl:job": job_id, "spotctl:attempt": "1", "Name": f"spotctl {job_id} #1"}
+    [group] = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in instance["SecurityGroups"]])["SecurityGroups"]
+    assert group["GroupName"] == "spotctl-no-inbound" and group["IpPermissions"] == []
+    volumes = ec2.describe_volumes(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Volumes"]
+    assert volumes and all(v["Encrypted"] for v in volumes)
+
+    script = user_data_of(instance["InstanceId"])
+    assert script.startswith("#!/bin/bash\n") and len(script.encode()) < 16 * 1024
+    assert f"JOB_URL={STORAGE}/jobs/{job_id}/job.yaml" in script and '"$PYTHON" -m trainer run --job "$JOB_URL"' in script
+    assert re.search(r"pip install .*\"\$WHEEL\[trainer\]\"", script)
+    assert "testing" not in script and not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET", script)  # no credentials
+
+    s3 = boto3.client("s3")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="spotctl/")["Contents"]}
+    wheel_key = re.search(r"WHEEL_URL=s3://my-spotctl-bucket/(\S+)", script).group(1)
+    assert {f"spotctl/jobs/{job_id}/job.yaml", f"spotctl/jobs/{job_id}/record.json", wheel_key} <= keys
+    assert re.fullmatch(r"spotctl/wheels/[0-9a-f]{64}/spotctl-[\d.]+-py3-none-any\.whl", wheel_key)
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/record.json")["Body"].read())
+    assert record["attempts"][0]["instance_id"] == instance["InstanceId"] and record["attempts"][0]["spot_price"] == 0.21
+
+
+def hook_run_instances(monkeypatch, refuse):
+    """EC2 answering run_instances with an error for some offers (moto never runs out of capacity)."""
+    real = options.cloud
+
+    def cloud(region, profile):
+        made = real(region, profile)
+        ec2 = made.client("ec2")
+
+        def before(params, **_):
+            code = refuse(params)
+            if code:
+                raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": f"{code} (test)"}}, "RunInstances")
+
+        ec2.meta.events.register("before-parameter-build.ec2.RunInstances", before)
+        return made
+
+    monkeypatch.setattr(options, "cloud", cloud)
+
+
+def test_capacity_errors_move_on_to_the_next_offer(account, spotctl, monkeypatch):
+    refused = []
+
+    def refuse(params):
+        if params["InstanceType"] == "g4dn.xlarge":
+            refused.append(params["SubnetId"])
+            return "InsufficientInstanceCapacity" if len(refused) == 1 else "SpotMaxPriceTooLow"
+        return None
+
+    hook_run_instances(monkeypatch, refuse)
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0, err
+    assert len(refused) == 2 and "g6.xlarge in us-east-1a at $0.3300/h" in out
+
+
+def test_auth_errors_stop_with_a_hint(account, spotctl, monkeypatch):
+    hook_run_instances(monkeypatch, lambda params: "UnauthorizedOperation")
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 1
+    assert err.splitlines() == [
+        "error: AWS refused starting g4dn.xlarge in us-east-1a: UnauthorizedOperation: UnauthorizedOperation (test)",
+        "hint: check the credentials and that they allow this call (infra/ has the policy spotctl needs)",
+    ]
+
+
+def test_no_offer_under_the_price_cap(account, spotctl, tmp_path):
+    job = tmp_path / "cheap.yaml"
+    job.write_text(EXAMPLE.read_text().replace("max_price_per_hour: 0.60", "max_price_per_hour: 0.10"))
+    code, out, err = spotctl("launch", str(job))
+    assert code == 1
+    assert err.startswith("error: no spot offer under max_price_per_hour $0.1 for this job (9 pools dropped; the cheapest is g4dn.xlarge in us-east-1a at $0.2100/h)\n")
+    assert "hint: raise compute.max_price_per_hour or allow more instance types or zones" in err
+    assert boto3.client("ec2").describe_instances()["Reservations"] == []
+
+
+def test_a_missing_ami_parameter_is_named(aws, spotctl, monkeypatch, wheel):
+    monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
+    code, _, err = spotctl("launch", str(EXAMPLE))
+    assert code == 1
+    assert err.splitlines() == [
+        "error: compute.ami: the SSM parameter /aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id does not exist in us-east-1",
+        "hint: check the region, or set compute.ami to an AMI id (ami-...)",
+    ]
+
+
+def test_missing_credentials_are_one_message(aws, spotctl, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    code, _, err = spotctl("offers", str(EXAMPLE))
+    assert code == 1
+    assert err.splitlines()[0] == "error: no AWS credentials found while listing offers"
+
+
+def test_local_data_cannot_be_launched(account, spotctl, tmp_path):
+    job = tmp_path / "local-data.yaml"
+    job.write_text(EXAMPLE.read_text().replace("s3://my-spotctl-bucket/datasets/flowers/train", "./flowers/train"))
+    code, _, err = spotctl("launch", str(job))
+    assert code == 1 and err.startswith(f"error: train.data.train is a local path ({tmp_path}/flowers/train); the instance cannot read it")
+
+
+def test_dry_run_shows_the_plan_and_starts_nothing(account, spotctl):
+    code, out, err = spotctl("launch", str(EXAMPLE), "--dry-run")
+    assert code == 0, err
+    assert re.search(r"would launch flowers-resnet50-\S+ on g4dn.xlarge in us-east-1a at \$0.2100/h \(AMI ami-\w+\)", out)
+    assert '"$PYTHON" -m trainer run --job "$JOB_URL"' in out and out.rstrip().endswith("permission check (DryRun): allowed")
+    assert boto3.client("ec2").describe_instances()["Reservations"] == []
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=BUCKET)  # nothing written
+
+
+# ------------------------------------------------------------------------------- status, stop, logs
+def test_status_stop_and_logs(account, spotctl):
+    code, out, _ = spotctl("launch", str(EXAMPLE))
+    job_id = launched_id(out)
+    s3 = boto3.client("s3")
+    prefix = f"spotctl/jobs/{job_id}"
+    heartbeat = {"attempt": 1, "phase": "training", "epoch": 3, "epochs": 20, "step": 250, "total_steps": 2000, "steps_per_epoch": 100, "eta_s": 1750.0,
+                 "images_per_sec": 412.0, "data_wait_fraction": 0.04, "loss": 0.61, "acc1": 0.8, "lr": 0.009, "val_acc1": 0.875, "last_checkpoint_step": 200,
+                 "last_checkpoint_age_s": 30.0, "gpu_count": 1, "gpu_util_pct": 93.5, "gpu_mem_used_gib": 11.2, "gpu_mem_total_gib": 15.0, "gpu_power_w": 61.0,
+                 "updated_at": "2026-11-24T10:00:00+00:00"}
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/status/heartbeat.json", Body=json.dumps(heartbeat).encode())
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/logs/attempt-1.log", Body=b"epoch 1/20 done\n")
+
+    code, out, err = spotctl("status", "--storage", STORAGE)
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith(job_id))
+    assert row.split() == [job_id, "running", "1", "g4dn.xlarge", "us-east-1a", "$0.2100/h", "epoch", "3/20", "step", "250/2000,", "ETA", "29m10s", "87.5%"]
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
+    view = json.loads(out)
+    assert view["state"] == "running" and view["attempts"][0]["instance_state"] == "running"
+    assert view["progress"]["step"] == 250 and view["gpu"]["gpu_util_pct"] == 93.5 and view["last_checkpoint"]["step"] == 200
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
+    assert "GPU 94%, 11.2/15.0 GiB, 61.0 W" in out and "last checkpoint: step 200" in out
+
+    code, out, err = spotctl("logs", job_id, "--storage", STORAGE)
+    assert (code, out) == (0, "epoch 1/20 done\n")
+    code, _, err = spotctl("logs", job_id, "--storage", STORAGE, "--attempt", "2")
+    assert code == 1 and err == f"error: job {job_id} has no attempt 2 (it has 1)\n"
+
+    code, out, err = spotctl("stop", job_id, "--storage", STORAGE, "--wait", "0")
+    assert code == 0, err
+    assert out.startswith(f"stopped {job_id}: no final checkpoint in time; the last committed one stays; terminated i-")
+    control = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/control/stop")["Body"].read())
+    assert control["reason"] == "stopped by spotctl stop"
+    instance = boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"][0]["Instances"][0]
+    assert instance["State"]["Name"] in ("shutting-down", "terminated")
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
+    assert json.loads(out)["state"] == "cancelled"
+    code, _, err = spotctl("stop", job_id, "--storage", STORAGE)
+    assert code == 1 and err == f"error: job {job_id} is already cancelled; nothing to stop\n"
+
+
+def test_an_unknown_job_gets_a_close_match(account, spotctl):
+    code, out, _ = spotctl("launch", str(EXAMPLE))
+    job_id = launched_id(out)
+    code, _, err = spotctl("status", job_id[:-1] + "x", "--storage", STORAGE)
+    assert code == 1 and err.startswith(f"error: no job '{job_id[:-1]}x' under {STORAGE}; did you mean '{job_id}'?")
+
+
+def test_status_needs_a_storage_root(spotctl, monkeypatch):
+    monkeypatch.delenv("SPOTCTL_STORAGE", raising=False)
+    code, _, err = spotctl("status")
+    assert code == 1 and err.splitlines() == ["error: no storage root given", "hint: pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE"]
+
+
+# --------------------------------------------------------------------------------------- user-data
+HOSTILE = ["s3://b/it's", "s3://b/$(touch /tmp/pwned)", "s3://b/`id`", "s3://b/a b;rm -rf ~", 's3://b/"quoted"']
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_user_data_values_are_inert(url, tmp_path):
+    from orchestrator.userdata import Bootstrap, render
+
+    script = render(Bootstrap("job-1", 1, "us-east-1", url, url, url, "0.1.0"))
+    header = script.split("export SPOTCTL_JOB_ID")[0]
+    probe = tmp_path / "probe.sh"
+    probe.write_text(header + 'printf "%s\\n%s\\n%s" "$JOB_URL" "$JOB_PREFIX" "$WHEEL_URL"\n')
+    result = subprocess.run(["bash", str(probe)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout == "\n".join([url] * 3) and result.returncode == 0
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+    assert not Path("/tmp/pwned").exists()
+
+
+@pytest.mark.parametrize("job_id", ["job;id", "job$(id)", "job\nid", "../job"])
+def test_hostile_job_ids_are_refused(job_id):
+    from orchestrator.errors import UserError
+    from orchestrator.userdata import Bootstrap, render
+
+    with pytest.raises(UserError, match="may hold only letters"):
+        render(Bootstrap(job_id, 1, "us-east-1", "s3://b/j", "s3://b/j", "s3://b/w", "0.1.0"))
+
+
+@pytest.mark.slow
+def test_the_user_data_runs_the_trainer_to_completion(account, aws, tmp_path, image_folder):
+    """The rendered script, run as the instance would (install skipped: this environment is spotctl's),
+    trains the job from S3 and ships its logs."""
+    from orchestrator.launch import bootstrap_script
+    from tests.harness import FakeImds
+    from tests.trainer_runs import trainer_env, write_job
+    from trainer.spec_file import load_spec
+
+    data = image_folder(f"s3://{BUCKET}/datasets/shapes", per_class={"train": 6, "val": 2})
+    job = write_job(tmp_path / "job.yaml", STORAGE, data.split("train"), data.split("val"), name="boot", train__epochs=1)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/job.yaml", Body=job.read_bytes())
+    script = tmp_path / "user-data.sh"
+    script.write_text(bootstrap_script(load_spec(job), "boot-1", 1, f"{STORAGE}/wheels/x/spotctl.whl"))
+    imds = FakeImds()
+    python_dir = str(Path(shutil.which("python", path=str(Path(__import__("sys").executable).parent))).parent)
+    env = trainer_env({**aws.environment(), "PATH": f"{python_dir}:/usr/bin:/bin", "SPOTCTL_SKIP_INSTALL": "1", "SPOTCTL_NO_SHUTDOWN": "1",
+                       "SPOTCTL_LOG_DIR": str(tmp_path / "logs"), "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "SPOTCTL_CACHE_DIR": str(tmp_path / "cache")})
+    try:
+        result = subprocess.run(["bash", str(script)], env=env, timeout=300)
+    finally:
+        imds.stop()
+    log = (tmp_path / "logs/attempt-1.log").read_text()
+    assert result.returncode == 0, log[-3000:]
+    final = json.loads(s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/status/final.json")["Body"].read())
+    assert final["outcome"] == "succeeded"
+    shipped = s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.bootstrap.log")["Body"].read().decode()
+    assert "spotctl: trainer exited with 0" in shipped
+    assert s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.log")["Body"].read()  # the trainer's own log
