@@ -66,3 +66,39 @@ def moto_bucket(bucket: str = "bench") -> Iterator[str]:
         os.environ.clear()
         os.environ.update(saved)
         server.stop()
+
+
+@contextlib.contextmanager
+def moto_process_bucket(bucket: str = "bench") -> Iterator[str]:
+    """Like moto_bucket, but the moto server runs in its own process, as AWS is not in ours: parallel
+    requests then overlap as they would against the real service."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import boto3
+
+    from tests.harness import AWS_VARIABLES_TO_CLEAR, aws_environment, free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = dict(os.environ)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        for name in AWS_VARIABLES_TO_CLEAR:
+            os.environ.pop(name, None)
+        os.environ.update(aws_environment(endpoint))
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.terminate()
+        server.wait(timeout=30)

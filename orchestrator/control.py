@@ -33,7 +33,7 @@ class StopResult:
 
 
 def find_job(store: JobStore, job_id: str, cloud_for_region) -> JobView:
-    view = read_views(store, [job_id], cloud_for_region)[0]
+    view = read_views(store, [job_id], cloud_for_region, details=True)[0]
     if view.record is None:
         known = store.job_ids()
         from trainer.config import did_you_mean

@@ -113,6 +113,7 @@ def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -
 
 def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
     """Upload the wheel and the job's files, then start attempt 1."""
+    store.check()
     wheel_key = plan.wheel_url[len(store.root) + 1 :]
     if not store.storage.exists(wheel_key):  # content-addressed: an unchanged spotctl is uploaded once
         store.storage.upload(str(plan.wheel), wheel_key)

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from orchestrator.errors import UserError
 from trainer.storage import Storage
 
 RECORD = "record.json"
@@ -68,6 +69,13 @@ class JobStore:
     def __init__(self, root: str, **storage_options):
         self.root = root.rstrip("/")
         self.storage = Storage(self.root, **storage_options)
+
+    def check(self) -> None:
+        """One clear message when the bucket is missing, before anything is written or listed."""
+        try:
+            self.storage.check()
+        except FileNotFoundError as exc:
+            raise UserError(f"storage {self.root}: {exc}", "create the bucket (or fix `storage` / --storage), e.g. `aws s3 mb s3://BUCKET`") from None
 
     def job_ids(self) -> list[str]:
         return self.storage.list("jobs")

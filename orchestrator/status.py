@@ -115,24 +115,37 @@ def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, Instance]:
     return {job: instance for job, (_, instance) in found.items()}
 
 
-def read_views(store: JobStore, job_ids: list[str], cloud_for_region, threads: int = 32) -> list[JobView]:
-    """Every job's objects read in parallel, then one EC2 call per region."""
-
-    def read(job_id: str) -> JobView:
-        return JobView(job_id, store.read_record(job_id), store.read_json(job_id, "status/heartbeat.json"), store.read_json(job_id, "status/final.json"), None,
-                       store.read_json(job_id, "artifacts/manifest.json"))
-
+def read_views(store: JobStore, job_ids: list[str], cloud_for_region, threads: int = 32, details: bool = False) -> list[JobView]:
+    """Every job's state with as few reads as are safe, in parallel: record and heartbeat; one EC2
+    call per region; then final.json only where the job may have ended (a running instance whose
+    trainer reports a running phase has not). `details` adds the artifacts manifest."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        views = list(pool.map(read, job_ids))
-    by_region: dict[str, list[JobView]] = {}
-    for view in views:
-        if view.record and view.record.attempts and not view.final and not view.record.cancelled_at:
-            by_region.setdefault(view.record.region, []).append(view)
-    for region, group in by_region.items():
-        instances = instances_of(cloud_for_region(region), [v.job_id for v in group])
-        for view in group:
-            found = instances.get(view.job_id)
-            # Only the current attempt's instance tells about now; an older one is history.
-            if found and found.attempt == view.record.attempts[-1].number:
-                view.instance = found
+        views = list(pool.map(lambda job_id: JobView(job_id, store.read_record(job_id), store.read_json(job_id, "status/heartbeat.json"), None, None), job_ids))
+        by_region: dict[str, list[JobView]] = {}
+        for view in views:
+            if view.record and view.record.attempts and not view.record.cancelled_at:
+                by_region.setdefault(view.record.region, []).append(view)
+        for region, group in by_region.items():
+            instances = instances_of(cloud_for_region(region), [v.job_id for v in group])
+            for view in group:
+                found = instances.get(view.job_id)
+                # Only the current attempt's instance tells about now; an older one is history.
+                if found and found.attempt == view.record.attempts[-1].number:
+                    view.instance = found
+        maybe_ended = [v for v in views if v.record and not _certainly_running(v)]
+        for view, final in zip(maybe_ended, pool.map(lambda v: store.read_json(v.job_id, "status/final.json"), maybe_ended)):
+            view.final = final
+        if details:
+            for view, manifest in zip(views, pool.map(lambda v: store.read_json(v.job_id, "artifacts/manifest.json"), views)):
+                view.artifacts = manifest
     return views
+
+
+def _certainly_running(view: JobView) -> bool:
+    beat = view.heartbeat or {}
+    return (
+        view.instance is not None
+        and view.instance.state in ("pending", "running")
+        and beat.get("attempt") == view.record.attempts[-1].number
+        and beat.get("phase") in ("starting", "downloading data", "training", "validating", "checkpointing")
+    )

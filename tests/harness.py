@@ -76,19 +76,24 @@ class MotoServer:
 
     def environment(self, region: str = "us-east-1") -> dict[str, str]:
         """What an AWS client needs to reach this server, and only it."""
-        return {
-            **DUMMY_CREDENTIALS,
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_DEFAULT_REGION": region,
-            "AWS_REGION": region,
-            # moto answers calls it lacks with HTTP 500: fail fast instead of retrying them.
-            "AWS_MAX_ATTEMPTS": "2",
-            "AWS_RETRY_MODE": "standard",
-            # Never ask the real instance-metadata service for credentials.
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
+        return aws_environment(self.endpoint, region)
+
+
+def aws_environment(endpoint: str, region: str = "us-east-1") -> dict[str, str]:
+    """The environment that points every AWS client (boto3, s3fs, the AWS CLI) at `endpoint` only."""
+    return {
+        **DUMMY_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        # moto answers calls it lacks with HTTP 500: fail fast instead of retrying them.
+        "AWS_MAX_ATTEMPTS": "2",
+        "AWS_RETRY_MODE": "standard",
+        # Never ask the real instance-metadata service for credentials.
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
 
 
 def _credentials() -> dict[str, str]:

@@ -251,6 +251,8 @@ def test_status_stop_and_logs(account, spotctl):
     assert json.loads(out)["state"] == "cancelled"
     code, _, err = spotctl("stop", job_id, "--storage", STORAGE)
     assert code == 1 and err == f"error: job {job_id} is already cancelled; nothing to stop\n"
+    code, out, _ = spotctl("logs", job_id, "--storage", STORAGE, "--follow", "--interval", "0.1")
+    assert (code, out) == (0, "epoch 1/20 done\n")  # the job has ended: follow prints and returns
 
 
 def test_an_unknown_job_gets_a_close_match(account, spotctl):
@@ -258,6 +260,14 @@ def test_an_unknown_job_gets_a_close_match(account, spotctl):
     job_id = launched_id(out)
     code, _, err = spotctl("status", job_id[:-1] + "x", "--storage", STORAGE)
     assert code == 1 and err.startswith(f"error: no job '{job_id[:-1]}x' under {STORAGE}; did you mean '{job_id}'?")
+
+
+def test_a_missing_bucket_is_one_message(aws, spotctl):
+    code, _, err = spotctl("status", "--storage", "s3://no-such-bucket/spotctl")
+    assert code == 1 and err.splitlines() == [
+        "error: storage s3://no-such-bucket/spotctl: bucket no-such-bucket does not exist",
+        "hint: create the bucket (or fix `storage` / --storage), e.g. `aws s3 mb s3://BUCKET`",
+    ]
 
 
 def test_status_needs_a_storage_root(spotctl, monkeypatch):

@@ -31,7 +31,9 @@ def store(storage: str | None, profile: str | None) -> JobStore:
     root = storage or os.environ.get(STORAGE_ENV)
     if not root:
         raise UserError("no storage root given", f"pass --storage s3://bucket/prefix (the job file's `storage`) or set {STORAGE_ENV}")
-    return JobStore(root, **({"profile": profile} if profile and root.startswith("s3://") else {}))
+    found = JobStore(root, **({"profile": profile} if profile and root.startswith("s3://") else {}))
+    found.check()
+    return found
 
 
 def clouds(profile: str | None):
