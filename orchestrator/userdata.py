@@ -31,7 +31,7 @@ set -uo pipefail
 JOB_URL={job_url}
 JOB_PREFIX={job_prefix}
 WHEEL_URL={wheel_url}
-export SPOTCTL_JOB_ID={job_id} SPOTCTL_ATTEMPT={attempt} AWS_DEFAULT_REGION={region} AWS_REGION={region}
+export SPOTCTL_JOB_URL="$JOB_URL" SPOTCTL_JOB_ID={job_id} SPOTCTL_ATTEMPT={attempt} AWS_DEFAULT_REGION={region} AWS_REGION={region}
 export AWS_EC2_METADATA_SERVICE_ENDPOINT="${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}}"
 LOG_DIR="${{SPOTCTL_LOG_DIR:-/var/log/spotctl}}"
 mkdir -p "$LOG_DIR"

@@ -285,7 +285,7 @@ def test_user_data_values_are_inert(url, tmp_path):
     from orchestrator.userdata import Bootstrap, render
 
     script = render(Bootstrap("job-1", 1, "us-east-1", url, url, url, "0.1.0"))
-    header = script.split("export SPOTCTL_JOB_ID")[0]
+    header = script.split("export SPOTCTL_JOB_URL")[0]
     probe = tmp_path / "probe.sh"
     probe.write_text(header + 'printf "%s\\n%s\\n%s" "$JOB_URL" "$JOB_PREFIX" "$WHEEL_URL"\n')
     result = subprocess.run(["bash", str(probe)], capture_output=True, text=True, cwd=tmp_path)
