@@ -19,6 +19,7 @@ from typing import Protocol
 import botocore.exceptions
 
 from orchestrator.aws import Cloud, with_backoff
+from orchestrator.cost import PricePoint
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class PriceSource(Protocol):
 
     def on_demand(self, instance_type: str) -> OnDemandPrice | None:
         """The on-demand price of an instance type in this region, if known."""
+
+    def history(self, pool: Pool, start: datetime, end: datetime) -> list[PricePoint]:
+        """The pool's spot price changes from the one in force at `start` until `end`."""
 
 
 @cache
@@ -67,6 +71,14 @@ class AwsPrices:
                     if pool in wanted and (pool not in found or entry["Timestamp"] > found[pool][0]):
                         found[pool] = (entry["Timestamp"], float(entry["SpotPrice"]))
         return {pool: price for pool, (_, price) in found.items()}
+
+    def history(self, pool: Pool, start: datetime, end: datetime) -> list[PricePoint]:
+        itype, zone = pool
+        pages = self.cloud.client("ec2").get_paginator("describe_spot_price_history").paginate(
+            InstanceTypes=[itype], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"], StartTime=start, EndTime=end
+        )
+        entries = [e for page in with_backoff(lambda: list(pages)) for e in page["SpotPriceHistory"] if e["AvailabilityZone"] == zone]
+        return sorted((PricePoint(e["Timestamp"], float(e["SpotPrice"])) for e in entries), key=lambda p: p.at)
 
     def on_demand(self, instance_type: str) -> OnDemandPrice | None:
         if self._pricing_works:
@@ -108,3 +120,6 @@ class FixedPrices:
     def on_demand(self, instance_type: str) -> OnDemandPrice | None:
         price = self._on_demand.get(instance_type)
         return OnDemandPrice(price, "fixed") if price is not None else None
+
+    def history(self, pool: Pool, start: datetime, end: datetime) -> list[PricePoint]:
+        return [PricePoint(datetime(2000, 1, 1, tzinfo=timezone.utc), self._spot[pool])] if pool in self._spot else []

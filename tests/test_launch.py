@@ -232,6 +232,11 @@ def test_status_stop_and_logs(account, spotctl):
     view = json.loads(out)
     assert view["state"] == "running" and view["attempts"][0]["instance_state"] == "running"
     assert view["progress"]["step"] == 250 and view["gpu"]["gpu_util_pct"] == 93.5 and view["last_checkpoint"]["step"] == 200
+    cost = view["cost"]
+    seconds = cost["attempts"][0]["seconds"]  # running since launch, a few seconds ago
+    assert 0 < seconds < 60 and cost["total_usd"] == pytest.approx(60 * 0.21 / 3600, abs=1e-6)  # the one-minute minimum
+    assert cost["on_demand_usd"] == pytest.approx(60 * 0.526 / 3600, abs=1e-6) and cost["savings"] == pytest.approx(1 - 0.21 / 0.526, abs=1e-3)
+    assert cost["current_usd_per_hour"] == 0.21 and cost["projected_total_usd"] == pytest.approx(cost["total_usd"] + 1750 / 3600 * 0.21, abs=1e-5)
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
     assert "GPU 94%, 11.2/15.0 GiB, 61.0 W" in out and "last checkpoint: step 200" in out
 

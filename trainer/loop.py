@@ -302,6 +302,7 @@ class Trainer:
         found = self.checkpoints.load_latest(map_location="cpu")
         if found is None:
             log.info("no checkpoint under %s: starting from the beginning", self.storage.url_of("checkpoints"))
+            self.reporter.update(resumed_from_step=0)
             return
         committed, state = found
         groups = [group["name"] for group in self.optimizer.param_groups]
@@ -325,6 +326,7 @@ class Trainer:
         if state["threads"] != torch.get_num_threads():
             log.warning("resume: the checkpoint was written with %d CPU threads, this process has %d; results may differ in the last bits", state["threads"], torch.get_num_threads())
         self.checkpoints.protected.add(committed.step)  # never deleted by this attempt's retention
+        self.reporter.update(resumed_from_step=committed.step)  # with the last step reached: the work an interruption cost
         self.checkpoints.last_committed = committed
         created = committed.manifest.get("created")
         self.checkpoints.last_commit_time = datetime.fromisoformat(created).timestamp() if created else time.time()

@@ -5,7 +5,9 @@ instance_type, zone, spot_price, on_demand_price, instance_id, launched_at, ende
 client_token; the current one also instance_state, state_reason), progress (phase, epoch, epochs,
 step, total_steps, steps_per_epoch, eta_s, images_per_sec, data_wait_fraction), metrics (loss, acc1,
 lr, val_loss, val_acc1, val_acc5), gpu (gpu_count, gpu_util_pct, gpu_mem_used_gib,
-gpu_mem_total_gib, gpu_power_w), last_checkpoint (step, age_s), heartbeat_age_s, final, artifacts.
+gpu_mem_total_gib, gpu_power_w), last_checkpoint (step, age_s), heartbeat_age_s, final, artifacts;
+for one job also cost (total_usd, on_demand_usd, savings, lost_steps, lost_usd, current_usd_per_hour,
+projected_total_usd, attempts[] with number, seconds, usd, on_demand_usd, free_by_first_hour_rule).
 Absent data is null.
 """
 
@@ -17,6 +19,7 @@ import click
 
 from orchestrator.cli import options, render
 from orchestrator.control import find_job
+from orchestrator.costing import cost_of
 from orchestrator.status import read_views
 
 
@@ -30,7 +33,9 @@ def command(job_id: str | None, storage: str | None, profile: str | None, as_jso
     store = options.store(storage, profile)
     clouds = options.clouds(profile)
     if job_id:
-        view = find_job(store, job_id, clouds).as_dict()
+        found = find_job(store, job_id, clouds)
+        view = found.as_dict()
+        view["cost"] = cost_of(found, options.prices(clouds(found.record.region))) if found.record else None
         if as_json:
             click.echo(json.dumps(view, indent=2))
         else:
@@ -80,6 +85,12 @@ def job_panel(view: dict):
         lines.append(Text("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in view["metrics"].items() if v is not None)))
     if view["last_checkpoint"] and view["last_checkpoint"]["step"] is not None:
         lines.append(Text(f"last checkpoint: step {view['last_checkpoint']['step']}, {render.duration(view['last_checkpoint']['age_s'])} ago"))
+    cost = view.get("cost")
+    if cost:
+        saving = f", {cost['savings']:.0%} below on-demand ({render.money(cost['on_demand_usd'])})" if cost["savings"] is not None else ""
+        now = f"; now {render.money(cost['current_usd_per_hour'])}/h" if cost["current_usd_per_hour"] is not None else ""
+        projected = f", projected total {render.money(cost['projected_total_usd'])}" if cost["projected_total_usd"] is not None else ""
+        lines.append(Text(f"cost: {render.money(cost['total_usd'])} so far{saving}{now}{projected}"))
     if view["final"]:
         final = view["final"]
         lines.append(Text(f"outcome: {final.get('outcome')}" + (f": {final['error']}" if final.get("error") else "")))
