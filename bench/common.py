@@ -32,10 +32,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
-def verdict(ratio: float, target: float, higher_is_better: bool) -> bool:
+def verdict(ratio: float, target: float, higher_is_better: bool, name: str = "ratio") -> bool:
     """Print the one line a script or a person greps for, e.g. `RESULT ratio=0.97 target>=0.95 PASS`."""
     passed = ratio >= target if higher_is_better else ratio <= target
-    print(f"RESULT ratio={ratio:.3f} target{'>=' if higher_is_better else '<='}{target:.2f} {'PASS' if passed else 'FAIL'}")
+    print(f"RESULT {name}={ratio:.3f} target{'>=' if higher_is_better else '<='}{target:.2f} {'PASS' if passed else 'FAIL'}")
     return passed
 
 

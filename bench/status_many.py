@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nspotctl status over {count} jobs on a moto server\n")
     print_table(("reads", "seconds"), [("spotctl status --json (parallel), median of 3", median), ("the same reads one job at a time", one_at_a_time)])
     print(f"\nparallel / one at a time: {median / one_at_a_time:.2f}")
-    verdict(median, 2.0, higher_is_better=False)
+    verdict(median, 2.0, higher_is_better=False, name="seconds")
     figures = {"jobs": count, "status_s": median, "runs_s": command, "one_at_a_time_s": one_at_a_time}
     write_json(args.json, figures)
     return figures

@@ -59,13 +59,15 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
         sleep(poll_s)
     record = view.record
     terminated = None
-    if view.instance is not None and view.instance.state not in ("shutting-down", "terminated"):
-        cloud = cloud_for_region(record.region)
+    live = _live_instances(cloud_for_region(record.region), job_id)  # by tag: also one the record missed
+    if live:
         try:
-            with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=[view.instance.instance_id]))
+            with_backoff(lambda: cloud_for_region(record.region).client("ec2").terminate_instances(InstanceIds=live))
         except botocore.exceptions.ClientError as exc:
-            raise as_user_error(exc, f"terminating {view.instance.instance_id}") from None
-        terminated = view.instance.instance_id
+            raise as_user_error(exc, f"terminating {', '.join(live)}") from None
+        terminated = ", ".join(live)
+    if final and final.get("outcome") in ("succeeded", "failed"):  # it ended on its own meanwhile
+        return StopResult(job_id, False, terminated, final.get("step"))
     record.cancelled_at = now_iso()
     if record.attempts:
         last = record.attempts[-1]
@@ -74,6 +76,13 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
     store.write_record(record)
     graceful = bool(final and final.get("outcome") == "stopped")
     return StopResult(job_id, graceful, terminated, final.get("step") if final else None)
+
+
+def _live_instances(cloud: Cloud, job_id: str) -> list[str]:
+    pages = cloud.client("ec2").get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    )
+    return sorted(i["InstanceId"] for page in with_backoff(lambda: list(pages)) for r in page["Reservations"] for i in r["Instances"])
 
 
 def log_text(store: JobStore, view: JobView, attempt: int | None = None, bootstrap: bool = False) -> tuple[int, str, bytes | None]:

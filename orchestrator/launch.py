@@ -59,6 +59,9 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
     if spec.is_local:
         raise UserError(f"storage is a local folder ({spec.storage}); an instance cannot write there",
                         "use s3://bucket/prefix, or train here with `python -m trainer run --job FILE`")
+    if not spec.compute.instance_profile:
+        raise UserError("compute.instance_profile is not set: the instance would have no access to the job's storage",
+                        "name an instance profile that can read and write under `storage` (infra/ has a template that creates one)")
     for field, value in (("train.data.train", spec.train.data.train), ("train.data.val", spec.train.data.val), ("train.model.weights", spec.train.model.weights)):
         if value and not (field.endswith("weights") and is_weights_name(value)) and urlparse(value).scheme in ("", "file"):
             raise UserError(f"{field} is a local path ({value}); the instance cannot read it",
@@ -147,7 +150,9 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
         record.attempts.append(attempt)
         store.write_record(record)
         return attempt
-    raise UserError(f"no offer could be started; EC2 refused all {len(refusals)}: {'; '.join(refusals[:3])}", "try again later, or allow more instance types or zones")
+    record.outcome, record.outcome_reason = "no_capacity", f"EC2 refused all {len(refusals)} offers: {'; '.join(refusals[:3])}"
+    store.write_record(record)
+    raise UserError(f"no offer could be started; {record.outcome_reason}", "try again later, or allow more instance types or zones")
 
 
 def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: Offer, ami: str, root_device: str, user_data: str, token: str, dry_run: bool = False) -> str:
@@ -222,4 +227,4 @@ def dry_run(plan: Plan, cloud: Cloud) -> str:
         if classify(exc) is ErrorKind.AUTH:
             return f"refused: {describe(exc)}"
         raise as_user_error(exc, "checking the launch (DryRun)") from None
-    return "allowed"
+    return "unknown: EC2 gave no DryRun answer"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.aws import Cloud, with_backoff
+import botocore.exceptions
+
+from orchestrator.aws import Cloud, error_code, with_backoff
 from orchestrator.errors import UserError
 from orchestrator.prices import Pool, PriceSource
 from trainer.config import ComputeSpec, did_you_mean
@@ -24,6 +26,8 @@ class InstanceType:
     gpu_memory_gib: float  # per GPU
     vcpus: int
     memory_gib: float
+    nvidia: bool = True
+    x86_64: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ def _instance_type(entry: dict) -> InstanceType:
         gpu_memory_gib=round(gpus[0].get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024, 1) if gpus else 0.0,
         vcpus=entry.get("VCpuInfo", {}).get("DefaultVCpus", 0),
         memory_gib=round(entry.get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024, 1),
+        nvidia=bool(gpus) and gpus[0].get("Manufacturer") == "NVIDIA",
+        x86_64="x86_64" in entry.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]),
     )
 
 
@@ -81,8 +87,8 @@ def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
         for name in compute.instance_types:
             try:
                 found += [_instance_type(t) for t in with_backoff(lambda: ec2.describe_instance_types(InstanceTypes=[name]))["InstanceTypes"]]
-            except Exception as exc:
-                if "InvalidInstanceType" not in str(exc):
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) != "InvalidInstanceType":
                     raise
                 if all_names is None:
                     all_names = [t.name for t in _all_types(ec2)]
@@ -91,7 +97,7 @@ def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
     gpu = compute.gpu
     matching = [
         t for t in _all_types(ec2)
-        if t.gpus == gpu.count
+        if t.gpus == gpu.count and t.nvidia and t.x86_64  # what the default (x86_64, CUDA) AMI runs
         and (gpu.min_memory_gib is None or t.gpu_memory_gib >= gpu.min_memory_gib)
         and (gpu.models is None or (t.gpu_model or "").lower() in {m.lower() for m in gpu.models})
     ]

@@ -47,6 +47,8 @@ class JobRecord:
     ami: str
     created_at: str = field(default_factory=now_iso)
     cancelled_at: str | None = None
+    outcome: str | None = None  # a terminal state the orchestrator decided (no_capacity, budget_exceeded)
+    outcome_reason: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
     @property

@@ -18,7 +18,8 @@ from orchestrator.record import JobRecord, JobStore
 
 TERMINAL = ("succeeded", "failed", "cancelled", "budget_exceeded", "no_capacity")
 GONE = ("shutting-down", "terminated", "stopping", "stopped")
-HEARTBEAT_STALE_S = 90  # three missed heartbeats
+HEARTBEAT_STALE_S = 120  # a running trainer writes one every ~15 s
+SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
 
 
 @dataclass
@@ -65,9 +66,16 @@ class JobView:
             "gpu": {k: beat.get(k) for k in ("gpu_count", "gpu_util_pct", "gpu_mem_used_gib", "gpu_mem_total_gib", "gpu_power_w")} if beat else None,
             "last_checkpoint": {"step": beat.get("last_checkpoint_step"), "age_s": heartbeat_age(beat, beat.get("last_checkpoint_age_s"))} if beat else None,
             "heartbeat_age_s": heartbeat_age(beat) if beat else None,
+            # The instance runs but the trainer has not reported for a while: hung, or never started.
+            "stalled": self.state == "running" and (not beat or (heartbeat_age(beat) or 0) > HEARTBEAT_STALE_S) and _running_for(record) > HEARTBEAT_STALE_S,
             "final": {k: v for k, v in self.final.items() if k != "history"} if self.final else None,
             "artifacts": self.artifacts,
         }
+
+
+def _running_for(record: JobRecord | None) -> float:
+    launched = record.attempts[-1].launched_at if record and record.attempts else None
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(launched)).total_seconds() if launched else 0.0
 
 
 def heartbeat_age(beat: dict, plus: float | None = 0.0) -> float | None:
@@ -81,13 +89,17 @@ def heartbeat_age(beat: dict, plus: float | None = 0.0) -> float | None:
 def derive_state(record: JobRecord | None, final: dict | None, heartbeat: dict | None, instance: Instance | None) -> str:
     if record is None:
         return "unknown"
-    if record.cancelled_at:
+    if final and final.get("outcome") in ("succeeded", "failed"):
+        return final["outcome"]  # what the trainer (or its bootstrap) said is final, even after a stop
+    if record.cancelled_at or (final and final.get("outcome") == "stopped"):
         return "cancelled"
-    if final:
-        return {"succeeded": "succeeded", "failed": "failed", "stopped": "cancelled"}.get(final.get("outcome"), "failed")
+    if record.outcome:
+        return record.outcome  # no_capacity, budget_exceeded: decided by the orchestrator
     if not record.attempts:
         return "pending"
     if instance is None or instance.state in GONE:
+        if instance is not None and instance.reason_code == SELF_SHUTDOWN:
+            return "failed"  # it shut itself down without a word: the bootstrap could not even report
         return "interrupted"  # gone without a final outcome: recoverable
     if instance.state == "pending":
         return "launching"

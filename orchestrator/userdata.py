@@ -2,9 +2,10 @@
 
 It logs everything to a file shipped to `logs/attempt-<k>.bootstrap.log` every minute and at exit,
 installs the spotctl wheel (pip keeps what the AMI already has, torch above all), runs
-`python -m trainer run`, and shuts the instance down when the trainer finished (succeeded, failed or
-stopped) but not when it was interrupted: then EC2 is taking the instance anyway, and the next attempt
-resumes from the checkpoint.
+`python -m trainer run`, and shuts the instance down when the trainer is done. Not at once when it
+was interrupted (exit 75): EC2 is taking the instance, and the next attempt resumes from the
+checkpoint. Any failure the trainer could not report itself (install, a crash, the OOM killer) gets a
+`final.json` from the script, so it is never mistaken for an interruption.
 
 Safety: every value is validated (ids, region, attempt) or passed through `shlex.quote` (URLs), so no
 job name or path can inject shell; nothing secret is in it (the instance profile gives access to S3).
@@ -57,25 +58,50 @@ else: s3.upload_file(src, *split(dst))
 PY
 }}
 ship_log() {{ s3_copy "$LOG" "$JOB_PREFIX/logs/attempt-$SPOTCTL_ATTEMPT.bootstrap.log" >/dev/null 2>&1 || true; }}
-( while sleep 60; do ship_log; done ) &
+( trap 'exit 0' TERM; while :; do sleep 60 & wait $!; ship_log; done ) &
 SHIPPER=$!
+finish() {{  # CODE: ship the log last (no older copy can land after it), then leave
+  kill "$SHIPPER" 2>/dev/null; wait "$SHIPPER" 2>/dev/null
+  ship_log
+  if [ -z "${{SPOTCTL_NO_SHUTDOWN:-}}" ]; then
+    # 75: interrupted; EC2 is taking the instance. Should it not within 5 minutes, go anyway.
+    if [ "$1" -eq 75 ]; then (sleep 300; shutdown -h now) & else shutdown -h now; fi
+  fi
+  exit "$1"
+}}
+report_failure() {{  # MESSAGE: a final.json, unless the trainer wrote one, so nobody mistakes this for an interruption
+  "$PYTHON" - "$JOB_PREFIX/status/final.json" "$1" "$SPOTCTL_ATTEMPT" <<'PY' || echo "spotctl: could not write final.json"
+import json, sys, datetime, boto3
+url, message, attempt = sys.argv[1:4]
+bucket, _, key = url[5:].partition("/")
+body = json.dumps({{"outcome": "failed", "attempt": int(attempt), "error": message, "traceback": [], "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}})
+try:
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode(), IfNoneMatch="*")
+except Exception as exc:
+    if "PreconditionFailed" not in str(exc):
+        raise
+PY
+}}
 
 if [ -z "${{SPOTCTL_SKIP_INSTALL:-}}" ]; then
   WHEEL="/tmp/$(basename "$WHEEL_URL")"
-  s3_copy "$WHEEL_URL" "$WHEEL" && "$PYTHON" -m pip install --quiet --upgrade-strategy only-if-needed "$WHEEL[trainer]"
-  if [ $? -ne 0 ]; then echo "spotctl: installing $WHEEL_URL failed"; kill "$SHIPPER"; ship_log; shutdown -h now; exit 1; fi
+  if ! s3_copy "$WHEEL_URL" "$WHEEL" || ! "$PYTHON" -m pip install --quiet --upgrade-strategy only-if-needed "$WHEEL[trainer]"; then
+    echo "spotctl: installing $WHEEL_URL failed"
+    report_failure "the instance could not install spotctl from $WHEEL_URL (see logs/attempt-$SPOTCTL_ATTEMPT.bootstrap.log)"
+    finish 1
+  fi
 fi
 
 export SPOTCTL_INSTANCE_ID
-SPOTCTL_INSTANCE_ID="$(TOKEN=$(curl -s -m 2 -X PUT "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -s -m 2 -H "X-aws-ec2-metadata-token: $TOKEN" "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/meta-data/instance-id")" || true
+SPOTCTL_INSTANCE_ID="$(TOKEN=$(curl -fsS -m 2 -X PUT "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -fsS -m 2 -H "X-aws-ec2-metadata-token: $TOKEN" "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/meta-data/instance-id")" || SPOTCTL_INSTANCE_ID=""
 "$PYTHON" -m trainer run --job "$JOB_URL"
 CODE=$?
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
-kill "$SHIPPER" 2>/dev/null
-ship_log
-# 75: interrupted; EC2 takes the instance and the next attempt resumes. Anything else is final.
-if [ "$CODE" -ne 75 ] && [ -z "${{SPOTCTL_NO_SHUTDOWN:-}}" ]; then shutdown -h now; fi
-exit "$CODE"
+case "$CODE" in
+  0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself
+  *) report_failure "the trainer exited with code $CODE (see logs/attempt-$SPOTCTL_ATTEMPT.log)" ;;
+esac
+finish "$CODE"
 """
 
 

@@ -338,3 +338,87 @@ def test_the_user_data_runs_the_trainer_to_completion(account, aws, tmp_path, im
     shipped = s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.bootstrap.log")["Body"].read().decode()
     assert "spotctl: trainer exited with 0" in shipped
     assert s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.log")["Body"].read()  # the trainer's own log
+
+
+def test_when_every_offer_is_refused_the_job_is_no_capacity(account, spotctl, monkeypatch):
+    hook_run_instances(monkeypatch, lambda params: "InsufficientInstanceCapacity")
+    code, _, err = spotctl("launch", str(EXAMPLE))
+    assert code == 1 and err.startswith("error: no offer could be started; EC2 refused all 7 offers: g4dn.xlarge/us-east-1a: InsufficientInstanceCapacity")
+    code, out, _ = spotctl("status", "--storage", STORAGE, "--json")
+    [job] = json.loads(out)["jobs"]
+    assert job["state"] == "no_capacity" and job["attempts"] == []
+
+
+def test_a_launch_without_an_instance_profile_is_refused(account, spotctl, tmp_path):
+    job = tmp_path / "no-profile.yaml"
+    job.write_text(EXAMPLE.read_text().replace("  instance_profile: spotctl-trainer\n", ""))
+    code, _, err = spotctl("launch", str(job))
+    assert code == 1 and err.startswith("error: compute.instance_profile is not set: the instance would have no access to the job's storage")
+
+
+def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
+    from orchestrator.aws import Cloud
+    from orchestrator.offers import instance_types
+    from trainer.config import ComputeSpec
+
+    found = instance_types(Cloud("us-east-1"), ComputeSpec(gpu={"count": 1}))
+    names = {t.name for t in found}
+    assert {"g4dn.xlarge", "g5.xlarge", "g6.xlarge"} <= names and "g5g.xlarge" not in names  # g5g: arm64
+    assert all(t.gpu_model and t.nvidia and t.x86_64 and t.gpus == 1 for t in found)
+
+
+@pytest.mark.parametrize(
+    "final, instance, cancelled, expected",
+    [
+        (None, ("running", None), False, "running"),
+        (None, ("pending", None), False, "launching"),
+        (None, ("terminated", "Server.SpotInstanceTermination"), False, "interrupted"),
+        (None, None, False, "interrupted"),  # gone from EC2's view entirely
+        (None, ("terminated", "Client.InstanceInitiatedShutdown"), False, "failed"),  # shut itself down, said nothing
+        ({"outcome": "succeeded"}, ("terminated", "Client.InstanceInitiatedShutdown"), False, "succeeded"),
+        ({"outcome": "failed"}, None, True, "failed"),  # failed before the stop took effect
+        ({"outcome": "stopped"}, None, False, "cancelled"),
+        (None, ("running", None), True, "cancelled"),
+    ],
+)
+def test_the_state_is_derived_from_record_trainer_and_ec2(final, instance, cancelled, expected):
+    from orchestrator.record import Attempt, JobRecord
+    from orchestrator.status import Instance, derive_state
+
+    record = JobRecord("j", "j", "us-east-1", "s3://b", "s3://b/j", "s3://b/w", "ami-1", attempts=[Attempt(1, "g5.xlarge", "us-east-1a", 0.4, 1.0, "t", "i-1")])
+    record.cancelled_at = "2026-11-24T10:00:00+00:00" if cancelled else None
+    found = Instance("i-1", instance[0], instance[1], None, 1) if instance else None
+    assert derive_state(record, final, {"attempt": 1, "phase": "training"}, found) == expected
+
+
+def test_a_failed_install_is_reported_as_a_failure_not_an_interruption(account, aws, tmp_path):
+    """The bootstrap cannot download the wheel: it writes final.json itself, so status says failed."""
+    from orchestrator.userdata import Bootstrap, render
+    from tests.trainer_runs import trainer_env
+
+    prefix = f"{STORAGE}/jobs/broken-1"
+    script = tmp_path / "user-data.sh"
+    script.write_text(render(Bootstrap("broken-1", 1, "us-east-1", f"{prefix}/job.yaml", prefix, f"{STORAGE}/wheels/missing/spotctl-0.1.0-py3-none-any.whl", "0.1.0")))
+    python_dir = str(Path(__import__("sys").executable).parent)
+    env = trainer_env({**aws.environment(), "PATH": f"{python_dir}:/usr/bin:/bin", "SPOTCTL_NO_SHUTDOWN": "1", "SPOTCTL_LOG_DIR": str(tmp_path / "logs"),
+                       "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"})
+    assert subprocess.run(["bash", str(script)], env=env, timeout=120).returncode == 1
+    final = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="spotctl/jobs/broken-1/status/final.json")["Body"].read())
+    assert final["outcome"] == "failed" and final["error"].startswith("the instance could not install spotctl from s3://my-spotctl-bucket/spotctl/wheels/missing/")
+    shipped = boto3.client("s3").get_object(Bucket=BUCKET, Key="spotctl/jobs/broken-1/logs/attempt-1.bootstrap.log")["Body"].read().decode()
+    assert "spotctl: installing" in shipped and "failed" in shipped
+
+
+def test_aws_prices_read_the_spot_history_and_fall_back_to_the_dated_table(aws):
+    from datetime import datetime, timedelta, timezone
+
+    from orchestrator.aws import Cloud
+    from orchestrator.prices import AwsPrices, on_demand_table
+
+    prices = AwsPrices(Cloud("us-east-1", max_attempts=1))
+    spot = prices.spot_prices([("g5.xlarge", "us-east-1a"), ("g5.xlarge", "us-east-1b")])
+    assert spot == {("g5.xlarge", "us-east-1a"): 0.00001, ("g5.xlarge", "us-east-1b"): 0.00001}  # moto's constant market
+    now = datetime.now(timezone.utc)
+    assert [p.usd_per_hour for p in prices.history(("g5.xlarge", "us-east-1a"), now - timedelta(hours=1), now)] == [0.00001]
+    on_demand = prices.on_demand("g5.xlarge")  # moto has no Pricing API
+    assert on_demand.usd_per_hour == 1.006 and on_demand.source == f"table {on_demand_table()['as_of']}"

@@ -24,9 +24,11 @@ def command(job_id: str, attempt: int | None, bootstrap: bool, follow: bool, int
     """Print JOB's log as last shipped (every minute and at exit)."""
     store, clouds = options.store(storage, profile), options.clouds(profile)
     view = find_job(store, job_id, clouds)
-    shown = 0
+    shown, showing = 0, None
     while True:
         number, name, content = log_text(store, view, attempt, bootstrap)
+        if (number, name) != showing:  # another file (the trainer's log appeared, a new attempt): from its start
+            shown, showing = 0, (number, name)
         if content is None and not follow:
             click.echo(f"no log of attempt {number} yet (the instance ships it every minute)", err=True)
             return 1
