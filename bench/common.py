@@ -50,21 +50,13 @@ def write_json(path: str | None, figures: dict) -> None:
 def moto_bucket(bucket: str = "bench") -> Iterator[str]:
     """s3://<bucket> on a moto server on 127.0.0.1 (tests/harness.py), with os.environ pointing every
     AWS client at it for the duration. The server runs in this process: its CPU is charged to us."""
-    import boto3
-
-    from tests.harness import AWS_VARIABLES_TO_CLEAR, MotoServer
+    from tests.harness import MotoServer
 
     server = MotoServer().start()
-    saved = dict(os.environ)
-    for name in AWS_VARIABLES_TO_CLEAR:
-        os.environ.pop(name, None)
-    os.environ.update(server.environment())
     try:
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield f"s3://{bucket}"
+        with _aws_pointed_at(server.endpoint, bucket) as url:
+            yield url
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         server.stop()
 
 
@@ -77,14 +69,11 @@ def moto_process_bucket(bucket: str = "bench") -> Iterator[str]:
     import time
     import urllib.request
 
-    import boto3
-
-    from tests.harness import AWS_VARIABLES_TO_CLEAR, aws_environment, free_port
+    from tests.harness import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    saved = dict(os.environ)
     try:
         for _ in range(100):
             try:
@@ -92,13 +81,27 @@ def moto_process_bucket(bucket: str = "bench") -> Iterator[str]:
                 break
             except OSError:
                 time.sleep(0.1)
-        for name in AWS_VARIABLES_TO_CLEAR:
-            os.environ.pop(name, None)
-        os.environ.update(aws_environment(endpoint))
+        with _aws_pointed_at(endpoint, bucket) as url:
+            yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _aws_pointed_at(endpoint: str, bucket: str) -> Iterator[str]:
+    """os.environ pointing every AWS client at `endpoint` (restored after), with `bucket` created there."""
+    import boto3
+
+    from tests.harness import AWS_VARIABLES_TO_CLEAR, aws_environment
+
+    saved = dict(os.environ)
+    for name in AWS_VARIABLES_TO_CLEAR:
+        os.environ.pop(name, None)
+    os.environ.update(aws_environment(endpoint))
+    try:
         boto3.client("s3").create_bucket(Bucket=bucket)
         yield f"s3://{bucket}"
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        server.terminate()
-        server.wait(timeout=30)

@@ -184,11 +184,7 @@ class Trainer:
         if images is None:  # every image of the batch failed to decode: keep the lr schedule in step
             self.scheduler.step()
             return
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        targets = targets.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.model(images)
-            loss = self.criterion(logits, targets)
+        logits, targets, loss = self._forward(images, targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.train.grad_clip_norm:
@@ -265,14 +261,18 @@ class Trainer:
             self._count_bad(bad)
             if images is None:
                 continue
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.model(images)
-                loss = self.criterion(logits, targets)
+            logits, targets, loss = self._forward(images, targets)
             meter.add(loss, logits, targets)
         self.model.train()
         return meter.read("val_")
+
+    def _forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, targets on the device, loss) under the run's autocast."""
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.model(images)
+            return logits, targets, self.criterion(logits, targets)
 
     # ----------------------------------------------------------------------------- state and restore
     def _state(self) -> dict:
