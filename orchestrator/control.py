@@ -47,7 +47,7 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
     view = find_job(store, job_id, cloud_for_region)
     if view.state in TERMINAL:
         raise UserError(f"job {job_id} is already {view.state}; nothing to stop")
-    store.write(job_id, CONTROL_STOP, json.dumps({"reason": "stopped by spotctl stop", "requested_at": now_iso()}).encode())
+    request_stop(store, job_id, "stopped by spotctl stop")
     age = heartbeat_age(view.heartbeat) if view.heartbeat else None
     alive = view.instance is not None and view.instance.state == "running" and age is not None and age < 60
     deadline = clock() + (wait_s if alive else min(wait_s, SILENT_WAIT_S))
@@ -59,7 +59,7 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
         sleep(poll_s)
     record = view.record
     terminated = None
-    live = _live_instances(cloud_for_region(record.region), job_id)  # by tag: also one the record missed
+    live = live_instances(cloud_for_region(record.region), job_id)  # by tag: also one the record missed
     if live:
         try:
             with_backoff(lambda: cloud_for_region(record.region).client("ec2").terminate_instances(InstanceIds=live))
@@ -68,17 +68,33 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
         terminated = ", ".join(live)
     if final and final.get("outcome") in ("succeeded", "failed"):  # it ended on its own meanwhile
         return StopResult(job_id, False, terminated, final.get("step"))
-    record.cancelled_at = now_iso()
-    if record.attempts:
-        last = record.attempts[-1]
-        last.ended_at = last.ended_at or record.cancelled_at
-        last.end_reason = last.end_reason or "cancelled by spotctl stop"
-    store.write_record(record)
     graceful = bool(final and final.get("outcome") == "stopped")
+    store.update_record(job_id, lambda r: _cancel(r, "stopped" if graceful else "terminated"))
     return StopResult(job_id, graceful, terminated, final.get("step") if final else None)
 
 
-def _live_instances(cloud: Cloud, job_id: str) -> list[str]:
+def request_stop(store: JobStore, job_id: str, reason: str, outcome: str | None = None) -> None:
+    """Ask the trainer to checkpoint and stop (it polls control/stop with its heartbeat); the record
+    says so, so that every orchestrator shows the job as stopping and none relaunches it."""
+
+    def mark(record) -> None:
+        record.stop_requested_at = record.stop_requested_at or now_iso()
+        if outcome:
+            record.outcome, record.outcome_reason = outcome, reason
+
+    store.update_record(job_id, mark)
+    store.write(job_id, CONTROL_STOP, json.dumps({"reason": reason, "requested_at": now_iso()}).encode())
+
+
+def _cancel(record, end_reason: str) -> None:
+    record.cancelled_at = now_iso()
+    last = record.current
+    if last is not None and last.instance_id:
+        last.ended_at = last.ended_at or record.cancelled_at
+        last.end_reason = last.end_reason or end_reason
+
+
+def live_instances(cloud: Cloud, job_id: str) -> list[str]:
     pages = cloud.client("ec2").get_paginator("describe_instances").paginate(
         Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
     )

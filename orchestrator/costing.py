@@ -21,34 +21,37 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
     if record is None or not record.attempts:
         return None
     now = now or datetime.now(timezone.utc)
-    costs = []
+    instances = view.instances or ({record.attempts[-1].number: view.instance} if view.instance else {})
+    costs, counted = [], []
     for attempt in record.attempts:
-        is_current = attempt is record.attempts[-1]
         start = datetime.fromisoformat(attempt.launched_at) if attempt.launched_at else None
-        end = _end_of(attempt, is_current, view, now)
+        instance = instances.get(attempt.number)
+        end = _end_of(attempt, instance, attempt is record.attempts[-1], view, now)
         if start is None or end is None:
             continue
-        reason = attempt.end_reason or (view.instance.reason_code if is_current and view.instance else None)
+        # EC2's reason once it has one; until then the trainer's word that a spot notice came.
+        by_ec2 = (attempt.state_reason or (instance.reason_code if instance else None) or ("interrupted" if attempt.end_reason == "interrupted" else None)) in (EC2_INTERRUPTION, "interrupted")
         history = prices.history((attempt.instance_type, attempt.zone), start, end) or [_launch_price(attempt, start)]
-        costs.append(attempt_cost(attempt.number, history, start, end, reason == EC2_INTERRUPTION, attempt.on_demand_price))
-    total: JobCost = job_cost(costs)
+        costs.append(attempt_cost(attempt.number, history, start, end, by_ec2, attempt.on_demand_price))
+        counted.append(attempt)
+    total: JobCost = job_cost(costs, [a.end_step for a in counted], [a.start_step for a in counted])
     result = total.as_dict()
+    current = record.attempts[-1]
     running = view.instance is not None and view.instance.state in ("pending", "running")
-    current = record.attempts[-1].spot_price if running else None
+    rate = None
     if running:
-        latest = prices.spot_prices([(record.attempts[-1].instance_type, record.attempts[-1].zone)])
-        current = next(iter(latest.values()), current)
+        rate = prices.spot_prices([(current.instance_type, current.zone)]).get((current.instance_type, current.zone), current.spot_price)
     eta = (view.heartbeat or {}).get("eta_s")
-    result["current_usd_per_hour"] = current
-    result["projected_total_usd"] = round(total.total_usd + eta / 3600 * current, 6) if running and eta is not None and current is not None else None
+    result["current_usd_per_hour"] = rate
+    result["projected_total_usd"] = round(total.total_usd + eta / 3600 * rate, 6) if running and eta is not None and rate is not None else None
     return result
 
 
-def _end_of(attempt, is_current: bool, view: JobView, now: datetime) -> datetime | None:
+def _end_of(attempt, instance, is_current: bool, view: JobView, now: datetime) -> datetime | None:
     if attempt.ended_at:
         return datetime.fromisoformat(attempt.ended_at)
-    if is_current and view.instance is not None and view.instance.state in ("pending", "running"):
-        return now
+    if instance is not None and instance.state in ("pending", "running", "shutting-down"):
+        return now  # still billed
     beat = view.heartbeat or {}
     if is_current and beat.get("updated_at"):
         return datetime.fromisoformat(beat["updated_at"])

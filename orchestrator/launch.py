@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,24 +122,61 @@ def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
     wheel_key = plan.wheel_url[len(store.root) + 1 :]
     if not store.storage.exists(wheel_key):  # content-addressed: an unchanged spotctl is uploaded once
         store.storage.upload(str(plan.wheel), wheel_key)
-    record = JobRecord(plan.job_id, plan.spec.name, plan.spec.region, store.root, store.url(plan.job_id, JOB_FILE), plan.wheel_url, plan.ami)
+    record = JobRecord(plan.job_id, plan.spec.name, plan.spec.region, store.root, store.url(plan.job_id, JOB_FILE), plan.wheel_url, plan.ami,
+                       budget_usd=plan.spec.budget.max_cost_usd)
     try:
         store.write(plan.job_id, JOB_FILE, dump_spec(plan.spec).encode(), create=True)
     except FileExistsError:
         raise UserError(f"job {plan.job_id} already exists under {store.root}", "launch again for a new job id, or `spotctl resume` it") from None
     store.write_record(record, create=True)
-    start_attempt(record, plan.spec, plan.offers.ranked, cloud, store, plan.user_data)
-    return record
+    try:
+        start_attempt(record, plan.spec, plan.offers.ranked, cloud, store, plan.user_data)
+    except NoCapacity as exc:
+        reason = exc.reason
+        store.update_record(record.job_id, lambda r: _set_outcome(r, "no_capacity", reason))
+        raise
+    return store.read_record(record.job_id)
 
 
-def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: Cloud, store: JobStore, user_data: str | None = None) -> Attempt:
-    """Start the next attempt on the first offer EC2 grants; capacity and price refusals move on."""
-    number = len(record.attempts) + 1
+class NoCapacity(UserError):
+    """EC2 refused every offer (capacity, price, limits): try later or elsewhere."""
+
+    def __init__(self, refusals: list[str]):
+        self.reason = f"EC2 refused all {len(refusals)} offers: {'; '.join(refusals[:3])}"
+        super().__init__(f"no offer could be started; {self.reason}", "try again later, or allow more instance types or zones")
+
+
+def _set_outcome(record: JobRecord, outcome: str, reason: str) -> None:
+    record.outcome, record.outcome_reason = outcome, reason
+
+
+# A claim left without an instance this long is taken over (its orchestrator died between claiming
+# and EC2's answer; the ClientToken makes a repeat harmless).
+STALE_CLAIM_S = 300.0
+
+
+def next_attempt_number(record: JobRecord) -> int:
+    """The attempt to start: a claimed one EC2 never answered for, else a new one."""
+    last = record.current
+    return last.number if last is not None and last.instance_id is None else len(record.attempts) + 1
+
+
+def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: Cloud, store: JobStore, user_data: str | None = None) -> Attempt | None:
+    """Start the next attempt on the first offer EC2 grants; capacity and price refusals move on.
+
+    Exactly one instance per attempt, however many orchestrators try at once: the attempt is first
+    claimed in the record by a conditional write (whoever loses the race returns None and starts
+    nothing), and run_instances carries a ClientToken derived from the attempt and pool."""
+    number = next_attempt_number(record)
+    owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"  # this call: one claim, however many offers it tries
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = resolve_ami(cloud, record.ami)
     refusals = []
     for offer in offers:
         token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
+        if store.update_record(record.job_id, lambda r: _claim(r, number, offer, token, owner)) is None:
+            log.info("launch: attempt %d of %s is another orchestrator's", number, record.job_id)
+            return None
         try:
             instance_id = run_instance(cloud, spec, record.job_id, number, offer, ami, root_device, user_data, token)
         except botocore.exceptions.ClientError as exc:
@@ -145,14 +184,49 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
                 log.info("launch: %s in %s refused (%s); trying the next offer", offer.instance.name, offer.zone, describe(exc))
                 refusals.append(f"{offer.instance.name}/{offer.zone}: {describe(exc)}")
                 continue
+            store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise as_user_error(exc, f"starting {offer.instance.name} in {offer.zone}") from None
-        attempt = Attempt(number, offer.instance.name, offer.zone, offer.spot_price, offer.on_demand_price, token, instance_id, now_iso())
-        record.attempts.append(attempt)
-        store.write_record(record)
-        return attempt
-    record.outcome, record.outcome_reason = "no_capacity", f"EC2 refused all {len(refusals)} offers: {'; '.join(refusals[:3])}"
-    store.write_record(record)
-    raise UserError(f"no offer could be started; {record.outcome_reason}", "try again later, or allow more instance types or zones")
+        written = store.update_record(record.job_id, lambda r: _started(r, number, token, instance_id, owner))
+        if written is None:  # our claim was taken over meanwhile: this instance is one too many
+            log.warning("launch: attempt %d of %s was taken over; terminating the duplicate %s", number, record.job_id, instance_id)
+            with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=[instance_id]))
+            return None
+        record.attempts[:] = written.attempts
+        return written.attempts[-1]
+    store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
+    raise NoCapacity(refusals)
+
+
+def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str) -> bool:
+    last, now = record.current, datetime.now(timezone.utc)
+    if record.outcome or record.cancelled_at:
+        return False
+    fresh = Attempt(number, offer.instance.name, offer.zone, offer.spot_price, offer.on_demand_price, token, requested_at=now_iso(), claimed_by=owner)
+    if len(record.attempts) == number - 1 and (last is None or last.instance_id is not None):
+        record.attempts.append(fresh)
+        return True
+    if last is not None and last.number == number and last.instance_id is None:
+        stale = last.requested_at is None or (now - datetime.fromisoformat(last.requested_at)).total_seconds() > STALE_CLAIM_S
+        if last.claimed_by == owner or stale:  # our next offer after a refusal, or an abandoned claim
+            record.attempts[-1] = fresh
+            return True
+    return False
+
+
+def _started(record: JobRecord, number: int, token: str, instance_id: str, owner: str) -> bool:
+    last = record.current
+    if last is None or last.number != number or last.client_token != token or last.claimed_by != owner:
+        return False
+    last.instance_id, last.launched_at = instance_id, now_iso()
+    return True
+
+
+def _unclaim(record: JobRecord, number: int, owner: str) -> bool:
+    last = record.current
+    if last is None or last.number != number or last.instance_id is not None or last.claimed_by != owner:
+        return False
+    record.attempts.pop()
+    return True
 
 
 def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: Offer, ami: str, root_device: str, user_data: str, token: str, dry_run: bool = False) -> str:

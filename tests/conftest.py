@@ -88,3 +88,36 @@ def spotctl(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """spotctl's wheel, built once for the session (launch ships it to the instance)."""
+    import os
+
+    from orchestrator.wheel import build_wheel
+
+    os.environ["SPOTCTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("wheel-cache"))
+    try:
+        return build_wheel()
+    finally:
+        del os.environ["SPOTCTL_CACHE_DIR"]
+
+
+@pytest.fixture
+def account(aws, monkeypatch, wheel, tmp_path):
+    """What `infra deploy` and AWS itself would provide: the bucket, the instance profile, the DLAMI;
+    and a spot market of fixed prices (tests.cloud.MARKET). Returns the AMI id."""
+    import boto3
+
+    from orchestrator.cli import options
+    from orchestrator.prices import FixedPrices
+    from tests.cloud import BUCKET, MARKET, ON_DEMAND
+
+    monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    boto3.client("iam").create_instance_profile(InstanceProfileName="spotctl-trainer")
+    ami = aws.seed_deep_learning_ami()
+    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
+    return ami

@@ -6,6 +6,7 @@ Used by conftest.py's fixtures; importable by benchmarks that need the same piec
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -58,8 +59,6 @@ class MotoServer:
         """What real AWS has and moto lacks: the Deep Learning AMI's public SSM parameter (moto refuses
         to create /aws/... names through the API, so it goes straight into the in-process backend),
         pointing at one of moto's own images. Returns the AMI id."""
-        import datetime
-
         import boto3
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.ssm.models import Parameter, ssm_backends
@@ -73,6 +72,18 @@ class MotoServer:
         backend._parameters[name] = [Parameter(DEFAULT_ACCOUNT_ID, name, ami, "String", "Deep Learning AMI (seeded by spotctl's tests)", None, None,
                                                datetime.datetime.now(datetime.timezone.utc), 1, "aws:ec2:image")]
         return ami
+
+    def interrupt(self, instance_id: str, region: str = "us-east-1") -> None:
+        """What EC2 does to a spot instance it reclaims and moto never does: terminate it with the
+        spot-termination state reason (straight into the in-process backend, like the AMI above)."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+        from moto.ec2.models.instances import StateReason
+
+        instance = ec2_backends[DEFAULT_ACCOUNT_ID][region].get_instance(instance_id)
+        instance.terminate()
+        instance._reason = f"Service initiated ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} GMT)"
+        instance.state_reason = StateReason("Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
 
     def environment(self, region: str = "us-east-1") -> dict[str, str]:
         """What an AWS client needs to reach this server, and only it."""

@@ -11,52 +11,12 @@ import subprocess
 from pathlib import Path
 
 import boto3
-import botocore.exceptions
 import pytest
 
 from orchestrator.cli import options
 from orchestrator.prices import FixedPrices
-from tests.conftest import REPO
+from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
 
-EXAMPLE = REPO / "examples/aws-resnet50.yaml"
-BUCKET = "my-spotctl-bucket"
-STORAGE = f"s3://{BUCKET}/spotctl"
-MARKET = {
-    ("g5.xlarge", "us-east-1a"): 0.45, ("g5.xlarge", "us-east-1b"): 0.38, ("g5.xlarge", "us-east-1c"): 0.41,
-    ("g6.xlarge", "us-east-1a"): 0.33, ("g6.xlarge", "us-east-1b"): 0.72, ("g6.xlarge", "us-east-1c"): 0.35,
-    ("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.24,
-}
-ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory):
-    """spotctl's wheel, built once for the session (launch ships it to the instance)."""
-    import os
-
-    from orchestrator.wheel import build_wheel
-
-    os.environ["SPOTCTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("wheel-cache"))
-    try:
-        return build_wheel()
-    finally:
-        del os.environ["SPOTCTL_CACHE_DIR"]
-
-
-@pytest.fixture
-def account(aws, monkeypatch, wheel, tmp_path):
-    """What `infra deploy` and AWS itself would provide: the bucket, the instance profile, the DLAMI."""
-    monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
-    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    boto3.client("iam").create_instance_profile(InstanceProfileName="spotctl-trainer")
-    ami = aws.seed_deep_learning_ami()
-    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
-    return ami
-
-
-def launched_id(out: str) -> str:
-    return re.search(r"^launched (\S+):", out, re.M).group(1)
 
 
 def user_data_of(instance_id: str) -> str:
@@ -119,25 +79,6 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     assert re.fullmatch(r"spotctl/wheels/[0-9a-f]{64}/spotctl-[\d.]+-py3-none-any\.whl", wheel_key)
     record = json.loads(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/record.json")["Body"].read())
     assert record["attempts"][0]["instance_id"] == instance["InstanceId"] and record["attempts"][0]["spot_price"] == 0.21
-
-
-def hook_run_instances(monkeypatch, refuse):
-    """EC2 answering run_instances with an error for some offers (moto never runs out of capacity)."""
-    real = options.cloud
-
-    def cloud(region, profile):
-        made = real(region, profile)
-        ec2 = made.client("ec2")
-
-        def before(params, **_):
-            code = refuse(params)
-            if code:
-                raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": f"{code} (test)"}}, "RunInstances")
-
-        ec2.meta.events.register("before-parameter-build.ec2.RunInstances", before)
-        return made
-
-    monkeypatch.setattr(options, "cloud", cloud)
 
 
 def test_capacity_errors_move_on_to_the_next_offer(account, spotctl, monkeypatch):
@@ -227,7 +168,7 @@ def test_status_stop_and_logs(account, spotctl):
     code, out, err = spotctl("status", "--storage", STORAGE)
     assert code == 0, err
     row = next(line for line in out.splitlines() if line.startswith(job_id))
-    assert row.split() == [job_id, "running", "1", "g4dn.xlarge", "us-east-1a", "$0.2100/h", "epoch", "3/20", "step", "250/2000,", "ETA", "29m10s", "87.5%"]
+    assert row.split() == [job_id, "running", "1", "g4dn.xlarge", "us-east-1a", "$0.2100/h", "epoch", "3/20", "step", "250/2000,", "ETA", "29m", "10s", "87.5%"]
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
     view = json.loads(out)
     assert view["state"] == "running" and view["attempts"][0]["instance_state"] == "running"

@@ -144,7 +144,7 @@ class Trainer:
         while self.position.epoch < epochs and not self.stopper.should_stop:
             self.model.train()
             self.data.train_sampler.set_position(self.position.epoch, self.position.batch)
-            self.reporter.update(phase="training", epoch=self.position.epoch + 1, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs)
+            self.reporter.update(phase="training", epoch=self.position.epoch + 1, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs, batch_size=self.train.batch_size, data_workers=self.train.data.workers)
             window = _Window(self.device)
             batches = iter(self.data.train_loader)
             while True:

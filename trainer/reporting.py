@@ -2,7 +2,8 @@
 waits on S3 for it:
 
 - `status/heartbeat.json` every `interval` seconds (phase, progress, throughput, metrics, last
-  checkpoint, data-wait fraction, GPU telemetry averaged over the interval, timestamps);
+  checkpoint, data-wait fraction, GPU telemetry averaged over the interval, timestamps) and the
+  same figures averaged over the last HEALTH_WINDOW_S seconds of training (orchestrator.health);
 - metric records, flushed as new JSON-lines objects (trainer.metrics.MetricsLog);
 - the log file, shipped to `logs/attempt-<k>.log` every few heartbeats;
 - the control object `control/stop`, polled with the heartbeat: when present the loop stops gracefully.
@@ -16,6 +17,8 @@ import os
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT = "status/heartbeat.json"
 FINAL = "status/final.json"
 CONTROL_STOP = "control/stop"
+HEALTH_WINDOW_S = 300.0
 PHASES = ("starting", "downloading data", "training", "validating", "checkpointing", "exporting", "interrupted", "stopped", "done", "failed")
 
 
@@ -40,7 +44,7 @@ def log_key(attempt: int) -> str:
 
 
 class Reporter:
-    def __init__(self, storage: Storage, attempt: int, log_file: Path | None = None, gpu: GpuMonitor | None = None, interval: float = 15.0, ship_log_every: int = 4):
+    def __init__(self, storage: Storage, attempt: int, log_file: Path | None = None, gpu: GpuMonitor | None = None, interval: float = 15.0, ship_log_every: int = 4, clock: Callable[[], float] = time.monotonic):
         self.storage, self.attempt, self.log_file = storage, attempt, log_file
         self.metrics = MetricsLog(storage, attempt)
         self.gpu = gpu or GpuMonitor()
@@ -54,6 +58,8 @@ class Reporter:
         self._ticks = 0
         self._started = now_iso()
         self._thread: threading.Thread | None = None
+        self._clock = clock
+        self._window: deque[tuple[float, float | None, float | None, float | None]] = deque()  # (time, util %, memory fraction, data wait)
 
     def update(self, **fields) -> None:
         """Cheap, called by the loop: the latest values for the next heartbeat."""
@@ -84,16 +90,42 @@ class Reporter:
         with self._lock:
             status = dict(self._status)
         checkpoint_time = status.pop("last_checkpoint_time", None)
+        gpu = self.gpu.read_and_reset()
         return {
             "attempt": self.attempt,
             **status,
             "last_checkpoint_age_s": round(time.time() - checkpoint_time, 1) if checkpoint_time else None,
-            **self.gpu.read_and_reset(),
+            **gpu,
+            **self._health_window(status, gpu),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "instance_id": os.environ.get("SPOTCTL_INSTANCE_ID"),
             "started_at": self._started,
             "updated_at": now_iso(),
+        }
+
+    def _health_window(self, status: dict, gpu: dict) -> dict:
+        """This heartbeat's sample joins the window; its averages, for the orchestrator's health flags."""
+        now = self._clock()
+        used, total = gpu.get("gpu_mem_used_gib"), gpu.get("gpu_mem_total_gib")
+        # Locked: heartbeat() runs on the reporter thread and, at close, on the loop's.
+        with self._lock:
+            # Training samples only: validation and checkpoint saves idle the GPU by design.
+            if status.get("phase") == "training":
+                self._window.append((now, gpu.get("gpu_util_pct"), used / total if used is not None and total else None, status.get("data_wait_fraction")))
+            while self._window and self._window[0][0] < now - HEALTH_WINDOW_S:
+                self._window.popleft()
+            samples = list(self._window)
+
+        def mean(column: int, digits: int) -> float | None:
+            values = [sample[column] for sample in samples if sample[column] is not None]
+            return round(sum(values) / len(values), digits) if values else None
+
+        return {
+            "health_window_s": round(now - samples[0][0], 1) if samples else 0.0,
+            "gpu_util_window_pct": mean(1, 1),
+            "gpu_mem_window_fraction": mean(2, 3),
+            "data_wait_window": mean(3, 3),
         }
 
     def _run(self) -> None:

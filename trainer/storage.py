@@ -7,6 +7,8 @@ fix (missing object, access denied, a create-only write that lost the race) are 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import random
@@ -20,11 +22,22 @@ from typing import TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+try:
+    import fcntl
+except ImportError:  # Windows: local conditional writes are not locked (no concurrent watchers there)
+    fcntl = None
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+
+class Conflict(Exception):
+    """A conditional write found the object changed (or created) since the caller read it."""
+
+
 # Errors no retry can fix. FileExistsError is a create-only write finding the object already there.
-PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, Conflict)
 
 
 class Storage:
@@ -63,6 +76,34 @@ class Storage:
             self._retry(f"write {relative}", lambda: _local_publish(path, create_only, lambda tmp: Path(tmp).write_bytes(data)))
             return
         self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite"))
+
+    def read_versioned(self, relative: str) -> tuple[bytes, str]:
+        """The object and a version token for `write_if` (its ETag on S3, a content hash locally).
+        The version is read first: if the object changes in between, the token is stale and the
+        conditional write refuses, which is the safe direction."""
+        path = self.path(relative)
+        if self.is_local:
+            data = self.read_bytes(relative)
+            return data, hashlib.sha256(data).hexdigest()
+        bucket, key = path.split("/", 1)
+        etag = self._retry(f"head {relative}", lambda: _s3_call(self.fs, "head_object", Bucket=bucket, Key=key))["ETag"]
+        return self.read_bytes(relative), etag
+
+    def write_if(self, relative: str, data: bytes, version: str | None) -> None:
+        """Write only if the object is still at `version` (None: only if it does not exist yet);
+        otherwise raise Conflict. S3 checks this itself (If-Match / If-None-Match)."""
+        path = self._target(relative)
+        if version is None:
+            try:
+                self.write_bytes(relative, data, create_only=True)
+            except FileExistsError:
+                raise Conflict(relative) from None
+            return
+        if self.is_local:
+            self._retry(f"write {relative}", lambda: _local_write_if(path, data, version))
+            return
+        bucket, key = path.split("/", 1)
+        self._retry(f"write {relative}", lambda: _s3_call(self.fs, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
 
     def upload(self, local_file: str, relative: str, move: bool = False) -> None:
         """Copy a local file to `relative` (multipart on S3 for large files). move: the caller no longer
@@ -123,6 +164,39 @@ class Storage:
                 log.warning("storage: %s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, self._attempts - 1, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _s3_call(fs, method: str, **kwargs) -> dict:
+    """One S3 call through s3fs's client; a failed precondition is a Conflict, a missing key not found."""
+    import botocore.exceptions
+
+    try:
+        return fs.call_s3(method, **kwargs)
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            raise Conflict(kwargs.get("Key")) from None
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(kwargs.get("Key")) from None
+        raise
+    except OSError as exc:  # s3fs's translation of 412 Precondition Failed
+        if exc.errno == errno.EINVAL and "condition" in str(exc):
+            raise Conflict(kwargs.get("Key")) from None
+        raise
+
+
+def _local_write_if(path: str, data: bytes, version: str) -> None:
+    lock = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+    with open(lock, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            current = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except FileNotFoundError:
+            raise Conflict(path) from None
+        if current != version:
+            raise Conflict(path)
+        _local_publish(path, False, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _local_publish(path: str, create_only: bool, fill: Callable[[str], object]) -> None:

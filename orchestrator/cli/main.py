@@ -8,7 +8,7 @@ import botocore.exceptions
 import click
 
 from orchestrator import __version__
-from orchestrator.cli import launch, logs, offers, schema, status, stop, validate
+from orchestrator.cli import launch, logs, offers, resume, schema, status, stop, validate, watch
 from orchestrator.aws import as_user_error
 from orchestrator.errors import UserError
 from trainer.spec_file import SpecError
@@ -26,7 +26,7 @@ def cli(debug: bool) -> None:
     """
 
 
-for module in (validate, schema, offers, launch, status, stop, logs):
+for module in (validate, schema, offers, launch, status, watch, resume, stop, logs):
     cli.add_command(module.command)
 
 
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs"}
+DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs",
+         "watch": "watching the jobs", "resume": "resuming the job"}
 
 
 def cloud_error(exc: Exception, args: list[str]) -> UserError:

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
+from orchestrator.health import duration as health_duration
+
 
 def console() -> Console:
     # Piped output is never wrapped or cropped: a long value (an AMI parameter, a URL) stays whole.
@@ -69,11 +71,4 @@ def money(value: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return "-" if seconds is None else health_duration(seconds)

@@ -76,6 +76,8 @@ def job_panel(view: dict):
     from rich.text import Text
 
     lines = [Text(f"{view['job_id']}  {view['state']}", style="bold"), Text(f"region {view['region']}, created {view['created_at']}")]
+    if view.get("outcome_reason"):
+        lines.append(Text(f"why: {view['outcome_reason']}"))
     if view["progress"]:
         p, gpu = view["progress"], view["gpu"] or {}
         lines.append(Text(f"progress: {_progress(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"))
@@ -91,11 +93,22 @@ def job_panel(view: dict):
         now = f"; now {render.money(cost['current_usd_per_hour'])}/h" if cost["current_usd_per_hour"] is not None else ""
         projected = f", projected total {render.money(cost['projected_total_usd'])}" if cost["projected_total_usd"] is not None else ""
         lines.append(Text(f"cost: {render.money(cost['total_usd'])} so far{saving}{now}{projected}"))
+        if cost["lost_steps"]:
+            lines.append(Text(f"work lost to interruptions: {cost['lost_steps']} steps redone, {render.money(cost['lost_usd'])}"))
     if view["final"]:
         final = view["final"]
         lines.append(Text(f"outcome: {final.get('outcome')}" + (f": {final['error']}" if final.get("error") else "")))
     if view["artifacts"]:
         lines.append(Text(f"artifacts: {', '.join(sorted(view['artifacts'].get('files', {})))}"))
-    rows = [[a["number"], a["instance_type"], a["zone"], render.money(a["spot_price"]), a["instance_id"], a["launched_at"], a.get("ended_at"),
-             a.get("end_reason") or a.get("state_reason") or a.get("instance_state")] for a in view["attempts"]]
+    for flag in view["health"]:
+        lines.append(Text(f"! {flag['message']}" + (f" ({flag['hint']})" if flag["hint"] else "")))
+    rows = [[a["number"], a["instance_type"], a["zone"], render.money(a["spot_price"]), a["instance_id"], a["launched_at"], a.get("ended_at"), _ended(a)]
+            for a in view["attempts"]]
     return Group(*lines, render.table(["#", "type", "zone", "spot $/h", "instance", "started", "ended", "end / state"], rows, title="attempts"))
+
+
+def _ended(attempt: dict) -> str | None:
+    """Why an attempt ended, with EC2's own reason: `interrupted (Server.SpotInstanceTermination)`."""
+    if attempt.get("end_reason"):
+        return attempt["end_reason"] + (f" ({attempt['state_reason']})" if attempt.get("state_reason") else "")
+    return attempt.get("instance_state") or ("launching" if not attempt.get("instance_id") else None)

@@ -1,0 +1,37 @@
+"""`spotctl resume JOB`: start the next attempt of a job whose instance is gone (interrupted, stopped
+at its budget, out of capacity, or cancelled with --force); it continues from the latest checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import options, render
+from orchestrator.control import find_job
+from orchestrator.recovery import resume
+
+
+@click.command("resume")
+@click.argument("job_id", metavar="JOB")
+@click.option("--force", is_flag=True, help="Also resume a job cancelled by `spotctl stop`.")
+@click.option("--budget", type=click.FloatRange(0, 1_000_000, min_open=True), metavar="USD", help="A new budget.max_cost_usd (needed to resume a budget_exceeded job).")
+@click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch` until it ends.")
+@options.storage_option
+@options.profile_option
+@options.json_option
+def command(job_id: str, force: bool, budget: float | None, then_watch: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
+    """Start attempt k+1 of JOB on the best pool not interrupted lately; it resumes from the latest checkpoint."""
+    store, clouds = options.store(storage, profile), options.clouds(profile)
+    view = find_job(store, job_id, clouds)
+    cloud = clouds(view.record.region)
+    attempt = resume(store, view, cloud, options.prices(cloud), force=force, budget=budget)
+    if as_json and not then_watch:
+        click.echo(json.dumps({"job_id": job_id, "attempt": vars(attempt)}, indent=2))
+        return 0
+    click.echo(f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h ({attempt.instance_id})")
+    if then_watch:
+        from orchestrator.cli.watch import follow
+
+        return follow(store, [job_id], clouds)
+    return 0

@@ -1,0 +1,96 @@
+"""`spotctl watch [JOB...]`: follow jobs until each is terminal, recovering interruptions as they come
+(orchestrator.watch), with a live table on a terminal and one line per event elsewhere. Exit code 0
+when every job succeeded, 1 otherwise.
+
+`--json` prints one JSON object per event (`{"at", "job_id", "level", "message"}`) and, at the end,
+`{"jobs": [status --json documents, with cost]}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from orchestrator.cli import options, render
+from orchestrator.status import TERMINAL
+from orchestrator.watch import Event, JobRow, Watcher, WatchOptions
+
+
+@click.command("watch")
+@click.argument("job_ids", metavar="[JOB...]", nargs=-1)
+@click.option("--poll", "poll_s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, help="Seconds between polls of EC2 and S3.")
+@click.option("--capacity-deadline", "deadline_s", type=click.FloatRange(0), default=1800.0, show_default=True,
+              help="Seconds to keep retrying when EC2 has no capacity anywhere, before the job is no_capacity.")
+@options.storage_option
+@options.profile_option
+@options.json_option
+def command(job_ids: tuple[str, ...], poll_s: float, deadline_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
+    """Follow JOBs (default: every job under the storage root not yet finished) until each ends."""
+    store, clouds = options.store(storage, profile), options.clouds(profile)
+    if not job_ids:
+        from orchestrator.status import read_views
+
+        job_ids = tuple(v.job_id for v in read_views(store, store.job_ids(), clouds) if v.state not in TERMINAL)
+        if not job_ids:
+            click.echo(f"no unfinished job under {store.root}")
+            return 0
+    return follow(store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json)
+
+
+def follow(store, job_ids: list[str], clouds, watch_options: WatchOptions | None = None, as_json: bool = False) -> int:
+    """Run a Watcher with the live view (launch --watch and resume --watch use it too)."""
+    if as_json:
+        watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=_json_event)
+        code = watcher.run()
+        click.echo(json.dumps({"jobs": [_document(row) for row in watcher.rows.values()]}, indent=2))
+        return code
+    out = render.console()
+    if not sys.stdout.isatty():  # a log, a CI job: one line per event, a table at the end
+        watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: out.print(_event_line(e), markup=False))
+        code = watcher.run()
+        out.print(table(watcher.rows))
+        return code
+    from rich.live import Live
+
+    with Live(console=out, refresh_per_second=2, transient=False) as live:
+        watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: live.console.print(_event_line(e), markup=False))
+        code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
+    return code
+
+
+def table(rows: dict[str, JobRow]):
+    body = []
+    for job_id, row in rows.items():
+        view = row.view.as_dict()
+        last = view["attempts"][-1] if view["attempts"] else None
+        where = f"#{last['number']} {last['instance_type']} {last['zone']}" if last else None
+        state = view["state"] + (f" (no capacity for {render.duration(row.waiting_for_capacity_s)})" if row.waiting_for_capacity_s else "")
+        cost = row.cost or {}
+        money = f"{render.money(cost['total_usd'])}" + (f" ({cost['savings']:.0%} saved)" if cost.get("savings") is not None else "") if cost else None
+        health = "; ".join(f["message"] for f in view["health"]) or None
+        body.append([job_id, state, where, _progress(view), money, health])
+    return render.table(["job", "state", "attempt", "progress", "cost", "health"], body)
+
+
+def _progress(view: dict) -> str | None:
+    p = view["progress"]
+    if not p or p.get("step") is None:
+        return None
+    gpu = (view["gpu"] or {}).get("gpu_util_pct")
+    return f"step {p['step']}/{p.get('total_steps')} ep {p.get('epoch')}/{p.get('epochs')}" + (f", GPU {gpu:.0f}%" if gpu is not None else "")
+
+
+def _event_line(event: Event) -> str:
+    mark = {logging.WARNING: "! ", logging.ERROR: "x "}.get(event.level, "")
+    return f"{event.at:%H:%M:%S} {event.job_id}: {mark}{event.message}"
+
+
+def _json_event(event: Event) -> None:
+    click.echo(json.dumps({"at": event.at.isoformat(timespec="seconds"), "job_id": event.job_id, "level": logging.getLevelName(event.level).lower(), "message": event.message}))
+
+
+def _document(row: JobRow) -> dict:
+    return {**row.view.as_dict(), "cost": row.cost}

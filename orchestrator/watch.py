@@ -1,0 +1,212 @@
+"""`spotctl watch`: follow jobs until each is terminal, recovering them as they go.
+
+Every poll reads each job's record, heartbeat and EC2's view of its instances (status.read_views),
+records how ended attempts ended (attempts.settle), asks recovery.decide what to do and does it:
+start the next attempt after an interruption (within the same poll that sees it), retry a failure
+when allowed, stop at the budget, terminate what a stop left running. Nothing here is remembered
+that another watcher would need: the record in S3 is the shared state, changed only by conditional
+writes, so two watchers (or a watcher and `spotctl resume`) never start two instances for one attempt.
+
+When EC2 refuses every offer, the job waits with exponential backoff and is given up as
+`no_capacity` after `capacity_deadline_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from orchestrator.aws import Cloud, with_backoff
+from orchestrator.control import live_instances, request_stop
+from orchestrator.costing import cost_of
+from orchestrator.errors import UserError
+from orchestrator.launch import NoCapacity
+from orchestrator.prices import Pool, PriceSource
+from orchestrator.recovery import Action, decide, job_spec, set_aside_final, settle_view, start_next
+from orchestrator.record import JobStore
+from orchestrator.status import TERMINAL, JobView, read_views
+from trainer.config import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchOptions:
+    poll_s: float = 10.0
+    """Seconds between polls: an interruption is acted on within one poll."""
+    capacity_deadline_s: float = 1800.0
+    """How long a job waits for EC2 to grant any offer before it is given up as no_capacity."""
+    capacity_retry_s: float = 30.0
+    """First wait after EC2 refused every offer; doubles up to capacity_retry_max_s."""
+    capacity_retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    job_id: str
+    message: str
+    level: int = logging.INFO
+
+
+@dataclass
+class _Waiting:
+    since: float
+    next_try: float
+    delay: float
+
+
+@dataclass
+class JobRow:
+    """What the live view shows of one job after a poll."""
+
+    view: JobView
+    cost: dict | None = None
+    waiting_for_capacity_s: float | None = None
+    health: list = field(default_factory=list)
+
+
+class Watcher:
+    def __init__(self, store: JobStore, job_ids: list[str], clouds: Callable[[str], Cloud], prices: Callable[[Cloud], PriceSource],
+                 options: WatchOptions | None = None, clock: Callable[[], float] = time.monotonic, on_event: Callable[[Event], None] | None = None):
+        self.store, self.job_ids, self.clouds, self.prices = store, list(job_ids), clouds, prices
+        self.options = options or WatchOptions()
+        self.clock = clock
+        self.on_event = on_event or (lambda event: log.info("%s: %s", event.job_id, event.message))
+        self.rows: dict[str, JobRow] = {}
+        self._specs: dict[str, JobSpec] = {}
+        self._states: dict[str, str] = {}
+        self._waiting: dict[str, _Waiting] = {}
+        self._avoid: dict[Pool, datetime] = {}  # pools seen interrupted, shared by every job watched here
+        self._price_sources: dict[str, PriceSource] = {}
+
+    # ------------------------------------------------------------------------------------ polling
+    def poll(self) -> dict[str, JobRow]:
+        """One round over every job not yet terminal; returns the rows for display."""
+        active = [j for j in self.job_ids if j not in self.rows or self.rows[j].view.state not in TERMINAL]
+        for view in read_views(self.store, active, self.clouds):
+            if view.record is None:
+                self._emit(view.job_id, f"no job {view.job_id} under {self.store.root}", logging.ERROR)
+                self.rows[view.job_id] = JobRow(view)
+                continue
+            try:
+                self.rows[view.job_id] = self._follow(view)
+            except UserError as exc:  # one job's trouble (a bad permission, a vanished spec) stops only it
+                self._emit(view.job_id, exc.message, logging.ERROR)
+                self.rows[view.job_id] = JobRow(view)
+        return self.rows
+
+    def done(self) -> bool:
+        return all(j in self.rows and (self.rows[j].view.record is None or self.rows[j].view.state in TERMINAL) for j in self.job_ids)
+
+    def exit_code(self) -> int:
+        """0 when every job succeeded, 1 otherwise."""
+        return 0 if all(j in self.rows and self.rows[j].view.state == "succeeded" for j in self.job_ids) else 1
+
+    def run(self, sleep: Callable[[float], None] = time.sleep, after_poll: Callable[[dict[str, JobRow]], None] | None = None) -> int:
+        while True:
+            started = self.clock()
+            rows = self.poll()
+            if after_poll:
+                after_poll(rows)
+            if self.done():
+                return self.exit_code()
+            sleep(max(0.0, self.options.poll_s - (self.clock() - started)))
+
+    # ------------------------------------------------------------------------------------ one job
+    def _follow(self, view: JobView) -> JobRow:
+        job_id = view.job_id
+        before = {a.number: a.end_reason for a in view.record.attempts}
+        settle_view(self.store, view)
+        for attempt in view.record.attempts:
+            if attempt.end_reason and before.get(attempt.number) is None:
+                steps = f" at step {attempt.end_step}" if attempt.end_step is not None else ""
+                why = f" ({attempt.state_reason})" if attempt.state_reason else ""
+                self._emit(job_id, f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}")
+                if attempt.end_reason == "interrupted":
+                    self._avoid[(attempt.instance_type, attempt.zone)] = datetime.now(timezone.utc)
+        spec = self._spec(job_id)
+        cloud = self.clouds(view.record.region)
+        prices = self._prices(cloud)
+        cost = cost_of(view, prices) if view.record.attempts else None
+        decision = decide(view, spec, cost, self.options.poll_s)
+        if decision.action in (Action.START, Action.RETRY):
+            self._start(view, spec, cloud, prices, retry=decision.action is Action.RETRY, why=decision.reason)
+        elif decision.action is Action.STOP:
+            request_stop(self.store, job_id, f"budget: {decision.reason}", outcome=decision.outcome)
+            self._emit(job_id, f"budget: {decision.reason}; asking the trainer to checkpoint and stop", logging.WARNING)
+        elif decision.action is Action.TERMINATE:
+            live = live_instances(cloud, job_id)
+            if live:
+                with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=live))
+                self._emit(job_id, f"stopped ({decision.reason}); terminated {', '.join(live)}")
+        elif decision.action is Action.GIVE_UP:
+            self._give_up(job_id, decision.outcome, decision.reason)
+        fresh = view if decision.action in (Action.WAIT, Action.DONE) else self._reread(view)
+        self._note_state(fresh)
+        waiting = self._waiting.get(job_id)
+        return JobRow(fresh, cost, self.clock() - waiting.since if waiting else None, fresh.health())
+
+    def _start(self, view: JobView, spec: JobSpec, cloud: Cloud, prices: PriceSource, retry: bool, why: str) -> None:
+        job_id = view.job_id
+        waiting = self._waiting.get(job_id)
+        if waiting and self.clock() < waiting.next_try:
+            return
+        if retry:
+            set_aside_final(self.store, view)
+        try:
+            attempt = start_next(view, spec, self.store, cloud, prices, self._avoid)
+        except NoCapacity as exc:
+            self._no_capacity(job_id, exc)
+            return
+        self._waiting.pop(job_id, None)
+        if attempt is None:
+            self._emit(job_id, "another watcher is starting the next attempt")
+            return
+        self._emit(job_id, f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at ${attempt.spot_price:.4f}/h ({attempt.instance_id})")
+
+    def _no_capacity(self, job_id: str, exc: NoCapacity) -> None:
+        now = self.clock()
+        waiting = self._waiting.get(job_id) or _Waiting(now, now, self.options.capacity_retry_s / 2)
+        if now - waiting.since >= self.options.capacity_deadline_s:
+            self._give_up(job_id, "no_capacity", f"{exc.reason}; gave up after {now - waiting.since:.0f}s")
+            self._waiting.pop(job_id, None)
+            return
+        waiting.delay = min(self.options.capacity_retry_max_s, waiting.delay * 2)
+        waiting.next_try = now + waiting.delay
+        self._waiting[job_id] = waiting
+        self._emit(job_id, f"no capacity ({exc.reason}); trying again in {waiting.delay:.0f}s", logging.WARNING)
+
+    def _give_up(self, job_id: str, outcome: str, reason: str) -> None:
+        def mark(record) -> None:
+            record.outcome, record.outcome_reason = outcome, reason
+
+        self.store.update_record(job_id, mark)
+        self._emit(job_id, f"{outcome}: {reason}", logging.ERROR)
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _reread(self, view: JobView) -> JobView:
+        return read_views(self.store, [view.job_id], self.clouds)[0]
+
+    def _note_state(self, view: JobView) -> None:
+        state, before = view.state, self._states.get(view.job_id)
+        if state != before:
+            self._states[view.job_id] = state
+            if before is not None or state in TERMINAL:
+                self._emit(view.job_id, f"{before or 'now'} -> {state}" if before else state)
+
+    def _spec(self, job_id: str) -> JobSpec:
+        if job_id not in self._specs:
+            self._specs[job_id] = job_spec(self.store, job_id)
+        return self._specs[job_id]
+
+    def _prices(self, cloud: Cloud) -> PriceSource:
+        if cloud.region not in self._price_sources:
+            self._price_sources[cloud.region] = self.prices(cloud)
+        return self._price_sources[cloud.region]
+
+    def _emit(self, job_id: str, message: str, level: int = logging.INFO) -> None:
+        self.on_event(Event(datetime.now(timezone.utc), job_id, message, level))

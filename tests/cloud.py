@@ -1,0 +1,46 @@
+"""The AWS account tests launch into (conftest's `account` fixture creates it on the moto server: the
+bucket, the instance profile, the Deep Learning AMI, a spot market of fixed prices), and helpers."""
+
+from __future__ import annotations
+
+import re
+
+import botocore.exceptions
+
+from orchestrator.cli import options
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples/aws-resnet50.yaml"
+BUCKET = "my-spotctl-bucket"
+STORAGE = f"s3://{BUCKET}/spotctl"
+MARKET = {
+    ("g5.xlarge", "us-east-1a"): 0.45, ("g5.xlarge", "us-east-1b"): 0.38, ("g5.xlarge", "us-east-1c"): 0.41,
+    ("g6.xlarge", "us-east-1a"): 0.33, ("g6.xlarge", "us-east-1b"): 0.72, ("g6.xlarge", "us-east-1c"): 0.35,
+    ("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.24,
+}
+ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
+
+
+def launched_id(out: str) -> str:
+    return re.search(r"^launched (\S+):", out, re.M).group(1)
+
+
+def hook_run_instances(monkeypatch, refuse):
+    """EC2 answering run_instances with an error for some offers (moto never runs out of capacity)."""
+    real = options.cloud
+
+    def cloud(region, profile):
+        made = real(region, profile)
+        ec2 = made.client("ec2")
+
+        def before(params, **_):
+            code = refuse(params)
+            if code:
+                raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": f"{code} (test)"}}, "RunInstances")
+
+        ec2.meta.events.register("before-parameter-build.ec2.RunInstances", before)
+        return made
+
+    monkeypatch.setattr(options, "cloud", cloud)
+
+

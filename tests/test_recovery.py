@@ -1,0 +1,330 @@
+"""Recovery against the moto server: `spotctl watch` and `spotctl resume` after spot interruptions,
+trainer failures, no capacity and the budget; two watchers at once. EC2's side is checked with plain
+boto3 calls; the trainer's side (heartbeat, final.json) is written the way the trainer writes it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import pytest
+
+from orchestrator.cli import options
+from orchestrator.prices import FixedPrices
+from orchestrator.record import JobStore
+from orchestrator.watch import Watcher, WatchOptions
+from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
+
+
+def launch(spotctl, job=EXAMPLE) -> str:
+    code, out, err = spotctl("launch", str(job))
+    assert code == 0, err
+    return launched_id(out)
+
+
+def instances(job_id: str) -> list[dict]:
+    """The job's instances as EC2 lists them, oldest attempt first."""
+    found = [i for r in boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"] for i in r["Instances"]]
+    for instance in found:
+        instance["attempt"] = int({t["Key"]: t["Value"] for t in instance["Tags"]}["spotctl:attempt"])
+        instance["pool"] = (instance["InstanceType"], instance["Placement"]["AvailabilityZone"])
+    return sorted(found, key=lambda i: i["attempt"])
+
+
+def live(job_id: str) -> list[dict]:
+    return [i for i in instances(job_id) if i["State"]["Name"] in ("pending", "running")]
+
+
+def record_of(job_id: str) -> dict:
+    return json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/record.json")["Body"].read())
+
+
+def put(job_id: str, name: str, value: dict) -> None:
+    """Write one of the trainer's objects (status/heartbeat.json, status/final.json)."""
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/{name}", Body=json.dumps(value).encode())
+
+
+def beat(job_id: str, attempt: int, phase: str = "training", **fields) -> None:
+    put(job_id, "status/heartbeat.json", {"attempt": attempt, "phase": phase, "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields})
+
+
+def watcher(job_ids: list[str], events: list | None = None, **settings) -> Watcher:
+    sink = events.append if events is not None else (lambda event: None)
+    return Watcher(JobStore(STORAGE), job_ids, options.clouds(None), options.prices, WatchOptions(**settings), on_event=sink)
+
+
+def job_file(tmp_path, **replacements) -> str:
+    text = EXAMPLE.read_text()
+    for old, new in replacements.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------ interruptions
+def test_watch_resumes_each_interruption_on_another_pool_within_one_poll(account, aws, spotctl):
+    job_id = launch(spotctl)
+    events = []
+    watch = watcher([job_id], events)
+    watch.poll()
+    assert watch.rows[job_id].view.state == "running"
+
+    beat(job_id, 1, step=340, resumed_from_step=0)
+    aws.interrupt(live(job_id)[0]["InstanceId"])
+    watch.poll()  # the poll that sees the interruption starts the next attempt
+    assert [i["pool"] for i in live(job_id)] == [("g4dn.xlarge", "us-east-1b")]  # not the pool just interrupted
+
+    beat(job_id, 2, step=700, resumed_from_step=300)
+    aws.interrupt(live(job_id)[0]["InstanceId"])
+    watch.poll()
+    assert [i["pool"] for i in instances(job_id)] == [("g4dn.xlarge", "us-east-1a"), ("g4dn.xlarge", "us-east-1b"), ("g6.xlarge", "us-east-1a")]
+    assert [i["attempt"] for i in live(job_id)] == [3]
+
+    record = record_of(job_id)
+    assert [(a["number"], a["end_reason"], a["state_reason"]) for a in record["attempts"]] == [
+        (1, "interrupted", "Server.SpotInstanceTermination"), (2, "interrupted", "Server.SpotInstanceTermination"), (3, None, None)]
+    assert [(a["start_step"], a["end_step"]) for a in record["attempts"][:2]] == [(0, 340), (300, 700)]
+    assert all(a["ended_at"] for a in record["attempts"][:2])
+    messages = [e.message for e in events]
+    assert "attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination) at step 340" in messages
+    assert any(m.startswith("resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b at $0.2400/h (i-") for m in messages)
+
+    put(job_id, "status/final.json", {"outcome": "succeeded", "attempt": 3, "step": 2000})
+    watch.poll()
+    assert watch.done() and watch.exit_code() == 0
+
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
+    view = json.loads(out)
+    assert code == 0 and view["state"] == "succeeded"
+    assert [a["end_reason"] for a in view["attempts"][:2]] == ["interrupted", "interrupted"]
+    assert view["cost"]["lost_steps"] == (340 - 300)  # attempt 1's steps past its last checkpoint
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
+    assert "interrupted (Server.SpotInstanceTermination)" in out
+
+
+def test_the_trainers_interrupted_marker_starts_the_next_attempt_before_ec2_terminates(account, aws, spotctl):
+    job_id = launch(spotctl)
+    watch = watcher([job_id])
+    first = live(job_id)[0]["InstanceId"]
+    beat(job_id, 1, phase="interrupted", step=120, resumed_from_step=0)  # checkpointed on the notice
+    watch.poll()
+    assert {i["InstanceId"]: i["attempt"] for i in live(job_id)} == {first: 1, live(job_id)[1]["InstanceId"]: 2}  # the old one still dies
+    attempt = record_of(job_id)["attempts"][0]
+    assert attempt["end_reason"] == "interrupted" and attempt["ended_at"] is None and attempt["end_step"] == 120
+
+    aws.interrupt(first)  # EC2 takes it two minutes later: now billing ends and its reason is known
+    watch.poll()
+    attempt = record_of(job_id)["attempts"][0]
+    assert attempt["state_reason"] == "Server.SpotInstanceTermination" and attempt["ended_at"] is not None
+    assert len(instances(job_id)) == 2
+
+
+def test_two_concurrent_watchers_start_exactly_one_instance_per_attempt(account, aws, spotctl):
+    job_id = launch(spotctl)
+    watchers = [watcher([job_id]), watcher([job_id])]
+    for number in range(1, 4):
+        aws.interrupt(live(job_id)[0]["InstanceId"])
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def poll(w):
+            barrier.wait()
+            try:
+                w.poll()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=poll, args=(w,)) for w in watchers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        assert [i["attempt"] for i in instances(job_id)] == list(range(1, number + 2))  # one instance per attempt, never two
+    assert [a["number"] for a in record_of(job_id)["attempts"]] == [1, 2, 3, 4]
+
+
+def test_max_interruptions_gives_the_job_up(account, aws, spotctl, tmp_path):
+    job_id = launch(spotctl, job_file(tmp_path, **{"max_interruptions: 10": "max_interruptions: 1"}))
+    events = []
+    watch = watcher([job_id], events)
+    aws.interrupt(live(job_id)[0]["InstanceId"])
+    watch.poll()
+    aws.interrupt(live(job_id)[0]["InstanceId"])
+    watch.poll()
+    assert live(job_id) == [] and watch.done() and watch.exit_code() == 1
+    record = record_of(job_id)
+    assert record["outcome"] == "failed" and record["outcome_reason"] == "interrupted 2 times; recovery.max_interruptions is 1"
+    assert "failed: interrupted 2 times; recovery.max_interruptions is 1" in [e.message for e in events]
+
+
+# ------------------------------------------------------------------------------ trainer errors
+def test_a_trainer_error_is_retried_only_as_often_as_allowed(account, aws, spotctl, tmp_path):
+    job_id = launch(spotctl, job_file(tmp_path, **{"max_interruptions: 10": "max_interruptions: 10\n  retries_on_error: 1"}))
+    watch = watcher([job_id])
+    put(job_id, "status/final.json", {"outcome": "failed", "attempt": 1, "error": "CUDA error: an illegal memory access"})
+    boto3.client("ec2").terminate_instances(InstanceIds=[live(job_id)[0]["InstanceId"]])
+    watch.poll()
+    assert [i["attempt"] for i in live(job_id)] == [2]
+    s3 = boto3.client("s3")
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/status/final-attempt-1.json")["Body"].read())["outcome"] == "failed"
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"spotctl/jobs/{job_id}/status/final.json")
+
+    put(job_id, "status/final.json", {"outcome": "failed", "attempt": 2, "error": "CUDA error: an illegal memory access"})
+    watch.poll()
+    assert len(instances(job_id)) == 2 and watch.done() and watch.exit_code() == 1
+    assert [a["end_reason"] for a in record_of(job_id)["attempts"]] == ["failed", "failed"]
+
+
+# ------------------------------------------------------------------------------ capacity
+def test_no_capacity_anywhere_backs_off_then_gives_up_at_the_deadline(account, aws, spotctl, monkeypatch):
+    job_id = launch(spotctl)
+    refusing = {"on": True}
+    hook = lambda params: "InsufficientInstanceCapacity" if refusing["on"] else None  # noqa: E731
+    hook_run_instances(monkeypatch, hook)
+    now = [0.0]
+    events = []
+    watch = Watcher(JobStore(STORAGE), [job_id], options.clouds(None), options.prices,
+                    WatchOptions(capacity_deadline_s=100, capacity_retry_s=10, capacity_retry_max_s=40), clock=lambda: now[0], on_event=events.append)
+    _use_hooked_cloud(watch)
+    aws.interrupt(live(job_id)[0]["InstanceId"])
+    watch.poll()
+    assert "trying again in 10s" in events[-1].message and events[-1].level == logging.WARNING
+    assert record_of(job_id)["attempts"][-1]["number"] == 1  # the refused claim was withdrawn
+    now[0] = 5
+    watch.poll()  # too early: EC2 is not asked again
+    assert len([e for e in events if "trying again" in e.message]) == 1
+    now[0] = 10
+    watch.poll()
+    assert "trying again in 20s" in events[-1].message
+    now[0] = 101
+    watch.poll()
+    assert watch.done() and record_of(job_id)["outcome"] == "no_capacity"
+    assert record_of(job_id)["outcome_reason"].startswith("EC2 refused all 7 offers: g4dn.xlarge/us-east-1b: InsufficientInstanceCapacity")
+
+
+def _use_hooked_cloud(watch: Watcher) -> None:
+    """The watcher's clouds through options.cloud, where hook_run_instances injects EC2's refusals."""
+    built = {}
+    watch.clouds = lambda region: built.setdefault(region, options.cloud(region, None))
+
+
+# ------------------------------------------------------------------------------ budget
+def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(account, aws, spotctl, monkeypatch, tmp_path):
+    market = {pool: price * 100 for pool, price in MARKET.items()}  # $21/h: a $15 budget lasts minutes
+    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(market, ON_DEMAND))
+    job_id = launch(spotctl, job_file(tmp_path, **{"max_price_per_hour: 0.60": "max_price_per_hour: 100"}))
+    _backdate_launch(job_id, minutes=30)  # $10.50 spent so far
+    beat(job_id, 1, step=500, last_checkpoint_step=500, last_checkpoint_age_s=10)  # next checkpoint in ~290 s: +$1.69
+    events = []
+    watch = watcher([job_id], events)
+    watch.poll()
+    assert watch.rows[job_id].view.state == "running"  # $10.50 + $1.69 < $15
+
+    _backdate_launch(job_id, minutes=40)  # $14.00 + $1.69 would pass it
+    watch.poll()
+    stop = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/control/stop")["Body"].read())
+    assert stop["reason"].startswith("budget: cost $14.00 + $1.")
+    assert watch.rows[job_id].view.state == "stopping" and live(job_id)
+    put(job_id, "status/final.json", {"outcome": "stopped", "attempt": 1, "step": 512, "reason": stop["reason"]})
+    watch.poll()  # the trainer checkpointed and exited: its machine goes
+    assert live(job_id) == [] and watch.done() and watch.exit_code() == 1
+    assert record_of(job_id)["outcome"] == "budget_exceeded"
+
+    code, _, err = spotctl("resume", job_id, "--storage", STORAGE)
+    assert code == 1 and err.startswith(f"error: job {job_id}: not resumed, it has spent $14.")
+    assert "hint: `spotctl resume JOB --budget NEW` with NEW above $14." in err
+    code, out, err = spotctl("resume", job_id, "--storage", STORAGE, "--budget", "40")
+    assert code == 0, err
+    assert out.startswith(f"resumed {job_id}: attempt 2 on g4dn.xlarge in us-east-1a")  # a stop is no interruption: same pool
+    s3 = boto3.client("s3")
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"spotctl/jobs/{job_id}/control/stop")
+    record = record_of(job_id)
+    assert record["budget_usd"] == 40 and record["outcome"] is None and record["stop_requested_at"] is None
+    assert [a["end_reason"] for a in record["attempts"]] == ["stopped", None]
+
+
+def _backdate_launch(job_id: str, minutes: float) -> None:
+    store = JobStore(STORAGE)
+
+    def backdate(record):
+        record.attempts[0].launched_at = (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat(timespec="seconds")
+
+    store.update_record(job_id, backdate)
+
+
+# ------------------------------------------------------------------------------ resume
+def test_resume_refuses_what_it_must_and_continues_what_it_can(account, aws, spotctl):
+    job_id = launch(spotctl)
+    code, _, err = spotctl("resume", job_id, "--storage", STORAGE)
+    instance = live(job_id)[0]["InstanceId"]
+    assert code == 1 and err.splitlines() == [
+        f"error: job {job_id}: not resumed, it is running (attempt 1 on {instance})",
+        "hint: `spotctl status JOB` shows it; `spotctl stop JOB` stops it",
+    ]
+    aws.interrupt(instance)
+    code, out, err = spotctl("resume", job_id, "--storage", STORAGE, "--json")
+    assert code == 0, err
+    attempt = json.loads(out)["attempt"]
+    assert (attempt["number"], attempt["instance_type"], attempt["zone"]) == (2, "g4dn.xlarge", "us-east-1b")
+    assert record_of(job_id)["attempts"][0]["end_reason"] == "interrupted"
+
+    code, out, err = spotctl("stop", job_id, "--storage", STORAGE, "--wait", "0")
+    assert code == 0, err
+    code, _, err = spotctl("resume", job_id, "--storage", STORAGE)
+    assert code == 1 and err.splitlines() == [
+        f"error: job {job_id}: not resumed, it was cancelled (spotctl stop)",
+        "hint: `spotctl resume JOB --force` continues it from its last checkpoint",
+    ]
+    code, out, err = spotctl("resume", job_id, "--storage", STORAGE, "--force")
+    assert code == 0, err and out.startswith(f"resumed {job_id}: attempt 3 ")
+    assert record_of(job_id)["cancelled_at"] is None
+
+    put(job_id, "status/final.json", {"outcome": "succeeded", "attempt": 3})
+    code, _, err = spotctl("resume", job_id, "--storage", STORAGE)
+    assert code == 1 and err.startswith(f"error: job {job_id}: not resumed, it has already succeeded\n")
+
+
+@pytest.mark.parametrize("reason, expected", [
+    ("Client.UserInitiatedShutdown", "terminated"),
+    ("Client.InstanceInitiatedShutdown", "failed"),
+])
+def test_end_reasons_come_from_ec2s_state_reason(account, aws, spotctl, reason, expected):
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    job_id = launch(spotctl)
+    instance = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(live(job_id)[0]["InstanceId"])
+    instance.terminate()
+    instance.state_reason = StateReason(f"{reason}: test", reason)
+    watcher([job_id]).poll()
+    assert record_of(job_id)["attempts"][0]["end_reason"] == expected
+    assert record_of(job_id)["attempts"][0]["state_reason"] == reason
+
+
+def test_watch_cli_follows_a_job_to_the_end(account, aws, spotctl):
+    job_id = launch(spotctl)
+
+    def trainer_side():  # an interruption, then the resumed attempt finishes
+        aws.interrupt(live(job_id)[0]["InstanceId"])
+        for _ in range(200):
+            if len(instances(job_id)) == 2:
+                break
+            threading.Event().wait(0.05)
+        put(job_id, "status/final.json", {"outcome": "succeeded", "attempt": 2, "step": 2000})
+
+    thread = threading.Thread(target=trainer_side)
+    thread.start()
+    code, out, err = spotctl("watch", job_id, "--storage", STORAGE, "--poll", "0.2")
+    thread.join()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.endswith(f"{job_id}: attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination)") for line in lines)
+    assert any(f"{job_id}: resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b" in line for line in lines)
+    assert any(line.endswith(f"{job_id}: succeeded") or "-> succeeded" in line for line in lines)
