@@ -328,3 +328,76 @@ def test_watch_cli_follows_a_job_to_the_end(account, aws, spotctl):
     assert any(line.endswith(f"{job_id}: attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination)") for line in lines)
     assert any(f"{job_id}: resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b" in line for line in lines)
     assert any(line.endswith(f"{job_id}: succeeded") or "-> succeeded" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------ cost
+class SeriesPrices(FixedPrices):
+    """A market whose history has price changes (moto's is one constant)."""
+
+    def __init__(self, spot, on_demand, changes):
+        super().__init__(spot, on_demand)
+        self.changes = changes  # pool -> [PricePoint]
+
+    def history(self, pool, start, end):
+        return self.changes.get(pool) or super().history(pool, start, end)
+
+
+def test_status_cost_matches_hand_computed_figures_across_three_attempts(account, aws, spotctl, monkeypatch):
+    from orchestrator.cost import PricePoint
+
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=4)
+    at = lambda minutes: t0 + timedelta(minutes=minutes)  # noqa: E731
+    changes = {("g4dn.xlarge", "us-east-1b"): [PricePoint(at(0), 0.24), PricePoint(at(71), 0.30)]}
+    monkeypatch.setattr(options, "prices", lambda cloud: SeriesPrices(MARKET, ON_DEMAND, changes))
+    job_id = launch(spotctl)
+    watch = watcher([job_id])
+    for attempt in (1, 2):  # two spot interruptions, each resumed by watch
+        aws.interrupt(live(job_id)[0]["InstanceId"])
+        watch.poll()
+    times = {1: (0, 40, 0, 400), 2: (41, 131, 350, 1500), 3: (132, 180, 1400, 2000)}  # minutes from t0; start and end steps
+
+    def set_times(record):
+        for attempt in record.attempts:
+            start, end, first, last = times[attempt.number]
+            attempt.launched_at, attempt.ended_at = at(start).isoformat(), at(end).isoformat()
+            attempt.start_step, attempt.end_step = first, last
+        record.attempts[2].end_reason = "succeeded"
+
+    JobStore(STORAGE).update_record(job_id, set_times)
+    put(job_id, "status/final.json", {"outcome": "succeeded", "attempt": 3, "step": 2000})
+    code, out, err = spotctl("status", job_id, "--storage", STORAGE, "--json")
+    assert code == 0, err
+    cost = json.loads(out)["cost"]
+    # 1: g4dn/1a, 40 min, interrupted by EC2 within its first hour: free.
+    # 2: g4dn/1b, 90 min, interrupted after its first hour: 30 min at $0.24 + 60 min at $0.30 = $0.42.
+    # 3: g6/1a, 48 min at $0.33 = $0.264.
+    assert [(a["number"], a["seconds"], a["free_by_first_hour_rule"]) for a in cost["attempts"]] == [(1, 2400.0, True), (2, 5400.0, False), (3, 2880.0, False)]
+    assert [a["usd"] for a in cost["attempts"]] == [0.0, pytest.approx(0.42), pytest.approx(0.264)]
+    assert cost["total_usd"] == pytest.approx(0.684)
+    on_demand = 40 / 60 * 0.526 + 90 / 60 * 0.526 + 48 / 60 * 0.8048
+    assert cost["on_demand_usd"] == pytest.approx(on_demand, abs=1e-6) and cost["savings"] == pytest.approx(1 - 0.684 / on_demand, abs=1e-4)
+    # Lost work: 400 -> resumed at 350 (free attempt: $0), 1500 -> resumed at 1400 (100 of attempt 2's 1150 steps).
+    assert cost["lost_steps"] == 150 and cost["lost_usd"] == pytest.approx(0.42 * 100 / 1150, abs=1e-6)
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
+    assert "cost: $0.6840 so far" in out and "work lost to interruptions: 150 steps redone, $0.0365" in out
+
+
+def test_launch_watch_json_reports_events_and_the_final_state(account, aws, spotctl):
+    def finish():  # the trainer's side: attempt 1 succeeds as soon as it exists
+        for _ in range(400):
+            ids = JobStore(STORAGE).job_ids()
+            if ids and record_of(ids[0])["attempts"] and record_of(ids[0])["attempts"][0]["instance_id"]:
+                put(ids[0], "status/final.json", {"outcome": "succeeded", "attempt": 1, "step": 2000})
+                return
+            threading.Event().wait(0.05)
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    code, out, err = spotctl("launch", str(EXAMPLE), "--watch", "--poll", "0.2", "--json")
+    thread.join()
+    assert code == 0, err
+    lines = out.splitlines()
+    events = [json.loads(line) for line in lines if line.startswith('{"at"')]
+    assert events[-1]["message"] == "running -> succeeded" or events[-1]["message"] == "succeeded"
+    final = json.loads("\n".join(lines[len(events):]))
+    assert [job["state"] for job in final["jobs"]] == ["succeeded"] and final["jobs"][0]["cost"]["total_usd"] > 0

@@ -17,10 +17,12 @@ from trainer.spec_file import load_spec
 @click.command("launch")
 @click.argument("job_file", metavar="JOB.yaml")
 @click.option("--dry-run", is_flag=True, help="Show the plan (offers, AMI, user-data, price) and check permissions; start nothing, write nothing.")
+@click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch`, recovering interruptions, until it ends.")
+@options.poll_option
 @options.region_option
 @options.profile_option
 @options.json_option
-def command(job_file: str, dry_run: bool, region: str | None, profile: str | None, as_json: bool) -> int:
+def command(job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:
     """Launch JOB.yaml on the cheapest spot offer; print the job id and how to follow it."""
     spec = load_spec(job_file)
     if region:
@@ -44,12 +46,19 @@ def command(job_file: str, dry_run: bool, region: str | None, profile: str | Non
     store = JobStore(spec.storage, **cloud.storage_options)
     record = launch(plan, cloud, store)
     attempt = record.attempts[-1]
-    if as_json:
+    if as_json and not then_watch:
         click.echo(json.dumps({"job_id": record.job_id, "instance_id": attempt.instance_id, "offer": best.as_dict() if best.pool == (attempt.instance_type, attempt.zone) else None,
                                "instance_type": attempt.instance_type, "zone": attempt.zone, "spot_price": attempt.spot_price, "job_url": record.job_url}, indent=2))
         return 0
     saving = f", {1 - attempt.spot_price / attempt.on_demand_price:.0%} below on-demand" if attempt.on_demand_price else ""
-    click.echo(f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})")
-    click.echo(f"follow it:  spotctl status {record.job_id} --storage {spec.storage}")
+    if not as_json:
+        click.echo(f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})")
+    if then_watch:
+        from orchestrator.cli.watch import follow
+        from orchestrator.watch import WatchOptions
+
+        return follow(store, [record.job_id], options.clouds(profile), WatchOptions(poll_s=poll_s), as_json=as_json)
+    click.echo(f"follow it:  spotctl watch {record.job_id} --storage {spec.storage}   (recovers interruptions)")
+    click.echo(f"            spotctl status {record.job_id} --storage {spec.storage}")
     click.echo(f"            spotctl logs {record.job_id} --storage {spec.storage} --follow")
     return 0

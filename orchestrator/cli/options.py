@@ -16,6 +16,7 @@ STORAGE_ENV = "SPOTCTL_STORAGE"
 profile_option = click.option("--profile", metavar="NAME", help="AWS profile (default: the standard credential chain).")
 region_option = click.option("--region", metavar="REGION", help="AWS region (default: the job file's).")
 storage_option = click.option("--storage", metavar="URL", help=f"Storage root of the jobs, s3://bucket/prefix (default: ${STORAGE_ENV}).")
+poll_option = click.option("--poll", "poll_s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, help="Seconds between polls of EC2 and S3 while watching.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
 
 

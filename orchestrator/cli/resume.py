@@ -17,10 +17,11 @@ from orchestrator.recovery import resume
 @click.option("--force", is_flag=True, help="Also resume a job cancelled by `spotctl stop`.")
 @click.option("--budget", type=click.FloatRange(0, 1_000_000, min_open=True), metavar="USD", help="A new budget.max_cost_usd (needed to resume a budget_exceeded job).")
 @click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch` until it ends.")
+@options.poll_option
 @options.storage_option
 @options.profile_option
 @options.json_option
-def command(job_id: str, force: bool, budget: float | None, then_watch: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
+def command(job_id: str, force: bool, budget: float | None, then_watch: bool, poll_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
     """Start attempt k+1 of JOB on the best pool not interrupted lately; it resumes from the latest checkpoint."""
     store, clouds = options.store(storage, profile), options.clouds(profile)
     view = find_job(store, job_id, clouds)
@@ -32,6 +33,7 @@ def command(job_id: str, force: bool, budget: float | None, then_watch: bool, st
     click.echo(f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h ({attempt.instance_id})")
     if then_watch:
         from orchestrator.cli.watch import follow
+        from orchestrator.watch import WatchOptions
 
-        return follow(store, [job_id], clouds)
+        return follow(store, [job_id], clouds, WatchOptions(poll_s=poll_s))
     return 0

@@ -1,13 +1,16 @@
 """`spotctl status [JOB]`: every job under the storage root, or one job in detail.
 
-`--json` fields (stable): job_id, name, state, region, created_at, attempts[] (number,
-instance_type, zone, spot_price, on_demand_price, instance_id, launched_at, ended_at, end_reason,
-client_token; the current one also instance_state, state_reason), progress (phase, epoch, epochs,
-step, total_steps, steps_per_epoch, eta_s, images_per_sec, data_wait_fraction), metrics (loss, acc1,
-lr, val_loss, val_acc1, val_acc5), gpu (gpu_count, gpu_util_pct, gpu_mem_used_gib,
-gpu_mem_total_gib, gpu_power_w), last_checkpoint (step, age_s), heartbeat_age_s, final, artifacts;
-for one job also cost (total_usd, on_demand_usd, savings, lost_steps, lost_usd, current_usd_per_hour,
-projected_total_usd, attempts[] with number, seconds, usd, on_demand_usd, free_by_first_hour_rule).
+`--json` fields (stable): job_id, name, state, region, created_at, outcome_reason, budget_usd,
+attempts[] (number, instance_type, zone, spot_price, on_demand_price, client_token, instance_id,
+launched_at, ended_at, end_reason, state_reason, requested_at, claimed_by, start_step, end_step; the
+current one also instance_state), progress (phase, epoch, epochs, step, total_steps,
+steps_per_epoch, eta_s, images_per_sec, data_wait_fraction), metrics (loss, acc1, lr, val_loss,
+val_acc1, val_acc5), gpu (gpu_count, gpu_util_pct, gpu_mem_used_gib, gpu_mem_total_gib,
+gpu_power_w, health_window_s, gpu_util_window_pct, gpu_mem_window_fraction, data_wait_window),
+last_checkpoint (step, age_s), heartbeat_age_s, health[] (name: stalled | low_gpu_util, message,
+hint), stalled, final, artifacts; for one job also cost (total_usd, on_demand_usd, savings,
+lost_steps, lost_usd, current_usd_per_hour, projected_total_usd, attempts[] with number, seconds,
+usd, on_demand_usd, free_by_first_hour_rule).
 Absent data is null.
 """
 

@@ -21,7 +21,7 @@ from orchestrator.watch import Event, JobRow, Watcher, WatchOptions
 
 @click.command("watch")
 @click.argument("job_ids", metavar="[JOB...]", nargs=-1)
-@click.option("--poll", "poll_s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, help="Seconds between polls of EC2 and S3.")
+@options.poll_option
 @click.option("--capacity-deadline", "deadline_s", type=click.FloatRange(0), default=1800.0, show_default=True,
               help="Seconds to keep retrying when EC2 has no capacity anywhere, before the job is no_capacity.")
 @options.storage_option
