@@ -79,6 +79,7 @@ class Watcher:
         self.rows: dict[str, JobRow] = {}
         self._specs: dict[str, JobSpec] = {}
         self._states: dict[str, str] = {}
+        self._flags: dict[str, set[str]] = {}
         self._waiting: dict[str, _Waiting] = {}
         self._avoid: dict[Pool, datetime] = {}  # pools seen interrupted, shared by every job watched here
         self._price_sources: dict[str, PriceSource] = {}
@@ -147,8 +148,10 @@ class Watcher:
             self._give_up(job_id, decision.outcome, decision.reason)
         fresh = view if decision.action in (Action.WAIT, Action.DONE) else self._reread(view)
         self._note_state(fresh)
+        health = fresh.health()
+        self._note_health(job_id, health)
         waiting = self._waiting.get(job_id)
-        return JobRow(fresh, cost, self.clock() - waiting.since if waiting else None, fresh.health())
+        return JobRow(fresh, cost, self.clock() - waiting.since if waiting else None, health)
 
     def _start(self, view: JobView, spec: JobSpec, cloud: Cloud, prices: PriceSource, retry: bool, why: str) -> None:
         job_id = view.job_id
@@ -197,6 +200,14 @@ class Watcher:
             self._states[view.job_id] = state
             if before is not None or state in TERMINAL:
                 self._emit(view.job_id, f"{before or 'now'} -> {state}" if before else state)
+
+    def _note_health(self, job_id: str, flags: list) -> None:
+        """A health flag is news when it appears (and again after it cleared), not at every poll."""
+        before = self._flags.get(job_id, set())
+        for flag in flags:
+            if flag.name not in before:
+                self._emit(job_id, f"{flag.name}: {flag.message}" + (f" ({flag.hint})" if flag.hint else ""), logging.WARNING)
+        self._flags[job_id] = {flag.name for flag in flags}
 
     def _spec(self, job_id: str) -> JobSpec:
         if job_id not in self._specs:

@@ -401,3 +401,53 @@ def test_launch_watch_json_reports_events_and_the_final_state(account, aws, spot
     assert events[-1]["message"] == "running -> succeeded" or events[-1]["message"] == "succeeded"
     final = json.loads("\n".join(lines[len(events):]))
     assert [job["state"] for job in final["jobs"]] == ["succeeded"] and final["jobs"][0]["cost"]["total_usd"] > 0
+
+
+# ------------------------------------------------------------------------------ GPU health
+def test_status_and_watch_flag_a_data_bound_gpu(account, aws, spotctl):
+    job_id = launch(spotctl)
+    beat(job_id, 1, step=900, total_steps=2000, gpu_util_pct=15.0, gpu_mem_used_gib=10.0, gpu_mem_total_gib=16.0,
+         health_window_s=300.0, gpu_util_window_pct=12.4, gpu_mem_window_fraction=0.62, data_wait_window=0.64, data_workers=8, batch_size=64)
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
+    view = json.loads(out)
+    assert code == 0 and view["health"] == [{"name": "low_gpu_util", "message": "GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time",
+                                             "hint": "raise train.data.workers (now 8)"}]
+    assert view["stalled"] is False and view["gpu"]["gpu_util_window_pct"] == 12.4
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
+    assert "! GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time (raise train.data.workers (now 8))" in out
+    events = []
+    watch = watcher([job_id], events)
+    watch.poll()
+    watch.poll()  # said once, not at every poll
+    assert [e.message for e in events if e.level == logging.WARNING] == [
+        "low_gpu_util: GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time (raise train.data.workers (now 8))"]
+
+
+# ------------------------------------------------------------------------------ the record
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_concurrent_record_updates_lose_nothing(where, tmp_path, s3_bucket):
+    from orchestrator.record import JobRecord
+    from trainer.storage import Conflict
+
+    store = JobStore(str(tmp_path / "jobs-root") if where == "local" else f"s3://{s3_bucket}/root")
+    store.write_record(JobRecord("j1", "n", "us-east-1", store.root, "u", "w", "ami-1", budget_usd=0.0), create=True)
+
+    def add_one(record):
+        record.budget_usd += 1
+
+    def worker():
+        for _ in range(8):
+            store.update_record("j1", add_one)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert store.read_record("j1").budget_usd == 24  # every read-modify-write landed, none overwrote another
+    body, version = store.storage.read_versioned("jobs/j1/record.json")
+    store.storage.write_if("jobs/j1/record.json", body + b"\n", version)
+    with pytest.raises(Conflict):
+        store.storage.write_if("jobs/j1/record.json", body, version)  # that version is gone now
+    with pytest.raises(Conflict):
+        store.storage.write_if("jobs/j1/record.json", body, None)  # create-only: it exists
