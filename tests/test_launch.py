@@ -179,7 +179,7 @@ def test_status_stop_and_logs(account, spotctl):
     assert cost["on_demand_usd"] == pytest.approx(60 * 0.526 / 3600, abs=1e-6) and cost["savings"] == pytest.approx(1 - 0.21 / 0.526, abs=1e-3)
     assert cost["current_usd_per_hour"] == 0.21 and cost["projected_total_usd"] == pytest.approx(cost["total_usd"] + 1750 / 3600 * 0.21, abs=1e-5)
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
-    assert "GPU 94%, 11.2/15.0 GiB, 61.0 W" in out and "last checkpoint: step 200" in out
+    assert "GPU 94%, 11.2/15 GiB, 61 W" in out and "last checkpoint: step 200" in out
 
     code, out, err = spotctl("logs", job_id, "--storage", STORAGE)
     assert (code, out) == (0, "epoch 1/20 done\n")

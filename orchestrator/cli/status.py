@@ -49,7 +49,7 @@ def command(job_id: str | None, storage: str | None, profile: str | None, as_jso
     if as_json:
         click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))
         return 0
-    rows = [[v["job_id"], v["state"], len(v["attempts"]), _where(v), _progress(v), _metric(v)] for v in views]
+    rows = [[v["job_id"], v["state"] + "".join(f", {f['name']}" for f in v["health"]), len(v["attempts"]), _where(v), _progress(v), _metric(v)] for v in views]
     render.console().print(render.table(["job", "state", "attempts", "instance", "progress", "val acc"], rows, title=f"{len(views)} jobs under {store.root}"))
     return 0
 
@@ -84,10 +84,14 @@ def job_panel(view: dict):
     if view["progress"]:
         p, gpu = view["progress"], view["gpu"] or {}
         lines.append(Text(f"progress: {_progress(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"))
-        util = "no GPU telemetry" if gpu.get("gpu_util_pct") is None else f"GPU {gpu['gpu_util_pct']:.0f}%, {gpu['gpu_mem_used_gib']}/{gpu['gpu_mem_total_gib']} GiB, {gpu['gpu_power_w']} W"
+        util = "no GPU telemetry" if gpu.get("gpu_util_pct") is None else ", ".join(
+            part for part in (f"GPU {gpu['gpu_util_pct']:.0f}%",
+                              f"{gpu['gpu_mem_used_gib']:.1f}/{gpu['gpu_mem_total_gib']:.0f} GiB" if gpu.get("gpu_mem_used_gib") is not None and gpu.get("gpu_mem_total_gib") else None,
+                              f"{gpu['gpu_power_w']:.0f} W" if gpu.get("gpu_power_w") is not None else None) if part)
         lines.append(Text(f"{util}; heartbeat {render.duration(view['heartbeat_age_s'])} ago"))
-    if view["metrics"]:
-        lines.append(Text("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in view["metrics"].items() if v is not None)))
+    known = {k: v for k, v in (view["metrics"] or {}).items() if v is not None}
+    if known:
+        lines.append(Text("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in known.items())))
     if view["last_checkpoint"] and view["last_checkpoint"]["step"] is not None:
         lines.append(Text(f"last checkpoint: step {view['last_checkpoint']['step']}, {render.duration(view['last_checkpoint']['age_s'])} ago"))
     cost = view.get("cost")

@@ -70,7 +70,7 @@ def table(rows: dict[str, JobRow]):
         state = view["state"] + (f" (no capacity for {render.duration(row.waiting_for_capacity_s)})" if row.waiting_for_capacity_s else "")
         cost = row.cost or {}
         money = f"{render.money(cost['total_usd'])}" + (f" ({cost['savings']:.0%} saved)" if cost.get("savings") is not None else "") if cost else None
-        health = "; ".join(f["message"] for f in view["health"]) or None
+        health = "; ".join(f"{f['name']}: {f['hint']}" if f["hint"] else f["name"] for f in view["health"]) or None
         body.append([job_id, state, where, _progress(view), money, health])
     return render.table(["job", "state", "attempt", "progress", "cost", "health"], body)
 
