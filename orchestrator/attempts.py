@@ -37,8 +37,10 @@ def settle(record: JobRecord, instances: dict[int, Instance], final: dict | None
             attempt.state_reason = instance.reason_code
             attempt.end_reason = attempt.end_reason or reason or _ec2_reason(instance.reason_code)
         elif instance is None and _age_s(attempt.launched_at, now) > NOT_LISTED_GRACE_S:
-            # EC2 forgets terminated instances after about an hour: the last heartbeat is the best end we know.
-            attempt.ended_at = (beat or {}).get("updated_at") or now.isoformat(timespec="seconds")
+            # EC2 forgets terminated instances after about an hour. Its last heartbeat is the last sign
+            # of life we know; without one, its launch (billed the one-minute minimum), never "now":
+            # a job nobody watched for a day must not be charged for that day.
+            attempt.ended_at = (beat or {}).get("updated_at") or attempt.launched_at
             attempt.end_reason = attempt.end_reason or reason or "lost"
         elif reason and attempt.end_reason is None:
             attempt.end_reason = reason  # the machine still runs (EC2 takes it soon): ended_at follows

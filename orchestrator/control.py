@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
+from orchestrator.attempts import settle
 from orchestrator.aws import Cloud, as_user_error, with_backoff
 from orchestrator.errors import UserError
+from orchestrator.launch import live_instances
 from orchestrator.record import JobStore, now_iso
 from orchestrator.status import TERMINAL, JobView, heartbeat_age, read_views
 
@@ -69,7 +71,10 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
     if final and final.get("outcome") in ("succeeded", "failed"):  # it ended on its own meanwhile
         return StopResult(job_id, False, terminated, final.get("step"))
     graceful = bool(final and final.get("outcome") == "stopped")
-    store.update_record(job_id, lambda r: _cancel(r, "stopped" if graceful else "terminated"))
+    # How earlier attempts ended (an interruption nobody watched) is settled from EC2 first: only the
+    # attempt whose machine this stop terminated ends as stopped/terminated, now.
+    settled = find_job(store, job_id, cloud_for_region)
+    store.update_record(job_id, lambda r: _cancel(r, settled, live, final, "stopped" if graceful else "terminated"))
     return StopResult(job_id, graceful, terminated, final.get("step") if final else None)
 
 
@@ -86,19 +91,13 @@ def request_stop(store: JobStore, job_id: str, reason: str, outcome: str | None 
     store.write(job_id, CONTROL_STOP, json.dumps({"reason": reason, "requested_at": now_iso()}).encode())
 
 
-def _cancel(record, end_reason: str) -> None:
+def _cancel(record, view: JobView, terminated: list[str], final: dict | None, end_reason: str) -> None:
+    settle(record, view.instances or {}, final, view.heartbeat)
     record.cancelled_at = now_iso()
-    last = record.current
-    if last is not None and last.instance_id:
-        last.ended_at = last.ended_at or record.cancelled_at
-        last.end_reason = last.end_reason or end_reason
-
-
-def live_instances(cloud: Cloud, job_id: str) -> list[str]:
-    pages = cloud.client("ec2").get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
-    )
-    return sorted(i["InstanceId"] for page in with_backoff(lambda: list(pages)) for r in page["Reservations"] for i in r["Instances"])
+    for attempt in record.attempts:
+        if attempt.instance_id in terminated:
+            attempt.ended_at = attempt.ended_at or record.cancelled_at
+            attempt.end_reason = attempt.end_reason or end_reason
 
 
 def log_text(store: JobStore, view: JobView, attempt: int | None = None, bootstrap: bool = False) -> tuple[int, str, bytes | None]:

@@ -139,11 +139,11 @@ def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
 
 
 class NoCapacity(UserError):
-    """EC2 refused every offer (capacity, price, limits): try later or elsewhere."""
+    """No offer could be started now (EC2 refused each, or none is under the price cap): try later."""
 
-    def __init__(self, refusals: list[str]):
-        self.reason = f"EC2 refused all {len(refusals)} offers: {'; '.join(refusals[:3])}"
-        super().__init__(f"no offer could be started; {self.reason}", "try again later, or allow more instance types or zones")
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"no offer could be started; {reason}", "try again later, or allow more instance types or zones")
 
 
 def _set_outcome(record: JobRecord, outcome: str, reason: str) -> None:
@@ -169,6 +169,14 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
     nothing), and run_instances carries a ClientToken derived from the attempt and pool."""
     number = next_attempt_number(record)
     owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"  # this call: one claim, however many offers it tries
+    abandoned = record.current if record.current is not None and record.current.number == number else None
+    if abandoned is not None:
+        # Taking over a claim whose orchestrator died: it may have started an instance before dying.
+        # Adopt that one; else try its pool first (on AWS the same ClientToken returns the same instance).
+        adopted = _adopt(record, number, cloud, store, owner)
+        if adopted is not None:
+            return adopted
+        offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = resolve_ami(cloud, record.ami)
     refusals = []
@@ -187,27 +195,64 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise as_user_error(exc, f"starting {offer.instance.name} in {offer.zone}") from None
         written = store.update_record(record.job_id, lambda r: _started(r, number, token, instance_id, owner))
-        if written is None:  # our claim was taken over meanwhile: this instance is one too many
-            log.warning("launch: attempt %d of %s was taken over; terminating the duplicate %s", number, record.job_id, instance_id)
+        if written is None:  # our claim was taken over, or the job stopped, meanwhile: nobody wants this instance
+            log.warning("launch: attempt %d of %s was taken over or stopped meanwhile; terminating %s", number, record.job_id, instance_id)
             with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=[instance_id]))
             return None
         record.attempts[:] = written.attempts
         return written.attempts[-1]
     store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
-    raise NoCapacity(refusals)
+    raise NoCapacity(f"EC2 refused all {len(refusals)} offers: {'; '.join(refusals[:3])}")
+
+
+def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner: str) -> Attempt | None:
+    live = live_instances(cloud, record.job_id, number)
+    if not live:
+        return None
+    instance = with_backoff(lambda: cloud.client("ec2").describe_instances(InstanceIds=live[:1]))["Reservations"][0]["Instances"][0]
+    zone = instance["Placement"]["AvailabilityZone"]
+
+    def adopt(r: JobRecord) -> bool:
+        last = r.current
+        if last is None or last.number != number or last.instance_id is not None or not _stale(last) or r.stop_requested_at or r.cancelled_at:
+            return False
+        last.instance_type, last.zone, last.claimed_by = instance["InstanceType"], zone, owner
+        last.instance_id, last.launched_at = instance["InstanceId"], instance["LaunchTime"].isoformat(timespec="seconds")
+        last.client_token = instance.get("ClientToken") or last.client_token
+        return True
+
+    written = store.update_record(record.job_id, adopt)
+    if written is None:
+        return None
+    log.warning("launch: adopted %s, started for attempt %d of %s by an orchestrator that stopped before recording it", instance["InstanceId"], number, record.job_id)
+    record.attempts[:] = written.attempts
+    return written.attempts[-1]
+
+
+def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> list[str]:
+    """The job's instances that are not terminated yet (of one attempt, if given), found by tag."""
+    filters = [{"Name": f"tag:{TAG_JOB}", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    if attempt is not None:
+        filters.append({"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]})
+    pages = cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
+    return sorted(i["InstanceId"] for page in with_backoff(lambda: list(pages)) for r in page["Reservations"] for i in r["Instances"])
+
+
+def _stale(attempt: Attempt) -> bool:
+    requested = attempt.requested_at
+    return requested is None or (datetime.now(timezone.utc) - datetime.fromisoformat(requested)).total_seconds() > STALE_CLAIM_S
 
 
 def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str) -> bool:
-    last, now = record.current, datetime.now(timezone.utc)
-    if record.outcome or record.cancelled_at:
-        return False
+    last = record.current
+    if record.outcome or record.cancelled_at or record.stop_requested_at:
+        return False  # finished, or someone asked it to stop: no new machine
     fresh = Attempt(number, offer.instance.name, offer.zone, offer.spot_price, offer.on_demand_price, token, requested_at=now_iso(), claimed_by=owner)
     if len(record.attempts) == number - 1 and (last is None or last.instance_id is not None):
         record.attempts.append(fresh)
         return True
     if last is not None and last.number == number and last.instance_id is None:
-        stale = last.requested_at is None or (now - datetime.fromisoformat(last.requested_at)).total_seconds() > STALE_CLAIM_S
-        if last.claimed_by == owner or stale:  # our next offer after a refusal, or an abandoned claim
+        if last.claimed_by == owner or _stale(last):  # our next offer after a refusal, or an abandoned claim
             record.attempts[-1] = fresh
             return True
     return False
@@ -217,6 +262,8 @@ def _started(record: JobRecord, number: int, token: str, instance_id: str, owner
     last = record.current
     if last is None or last.number != number or last.client_token != token or last.claimed_by != owner:
         return False
+    if record.cancelled_at or record.stop_requested_at or record.outcome:
+        return False  # stopped while EC2 was starting it: the caller terminates it
     last.instance_id, last.launched_at = instance_id, now_iso()
     return True
 

@@ -33,7 +33,7 @@ from orchestrator.attempts import settle
 from orchestrator.aws import Cloud
 from orchestrator.control import CONTROL_STOP
 from orchestrator.errors import UserError
-from orchestrator.launch import STALE_CLAIM_S, start_attempt
+from orchestrator.launch import STALE_CLAIM_S, NoCapacity, start_attempt
 from orchestrator.offers import Offer, find_offers
 from orchestrator.prices import Pool, PriceSource
 from orchestrator.record import Attempt, JobRecord, JobStore
@@ -138,8 +138,8 @@ def start_next(view: JobView, spec: JobSpec, store: JobStore, cloud: Cloud, pric
     """Start the job's next attempt on the best pool by failover order; None if another orchestrator
     claimed it first. Raises launch.NoCapacity when EC2 refuses every offer."""
     offers = find_offers(cloud, spec.compute, prices)
-    if not offers.ranked:
-        raise UserError(f"job {view.job_id}: no spot offer matches its compute section now", "`spotctl offers` on its job.yaml shows why")
+    if not offers.ranked:  # e.g. every pool's price is above max_price_per_hour now: it may come down
+        raise NoCapacity(f"no spot offer matches the job's compute section now ({len(offers.dropped)} pools dropped; `spotctl offers` on its job.yaml shows why)")
     return start_attempt(view.record, spec, failover_order(offers.ranked, view.record, avoid), cloud, store)
 
 
@@ -174,7 +174,7 @@ def resume(store: JobStore, view: JobView, cloud: Cloud, prices: PriceSource, fo
     """`spotctl resume`: start attempt k+1 of a job that is not running and not done."""
     settle_view(store, view)
     state, job_id = view.state, view.job_id
-    if state in REFUSALS:
+    if state in REFUSALS and not (state == "launching" and _unfinished_claim(view.record, datetime.now(timezone.utc))):
         where = f" (attempt {view.record.current.number} on {view.record.current.instance_id})" if state != "succeeded" and view.record.current else ""
         raise UserError(f"job {job_id}: not resumed, {REFUSALS[state]}{where}", "`spotctl status JOB` shows it; `spotctl stop JOB` stops it")
     if state == "cancelled" and not force:

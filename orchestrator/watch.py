@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from orchestrator.aws import Cloud, with_backoff
-from orchestrator.control import live_instances, request_stop
+import botocore.exceptions
+
+from orchestrator.aws import Cloud, as_user_error, with_backoff
+from orchestrator.control import request_stop
 from orchestrator.costing import cost_of
 from orchestrator.errors import UserError
-from orchestrator.launch import NoCapacity
+from orchestrator.launch import NoCapacity, live_instances
 from orchestrator.prices import Pool, PriceSource
 from orchestrator.recovery import Action, decide, job_spec, set_aside_final, settle_view, start_next
 from orchestrator.record import JobStore
@@ -95,8 +97,10 @@ class Watcher:
                 continue
             try:
                 self.rows[view.job_id] = self._follow(view)
-            except UserError as exc:  # one job's trouble (a bad permission, a vanished spec) stops only it
-                self._emit(view.job_id, exc.message, logging.ERROR)
+            except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+                # One job's trouble (a refused call, a vanished spec, S3 failing) stops only it, this poll.
+                message = exc.message if isinstance(exc, UserError) else as_user_error(exc, "following the job").message
+                self._emit(view.job_id, message, logging.ERROR)
                 self.rows[view.job_id] = JobRow(view)
         return self.rows
 
@@ -145,7 +149,7 @@ class Watcher:
                 with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=live))
                 self._emit(job_id, f"stopped ({decision.reason}); terminated {', '.join(live)}")
         elif decision.action is Action.GIVE_UP:
-            self._give_up(job_id, decision.outcome, decision.reason)
+            self._give_up(job_id, decision.outcome, decision.reason, view.record.current.number if view.record.current else 0)
         fresh = view if decision.action in (Action.WAIT, Action.DONE) else self._reread(view)
         self._note_state(fresh)
         health = fresh.health()
@@ -160,10 +164,16 @@ class Watcher:
             return
         if retry:
             set_aside_final(self.store, view)
+        expected = view.record.current.number if view.record.current else 0
         try:
             attempt = start_next(view, spec, self.store, cloud, prices, self._avoid)
         except NoCapacity as exc:
-            self._no_capacity(job_id, exc)
+            self._cannot_start(job_id, exc.reason, "no_capacity", expected)
+            return
+        except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            # A refused permission, a throttled API...: may pass, so retried like capacity, then failed.
+            message = exc.message if isinstance(exc, UserError) else as_user_error(exc, "starting the next attempt").message
+            self._cannot_start(job_id, message, "failed", expected)
             return
         self._waiting.pop(job_id, None)
         if attempt is None:
@@ -171,24 +181,30 @@ class Watcher:
             return
         self._emit(job_id, f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at ${attempt.spot_price:.4f}/h ({attempt.instance_id})")
 
-    def _no_capacity(self, job_id: str, exc: NoCapacity) -> None:
+    def _cannot_start(self, job_id: str, reason: str, outcome: str, expected: int) -> None:
+        """Back off and try again, until the deadline: then the job is given up as `outcome`."""
         now = self.clock()
         waiting = self._waiting.get(job_id) or _Waiting(now, now, self.options.capacity_retry_s / 2)
         if now - waiting.since >= self.options.capacity_deadline_s:
-            self._give_up(job_id, "no_capacity", f"{exc.reason}; gave up after {now - waiting.since:.0f}s")
+            self._give_up(job_id, outcome, f"{reason}; gave up after {now - waiting.since:.0f}s", expected)
             self._waiting.pop(job_id, None)
             return
         waiting.delay = min(self.options.capacity_retry_max_s, waiting.delay * 2)
         waiting.next_try = now + waiting.delay
         self._waiting[job_id] = waiting
-        self._emit(job_id, f"no capacity ({exc.reason}); trying again in {waiting.delay:.0f}s", logging.WARNING)
+        what = f"no capacity ({reason})" if outcome == "no_capacity" else f"cannot start the next attempt: {reason}"
+        self._emit(job_id, f"{what}; trying again in {waiting.delay:.0f}s", logging.WARNING)
 
-    def _give_up(self, job_id: str, outcome: str, reason: str) -> None:
-        def mark(record) -> None:
+    def _give_up(self, job_id: str, outcome: str, reason: str, expected: int) -> None:
+        def mark(record) -> bool:
+            current = record.current
+            if (current.number if current else 0) != expected or record.outcome or record.cancelled_at:
+                return False  # someone started an attempt (or ended the job) since we decided
             record.outcome, record.outcome_reason = outcome, reason
+            return True
 
-        self.store.update_record(job_id, mark)
-        self._emit(job_id, f"{outcome}: {reason}", logging.ERROR)
+        if self.store.update_record(job_id, mark) is not None:
+            self._emit(job_id, f"{outcome}: {reason}", logging.ERROR)
 
     # ------------------------------------------------------------------------------------ helpers
     def _reread(self, view: JobView) -> JobView:

@@ -18,24 +18,32 @@ from orchestrator.cli import options, render
 from orchestrator.status import TERMINAL
 from orchestrator.watch import Event, JobRow, Watcher, WatchOptions
 
+IDLE = ("interrupted", "pending")  # unfinished, but nothing runs: watching them means relaunching them
+
 
 @click.command("watch")
 @click.argument("job_ids", metavar="[JOB...]", nargs=-1)
 @options.poll_option
 @click.option("--capacity-deadline", "deadline_s", type=click.FloatRange(0), default=1800.0, show_default=True,
               help="Seconds to keep retrying when EC2 has no capacity anywhere, before the job is no_capacity.")
+@click.option("--all", "every_job", is_flag=True, help="Without JOBs: also recover jobs left interrupted or pending, not just those running now.")
 @options.storage_option
 @options.profile_option
 @options.json_option
-def command(job_ids: tuple[str, ...], poll_s: float, deadline_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
-    """Follow JOBs (default: every job under the storage root not yet finished) until each ends."""
+def command(job_ids: tuple[str, ...], poll_s: float, deadline_s: float, every_job: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
+    """Follow JOBs (default: every job under the storage root running now) until each ends."""
     store, clouds = options.store(storage, profile), options.clouds(profile)
     if not job_ids:
         from orchestrator.status import read_views
 
-        job_ids = tuple(v.job_id for v in read_views(store, store.job_ids(), clouds) if v.state not in TERMINAL)
+        # Jobs left interrupted long ago are not relaunched behind the user's back: they are named.
+        unfinished = [v for v in read_views(store, store.job_ids(), clouds) if v.state not in TERMINAL]
+        idle = [v.job_id for v in unfinished if v.state in IDLE]
+        job_ids = tuple(v.job_id for v in unfinished if every_job or v.state not in IDLE)
+        if idle and not every_job:
+            click.echo(f"not recovering {len(idle)} idle job(s) ({', '.join(idle[:5])}); name them, or pass --all", err=True)
         if not job_ids:
-            click.echo(f"no unfinished job under {store.root}")
+            click.echo(f"no running job under {store.root}")
             return 0
     return follow(store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json)
 
