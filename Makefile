@@ -6,10 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test reference constraints clean
 
-demo: $(STAMP)  ## the main job; for now: train the quickstart locally (no cloud), resumable with Ctrl-C
-	$(VENV)/bin/spotctl validate examples/quickstart.yaml
-	test -d data/shapes || $(PY) -m trainer.sample_data data/shapes
-	$(PY) -m trainer run --job examples/quickstart.yaml
+demo: $(STAMP)  ## the main job: the quickstart on the local cloud (launch, spot interruption, recovery, cost)
+	bash scripts/demo.sh
 
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest -q
@@ -17,7 +15,7 @@ test: $(STAMP)  ## the whole test suite
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("spotctl needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[trainer,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[trainer,local,dev]'
 	touch $(STAMP)
 
 reference: $(STAMP)  ## rewrite the job.yaml reference in README.md from the schema

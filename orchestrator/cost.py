@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 FREE_IF_INTERRUPTED_WITHIN_S = 3600.0
 MINIMUM_BILLED_S = 60.0
@@ -56,10 +56,8 @@ def attempt_cost(number: int, prices: Sequence[PricePoint], start: datetime, end
     on_demand = None if on_demand_usd_per_hour is None else max(seconds, MINIMUM_BILLED_S) * on_demand_usd_per_hour / 3600
     if interrupted_by_ec2 and seconds < FREE_IF_INTERRUPTED_WITHIN_S:
         return AttemptCost(number, seconds, 0.0, on_demand, True)
-    usd = integrate(prices, start, end)
-    if 0 < seconds < MINIMUM_BILLED_S:  # the one-minute minimum, at the price at launch
-        usd *= MINIMUM_BILLED_S / seconds
-    return AttemptCost(number, seconds, usd, on_demand, False)
+    billed_until = max(end, start + timedelta(seconds=MINIMUM_BILLED_S))  # a started instance bills a minute at least
+    return AttemptCost(number, seconds, integrate(prices, start, billed_until), on_demand, False)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class WatchOptions:
     capacity_retry_s: float = 30.0
     """First wait after EC2 refused every offer; doubles up to capacity_retry_max_s."""
     capacity_retry_max_s: float = 300.0
+    settle_grace_s: float = 120.0
+    """After a job ends, how long to keep polling until EC2 says its machine is gone (the end of billing
+    is then recorded from EC2); the bootstrap shuts it down within seconds of the trainer's exit."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Watcher:
         self._specs: dict[str, JobSpec] = {}
         self._states: dict[str, str] = {}
         self._flags: dict[str, set[str]] = {}
+        self._finished: set[str] = set()
+        self._ended_at: dict[str, float] = {}  # when each job was first seen terminal
         self._waiting: dict[str, _Waiting] = {}
         self._avoid: dict[Pool, datetime] = {}  # pools seen interrupted, shared by every job watched here
         self._price_sources: dict[str, PriceSource] = {}
@@ -89,11 +94,12 @@ class Watcher:
     # ------------------------------------------------------------------------------------ polling
     def poll(self) -> dict[str, JobRow]:
         """One round over every job not yet terminal; returns the rows for display."""
-        active = [j for j in self.job_ids if j not in self.rows or self.rows[j].view.state not in TERMINAL]
+        active = [j for j in self.job_ids if j not in self._finished]
         for view in read_views(self.store, active, self.clouds):
             if view.record is None:
                 self._emit(view.job_id, f"no job {view.job_id} under {self.store.root}", logging.ERROR)
                 self.rows[view.job_id] = JobRow(view)
+                self._finished.add(view.job_id)
                 continue
             try:
                 self.rows[view.job_id] = self._follow(view)
@@ -102,10 +108,21 @@ class Watcher:
                 message = exc.message if isinstance(exc, UserError) else as_user_error(exc, "following the job").message
                 self._emit(view.job_id, message, logging.ERROR)
                 self.rows[view.job_id] = JobRow(view)
+            self._note_finished(self.rows[view.job_id].view)
         return self.rows
 
+    def _note_finished(self, view: JobView) -> None:
+        """A terminal job is followed until every attempt's end is recorded (or the grace is over)."""
+        if view.state not in TERMINAL:
+            self._ended_at.pop(view.job_id, None)
+            return
+        first = self._ended_at.setdefault(view.job_id, self.clock())
+        unsettled = any(a.instance_id and a.ended_at is None for a in view.record.attempts)
+        if not unsettled or self.clock() - first >= self.options.settle_grace_s:
+            self._finished.add(view.job_id)
+
     def done(self) -> bool:
-        return all(j in self.rows and (self.rows[j].view.record is None or self.rows[j].view.state in TERMINAL) for j in self.job_ids)
+        return all(j in self._finished for j in self.job_ids)
 
     def exit_code(self) -> int:
         """0 when every job succeeded, 1 otherwise."""
@@ -150,7 +167,10 @@ class Watcher:
                 self._emit(job_id, f"stopped ({decision.reason}); terminated {', '.join(live)}")
         elif decision.action is Action.GIVE_UP:
             self._give_up(job_id, decision.outcome, decision.reason, view.record.current.number if view.record.current else 0)
-        fresh = view if decision.action in (Action.WAIT, Action.DONE) else self._reread(view)
+        fresh = view
+        if decision.action not in (Action.WAIT, Action.DONE):
+            fresh = self._reread(view)
+            settle_view(self.store, fresh)  # e.g. the machine a stop just terminated: its end is known now
         self._note_state(fresh)
         health = fresh.health()
         self._note_health(job_id, health)
@@ -229,6 +249,9 @@ class Watcher:
         if job_id not in self._specs:
             self._specs[job_id] = job_spec(self.store, job_id)
         return self._specs[job_id]
+
+    def price_source(self, region: str) -> PriceSource:
+        return self._prices(self.clouds(region))
 
     def _prices(self, cloud: Cloud) -> PriceSource:
         if cloud.region not in self._price_sources:

@@ -6,7 +6,6 @@ Used by conftest.py's fixtures; importable by benchmarks that need the same piec
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import fsspec
 
+from orchestrator.local.imds import Imds
 from trainer import sample_data
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -56,34 +56,18 @@ class MotoServer:
             response.read()
 
     def seed_deep_learning_ami(self, region: str = "us-east-1") -> str:
-        """What real AWS has and moto lacks: the Deep Learning AMI's public SSM parameter (moto refuses
-        to create /aws/... names through the API, so it goes straight into the in-process backend),
-        pointing at one of moto's own images. Returns the AMI id."""
+        """What real AWS has and moto lacks: the Deep Learning AMI's SSM parameter. Returns the AMI id."""
         import boto3
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.ssm.models import Parameter, ssm_backends
 
-        from trainer.config import DEFAULT_AMI
+        from orchestrator.local.aws import seed_deep_learning_ami
 
-        ec2 = boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials())
-        ami = sorted(image["ImageId"] for image in ec2.describe_images(Owners=["amazon"])["Images"])[0]
-        name = DEFAULT_AMI.removeprefix("ssm:")
-        backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
-        backend._parameters[name] = [Parameter(DEFAULT_ACCOUNT_ID, name, ami, "String", "Deep Learning AMI (seeded by spotctl's tests)", None, None,
-                                               datetime.datetime.now(datetime.timezone.utc), 1, "aws:ec2:image")]
-        return ami
+        return seed_deep_learning_ami(boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials()), region)
 
     def interrupt(self, instance_id: str, region: str = "us-east-1") -> None:
-        """What EC2 does to a spot instance it reclaims and moto never does: terminate it with the
-        spot-termination state reason (straight into the in-process backend, like the AMI above)."""
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.ec2.models import ec2_backends
-        from moto.ec2.models.instances import StateReason
+        """What EC2 does to a spot instance it reclaims and moto never does (orchestrator.local.aws)."""
+        from orchestrator.local.aws import spot_interrupt
 
-        instance = ec2_backends[DEFAULT_ACCOUNT_ID][region].get_instance(instance_id)
-        instance.terminate()
-        instance._reason = f"Service initiated ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} GMT)"
-        instance.state_reason = StateReason("Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
+        spot_interrupt(instance_id, region)
 
     def environment(self, region: str = "us-east-1") -> dict[str, str]:
         """What an AWS client needs to reach this server, and only it."""
@@ -161,46 +145,5 @@ def write_json(url: str, value) -> None:
         json.dump(value, handle)
 
 
-class FakeImds:
-    """An IMDSv2 endpoint on 127.0.0.1: token required, spot notice and rebalance served on demand."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        self.instance_action: dict | None = None
-        self.rebalance: dict | None = None
-        self.requests: list[str] = []
-        imds = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, code: int, body: str = "") -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def do_PUT(self):
-                imds.requests.append(f"PUT {self.path}")
-                if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    return self._send(200, "token-123")
-                return self._send(400)
-
-            def do_GET(self):
-                imds.requests.append(f"GET {self.path}")
-                if self.headers.get("X-aws-ec2-metadata-token") != "token-123":
-                    return self._send(401)
-                documents = {"/latest/meta-data/spot/instance-action": imds.instance_action, "/latest/meta-data/events/recommendations/rebalance": imds.rebalance}
-                document = documents.get(self.path)
-                return self._send(200, json.dumps(document)) if document else self._send(404)
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+class FakeImds(Imds):
+    """An IMDSv2 endpoint for tests (the local cloud's own, orchestrator.local.imds)."""

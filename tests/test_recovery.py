@@ -48,6 +48,16 @@ def put(job_id: str, name: str, value: dict) -> None:
     boto3.client("s3").put_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/{name}", Body=json.dumps(value).encode())
 
 
+def finish(job_id: str, attempt: int, outcome: str = "succeeded", **fields) -> None:
+    """The trainer's final word, then the bootstrap shuts its machine down (as on EC2)."""
+    from orchestrator.local.aws import SELF_SHUTDOWN, end_instance
+
+    put(job_id, "status/final.json", {"outcome": outcome, "attempt": attempt, **fields})
+    for instance in live(job_id):
+        if instance["attempt"] == attempt:
+            end_instance(instance["InstanceId"], "us-east-1", SELF_SHUTDOWN, service=False)
+
+
 def beat(job_id: str, attempt: int, phase: str = "training", **fields) -> None:
     put(job_id, "status/heartbeat.json", {"attempt": attempt, "phase": phase, "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields})
 
@@ -95,7 +105,7 @@ def test_watch_resumes_each_interruption_on_another_pool_within_one_poll(account
     assert "attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination) at step 340" in messages
     assert any(m.startswith("resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b at $0.2400/h (i-") for m in messages)
 
-    put(job_id, "status/final.json", {"outcome": "succeeded", "attempt": 3, "step": 2000})
+    finish(job_id, 3, step=2000)
     watch.poll()
     assert watch.done() and watch.exit_code() == 0
 
@@ -176,7 +186,7 @@ def test_a_trainer_error_is_retried_only_as_often_as_allowed(account, aws, spotc
     assert json.loads(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/status/final-attempt-1.json")["Body"].read())["outcome"] == "failed"
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"spotctl/jobs/{job_id}/status/final.json")
 
-    put(job_id, "status/final.json", {"outcome": "failed", "attempt": 2, "error": "CUDA error: an illegal memory access"})
+    finish(job_id, 2, "failed", error="CUDA error: an illegal memory access")
     watch.poll()
     assert len(instances(job_id)) == 2 and watch.done() and watch.exit_code() == 1
     assert [a["end_reason"] for a in record_of(job_id)["attempts"]] == ["failed", "failed"]
@@ -318,7 +328,7 @@ def test_watch_cli_follows_a_job_to_the_end(account, aws, spotctl):
             if len(instances(job_id)) == 2:
                 break
             threading.Event().wait(0.05)
-        put(job_id, "status/final.json", {"outcome": "succeeded", "attempt": 2, "step": 2000})
+        finish(job_id, 2, step=2000)
 
     thread = threading.Thread(target=trainer_side)
     thread.start()
@@ -384,15 +394,16 @@ def test_status_cost_matches_hand_computed_figures_across_three_attempts(account
 
 
 def test_launch_watch_json_reports_events_and_the_final_state(account, aws, spotctl):
-    def finish():  # the trainer's side: attempt 1 succeeds as soon as it exists
+    def trainer_side():  # attempt 1 succeeds as soon as its instance exists
         for _ in range(400):
             ids = JobStore(STORAGE).job_ids()
-            if ids and record_of(ids[0])["attempts"] and record_of(ids[0])["attempts"][0]["instance_id"]:
-                put(ids[0], "status/final.json", {"outcome": "succeeded", "attempt": 1, "step": 2000})
+            if ids and live(ids[0]):
+                threading.Event().wait(0.3)  # let the launch record it
+                finish(ids[0], 1, step=2000)
                 return
             threading.Event().wait(0.05)
 
-    thread = threading.Thread(target=finish)
+    thread = threading.Thread(target=trainer_side)
     thread.start()
     code, out, err = spotctl("launch", str(EXAMPLE), "--watch", "--poll", "0.2", "--json")
     thread.join()

@@ -142,3 +142,12 @@ def test_a_spec_loads_from_s3_with_line_numbered_errors(s3_bucket):
     assert str(caught.value) == f"s3://{s3_bucket}/jobs/b/job.yaml:5: train.model.name: unknown torchvision model 'resnet81'; did you mean 'resnet18'?"
     with pytest.raises(SpecError, match="no such file"):
         load_spec(f"s3://{s3_bucket}/jobs/missing/job.yaml")
+
+
+def test_a_resolved_example_reads_back_as_itself():
+    """What launch writes next to a job (dump_spec) is what the trainer and resume read back."""
+    from trainer.spec_file import dump_spec, parse_spec
+
+    for path in EXAMPLES:
+        text = dump_spec(load_spec(path))
+        assert dump_spec(parse_spec(text)) == text, path.name

@@ -353,7 +353,7 @@ class OptimizerSpec(Section):
 
     def problems(self, info: model_catalog.ModelInfo) -> list[Problem]:
         found = []
-        if self.name == "adamw" and "momentum" in self.model_fields_set:
+        if self.name == "adamw" and "momentum" in self.model_fields_set and self.momentum is not None:
             found.append(Problem(("momentum",), "momentum applies to sgd only; for adamw set betas (e.g. [0.9, 0.999])"))
         if self.name == "adamw" and self.nesterov:
             found.append(Problem(("nesterov",), "nesterov applies to sgd only; remove it"))

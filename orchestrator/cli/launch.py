@@ -20,6 +20,7 @@ from trainer.spec_file import load_spec
 @click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch`, recovering interruptions, until it ends.")
 @options.poll_option
 @options.region_option
+@options.local_starting_option
 @options.profile_option
 @options.json_option
 def command(job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:

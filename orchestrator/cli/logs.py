@@ -19,6 +19,7 @@ from orchestrator.status import TERMINAL
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
 @click.option("--interval", type=click.FloatRange(0.1, 600), default=5.0, show_default=True, help="Seconds between reads with --follow.")
 @options.storage_option
+@options.local_option
 @options.profile_option
 def command(job_id: str, attempt: int | None, bootstrap: bool, follow: bool, interval: float, storage: str | None, profile: str | None) -> int:
     """Print JOB's log as last shipped (every minute and at exit)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import botocore.exceptions
 import click
 
 from orchestrator import __version__
-from orchestrator.cli import launch, logs, offers, resume, schema, status, stop, validate, watch
+from orchestrator.cli import launch, local, logs, offers, resume, schema, status, stop, validate, watch
 from orchestrator.aws import as_user_error
 from orchestrator.errors import UserError
 from trainer.spec_file import SpecError
@@ -26,13 +27,14 @@ def cli(debug: bool) -> None:
     """
 
 
-for module in (validate, schema, offers, launch, status, watch, resume, stop, logs):
+for module in (validate, schema, offers, launch, status, watch, resume, stop, logs, local):
     cli.add_command(module.command)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    saved_environment = dict(os.environ)  # --local points AWS clients at the local cloud for this command only
     try:
         result = cli.main(args=args, prog_name="spotctl", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it if it is a bug", err=True)
         return 1
+    finally:
+        if os.environ != saved_environment:
+            os.environ.clear()
+            os.environ.update(saved_environment)
 
 
 DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs",

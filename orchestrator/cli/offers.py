@@ -25,6 +25,7 @@ OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-de
 @click.command("offers")
 @click.argument("job_file", metavar="JOB.yaml")
 @options.region_option
+@options.local_option
 @options.profile_option
 @options.json_option
 def command(job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:

@@ -25,7 +25,30 @@ def cloud(region: str, profile: str | None) -> Cloud:
 
 
 def prices(cloud_: Cloud) -> PriceSource:
+    seed = os.environ.get("SPOTCTL_LOCAL_SEED")
+    if seed is not None:  # --local: the local cloud's simulated market
+        from orchestrator.local.market import SimulatedMarket
+
+        return SimulatedMarket(int(seed))
     return AwsPrices(cloud_)
+
+
+def _use_local(start: bool):
+    def callback(ctx, param, value: bool) -> None:
+        if not value:
+            return
+        from orchestrator.local import client
+
+        cloud = client.up()[0] if start else client.require()
+        client.use(cloud)
+
+    return callback
+
+
+local_option = click.option("--local", is_flag=True, expose_value=False, callback=_use_local(start=False),
+                            help="Use the local cloud (`spotctl local up`) instead of AWS.")
+local_starting_option = click.option("--local", is_flag=True, expose_value=False, callback=_use_local(start=True),
+                                     help="Use the local cloud instead of AWS, starting it if it is not running.")
 
 
 def store(storage: str | None, profile: str | None) -> JobStore:

@@ -19,6 +19,7 @@ from orchestrator.recovery import resume
 @click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch` until it ends.")
 @options.poll_option
 @options.storage_option
+@options.local_option
 @options.profile_option
 @options.json_option
 def command(job_id: str, force: bool, budget: float | None, then_watch: bool, poll_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:

@@ -29,6 +29,7 @@ from orchestrator.status import read_views
 @click.command("status")
 @click.argument("job_id", metavar="[JOB]", required=False)
 @options.storage_option
+@options.local_option
 @options.profile_option
 @options.json_option
 def command(job_id: str | None, storage: str | None, profile: str | None, as_json: bool) -> int:

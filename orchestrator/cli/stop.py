@@ -15,6 +15,7 @@ from orchestrator.control import stop_job
 @click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=45.0, show_default=True,
               help="Seconds to wait for the final checkpoint before terminating (10 at most when the trainer sends no heartbeat).")
 @options.storage_option
+@options.local_option
 @options.profile_option
 @options.json_option
 def command(job_id: str, wait_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:

@@ -15,6 +15,7 @@ import sys
 import click
 
 from orchestrator.cli import options, render
+from orchestrator.costing import cost_of
 from orchestrator.status import TERMINAL
 from orchestrator.watch import Event, JobRow, Watcher, WatchOptions
 
@@ -28,6 +29,7 @@ IDLE = ("interrupted", "pending")  # unfinished, but nothing runs: watching them
               help="Seconds to keep retrying when EC2 has no capacity anywhere, before the job is no_capacity.")
 @click.option("--all", "every_job", is_flag=True, help="Without JOBs: also recover jobs left interrupted or pending, not just those running now.")
 @options.storage_option
+@options.local_option
 @options.profile_option
 @options.json_option
 def command(job_ids: tuple[str, ...], poll_s: float, deadline_s: float, every_job: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
@@ -56,17 +58,30 @@ def follow(store, job_ids: list[str], clouds, watch_options: WatchOptions | None
         click.echo(json.dumps({"jobs": [_document(row) for row in watcher.rows.values()]}, indent=2))
         return code
     out = render.console()
-    if not sys.stdout.isatty():  # a log, a CI job: one line per event, a table at the end
+    if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
         watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: out.print(_event_line(e), markup=False))
         code = watcher.run()
-        out.print(table(watcher.rows))
-        return code
-    from rich.live import Live
+    else:
+        from rich.live import Live
 
-    with Live(console=out, refresh_per_second=2, transient=False) as live:
-        watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: live.console.print(_event_line(e), markup=False))
-        code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
+        with Live(console=out, refresh_per_second=2, transient=True) as live:
+            watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: live.console.print(_event_line(e), markup=False))
+            code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
+    _summary(out, store, watcher)
     return code
+
+
+def _summary(out, store, watcher: Watcher) -> None:
+    """Each job as `spotctl status JOB` shows it: attempts and why they ended, cost, savings, artifacts."""
+    from orchestrator.cli.status import job_panel
+    from orchestrator.status import read_views
+
+    for view in read_views(store, list(watcher.rows), watcher.clouds, details=True):
+        if view.record is None:
+            continue
+        document = view.as_dict()
+        document["cost"] = cost_of(view, watcher.price_source(view.record.region))
+        out.print(job_panel(document))
 
 
 def table(rows: dict[str, JobRow]):

@@ -1,0 +1,144 @@
+"""The CLI's side of the local cloud: where it lives (`$SPOTCTL_HOME`, default ~/.spotctl), starting
+it in the background, finding it, talking to it and stopping it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import UserError
+from orchestrator.local.daemon import BUCKET, STATE_FILE, client_environment
+
+START_TIMEOUT_S = 60.0
+LOCAL_STORAGE = f"s3://{BUCKET}/spotctl"
+
+
+def home() -> Path:
+    return Path(os.environ.get("SPOTCTL_HOME") or Path.home() / ".spotctl").expanduser() / "local"
+
+
+@dataclass
+class LocalCloud:
+    pid: int
+    endpoint: str
+    control: str
+    seed: int
+    region: str
+    bucket: str
+    started_at: str
+
+    def environment(self) -> dict[str, str]:
+        return client_environment(self.endpoint)
+
+    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> dict:
+        request = urllib.request.Request(f"{self.control}{path}", method=method, data=json.dumps(body or {}).encode() if method == "POST" else None,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise UserError(f"local cloud: {json.loads(exc.read()).get('error', exc.reason)}") from None
+
+
+def find() -> LocalCloud | None:
+    """The running local cloud of this SPOTCTL_HOME, or None (a stale state file is removed)."""
+    state = home() / STATE_FILE
+    try:
+        cloud = LocalCloud(**json.loads(state.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    try:
+        cloud.call("GET", "/status", timeout=3)
+        return cloud
+    except (OSError, UserError):
+        if not _alive(cloud.pid):
+            state.unlink(missing_ok=True)
+        return None
+
+
+def up(seed: int = 0, interrupt_rate: float = 0.0, notice_s: float = 5.0, interrupt_at_step: int | None = None) -> tuple[LocalCloud, bool]:
+    """(the cloud, whether it was started now). Idempotent: a running one is returned as it is."""
+    running = find()
+    if running:
+        if interrupt_at_step is not None:
+            running.call("POST", "/config", {"interrupt_at_step": interrupt_at_step})
+        return running, False
+    folder = home()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "daemon.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "orchestrator.local.daemon", "--home", str(folder), "--seed", str(seed),
+                                    "--interrupt-rate", str(interrupt_rate), "--notice", str(notice_s),
+                                    *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else [])],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"the local cloud did not start (exit {process.returncode})", f"see {folder / 'daemon.log'}")
+        cloud = find()
+        if cloud and cloud.pid == process.pid:
+            return cloud, True
+        time.sleep(0.2)
+    process.kill()
+    raise UserError(f"the local cloud did not start within {START_TIMEOUT_S:.0f}s", f"see {folder / 'daemon.log'}")
+
+
+def down(timeout_s: float = 30.0) -> LocalCloud | None:
+    """Stop the local cloud and everything it started; None if none was running."""
+    cloud = find()
+    if cloud is None:
+        return None
+    try:
+        cloud.call("POST", "/shutdown")
+    except OSError:
+        os.kill(cloud.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(cloud.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(cloud.pid):
+        os.kill(cloud.pid, signal.SIGKILL)
+    (home() / STATE_FILE).unlink(missing_ok=True)
+    return cloud
+
+
+def require() -> LocalCloud:
+    cloud = find()
+    if cloud is None:
+        raise UserError("the local cloud is not running", "start it with `spotctl local up` (or `spotctl launch --local`, which starts it)")
+    return cloud
+
+
+def use(cloud: LocalCloud) -> None:
+    """Point this process's AWS clients at the local cloud (and nothing else), with its market."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        os.environ.pop(name, None)
+    os.environ.update(cloud.environment())
+    os.environ["SPOTCTL_LOCAL_SEED"] = str(cloud.seed)
+    os.environ.setdefault("SPOTCTL_STORAGE", LOCAL_STORAGE)
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached for another endpoint must not be reused
+    except ImportError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process is not alive
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True

@@ -1,0 +1,146 @@
+"""The local cloud's process (`spotctl local up` starts it in the background):
+
+    python -m orchestrator.local.daemon --home DIR [--seed N] [--interrupt-rate R] [--notice S] [--interrupt-at-step N]
+
+It runs a moto server on 127.0.0.1 (EC2, SSM, IAM, S3), seeds it with what a spotctl account has
+(the Deep Learning AMI parameter, the `spotctl-local` bucket, the `spotctl-trainer` instance
+profile), runs the instance runner, and answers a small control API on 127.0.0.1:
+
+    GET  /status                          the cloud and its running machines
+    POST /interrupt {"instance_id", "notice_s"}   a spot interruption
+    POST /config {"interrupt_at_step"}    change the scheduled interruption
+    POST /shutdown                        stop everything it started, then exit
+
+Its address, pid and seed go to DIR/local.json once it is ready; the file is removed at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import logging
+import os
+import signal
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+REGION = "us-east-1"
+BUCKET = "spotctl-local"
+INSTANCE_PROFILE = "spotctl-trainer"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # moto accepts any; not secrets
+STATE_FILE = "local.json"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def client_environment(endpoint: str) -> dict[str, str]:
+    """What an AWS client (boto3, s3fs, the AWS CLI) needs to use the local cloud, and only it."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, **CREDENTIALS,
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "3"}
+
+
+def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interrupt_at_step: int | None = None) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from orchestrator.local.aws import seed_deep_learning_ami
+    from orchestrator.local.runner import InstanceRunner
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(client_environment(endpoint))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        os.environ.pop(name, None)
+    ec2 = boto3.client("ec2")
+    ami = seed_deep_learning_ami(ec2, REGION)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    boto3.client("iam").create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+    runner = InstanceRunner(ec2, REGION, home, client_environment(endpoint), interrupt_rate_per_hour=interrupt_rate, notice_s=notice_s, seed=seed,
+                            interrupt_at_step=interrupt_at_step, s3=boto3.client("s3")).start()
+    finished = threading.Event()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    class Control(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, code: int, document: dict) -> None:
+            body = json.dumps(document).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path != "/status":
+                return self._reply(404, {"error": f"no {self.path}"})
+            self._reply(200, {"endpoint": endpoint, "pid": os.getpid(), "seed": seed, "started_at": started_at, "region": REGION, "bucket": BUCKET,
+                              "ami": ami, "machines": runner.snapshot()})
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/interrupt":
+                try:
+                    machine = runner.interrupt(request["instance_id"], float(request.get("notice_s", notice_s)))
+                except KeyError:
+                    return self._reply(404, {"error": f"no running local instance {request.get('instance_id')}"})
+                return self._reply(200, machine.as_dict())
+            if self.path == "/config":  # `spotctl local up` on a running cloud: the new schedule applies
+                if "interrupt_at_step" in request:
+                    runner.interrupt_at_step = request["interrupt_at_step"] or None
+                return self._reply(200, {"interrupt_at_step": runner.interrupt_at_step})
+            if self.path == "/shutdown":
+                self._reply(200, {"stopping": True})
+                finished.set()
+                return None
+            return self._reply(404, {"error": f"no {self.path}"})
+
+    control = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Control)
+    threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: finished.set())
+    signal.signal(signal.SIGINT, lambda *_: finished.set())
+    state = home / STATE_FILE
+    temporary = home / f".{STATE_FILE}.tmp"
+    temporary.write_text(json.dumps({"pid": os.getpid(), "endpoint": endpoint, "control": f"http://127.0.0.1:{control.server_address[1]}",
+                                     "seed": seed, "region": REGION, "bucket": BUCKET, "started_at": started_at}, indent=1))
+    os.replace(temporary, state)
+    logging.info("local cloud up: %s (control %s), seed %d", endpoint, control.server_address, seed)
+    try:
+        finished.wait()
+    finally:
+        runner.stop()
+        control.shutdown()
+        control.server_close()
+        moto.stop()
+        state.unlink(missing_ok=True)
+        logging.info("local cloud down")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--interrupt-rate", type=float, default=0.0, help="spot interruptions per instance-hour, drawn from the seed")
+    parser.add_argument("--notice", type=float, default=5.0, help="seconds between a spot notice and the machine going away")
+    parser.add_argument("--interrupt-at-step", type=int, default=None, help="interrupt each job's first attempt once its trainer reports this step")
+    args = parser.parse_args(argv)
+    args.home.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    serve(args.home, args.seed, args.interrupt_rate, args.notice, args.interrupt_at_step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The quickstart on the local cloud (`make demo`): a spot GPU job launched, interrupted part-way,
+# recovered on another pool from its checkpoint, finished; then what it cost. No AWS account needed.
+set -euo pipefail
+SPOTCTL="${SPOTCTL:-.venv/bin/spotctl}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+
+echo "== 1. the local cloud: EC2, S3 and a spot market on this machine (interrupting each job's first attempt at step 40)"
+"$SPOTCTL" local up --seed 7 --interrupt-at-step 40
+eval "$("$SPOTCTL" local env)"
+
+echo "== 2. a small real image dataset (coloured shapes, 5 classes), uploaded to the local S3"
+"$PYTHON" -m trainer.sample_data s3://spotctl-local/datasets/shapes
+
+echo "== 3. launch on the cheapest spot offer and watch: the interruption is recovered on another pool"
+"$SPOTCTL" launch examples/quickstart.yaml --local --watch --poll 2
+
+echo
+echo "The local cloud is still up: try \`spotctl status --local\`, \`spotctl local status\`; \`spotctl local down\` stops it."

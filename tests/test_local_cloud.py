@@ -1,0 +1,107 @@
+"""The local cloud end to end: the quickstart path of `make demo` (smaller), through the same CLI,
+orchestrator and trainer code as on AWS: launch, a spot interruption part-way, recovery on another
+pool from the notice's checkpoint, success, cost from the simulated market; `local down` leaves
+nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cost import attempt_cost
+from orchestrator.local.market import SimulatedMarket
+from tests.conftest import REPO
+from tests.harness import AWS_VARIABLES_TO_CLEAR
+
+
+@pytest.fixture
+def local_home(tmp_path, monkeypatch, wheel):
+    """A SPOTCTL_HOME of its own, no AWS settings from the machine, and the session's wheel."""
+    for name in (*AWS_VARIABLES_TO_CLEAR, "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SPOTCTL_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPOTCTL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
+    return tmp_path / "home"
+
+
+def refused(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) != 0
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in command:
+                found.append(f"{proc.name}: {command}")
+    return found
+
+
+@pytest.mark.slow
+def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(local_home, tmp_path, spotctl, monkeypatch):
+    code, out, err = spotctl("local", "up", "--seed", "3", "--interrupt-at-step", "8", "--json")
+    assert code == 0, err
+    cloud = json.loads(out)
+    assert cloud["started"] and cloud["endpoint"].startswith("http://127.0.0.1:")
+    code, out, _ = spotctl("local", "up")
+    assert (code, out.splitlines()[0]) == (0, f"local cloud already running: {cloud['endpoint']} (pid {cloud['pid']}, market seed 3)")
+    try:
+        code, env_lines, _ = spotctl("local", "env")
+        for line in env_lines.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            monkeypatch.setenv(name, value)
+        from trainer.sample_data import render
+
+        render("s3://spotctl-local/datasets/shapes", per_split={"train": 24, "val": 6})
+        spec = yaml.safe_load((REPO / "examples/quickstart.yaml").read_text())
+        spec["train"]["epochs"] = 4
+        spec["train"]["checkpoint"] = {"every_steps": 5, "keep": 2}
+        job = tmp_path / "quickstart.yaml"
+        job.write_text(yaml.safe_dump(spec))
+
+        code, out, err = spotctl("launch", str(job), "--local", "--watch", "--poll", "1")
+        assert code == 0, err + out[-3000:]
+        job_id = out.split()[1].rstrip(":")
+        assert "ended: interrupted at step" in out and "resuming from the latest checkpoint: attempt 2" in out
+
+        code, out, err = spotctl("status", job_id, "--local", "--json")
+        assert code == 0, err
+        view = json.loads(out)
+        first, second = view["attempts"]
+        assert view["state"] == "succeeded" and view["final"]["outcome"] == "succeeded"
+        assert (first["end_reason"], first["state_reason"]) == ("interrupted", "Server.SpotInstanceTermination")
+        assert (first["instance_type"], first["zone"]) != (second["instance_type"], second["zone"])  # another pool
+        assert first["end_step"] >= 8 and second["start_step"] == first["end_step"]  # resumed at the notice's checkpoint: no step lost
+        assert second["end_reason"] == "succeeded" and view["progress"]["step"] == view["progress"]["total_steps"]
+
+        cost = view["cost"]
+        assert cost["total_usd"] > 0 and 0 < cost["savings"] < 1 and cost["lost_steps"] == 0
+        assert cost["attempts"][0]["free_by_first_hour_rule"] is True  # EC2 interrupted it within its first hour
+        market = SimulatedMarket(3)  # the same seed: the figures follow from the simulated prices alone
+        start, end = (datetime.fromisoformat(second[k]) for k in ("launched_at", "ended_at"))
+        expected = attempt_cost(2, market.history((second["instance_type"], second["zone"]), start, end), start, end, False, second["on_demand_price"])
+        assert cost["total_usd"] == pytest.approx(expected.usd, abs=1e-6)
+        assert second["spot_price"] == market.price_at((second["instance_type"], second["zone"]), datetime.fromisoformat(second["requested_at"]))
+
+        code, out, _ = spotctl("status", job_id, "--local")
+        assert "interrupted (Server.SpotInstanceTermination)" in out and "below on-demand" in out
+    finally:
+        code, out, _ = spotctl("local", "down")
+    assert (code, out) == (0, "local cloud stopped\n")
+    assert refused(cloud["endpoint"]) and refused(cloud["control"])
+    assert processes_mentioning(str(local_home)) == []
+    assert not os.path.exists(local_home / "local" / "local.json")
+    code, out, _ = spotctl("local", "status")
+    assert code == 1 and out.startswith("no local cloud running")
