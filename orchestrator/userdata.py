@@ -99,6 +99,7 @@ CODE=$?
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
   0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself
+  137|143) ;;  # killed by SIGKILL/SIGTERM: the machine is going down (spot reclaim, a stop); EC2's reason tells
   *) report_failure "the trainer exited with code $CODE (see logs/attempt-$SPOTCTL_ATTEMPT.log)" ;;
 esac
 finish "$CODE"

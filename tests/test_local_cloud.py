@@ -105,3 +105,66 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(loc
     assert not os.path.exists(local_home / "local" / "local.json")
     code, out, _ = spotctl("local", "status")
     assert code == 1 and out.startswith("no local cloud running")
+
+
+def test_the_market_is_reproducible_from_its_seed_and_priced_like_spot():
+    from datetime import timedelta, timezone
+
+    from orchestrator.local.market import DISCOUNT, STEP_S, WOBBLE
+
+    at = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    pools = [(t, z) for t in ("g4dn.xlarge", "g5.xlarge", "g6.xlarge") for z in ("us-east-1a", "us-east-1b")]
+    seven, again, other = SimulatedMarket(7), SimulatedMarket(7), SimulatedMarket(8)
+    assert [seven.price_at(p, at) for p in pools] == [again.price_at(p, at) for p in pools]
+    assert [seven.price_at(p, at) for p in pools] != [other.price_at(p, at) for p in pools]
+    for pool in pools:
+        on_demand = seven.on_demand(pool[0]).usd_per_hour
+        assert DISCOUNT[0] - WOBBLE / 2 <= seven.price_at(pool, at) / on_demand <= DISCOUNT[1] + WOBBLE / 2  # 50-75 % below on-demand
+    history = seven.history(pools[0], at + timedelta(seconds=10), at + timedelta(seconds=3 * STEP_S))
+    assert [p.at for p in history] == [at + timedelta(seconds=k * STEP_S) for k in range(3)]  # the price in force at the start, then each change
+    assert len({p.usd_per_hour for p in history}) > 1 and seven.history(("p9.unknown", "us-east-1a"), at, at + timedelta(hours=1)) == []
+
+
+@pytest.mark.slow
+def test_a_machine_terminated_through_ec2_takes_its_process_with_it(local_home, tmp_path, spotctl, monkeypatch):
+    code, out, err = spotctl("local", "up", "--json")
+    assert code == 0, err
+    cloud = json.loads(out)
+    try:
+        code, env_lines, _ = spotctl("local", "env")
+        for line in env_lines.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            monkeypatch.setenv(name, value)
+        from trainer.sample_data import render
+
+        render("s3://spotctl-local/datasets/shapes", per_split={"train": 24, "val": 6})
+        spec = yaml.safe_load((REPO / "examples/quickstart.yaml").read_text())
+        spec["train"]["epochs"] = 200  # still training when it is stopped
+        job = tmp_path / "long.yaml"
+        job.write_text(yaml.safe_dump(spec))
+        code, out, err = spotctl("launch", str(job), "--local")
+        assert code == 0, err
+        job_id = out.split()[1].rstrip(":")
+        machines = _wait_for(lambda: json.loads(spotctl("local", "status", "--json")[1])["machines"])
+        pid = machines[0]["pid"]
+        code, out, err = spotctl("stop", job_id, "--local", "--wait", "1")
+        assert code == 0, err
+        _wait_for(lambda: not json.loads(spotctl("local", "status", "--json")[1])["machines"])
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        code, out, _ = spotctl("status", job_id, "--local", "--json")
+        assert json.loads(out)["state"] == "cancelled"
+    finally:
+        spotctl("local", "down")
+    assert refused(cloud["endpoint"])
+
+
+def _wait_for(condition, timeout_s: float = 60.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
