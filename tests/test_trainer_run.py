@@ -72,6 +72,42 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
     assert not (prefix / "logs/attempt-2.log").exists()
 
 
+def test_the_best_model_is_exported_with_a_manifest_and_rebuilds_from_it(tmp_path, dataset, in_process):
+    import hashlib
+
+    import torch
+    import torchvision
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import Checkpointer
+    from trainer.storage import Storage
+
+    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="export", train__epochs=2,
+                    train__export__formats=["state_dict", "onnx"])
+    assert in_process(job) == EXIT_SUCCEEDED
+    prefix = tmp_path / "runs" / "jobs" / "export"
+    manifest = json.loads((prefix / "artifacts/manifest.json").read_text())
+    assert manifest["job_id"] == "export" and manifest["checkpoint_step"] == 12 and manifest["torch"] == torch.__version__
+    assert manifest["formats"]["state_dict"] == {"status": "ok", "files": ["model.safetensors", "model.json"]}
+    assert manifest["formats"]["onnx"] == {"status": "failed", "reason": "this spotctl version does not export onnx yet"}  # the others survive
+    for name, entry in manifest["files"].items():
+        body = (prefix / "artifacts" / name).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["size"] == len(body) and entry["input_shape"] == [None, 3, 32, 32]
+
+    # What a user does with it: rebuild from model.json with torchvision, load the weights, predict.
+    info = json.loads((prefix / "artifacts/model.json").read_text())
+    assert info["classes"] == ["circle", "square", "triangle"] and info["num_classes"] == 3 and info["input_size"] == 32
+    rebuilt = getattr(torchvision.models, info["architecture"])(num_classes=info["num_classes"]).eval()
+    rebuilt.load_state_dict(load_file(str(prefix / "artifacts/model.safetensors")))
+    _, best = Checkpointer(Storage(str(prefix)), "best", keep=1).load_latest()
+    assert manifest["source"] == f"best/ (epoch {best['epoch']})" and manifest["metrics"] == best["metrics"]
+    original = getattr(torchvision.models, info["architecture"])(num_classes=3).eval()
+    original.load_state_dict(best["model"])
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), original(images))
+
+
 def test_job_file_data_and_state_on_s3(s3_bucket, image_folder, tmp_path, aws):
     data = image_folder(f"s3://{s3_bucket}/datasets/shapes", per_class={"train": 10})
     local = write_job(tmp_path / "job.yaml", f"s3://{s3_bucket}/spotctl", data.split("train"), None, name="on-s3", train__epochs=1)
@@ -236,3 +272,20 @@ def test_a_missing_bucket_is_one_clear_line(tmp_path, dataset, aws, in_process, 
     assert in_process(job) == EXIT_FAILED
     err = capsys.readouterr().err
     assert err == "error: cannot use the job's storage s3://no-such-bucket/spotctl/jobs/nowhere (FileNotFoundError: bucket no-such-bucket does not exist); create it, or fix `storage` in the job file\n"
+
+
+def test_an_error_after_the_machine_starts_going_away_is_an_interruption(tmp_path, dataset, in_process, monkeypatch):
+    """At shutdown SIGTERM reaches every process: the data workers may die before the loop stops.
+    That is the machine going away (resume from the last checkpoint), not the job failing."""
+    from trainer.loop import Trainer
+
+    def dies_with_its_workers(self):
+        self.watcher.interrupt.set()  # what the SIGTERM handler does
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated.")
+
+    monkeypatch.setattr(Trainer, "fit", dies_with_its_workers)
+    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="going-away")
+    assert in_process(job) == EXIT_INTERRUPTED
+    prefix = tmp_path / "runs" / "jobs" / "going-away"
+    assert not (prefix / "status/final.json").exists()
+    assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"

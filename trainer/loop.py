@@ -177,7 +177,22 @@ class Trainer:
         self.checkpoints.wait()
         self.best.wait()
         self._note_checkpoint()
+        if self.train.export.formats:
+            self._export()
         return self._outcome("succeeded")
+
+    def _export(self) -> None:
+        """The best model in the spec's formats, under artifacts/ (trainer.export). Run again after an
+        interruption here, it exports again: nothing counts before the manifest is written."""
+        from trainer.export import export_artifacts
+
+        self.reporter.update(phase="exporting")
+        self.reporter.beat_now()
+        loaded = self.best.load_latest()
+        best_state = loaded[1] if loaded else None
+        job_id = self.storage.url.rstrip("/").rsplit("/", 1)[-1]
+        export_artifacts(self.storage, self.train, self.model, best_state, self.classes, data_mod.normalization(self.train.model), job_id,
+                         self.position.step, best_state["metrics"] if best_state else (self.history[-1] if self.history else None))
 
     def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, bad: list, meter: Meter) -> None:
         self._count_bad(bad)

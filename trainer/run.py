@@ -100,6 +100,12 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         reporter.close("interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:
+        if watcher.interrupt.is_set():
+            # The machine is going away (spot notice, SIGTERM at shutdown) and took part of us with it,
+            # e.g. data workers killed by the same SIGTERM: an interruption, not the job's failure.
+            log.warning("interrupted (%s: %s); run the same command to resume from the last checkpoint", type(exc).__name__, exc)
+            reporter.close("interrupted")
+            return EXIT_INTERRUPTED
         _record_failure(storage, reporter, attempt, exc)
         return EXIT_FAILED
     finally:

@@ -115,7 +115,7 @@ class InstanceRunner:
                     self._retire(machine)
                 elif self.interrupt_rate_per_hour and not machine.interrupting and self._random.random() < self.interrupt_rate_per_hour * self.poll_s / 3600:
                     self.interrupt(machine.instance_id, self.notice_s)  # the market took it back
-            if self.interrupt_at_step is not None and time.monotonic() - self._last_look > 2.0:
+            if self.interrupt_at_step is not None and time.monotonic() - self._last_look > 1.0:
                 self._last_look = time.monotonic()
                 for machine in [m for m in self.machines.values() if m.attempt == 1 and not m.interrupting]:
                     if (self._step_of(machine) or 0) >= self.interrupt_at_step:
@@ -163,6 +163,7 @@ class InstanceRunner:
             "SPOTCTL_SKIP_INSTALL": "1", "SPOTCTL_NO_SHUTDOWN": "1",  # the runner plays the shutdown
             "SPOTCTL_LOG_DIR": str(folder / "logs"), "SPOTCTL_CACHE_DIR": str(folder / "cache"),
             "SPOTCTL_IMDS_POLL_SECONDS": "1",
+            "SPOTCTL_HEARTBEAT_SECONDS": "2",  # S3 is local here: a livelier view costs nothing
         }
         with open(folder / "console.log", "ab") as console:
             process = subprocess.Popen(["bash", str(script)], env=environment, cwd=folder, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
