@@ -49,6 +49,26 @@ def refused(url: str) -> bool:
         return probe.connect_ex((host, int(port))) != 0
 
 
+def listening_addresses(pid: int) -> set[str]:
+    """The addresses a process listens on (Linux /proc: its socket inodes, matched in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                host = fields[1].split(":")[0]
+                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1]) if len(host) == 8 else host)
+    return found
+
+
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -64,12 +84,13 @@ def processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(local_home, tmp_path, spotctl, monkeypatch):
-    code, out, err = spotctl("local", "up", "--seed", "3", "--interrupt-at-step", "8", "--notice", "1", "--json")
+    code, out, err = spotctl("local", "up", "--seed", "3", "--interrupt-at-step", "8", "--notice", "10", "--json")
     assert code == 0, err
     cloud = json.loads(out)
     assert cloud["started"] and cloud["endpoint"].startswith("http://127.0.0.1:")
     code, out, _ = spotctl("local", "up")
     assert (code, out.splitlines()[0]) == (0, f"local cloud already running: {cloud['endpoint']} (pid {cloud['pid']}, market seed 3)")
+    assert listening_addresses(cloud["pid"]) == {"127.0.0.1"}  # moto, the control API, every IMDS: loopback only
     try:
         point_aws_tools_at_the_local_cloud(spotctl, monkeypatch)
         from trainer.sample_data import render
@@ -163,6 +184,14 @@ def test_a_machine_terminated_through_ec2_takes_its_process_with_it(local_home, 
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
         code, out, _ = spotctl("status", job_id, "--local", "--json")
         assert json.loads(out)["state"] == "cancelled"
+
+        # The market's own interruptions: at this rate the next machine is taken back within a poll.
+        assert spotctl("local", "up", "--interrupt-rate", "1000000")[0] == 0
+        code, out, err = spotctl("launch", str(job), "--local")
+        assert code == 0, err
+        taken = out.split()[1].rstrip(":")
+        view = _wait_for(lambda: (v := json.loads(spotctl("status", taken, "--local", "--json")[1]))["state"] == "interrupted" and v)
+        assert view["attempts"][0]["state_reason"] == "Server.SpotInstanceTermination"
     finally:
         spotctl("local", "down")
     assert refused(cloud["endpoint"])

@@ -20,11 +20,11 @@ def command() -> None:
 
 @command.command("up")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated spot market (prices, random interruptions).")
-@click.option("--interrupt-rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Random spot interruptions per instance-hour.")
+@click.option("--interrupt-rate", type=click.FloatRange(0), help="Random spot interruptions per instance-hour, drawn from the seed (default 0). Also changes a running cloud.")
 @click.option("--notice", "notice_s", type=click.FloatRange(0, 600), default=5.0, show_default=True, help="Seconds between a spot notice and the machine going (AWS: 120).")
 @click.option("--interrupt-at-step", type=click.IntRange(0), help="Interrupt each job's first attempt once its trainer reports this step (the demo's scheduled interruption; 0: none). Also changes a running cloud.")
 @options.json_option
-def up(seed: int, interrupt_rate: float, notice_s: float, interrupt_at_step: int | None, as_json: bool) -> int:
+def up(seed: int, interrupt_rate: float | None, notice_s: float, interrupt_at_step: int | None, as_json: bool) -> int:
     """Start the local cloud in the background (nothing happens if it is running); print its endpoint."""
     cloud, started = client.up(seed, interrupt_rate, notice_s, interrupt_at_step)
     if as_json:

@@ -64,18 +64,20 @@ def find() -> LocalCloud | None:
         return None
 
 
-def up(seed: int = 0, interrupt_rate: float = 0.0, notice_s: float = 5.0, interrupt_at_step: int | None = None) -> tuple[LocalCloud, bool]:
-    """(the cloud, whether it was started now). Idempotent: a running one is returned as it is."""
+def up(seed: int = 0, interrupt_rate: float | None = None, notice_s: float = 5.0, interrupt_at_step: int | None = None) -> tuple[LocalCloud, bool]:
+    """(the cloud, whether it was started now). Idempotent: a running one is returned as it is, with
+    the interruptions asked for (rate, scheduled step) applied to it."""
     running = find()
     if running:
-        if interrupt_at_step is not None:
-            running.call("POST", "/config", {"interrupt_at_step": interrupt_at_step})
+        changes = {k: v for k, v in (("interrupt_at_step", interrupt_at_step), ("interrupt_rate", interrupt_rate)) if v is not None}
+        if changes:
+            running.call("POST", "/config", changes)
         return running, False
     folder = home()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "daemon.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "orchestrator.local.daemon", "--home", str(folder), "--seed", str(seed),
-                                    "--interrupt-rate", str(interrupt_rate), "--notice", str(notice_s),
+                                    "--interrupt-rate", str(interrupt_rate or 0.0), "--notice", str(notice_s),
                                     *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else [])],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S

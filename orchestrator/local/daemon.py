@@ -8,7 +8,7 @@ profile), runs the instance runner, and answers a small control API on 127.0.0.1
 
     GET  /status                          the cloud and its running machines
     POST /interrupt {"instance_id", "notice_s"}   a spot interruption
-    POST /config {"interrupt_at_step"}    change the scheduled interruption
+    POST /config {"interrupt_at_step", "interrupt_rate"}   change the interruptions to come
     POST /shutdown                        stop everything it started, then exit
 
 Its address, pid and seed go to DIR/local.json once it is ready; the file is removed at exit.
@@ -101,7 +101,9 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
             if self.path == "/config":  # `spotctl local up` on a running cloud: the new schedule applies
                 if "interrupt_at_step" in request:
                     runner.interrupt_at_step = request["interrupt_at_step"] or None
-                return self._reply(200, {"interrupt_at_step": runner.interrupt_at_step})
+                if "interrupt_rate" in request:
+                    runner.interrupt_rate_per_hour = float(request["interrupt_rate"])
+                return self._reply(200, {"interrupt_at_step": runner.interrupt_at_step, "interrupt_rate": runner.interrupt_rate_per_hour})
             if self.path == "/shutdown":
                 self._reply(200, {"stopping": True})
                 finished.set()
