@@ -1,0 +1,49 @@
+"""`spotctl artifacts JOB`: the job's exported models (format, size, sha256), `--download DIR` to fetch
+them with every sha256 verified, `--json` for the manifest itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from orchestrator.artifacts import download, manifest_of
+from orchestrator.cli import options, render
+
+
+@click.command("artifacts")
+@click.argument("job_id", metavar="JOB")
+@click.option("--download", "folder", type=click.Path(file_okay=False, path_type=Path), help="Fetch every artifact into this folder, verifying each sha256.")
+@options.storage_option
+@options.local_option
+@options.profile_option
+@options.json_option
+def command(job_id: str, folder: Path | None, storage: str | None, profile: str | None, as_json: bool) -> int:
+    """List JOB's exported artifacts, or download and verify them."""
+    store = options.store(storage, profile)
+    if folder is not None:
+        fetched = download(store, job_id, folder)
+        if as_json:
+            click.echo(json.dumps([{"name": f.name, "path": str(f.path), "size": f.size, "sha256": f.sha256} for f in fetched], indent=2))
+        else:
+            for f in fetched:
+                click.echo(f"{f.path}  {_size(f.size)}  sha256 {f.sha256[:16]}... verified")
+        return 0
+    manifest = manifest_of(store, job_id)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return 0
+    rows = [[name, entry["format"], _size(entry["size"]), entry["sha256"][:16]] for name, entry in sorted(manifest.get("files", {}).items())]
+    out = render.console()
+    out.print(render.table(["file", "format", "size", "sha256"], rows, title=f"artifacts of {job_id} (from step {manifest.get('checkpoint_step')}, {manifest.get('source')})"))
+    for name, result in manifest.get("formats", {}).items():
+        if result.get("status") != "ok":
+            out.print(f"{name}: not exported ({result.get('reason')})", markup=False)
+    return 0
+
+
+def _size(size: int) -> str:
+    if size >= 2**20:
+        return f"{size / 2**20:.1f} MiB"
+    return f"{size / 2**10:.1f} KiB" if size >= 2**10 else f"{size} B"
