@@ -83,13 +83,17 @@ def test_the_best_model_is_exported_with_a_manifest_and_rebuilds_from_it(tmp_pat
     from trainer.storage import Storage
 
     job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="export", train__epochs=2,
-                    train__export__formats=["state_dict", "onnx"])
+                    train__export__formats=["state_dict", "torchscript", "exported", "onnx"])
     assert in_process(job) == EXIT_SUCCEEDED
     prefix = tmp_path / "runs" / "jobs" / "export"
     manifest = json.loads((prefix / "artifacts/manifest.json").read_text())
     assert manifest["job_id"] == "export" and manifest["checkpoint_step"] == 12 and manifest["torch"] == torch.__version__
-    assert manifest["formats"]["state_dict"] == {"status": "ok", "files": ["model.safetensors", "model.json"]}
-    assert manifest["formats"]["onnx"] == {"status": "failed", "reason": "this spotctl version does not export onnx yet"}  # the others survive
+    formats = manifest["formats"]
+    assert [formats[f]["files"] for f in ("state_dict", "torchscript", "exported")] == [["model.safetensors", "model.json"], ["model.torchscript.pt"], ["model.pt2"]]
+    for name in ("state_dict", "torchscript", "exported"):  # each reloaded with its own runtime, checked on a real validation batch
+        assert formats[name]["status"] == "ok" and formats[name]["validation"]["batch"] == 6
+        assert formats[name]["validation"]["max_abs_diff"] < 1e-4 and formats[name]["validation"]["top1_agreement"] == 1.0
+    assert formats["onnx"] == {"status": "failed", "reason": "this spotctl version does not export onnx yet"}  # the others survive
     for name, entry in manifest["files"].items():
         body = (prefix / "artifacts" / name).read_bytes()
         assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["size"] == len(body) and entry["input_shape"] == [None, 3, 32, 32]
@@ -106,6 +110,11 @@ def test_the_best_model_is_exported_with_a_manifest_and_rebuilds_from_it(tmp_pat
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(rebuilt(images), original(images))
+        scripted = torch.jit.load(str(prefix / "artifacts/model.torchscript.pt"))
+        exported = torch.export.load(str(prefix / "artifacts/model.pt2")).module()
+        for loaded in (scripted, exported):
+            assert torch.allclose(loaded(images), original(images), atol=1e-5)
+        assert exported(images[:1]).shape == (1, 3)  # the batch dimension is dynamic
 
 
 def test_job_file_data_and_state_on_s3(s3_bucket, image_folder, tmp_path, aws):

@@ -191,8 +191,10 @@ class Trainer:
         loaded = self.best.load_latest()
         best_state = loaded[1] if loaded else None
         job_id = self.storage.url.rstrip("/").rsplit("/", 1)[-1]
+        first = next(iter(self.data.val_loader), None)  # a real validation batch each artifact must reproduce
+        sample = first[0][:8].cpu().float() if first is not None and first[0] is not None else None
         export_artifacts(self.storage, self.train, self.model, best_state, self.classes, data_mod.normalization(self.train.model), job_id,
-                         self.position.step, best_state["metrics"] if best_state else (self.history[-1] if self.history else None))
+                         self.position.step, best_state["metrics"] if best_state else (self.history[-1] if self.history else None), sample)
 
     def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, bad: list, meter: Meter) -> None:
         self._count_bad(bad)
