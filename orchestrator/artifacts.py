@@ -3,7 +3,6 @@ writes last): listing them, and downloading them with every file's sha256 verifi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.record import JobStore
+from trainer.storage import file_sha256
 
 MANIFEST = "artifacts/manifest.json"
 
@@ -44,7 +44,7 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
         os.close(handle)
         try:
             store.storage.fs.get_file(store.storage.path(f"jobs/{job_id}/artifacts/{name}"), temporary)
-            digest = _sha256(Path(temporary))
+            digest = file_sha256(temporary)
             if digest != entry["sha256"]:
                 raise UserError(f"artifacts/{name}: sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...; not kept",
                                 "the file changed after the export; export again (or re-run the job's last attempt)")
@@ -56,11 +56,3 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
                 os.unlink(temporary)
         done.append(Downloaded(name, folder / name, (folder / name).stat().st_size, digest))
     return done
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -13,10 +13,7 @@ import re
 from datetime import datetime, timezone
 
 from orchestrator.record import Attempt, JobRecord
-from orchestrator.status import GONE, NOT_LISTED_GRACE_S, SELF_SHUTDOWN, Instance
-
-SPOT_TERMINATION = "Server.SpotInstanceTermination"
-USER_SHUTDOWN = "Client.UserInitiatedShutdown"
+from orchestrator.status import GONE, NOT_LISTED_GRACE_S, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance, age_s
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
 
 
@@ -36,7 +33,7 @@ def settle(record: JobRecord, instances: dict[int, Instance], final: dict | None
             attempt.ended_at = _transition_time(instance) or now.isoformat(timespec="seconds")
             attempt.state_reason = instance.reason_code
             attempt.end_reason = attempt.end_reason or reason or _ec2_reason(instance.reason_code)
-        elif instance is None and _age_s(attempt.launched_at, now) > NOT_LISTED_GRACE_S:
+        elif instance is None and age_s(attempt.launched_at, now) > NOT_LISTED_GRACE_S:
             # EC2 forgets terminated instances after about an hour. Its last heartbeat is the last sign
             # of life we know; without one, its launch (billed the one-minute minimum), never "now":
             # a job nobody watched for a day must not be charged for that day.
@@ -82,6 +79,3 @@ def _transition_time(instance: Instance) -> str | None:
         return None
     return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).isoformat(timespec="seconds")
 
-
-def _age_s(iso: str | None, now: datetime) -> float:
-    return (now - datetime.fromisoformat(iso)).total_seconds() if iso else float("inf")

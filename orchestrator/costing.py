@@ -11,9 +11,7 @@ from datetime import datetime, timezone
 
 from orchestrator.cost import JobCost, PricePoint, attempt_cost, job_cost
 from orchestrator.prices import PriceSource
-from orchestrator.status import JobView
-
-EC2_INTERRUPTION = "Server.SpotInstanceTermination"
+from orchestrator.status import SPOT_TERMINATION, JobView
 
 
 def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> dict | None:
@@ -30,7 +28,8 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
         if start is None or end is None:
             continue
         # EC2's reason once it has one; until then the trainer's word that a spot notice came.
-        by_ec2 = (attempt.state_reason or (instance.reason_code if instance else None) or ("interrupted" if attempt.end_reason == "interrupted" else None)) in (EC2_INTERRUPTION, "interrupted")
+        reason = attempt.state_reason or (instance.reason_code if instance else None)
+        by_ec2 = reason == SPOT_TERMINATION if reason else attempt.end_reason == "interrupted"
         history = prices.history((attempt.instance_type, attempt.zone), start, end) or [_launch_price(attempt, start)]
         costs.append(attempt_cost(attempt.number, history, start, end, by_ec2, attempt.on_demand_price))
         counted.append(attempt)

@@ -26,9 +26,10 @@ from orchestrator.offers import Offer, Offers, find_offers
 from orchestrator.prices import PriceSource
 from orchestrator.record import JOB_FILE, Attempt, JobRecord, JobStore, now_iso
 from orchestrator.userdata import Bootstrap, render
-from orchestrator.wheel import build_wheel, file_sha256
+from orchestrator.wheel import build_wheel
 from trainer.config import JobSpec, is_weights_name
 from trainer.spec_file import dump_spec
+from trainer.storage import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner:
 
     def adopt(r: JobRecord) -> bool:
         last = r.current
-        if last is None or last.number != number or last.instance_id is not None or not _stale(last) or r.stop_requested_at or r.cancelled_at:
+        if last is None or last.number != number or last.instance_id is not None or not stale_claim(last) or r.stop_requested_at or r.cancelled_at:
             return False
         last.instance_type, last.zone, last.claimed_by = instance["InstanceType"], zone, owner
         last.instance_id, last.launched_at = instance["InstanceId"], instance["LaunchTime"].isoformat(timespec="seconds")
@@ -238,7 +239,8 @@ def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> lis
     return sorted(i["InstanceId"] for page in with_backoff(lambda: list(pages)) for r in page["Reservations"] for i in r["Instances"])
 
 
-def _stale(attempt: Attempt) -> bool:
+def stale_claim(attempt: Attempt) -> bool:
+    """A claim older than STALE_CLAIM_S: its orchestrator is taken to have died."""
     requested = attempt.requested_at
     return requested is None or (datetime.now(timezone.utc) - datetime.fromisoformat(requested)).total_seconds() > STALE_CLAIM_S
 
@@ -252,7 +254,7 @@ def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str)
         record.attempts.append(fresh)
         return True
     if last is not None and last.number == number and last.instance_id is None:
-        if last.claimed_by == owner or _stale(last):  # our next offer after a refusal, or an abandoned claim
+        if last.claimed_by == owner or stale_claim(last):  # our next offer after a refusal, or an abandoned claim
             record.attempts[-1] = fresh
             return True
     return False

@@ -33,11 +33,11 @@ from orchestrator.attempts import settle
 from orchestrator.aws import Cloud
 from orchestrator.control import CONTROL_STOP
 from orchestrator.errors import UserError
-from orchestrator.launch import STALE_CLAIM_S, NoCapacity, start_attempt
+from orchestrator.launch import NoCapacity, stale_claim, start_attempt
 from orchestrator.offers import Offer, find_offers
 from orchestrator.prices import Pool, PriceSource
 from orchestrator.record import Attempt, JobRecord, JobStore
-from orchestrator.status import GONE, JobView
+from orchestrator.status import GONE, JobView, age_s
 from trainer.config import JobSpec
 from trainer.spec_file import parse_spec
 
@@ -72,7 +72,7 @@ def decide(view: JobView, spec: JobSpec, cost: dict | None = None, poll_s: float
     budget = record.budget_usd
     spent = cost["total_usd"] if cost else 0.0
     if state == "stopping":
-        asked = _age_s(record.stop_requested_at, now)
+        asked = age_s(record.stop_requested_at, now)
         if view.final or view.instance is None or view.instance.state in GONE or asked > STOP_GRACE_S:
             return Decision(Action.TERMINATE, "the trainer stopped" if view.final else f"no stop after {asked:.0f}s")
         return Decision(Action.WAIT, "waiting for the final checkpoint")
@@ -81,7 +81,7 @@ def decide(view: JobView, spec: JobSpec, cost: dict | None = None, poll_s: float
         if failures <= spec.recovery.retries_on_error:
             return Decision(Action.RETRY, f"the trainer failed (retry {failures} of {spec.recovery.retries_on_error})")
         return Decision(Action.DONE, "failed")
-    if state in ("interrupted", "pending") or (state == "launching" and _unfinished_claim(record, now)):
+    if state in ("interrupted", "pending") or (state == "launching" and _unfinished_claim(record)):
         interruptions = sum(a.end_reason in RECOVERABLE_ENDS for a in record.attempts)
         if interruptions > spec.recovery.max_interruptions:
             return Decision(Action.GIVE_UP, f"interrupted {interruptions} times; recovery.max_interruptions is {spec.recovery.max_interruptions}", "failed")
@@ -108,12 +108,12 @@ def _to_next_checkpoint_s(view: JobView, spec: JobSpec) -> float:
         return 0.0
     if age is None:
         return every
-    return max(0.0, every - age - _age_s(beat.get("updated_at"), datetime.now(timezone.utc)))
+    return max(0.0, every - age - age_s(beat.get("updated_at")))
 
 
-def _unfinished_claim(record: JobRecord, now: datetime) -> bool:
+def _unfinished_claim(record: JobRecord) -> bool:
     last = record.current
-    return last is not None and last.instance_id is None and _age_s(last.requested_at, now) > STALE_CLAIM_S
+    return last is not None and last.instance_id is None and stale_claim(last)
 
 
 def failover_order(offers: list[Offer], record: JobRecord, avoid: dict[Pool, datetime] | None = None, now: datetime | None = None) -> list[Offer]:
@@ -121,7 +121,7 @@ def failover_order(offers: list[Offer], record: JobRecord, avoid: dict[Pool, dat
     now = now or datetime.now(timezone.utc)
     recent = {pool for pool, when in (avoid or {}).items() if (now - when).total_seconds() < AVOID_POOL_S}
     for attempt in record.attempts:
-        if attempt.end_reason in RECOVERABLE_ENDS and _age_s(attempt.ended_at or attempt.launched_at, now) < AVOID_POOL_S:
+        if attempt.end_reason in RECOVERABLE_ENDS and age_s(attempt.ended_at or attempt.launched_at, now) < AVOID_POOL_S:
             recent.add((attempt.instance_type, attempt.zone))
     return [o for o in offers if o.pool not in recent] + [o for o in offers if o.pool in recent]
 
@@ -174,7 +174,7 @@ def resume(store: JobStore, view: JobView, cloud: Cloud, prices: PriceSource, fo
     """`spotctl resume`: start attempt k+1 of a job that is not running and not done."""
     settle_view(store, view)
     state, job_id = view.state, view.job_id
-    if state in REFUSALS and not (state == "launching" and _unfinished_claim(view.record, datetime.now(timezone.utc))):
+    if state in REFUSALS and not (state == "launching" and _unfinished_claim(view.record)):
         where = f" (attempt {view.record.current.number} on {view.record.current.instance_id})" if state != "succeeded" and view.record.current else ""
         raise UserError(f"job {job_id}: not resumed, {REFUSALS[state]}{where}", "`spotctl status JOB` shows it; `spotctl stop JOB` stops it")
     if state == "cancelled" and not force:
@@ -203,6 +203,3 @@ def resume(store: JobStore, view: JobView, cloud: Cloud, prices: PriceSource, fo
         raise UserError(f"job {job_id}: another spotctl is starting its next attempt right now", "`spotctl status JOB` shows it")
     return attempt
 
-
-def _age_s(iso: str | None, now: datetime) -> float:
-    return (now - datetime.fromisoformat(iso)).total_seconds() if iso else float("inf")

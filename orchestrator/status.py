@@ -23,6 +23,9 @@ from orchestrator.record import JobRecord, JobStore
 
 TERMINAL = ("succeeded", "failed", "cancelled", "budget_exceeded", "no_capacity")
 GONE = ("shutting-down", "terminated", "stopping", "stopped")
+# EC2's state reason codes spotctl reads.
+SPOT_TERMINATION = "Server.SpotInstanceTermination"
+USER_SHUTDOWN = "Client.UserInitiatedShutdown"
 SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
 GPU_FIELDS = ("gpu_count", "gpu_util_pct", "gpu_mem_used_gib", "gpu_mem_total_gib", "gpu_power_w",
               "health_window_s", "gpu_util_window_pct", "gpu_mem_window_fraction", "data_wait_window")
@@ -61,6 +64,7 @@ class JobView:
         attempts = [vars(a) for a in record.attempts] if record else []
         if attempts and self.instance and self.instance.instance_id == attempts[-1]["instance_id"]:
             attempts[-1] = {**attempts[-1], "instance_state": self.instance.state, "state_reason": self.instance.reason_code}
+        health = self.health()
         progress = None
         if beat:
             progress = {k: beat.get(k) for k in ("phase", "epoch", "epochs", "step", "total_steps", "steps_per_epoch", "eta_s", "images_per_sec", "data_wait_fraction")}
@@ -78,8 +82,8 @@ class JobView:
             "gpu": {k: beat.get(k) for k in GPU_FIELDS} if beat else None,
             "last_checkpoint": {"step": beat.get("last_checkpoint_step"), "age_s": heartbeat_age(beat, beat.get("last_checkpoint_age_s"))} if beat else None,
             "heartbeat_age_s": heartbeat_age(beat) if beat else None,
-            "health": [flag.as_dict() for flag in self.health()],
-            "stalled": any(flag.name == "stalled" for flag in self.health()),
+            "health": [flag.as_dict() for flag in health],
+            "stalled": any(flag.name == "stalled" for flag in health),
             "final": {k: v for k, v in self.final.items() if k != "history"} if self.final else None,
             "artifacts": self.artifacts,
         }
@@ -91,7 +95,7 @@ class JobView:
         if self.state not in ("running", "exporting") or current is None:
             return []
         age = heartbeat_age(self.heartbeat) if self.heartbeat else None
-        return health_flags(self.heartbeat, True, age, _age_s(current.launched_at) if current.launched_at else 0.0, current.number)
+        return health_flags(self.heartbeat, True, age, age_s(current.launched_at) if current.launched_at else 0.0, current.number)
 
 
 def heartbeat_age(beat: dict, plus: float | None = 0.0) -> float | None:
@@ -124,7 +128,7 @@ def derive_state(record: JobRecord | None, final: dict | None, heartbeat: dict |
     beat = heartbeat or {}
     if beat.get("attempt") == current.number and beat.get("phase") == "interrupted":
         return "interrupted"  # checkpointed on the spot notice: the machine is about to go
-    if instance is None and _age_s(current.launched_at) < NOT_LISTED_GRACE_S:
+    if instance is None and age_s(current.launched_at) < NOT_LISTED_GRACE_S:
         return "launching"
     if instance is None or instance.state in GONE:
         if instance is not None and instance.reason_code == SELF_SHUTDOWN:
@@ -137,8 +141,9 @@ def derive_state(record: JobRecord | None, final: dict | None, heartbeat: dict |
     return "running"
 
 
-def _age_s(iso: str | None) -> float:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds() if iso else float("inf")
+def age_s(iso: str | None, now: datetime | None = None) -> float:
+    """Seconds from an ISO time to `now` (default: now); infinite when the time is unknown."""
+    return ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(iso)).total_seconds() if iso else float("inf")
 
 
 def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instance]]:

@@ -70,11 +70,3 @@ def build_wheel() -> Path:
         final = target / wheel.name
         shutil.move(str(wheel), final)
     return final
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,27 +5,21 @@ Used by conftest.py's fixtures; importable by benchmarks that need the same piec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
 
+from orchestrator.local.daemon import free_port
 from orchestrator.local.imds import Imds
 from trainer import sample_data
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MotoServer:

@@ -18,7 +18,6 @@ reason; it never loses the others, and never fails the run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import tempfile
@@ -31,7 +30,7 @@ import torchvision
 from torch import nn
 
 from trainer.config import TrainSpec
-from trainer.storage import Storage
+from trainer.storage import Storage, file_sha256
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifacts/manifest.json"
@@ -70,7 +69,7 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
                 continue
             for path in written:
                 storage.upload(str(path), f"artifacts/{path.name}")
-                manifest["files"][path.name] = {"format": name, "sha256": _sha256(path), "size": path.stat().st_size, "input_shape": input_shape}
+                manifest["files"][path.name] = {"format": name, "sha256": file_sha256(path), "size": path.stat().st_size, "input_shape": input_shape}
             manifest["formats"][name] = {"status": "ok", "files": [p.name for p in written], "validation": validation}
             log.info("export: %s -> %s", name, ", ".join(f"artifacts/{p.name}" for p in written))
     storage.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -111,11 +110,3 @@ def _agreement(expected: torch.Tensor, got: torch.Tensor) -> dict:
 
 
 BUILDERS = {"state_dict": _state_dict, "torchscript": _torchscript, "exported": _exported}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -166,6 +166,15 @@ class Storage:
         raise AssertionError("unreachable")
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _s3_call(fs, method: str, **kwargs) -> dict:
     """One S3 call through s3fs's client; a failed precondition is a Conflict, a missing key not found."""
     import botocore.exceptions

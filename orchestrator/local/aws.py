@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime
 
-SPOT_TERMINATION = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
-SELF_SHUTDOWN = ("Client.InstanceInitiatedShutdown", "Client.InstanceInitiatedShutdown: Instance initiated shutdown")
+from orchestrator import status
+
+SPOT_TERMINATION = (status.SPOT_TERMINATION, f"{status.SPOT_TERMINATION}: Spot instance termination")
+SELF_SHUTDOWN = (status.SELF_SHUTDOWN, f"{status.SELF_SHUTDOWN}: Instance initiated shutdown")
 
 
 def seed_deep_learning_ami(ec2_client, region: str) -> str:

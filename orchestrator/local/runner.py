@@ -32,10 +32,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from orchestrator.local.aws import SELF_SHUTDOWN, end_instance, spot_interrupt
+from orchestrator.launch import TAG_ATTEMPT, TAG_JOB
 from orchestrator.local.imds import Imds
 
 log = logging.getLogger(__name__)
-TAG_JOB, TAG_ATTEMPT = "spotctl:job", "spotctl:attempt"
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL when a machine goes away
 
 
