@@ -56,3 +56,25 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
                 os.unlink(temporary)
         done.append(Downloaded(name, folder / name, (folder / name).stat().st_size, digest))
     return done
+
+
+def describe(name: str, entry: dict) -> str:
+    """One line on how one format came out: its validation, or why it failed."""
+    if entry.get("status") != "ok":
+        return f"{name}: not exported ({entry.get('reason')})"
+    if name == "int8" and "validation_set" in entry:
+        agreed, size, speedup = entry["validation_set"], entry["size"], entry["speedup"]
+        return (f"int8: {size['ratio']:.1f}x smaller and {speedup.get('8', 0):.1f}x faster than fp32 at batch 8 ({speedup.get('1', 0):.1f}x at batch 1) "
+                f"on {entry['cpu_latency_ms'].get('threads')} CPU threads; top-1 agreement {agreed['top1_agreement']:.1%}, SQNR {agreed['sqnr_db']} dB "
+                f"on {agreed['images']} validation images")
+    checked = entry.get("validation") or {}
+    return f"{name}: matches the model on {checked.get('batch')} validation images (max abs diff {checked.get('max_abs_diff', 0):.2g}, top-1 agreement {checked.get('top1_agreement', 0):.0%})"
+
+
+def summary(manifest: dict) -> str:
+    """The formats in one line, for `spotctl status`."""
+    formats = manifest.get("formats", {})
+    done = [name if name != "int8" or "size" not in entry else f"int8 ({entry['size']['ratio']:.1f}x smaller, {entry['speedup'].get('8', 0):.1f}x faster, top-1 {entry['validation_set']['top1_agreement']:.0%})"
+            for name, entry in formats.items() if entry.get("status") == "ok"]
+    failed = [name for name, entry in formats.items() if entry.get("status") != "ok"]
+    return ", ".join(done) + (f"; failed: {', '.join(failed)} (`spotctl artifacts JOB` says why)" if failed else "")

@@ -127,10 +127,16 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(loc
         assert cost["total_usd"] == pytest.approx(expected.usd, abs=1e-6)
         assert second["spot_price"] == market.price_at((second["instance_type"], second["zone"]), datetime.fromisoformat(second["requested_at"]))
 
-        assert view["artifacts"]["formats"]["state_dict"]["status"] == "ok" and view["artifacts"]["checkpoint_step"] == view["progress"]["total_steps"]
+        artifacts = view["artifacts"]  # the quickstart's formats, each validated on the instance
+        assert {name: entry["status"] for name, entry in artifacts["formats"].items()} == {"state_dict": "ok", "onnx": "ok", "int8": "ok"}
+        assert artifacts["source"].startswith("best/ (epoch ") and 0 < artifacts["checkpoint_step"] <= view["progress"]["total_steps"]
         code, out, _ = spotctl("status", job_id, "--local")
         assert "interrupted (Server.SpotInstanceTermination)" in out and "below on-demand" in out
-        assert "artifacts: model.json, model.safetensors" in out
+        assert re.search(r"artifacts: state_dict, onnx, int8 \(\d\.\dx smaller, \d+\.\dx faster, top-1 \d+%\)", out), out
+        code, out, err = spotctl("artifacts", job_id, "--local", "--download", str(tmp_path / "model"))
+        assert code == 0, err
+        assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(artifacts["files"]) == ["model.int8.pt", "model.json", "model.onnx", "model.safetensors"]
+        assert len(out.splitlines()) == 4 and all(line.endswith("... verified") for line in out.splitlines())
     finally:
         code, out, _ = spotctl("local", "down")
     assert (code, out) == (0, "local cloud stopped\n")

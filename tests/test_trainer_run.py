@@ -72,51 +72,6 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
     assert not (prefix / "logs/attempt-2.log").exists()
 
 
-def test_the_best_model_is_exported_with_a_manifest_and_rebuilds_from_it(tmp_path, dataset, in_process):
-    import hashlib
-
-    import torch
-    import torchvision
-    from safetensors.torch import load_file
-
-    from trainer.checkpoint import Checkpointer
-    from trainer.storage import Storage
-
-    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="export", train__epochs=2,
-                    train__export__formats=["state_dict", "torchscript", "exported", "onnx"])
-    assert in_process(job) == EXIT_SUCCEEDED
-    prefix = tmp_path / "runs" / "jobs" / "export"
-    manifest = json.loads((prefix / "artifacts/manifest.json").read_text())
-    assert manifest["job_id"] == "export" and manifest["checkpoint_step"] == 12 and manifest["torch"] == torch.__version__
-    formats = manifest["formats"]
-    assert [formats[f]["files"] for f in ("state_dict", "torchscript", "exported")] == [["model.safetensors", "model.json"], ["model.torchscript.pt"], ["model.pt2"]]
-    for name in ("state_dict", "torchscript", "exported"):  # each reloaded with its own runtime, checked on a real validation batch
-        assert formats[name]["status"] == "ok" and formats[name]["validation"]["batch"] == 6
-        assert formats[name]["validation"]["max_abs_diff"] < 1e-4 and formats[name]["validation"]["top1_agreement"] == 1.0
-    assert formats["onnx"] == {"status": "failed", "reason": "this spotctl version does not export onnx yet"}  # the others survive
-    for name, entry in manifest["files"].items():
-        body = (prefix / "artifacts" / name).read_bytes()
-        assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["size"] == len(body) and entry["input_shape"] == [None, 3, 32, 32]
-
-    # What a user does with it: rebuild from model.json with torchvision, load the weights, predict.
-    info = json.loads((prefix / "artifacts/model.json").read_text())
-    assert info["classes"] == ["circle", "square", "triangle"] and info["num_classes"] == 3 and info["input_size"] == 32
-    rebuilt = getattr(torchvision.models, info["architecture"])(num_classes=info["num_classes"]).eval()
-    rebuilt.load_state_dict(load_file(str(prefix / "artifacts/model.safetensors")))
-    _, best = Checkpointer(Storage(str(prefix)), "best", keep=1).load_latest()
-    assert manifest["source"] == f"best/ (epoch {best['epoch']})" and manifest["metrics"] == best["metrics"]
-    original = getattr(torchvision.models, info["architecture"])(num_classes=3).eval()
-    original.load_state_dict(best["model"])
-    images = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(images), original(images))
-        scripted = torch.jit.load(str(prefix / "artifacts/model.torchscript.pt"))
-        exported = torch.export.load(str(prefix / "artifacts/model.pt2")).module()
-        for loaded in (scripted, exported):
-            assert torch.allclose(loaded(images), original(images), atol=1e-5)
-        assert exported(images[:1]).shape == (1, 3)  # the batch dimension is dynamic
-
-
 def test_job_file_data_and_state_on_s3(s3_bucket, image_folder, tmp_path, aws):
     data = image_folder(f"s3://{s3_bucket}/datasets/shapes", per_class={"train": 10})
     local = write_job(tmp_path / "job.yaml", f"s3://{s3_bucket}/spotctl", data.split("train"), None, name="on-s3", train__epochs=1)

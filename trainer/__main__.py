@@ -1,4 +1,5 @@
 """`python -m trainer run --job URL`: train a job (or continue it from its latest checkpoint).
+`python -m trainer export --job URL [--formats onnx int8]`: export its best checkpoint again, no training.
 
 Exit codes are documented in trainer/run.py: 0 succeeded, 1 failed, 2 invalid job file, 3 stopped on
 request, 75 interrupted (run the same command again to resume).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainer.config import EXPORT_FORMATS as FORMATS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="spotctl's resumable trainer (the data plane).")
@@ -17,8 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--job", required=True, metavar="URL", help="the job file: a local path or s3://bucket/.../job.yaml")
     run.add_argument("--job-id", help="job id (default: from a .../jobs/<id>/job.yaml URL, else the job's name)")
     run.add_argument("--attempt", type=int, help="attempt number (default: SPOTCTL_ATTEMPT, else the next free one)")
+    export = commands.add_parser("export", help="export the job's best checkpoint (else its latest) again, without training")
+    export.add_argument("--job", required=True, metavar="URL", help="the job file: a local path or s3://bucket/.../job.yaml")
+    export.add_argument("--job-id", help="job id (default: from a .../jobs/<id>/job.yaml URL, else the job's name)")
+    export.add_argument("--formats", nargs="+", choices=FORMATS, metavar="FORMAT",
+                        help=f"formats to export (default: the job's train.export.formats); any of {', '.join(FORMATS)}")
     args = parser.parse_args(argv)
 
+    if args.command == "export":
+        from trainer.reexport import export_job
+
+        return export_job(args.job, job_id=args.job_id, formats=list(dict.fromkeys(args.formats)) if args.formats else None)
     from trainer.run import run as run_job
 
     return run_job(args.job, job_id=args.job_id, attempt=args.attempt)

@@ -408,9 +408,18 @@ class CheckpointSpec(Section):
     """Committed checkpoints kept, besides best/ and the one a run resumed from."""
 
 
+EXPORT_FORMATS = ("state_dict", "torchscript", "exported", "onnx", "int8")
+
+
 class ExportSpec(Section):
-    formats: list[Literal["state_dict", "torchscript", "exported", "onnx", "int8"]] = ["state_dict", "onnx"]
-    """Artifacts exported from the best model when training ends."""
+    formats: list[Literal[EXPORT_FORMATS]] = ["state_dict", "onnx"]
+    """Artifacts exported from the best model when training ends: `state_dict` (safetensors + model.json),
+    `torchscript` (traced), `exported` (torch.export .pt2), `onnx` (one file, dynamic batch), `int8`
+    (statically quantized for CPU inference). Each is loaded back and checked against the model."""
+    calibration_images: int = Field(256, ge=1, le=100_000)
+    """Training images (a seeded choice, without augmentation) that int8 quantization is calibrated on."""
+    agreement_images: int = Field(1000, ge=1, le=1_000_000)
+    """Validation images int8's agreement with the fp32 model (SQNR, top-1) is measured on: the first N."""
 
     @field_validator("formats")
     @classmethod

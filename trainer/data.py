@@ -193,10 +193,32 @@ class TrainingData:
     train_sampler: ResumableBatchSampler
     train_size: int
     val_size: int
+    calibration_set: ImageDataset  # the training images with the validation transform (see calibration_batches)
+    seed: int
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_sampler)
+
+    def calibration_batches(self, count: int, batch_size: int = 32) -> Iterator[torch.Tensor]:
+        """`count` training images (a seeded choice) as inference sees them: no augmentation, for int8
+        calibration. Images that fail to decode are left out, as in training."""
+        order = torch.randperm(len(self.calibration_set), generator=torch.Generator().manual_seed(self.seed))[:count].tolist()
+        for start in range(0, len(order), batch_size):
+            images, _, _ = collate([self.calibration_set[(0, index)] for index in order[start : start + batch_size]])
+            if images is not None:
+                yield images
+
+    def validation_images(self, count: int) -> Iterator[torch.Tensor]:
+        """The first `count` validation images, in batches (bad images left out)."""
+        seen = 0
+        for images, _, _ in self.val_loader:
+            if images is None:
+                continue
+            yield images[: count - seen]
+            seen += len(images)
+            if seen >= count:
+                return
 
 
 def build(spec: DataSpec, model: ModelSpec, seed: int, batch_size: int, train_root: Path, val_root: Path | None, pin_memory: bool = False) -> TrainingData:
@@ -237,4 +259,6 @@ def build(spec: DataSpec, model: ModelSpec, seed: int, batch_size: int, train_ro
         train_sampler=sampler,
         train_size=len(train_set),
         val_size=len(val_set),
+        calibration_set=ImageDataset(train_samples, val_transform(spec, norm), seed),
+        seed=seed,
     )

@@ -2,17 +2,21 @@
 `artifacts/manifest.json` written last (artifacts count only once the manifest names them, as a
 checkpoint counts only once its manifest is written).
 
-Formats built here, each loaded back with its own runtime and checked against the model on a real
-validation batch (max abs difference and top-1 agreement go into the manifest):
+Every format is loaded back with its own runtime and run on a real validation batch; the max abs
+difference and top-1 agreement with the model go into the manifest with the tolerance they were held
+to. A file that misses its tolerance is not uploaded: a deployable artifact is a validated one.
 
 - `state_dict`: the weights as safetensors plus `model.json` (architecture, class names, input size,
   normalisation: enough to rebuild the model with torchvision);
 - `torchscript`: traced (deprecated in recent torch, which warns; still made because many serving
   stacks load it);
-- `exported`: a `torch.export` program (`.pt2`) with a dynamic batch dimension.
+- `exported`: a `torch.export` program (`.pt2`) with a dynamic batch dimension;
+- `onnx`: one self-contained file (weights embedded) with a dynamic batch dimension, passing
+  `onnx.checker`, run back through onnxruntime;
+- `int8`: statically quantized for CPU (trainer.quantize), also measured on up to
+  `agreement_images` validation images (SQNR, top-1), for size and for CPU latency against fp32.
 
-A format that fails, or that this version does not build yet, is recorded in the manifest with its
-reason; it never loses the others, and never fails the run.
+A format that fails is recorded with its reason; it never loses the others, and never fails the run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,18 +35,46 @@ import torch
 import torchvision
 from torch import nn
 
+from trainer import quantize
 from trainer.config import TrainSpec
 from trainer.storage import Storage, file_sha256
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifacts/manifest.json"
 
+# Float formats must reproduce the model's logits within this fraction of their largest magnitude
+# (they differ only by kernel choice and operation order); int8 must pick the same class this often.
+FLOAT_RTOL = 1e-3
+INT8_MIN_TOP1 = 0.9
+
+
+@dataclass
+class ExportData:
+    """The images exports are built and judged on."""
+
+    sample: torch.Tensor
+    """A validation batch (CPU, float): every artifact must reproduce the model's logits on it."""
+    calibration: Callable[[], Iterable[torch.Tensor]] = lambda: ()
+    """Training images without augmentation, for int8 calibration."""
+    validation: Callable[[], Iterable[torch.Tensor]] = lambda: ()
+    """Validation images for int8's agreement with the fp32 model."""
+
+
+@dataclass
+class Built:
+    files: list[Path]
+    run: Callable[[torch.Tensor], torch.Tensor]  # the artifact loaded back with its own runtime
+    figures: dict | None = None  # format-specific measurements for the manifest
+
 
 def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_state: dict | None, classes: list[str], normalization, job_id: str,
-                     step: int, metrics: dict | None, sample: torch.Tensor | None = None) -> dict:
-    """Export, upload, and write the manifest; returns it. `sample`: a validation batch (CPU) that every
-    exported file must reproduce."""
-    cpu_model = copy.deepcopy(model).cpu().eval()
+                     step: int, metrics: dict | None, data: ExportData | None = None, formats: list[str] | None = None) -> dict:
+    """Export `formats` (default: the spec's), upload, and write the manifest; returns it.
+
+    Formats not asked for this time are kept from an earlier manifest of the same checkpoint step
+    (`python -m trainer export --formats int8` adds int8 without redoing the rest)."""
+    formats = list(train.export.formats if formats is None else formats)
+    cpu_model = copy.deepcopy(model).cpu().float().eval()
     if best_state is not None:
         cpu_model.load_state_dict(best_state["model"])  # the best epoch, not merely the last
     info = {"architecture": train.model.name, "num_classes": len(classes), "classes": classes, "input_size": train.data.image_size,
@@ -48,35 +82,70 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
     manifest = {"job_id": job_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "checkpoint_step": step,
                 "source": f"best/ (epoch {best_state['epoch']})" if best_state else "the final model", "metrics": metrics or {},
                 "torch": torch.__version__, "torchvision": torchvision.__version__, "formats": {}, "files": {}}
+    _keep_earlier(storage, manifest, formats)
     input_shape = [None, 3, train.data.image_size, train.data.image_size]  # None: any batch size
-    if sample is None or len(sample) == 0:
-        sample = torch.randn(2, *input_shape[1:])
+    data = data or ExportData(torch.randn(2, *input_shape[1:]))
+    if len(data.sample) < 2:  # torch.export specialises a batch of 1 to a constant
+        data.sample = data.sample.repeat(2, 1, 1, 1)
     with torch.no_grad():
-        expected = cpu_model(sample)
+        expected = cpu_model(data.sample)
     with tempfile.TemporaryDirectory(prefix="spotctl-export-") as folder:
-        for name in train.export.formats:
-            builder = BUILDERS.get(name)
-            if builder is None:
-                manifest["formats"][name] = {"status": "failed", "reason": f"this spotctl version does not export {name} yet"}
-                log.warning("export: %s is not exported by this version", name)
-                continue
+        for name in formats:
             try:
-                written, reloaded = builder(cpu_model, info, Path(folder), sample)
-                validation = _agreement(expected, reloaded(sample))
+                built = BUILDERS[name](cpu_model, info, Path(folder), data)
+                with torch.no_grad():
+                    validation = _agreement(expected, built.run(data.sample))
+                entry = {"status": "ok", "files": [p.name for p in built.files], "validation": validation, **(built.figures or {})}
+                entry["tolerance"], problem = _judge(name, expected, entry)
             except Exception as exc:  # one format's failure must not lose the others
                 log.warning("export: %s failed: %s: %s", name, type(exc).__name__, exc)
                 manifest["formats"][name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 continue
-            for path in written:
+            if problem:
+                log.warning("export: %s not uploaded: %s", name, problem)
+                manifest["formats"][name] = {**entry, "status": "failed", "reason": problem, "files": []}
+                continue
+            for path in built.files:
                 storage.upload(str(path), f"artifacts/{path.name}")
                 manifest["files"][path.name] = {"format": name, "sha256": file_sha256(path), "size": path.stat().st_size, "input_shape": input_shape}
-            manifest["formats"][name] = {"status": "ok", "files": [p.name for p in written], "validation": validation}
-            log.info("export: %s -> %s", name, ", ".join(f"artifacts/{p.name}" for p in written))
+            manifest["formats"][name] = entry
+            log.info("export: %s -> %s", name, ", ".join(f"artifacts/{p.name}" for p in built.files))
     storage.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
 
-def _state_dict(model: nn.Module, info: dict, folder: Path, sample: torch.Tensor):
+def _keep_earlier(storage: Storage, manifest: dict, formats: list[str]) -> None:
+    try:
+        earlier = json.loads(storage.read_bytes(MANIFEST))
+    except (FileNotFoundError, ValueError):
+        return
+    if earlier.get("checkpoint_step") != manifest["checkpoint_step"]:
+        return  # another model: its artifacts are not this one's
+    for name, entry in earlier.get("formats", {}).items():
+        if name not in formats:
+            manifest["formats"][name] = entry
+            manifest["files"].update({file: meta for file, meta in earlier.get("files", {}).items() if meta.get("format") == name})
+
+
+def _agreement(expected: torch.Tensor, got: torch.Tensor) -> dict:
+    """How closely a reloaded artifact reproduces the model on the validation batch."""
+    return {"batch": len(expected), "max_abs_diff": float((expected - got).abs().max()), "top1_agreement": float((expected.argmax(1) == got.argmax(1)).float().mean())}
+
+
+def _judge(name: str, expected: torch.Tensor, entry: dict) -> tuple[dict, str | None]:
+    """(the tolerance this format is held to, what misses it or None)."""
+    if name == "int8":
+        found = entry["validation_set"]["top1_agreement"]
+        problem = f"int8 picks the fp32 model's class for only {found:.1%} of {entry['validation_set']['images']} validation images (at least {INT8_MIN_TOP1:.0%} needed)"
+        return {"min_top1_agreement": INT8_MIN_TOP1}, problem if found < INT8_MIN_TOP1 else None
+    limit = FLOAT_RTOL * max(1.0, float(expected.abs().max()))
+    found = entry["validation"]["max_abs_diff"]
+    problem = f"{name} reproduces the model's logits only within {found:.3g} (tolerance {limit:.3g})"
+    return {"max_abs_diff": limit}, problem if not found <= limit else None
+
+
+# ------------------------------------------------------------------------------------------ formats
+def _state_dict(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built:
     from safetensors.torch import load_file, save_file
 
     weights, description = folder / "model.safetensors", folder / "model.json"
@@ -85,28 +154,63 @@ def _state_dict(model: nn.Module, info: dict, folder: Path, sample: torch.Tensor
     description.write_text(json.dumps(info, indent=1))
     rebuilt = copy.deepcopy(model)
     rebuilt.load_state_dict(load_file(str(weights)))
-    return [weights, description], rebuilt.eval()
+    return Built([weights, description], rebuilt.eval())
 
 
-def _torchscript(model: nn.Module, info: dict, folder: Path, sample: torch.Tensor):
+def _torchscript(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built:
     path = folder / "model.torchscript.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # said once in the module docstring
-        torch.jit.trace(model, sample[:1]).save(str(path))
+        torch.jit.trace(model, data.sample[:1]).save(str(path))
         loaded = torch.jit.load(str(path))
-    return [path], loaded
+    return Built([path], loaded)
 
 
-def _exported(model: nn.Module, info: dict, folder: Path, sample: torch.Tensor):
+def _dynamic_batch():
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def _exported(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built:
     path = folder / "model.pt2"
-    program = torch.export.export(model, (sample,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    program = torch.export.export(model, (data.sample,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(path))
-    return [path], torch.export.load(str(path)).module()
+    return Built([path], torch.export.load(str(path)).module())
 
 
-def _agreement(expected: torch.Tensor, got: torch.Tensor) -> dict:
-    """How closely a reloaded artifact reproduces the model on the validation batch."""
-    return {"batch": len(expected), "max_abs_diff": float((expected - got).abs().max()), "top1_agreement": float((expected.argmax(1) == got.argmax(1)).float().mean())}
+def _onnx(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built:
+    import onnx
+    import onnxruntime
+
+    path = folder / "model.onnx"
+    # The dynamo exporter (torch >= 2.5); external_data=False embeds the weights instead of writing
+    # a model.onnx.data file beside it, which a deployment would have to carry along.
+    torch.onnx.export(model, (data.sample,), str(path), dynamo=True, external_data=False, verbose=False,
+                      input_names=["input"], output_names=["logits"], dynamic_shapes=_dynamic_batch())
+    sidecars = [p.name for p in folder.glob("model.onnx.*")]
+    if sidecars:
+        raise RuntimeError(f"the exporter wrote {', '.join(sidecars)} beside model.onnx instead of embedding the weights")
+    onnx.checker.check_model(str(path), full_check=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return Built([path], lambda images: torch.from_numpy(session.run(None, {"input": images.numpy()})[0]))
 
 
-BUILDERS = {"state_dict": _state_dict, "torchscript": _torchscript, "exported": _exported}
+def _int8(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built:
+    path = folder / "model.int8.pt"
+    quantized, calibrated = quantize.quantize(model, data.calibration(), data.sample)
+    quantized.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # TorchScript's deprecation, as above
+        loaded = torch.jit.load(str(path))
+    fp32_ms, int8_ms = quantize.latency_ms(model, data.sample), quantize.latency_ms(loaded, data.sample)
+    fp32_bytes = quantize.size_bytes(model)
+    figures = {
+        "method": quantize.METHOD, "engine": quantize.engine(), "calibration_images": calibrated,
+        "validation_set": quantize.agreement(model, loaded, data.validation()),
+        "size": {"fp32_bytes": fp32_bytes, "int8_bytes": path.stat().st_size, "ratio": round(fp32_bytes / path.stat().st_size, 2)},
+        "cpu_latency_ms": {"fp32": fp32_ms, "int8": int8_ms, "threads": torch.get_num_threads()},
+        "speedup": {size: round(fp32_ms[size] / int8_ms[size], 2) for size in fp32_ms},
+    }
+    return Built([path], loaded, figures)
+
+
+BUILDERS = {"state_dict": _state_dict, "torchscript": _torchscript, "exported": _exported, "onnx": _onnx, "int8": _int8}

@@ -169,16 +169,13 @@ def _write_final(storage: Storage, final: dict) -> None:
     storage.write_bytes(FINAL, json.dumps(final, indent=1).encode())
 
 
-def _setup_logging(attempt: int):
-    """Log to stderr (rich on a terminal) and to a file that is shipped to logs/attempt-<k>.log."""
+def _setup_logging(attempt: int | None):
+    """Log to stderr (rich on a terminal) and, for an attempt, to a file shipped to logs/attempt-<k>.log."""
     from rich.console import Console
     from rich.logging import RichHandler
 
     console = Console(stderr=True)
-    log_file = Path(tempfile.mkdtemp(prefix="spotctl-trainer-")) / f"attempt-{attempt}.log"
     plain = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    to_file = logging.FileHandler(log_file, encoding="utf-8")
-    to_file.setFormatter(plain)
     if console.is_terminal:
         to_console: logging.Handler = RichHandler(console=console, show_path=False)
     else:
@@ -187,10 +184,15 @@ def _setup_logging(attempt: int):
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(to_file)
     root.addHandler(to_console)
+    log_file = None
+    if attempt is not None:
+        log_file = Path(tempfile.mkdtemp(prefix="spotctl-trainer-")) / f"attempt-{attempt}.log"
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(plain)
+        root.addHandler(to_file)
     root.setLevel(logging.INFO)
-    for noisy in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3", "fsspec", "PIL"):
+    for noisy in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3", "fsspec", "PIL", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return log_file, console
 

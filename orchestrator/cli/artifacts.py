@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.artifacts import download, manifest_of
+from orchestrator.artifacts import describe, download, manifest_of
 from orchestrator.cli import options, render
 
 
@@ -38,8 +38,7 @@ def command(job_id: str, folder: Path | None, storage: str | None, profile: str 
     out = render.console()
     out.print(render.table(["file", "format", "size", "sha256"], rows, title=f"artifacts of {job_id} (from step {manifest.get('checkpoint_step')}, {manifest.get('source')})"))
     for name, result in manifest.get("formats", {}).items():
-        if result.get("status") != "ok":
-            out.print(f"{name}: not exported ({result.get('reason')})", markup=False)
+        out.print(describe(name, result), markup=False)
     return 0
 
 

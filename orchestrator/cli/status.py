@@ -20,6 +20,7 @@ import json
 
 import click
 
+from orchestrator import artifacts
 from orchestrator.cli import options, render
 from orchestrator.control import find_job
 from orchestrator.costing import cost_of
@@ -107,7 +108,7 @@ def job_panel(view: dict):
         final = view["final"]
         lines.append(Text(f"outcome: {final.get('outcome')}" + (f": {final['error']}" if final.get("error") else "")))
     if view["artifacts"]:
-        lines.append(Text(f"artifacts: {', '.join(sorted(view['artifacts'].get('files', {})))}"))
+        lines.append(Text(f"artifacts: {artifacts.summary(view['artifacts'])}"))
     for flag in view["health"]:
         lines.append(Text(f"! {flag['message']}" + (f" ({flag['hint']})" if flag["hint"] else "")))
     rows = [[a["number"], a["instance_type"], a["zone"], render.money(a["spot_price"]), a["instance_id"], a["launched_at"], a.get("ended_at"), _ended(a)]
