@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quickstart on the local cloud (`make demo`): a spot GPU job launched, interrupted part-way,
-# recovered on another pool from its checkpoint, finished; then what it cost. No AWS account needed.
+# recovered on another pool from its checkpoint, finished; what it cost; the exported models. No AWS account needed.
 set -euo pipefail
 SPOTCTL="${SPOTCTL:-.venv/bin/spotctl}"
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -14,6 +14,11 @@ echo "== 2. a small real image dataset (coloured shapes, 5 classes), uploaded to
 
 echo "== 3. launch on the cheapest spot offer and watch: the interruption is recovered on another pool"
 "$SPOTCTL" launch examples/quickstart.yaml --local --watch --poll 2
+
+echo "== 4. the exported models, each loaded back and checked on the instance; downloaded with every sha256 verified"
+JOB_ID="$("$SPOTCTL" status --local --json | "$PYTHON" -c 'import json, sys; print(max(json.load(sys.stdin)["jobs"], key=lambda j: j["created_at"])["job_id"])')"
+"$SPOTCTL" artifacts "$JOB_ID" --local
+"$SPOTCTL" artifacts "$JOB_ID" --local --download "runs/$JOB_ID-model"
 
 echo
 echo "The local cloud is still up: try \`spotctl status --local\`, \`spotctl local status\`; \`spotctl local down\` stops it."

@@ -204,7 +204,7 @@ def _int8(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built
     fp32_ms, int8_ms = quantize.latency_ms(model, data.sample), quantize.latency_ms(loaded, data.sample)
     fp32_bytes = quantize.size_bytes(model)
     figures = {
-        "method": quantize.METHOD, "engine": quantize.engine(), "calibration_images": calibrated,
+        "method": quantize.METHOD, "engine": quantize.engine(), "calibration_images": calibrated, "kept_fp32": [head] if (head := quantize.classifier_head(model)) else [],
         "validation_set": quantize.agreement(model, loaded, data.validation()),
         "size": {"fp32_bytes": fp32_bytes, "int8_bytes": path.stat().st_size, "ratio": round(fp32_bytes / path.stat().st_size, 2)},
         "cpu_latency_ms": {"fp32": fp32_ms, "int8": int8_ms, "threads": torch.get_num_threads()},

@@ -36,16 +36,30 @@ def engine() -> str:
     return "x86" if "x86" in engines else "qnnpack"
 
 
+def classifier_head(model: nn.Module) -> str | None:
+    """The name of the last Linear layer: the classifier head in every torchvision classifier
+    (resnet `fc`, mobilenet/efficientnet/convnext `classifier.N`, vit `heads.head`)."""
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return linear[-1] if linear else None
+
+
 def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> tuple[torch.jit.ScriptModule, int]:
-    """The model with int8 weights and activations, traced; and how many images calibrated it."""
+    """The model with int8 weights and activations, traced; and how many images calibrated it.
+
+    The classifier head stays fp32: the logits are what is compared and ranked, it is a sliver of
+    the compute and the weights, and quantizing it costs the most agreement (on the quickstart's
+    resnet18: SQNR 33.6 dB and 97 % top-1 agreement with it in int8, 39.4 dB and 100 % without)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = engine()
+    mapping = get_default_qconfig_mapping(engine())
+    if (head := classifier_head(model)) is not None:
+        mapping = mapping.set_module_name(head, None)
     seen = 0
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation notices; see the module docstring
-        prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), get_default_qconfig_mapping(engine()), (example,))
+        prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (example,))
         for images in calibration:  # observers record each activation's range
             prepared(images)
             seen += len(images)
