@@ -290,7 +290,6 @@ def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: 
         "InstanceType": offer.instance.name,
         "MinCount": 1,
         "MaxCount": 1,
-        "SubnetId": subnet,
         "UserData": user_data,
         # run_instances with spot market options (not request_spot_instances) keeps the instance profile.
         "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options},
@@ -302,8 +301,12 @@ def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: 
         "DryRun": dry_run,
     }
     group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
+    # The zone is chosen through the subnet. No public address unless the job asks for one: with no
+    # inbound rules it would only carry outbound traffic, which a NAT gateway or VPC endpoints can.
+    interface = {"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": spec.compute.public_ip, "DeleteOnTermination": True}
     if group:  # a dry run creates nothing: without spotctl's group yet, it checks with the default one
-        request["SecurityGroupIds"] = [group]
+        interface["Groups"] = [group]
+    request["NetworkInterfaces"] = [interface]
     profile = spec.compute.instance_profile
     if profile:
         request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}

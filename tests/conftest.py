@@ -18,6 +18,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
+def _own_spotctl_home(tmp_path, monkeypatch):
+    """No test reads or writes the user's ~/.spotctl (the infra profile changes what job files mean)."""
+    monkeypatch.setenv("SPOTCTL_HOME", str(tmp_path / "spotctl-home"))
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Fail any connection this process makes to a non-loopback address."""
     real_connect = socket.socket.connect

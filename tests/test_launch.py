@@ -61,8 +61,10 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     assert ec2.describe_subnets(SubnetIds=[instance["SubnetId"]])["Subnets"][0]["AvailabilityZone"] == "us-east-1a"
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags == {"spotctl:job": job_id, "spotctl:attempt": "1", "Name": f"spotctl {job_id} #1"}
-    [group] = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in instance["SecurityGroups"]])["SecurityGroups"]
+    [interface] = instance["NetworkInterfaces"]
+    [group] = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in interface["Groups"]])["SecurityGroups"]
     assert group["GroupName"] == "spotctl-no-inbound" and group["IpPermissions"] == []
+    assert "PublicIpAddress" not in instance and not interface.get("Association")  # no public address unless asked
     volumes = ec2.describe_volumes(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Volumes"]
     assert volumes and all(v["Encrypted"] for v in volumes)
 
@@ -86,7 +88,7 @@ def test_capacity_errors_move_on_to_the_next_offer(account, spotctl, monkeypatch
 
     def refuse(params):
         if params["InstanceType"] == "g4dn.xlarge":
-            refused.append(params["SubnetId"])
+            refused.append(params["NetworkInterfaces"][0]["SubnetId"])
             return "InsufficientInstanceCapacity" if len(refused) == 1 else "SpotMaxPriceTooLow"
         return None
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 POINTER = "LATEST.json"
 STATE_FILE = "state.pt"
+KIND_TAG = "spotctl:kind"  # S3 object tag: checkpoint | best
 FORMAT_VERSION = 1
 
 
@@ -88,9 +89,13 @@ class Checkpointer:
         every_seconds: float | None = None,
         identity: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kind: str = "checkpoint",
     ):
         self.storage = storage
         self.prefix = prefix
+        # S3 object tag `spotctl:kind` of what this writes: the bucket's optional lifecycle rule
+        # (infra/spotctl.yaml, CheckpointExpirationDays) expires `checkpoint` objects, never `best`.
+        self.tags = {KIND_TAG: kind}
         self.keep = keep
         self.every_steps = every_steps
         self.every_seconds = every_seconds
@@ -166,7 +171,7 @@ class Checkpointer:
                 hashing = _HashingWriter(handle)  # hashed as it is written: no second pass over the file
                 torch.save(state, hashing)
             digest, size = hashing.sha256.hexdigest(), hashing.size
-            self.storage.upload(local, f"{folder}/{STATE_FILE}", move=True)
+            self.storage.upload(local, f"{folder}/{STATE_FILE}", move=True, tags=self.tags)
         manifest = {
             "format": FORMAT_VERSION,
             "step": step,
@@ -179,7 +184,7 @@ class Checkpointer:
         }
         body = json.dumps(manifest, indent=1, sort_keys=True).encode()
         try:
-            self.storage.write_bytes(f"{folder}/{MANIFEST}", body, create_only=True)
+            self.storage.write_bytes(f"{folder}/{MANIFEST}", body, create_only=True, tags=self.tags)
         except FileExistsError:  # another writer committed this step between our check and now
             existing = self._read_manifest(step)
             if existing is None:

@@ -151,6 +151,10 @@ class ComputeSpec(Section):
     """IAM instance profile (name or ARN) that gives the instance access to `storage`."""
     security_group: str | None = Field(None, examples=["sg-0123456789abcdef0"])
     """Security group id; default: one with no inbound rules, created at launch."""
+    public_ip: bool = False
+    """Give the instance a public IPv4 address. Off by default: the subnet then needs a route to S3
+    and to the package index (a NAT gateway, or an S3 gateway endpoint and a mirror). Turn it on in a
+    default VPC without one; with no inbound rules the address only carries outbound traffic."""
 
     @field_validator("ami")
     @classmethod

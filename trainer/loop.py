@@ -116,7 +116,7 @@ class Trainer:
         identity = {"model": self.train.model.name, "classes": self.classes, "train": train_fingerprint(self.train)}
         ckpt = self.train.checkpoint
         self.checkpoints = Checkpointer(storage, "checkpoints", keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
-        self.best = Checkpointer(storage, "best", keep=1, identity=identity)
+        self.best = Checkpointer(storage, "best", keep=1, identity=identity, kind="best")
         # A checkpoint that records a new best commits only after best/ holds that model.
         self.checkpoints.depends_on = self.best
         self.stopper = EarlyStopping(self.train.early_stopping)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,22 @@ class SpecError(ValueError):
         return f"{self.source} is not a valid job spec ({count} problem{'s' * (count != 1)})"
 
 
-def load_spec(location: str | Path) -> JobSpec:
+Defaults = Callable[[dict], dict]
+
+
+def load_spec(location: str | Path, defaults: Defaults | None = None) -> JobSpec:
     """Load and fully validate a job file from a local path or any fsspec URL (s3://...)."""
     location = str(location)
     local = _local_path(location)
-    return parse_spec(_read_text(location, local), source=location, base_dir=local.parent if local else None)
+    return parse_spec(_read_text(location, local), source=location, base_dir=local.parent if local else None, defaults=defaults)
 
 
-def parse_spec(text: str, source: str = "job.yaml", base_dir: Path | None = None) -> JobSpec:
-    """Validate job.yaml text. Relative local paths in it are resolved against `base_dir`."""
+def parse_spec(text: str, source: str = "job.yaml", base_dir: Path | None = None, defaults: Defaults | None = None) -> JobSpec:
+    """Validate job.yaml text. Relative local paths in it are resolved against `base_dir`.
+    `defaults(data)` gives values for keys the file leaves out (the deployed stack's storage...)."""
     data, lines = _parse_yaml(text, source)
+    if defaults is not None and isinstance(data, dict):
+        data = _fill_missing(data, defaults(data))
     try:
         spec = JobSpec.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
@@ -69,6 +76,16 @@ def parse_spec(text: str, source: str = "job.yaml", base_dir: Path | None = None
     if problems:
         raise SpecError(source, [_locate(p, lines, source, key_line=False) for p in problems])
     return spec
+
+
+def _fill_missing(data: dict, defaults: dict) -> dict:
+    filled = dict(data)
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(filled.get(key, {}), dict):
+            filled[key] = _fill_missing(filled.get(key) or {}, value)
+        elif filled.get(key) is None:
+            filled[key] = value
+    return filled
 
 
 def dump_spec(spec: JobSpec) -> str:
@@ -258,7 +275,8 @@ def _message(error: dict) -> str:
         return f"unknown key '{loc[-1]}'{hint}"
     if kind == "missing":
         example = _example(field)
-        return f"required but missing; add {loc[-1]}:{' ' + example if example else ''}"
+        deployed = " (or run `spotctl infra deploy` once: job files may then leave it out)" if tuple(loc) == ("storage",) else ""
+        return f"required but missing; add {loc[-1]}:{' ' + example if example else ''}{deployed}"
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
         return f"{_describe(value)} is not one of {', '.join(choices)}{did_you_mean(str(value), choices)}"

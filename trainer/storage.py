@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlencode
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -69,13 +70,14 @@ class Storage:
     def read_bytes(self, relative: str) -> bytes:
         return self._retry(f"read {relative}", lambda: self.fs.cat_file(self.path(relative)))
 
-    def write_bytes(self, relative: str, data: bytes, create_only: bool = False) -> None:
-        """Write an object whole. create_only: fail with FileExistsError if it already exists."""
+    def write_bytes(self, relative: str, data: bytes, create_only: bool = False, tags: dict[str, str] | None = None) -> None:
+        """Write an object whole. create_only: fail with FileExistsError if it already exists. tags:
+        S3 object tags (what bucket lifecycle rules select on); ignored on local storage."""
         path = self._target(relative)
         if self.is_local:
             self._retry(f"write {relative}", lambda: _local_publish(path, create_only, lambda tmp: Path(tmp).write_bytes(data)))
             return
-        self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite"))
+        self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **_tagging(tags)))
 
     def read_versioned(self, relative: str) -> tuple[bytes, str]:
         """The object and a version token for `write_if` (its ETag on S3, a content hash locally).
@@ -105,9 +107,10 @@ class Storage:
         bucket, key = path.split("/", 1)
         self._retry(f"write {relative}", lambda: _s3_call(self.fs, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
 
-    def upload(self, local_file: str, relative: str, move: bool = False) -> None:
+    def upload(self, local_file: str, relative: str, move: bool = False, tags: dict[str, str] | None = None) -> None:
         """Copy a local file to `relative` (multipart on S3 for large files). move: the caller no longer
-        needs `local_file`, so on local storage it may be renamed into place instead of copied."""
+        needs `local_file`, so on local storage it may be renamed into place instead of copied. tags:
+        as for write_bytes."""
         path = self._target(relative)
         if self.is_local:
             if move:
@@ -118,7 +121,7 @@ class Storage:
                     pass  # another filesystem: copy it
             self._retry(f"upload {relative}", lambda: _local_publish(path, False, lambda tmp: shutil.copyfile(local_file, tmp)))
             return
-        self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path))
+        self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path, **_tagging(tags)))
 
     def _target(self, relative: str) -> str:
         """The path to write `relative` to; a local folder needs its parent created first (S3 has none)."""
@@ -222,3 +225,8 @@ def _local_publish(path: str, create_only: bool, fill: Callable[[str], object]) 
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _tagging(tags: dict[str, str] | None) -> dict:
+    """s3fs passes extra keywords on to PutObject / CreateMultipartUpload."""
+    return {"Tagging": urlencode(tags)} if tags else {}

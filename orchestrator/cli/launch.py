@@ -11,7 +11,6 @@ from orchestrator.cli.offers import OFFER_HEADERS, offer_rows
 from orchestrator.launch import dry_run as check_permissions
 from orchestrator.launch import launch, plan_launch
 from orchestrator.record import JobStore
-from trainer.spec_file import load_spec
 
 
 @click.command("launch")
@@ -25,7 +24,7 @@ from trainer.spec_file import load_spec
 @options.json_option
 def command(job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:
     """Launch JOB.yaml on the cheapest spot offer; print the job id and how to follow it."""
-    spec = load_spec(job_file)
+    spec = options.load_job(job_file)
     if region:
         spec = spec.model_copy(update={"region": region})
     cloud = options.cloud(spec.region, profile)

@@ -9,7 +9,7 @@ import botocore.exceptions
 import click
 
 from orchestrator import __version__
-from orchestrator.cli import artifacts, launch, local, logs, offers, resume, schema, status, stop, validate, watch
+from orchestrator.cli import artifacts, infra, launch, local, logs, offers, resume, schema, status, stop, validate, watch
 from orchestrator.aws import as_user_error
 from orchestrator.errors import UserError
 from trainer.spec_file import SpecError
@@ -27,7 +27,7 @@ def cli(debug: bool) -> None:
     """
 
 
-for module in (validate, schema, offers, launch, status, watch, resume, stop, logs, artifacts, local):
+for module in (validate, schema, offers, launch, status, watch, resume, stop, logs, artifacts, local, infra):
     cli.add_command(module.command)
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs",
-         "watch": "watching the jobs", "resume": "resuming the job", "artifacts": "reading the artifacts"}
+         "watch": "watching the jobs", "resume": "resuming the job", "artifacts": "reading the artifacts", "infra": "setting up the AWS resources"}
 
 
 def cloud_error(exc: Exception, args: list[str]) -> UserError:

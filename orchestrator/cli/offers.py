@@ -8,7 +8,6 @@ import click
 
 from orchestrator.cli import options, render
 from orchestrator.offers import Offer, find_offers
-from trainer.spec_file import load_spec
 
 
 def offer_rows(offers: list[Offer]) -> list[list]:
@@ -30,7 +29,7 @@ OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-de
 @options.json_option
 def command(job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
     """List the spot offers (instance type x zone) JOB.yaml may run on, cheapest first."""
-    spec = load_spec(job_file)
+    spec = options.load_job(job_file)
     cloud = options.cloud(region or spec.region, profile)
     found = find_offers(cloud, spec.compute, options.prices(cloud))
     if as_json:

@@ -51,6 +51,25 @@ local_starting_option = click.option("--local", is_flag=True, expose_value=False
                                      help="Use the local cloud instead of AWS, starting it if it is not running.")
 
 
+def load_job(job_file: str):
+    """The job file, validated, with what it leaves out taken from the local cloud (under --local) or
+    from the stack `spotctl infra deploy` recorded: storage, instance profile, security group."""
+    from trainer.spec_file import load_spec
+
+    return load_spec(job_file, defaults=job_defaults)
+
+
+def job_defaults(data: dict) -> dict:
+    if os.environ.get("SPOTCTL_LOCAL_SEED") is not None:
+        from orchestrator.local import client
+        from orchestrator.local.daemon import INSTANCE_PROFILE
+
+        return {"storage": client.LOCAL_STORAGE, "compute": {"instance_profile": INSTANCE_PROFILE}}
+    from orchestrator import infra
+
+    return infra.job_defaults(data)
+
+
 def store(storage: str | None, profile: str | None) -> JobStore:
     root = storage or os.environ.get(STORAGE_ENV)
     if not root:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from orchestrator.cli import render
-from trainer.spec_file import SpecError, load_spec
+from orchestrator.cli import options, render
+from trainer.spec_file import SpecError
 
 
 @click.command("validate")
@@ -20,7 +20,7 @@ def command(job_file: str, as_json: bool) -> int:
     when there is any.
     """
     try:
-        spec = load_spec(job_file)
+        spec = options.load_job(job_file)
     except SpecError as exc:
         if not as_json:
             raise

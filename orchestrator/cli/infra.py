@@ -1,0 +1,99 @@
+"""`spotctl infra deploy|status|delete`: the AWS resources spotctl needs, as one CloudFormation stack
+(infra/spotctl.yaml), and the local profile that lets job files leave them out (orchestrator.infra)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+
+from orchestrator import infra
+from orchestrator.cli import options, render
+
+stack_option = click.option("--stack", default=infra.DEFAULT_STACK, show_default=True, metavar="NAME", help="CloudFormation stack name.")
+region_option = click.option("--region", metavar="REGION", help="AWS region (default: the deployed stack's, else $AWS_DEFAULT_REGION, else us-east-1).")
+
+
+def _region(region: str | None) -> str:
+    import os
+
+    deployed = infra.read_profile()
+    return region or (deployed.region if deployed else None) or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+
+
+@click.group("infra")
+def command() -> None:
+    """The AWS setup: bucket, trainer instance profile, security group (one CloudFormation stack)."""
+
+
+@command.command("deploy")
+@stack_option
+@region_option
+@click.option("--bucket", metavar="NAME", help="Bucket to create (default: spotctl-<account>-<region>).")
+@click.option("--prefix", default=infra.DEFAULT_PREFIX, show_default=True, help="Key prefix jobs are stored under; the trainer role is limited to it.")
+@click.option("--expire-checkpoints-days", type=click.IntRange(0, 3650), default=0, show_default=True,
+              help="Delete periodic checkpoints this many days after they were written (best/ and artifacts are kept); 0: never.")
+@click.option("--data-read", "data_read", multiple=True, metavar="ARN",
+              help="Extra S3 objects the trainer may read, e.g. arn:aws:s3:::my-datasets/imagenet/* (repeatable).")
+@options.profile_option
+@options.json_option
+def deploy(stack: str, region: str | None, bucket: str | None, prefix: str, expire_checkpoints_days: int, data_read: tuple[str, ...], profile: str | None, as_json: bool) -> int:
+    """Create or update the stack, wait for it, and remember its outputs for job files."""
+    cloud = options.cloud(_region(region), profile)
+    events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    deployed, repaired = infra.deploy(cloud, stack, bucket, prefix, expire_checkpoints_days, data_read, on_event=events)
+    if as_json:
+        click.echo(json.dumps({**asdict(deployed), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2))
+        return 0
+    if repaired:
+        click.echo(f"set on the bucket through S3, as CloudFormation had not: {', '.join(repaired)}")
+    click.echo(f"stack {deployed.stack} ready in {deployed.region}:")
+    for label, value in (("storage", deployed.storage), ("instance profile", deployed.instance_profile), ("security group", deployed.security_group)):
+        click.echo(f"  {label:<17} {value}")
+    click.echo(f"recorded in {infra.profile_path()}: job files may now leave out storage, compute.instance_profile and compute.security_group")
+    return 0
+
+
+@command.command("status")
+@stack_option
+@region_option
+@options.profile_option
+@options.json_option
+def status(stack: str, region: str | None, profile: str | None, as_json: bool) -> int:
+    """The stack, its outputs, the bucket's protections as S3 reports them, and the local profile."""
+    cloud = options.cloud(_region(region), profile)
+    current = infra.stack_of(cloud, stack)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in (current or {}).get("Outputs", [])}
+    checks = infra.bucket_checks(cloud, outputs["BucketName"]) if "BucketName" in outputs else {}
+    deployed = infra.read_profile()
+    if as_json:
+        click.echo(json.dumps({"stack": stack, "region": cloud.region, "status": current["StackStatus"] if current else None, "outputs": outputs,
+                               "bucket_checks": checks, "profile": asdict(deployed) if deployed else None}, indent=2))
+        return 0 if current else 1
+    if current is None:
+        click.echo(f"no stack {stack} in {cloud.region}; `spotctl infra deploy` creates it")
+        return 1
+    out = render.console()
+    out.print(f"stack {stack} in {cloud.region}: {current['StackStatus']}", markup=False)
+    out.print(render.table(["output", "value"], sorted(outputs.items())))
+    for name, ok in checks.items():
+        mark = {True: "ok  ", False: "MISSING", None: "n/a "}[ok]
+        reason = f" (plain-HTTP endpoint {infra.plain_http_endpoint(cloud)})" if ok is None else ""
+        out.print(f"  {mark} {name.replace('_', ' ')}{reason}", markup=False)
+    in_use = deployed and (deployed.stack, deployed.region) == (stack, cloud.region)
+    out.print(f"job files default to this stack's outputs ({infra.profile_path()})" if in_use else "not the stack job files default to", markup=False)
+    return 1 if False in checks.values() else 0
+
+
+@command.command("delete")
+@stack_option
+@region_option
+@click.option("--force", is_flag=True, help="Delete even though the bucket holds jobs (the bucket and its objects are kept).")
+@options.profile_option
+def delete(stack: str, region: str | None, force: bool, profile: str | None) -> int:
+    """Delete the stack (refused while its bucket holds jobs, unless --force); the bucket is kept unless empty."""
+    cloud = options.cloud(_region(region), profile)
+    bucket = infra.delete(cloud, stack, force, on_event=lambda line: click.echo(line, err=True))
+    click.echo(f"deleted stack {stack} in {cloud.region}; {bucket}")
+    return 0

@@ -1,0 +1,291 @@
+"""One-command AWS setup: the CloudFormation stack of infra/spotctl.yaml (bucket, trainer role and
+instance profile, a security group with no inbound rules), and the local profile that lets a job.yaml
+leave `storage`, `compute.instance_profile` and `compute.security_group` out.
+
+deploy   create_stack or update_stack (not change sets: moto drops the outputs of stacks made
+         through them), wait, then check the bucket's guarantees through the S3 API itself and set
+         any that are missing (moto's CloudFormation leaves the public access block, the TLS-only
+         policy and the lifecycle rules unset; on AWS this finds them already in place), and
+         record the outputs in the profile.
+status   the stack, its outputs, the bucket's guarantees as S3 reports them, the profile.
+delete   refuses while the bucket holds jobs (unless forced); the bucket itself is kept (its
+         DeletionPolicy is Retain) unless it is empty.
+
+The profile is `$SPOTCTL_HOME/infra.json` (default ~/.spotctl): the last stack deployed, by region.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import botocore.exceptions
+
+from orchestrator.aws import Cloud, as_user_error, describe, error_code, with_backoff
+from orchestrator.errors import UserError
+
+TEMPLATE = Path(__file__).parent / "data" / "infra" / "spotctl.yaml"
+DEFAULT_STACK = "spotctl"
+DEFAULT_PREFIX = "spotctl"
+WAIT_LIMIT_S = 1800
+FAILED = ("CREATE_FAILED", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_ROLLBACK_FAILED", "DELETE_FAILED")
+
+# What the bucket must have, checked through S3 (the template sets the same; `secure_bucket` repairs).
+PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+TLS_ONLY_SID = "DenyInsecureTransport"
+ABORT_UPLOADS_RULE = "abort-incomplete-multipart-uploads"
+
+
+def spotctl_home() -> Path:
+    return Path(os.environ.get("SPOTCTL_HOME") or Path.home() / ".spotctl").expanduser()
+
+
+def profile_path() -> Path:
+    return spotctl_home() / "infra.json"
+
+
+@dataclass
+class Deployed:
+    """A deployed stack's outputs, as recorded in the profile."""
+
+    stack: str
+    region: str
+    bucket: str
+    storage: str
+    instance_profile: str
+    security_group: str
+    role_arn: str
+    deployed_at: str
+
+
+# --------------------------------------------------------------------------------------- the profile
+def read_profile() -> Deployed | None:
+    try:
+        data = json.loads(profile_path().read_text())
+        return Deployed(**data["stacks"][data["default"]])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _write_profile(deployed: Deployed | None, forget: tuple[str, str] | None = None) -> None:
+    path = profile_path()
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {"default": None, "stacks": {}}
+    if deployed is not None:
+        key = f"{deployed.region}/{deployed.stack}"
+        data["stacks"][key] = asdict(deployed)
+        data["default"] = key
+    if forget is not None:
+        key = f"{forget[0]}/{forget[1]}"
+        data["stacks"].pop(key, None)
+        if data["default"] == key:
+            data["default"] = next(iter(data["stacks"]), None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def job_defaults(data: dict) -> dict:
+    """What a job file may leave out, from the deployed stack: storage, instance profile, security
+    group (and region). Nothing when the job names another region: the stack's resources are regional."""
+    deployed = read_profile()
+    if deployed is None or data.get("region", deployed.region) != deployed.region:
+        return {}
+    return {"region": deployed.region, "storage": deployed.storage,
+            "compute": {"instance_profile": deployed.instance_profile, "security_group": deployed.security_group}}
+
+
+# ------------------------------------------------------------------------------------------- deploy
+def default_bucket_name(cloud: Cloud) -> str:
+    """spotctl-<account>-<region>: unique per account and region, and the same on every deploy."""
+    account = with_backoff(lambda: cloud.client("sts").get_caller_identity())["Account"]
+    return f"spotctl-{account}-{cloud.region}"
+
+
+def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, prefix: str = DEFAULT_PREFIX, expire_checkpoints_days: int = 0,
+           data_read_arns: tuple[str, ...] = (), on_event: Callable[[str], None] = lambda line: None) -> tuple[Deployed, list[str]]:
+    """Create or update the stack, wait for it, secure the bucket, record the profile. Returns the
+    outputs and what `secure_bucket` had to set."""
+    cf = cloud.client("cloudformation")
+    bucket = bucket or default_bucket_name(cloud)
+    parameters = {"BucketName": bucket, "Prefix": prefix, "CheckpointExpirationDays": str(expire_checkpoints_days), "DataReadArns": ",".join(data_read_arns)}
+    request = {"StackName": stack, "TemplateBody": TEMPLATE.read_text(), "Capabilities": ["CAPABILITY_IAM"],
+               "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()]}
+    current = stack_of(cloud, stack)
+    try:
+        if current is None:
+            on_event(f"creating stack {stack} in {cloud.region} (bucket {bucket})")
+            with_backoff(lambda: cf.create_stack(**request, Tags=[{"Key": "spotctl:managed", "Value": "true"}]))
+        elif current["StackStatus"] == "ROLLBACK_COMPLETE":
+            raise UserError(f"stack {stack} failed to create earlier and is in ROLLBACK_COMPLETE", f"delete it (`spotctl infra delete --stack {stack}`), then deploy again")
+        else:
+            on_event(f"updating stack {stack} in {cloud.region}")
+            with_backoff(lambda: cf.update_stack(**request))
+    except botocore.exceptions.ClientError as exc:
+        if "No updates are to be performed" not in describe(exc):
+            raise as_user_error(exc, f"deploying stack {stack}") from None
+        on_event(f"stack {stack} is up to date")
+    final = wait(cloud, stack, on_event)
+    if final["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
+        raise UserError(f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or final.get('StackStatusReason') or 'no reason given'}",
+                        "fix the cause, then deploy again (a stack that failed to create must be deleted first)")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in final.get("Outputs", [])}
+    deployed = Deployed(stack=stack, region=cloud.region, bucket=outputs["BucketName"], storage=outputs["Storage"], instance_profile=outputs["InstanceProfile"],
+                        security_group=outputs["SecurityGroup"], role_arn=outputs["TrainerRoleArn"],
+                        deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    repaired = secure_bucket(cloud, deployed.bucket)
+    _write_profile(deployed)
+    return deployed, repaired
+
+
+def stack_of(cloud: Cloud, stack: str) -> dict | None:
+    try:
+        return with_backoff(lambda: cloud.client("cloudformation").describe_stacks(StackName=stack))["Stacks"][0]
+    except botocore.exceptions.ClientError as exc:
+        if "does not exist" in describe(exc):
+            return None
+        raise as_user_error(exc, f"reading stack {stack}") from None
+
+
+def wait(cloud: Cloud, stack: str, on_event: Callable[[str], None], poll_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> dict:
+    """Poll until the stack leaves *_IN_PROGRESS; the last description (or {"StackStatus": "DELETE_COMPLETE"})."""
+    started, last = clock(), None
+    while True:
+        current = stack_of(cloud, stack)
+        if current is None:
+            return {"StackStatus": "DELETE_COMPLETE"}
+        status = current["StackStatus"]
+        if status != last:
+            on_event(f"{stack}: {status}")
+            last = status
+        if not status.endswith("_IN_PROGRESS"):
+            return current
+        if clock() - started > WAIT_LIMIT_S:
+            raise UserError(f"stack {stack} is still {status} after {WAIT_LIMIT_S // 60} minutes", "see its events in the CloudFormation console; `spotctl infra status` shows where it is")
+        time.sleep(poll_s)
+
+
+def _failure(cloud: Cloud, stack: str) -> str | None:
+    """The first resource failure of the stack's latest operation, which says more than the stack's."""
+    try:
+        events = with_backoff(lambda: cloud.client("cloudformation").describe_stack_events(StackName=stack))["StackEvents"]
+    except botocore.exceptions.ClientError:
+        return None
+    failed = [e for e in reversed(events) if e.get("ResourceStatus", "").endswith("_FAILED") and e.get("ResourceStatusReason")]
+    return f"{failed[0]['LogicalResourceId']}: {failed[0]['ResourceStatusReason']}" if failed else None
+
+
+# --------------------------------------------------------------------------------------- the bucket
+def plain_http_endpoint(cloud: Cloud) -> str | None:
+    """The endpoint, when S3 is reached without TLS (the local cloud, a moto server). There a TLS-only
+    policy could never be satisfied and would refuse every request, spotctl's own included (moto
+    also evaluates any conditional Deny as a Deny), so it is not set there, and reported as such."""
+    endpoint = cloud.client("s3").meta.endpoint_url
+    return endpoint if endpoint.startswith("http://") else None
+
+
+def bucket_checks(cloud: Cloud, bucket: str) -> dict[str, bool | None]:
+    """The bucket's guarantees as S3 itself reports them (not as the template says); None: not
+    applicable here (tls_only on a plain-HTTP endpoint)."""
+    s3 = cloud.client("s3")
+
+    def read(call: str, **kwargs):
+        try:
+            return with_backoff(lambda: getattr(s3, call)(Bucket=bucket, **kwargs))
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc).startswith(("NoSuch", "ServerSideEncryptionConfigurationNotFound")):
+                return None
+            raise as_user_error(exc, f"reading the settings of bucket {bucket}") from None
+
+    block = read("get_public_access_block")
+    encryption = read("get_bucket_encryption")
+    policy = read("get_bucket_policy")
+    lifecycle = read("get_bucket_lifecycle_configuration")
+    statements = json.loads(policy["Policy"]).get("Statement", []) if policy else []
+    rules = lifecycle.get("Rules", []) if lifecycle else []
+    return {
+        "public_access_blocked": bool(block) and all(block["PublicAccessBlockConfiguration"].get(k) for k in PUBLIC_ACCESS_BLOCK),
+        "encrypted_at_rest": bool(encryption) and bool(encryption["ServerSideEncryptionConfiguration"].get("Rules")),
+        "tls_only": None if plain_http_endpoint(cloud) else
+        any(s.get("Effect") == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False) for s in statements),
+        "aborts_incomplete_uploads": any(r.get("Status") == "Enabled" and r.get("AbortIncompleteMultipartUpload") for r in rules),
+    }
+
+
+def secure_bucket(cloud: Cloud, bucket: str) -> list[str]:
+    """Set whatever `bucket_checks` finds missing; returns the names of what was set."""
+    s3 = cloud.client("s3")
+    checks = bucket_checks(cloud, bucket)
+    arn = f"arn:aws:s3:::{bucket}"
+    fixes = {
+        "public_access_blocked": lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
+        "encrypted_at_rest": lambda: s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]}),
+        "tls_only": lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Sid": TLS_ONLY_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})),
+        "aborts_incomplete_uploads": lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [{
+            "ID": ABORT_UPLOADS_RULE, "Status": "Enabled", "Filter": {"Prefix": ""}, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]}),
+    }
+    repaired = []
+    for name, ok in checks.items():
+        if ok is False:
+            try:
+                with_backoff(fixes[name])
+            except botocore.exceptions.ClientError as exc:
+                raise as_user_error(exc, f"securing bucket {bucket} ({name})") from None
+            repaired.append(name)
+    return repaired
+
+
+# ------------------------------------------------------------------------------------------- delete
+def jobs_in(cloud: Cloud, bucket: str, prefix: str) -> int:
+    """How many job folders the bucket holds under `<prefix>/jobs/`."""
+    found = with_backoff(lambda: cloud.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/", Delimiter="/"))
+    return len(found.get("CommonPrefixes", []))
+
+
+def delete(cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_event: Callable[[str], None] = lambda line: None) -> str:
+    """Delete the stack; returns what became of the bucket."""
+    current = stack_of(cloud, stack)
+    if current is None:
+        raise UserError(f"there is no stack {stack} in {cloud.region}", "`spotctl infra status` shows the deployed stack and its region")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in current.get("Outputs", [])}
+    bucket, storage = outputs.get("BucketName"), outputs.get("Storage", "")
+    prefix = storage.split("/", 3)[3] if storage.count("/") >= 3 else DEFAULT_PREFIX
+    count = jobs_in(cloud, bucket, prefix) if bucket else 0
+    if count and not force:
+        raise UserError(f"bucket {bucket} holds {count} job{'s' if count != 1 else ''} under {prefix}/jobs/; deleting the stack removes the role and "
+                        "security group they run with", "stop them and keep what you need (`spotctl artifacts JOB --download DIR`), then pass --force")
+    on_event(f"deleting stack {stack} in {cloud.region}")
+    try:
+        with_backoff(lambda: cloud.client("cloudformation").delete_stack(StackName=stack))
+    except botocore.exceptions.ClientError as exc:
+        raise as_user_error(exc, f"deleting stack {stack}") from None
+    final = wait(cloud, stack, on_event)
+    if final["StackStatus"] != "DELETE_COMPLETE":
+        raise UserError(f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or 'no reason given'}", "see its events in the CloudFormation console")
+    _write_profile(None, forget=(cloud.region, stack))
+    return _drop_bucket_if_empty(cloud, bucket) if bucket else "no bucket"
+
+
+def _drop_bucket_if_empty(cloud: Cloud, bucket: str) -> str:
+    s3 = cloud.client("s3")
+    try:
+        listed = with_backoff(lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=1))
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) == "NoSuchBucket":
+            return f"bucket {bucket} is gone"
+        raise as_user_error(exc, f"reading bucket {bucket}") from None
+    if listed.get("KeyCount", 0):
+        return f"bucket {bucket} kept with its objects (delete it yourself when you no longer need them: aws s3 rb s3://{bucket} --force)"
+    with_backoff(lambda: s3.delete_bucket(Bucket=bucket))
+    return f"bucket {bucket} was empty and is deleted"
