@@ -99,10 +99,10 @@ class HeartbeatCountingStorage(Storage):
         super().__init__(root)
         self.heartbeats: list[float] = []
 
-    def write_bytes(self, relative: str, data: bytes, create_only: bool = False) -> None:
+    def write_bytes(self, relative: str, data: bytes, create_only: bool = False, tags: dict | None = None) -> None:
         if relative == HEARTBEAT:
             self.heartbeats.append(time.perf_counter())
-        super().write_bytes(relative, data, create_only)
+        super().write_bytes(relative, data, create_only, tags)
 
 
 def run_plain(spec: JobSpec, train_root: str, warmup: int) -> dict:

@@ -30,6 +30,7 @@ from orchestrator.aws import Cloud, as_user_error, describe, error_code, with_ba
 from orchestrator.errors import UserError
 
 TEMPLATE = Path(__file__).parent / "data" / "infra" / "spotctl.yaml"
+OPERATOR_POLICY = TEMPLATE.with_name("operator-policy.json")  # kept exact by tests/test_operator_policy.py
 DEFAULT_STACK = "spotctl"
 DEFAULT_PREFIX = "spotctl"
 WAIT_LIMIT_S = 1800
@@ -103,6 +104,15 @@ def job_defaults(data: dict) -> dict:
             "compute": {"instance_profile": deployed.instance_profile, "security_group": deployed.security_group}}
 
 
+def operator_policy(deployed: Deployed) -> dict:
+    """infra/operator-policy.json for this stack: what the person or CI running spotctl needs."""
+    prefix = deployed.storage.split("/", 3)[3] if deployed.storage.count("/") >= 3 else DEFAULT_PREFIX
+    text = OPERATOR_POLICY.read_text()
+    for name, value in (("Bucket", deployed.bucket), ("Prefix", prefix), ("TrainerRoleArn", deployed.role_arn)):
+        text = text.replace("${" + name + "}", value)
+    return json.loads(text)
+
+
 # ------------------------------------------------------------------------------------------- deploy
 def default_bucket_name(cloud: Cloud) -> str:
     """spotctl-<account>-<region>: unique per account and region, and the same on every deploy."""
@@ -116,7 +126,8 @@ def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, 
     outputs and what `secure_bucket` had to set."""
     cf = cloud.client("cloudformation")
     bucket = bucket or default_bucket_name(cloud)
-    parameters = {"BucketName": bucket, "Prefix": prefix, "CheckpointExpirationDays": str(expire_checkpoints_days), "DataReadArns": ",".join(data_read_arns)}
+    arns = [arn for item in data_read_arns for arn in data_arns(item)]
+    parameters = {"BucketName": bucket, "Prefix": prefix, "CheckpointExpirationDays": str(expire_checkpoints_days), "DataReadArns": ",".join(arns)}
     request = {"StackName": stack, "TemplateBody": TEMPLATE.read_text(), "Capabilities": ["CAPABILITY_IAM"],
                "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()]}
     current = stack_of(cloud, stack)
@@ -144,6 +155,17 @@ def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, 
     repaired = secure_bucket(cloud, deployed.bucket)
     _write_profile(deployed)
     return deployed, repaired
+
+
+def data_arns(location: str) -> list[str]:
+    """`s3://bucket/prefix/` -> the bucket's ARN (to list) and the prefix's objects (to read); an ARN as is."""
+    if location.startswith("arn:aws"):
+        return [location]
+    if not location.startswith("s3://") or not location[5:].split("/", 1)[0]:
+        raise UserError(f"--data-read {location!r} is neither s3://bucket/prefix nor an S3 ARN", "e.g. --data-read s3://my-datasets/imagenet/")
+    bucket, _, key = location[5:].partition("/")
+    key = key.strip("/")
+    return [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key + '/' if key else ''}*"]
 
 
 def stack_of(cloud: Cloud, stack: str) -> dict | None:

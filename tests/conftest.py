@@ -7,7 +7,9 @@ and the AWS environment is replaced by one that points at the local moto server.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ import pytest
 from tests.harness import AWS_VARIABLES_TO_CLEAR, MotoServer, make_image_folder
 
 REPO = Path(__file__).resolve().parent.parent
+# moto's request recorder (tests/test_operator_policy.py) writes here, not into the working directory.
+os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(Path(tempfile.mkdtemp(prefix="spotctl-moto-recording-")) / "requests.jsonl"))
 
 
 @pytest.fixture(autouse=True)

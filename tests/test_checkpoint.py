@@ -89,9 +89,9 @@ def test_training_waits_only_for_the_copy_to_host(tmp_path):
     release = threading.Event()
 
     class SlowStorage(Storage):
-        def upload(self, local_file, relative, move=False):
+        def upload(self, local_file, relative, move=False, tags=None):
             release.wait(10)
-            super().upload(local_file, relative, move)
+            super().upload(local_file, relative, move, tags)
 
     storage = SlowStorage(str(tmp_path / "job"))
     ckpt = Checkpointer(storage)
@@ -136,10 +136,10 @@ def test_a_checkpoint_commits_only_after_the_upload_it_depends_on(tmp_path):
     release = threading.Event()
 
     class SlowBest(Storage):
-        def upload(self, local_file, relative, move=False):
+        def upload(self, local_file, relative, move=False, tags=None):
             if relative.startswith("best/"):
                 release.wait(10)
-            super().upload(local_file, relative, move)
+            super().upload(local_file, relative, move, tags)
 
     storage = SlowBest(str(tmp_path / "job"))
     best, checkpoints = Checkpointer(storage, prefix="best", keep=1), Checkpointer(storage)
@@ -225,10 +225,10 @@ def test_a_failed_upload_surfaces_and_leaves_the_latest_intact(tmp_path):
     class FailingStorage(Storage):
         fail = False
 
-        def upload(self, local_file, relative, move=False):
+        def upload(self, local_file, relative, move=False, tags=None):
             if self.fail:
                 raise PermissionError("access denied")
-            super().upload(local_file, relative, move)
+            super().upload(local_file, relative, move, tags)
 
     storage = FailingStorage(str(tmp_path / "job"))
     ckpt = Checkpointer(storage)
@@ -280,3 +280,16 @@ def test_loading_a_healthy_latest_checkpoint_lists_nothing(tmp_path):
     CountingStorage.lists = 0
     committed, _ = Checkpointer(storage).load_latest()
     assert committed.step == 3 and CountingStorage.lists == 0
+
+
+def test_checkpoint_objects_are_tagged_for_the_buckets_expiry_rule(s3_bucket):
+    import boto3
+
+    storage = Storage(f"s3://{s3_bucket}/spotctl/jobs/demo")
+    for prefix, kind in (("checkpoints", "checkpoint"), ("best", "best")):
+        Checkpointer(storage, prefix, kind=kind).write(3, make_state(3), {})
+        for name in (STATE_FILE, MANIFEST):
+            tags = boto3.client("s3").get_object_tagging(Bucket=s3_bucket, Key=f"spotctl/jobs/demo/{prefix}/step-3/{name}")["TagSet"]
+            assert tags == [{"Key": "spotctl:kind", "Value": kind}], (prefix, name)
+    pointer = boto3.client("s3").get_object_tagging(Bucket=s3_bucket, Key=f"spotctl/jobs/demo/checkpoints/{POINTER}")["TagSet"]
+    assert pointer == []  # the pointer is tiny and tells where the newest is: never expired by age

@@ -21,7 +21,7 @@ BUCKET = f"spotctl-{ACCOUNT}-us-east-1"
 
 @pytest.fixture
 def deployed(account, spotctl):
-    code, out, err = spotctl("infra", "deploy", "--region", "us-east-1", "--expire-checkpoints-days", "30")
+    code, out, err = spotctl("infra", "deploy", "--region", "us-east-1", "--expire-checkpoints-days", "30", "--data-read", "s3://my-datasets/imagenet/")
     assert code == 0, err
     return out, err
 
@@ -49,17 +49,25 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     iam = boto3.client("iam")
     [profile] = [p for p in iam.list_instance_profiles()["InstanceProfiles"] if p["InstanceProfileName"] == outputs["InstanceProfile"]]
     [role] = profile["Roles"]
-    [name] = iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]
-    document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=name)["PolicyDocument"]
-    document = ast.literal_eval(document) if isinstance(document, str) else document  # moto's CloudFormation stores the Python repr
-    resources = {s["Sid"]: s["Resource"] for s in document["Statement"]}
-    assert resources == {"ObjectsUnderThePrefix": f"arn:aws:s3:::{BUCKET}/spotctl/*", "ListThePrefix": f"arn:aws:s3:::{BUCKET}"}
+    policies = {}
+    for name in iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=name)["PolicyDocument"]
+        policies[name] = ast.literal_eval(document) if isinstance(document, str) else document  # moto's CloudFormation stores the Python repr
+    resources = {s["Sid"]: s["Resource"] for document in policies.values() for s in document["Statement"]}
+    assert resources == {"ObjectsUnderThePrefix": f"arn:aws:s3:::{BUCKET}/spotctl/*", "ListThePrefix": f"arn:aws:s3:::{BUCKET}",
+                         "ReadDatasets": ["arn:aws:s3:::my-datasets", "arn:aws:s3:::my-datasets/imagenet/*"]}  # --data-read, read-only
     assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     [group] = boto3.client("ec2").describe_security_groups(GroupIds=[outputs["SecurityGroup"]])["SecurityGroups"]
     assert group["IpPermissions"] == []
 
     recorded = infra.read_profile()
     assert (recorded.storage, recorded.instance_profile, recorded.security_group) == (outputs["Storage"], outputs["InstanceProfile"], outputs["SecurityGroup"])
+
+    code, out, _ = spotctl("infra", "policy")  # what to attach to the people and CI who run spotctl
+    assert code == 0 and "${" not in out
+    policy = json.loads(out)
+    assert {"arn:aws:s3:::" + BUCKET, f"arn:aws:s3:::{BUCKET}/spotctl/*", recorded.role_arn} <= {s["Resource"] for s in policy["Statement"] if isinstance(s["Resource"], str)}
+    boto3.client("iam").create_policy(PolicyName="spotctl-operator", PolicyDocument=out)  # IAM accepts it as a policy
 
     code, out, _ = spotctl("infra", "status")
     assert code == 0 and out.splitlines()[0] == "stack spotctl in us-east-1: CREATE_COMPLETE"
@@ -111,3 +119,19 @@ def test_every_template_passes_cfn_lint():
     assert templates
     for template in templates:  # errors and warnings, as the cfn-lint command reports by default
         assert [str(m) for m in lint_all(template.read_text()) if m.rule.id[0] in "EW"] == [], template
+
+
+def test_the_template_denies_plain_http_keeps_the_bucket_and_opens_nothing():
+    """What moto's CloudFormation cannot show (it makes no bucket policy), read from the template itself."""
+    from cfnlint.decode import decode_str
+
+    template, _ = decode_str((Path(__file__).resolve().parent.parent / "infra" / "spotctl.yaml").read_text())
+    resources = template["Resources"]
+    [statement] = resources["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == ("Deny", "*", "s3:*")
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and len(statement["Resource"]) == 2  # the bucket and its objects
+    assert resources["Bucket"]["DeletionPolicy"] == "Retain"  # checkpoints and models outlive the stack
+    assert "SecurityGroupIngress" not in resources["SecurityGroup"]["Properties"]
+    assert [r["Type"] for r in resources.values() if r["Type"].startswith("AWS::EC2::SecurityGroupIngress")] == []
+    role = resources["TrainerRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role and role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}

@@ -209,6 +209,9 @@ class ModelSpec(Section):
     weights: str | None = Field("DEFAULT", examples=["DEFAULT", "IMAGENET1K_V2", "s3://bucket/weights.pt"])
     """Starting weights: null (random init), a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or
     the URL of a state dict (s3://, https://, a local path...)."""
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"])
+    """sha256 of the weights file at a URL: the trainer refuses a file that does not match (torchvision's
+    named weights are checked by torchvision itself)."""
     num_classes: int | None = Field(None, ge=2, le=100_000)
     """Classes of the new head; default: the number of class folders in the training data."""
     freeze: Literal["none", "backbone"] | list[str] = Field("none", examples=["backbone", ["conv1", "layer1"]])
@@ -230,6 +233,12 @@ class ModelSpec(Section):
         if weights is None or is_weights_name(weights):
             return weights
         return _resolve_local(_check_url(weights, DATA_SCHEMES, "weights"), info)
+
+    @model_validator(mode="after")
+    def _hash_needs_a_url(self) -> ModelSpec:
+        if self.weights_sha256 is not None and (self.weights is None or is_weights_name(self.weights)):
+            raise _spec_error("weights_sha256 checks weights given as a URL; set weights to the file's URL, or remove weights_sha256")
+        return self
 
     @field_validator("freeze")
     @classmethod

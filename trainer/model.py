@@ -3,6 +3,7 @@ and the optimizer's parameter groups."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -39,19 +40,23 @@ def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
             f"without internet access, put that file in {torch.hub.get_dir()}/checkpoints/"
         ) from None
     if spec.weights and enum_weights is None:
-        load_state_dict_url(model, spec.weights)
+        load_state_dict_url(model, spec.weights, spec.weights_sha256)
     replace_head(model, num_classes)
     freeze(model, spec.freeze)
     return model
 
 
-def load_state_dict_url(model: nn.Module, url: str) -> None:
-    """Load a state dict saved with torch.save from any fsspec URL (s3://, https://, a path)."""
+def load_state_dict_url(model: nn.Module, url: str, sha256: str | None = None) -> None:
+    """Load a state dict saved with torch.save from any fsspec URL (s3://, https://, a path): only
+    tensors and plain containers (weights_only), and only the file `sha256` names when given."""
     try:
         with fsspec.open(url, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         raise WeightsError(f"weights {url} do not exist; check train.model.weights") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise WeightsError(f"weights {url} have sha256 {hashlib.sha256(data).hexdigest()}, not train.model.weights_sha256 {sha256}; "
+                           "the file changed: check where it came from, then fix the URL or the hash")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, or one holding more than tensors (refused by weights_only)

@@ -10,6 +10,7 @@ import click
 
 from orchestrator import infra
 from orchestrator.cli import options, render
+from orchestrator.errors import UserError
 
 stack_option = click.option("--stack", default=infra.DEFAULT_STACK, show_default=True, metavar="NAME", help="CloudFormation stack name.")
 region_option = click.option("--region", metavar="REGION", help="AWS region (default: the deployed stack's, else $AWS_DEFAULT_REGION, else us-east-1).")
@@ -34,8 +35,8 @@ def command() -> None:
 @click.option("--prefix", default=infra.DEFAULT_PREFIX, show_default=True, help="Key prefix jobs are stored under; the trainer role is limited to it.")
 @click.option("--expire-checkpoints-days", type=click.IntRange(0, 3650), default=0, show_default=True,
               help="Delete periodic checkpoints this many days after they were written (best/ and artifacts are kept); 0: never.")
-@click.option("--data-read", "data_read", multiple=True, metavar="ARN",
-              help="Extra S3 objects the trainer may read, e.g. arn:aws:s3:::my-datasets/imagenet/* (repeatable).")
+@click.option("--data-read", "data_read", multiple=True, metavar="URL",
+              help="A dataset elsewhere the trainer may list and read: s3://bucket/prefix/ or an S3 ARN (repeatable).")
 @options.profile_option
 @options.json_option
 def deploy(stack: str, region: str | None, bucket: str | None, prefix: str, expire_checkpoints_days: int, data_read: tuple[str, ...], profile: str | None, as_json: bool) -> int:
@@ -96,4 +97,14 @@ def delete(stack: str, region: str | None, force: bool, profile: str | None) -> 
     cloud = options.cloud(_region(region), profile)
     bucket = infra.delete(cloud, stack, force, on_event=lambda line: click.echo(line, err=True))
     click.echo(f"deleted stack {stack} in {cloud.region}; {bucket}")
+    return 0
+
+
+@command.command("policy")
+def policy() -> int:
+    """Print the least-privilege IAM policy for whoever runs spotctl, filled in for the deployed stack."""
+    deployed = infra.read_profile()
+    if deployed is None:
+        raise UserError("no stack deployed from this machine yet", "run `spotctl infra deploy` first; infra/operator-policy.json is the template")
+    click.echo(json.dumps(infra.operator_policy(deployed), indent=1))
     return 0

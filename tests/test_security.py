@@ -1,0 +1,284 @@
+"""The security guarantees of SECURITY.md, each proved here (or in the test named beside it there):
+instances locked down, user-data inert and free of secrets, nothing untrusted unpickled, no
+credentials in any output, the trainer role held to its prefix by IAM itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import pytest
+import torch
+import yaml
+
+from orchestrator.cli import options
+from tests.cloud import EXAMPLE, launched_id
+from tests.harness import free_port
+
+# Fake, but shaped like real ones: an access key id, a secret, a session token.
+FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN = "AKIAZ7QEXAMPLE2XK4RT", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYZq9vS3TmUq", "FwoGZXIvYXdzEXAMPLEsessionTOKENzzQ9mV3x"
+
+
+# ------------------------------------------------------------------------------------------ instances
+def captured_run_instances(monkeypatch) -> list[dict]:
+    """The parameters of every RunInstances spotctl sends, as botocore sends them."""
+    seen: list[dict] = []
+    real = options.cloud
+
+    def cloud(region, profile):
+        made = real(region, profile)
+        made.client("ec2").meta.events.register("before-parameter-build.ec2.RunInstances", lambda params, **_: seen.append(params), unique_id="security")
+        return made
+
+    monkeypatch.setattr(options, "cloud", cloud)
+    return seen
+
+
+@pytest.mark.parametrize("public_ip", [False, True])
+def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk(account, spotctl, monkeypatch, tmp_path, public_ip):
+    sent = captured_run_instances(monkeypatch)
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    if public_ip:
+        spec["compute"]["public_ip"] = True
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    code, out, err = spotctl("launch", str(job))
+    assert code == 0, err
+    [params] = sent
+    assert params["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}  # IMDSv2, not reachable from containers
+    [interface] = params["NetworkInterfaces"]
+    assert interface["AssociatePublicIpAddress"] is public_ip  # a public address only when asked
+    assert all(device["Ebs"]["Encrypted"] for device in params["BlockDeviceMappings"])
+    assert "KeyName" not in params  # no SSH key: nothing to log in with
+    [group] = boto3.client("ec2").describe_security_groups(GroupIds=interface["Groups"])["SecurityGroups"]
+    assert group["IpPermissions"] == []  # nothing inbound, from anywhere
+
+
+# ------------------------------------------------------------------------------------------ user-data
+HOSTILE = ["s3://b/it's", "s3://b/$(touch /tmp/pwned)", "s3://b/`touch /tmp/pwned`", "s3://b/a b;touch /tmp/pwned", 's3://b/"quoted"',
+           "s3://b/${IFS}$(id)", "s3://b/\\$(id)"]
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_hostile_urls_in_user_data_stay_inert_strings(url, tmp_path):
+    from orchestrator.userdata import Bootstrap, render
+
+    script = render(Bootstrap("job-1", 1, "us-east-1", url, url, url, "0.1.0"))
+    header = script.split("export SPOTCTL_JOB_URL")[0]
+    probe = tmp_path / "probe.sh"
+    probe.write_text(header + 'printf "%s\\n%s\\n%s" "$JOB_URL" "$JOB_PREFIX" "$WHEEL_URL"\n')
+    result = subprocess.run(["bash", str(probe)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout == "\n".join([url] * 3) and result.returncode == 0  # the value, byte for byte, nothing run
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+    assert not Path("/tmp/pwned").exists()
+
+
+@pytest.mark.parametrize("url", ["s3://b/a\nb", "s3://b/a\rb", "s3://b/a\0b", "https://example.com/x"])
+def test_urls_that_quoting_cannot_make_safe_are_refused(url):
+    from orchestrator.errors import UserError
+    from orchestrator.userdata import Bootstrap, render
+
+    with pytest.raises(UserError, match="must be an s3:// URL on one line"):
+        render(Bootstrap("job-1", 1, "us-east-1", url, "s3://b/j", "s3://b/w", "0.1.0"))
+
+
+@pytest.mark.parametrize("job_id", ["job;id", "job$(id)", "job`id`", "job\nid", "../job", "job id", "-rf"])
+def test_hostile_job_ids_are_refused(job_id):
+    from orchestrator.errors import UserError
+    from orchestrator.userdata import Bootstrap, render
+
+    with pytest.raises(UserError, match="may hold only letters"):
+        render(Bootstrap(job_id, 1, "us-east-1", "s3://b/j", "s3://b/j", "s3://b/w", "0.1.0"))
+
+
+@pytest.mark.parametrize("name", ["x$(touch /tmp/pwned)", "x`id`", "x;id", "x\ny", "x y"])
+def test_hostile_job_names_never_reach_a_script(spotctl, tmp_path, name):
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["name"] = name
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    code, _, err = spotctl("validate", str(job))
+    assert code == 2 and "name:" in err
+    assert not Path("/tmp/pwned").exists()
+
+
+# ------------------------------------------------------------------------------------------ credentials
+def test_credentials_appear_in_no_output_user_data_object_or_log(account, spotctl, monkeypatch, tmp_path, aws):
+    for name, value in (("AWS_ACCESS_KEY_ID", FAKE_KEY_ID), ("AWS_SECRET_ACCESS_KEY", FAKE_SECRET), ("AWS_SESSION_TOKEN", FAKE_TOKEN)):
+        monkeypatch.setenv(name, value)
+    seen = []
+    for args in (("launch", str(EXAMPLE), "--dry-run"), ("launch", str(EXAMPLE), "--dry-run", "--json"), ("launch", str(EXAMPLE)),
+                 ("status", "--storage", "s3://my-spotctl-bucket/spotctl", "--json")):
+        code, out, err = spotctl(*args)
+        seen.append(out + err)
+    job_id = launched_id(seen[2])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "AWS_EC2_METADATA_DISABLED": "true"}
+    for args in (("--debug", "logs", "no-such-job", "--storage", "s3://my-spotctl-bucket/spotctl"),  # errors, with tracebacks
+                 ("--debug", "status", "--storage", "s3://no-such-bucket-here/x")):
+        done = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode != 0 and "Traceback" in done.stderr
+        seen.append(done.stdout + done.stderr)
+    ec2, s3 = boto3.client("ec2"), boto3.client("s3")
+    [instance] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    import base64
+
+    seen.append(base64.b64decode(ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]).decode())
+    for item in s3.list_objects_v2(Bucket="my-spotctl-bucket", Prefix=f"spotctl/jobs/{job_id}/")["Contents"]:
+        seen.append(s3.get_object(Bucket="my-spotctl-bucket", Key=item["Key"])["Body"].read().decode())
+    # The trainer, failing on storage it cannot use, says why without the keys it used.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "storage": "s3://no-such-bucket-here/x", "train": {"model": {"name": "resnet18"}, "data": {"train": "s3://no-such-bucket-here/d"}}}))
+    trainer = subprocess.run([sys.executable, "-m", "trainer", "run", "--job", str(bad)], capture_output=True, text=True, env=env, timeout=120)
+    assert trainer.returncode == 1 and "no-such-bucket-here" in trainer.stderr
+    seen.append(trainer.stdout + trainer.stderr)
+    assert len(seen) > 8
+    for text in seen:
+        for secret in (FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN, FAKE_SECRET[:16]):
+            assert secret not in text
+
+
+# ------------------------------------------------------------------------------------------ loading
+class Payload:
+    """What a tampered file carries: unpickling it would run a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_tampered_checkpoint_is_refused_not_loaded(tmp_path):
+    import hashlib
+
+    from trainer.checkpoint import MANIFEST, STATE_FILE, Checkpointer, CorruptCheckpoint
+    from trainer.storage import Storage
+
+    storage, marker = Storage(str(tmp_path / "job")), tmp_path / "ran"
+    Checkpointer(storage).write(5, {"model": {"w": torch.ones(2)}}, {})
+    folder = tmp_path / "job/checkpoints/step-5"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(marker)}, evil)
+    (folder / STATE_FILE).write_bytes(evil.read_bytes())
+    committed = Checkpointer(storage).latest()
+    with pytest.raises(CorruptCheckpoint, match="does not match its manifest"):  # sha256 first
+        Checkpointer(storage).load(committed)
+    # Someone who can also rewrite the manifest: weights_only refuses to build anything but tensors.
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"][STATE_FILE] = {"sha256": hashlib.sha256(evil.read_bytes()).hexdigest(), "size": evil.stat().st_size}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        Checkpointer(storage).load(Checkpointer(storage).latest())
+    assert not marker.exists()
+
+
+def test_weights_from_a_url_are_checked_and_never_unpickled_beyond_tensors(tmp_path):
+    import hashlib
+
+    import torchvision
+
+    from trainer.config import ModelSpec
+    from trainer.model import WeightsError, build_model
+
+    marker, good, evil = tmp_path / "ran", tmp_path / "good.pt", tmp_path / "evil.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), good)
+    torch.save({"conv1.weight": Payload(marker)}, evil)
+    with pytest.raises(WeightsError, match="cannot be loaded as a state dict"):
+        build_model(ModelSpec(name="resnet18", weights=str(evil)), 3)
+    wrong = "0" * 64
+    with pytest.raises(WeightsError, match=f"not train.model.weights_sha256 {wrong}"):
+        build_model(ModelSpec(name="resnet18", weights=str(good), weights_sha256=wrong), 3)
+    build_model(ModelSpec(name="resnet18", weights=str(good), weights_sha256=hashlib.sha256(good.read_bytes()).hexdigest()), 3)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ the trainer role
+@pytest.fixture
+def iam_enforcing_s3():
+    """A moto server of its own that evaluates IAM policies. Its first 8 requests (the set-up below)
+    go unchecked; every later one must be signed by a user whose policy allows it."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "8"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            import urllib.request
+
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield endpoint
+    server.terminate()
+    server.wait(10)
+
+
+def trainer_role_policy(bucket: str, prefix: str) -> dict:
+    """The TrainerRole's inline policy as infra/spotctl.yaml defines it, with its !Sub / !GetAtt filled in."""
+    from cfnlint.decode import decode_str
+
+    template, _ = decode_str((Path(__file__).resolve().parent.parent / "infra" / "spotctl.yaml").read_text())
+    [policy] = template["Resources"]["TrainerRole"]["Properties"]["Policies"]
+    values = {"Bucket.Arn": f"arn:aws:s3:::{bucket}", "Prefix": prefix}
+
+    def resolve(node):
+        if isinstance(node, dict) and set(node) == {"Fn::Sub"}:
+            text = node["Fn::Sub"]
+            for name, value in values.items():
+                text = text.replace("${" + name + "}", value)
+            return text
+        if isinstance(node, dict) and set(node) == {"Fn::GetAtt"}:
+            return values[".".join(node["Fn::GetAtt"])]
+        if isinstance(node, dict):
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+
+    return resolve(json.loads(json.dumps(policy["PolicyDocument"], default=str)))
+
+
+def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3):
+    open_kw = {"endpoint_url": iam_enforcing_s3, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    s3, iam = boto3.client("s3", **open_kw), boto3.client("iam", **open_kw)
+    s3.create_bucket(Bucket="team-bucket")
+    s3.create_bucket(Bucket="other-bucket")
+    s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/job.yaml", Body=b"job")
+    s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"secret")
+    iam.create_user(UserName="instance")
+    policy = trainer_role_policy("team-bucket", "spotctl")
+    iam.put_user_policy(UserName="instance", PolicyName="trainer", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="instance")["AccessKey"]  # request 8: IAM checks everything after this
+    as_trainer = {**open_kw, "aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+    trainer_s3 = boto3.client("s3", **as_trainer)
+
+    def allowed(call) -> bool:
+        try:
+            call()
+            return True
+        except botocore.exceptions.ClientError as exc:
+            assert exc.response["Error"]["Code"] == "AccessDenied", exc
+            return False
+
+    assert allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl/jobs/a/job.yaml"))
+    assert allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt", Body=b"w"))
+    assert allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt"))
+    assert allowed(lambda: trainer_s3.list_objects_v2(Bucket="team-bucket", Prefix="spotctl/jobs/"))
+    assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv"))
+    assert not allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"changed"))
+    assert not allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="finance/salaries.csv"))
+    assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl-evil/x"))  # a sibling prefix is not the prefix
+    assert not allowed(lambda: trainer_s3.list_objects_v2(Bucket="other-bucket"))
+    assert not allowed(lambda: boto3.client("ec2", **as_trainer).describe_instances())  # nothing but S3
+    assert not allowed(lambda: boto3.client("iam", **as_trainer).list_users())
+    # Listing is limited to the prefix by a condition moto does not evaluate; the policy says so:
+    [listing] = [s for s in policy["Statement"] if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["spotctl", "spotctl/*"]}}
