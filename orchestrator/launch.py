@@ -64,7 +64,7 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
                         "use s3://bucket/prefix, or train here with `python -m trainer run --job FILE`")
     if not spec.compute.instance_profile:
         raise UserError("compute.instance_profile is not set: the instance would have no access to the job's storage",
-                        "name an instance profile that can read and write under `storage` (infra/ has a template that creates one)")
+                        "run `spotctl infra deploy` once (job files then default to the profile it creates), or name an instance profile that can read and write under `storage`")
     for field, value in (("train.data.train", spec.train.data.train), ("train.data.val", spec.train.data.val), ("train.model.weights", spec.train.model.weights)):
         if value and not (field.endswith("weights") and is_weights_name(value)) and urlparse(value).scheme in ("", "file"):
             raise UserError(f"{field} is a local path ({value}); the instance cannot read it",

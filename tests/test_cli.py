@@ -37,7 +37,7 @@ def test_unexpected_errors_are_one_message_without_debug(spotctl, monkeypatch):
     def broken(path):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(validate, "load_spec", broken)
+    monkeypatch.setattr(validate.options, "load_job", broken)
     code, out, err = spotctl("validate", "job.yaml")
     assert (code, out) == (1, "")
     assert err == (
@@ -63,7 +63,7 @@ def test_user_errors_are_a_message_and_a_hint(spotctl, monkeypatch):
     def refused(path):
         raise UserError("bucket 'b' does not exist", hint="create it, or fix storage: in job.yaml")
 
-    monkeypatch.setattr(validate, "load_spec", refused)
+    monkeypatch.setattr(validate.options, "load_job", refused)
     assert spotctl("validate", "job.yaml") == (
         1,
         "",
