@@ -34,7 +34,6 @@ OPERATOR_POLICY = TEMPLATE.with_name("operator-policy.json")  # kept exact by te
 DEFAULT_STACK = "spotctl"
 DEFAULT_PREFIX = "spotctl"
 WAIT_LIMIT_S = 1800
-FAILED = ("CREATE_FAILED", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_ROLLBACK_FAILED", "DELETE_FAILED")
 
 # What the bucket must have, checked through S3 (the template sets the same; `secure_bucket` repairs).
 PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
@@ -96,12 +95,15 @@ def _write_profile(deployed: Deployed | None, forget: tuple[str, str] | None = N
 
 def job_defaults(data: dict) -> dict:
     """What a job file may leave out, from the deployed stack: storage, instance profile, security
-    group (and region). Nothing when the job names another region: the stack's resources are regional."""
+    group (and region). Nothing when the job names another region (the stack's resources are
+    regional); only storage's bucket-bound role when the job's storage is the stack's."""
     deployed = read_profile()
     if deployed is None or data.get("region", deployed.region) != deployed.region:
         return {}
-    return {"region": deployed.region, "storage": deployed.storage,
-            "compute": {"instance_profile": deployed.instance_profile, "security_group": deployed.security_group}}
+    defaults = {"region": deployed.region, "storage": deployed.storage, "compute": {"security_group": deployed.security_group}}
+    if data.get("storage") in (None, deployed.storage):  # the role reaches the stack's bucket prefix only
+        defaults["compute"]["instance_profile"] = deployed.instance_profile
+    return defaults
 
 
 def operator_policy(deployed: Deployed) -> dict:
@@ -120,20 +122,24 @@ def default_bucket_name(cloud: Cloud) -> str:
     return f"spotctl-{account}-{cloud.region}"
 
 
-def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, prefix: str = DEFAULT_PREFIX, expire_checkpoints_days: int = 0,
-           data_read_arns: tuple[str, ...] = (), on_event: Callable[[str], None] = lambda line: None) -> tuple[Deployed, list[str]]:
+def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, prefix: str | None = None, expire_checkpoints_days: int | None = None,
+           data_read: tuple[str, ...] | None = None, on_event: Callable[[str], None] = lambda line: None) -> tuple[Deployed, list[str]]:
     """Create or update the stack, wait for it, secure the bucket, record the profile. Returns the
-    outputs and what `secure_bucket` had to set."""
+    outputs and what `secure_bucket` had to set. On an update, what is not given (None) keeps its
+    value from the stack: a re-deploy never moves the bucket or drops a dataset grant by omission."""
     cf = cloud.client("cloudformation")
-    bucket = bucket or default_bucket_name(cloud)
-    arns = [arn for item in data_read_arns for arn in data_arns(item)]
-    parameters = {"BucketName": bucket, "Prefix": prefix, "CheckpointExpirationDays": str(expire_checkpoints_days), "DataReadArns": ",".join(arns)}
-    request = {"StackName": stack, "TemplateBody": TEMPLATE.read_text(), "Capabilities": ["CAPABILITY_IAM"],
-               "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()]}
     current = stack_of(cloud, stack)
+    given = {"BucketName": bucket, "Prefix": prefix, "CheckpointExpirationDays": None if expire_checkpoints_days is None else str(expire_checkpoints_days),
+             "DataReadArns": None if data_read is None else ",".join(arn for item in data_read for arn in data_arns(item))}
+    if current is None:
+        defaults = {"BucketName": bucket or default_bucket_name(cloud), "Prefix": DEFAULT_PREFIX, "CheckpointExpirationDays": "0", "DataReadArns": ""}
+        given = {key: value if value is not None else defaults[key] for key, value in given.items()}
+        _refuse_taken_bucket(cloud, given["BucketName"])
+    parameters = [{"ParameterKey": k, "ParameterValue": v} if v is not None else {"ParameterKey": k, "UsePreviousValue": True} for k, v in given.items()]
+    request = {"StackName": stack, "TemplateBody": TEMPLATE.read_text(), "Capabilities": ["CAPABILITY_IAM"], "Parameters": parameters}
     try:
         if current is None:
-            on_event(f"creating stack {stack} in {cloud.region} (bucket {bucket})")
+            on_event(f"creating stack {stack} in {cloud.region} (bucket {given['BucketName']})")
             with_backoff(lambda: cf.create_stack(**request, Tags=[{"Key": "spotctl:managed", "Value": "true"}]))
         elif current["StackStatus"] == "ROLLBACK_COMPLETE":
             raise UserError(f"stack {stack} failed to create earlier and is in ROLLBACK_COMPLETE", f"delete it (`spotctl infra delete --stack {stack}`), then deploy again")
@@ -155,6 +161,20 @@ def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, 
     repaired = secure_bucket(cloud, deployed.bucket)
     _write_profile(deployed)
     return deployed, repaired
+
+
+def _refuse_taken_bucket(cloud: Cloud, bucket: str) -> None:
+    """A new stack cannot take over an existing bucket (e.g. one kept by `infra delete`): say so before
+    CloudFormation fails half-way and leaves a stack in ROLLBACK_COMPLETE."""
+    try:
+        with_backoff(lambda: cloud.client("s3").head_bucket(Bucket=bucket))
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            return
+        if error_code(exc) not in ("403", "AccessDenied", "Forbidden"):
+            raise as_user_error(exc, f"checking bucket {bucket}") from None
+    raise UserError(f"bucket {bucket} already exists (kept from an earlier stack, or someone else's name)",
+                    "pass --bucket NEW-NAME, or delete the old bucket once you no longer need its jobs: aws s3 rb s3://" + bucket + " --force")
 
 
 def data_arns(location: str) -> list[str]:
@@ -250,11 +270,14 @@ def secure_bucket(cloud: Cloud, bucket: str) -> list[str]:
     fixes = {
         "public_access_blocked": lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
         "encrypted_at_rest": lambda: s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]}),
-        "tls_only": lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}),
+        # Added to what is there, never replacing it: the bucket may have statements and rules of its own.
+        "tls_only": lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [*_current(
+            s3, "get_bucket_policy", bucket, lambda r: json.loads(r["Policy"])["Statement"]), {
             "Sid": TLS_ONLY_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
             "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})),
-        "aborts_incomplete_uploads": lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [{
+        "aborts_incomplete_uploads": lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*[
+            r for r in _current(s3, "get_bucket_lifecycle_configuration", bucket, lambda r: r["Rules"]) if r.get("ID") != ABORT_UPLOADS_RULE], {
             "ID": ABORT_UPLOADS_RULE, "Status": "Enabled", "Filter": {"Prefix": ""}, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]}),
     }
     repaired = []
@@ -266,6 +289,16 @@ def secure_bucket(cloud: Cloud, bucket: str) -> list[str]:
                 raise as_user_error(exc, f"securing bucket {bucket} ({name})") from None
             repaired.append(name)
     return repaired
+
+
+def _current(s3, call: str, bucket: str, pick: Callable[[dict], list]) -> list:
+    """The bucket's present statements or rules ([] when it has none)."""
+    try:
+        return pick(getattr(s3, call)(Bucket=bucket))
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc).startswith("NoSuch"):
+            return []
+        raise
 
 
 # ------------------------------------------------------------------------------------------- delete

@@ -300,6 +300,8 @@ def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: 
         "ClientToken": token,  # a retried call returns the same instance instead of starting a second one
         "DryRun": dry_run,
     }
+    if not spec.compute.public_ip:
+        require_private_egress(cloud, subnet, vpc, offer.zone)
     group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
     # The zone is chosen through the subnet. No public address unless the job asks for one: with no
     # inbound rules it would only carry outbound traffic, which a NAT gateway or VPC endpoints can.
@@ -321,6 +323,24 @@ def subnet_for(cloud: Cloud, zone: str) -> tuple[str, str]:
     if not subnets:
         raise UserError(f"{zone} has no default subnet", "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones")
     return subnets[0]["SubnetId"], subnets[0]["VpcId"]
+
+
+def require_private_egress(cloud: Cloud, subnet: str, vpc: str, zone: str) -> None:
+    """Refuse to start an instance without a public IP in a subnet whose only way out is an internet
+    gateway (a default VPC): it could not reach S3 or PyPI, and would die without a word. A subnet
+    with a NAT (or transit) route is fine; one with no default route at all is taken to be a private
+    network with its own endpoints and mirrors."""
+    ec2 = cloud.client("ec2")
+    tables = with_backoff(lambda: ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet]}]))["RouteTables"]
+    if not tables:  # no table of its own: the VPC's main one
+        tables = with_backoff(lambda: ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "association.main", "Values": ["true"]}]))["RouteTables"]
+    default = [r for t in tables for r in t.get("Routes", []) if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"]
+    if any(r.get(k) for r in default for k in ("NatGatewayId", "TransitGatewayId", "NetworkInterfaceId", "InstanceId", "VpcPeeringConnectionId")):
+        return
+    if any(str(r.get("GatewayId", "")).startswith("igw-") for r in default):
+        raise UserError(f"subnet {subnet} ({zone}) reaches the internet only through an internet gateway, which needs a public IP; "
+                        "without one the instance could not reach S3 or PyPI",
+                        "set compute.public_ip: true (the security group still admits nothing inbound), or launch where subnets have a NAT gateway")
 
 
 def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:

@@ -129,5 +129,6 @@ def account(aws, monkeypatch, wheel, tmp_path):
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     boto3.client("iam").create_instance_profile(InstanceProfileName="spotctl-trainer")
     ami = aws.seed_deep_learning_ami()
+    aws.route_default_vpc_to_the_internet()
     monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
     return ami

@@ -57,6 +57,14 @@ class MotoServer:
 
         return seed_deep_learning_ami(boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials()), region)
 
+    def route_default_vpc_to_the_internet(self, region: str = "us-east-1") -> None:
+        """What a real default VPC has and moto's lacks: an internet gateway route (orchestrator.local.aws)."""
+        import boto3
+
+        from orchestrator.local.aws import route_default_vpc_to_the_internet
+
+        route_default_vpc_to_the_internet(boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials()))
+
     def interrupt(self, instance_id: str, region: str = "us-east-1") -> None:
         """What EC2 does to a spot instance it reclaims and moto never does (orchestrator.local.aws)."""
         from orchestrator.local.aws import spot_interrupt

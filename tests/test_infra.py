@@ -26,6 +26,16 @@ def deployed(account, spotctl):
     return out, err
 
 
+def statements_of(iam, role: str) -> dict[str, dict]:
+    """The role's inline policy statements by Sid."""
+    found = {}
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        document = ast.literal_eval(document) if isinstance(document, str) else document  # moto's CloudFormation stores the Python repr
+        found.update({s["Sid"]: s for s in document["Statement"]})
+    return found
+
+
 def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(deployed, spotctl):
     out, err = deployed
     assert err.splitlines()[0] == f"creating stack spotctl in us-east-1 (bucket {BUCKET})" and "spotctl: CREATE_COMPLETE" in err
@@ -49,11 +59,7 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     iam = boto3.client("iam")
     [profile] = [p for p in iam.list_instance_profiles()["InstanceProfiles"] if p["InstanceProfileName"] == outputs["InstanceProfile"]]
     [role] = profile["Roles"]
-    policies = {}
-    for name in iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]:
-        document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=name)["PolicyDocument"]
-        policies[name] = ast.literal_eval(document) if isinstance(document, str) else document  # moto's CloudFormation stores the Python repr
-    resources = {s["Sid"]: s["Resource"] for document in policies.values() for s in document["Statement"]}
+    resources = {sid: statement["Resource"] for sid, statement in statements_of(iam, role["RoleName"]).items()}
     assert resources == {"ObjectsUnderThePrefix": f"arn:aws:s3:::{BUCKET}/spotctl/*", "ListThePrefix": f"arn:aws:s3:::{BUCKET}",
                          "ReadDatasets": ["arn:aws:s3:::my-datasets", "arn:aws:s3:::my-datasets/imagenet/*"]}  # --data-read, read-only
     assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
@@ -74,9 +80,12 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     for check in ("public access blocked", "encrypted at rest", "aborts incomplete uploads"):
         assert f"  ok   {check}" in out
     assert f"  n/a  tls only (plain-HTTP endpoint {boto3.client('s3').meta.endpoint_url})" in out
-    code, out, err = spotctl("infra", "deploy")  # again: an update, the same outputs
+    code, out, err = spotctl("infra", "deploy")  # again, no options: an update that keeps every earlier choice
     assert code == 0, err
     assert "updating stack spotctl in us-east-1" in err and infra.read_profile().storage == outputs["Storage"]
+    parameters = {p["ParameterKey"]: p["ParameterValue"] for p in boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]["Parameters"]}
+    assert (parameters["BucketName"], parameters["CheckpointExpirationDays"]) == (BUCKET, "30")
+    assert "ReadDatasets" in statements_of(iam, role["RoleName"])  # the dataset grant survived
 
 
 def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(deployed, spotctl, tmp_path):
@@ -95,11 +104,18 @@ def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(de
     written = yaml.safe_load(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/job.yaml")["Body"].read())
     assert written["storage"] == stored.storage and written["compute"]["security_group"] == stored.security_group  # the instance reads the same
 
-    # Another region than the stack's: its resources do not apply, so storage is missing again.
+    # Another region than the stack's (in the file, or by --region): its resources do not apply.
+    code, _, err = spotctl("launch", str(job), "--region", "eu-west-1")
+    assert code == 2 and "storage: required but missing; add storage: s3://my-bucket/spotctl (or run `spotctl infra deploy` once" in err
     spec["region"] = "eu-west-1"
     job.write_text(yaml.safe_dump(spec))
     code, _, err = spotctl("validate", str(job))
-    assert code == 2 and "storage: required but missing; add storage: s3://my-bucket/spotctl (or run `spotctl infra deploy` once" in err
+    assert code == 2 and "storage: required but missing" in err
+    # Storage of its own: the stack's role reaches only the stack's bucket, so it is not filled in.
+    spec["region"], spec["storage"] = "us-east-1", "s3://my-spotctl-bucket/spotctl"
+    job.write_text(yaml.safe_dump(spec))
+    code, _, err = spotctl("launch", str(job))
+    assert code == 1 and err.startswith("error: compute.instance_profile is not set")
 
     code, _, err = spotctl("infra", "delete")
     assert code == 1 and err.splitlines()[0] == (f"error: bucket {BUCKET} holds 1 job under spotctl/jobs/; deleting the stack removes the role and "
@@ -108,6 +124,9 @@ def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(de
     assert code == 0, err
     assert out.strip().startswith(f"deleted stack spotctl in us-east-1; bucket {BUCKET} kept with its objects")
     assert infra.read_profile() is None
+    code, _, err = spotctl("infra", "deploy")  # the kept bucket's name is taken: said before CloudFormation fails half-way
+    assert code == 1 and err.startswith(f"error: bucket {BUCKET} already exists (kept from an earlier stack")
+    assert "hint: pass --bucket NEW-NAME" in err and boto3.client("cloudformation").list_stacks()["StackSummaries"][-1]["StackStatus"] == "DELETE_COMPLETE"
     code, out, _ = spotctl("infra", "status", "--region", "us-east-1")
     assert code == 1 and out.strip() == "no stack spotctl in us-east-1; `spotctl infra deploy` creates it"
 

@@ -66,7 +66,7 @@ def allowed(policy: dict) -> set[str]:
     return {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
 
 
-def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws, spotctl, monkeypatch):
+def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws, spotctl, monkeypatch, tmp_path):
     monkeypatch.setattr(options, "prices", lambda cloud: AwsPrices(cloud))  # the real price calls, too
     # moto has no Pricing API and fails such a request before recording it: botocore's own events see
     # every call a Cloud's clients make (not s3fs's, which the recorder sees).
@@ -86,6 +86,9 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws,
     try:
         assert spotctl("offers", str(EXAMPLE))[0] == 0
         assert spotctl("launch", str(EXAMPLE), "--dry-run")[0] == 0
+        private = tmp_path / "private.yaml"  # no public IP: launch first checks the subnet's routes (refused here)
+        private.write_text(EXAMPLE.read_text().replace("  public_ip: true", "  public_ip: false"))
+        assert spotctl("launch", str(private), "--dry-run")[0] == 1
         code, out, err = spotctl("launch", str(EXAMPLE))
         assert code == 0, err
         job_id = launched_id(out)

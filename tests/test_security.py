@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -40,14 +41,31 @@ def captured_run_instances(monkeypatch) -> list[dict]:
     return seen
 
 
+def route_default_vpc_through_a_nat_gateway() -> None:
+    """What a private network has and a default VPC lacks: outbound traffic through a NAT gateway."""
+    ec2 = boto3.client("ec2")
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"][0]["SubnetId"]
+    nat = ec2.create_nat_gateway(SubnetId=subnet, AllocationId=ec2.allocate_address(Domain="vpc")["AllocationId"])["NatGateway"]["NatGatewayId"]
+    [table] = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
+    ec2.replace_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)  # was the internet gateway
+
+
+def job_file(tmp_path, **compute) -> Path:
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["compute"].pop("public_ip", None)
+    spec["compute"].update(compute)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    return job
+
+
 @pytest.mark.parametrize("public_ip", [False, True])
 def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk(account, spotctl, monkeypatch, tmp_path, public_ip):
     sent = captured_run_instances(monkeypatch)
-    spec = yaml.safe_load(EXAMPLE.read_text())
-    if public_ip:
-        spec["compute"]["public_ip"] = True
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(spec))
+    if not public_ip:
+        route_default_vpc_through_a_nat_gateway()
+    job = job_file(tmp_path, **({"public_ip": True} if public_ip else {}))
     code, out, err = spotctl("launch", str(job))
     assert code == 0, err
     [params] = sent
@@ -58,6 +76,15 @@ def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk
     assert "KeyName" not in params  # no SSH key: nothing to log in with
     [group] = boto3.client("ec2").describe_security_groups(GroupIds=interface["Groups"])["SecurityGroups"]
     assert group["IpPermissions"] == []  # nothing inbound, from anywhere
+
+
+def test_no_public_ip_where_the_only_way_out_is_an_internet_gateway_is_refused_before_launching(account, spotctl, monkeypatch, tmp_path):
+    sent = captured_run_instances(monkeypatch)
+    for args in (("launch", str(job_file(tmp_path)), "--dry-run"), ("launch", str(job_file(tmp_path)))):
+        code, _, err = spotctl(*args)
+        assert code == 1 and err.startswith("error: subnet subnet-") and "reaches the internet only through an internet gateway, which needs a public IP" in err
+        assert "hint: set compute.public_ip: true (the security group still admits nothing inbound)" in err
+    assert sent == []  # nothing started, no dry run sent
 
 
 # ------------------------------------------------------------------------------------------ user-data
@@ -201,26 +228,61 @@ def test_weights_from_a_url_are_checked_and_never_unpickled_beyond_tensors(tmp_p
 # ------------------------------------------------------------------------------------------ the trainer role
 @pytest.fixture
 def iam_enforcing_s3():
-    """A moto server of its own that evaluates IAM policies. Its first 8 requests (the set-up below)
-    go unchecked; every later one must be signed by a user whose policy allows it."""
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "8"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            import urllib.request
+    """Start a moto server of its own that evaluates IAM policies: its first `unchecked` requests (a
+    test's set-up) go through, every later one must be signed by a user whose policy allows it."""
+    servers = []
 
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    yield endpoint
-    server.terminate()
-    server.wait(10)
+    def start(unchecked: int) -> str:
+        port = free_port()
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(unchecked)}
+        servers.append(subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).read()
+                return endpoint
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(10)
+
+
+def user_with_policy(endpoint: str, name: str, policy: dict) -> dict:
+    """Three unchecked requests: the user, its policy, its key. Returns client keywords signed as it."""
+    open_kw = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    iam = boto3.client("iam", **open_kw)
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {**open_kw, "aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+def allowed(call) -> bool:
+    try:
+        call()
+        return True
+    except (botocore.exceptions.ClientError, PermissionError) as exc:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            assert exc.response["Error"]["Code"] == "AccessDenied", exc
+        return False
+
+
+def signed_as(monkeypatch, client_kw: dict) -> None:
+    """Point s3fs (through the environment) at the server, signed as the given user."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", client_kw["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", client_kw["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", client_kw["aws_secret_access_key"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def trainer_role_policy(bucket: str, prefix: str) -> dict:
@@ -246,39 +308,71 @@ def trainer_role_policy(bucket: str, prefix: str) -> dict:
     return resolve(json.loads(json.dumps(policy["PolicyDocument"], default=str)))
 
 
-def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3):
-    open_kw = {"endpoint_url": iam_enforcing_s3, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
-    s3, iam = boto3.client("s3", **open_kw), boto3.client("iam", **open_kw)
+def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3, monkeypatch, tmp_path):
+    from trainer.storage import Storage
+
+    endpoint = iam_enforcing_s3(unchecked=7)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     s3.create_bucket(Bucket="team-bucket")
     s3.create_bucket(Bucket="other-bucket")
     s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/job.yaml", Body=b"job")
     s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"secret")
-    iam.create_user(UserName="instance")
     policy = trainer_role_policy("team-bucket", "spotctl")
-    iam.put_user_policy(UserName="instance", PolicyName="trainer", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="instance")["AccessKey"]  # request 8: IAM checks everything after this
-    as_trainer = {**open_kw, "aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+    as_trainer = user_with_policy(endpoint, "instance", policy)  # the 7th request: IAM checks everything after it
     trainer_s3 = boto3.client("s3", **as_trainer)
 
-    def allowed(call) -> bool:
-        try:
-            call()
-            return True
-        except botocore.exceptions.ClientError as exc:
-            assert exc.response["Error"]["Code"] == "AccessDenied", exc
-            return False
-
+    assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv"))  # first: no request goes unchecked
     assert allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl/jobs/a/job.yaml"))
     assert allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt", Body=b"w"))
     assert allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt"))
     assert allowed(lambda: trainer_s3.list_objects_v2(Bucket="team-bucket", Prefix="spotctl/jobs/"))
-    assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv"))
     assert not allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"changed"))
     assert not allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="finance/salaries.csv"))
     assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl-evil/x"))  # a sibling prefix is not the prefix
     assert not allowed(lambda: trainer_s3.list_objects_v2(Bucket="other-bucket"))
     assert not allowed(lambda: boto3.client("ec2", **as_trainer).describe_instances())  # nothing but S3
     assert not allowed(lambda: boto3.client("iam", **as_trainer).list_users())
+
+    # What the trainer itself does, through s3fs, as the role: check, tagged and multipart writes, reads.
+    signed_as(monkeypatch, as_trainer)
+    job = Storage("s3://team-bucket/spotctl/jobs/a")
+    job.check()
+    job.write_bytes("checkpoints/step-2/MANIFEST.json", b"{}", create_only=True, tags={"spotctl:kind": "checkpoint"})
+    big = tmp_path / "state.pt"
+    big.write_bytes(os.urandom(12 * 2**20))  # above s3fs's multipart threshold
+    job.upload(str(big), "checkpoints/step-2/state.pt", tags={"spotctl:kind": "checkpoint"})
+    assert job.read_bytes("job.yaml") == b"job" and job.list("checkpoints/step-2") == ["MANIFEST.json", "state.pt"]
+    assert not job.exists("status/final.json")
     # Listing is limited to the prefix by a condition moto does not evaluate; the policy says so:
     [listing] = [s for s in policy["Statement"] if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["spotctl", "spotctl/*"]}}
+
+
+def test_the_operator_policy_covers_spotctls_storage_calls_and_nothing_else(iam_enforcing_s3, monkeypatch, tmp_path):
+    from orchestrator import infra
+    from orchestrator.record import JobRecord, JobStore
+
+    endpoint = iam_enforcing_s3(unchecked=5)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3.create_bucket(Bucket="team-bucket")
+    s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"secret")
+    deployed = infra.Deployed("spotctl", "us-east-1", "team-bucket", "s3://team-bucket/spotctl", "p", "sg-1", "arn:aws:iam::123456789012:role/r", "now")
+    as_operator = user_with_policy(endpoint, "operator", infra.operator_policy(deployed))
+    signed_as(monkeypatch, as_operator)
+
+    store = JobStore("s3://team-bucket/spotctl")
+    store.check()  # what every command does first
+    record = JobRecord(job_id="j1", name="j", region="us-east-1", storage="s3://team-bucket/spotctl", job_url="s3://team-bucket/spotctl/jobs/j1/job.yaml",
+                       wheel_url="s3://team-bucket/spotctl/wheels/abc/spotctl-0.1.0-py3-none-any.whl", ami="ami-12345678")
+    store.storage.write_bytes("jobs/j1/job.yaml", b"name: j")
+    store.write_record(record, create=True)
+    store.update_record("j1", lambda r: setattr(r, "budget_usd", 5.0))  # a conditional write (If-Match)
+    assert store.job_ids() == ["j1"] and store.read_record("j1").budget_usd == 5.0
+    wheel = tmp_path / "spotctl-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(1000))
+    store.storage.upload(str(wheel), "wheels/abc/spotctl-0.1.0-py3-none-any.whl")
+    store.storage.delete("jobs/j1/job.yaml")
+    operator_s3 = boto3.client("s3", **as_operator)
+    assert not allowed(lambda: operator_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv"))
+    assert not allowed(lambda: operator_s3.put_object(Bucket="team-bucket", Key="finance/x", Body=b"x"))
+    assert not allowed(lambda: boto3.client("iam", **as_operator).list_users())

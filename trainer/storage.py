@@ -53,12 +53,23 @@ class Storage:
         self._sleep = sleep
 
     def check(self) -> None:
-        """Fail fast (FileNotFoundError) when the bucket does not exist, before anything is written."""
+        """Fail fast when the bucket does not exist (FileNotFoundError) or this identity may not list
+        under the root (PermissionError), before anything is written. It lists inside the root, as
+        everything else does: a role held to its prefix may not HeadBucket or GetBucketLocation."""
         if self.is_local:
             return
-        bucket = self._root.split("/", 1)[0]
-        if not self._retry(f"check bucket {bucket}", lambda: self.fs.exists(bucket)):
-            raise FileNotFoundError(f"bucket {bucket} does not exist")
+        import botocore.exceptions
+
+        bucket, _, prefix = self._root.partition("/")
+        try:
+            self._retry(f"check {self.url}", lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1))
+        except (FileNotFoundError, PermissionError, botocore.exceptions.ClientError) as exc:  # s3fs translates most ClientErrors
+            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, botocore.exceptions.ClientError) else type(exc).__name__
+            if code in ("NoSuchBucket", "404", "FileNotFoundError"):
+                raise FileNotFoundError(f"bucket {bucket} does not exist") from None
+            if code in ("AccessDenied", "403", "PermissionError"):
+                raise PermissionError(f"access denied listing {self.url}/") from None
+            raise
 
     def path(self, relative: str) -> str:
         """The filesystem path of `relative` (no protocol), for fsspec calls."""

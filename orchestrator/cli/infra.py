@@ -32,18 +32,20 @@ def command() -> None:
 @stack_option
 @region_option
 @click.option("--bucket", metavar="NAME", help="Bucket to create (default: spotctl-<account>-<region>).")
-@click.option("--prefix", default=infra.DEFAULT_PREFIX, show_default=True, help="Key prefix jobs are stored under; the trainer role is limited to it.")
-@click.option("--expire-checkpoints-days", type=click.IntRange(0, 3650), default=0, show_default=True,
-              help="Delete periodic checkpoints this many days after they were written (best/ and artifacts are kept); 0: never.")
+@click.option("--prefix", help=f"Key prefix jobs are stored under; the trainer role is limited to it (default: {infra.DEFAULT_PREFIX}).")
+@click.option("--expire-checkpoints-days", type=click.IntRange(0, 3650),
+              help="Delete periodic checkpoints this many days after they were written (best/ and artifacts are kept); 0: never (the default).")
 @click.option("--data-read", "data_read", multiple=True, metavar="URL",
               help="A dataset elsewhere the trainer may list and read: s3://bucket/prefix/ or an S3 ARN (repeatable).")
 @options.profile_option
 @options.json_option
-def deploy(stack: str, region: str | None, bucket: str | None, prefix: str, expire_checkpoints_days: int, data_read: tuple[str, ...], profile: str | None, as_json: bool) -> int:
-    """Create or update the stack, wait for it, and remember its outputs for job files."""
+def deploy(stack: str, region: str | None, bucket: str | None, prefix: str | None, expire_checkpoints_days: int | None, data_read: tuple[str, ...],
+           profile: str | None, as_json: bool) -> int:
+    """Create or update the stack, wait for it, and remember its outputs for job files. On an update,
+    options left out keep the stack's current values."""
     cloud = options.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    deployed, repaired = infra.deploy(cloud, stack, bucket, prefix, expire_checkpoints_days, data_read, on_event=events)
+    deployed, repaired = infra.deploy(cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events)
     if as_json:
         click.echo(json.dumps({**asdict(deployed), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2))
         return 0

@@ -24,9 +24,7 @@ from orchestrator.record import JobStore
 @options.json_option
 def command(job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:
     """Launch JOB.yaml on the cheapest spot offer; print the job id and how to follow it."""
-    spec = options.load_job(job_file)
-    if region:
-        spec = spec.model_copy(update={"region": region})
+    spec = options.load_job(job_file, region)
     cloud = options.cloud(spec.region, profile)
     plan = plan_launch(spec, cloud, options.prices(cloud))
     best = plan.best

@@ -29,8 +29,8 @@ OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-de
 @options.json_option
 def command(job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
     """List the spot offers (instance type x zone) JOB.yaml may run on, cheapest first."""
-    spec = options.load_job(job_file)
-    cloud = options.cloud(region or spec.region, profile)
+    spec = options.load_job(job_file, region)
+    cloud = options.cloud(spec.region, profile)
     found = find_offers(cloud, spec.compute, options.prices(cloud))
     if as_json:
         click.echo(json.dumps({"offers": [o.as_dict() for o in found.ranked], "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped]}, indent=2))

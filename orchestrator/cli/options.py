@@ -51,12 +51,14 @@ local_starting_option = click.option("--local", is_flag=True, expose_value=False
                                      help="Use the local cloud instead of AWS, starting it if it is not running.")
 
 
-def load_job(job_file: str):
+def load_job(job_file: str, region: str | None = None):
     """The job file, validated, with what it leaves out taken from the local cloud (under --local) or
-    from the stack `spotctl infra deploy` recorded: storage, instance profile, security group."""
+    from the stack `spotctl infra deploy` recorded: storage, instance profile, security group.
+    `region` (--region) replaces the file's before those are chosen: they are regional."""
     from trainer.spec_file import load_spec
 
-    return load_spec(job_file, defaults=job_defaults)
+    spec = load_spec(job_file, defaults=lambda data: job_defaults({**data, "region": region} if region else data))
+    return spec.model_copy(update={"region": region}) if region else spec
 
 
 def job_defaults(data: dict) -> dict:

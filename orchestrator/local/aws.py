@@ -1,6 +1,7 @@
 """What real AWS has or does and moto lacks, put straight into moto's in-process backends (moto
-refuses some of it through its API): the Deep Learning AMI's public SSM parameter, and the way EC2
-ends an instance (a spot interruption, a machine that shut itself down)."""
+refuses some of it through its API): the Deep Learning AMI's public SSM parameter, a default VPC
+that routes to the internet, and the way EC2 ends an instance (a spot interruption, a machine that
+shut itself down)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ def seed_deep_learning_ami(ec2_client, region: str) -> str:
         Parameter(DEFAULT_ACCOUNT_ID, name, ami, "String", "Deep Learning AMI (seeded by spotctl's local cloud)", None, None,
                   datetime.datetime.now(datetime.timezone.utc), 1, "aws:ec2:image")]
     return ami
+
+
+def route_default_vpc_to_the_internet(ec2_client) -> str:
+    """Give the default VPC what AWS's has and moto's lacks: an internet gateway and the main route
+    table's 0.0.0.0/0 route through it (through the API: moto implements these). Returns the gateway."""
+    [vpc] = ec2_client.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    attached = ec2_client.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])["InternetGateways"]
+    gateway = attached[0]["InternetGatewayId"] if attached else ec2_client.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    if not attached:
+        ec2_client.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc["VpcId"])
+    [table] = ec2_client.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
+    if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in table["Routes"]):
+        ec2_client.create_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    return gateway
 
 
 def end_instance(instance_id: str, region: str, reason: tuple[str, str], service: bool) -> None:

@@ -51,7 +51,7 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from orchestrator.local.aws import seed_deep_learning_ami
+    from orchestrator.local.aws import route_default_vpc_to_the_internet, seed_deep_learning_ami
     from orchestrator.local.runner import InstanceRunner
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -64,6 +64,7 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
         os.environ.pop(name, None)
     ec2 = boto3.client("ec2")
     ami = seed_deep_learning_ami(ec2, REGION)
+    route_default_vpc_to_the_internet(ec2)  # as in AWS: instances without a public IP are then refused
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     boto3.client("iam").create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
     runner = InstanceRunner(ec2, REGION, home, client_environment(endpoint), interrupt_rate_per_hour=interrupt_rate, notice_s=notice_s, seed=seed,
