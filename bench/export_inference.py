@@ -66,7 +66,7 @@ def train_and_export(folder: Path, image_size: int, epochs: int) -> Path:
     return folder / "runs/jobs/bench/artifacts"
 
 
-def load_runtimes(artifacts: Path, threads: int) -> dict:
+def load_runtimes(artifacts: Path, manifest: dict, threads: int) -> dict:
     import warnings
 
     import onnxruntime
@@ -74,6 +74,7 @@ def load_runtimes(artifacts: Path, threads: int) -> dict:
     import torchvision
     from safetensors.torch import load_file
 
+    artifacts = artifacts / manifest["export_id"]  # this export's folder (trainer.export)
     info = json.loads((artifacts / "model.json").read_text())
     eager = getattr(torchvision.models, info["architecture"])(num_classes=info["num_classes"]).eval()
     eager.load_state_dict(load_file(str(artifacts / "model.safetensors")))
@@ -97,7 +98,7 @@ def validation_images(folder: Path):
 
     spec = load_spec(str(folder / "job.yaml"))
     data = data_mod.build(spec.train.data, spec.train.model, spec.train.seed, 50, Path(spec.train.data.train), Path(spec.train.data.val))
-    return torch.cat(list(data.validation_images(10_000)))
+    return torch.cat(list(data.validation_spread(10_000)))
 
 
 def latencies(runtimes: dict, images, rounds: int) -> dict[str, dict[int, float]]:
@@ -140,7 +141,7 @@ def main() -> int:
         manifest = json.loads((artifacts / "manifest.json").read_text())
         print(f"trained resnet18 at {size} px for {epochs} epochs in {time.monotonic() - started:.0f} s: "
               f"val_acc1 {manifest['metrics'].get('val_acc1', float('nan')):.3f} (best checkpoint, step {manifest['checkpoint_step']})")
-        runtimes = load_runtimes(artifacts, opts.threads)
+        runtimes = load_runtimes(artifacts, manifest, opts.threads)
         images = validation_images(folder)
         medians = latencies(runtimes, images, rounds)
         eager_model = runtimes["eager"][0]

@@ -38,19 +38,20 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
     folder.mkdir(parents=True, exist_ok=True)
     done = []
     for name, entry in sorted(manifest.get("files", {}).items()):
-        if "/" in name or name in ("", ".", ".."):
-            raise UserError(f"artifacts/manifest.json names an unsafe file '{name}'", "the manifest was not written by spotctl's trainer")
+        where = entry.get("path", name)  # artifacts/<export id>/<name>; older manifests: artifacts/<name>
+        if "/" in name or name in ("", ".", "..") or ".." in where.split("/") or where.startswith("/") or where.count("/") > 1:
+            raise UserError(f"artifacts/manifest.json names an unsafe file '{where}'", "the manifest was not written by spotctl's trainer")
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(handle)
         try:
-            store.storage.fs.get_file(store.storage.path(f"jobs/{job_id}/artifacts/{name}"), temporary)
+            store.storage.fs.get_file(store.storage.path(f"jobs/{job_id}/artifacts/{where}"), temporary)
             digest = file_sha256(temporary)
             if digest != entry["sha256"]:
-                raise UserError(f"artifacts/{name}: sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...; not kept",
-                                "the file changed after the export; export again (or re-run the job's last attempt)")
+                raise UserError(f"artifacts/{where}: sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...; not kept",
+                                "the file changed after the export; export again (python -m trainer export --job URL)")
             os.replace(temporary, folder / name)
         except FileNotFoundError:
-            raise UserError(f"artifacts/{name} is named in the manifest but missing from {store.url(job_id, 'artifacts')}") from None
+            raise UserError(f"artifacts/{where} is named in the manifest but missing from {store.url(job_id, 'artifacts')}") from None
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)

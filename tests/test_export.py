@@ -59,7 +59,12 @@ def trained(tmp_path, image_folder, quiet_logging):
 def validation_images(job) -> torch.Tensor:
     spec = load_spec(str(job))
     data = data_mod.build(spec.train.data, spec.train.model, spec.train.seed, 64, Path(spec.train.data.train), Path(spec.train.data.val))
-    return torch.cat(list(data.validation_images(10_000)))
+    return torch.cat(list(data.validation_spread(10_000)))
+
+
+def stored_files(folder: Path) -> dict[str, str]:
+    """Every file under `folder` and its sha256."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def best_model(prefix) -> tuple[torch.nn.Module, dict]:
@@ -76,20 +81,23 @@ def test_every_format_is_exported_and_each_loads_back_with_its_own_runtime_agree
     from safetensors.torch import load_file
 
     job, prefix = trained(EVERY_FORMAT)
-    manifest = json.loads((prefix / "artifacts/manifest.json").read_text())
+    manifest = json.loads((prefix / "artifacts/manifest.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the manifest: not JSON"))
     original, best = best_model(prefix)
     assert manifest["job_id"] == "export" and manifest["torch"] == torch.__version__ and manifest["torchvision"] == torchvision.__version__
     assert manifest["source"] == f"best/ (epoch {best['epoch']})" and manifest["metrics"] == best["metrics"]
+    assert manifest["checkpoint_step"] == Checkpointer(Storage(str(prefix)), "best", keep=1).latest().step  # where the model came from
     formats = manifest["formats"]
     assert {name: formats[name]["status"] for name in EVERY_FORMAT} == dict.fromkeys(EVERY_FORMAT, "ok"), formats
     assert {name: formats[name]["files"] for name in EVERY_FORMAT} == {
         "state_dict": ["model.safetensors", "model.json"], "torchscript": ["model.torchscript.pt"], "exported": ["model.pt2"],
         "onnx": ["model.onnx"], "int8": ["model.int8.pt"]}
     artifacts = prefix / "artifacts"
-    assert sorted(p.name for p in artifacts.iterdir()) == sorted(["manifest.json", *manifest["files"]])  # one .onnx, no .onnx.data beside it
+    assert sorted(stored_files(artifacts)) == sorted(["manifest.json", *(e["path"] for e in manifest["files"].values())])  # one .onnx, no .onnx.data
+    assert {e["path"].split("/")[0] for e in manifest["files"].values()} == {manifest["export_id"]}  # this export's own folder
     for name, entry in manifest["files"].items():
-        body = (artifacts / name).read_bytes()
+        body = (artifacts / entry["path"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["size"] == len(body) and entry["input_shape"] == [None, 3, 32, 32]
+    artifacts = artifacts / manifest["export_id"]
 
     # What a user does with each file, on every validation image, batch sizes other than the export's.
     images = validation_images(job)
@@ -129,24 +137,27 @@ def test_every_format_is_exported_and_each_loads_back_with_its_own_runtime_agree
 
 
 def test_export_again_without_training_adds_formats_and_keeps_the_rest(trained, capsys):
-    job, prefix = trained(["state_dict"], name="again")
+    job, prefix = trained(["state_dict", "exported"], name="again")
     before = json.loads((prefix / "artifacts/manifest.json").read_text())
     heartbeat = (prefix / "status/heartbeat.json").read_bytes()
-    checkpoints = sorted(p.name for p in (prefix / "checkpoints").iterdir())
+    kept = {part: stored_files(prefix / part) for part in ("checkpoints", "best", "metrics", "logs")}
     capsys.readouterr()
 
-    assert trainer_main(["export", "--job", str(job), "--formats", "onnx", "torchscript"]) == EXIT_SUCCEEDED
+    assert trainer_main(["export", "--job", str(job), "--formats", "onnx", "torchscript", "exported"]) == EXIT_SUCCEEDED
     out = capsys.readouterr().out.splitlines()
-    assert out == ["onnx: ok, model.onnx", "torchscript: ok, model.torchscript.pt",
+    assert out == ["onnx: ok, model.onnx", "torchscript: ok, model.torchscript.pt", "exported: ok, model.pt2",
                    f"manifest: {prefix}/artifacts/manifest.json (checkpoint step {before['checkpoint_step']}, {before['source']})"]
     after = json.loads((prefix / "artifacts/manifest.json").read_text())
-    assert list(after["formats"]) == ["state_dict", "onnx", "torchscript"]
+    assert list(after["formats"]) == ["state_dict", "onnx", "torchscript", "exported"]
     assert after["formats"]["state_dict"] == before["formats"]["state_dict"]  # the same checkpoint: kept, not redone
-    assert {k: v for k, v in after["files"].items() if v["format"] == "state_dict"} == before["files"]
+    assert {k: v for k, v in after["files"].items() if v["format"] == "state_dict"} == {k: v for k, v in before["files"].items() if v["format"] == "state_dict"}
+    assert after["files"]["model.pt2"]["path"] == f"{after['export_id']}/model.pt2" != before["files"]["model.pt2"]["path"]  # redone in a new folder
     assert after["checkpoint_step"] == before["checkpoint_step"] and after["metrics"] == before["metrics"]
-    # Nothing but artifacts/ changed: no training, no heartbeat, no checkpoint.
+    # Exactly the named files are stored: the old model.pt2 went with its folder once nothing named it.
+    assert sorted(stored_files(prefix / "artifacts")) == sorted(["manifest.json", *(e["path"] for e in after["files"].values())])
+    # Nothing else changed: no training, no heartbeat, checkpoints, metrics or logs touched.
     assert (prefix / "status/heartbeat.json").read_bytes() == heartbeat
-    assert sorted(p.name for p in (prefix / "checkpoints").iterdir()) == checkpoints
+    assert {part: stored_files(prefix / part) for part in kept} == kept
 
     assert trainer_main(["export", "--job", str(job), "--job-id", "never-trained"]) == EXIT_FAILED
     assert capsys.readouterr().err.strip() == (f"error: job never-trained has no checkpoint under {prefix.parent}/never-trained to export from; "
@@ -176,4 +187,36 @@ def test_a_failed_format_loses_no_other_and_one_outside_its_tolerance_is_not_upl
     assert formats["int8"]["reason"].startswith("int8 picks the fp32 model's class for only ") and formats["int8"]["reason"].endswith("of 6 validation images (at least 101% needed)")
     assert formats["state_dict"]["status"] == "ok" and manifest["source"] == "the final model"
     assert sorted(manifest["files"]) == ["model.json", "model.safetensors"]
-    assert sorted(storage.list("artifacts")) == ["manifest.json", "model.json", "model.safetensors"]  # model.int8.pt never uploaded
+    [folder] = [name for name in storage.list("artifacts") if name != "manifest.json"]
+    assert storage.list(f"artifacts/{folder}") == ["model.json", "model.safetensors"]  # model.int8.pt never uploaded
+
+
+def test_a_storage_failure_while_exporting_costs_the_formats_not_the_run(trained, monkeypatch):
+    real = Storage.upload
+
+    def refuse_artifacts(self, local_file, relative, move=False, tags=None):
+        if relative.startswith("artifacts/") and relative.endswith(".onnx"):
+            raise PermissionError(f"access denied writing {relative}")
+        return real(self, local_file, relative, move, tags)
+
+    monkeypatch.setattr(Storage, "upload", refuse_artifacts)
+    _, prefix = trained(["onnx", "state_dict"], name="refused")  # the fixture asserts the run succeeded
+    manifest = json.loads((prefix / "artifacts/manifest.json").read_text())
+    assert manifest["formats"]["onnx"]["status"] == "failed" and manifest["formats"]["onnx"]["reason"].startswith("PermissionError: access denied writing artifacts/")
+    assert manifest["formats"]["state_dict"]["status"] == "ok" and json.loads((prefix / "status/final.json").read_text())["outcome"] == "succeeded"
+
+
+def test_a_model_with_nan_outputs_exports_nothing_and_says_why(tmp_path, image_folder):
+    dataset = image_folder(per_class={"train": 4, "val": 2})
+    spec = load_spec(str(write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), train__model__name="resnet18")))
+    storage = Storage(str(tmp_path / "runs/jobs/j"))
+    model = torchvision.models.resnet18(num_classes=3)
+    with torch.no_grad():
+        model.fc.bias[1] = float("nan")
+    data = export.ExportData(sample=torch.randn(4, 3, 32, 32), calibration=lambda: [torch.randn(4, 3, 32, 32)], validation=lambda: [torch.randn(4, 3, 32, 32)])
+    export.export_artifacts(storage, spec.train, model, None, ["a", "b", "c"], data_mod.normalization(spec.train.model), "j", 5, {"val_loss": float("nan")}, data,
+                            ["state_dict", "int8"])
+    manifest = json.loads(storage.read_bytes("artifacts/manifest.json"), parse_constant=lambda c: pytest.fail(f"{c} in the manifest: not JSON"))
+    reason = "the model's outputs on the validation batch are not finite (NaN or inf): nothing it exports could be checked"
+    assert manifest["formats"] == {"state_dict": {"status": "failed", "reason": reason}, "int8": {"status": "failed", "reason": reason}}
+    assert manifest["metrics"] == {"val_loss": None} and manifest["files"] == {} and storage.list("artifacts") == ["manifest.json"]

@@ -238,8 +238,9 @@ class Checkpointer:
         steps = self.committed_steps()
         return self._read_manifest(steps[-1]) if steps else None
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[Committed, dict] | None:
-        """Load the newest checkpoint that verifies; a corrupt one is skipped with a warning."""
+    def load_latest(self, map_location: str | torch.device = "cpu", repair: bool = True) -> tuple[Committed, dict] | None:
+        """Load the newest checkpoint that verifies; a corrupt one is skipped with a warning (and,
+        with `repair`, uncommitted; a reader that must change nothing passes repair=False)."""
         newest = self.latest()
         if newest is None:
             return None
@@ -255,9 +256,9 @@ class Checkpointer:
             try:
                 return committed, self.load(committed, map_location)
             except CorruptCheckpoint as exc:
-                log.warning("checkpoint: step %d is corrupt (%s); uncommitting it and trying the previous one", committed.step, exc)
-                # Without its manifest it is no checkpoint: reaching this step again writes it afresh.
-                self._remove(committed.step)
+                log.warning("checkpoint: step %d is corrupt (%s); %strying the previous one", committed.step, exc, "uncommitting it and " if repair else "")
+                if repair:  # without its manifest it is no checkpoint: reaching this step again writes it afresh
+                    self._remove(committed.step)
         return None
 
     def check_identity(self, committed: Committed) -> None:

@@ -209,16 +209,16 @@ class TrainingData:
             if images is not None:
                 yield images
 
-    def validation_images(self, count: int) -> Iterator[torch.Tensor]:
-        """The first `count` validation images, in batches (bad images left out)."""
-        seen = 0
-        for images, _, _ in self.val_loader:
-            if images is None:
-                continue
-            yield images[: count - seen]
-            seen += len(images)
-            if seen >= count:
-                return
+    def validation_spread(self, count: int, batch_size: int = 64) -> Iterator[torch.Tensor]:
+        """Up to `count` validation images spread evenly over the set (which is sorted by class, so
+        the first N would be the first classes only), in batches; bad images are left out."""
+        dataset = self.val_loader.dataset
+        take = min(count, len(dataset))
+        indices = [i * len(dataset) // take for i in range(take)] if take else []
+        for start in range(0, len(indices), batch_size):
+            images, _, _ = collate([dataset[(0, index)] for index in indices[start : start + batch_size]])
+            if images is not None:
+                yield images
 
 
 def build(spec: DataSpec, model: ModelSpec, seed: int, batch_size: int, train_root: Path, val_root: Path | None, pin_memory: bool = False) -> TrainingData:

@@ -17,6 +17,10 @@ to. A file that misses its tolerance is not uploaded: a deployable artifact is a
   `agreement_images` validation images (SQNR, top-1), for size and for CPU latency against fp32.
 
 A format that fails is recorded with its reason; it never loses the others, and never fails the run.
+
+Each export writes its files under a folder of its own, `artifacts/<export id>/`, and the manifest
+names each file's path there: files the current manifest names are never overwritten, so a download
+never meets a file newer than its manifest. Folders no manifest names any more are removed after it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import secrets
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
@@ -60,6 +66,18 @@ class ExportData:
     """Validation images for int8's agreement with the fp32 model."""
 
 
+def export_data(data, train: TrainSpec) -> ExportData | None:
+    """What the exports are judged on, from a trainer.data.TrainingData: a validation batch of 8 spread
+    over the classes; up to `agreement_images` validation images and `calibration_images` training
+    images. None when no validation image can be read."""
+    spec = train.export
+    first = next(data.validation_spread(8), None)
+    if first is None:
+        return None
+    return ExportData(sample=first.float(), calibration=lambda: data.calibration_batches(spec.calibration_images, train.batch_size),
+                      validation=lambda: (images.float() for images in data.validation_spread(spec.agreement_images)))
+
+
 @dataclass
 class Built:
     files: list[Path]
@@ -68,50 +86,92 @@ class Built:
 
 
 def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_state: dict | None, classes: list[str], normalization, job_id: str,
-                     step: int, metrics: dict | None, data: ExportData | None = None, formats: list[str] | None = None) -> dict:
+                     step: int, metrics: dict | None, data: ExportData | None, formats: list[str] | None = None) -> dict:
     """Export `formats` (default: the spec's), upload, and write the manifest; returns it.
 
     Formats not asked for this time are kept from an earlier manifest of the same checkpoint step
-    (`python -m trainer export --formats int8` adds int8 without redoing the rest)."""
+    and torch version (`python -m trainer export --formats int8` adds int8 without redoing the rest)."""
     formats = list(train.export.formats if formats is None else formats)
-    cpu_model = copy.deepcopy(model).cpu().float().eval()
+    # A CPU copy in the default memory layout (a GPU run trains channels_last): what a user loads.
+    cpu_model = copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format).eval()
     if best_state is not None:
         cpu_model.load_state_dict(best_state["model"])  # the best epoch, not merely the last
     info = {"architecture": train.model.name, "num_classes": len(classes), "classes": classes, "input_size": train.data.image_size,
             "mean": list(normalization.mean), "std": list(normalization.std), "resize_ratio": normalization.resize_ratio}
-    manifest = {"job_id": job_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "checkpoint_step": step,
+    created = datetime.now(timezone.utc)
+    export_id = f"{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    manifest = {"job_id": job_id, "created_at": created.isoformat(timespec="seconds"), "export_id": export_id, "checkpoint_step": step,
                 "source": f"best/ (epoch {best_state['epoch']})" if best_state else "the final model", "metrics": metrics or {},
                 "torch": torch.__version__, "torchvision": torchvision.__version__, "formats": {}, "files": {}}
     _keep_earlier(storage, manifest, formats)
     input_shape = [None, 3, train.data.image_size, train.data.image_size]  # None: any batch size
-    data = data or ExportData(torch.randn(2, *input_shape[1:]))
-    if len(data.sample) < 2:  # torch.export specialises a batch of 1 to a constant
-        data.sample = data.sample.repeat(2, 1, 1, 1)
-    with torch.no_grad():
-        expected = cpu_model(data.sample)
+    problem = None
+    if data is None:
+        problem = "no validation image could be read to check the exports against"
+    else:
+        if len(data.sample) < 2:  # torch.export specialises a batch of 1 to a constant
+            data.sample = data.sample.repeat(2, 1, 1, 1)
+        with torch.no_grad():
+            expected = cpu_model(data.sample)
+        if not torch.isfinite(expected).all():
+            problem = "the model's outputs on the validation batch are not finite (NaN or inf): nothing it exports could be checked"
     with tempfile.TemporaryDirectory(prefix="spotctl-export-") as folder:
         for name in formats:
+            if problem:
+                manifest["formats"][name] = {"status": "failed", "reason": problem}
+                continue
             try:
                 built = BUILDERS[name](cpu_model, info, Path(folder), data)
                 with torch.no_grad():
                     validation = _agreement(expected, built.run(data.sample))
-                entry = {"status": "ok", "files": [p.name for p in built.files], "validation": validation, **(built.figures or {})}
-                entry["tolerance"], problem = _judge(name, expected, entry)
-            except Exception as exc:  # one format's failure must not lose the others
+                entry = {"status": "ok", "created_at": manifest["created_at"], "files": [p.name for p in built.files], "validation": validation, **(built.figures or {})}
+                entry["tolerance"], miss = _judge(name, expected, entry)
+                if miss:
+                    log.warning("export: %s not uploaded: %s", name, miss)
+                    manifest["formats"][name] = {**entry, "status": "failed", "reason": miss, "files": []}
+                    continue
+                files = {}
+                for path in built.files:
+                    storage.upload(str(path), f"artifacts/{export_id}/{path.name}")
+                    files[path.name] = {"format": name, "path": f"{export_id}/{path.name}", "sha256": file_sha256(path), "size": path.stat().st_size,
+                                        "input_shape": input_shape}
+            except Exception as exc:  # one format's failure (building, checking or uploading it) must not lose the others
                 log.warning("export: %s failed: %s: %s", name, type(exc).__name__, exc)
                 manifest["formats"][name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 continue
-            if problem:
-                log.warning("export: %s not uploaded: %s", name, problem)
-                manifest["formats"][name] = {**entry, "status": "failed", "reason": problem, "files": []}
-                continue
-            for path in built.files:
-                storage.upload(str(path), f"artifacts/{path.name}")
-                manifest["files"][path.name] = {"format": name, "sha256": file_sha256(path), "size": path.stat().st_size, "input_shape": input_shape}
+            manifest["files"].update(files)
             manifest["formats"][name] = entry
-            log.info("export: %s -> %s", name, ", ".join(f"artifacts/{p.name}" for p in built.files))
-    storage.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
+            log.info("export: %s -> %s", name, ", ".join(f"artifacts/{export_id}/{p.name}" for p in built.files))
+    storage.write_bytes(MANIFEST, json.dumps(_finite(manifest), indent=1, allow_nan=False).encode())
+    _remove_unlisted(storage, manifest)
     return manifest
+
+
+def _finite(value):
+    """JSON has no NaN or Infinity: such a figure is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return [_finite(v) for v in value] if isinstance(value, list) else value
+
+
+def _remove_unlisted(storage: Storage, manifest: dict) -> None:
+    """Delete what the manifest no longer names: earlier export folders, files of a format redone
+    since, and files of the flat layout before export folders."""
+    listed = {entry.get("path", name) for name, entry in manifest["files"].items()}
+    folders = {path.split("/", 1)[0] for path in listed if "/" in path}
+    unlisted = []
+    for name in storage.list("artifacts"):
+        if name in folders:
+            unlisted += [f"{name}/{file}" for file in storage.list(f"artifacts/{name}") if f"{name}/{file}" not in listed]
+        elif name not in listed and name != "manifest.json":
+            unlisted.append(name)
+    for path in unlisted:
+        try:
+            storage.delete(f"artifacts/{path}", recursive=True)
+        except Exception as exc:  # leftovers cost storage, not correctness: the manifest does not name them
+            log.warning("export: could not remove artifacts/%s (%s)", path, exc)
 
 
 def _keep_earlier(storage: Storage, manifest: dict, formats: list[str]) -> None:
@@ -119,8 +179,9 @@ def _keep_earlier(storage: Storage, manifest: dict, formats: list[str]) -> None:
         earlier = json.loads(storage.read_bytes(MANIFEST))
     except (FileNotFoundError, ValueError):
         return
-    if earlier.get("checkpoint_step") != manifest["checkpoint_step"]:
-        return  # another model: its artifacts are not this one's
+    same = ("checkpoint_step", "torch", "torchvision")
+    if any(earlier.get(key) != manifest[key] for key in same):
+        return  # another model, or built by another torch: not this manifest's to vouch for
     for name, entry in earlier.get("formats", {}).items():
         if name not in formats:
             manifest["formats"][name] = entry
@@ -134,6 +195,8 @@ def _agreement(expected: torch.Tensor, got: torch.Tensor) -> dict:
 
 def _judge(name: str, expected: torch.Tensor, entry: dict) -> tuple[dict, str | None]:
     """(the tolerance this format is held to, what misses it or None)."""
+    if not math.isfinite(entry["validation"]["max_abs_diff"]):
+        return {}, f"{name} gives outputs that are not finite (NaN or inf) where the model's are"
     if name == "int8":
         found = entry["validation_set"]["top1_agreement"]
         problem = f"int8 picks the fp32 model's class for only {found:.1%} of {entry['validation_set']['images']} validation images (at least {INT8_MIN_TOP1:.0%} needed)"

@@ -178,28 +178,28 @@ class Trainer:
         self.best.wait()
         self._note_checkpoint()
         if self.train.export.formats:
-            self.export()
+            try:
+                self.export()
+            except Exception as exc:  # the training succeeded: an export problem (storage, say) must not say otherwise
+                log.error("export failed (%s: %s); the trained model is under best/ and checkpoints/: `python -m trainer export --job URL` tries again",
+                          type(exc).__name__, exc)
         return self._outcome("succeeded")
 
     def export(self, formats: list[str] | None = None) -> dict:
-        """The best model (else the latest) in `formats` (default: the spec's), under artifacts/
+        """The best model (else the final one) in `formats` (default: the spec's), under artifacts/
         (trainer.export); returns the manifest. Run again after an interruption here, it exports
         again: nothing counts before the manifest is written."""
-        from trainer.export import ExportData, export_artifacts
+        from trainer.export import export_artifacts, export_data
 
         self.reporter.update(phase="exporting")
         self.reporter.beat_now()
         loaded = self.best.load_latest()
         best_state = loaded[1] if loaded else None
         job_id = self.storage.url.rstrip("/").rsplit("/", 1)[-1]
-        spec = self.train.export
-        first = next(self.data.validation_images(8), None)  # a real validation batch each artifact must reproduce
-        data = ExportData(sample=first.float(), calibration=lambda: self.data.calibration_batches(spec.calibration_images, self.train.batch_size),
-                          validation=lambda: (images.float() for images in self.data.validation_images(spec.agreement_images))) if first is not None else None
         metrics = best_state["metrics"] if best_state else (self.history[-1] if self.history else None)
         step = loaded[0].step if loaded else self.position.step  # the step of the checkpoint the model comes from
         return export_artifacts(self.storage, self.train, self.model, best_state, self.classes, data_mod.normalization(self.train.model), job_id,
-                                step, metrics, data, formats)
+                                step, metrics, export_data(self.data, self.train), formats)
 
     def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, bad: list, meter: Meter) -> None:
         self._count_bad(bad)

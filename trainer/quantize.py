@@ -37,8 +37,9 @@ def engine() -> str:
 
 
 def classifier_head(model: nn.Module) -> str | None:
-    """The name of the last Linear layer: the classifier head in every torchvision classifier
-    (resnet `fc`, mobilenet/efficientnet/convnext `classifier.N`, vit `heads.head`)."""
+    """The name of the last Linear layer: the classifier head of torchvision's classifiers (resnet
+    `fc`, mobilenet/efficientnet/convnext `classifier.N`, vit `heads.head`); squeezenet's head is a
+    convolution, and there nothing is kept in fp32."""
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     return linear[-1] if linear else None
 

@@ -1,8 +1,10 @@
 """`python -m trainer export --job URL [--formats ...]`: export a job's best checkpoint again (or in
 other formats) without training: on the instance, or here against the same storage.
 
-The job's status is left alone: nothing here heartbeats, and only artifacts/ is written. Formats not
-named are kept from the earlier manifest when it describes the same checkpoint.
+Read-only but for artifacts/: it loads the model from `best/` (else the latest checkpoint) without
+repairing anything it finds corrupt, sends no heartbeat, and downloads the data only to calibrate
+and check the exports. Formats not named are kept from the earlier manifest when it describes the
+same checkpoint.
 """
 
 from __future__ import annotations
@@ -33,25 +35,45 @@ def export_job(job_url: str, job_id: str | None = None, formats: list[str] | Non
     if not storage.list("checkpoints") and not storage.list("best"):
         print(f"error: job {job_id} has no checkpoint under {prefix} to export from; train it first (python -m trainer run --job {job_url})", file=sys.stderr)
         return EXIT_FAILED
-
-    from trainer.display import ConsoleProgress
-    from trainer.loop import Trainer
-    from trainer.preemption import InterruptionWatcher
-    from trainer.reporting import Reporter
-
-    # A reporter never started publishes nothing: the job's heartbeat stays the training run's.
-    reporter = Reporter(storage, attempt=0)
-    display = ConsoleProgress(console, live=False)
     try:
-        trainer = Trainer(spec, storage, reporter, InterruptionWatcher(), display, default_cache_dir())
-        manifest = trainer.export(formats)
+        manifest = _export(spec, storage, job_id, formats, console)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if manifest is None:
+        print(f"error: no checkpoint of job {job_id} under {prefix} could be loaded (see the warnings above)", file=sys.stderr)
+        return EXIT_FAILED
     asked = formats or spec.train.export.formats
-    failed = {name: manifest["formats"][name].get("reason") for name in asked if manifest["formats"][name]["status"] != "ok"}
     for name in asked:
         entry = manifest["formats"][name]
         print(f"{name}: {'ok, ' + ', '.join(entry['files']) if entry['status'] == 'ok' else 'failed: ' + entry['reason']}")
     print(f"manifest: {storage.url_of('artifacts/manifest.json')} (checkpoint step {manifest['checkpoint_step']}, {manifest['source']})")
-    return EXIT_FAILED if failed else EXIT_SUCCEEDED
+    return EXIT_SUCCEEDED if all(manifest["formats"][name]["status"] == "ok" for name in asked) else EXIT_FAILED
+
+
+def _export(spec, storage: Storage, job_id: str, formats: list[str] | None, console) -> dict | None:
+    from trainer import data as data_mod
+    from trainer.checkpoint import Checkpointer
+    from trainer.display import ConsoleProgress
+    from trainer.export import export_artifacts, export_data
+    from trainer.fetch import fetch
+    from trainer.loop import train_fingerprint
+    from trainer.model import build_model
+
+    train, display = spec.train, ConsoleProgress(console, live=False)
+    cache = default_cache_dir()
+    train_root = fetch(train.data.train, "train.data.train", cache, display.downloading)
+    val_root = fetch(train.data.val, "train.data.val", cache, display.downloading) if train.data.val else None
+    data = data_mod.build(train.data, train.model, train.seed, train.batch_size, train_root, val_root)
+    identity = {"model": train.model.name, "classes": data.classes, "train": train_fingerprint(train)}
+    best = Checkpointer(storage, "best", keep=1, identity=identity).load_latest(repair=False)
+    loaded = best or Checkpointer(storage, "checkpoints", identity=identity).load_latest(repair=False)
+    if loaded is None:
+        return None
+    committed, state = loaded
+    # The architecture only: the weights come from the checkpoint, so nothing is downloaded for them.
+    model = build_model(train.model.model_copy(update={"weights": None, "weights_sha256": None}), len(data.classes))
+    model.load_state_dict(state["model"])
+    metrics = state["metrics"] if best else (state["history"][-1] if state.get("history") else None)
+    return export_artifacts(storage, train, model, state if best else None, data.classes, data_mod.normalization(train.model), job_id,
+                            committed.step, metrics, export_data(data, train), formats)
