@@ -88,6 +88,25 @@ def image_folder(tmp_path):
 
 
 @pytest.fixture
+def trainer_in_process(tmp_path, monkeypatch):
+    """For running the trainer inside the test (fast): its own cache, no instance metadata, and
+    pytest's logging set-up restored afterwards (the trainer's entry points install their own)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    yield
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
 def spotctl(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
     from orchestrator.cli.main import main

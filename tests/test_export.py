@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -27,23 +26,7 @@ EVERY_FORMAT = ["state_dict", "torchscript", "exported", "onnx", "int8"]
 
 
 @pytest.fixture
-def quiet_logging(tmp_path, monkeypatch):
-    """The trainer's CLI sets up logging; leave pytest's as it was."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    yield
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
-@pytest.fixture
-def trained(tmp_path, image_folder, quiet_logging):
+def trained(tmp_path, image_folder, trainer_in_process):
     """A resnet18 trained for two epochs on 60 shapes, exported in the formats asked for."""
 
     def train(formats: list[str], name: str = "export"):

@@ -4,7 +4,6 @@ and on S3 (moto server), how it stops (spot notice, rebalance, control/stop), an
 from __future__ import annotations
 
 import json
-import logging
 import signal
 from pathlib import Path
 
@@ -23,19 +22,9 @@ def dataset(image_folder):
 
 
 @pytest.fixture
-def in_process(tmp_path, monkeypatch):
-    """Run the trainer inside the test (fast), leaving pytest's logging set-up as it was."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    yield lambda job: run(str(job), heartbeat_seconds=0.2)
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+def in_process(trainer_in_process):
+    """Run the trainer inside the test (fast)."""
+    return lambda job: run(str(job), heartbeat_seconds=0.2)
 
 
 def lines(prefix: Path, folder: str) -> list[dict]:

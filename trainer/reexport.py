@@ -13,8 +13,7 @@ import logging
 import sys
 
 from trainer.fetch import default_cache_dir
-from trainer.run import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_SUCCEEDED, USER_ERRORS, _setup_logging, job_prefix
-from trainer.spec_file import SpecError, load_spec
+from trainer.run import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_SUCCEEDED, USER_ERRORS, _setup_logging, job_prefix, load_or_report
 from trainer.storage import Storage
 
 log = logging.getLogger("trainer")
@@ -22,12 +21,8 @@ log = logging.getLogger("trainer")
 
 def export_job(job_url: str, job_id: str | None = None, formats: list[str] | None = None) -> int:
     """0 when every format exported and validated, 1 otherwise (each failure says why), 2 bad job file."""
-    try:
-        spec = load_spec(job_url)
-    except SpecError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"error: {exc.summary}", file=sys.stderr)
+    spec = load_or_report(job_url)
+    if spec is None:
         return EXIT_BAD_SPEC
     job_id, prefix = job_prefix(spec, job_url, job_id)
     _, console = _setup_logging(None)

@@ -56,13 +56,20 @@ def next_attempt(storage: Storage) -> int:
     return max(numbers, default=0) + 1
 
 
-def run(job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None) -> int:
+def load_or_report(job_url: str) -> JobSpec | None:
+    """The job file's spec; None after printing its problems (the caller exits with EXIT_BAD_SPEC)."""
     try:
-        spec = load_spec(job_url)
+        return load_spec(job_url)
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"error: {exc.summary}", file=sys.stderr)
+        return None
+
+
+def run(job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None) -> int:
+    spec = load_or_report(job_url)
+    if spec is None:
         return EXIT_BAD_SPEC
     job_id, prefix = job_prefix(spec, job_url, job_id)
     try:
