@@ -36,7 +36,8 @@ def command(job_id: str, folder: Path | None, storage: str | None, profile: str 
         return 0
     rows = [[name, entry["format"], _size(entry["size"]), entry["sha256"][:16]] for name, entry in sorted(manifest.get("files", {}).items())]
     out = render.console()
-    out.print(render.table(["file", "format", "size", "sha256"], rows, title=f"artifacts of {job_id} (from step {manifest.get('checkpoint_step')}, {manifest.get('source')})"))
+    out.print(f"artifacts of {job_id} (from step {manifest.get('checkpoint_step')}, {manifest.get('source')})", markup=False)  # wider than the table
+    out.print(render.table(["file", "format", "size", "sha256"], rows))
     for name, result in manifest.get("formats", {}).items():
         out.print(describe(name, result), markup=False)
     return 0
