@@ -108,9 +108,8 @@ def job_defaults(data: dict) -> dict:
 
 def operator_policy(deployed: Deployed) -> dict:
     """infra/operator-policy.json for this stack: what the person or CI running spotctl needs."""
-    prefix = deployed.storage.split("/", 3)[3] if deployed.storage.count("/") >= 3 else DEFAULT_PREFIX
     text = OPERATOR_POLICY.read_text()
-    for name, value in (("Bucket", deployed.bucket), ("Prefix", prefix), ("TrainerRoleArn", deployed.role_arn)):
+    for name, value in (("Bucket", deployed.bucket), ("Prefix", prefix_of(deployed.storage)), ("TrainerRoleArn", deployed.role_arn)):
         text = text.replace("${" + name + "}", value)
     return json.loads(text)
 
@@ -154,7 +153,7 @@ def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, 
     if final["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
         raise UserError(f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or final.get('StackStatusReason') or 'no reason given'}",
                         "fix the cause, then deploy again (a stack that failed to create must be deleted first)")
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in final.get("Outputs", [])}
+    outputs = outputs_of(final)
     deployed = Deployed(stack=stack, region=cloud.region, bucket=outputs["BucketName"], storage=outputs["Storage"], instance_profile=outputs["InstanceProfile"],
                         security_group=outputs["SecurityGroup"], role_arn=outputs["TrainerRoleArn"],
                         deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -186,6 +185,16 @@ def data_arns(location: str) -> list[str]:
     bucket, _, key = location[5:].partition("/")
     key = key.strip("/")
     return [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key + '/' if key else ''}*"]
+
+
+def outputs_of(stack: dict | None) -> dict[str, str]:
+    """A described stack's outputs by key ({} for no stack)."""
+    return {o["OutputKey"]: o["OutputValue"] for o in (stack or {}).get("Outputs", [])}
+
+
+def prefix_of(storage: str) -> str:
+    """The key prefix of a stack's `s3://bucket/prefix` Storage output."""
+    return storage.split("/", 3)[3] if storage.count("/") >= 3 else DEFAULT_PREFIX
 
 
 def stack_of(cloud: Cloud, stack: str) -> dict | None:
@@ -313,9 +322,8 @@ def delete(cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_eve
     current = stack_of(cloud, stack)
     if current is None:
         raise UserError(f"there is no stack {stack} in {cloud.region}", "`spotctl infra status` shows the deployed stack and its region")
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in current.get("Outputs", [])}
-    bucket, storage = outputs.get("BucketName"), outputs.get("Storage", "")
-    prefix = storage.split("/", 3)[3] if storage.count("/") >= 3 else DEFAULT_PREFIX
+    outputs = outputs_of(current)
+    bucket, prefix = outputs.get("BucketName"), prefix_of(outputs.get("Storage", ""))
     count = jobs_in(cloud, bucket, prefix) if bucket else 0
     if count and not force:
         raise UserError(f"bucket {bucket} holds {count} job{'s' if count != 1 else ''} under {prefix}/jobs/; deleting the stack removes the role and "

@@ -18,8 +18,7 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.cli import options
-from tests.cloud import EXAMPLE, launched_id
+from tests.cloud import EXAMPLE, hook_run_instances, launched_id
 from tests.harness import free_port
 
 # Fake, but shaped like real ones: an access key id, a secret, a session token.
@@ -30,14 +29,7 @@ FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN = "AKIAZ7QEXAMPLE2XK4RT", "wJalrXUtnFEMI/K7
 def captured_run_instances(monkeypatch) -> list[dict]:
     """The parameters of every RunInstances spotctl sends, as botocore sends them."""
     seen: list[dict] = []
-    real = options.cloud
-
-    def cloud(region, profile):
-        made = real(region, profile)
-        made.client("ec2").meta.events.register("before-parameter-build.ec2.RunInstances", lambda params, **_: seen.append(params), unique_id="security")
-        return made
-
-    monkeypatch.setattr(options, "cloud", cloud)
+    hook_run_instances(monkeypatch, lambda params: seen.append(params))  # refuses none
     return seen
 
 

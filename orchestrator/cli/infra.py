@@ -67,7 +67,7 @@ def status(stack: str, region: str | None, profile: str | None, as_json: bool) -
     """The stack, its outputs, the bucket's protections as S3 reports them, and the local profile."""
     cloud = options.cloud(_region(region), profile)
     current = infra.stack_of(cloud, stack)
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in (current or {}).get("Outputs", [])}
+    outputs = infra.outputs_of(current)
     checks = infra.bucket_checks(cloud, outputs["BucketName"]) if "BucketName" in outputs else {}
     deployed = infra.read_profile()
     if as_json:
