@@ -30,7 +30,7 @@ from torchvision import models
 
 from bench.common import moto_bucket, parser, print_table, quiet_logging, verdict, write_json
 from trainer.checkpoint import STATE_FILE, Checkpointer
-from trainer.storage import Storage
+from trainer.job.storage import Storage
 
 TARGET = 0.10
 

@@ -94,7 +94,7 @@ def validation_images(folder: Path):
     import torch
 
     from trainer import data as data_mod
-    from trainer.spec_file import load_spec
+    from trainer.job.spec_file import load_spec
 
     spec = load_spec(str(folder / "job.yaml"))
     data = data_mod.build(spec.train.data, spec.train.model, spec.train.seed, 50, Path(spec.train.data.train), Path(spec.train.data.val))

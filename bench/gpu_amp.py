@@ -27,10 +27,11 @@ from bench.common import parser, write_json
 
 
 def synthetic(amp: str, steps: int) -> dict:
+    from torchvision import models
+
     from trainer.loop import amp_dtype
     from trainer.metrics import Meter
     from trainer.telemetry import GpuMonitor
-    from torchvision import models
 
     device = torch.device("cuda")
     dtype = amp_dtype(amp, device)
@@ -67,14 +68,15 @@ def synthetic(amp: str, steps: int) -> dict:
 
 
 def real_data(amp: str, root: Path) -> float:
+    from rich.console import Console
+
     from tests.trainer_runs import write_job
     from trainer.display import ConsoleProgress
+    from trainer.job.spec_file import load_spec
+    from trainer.job.storage import Storage
     from trainer.loop import Trainer
     from trainer.preemption import InterruptionWatcher
     from trainer.reporting import Reporter
-    from trainer.spec_file import load_spec
-    from trainer.storage import Storage
-    from rich.console import Console
 
     job = write_job(root / f"job-{amp}.yaml", str(root / "runs"), str(root / "data/train"), str(root / "data/val"), name=f"amp-{amp}",
                     train__model={"name": "resnet50", "weights": None}, train__data__image_size=224, train__data__workers=8,
@@ -82,7 +84,7 @@ def real_data(amp: str, root: Path) -> float:
     spec = load_spec(job)
     storage = Storage(f"{spec.storage}/jobs/{spec.name}")
     reporter = Reporter(storage, 1, interval=5)
-    trainer = Trainer(spec, storage, reporter, InterruptionWatcher(), ConsoleProgress(Console(stderr=True), live=False), root / "cache", sample_every=5)
+    trainer = Trainer(spec, "bench", storage, reporter, InterruptionWatcher(), ConsoleProgress(Console(stderr=True), live=False), root / "cache", sample_every=5)
     trainer.fit()
     reporter.close("done")
     rates = [json.loads(line)["images_per_sec"] for part in sorted((root / "runs/jobs" / spec.name / "metrics").glob("*.jsonl")) for line in part.read_text().splitlines() if '"kind": "step"' in line]

@@ -26,11 +26,12 @@ import time
 import boto3
 
 from bench.common import moto_process_bucket, parser, print_table, quiet_logging, write_json
+from orchestrator.aws.prices import FixedPrices
 from orchestrator.cli.options import clouds
-from orchestrator.prices import FixedPrices
-from orchestrator.record import Attempt, JobRecord, JobStore
-from orchestrator.watch import Watcher, WatchOptions
-from trainer.spec_file import dump_spec, load_spec
+from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.watch import Watcher, WatchOptions
+from trainer.job.documents import Attempt, JobRecord
+from trainer.job.spec_file import dump_spec, load_spec
 
 MARKET = {("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.24, ("g6.xlarge", "us-east-1a"): 0.33, ("g5.xlarge", "us-east-1b"): 0.38}
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}

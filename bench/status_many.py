@@ -20,8 +20,9 @@ import boto3
 from bench.common import moto_process_bucket, parser, print_table, verdict, write_json
 from orchestrator.cli.main import main as spotctl
 from orchestrator.cli.options import clouds
-from orchestrator.record import Attempt, JobRecord, JobStore
-from orchestrator.status import read_views
+from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.views import read_views
+from trainer.job.documents import Attempt, JobRecord
 
 
 def populate(store: JobStore, count: int) -> list[str]:

@@ -49,16 +49,17 @@ from bench.common import moto_bucket, parser, print_table, quiet_logging, verdic
 from tests.harness import make_image_folder
 from tests.trainer_runs import write_job
 from trainer.checkpoint import Checkpointer
-from trainer.config import JobSpec
 from trainer.data import normalization, train_transform
 from trainer.display import ConsoleProgress
+from trainer.job.layout import HEARTBEAT
+from trainer.job.spec import JobSpec
+from trainer.job.spec_file import load_spec
+from trainer.job.storage import Storage
 from trainer.loop import Trainer
 from trainer.model import build_model
 from trainer.preemption import InterruptionWatcher
-from trainer.reporting import HEARTBEAT, Reporter
+from trainer.reporting import Reporter
 from trainer.sample_data import SHAPES
-from trainer.spec_file import load_spec
-from trainer.storage import Storage
 
 TARGET = 0.95
 MODEL, IMAGE_SIZE, BATCH_SIZE = "resnet18", 64, 32
@@ -131,7 +132,7 @@ def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dic
     watcher = InterruptionWatcher().start()
     display = ConsoleProgress(Console(stderr=True), live=False)
     try:
-        fitter = Trainer(spec, storage, reporter, watcher, display, cache_dir)
+        fitter = Trainer(spec, "bench", storage, reporter, watcher, display, cache_dir)
         # Instrumentation only: fit() iterates over data.train_loader, a plain attribute.
         stamped = fitter.data.train_loader = Stamped(fitter.data.train_loader)
         outcome = fitter.fit()

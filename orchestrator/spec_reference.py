@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trainer.config import json_schema
+from trainer.job.spec import json_schema
 
 # README.md holds the reference between these markers; a test keeps it equal to markdown_reference().
 README_START = "<!-- job-reference:start -->"

@@ -7,7 +7,7 @@ import re
 
 import botocore.exceptions
 
-from orchestrator.cli import options
+from orchestrator.cli import context
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples/aws-resnet50.yaml"
@@ -27,11 +27,11 @@ def launched_id(out: str) -> str:
 
 def hook_run_instances(monkeypatch, refuse):
     """EC2 answering run_instances with an error for some offers (moto never runs out of capacity)."""
-    real = options.cloud
+    real = context.aws_cloud
 
     def cloud(region, profile):
         made = real(region, profile)
-        ec2 = made.client("ec2")
+        ec2 = made.client("ec2", retries="once")  # the client RunInstances goes through
 
         def before(params, **_):
             code = refuse(params)
@@ -41,6 +41,6 @@ def hook_run_instances(monkeypatch, refuse):
         ec2.meta.events.register("before-parameter-build.ec2.RunInstances", before)
         return made
 
-    monkeypatch.setattr(options, "cloud", cloud)
+    monkeypatch.setattr(context, "aws_cloud", cloud)
 
 

@@ -124,7 +124,7 @@ def wheel(tmp_path_factory):
     """spotctl's wheel, built once for the session (launch ships it to the instance)."""
     import os
 
-    from orchestrator.wheel import build_wheel
+    from orchestrator.jobs.wheel import build_wheel
 
     os.environ["SPOTCTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("wheel-cache"))
     try:
@@ -139,8 +139,8 @@ def account(aws, monkeypatch, wheel, tmp_path):
     and a spot market of fixed prices (tests.cloud.MARKET). Returns the AMI id."""
     import boto3
 
-    from orchestrator.cli import options
-    from orchestrator.prices import FixedPrices
+    from orchestrator.aws.prices import FixedPrices
+    from orchestrator.cli import context
     from tests.cloud import BUCKET, MARKET, ON_DEMAND
 
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
@@ -149,5 +149,5 @@ def account(aws, monkeypatch, wheel, tmp_path):
     boto3.client("iam").create_instance_profile(InstanceProfileName="spotctl-trainer")
     ami = aws.seed_deep_learning_ami()
     aws.route_default_vpc_to_the_internet()
-    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
     return ami

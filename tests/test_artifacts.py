@@ -70,7 +70,7 @@ def test_a_job_without_artifacts_says_so(s3_bucket, spotctl):
 
 
 def test_status_sums_up_the_formats_in_one_line():
-    from orchestrator.artifacts import summary
+    from orchestrator.jobs.artifacts import summary
 
     manifest = {"formats": {"state_dict": {"status": "ok"}, "onnx": {"status": "failed", "reason": "x"}, "int8": INT8}}
     assert summary(manifest) == "state_dict, int8 (3.9x smaller, 5.0x faster, top-1 99%); failed: onnx (`spotctl artifacts JOB` says why)"

@@ -10,8 +10,9 @@ import time
 import pytest
 import torch
 
-from trainer.checkpoint import MANIFEST, POINTER, STATE_FILE, CheckpointMismatch, Checkpointer
-from trainer.storage import Storage
+from trainer.checkpoint import MANIFEST, POINTER, STATE_FILE, Checkpointer, CheckpointMismatch
+from tests.trainer_runs import RefusingDeletes
+from trainer.job.storage import Storage
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -193,6 +194,19 @@ def test_retention_keeps_the_last_k_and_the_one_in_use(storage):
         ckpt.wait()
     assert ckpt.committed_steps() == [1, 4, 5]
     assert sorted(storage.list("checkpoints")) == [POINTER, "step-1", "step-4", "step-5"]
+
+
+def test_a_refused_retention_delete_never_fails_training(tmp_path, caplog):
+    ckpt = Checkpointer(RefusingDeletes(str(tmp_path)), keep=1)
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
+        for step in range(1, 5):
+            assert ckpt.save(step, lambda step=step: {"s": torch.tensor(step)}, force=True)
+            ckpt.wait()  # re-raises what the background save hit: nothing may reach the loop
+    assert ckpt.committed_steps() == [1, 2, 3, 4]  # none could be removed, every one is still whole
+    _, newest = ckpt.load_latest()
+    assert newest["s"].item() == 4 and ckpt.latest().step == 4
+    assert ckpt.undeleted == {1, 2, 3}
+    assert "retention could not remove checkpoints/step-1 (PermissionError: AccessDenied: DeleteObject checkpoints/step-1/MANIFEST.json)" in caplog.text
 
 
 def test_a_committed_step_is_never_overwritten(storage):

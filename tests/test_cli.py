@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import __version__
+from orchestrator.cli.context import App
 
 
 def test_help_lists_the_commands(spotctl):
@@ -32,12 +33,11 @@ def test_missing_argument_is_a_usage_error(spotctl):
 
 
 def test_unexpected_errors_are_one_message_without_debug(spotctl, monkeypatch):
-    import orchestrator.cli.validate as validate
 
     def broken(path):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(validate.options, "load_job", broken)
+    monkeypatch.setattr(App, "load_job", lambda self, path, region=None: broken(path))
     code, out, err = spotctl("validate", "job.yaml")
     assert (code, out) == (1, "")
     assert err == (
@@ -57,13 +57,12 @@ def test_module_entry_point():
 
 
 def test_user_errors_are_a_message_and_a_hint(spotctl, monkeypatch):
-    import orchestrator.cli.validate as validate
     from orchestrator.errors import UserError
 
     def refused(path):
         raise UserError("bucket 'b' does not exist", hint="create it, or fix storage: in job.yaml")
 
-    monkeypatch.setattr(validate.options, "load_job", refused)
+    monkeypatch.setattr(App, "load_job", lambda self, path, region=None: refused(path))
     assert spotctl("validate", "job.yaml") == (
         1,
         "",

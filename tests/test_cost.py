@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.cost import PricePoint, attempt_cost, integrate, job_cost
+from orchestrator.aws.prices import PricePoint
+from orchestrator.jobs.cost import attempt_cost, integrate, job_cost
 
 
 def at(hh: int, mm: int = 0, ss: int = 0) -> datetime:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from trainer import data
-from trainer.config import DataSpec, ModelSpec
 from trainer.fetch import DataError, fetch
+from trainer.job.spec import DataSpec, ModelSpec
 
 
 def make_tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:

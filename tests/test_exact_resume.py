@@ -14,7 +14,18 @@ import signal
 
 import pytest
 
-from tests.trainer_runs import SIGNALS, exists, final_state, kill_when, optimizer_digest, run_trainer, start_trainer, tensor_digest, trainer_env, write_job
+from tests.trainer_runs import (
+    SIGNALS,
+    exists,
+    final_state,
+    kill_when,
+    optimizer_digest,
+    run_trainer,
+    start_trainer,
+    tensor_digest,
+    trainer_env,
+    write_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +61,7 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, r
     sig = SIGNALS[signame]
 
     from trainer.checkpoint import Checkpointer
-    from trainer.storage import Storage
+    from trainer.job.storage import Storage
 
     def latest_step() -> int:
         store = Storage(prefix)

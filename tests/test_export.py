@@ -18,9 +18,9 @@ from trainer import data as data_mod
 from trainer import export
 from trainer.__main__ import main as trainer_main
 from trainer.checkpoint import Checkpointer
+from trainer.job.spec_file import load_spec
+from trainer.job.storage import Storage
 from trainer.run import EXIT_FAILED, EXIT_SUCCEEDED, run
-from trainer.spec_file import load_spec
-from trainer.storage import Storage
 
 EVERY_FORMAT = ["state_dict", "torchscript", "exported", "onnx", "int8"]
 

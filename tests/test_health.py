@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.health import LOGS_HINT, Flag, duration, health_flags
+from orchestrator.jobs.health import LOGS_HINT, Flag, duration, health_flags
+from trainer.job.documents import Heartbeat
+from trainer.job.storage import Storage
 from trainer.reporting import Reporter
-from trainer.storage import Storage
 
 
-def beat(**fields) -> dict:
+def beat(**fields) -> Heartbeat:
     """A heartbeat of attempt 1, training for a full window at 12 % GPU, cause unknown."""
-    return {"attempt": 1, "phase": "training", "health_window_s": 300.0, "gpu_util_window_pct": 12.0, "gpu_mem_window_fraction": 0.8,
-            "gpu_mem_total_gib": 24.0, "data_wait_window": 0.1, "batch_size": 32, "data_workers": 4, **fields}
+    return Heartbeat(**{"attempt": 1, "phase": "training", "health_window_s": 300.0, "gpu_util_window_pct": 12.0, "gpu_mem_window_fraction": 0.8,
+            "gpu_mem_total_gib": 24.0, "data_wait_window": 0.1, "batch_size": 32, "data_workers": 4, **fields})
 
 
 def flags(heartbeat, age=10.0, running_for=3600.0, running=True, attempt=None) -> list[tuple]:
@@ -148,4 +149,4 @@ def test_reporter_window_without_a_gpu(tmp_path):
         heartbeat = reporter.heartbeat()
     assert heartbeat["health_window_s"] == 30.0 and heartbeat["gpu_util_window_pct"] is None and heartbeat["gpu_mem_window_fraction"] is None
     assert heartbeat["data_wait_window"] == 0.5
-    assert health_flags(heartbeat, True, 5.0, 3600.0) == []
+    assert health_flags(Heartbeat.model_validate(heartbeat), True, 5.0, 3600.0) == []

@@ -12,7 +12,7 @@ import boto3
 import pytest
 import yaml
 
-from orchestrator import infra
+from orchestrator.aws import infra
 from tests.cloud import EXAMPLE, launched_id
 
 ACCOUNT = "123456789012"  # moto's

@@ -13,10 +13,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from orchestrator.cli import options
-from orchestrator.prices import FixedPrices
+from orchestrator.aws.prices import FixedPrices
+from orchestrator.cli import context
 from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
-
 
 
 def user_data_of(instance_id: str) -> str:
@@ -120,7 +119,7 @@ def test_no_offer_under_the_price_cap(account, spotctl, tmp_path):
 def test_a_missing_ami_parameter_is_named(aws, spotctl, monkeypatch, wheel):
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
     code, _, err = spotctl("launch", str(EXAMPLE))
     assert code == 1
     assert err.splitlines() == [
@@ -228,10 +227,10 @@ def test_status_needs_a_storage_root(spotctl, monkeypatch):
 def test_the_user_data_runs_the_trainer_to_completion(account, aws, tmp_path, image_folder):
     """The rendered script, run as the instance would (install skipped: this environment is spotctl's),
     trains the job from S3 and ships its logs."""
-    from orchestrator.launch import bootstrap_script
+    from orchestrator.jobs.launch import bootstrap_script
     from tests.harness import FakeImds
     from tests.trainer_runs import trainer_env, write_job
-    from trainer.spec_file import load_spec
+    from trainer.job.spec_file import load_spec
 
     data = image_folder(f"s3://{BUCKET}/datasets/shapes", per_class={"train": 6, "val": 2})
     job = write_job(tmp_path / "job.yaml", STORAGE, data.split("train"), data.split("val"), name="boot", train__epochs=1)
@@ -273,9 +272,9 @@ def test_a_launch_without_an_instance_profile_is_refused(account, spotctl, tmp_p
 
 
 def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
-    from orchestrator.aws import Cloud
-    from orchestrator.offers import instance_types
-    from trainer.config import ComputeSpec
+    from orchestrator.aws.clients import Cloud
+    from orchestrator.aws.offers import instance_types
+    from trainer.job.spec import ComputeSpec
 
     found = instance_types(Cloud("us-east-1"), ComputeSpec(gpu={"count": 1}))
     names = {t.name for t in found}
@@ -298,18 +297,19 @@ def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
     ],
 )
 def test_the_state_is_derived_from_record_trainer_and_ec2(final, instance, cancelled, expected):
-    from orchestrator.record import Attempt, JobRecord
-    from orchestrator.status import Instance, derive_state
+    from orchestrator.aws.instances import Instance
+    from orchestrator.jobs.state import derive_state
+    from trainer.job.documents import Attempt, Final, Heartbeat, JobRecord
 
     record = JobRecord("j", "j", "us-east-1", "s3://b", "s3://b/j", "s3://b/w", "ami-1", attempts=[Attempt(1, "g5.xlarge", "us-east-1a", 0.4, 1.0, "t", "i-1")])
     record.cancelled_at = "2026-11-24T10:00:00+00:00" if cancelled else None
     found = Instance("i-1", instance[0], instance[1], None, 1) if instance else None
-    assert derive_state(record, final, {"attempt": 1, "phase": "training"}, found) == expected
+    assert derive_state(record, Final(**final) if final else None, Heartbeat(attempt=1, phase="training"), found) == expected
 
 
 def test_a_failed_install_is_reported_as_a_failure_not_an_interruption(account, aws, tmp_path):
     """The bootstrap cannot download the wheel: it writes final.json itself, so status says failed."""
-    from orchestrator.userdata import Bootstrap, render
+    from orchestrator.jobs.userdata import Bootstrap, render
     from tests.trainer_runs import trainer_env
 
     prefix = f"{STORAGE}/jobs/broken-1"
@@ -328,8 +328,8 @@ def test_a_failed_install_is_reported_as_a_failure_not_an_interruption(account, 
 def test_aws_prices_read_the_spot_history_and_fall_back_to_the_dated_table(aws):
     from datetime import datetime, timedelta, timezone
 
-    from orchestrator.aws import Cloud
-    from orchestrator.prices import AwsPrices, on_demand_table
+    from orchestrator.aws.clients import Cloud
+    from orchestrator.aws.prices import AwsPrices, on_demand_table
 
     prices = AwsPrices(Cloud("us-east-1", max_attempts=1))
     spot = prices.spot_prices([("g5.xlarge", "us-east-1a"), ("g5.xlarge", "us-east-1b")])

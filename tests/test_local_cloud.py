@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cost import attempt_cost
+from orchestrator.jobs.cost import attempt_cost
 from orchestrator.local.market import SimulatedMarket
 from tests.conftest import REPO
 from tests.harness import AWS_VARIABLES_TO_CLEAR

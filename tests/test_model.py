@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from trainer.config import ModelSpec, OptimizerSpec
+from trainer.job.spec import ModelSpec, OptimizerSpec
 from trainer.model import WeightsError, build_model, build_optimizer, find_head, replace_head
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer import model_catalog
+from trainer.job import catalog as model_catalog
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from orchestrator.aws import Cloud
-from orchestrator.cli import options
-from orchestrator.prices import AwsPrices
+from orchestrator.aws.clients import Cloud
+from orchestrator.aws.prices import AwsPrices
+from orchestrator.cli import context
 from tests.cloud import EXAMPLE, STORAGE, launched_id
 
 POLICY = Path(__file__).resolve().parent.parent / "infra" / "operator-policy.json"
@@ -67,14 +67,14 @@ def allowed(policy: dict) -> set[str]:
 
 
 def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws, spotctl, monkeypatch, tmp_path):
-    monkeypatch.setattr(options, "prices", lambda cloud: AwsPrices(cloud))  # the real price calls, too
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: AwsPrices(cloud))  # the real price calls, too
     # moto has no Pricing API and fails such a request before recording it: botocore's own events see
     # every call a Cloud's clients make (not s3fs's, which the recorder sees).
     called: set[str] = set()
     real_client = Cloud.client
 
-    def client(self, service, region=None):
-        made = real_client(self, service, region)
+    def client(self, service, region=None, retries="standard"):
+        made = real_client(self, service, region, retries)
         prefix = made.meta.service_model.signing_name
         if prefix != "s3":
             made.meta.events.register("before-call", lambda model, **_: called.add(f"{prefix}:{model.name}"), unique_id="operator-policy-test")

@@ -13,10 +13,11 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 
-from orchestrator.cli import options
-from orchestrator.prices import FixedPrices
-from orchestrator.record import JobStore
-from orchestrator.watch import Watcher, WatchOptions
+from orchestrator.aws.prices import FixedPrices
+from orchestrator.cli import context
+from trainer.job.settings import Settings
+from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.watch import Watcher, WatchOptions
 from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
 
 
@@ -64,7 +65,7 @@ def beat(job_id: str, attempt: int, phase: str = "training", **fields) -> None:
 
 def watcher(job_ids: list[str], events: list | None = None, **settings) -> Watcher:
     sink = events.append if events is not None else (lambda event: None)
-    return Watcher(JobStore(STORAGE), job_ids, options.clouds(None), options.prices, WatchOptions(**settings), on_event=sink)
+    return Watcher(JobStore(STORAGE), job_ids, context.App(Settings.from_env()).clouds(None), context.aws_prices, WatchOptions(**settings), on_event=sink)
 
 
 def job_file(tmp_path, **replacements) -> str:
@@ -200,7 +201,7 @@ def test_no_capacity_anywhere_backs_off_then_gives_up_at_the_deadline(account, a
     hook_run_instances(monkeypatch, hook)
     now = [0.0]
     events = []
-    watch = Watcher(JobStore(STORAGE), [job_id], options.clouds(None), options.prices,
+    watch = Watcher(JobStore(STORAGE), [job_id], context.App(Settings.from_env()).clouds(None), context.aws_prices,
                     WatchOptions(capacity_deadline_s=100, capacity_retry_s=10, capacity_retry_max_s=40), clock=lambda: now[0], on_event=events.append)
     _use_hooked_cloud(watch)
     aws.interrupt(live(job_id)[0]["InstanceId"])
@@ -220,15 +221,15 @@ def test_no_capacity_anywhere_backs_off_then_gives_up_at_the_deadline(account, a
 
 
 def _use_hooked_cloud(watch: Watcher) -> None:
-    """The watcher's clouds through options.cloud, where hook_run_instances injects EC2's refusals."""
+    """The watcher's clouds through context.aws_cloud, where hook_run_instances injects EC2's refusals."""
     built = {}
-    watch.clouds = lambda region: built.setdefault(region, options.cloud(region, None))
+    watch.clouds = lambda region: built.setdefault(region, context.aws_cloud(region, None))
 
 
 # ------------------------------------------------------------------------------ budget
 def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(account, aws, spotctl, monkeypatch, tmp_path):
     market = {pool: price * 100 for pool, price in MARKET.items()}  # $21/h: a $15 budget lasts minutes
-    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices(market, ON_DEMAND))
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices(market, ON_DEMAND))
     job_id = launch(spotctl, job_file(tmp_path, **{"max_price_per_hour: 0.60": "max_price_per_hour: 100"}))
     _backdate_launch(job_id, minutes=30)  # $10.50 spent so far
     beat(job_id, 1, step=500, last_checkpoint_step=500, last_checkpoint_age_s=10)  # next checkpoint in ~290 s: +$1.69
@@ -354,12 +355,12 @@ class SeriesPrices(FixedPrices):
 
 
 def test_status_cost_matches_hand_computed_figures_across_three_attempts(account, aws, spotctl, monkeypatch):
-    from orchestrator.cost import PricePoint
+    from orchestrator.aws.prices import PricePoint
 
     t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=4)
     at = lambda minutes: t0 + timedelta(minutes=minutes)  # noqa: E731
     changes = {("g4dn.xlarge", "us-east-1b"): [PricePoint(at(0), 0.24), PricePoint(at(71), 0.30)]}
-    monkeypatch.setattr(options, "prices", lambda cloud: SeriesPrices(MARKET, ON_DEMAND, changes))
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: SeriesPrices(MARKET, ON_DEMAND, changes))
     job_id = launch(spotctl)
     watch = watcher([job_id])
     for attempt in (1, 2):  # two spot interruptions, each resumed by watch
@@ -438,8 +439,8 @@ def test_status_and_watch_flag_a_data_bound_gpu(account, aws, spotctl):
 # ------------------------------------------------------------------------------ the record
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_concurrent_record_updates_lose_nothing(where, tmp_path, s3_bucket):
-    from orchestrator.record import JobRecord
-    from trainer.storage import Conflict
+    from trainer.job.documents import JobRecord
+    from trainer.job.storage import Conflict
 
     store = JobStore(str(tmp_path / "jobs-root") if where == "local" else f"s3://{s3_bucket}/root")
     store.write_record(JobRecord("j1", "n", "us-east-1", store.root, "u", "w", "ami-1", budget_usd=0.0), create=True)
@@ -467,7 +468,7 @@ def test_concurrent_record_updates_lose_nothing(where, tmp_path, s3_bucket):
 
 # ------------------------------------------------------------------------------ races and leftovers
 def test_an_abandoned_claim_is_taken_over_by_adopting_the_instance_it_started(account, aws, spotctl):
-    from orchestrator.record import Attempt
+    from trainer.job.documents import Attempt
 
     job_id = launch(spotctl)
     aws.interrupt(live(job_id)[0]["InstanceId"])
@@ -489,25 +490,25 @@ def test_an_abandoned_claim_is_taken_over_by_adopting_the_instance_it_started(ac
 
 
 def test_a_stop_requested_meanwhile_starts_nothing(account, aws, spotctl):
-    from orchestrator.control import request_stop
-    from orchestrator.recovery import job_spec, start_next
-    from orchestrator.status import read_views
+    from orchestrator.jobs.recover import job_spec, start_next
+    from orchestrator.jobs.stop import request_stop
+    from orchestrator.jobs.views import read_views
 
     job_id = launch(spotctl)
     aws.interrupt(live(job_id)[0]["InstanceId"])
-    store, cloud = JobStore(STORAGE), options.clouds(None)("us-east-1")
-    view = read_views(store, [job_id], options.clouds(None))[0]  # a watcher's view from just before the stop
+    store, cloud = JobStore(STORAGE), context.App(Settings.from_env()).clouds(None)("us-east-1")
+    view = read_views(store, [job_id], context.App(Settings.from_env()).clouds(None))[0]  # a watcher's view from just before the stop
     request_stop(store, job_id, "stopped by spotctl stop")
-    assert start_next(view, job_spec(store, job_id), store, cloud, options.prices(cloud)) is None
+    assert start_next(view, job_spec(store, job_id), store, cloud, context.aws_prices(cloud)) is None
     assert live(job_id) == [] and len(record_of(job_id)["attempts"]) == 1
 
 
 def test_no_offer_under_the_cap_during_recovery_waits_then_ends_as_no_capacity(account, aws, spotctl, monkeypatch):
     job_id = launch(spotctl)
     aws.interrupt(live(job_id)[0]["InstanceId"])
-    monkeypatch.setattr(options, "prices", lambda cloud: FixedPrices({pool: 5.0 for pool in MARKET}, ON_DEMAND))  # all above $0.60 now
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices({pool: 5.0 for pool in MARKET}, ON_DEMAND))  # all above $0.60 now
     now, events = [0.0], []
-    watch = Watcher(JobStore(STORAGE), [job_id], options.clouds(None), options.prices, WatchOptions(capacity_deadline_s=60, capacity_retry_s=10),
+    watch = Watcher(JobStore(STORAGE), [job_id], context.App(Settings.from_env()).clouds(None), context.aws_prices, WatchOptions(capacity_deadline_s=60, capacity_retry_s=10),
                     clock=lambda: now[0], on_event=events.append)
     watch.poll()
     assert events[-1].message.startswith("no capacity (no spot offer matches the job's compute section now (9 pools dropped")

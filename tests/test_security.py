@@ -86,7 +86,7 @@ HOSTILE = ["s3://b/it's", "s3://b/$(touch /tmp/pwned)", "s3://b/`touch /tmp/pwne
 
 @pytest.mark.parametrize("url", HOSTILE)
 def test_hostile_urls_in_user_data_stay_inert_strings(url, tmp_path):
-    from orchestrator.userdata import Bootstrap, render
+    from orchestrator.jobs.userdata import Bootstrap, render
 
     script = render(Bootstrap("job-1", 1, "us-east-1", url, url, url, "0.1.0"))
     header = script.split("export SPOTCTL_JOB_URL")[0]
@@ -101,7 +101,7 @@ def test_hostile_urls_in_user_data_stay_inert_strings(url, tmp_path):
 @pytest.mark.parametrize("url", ["s3://b/a\nb", "s3://b/a\rb", "s3://b/a\0b", "https://example.com/x"])
 def test_urls_that_quoting_cannot_make_safe_are_refused(url):
     from orchestrator.errors import UserError
-    from orchestrator.userdata import Bootstrap, render
+    from orchestrator.jobs.userdata import Bootstrap, render
 
     with pytest.raises(UserError, match="must be an s3:// URL on one line"):
         render(Bootstrap("job-1", 1, "us-east-1", url, "s3://b/j", "s3://b/w", "0.1.0"))
@@ -110,7 +110,7 @@ def test_urls_that_quoting_cannot_make_safe_are_refused(url):
 @pytest.mark.parametrize("job_id", ["job;id", "job$(id)", "job`id`", "job\nid", "../job", "job id", "-rf"])
 def test_hostile_job_ids_are_refused(job_id):
     from orchestrator.errors import UserError
-    from orchestrator.userdata import Bootstrap, render
+    from orchestrator.jobs.userdata import Bootstrap, render
 
     with pytest.raises(UserError, match="may hold only letters"):
         render(Bootstrap(job_id, 1, "us-east-1", "s3://b/j", "s3://b/j", "s3://b/w", "0.1.0"))
@@ -177,7 +177,7 @@ def test_a_tampered_checkpoint_is_refused_not_loaded(tmp_path):
     import hashlib
 
     from trainer.checkpoint import MANIFEST, STATE_FILE, Checkpointer, CorruptCheckpoint
-    from trainer.storage import Storage
+    from trainer.job.storage import Storage
 
     storage, marker = Storage(str(tmp_path / "job")), tmp_path / "ran"
     Checkpointer(storage).write(5, {"model": {"w": torch.ones(2)}}, {})
@@ -202,7 +202,7 @@ def test_weights_from_a_url_are_checked_and_never_unpickled_beyond_tensors(tmp_p
 
     import torchvision
 
-    from trainer.config import ModelSpec
+    from trainer.job.spec import ModelSpec
     from trainer.model import WeightsError, build_model
 
     marker, good, evil = tmp_path / "ran", tmp_path / "good.pt", tmp_path / "evil.pt"
@@ -301,7 +301,7 @@ def trainer_role_policy(bucket: str, prefix: str) -> dict:
 
 
 def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3, monkeypatch, tmp_path):
-    from trainer.storage import Storage
+    from trainer.job.storage import Storage
 
     endpoint = iam_enforcing_s3(unchecked=7)
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
@@ -341,8 +341,9 @@ def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3, monkeypatch,
 
 
 def test_the_operator_policy_covers_spotctls_storage_calls_and_nothing_else(iam_enforcing_s3, monkeypatch, tmp_path):
-    from orchestrator import infra
-    from orchestrator.record import JobRecord, JobStore
+    from orchestrator.aws import infra
+    from orchestrator.jobs.record import JobStore
+    from trainer.job.documents import JobRecord
 
     endpoint = iam_enforcing_s3(unchecked=5)
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from trainer.config import DEFAULT_AMI, JobSpec, json_schema
-from trainer.spec_file import dump_spec, load_spec, parse_spec
+from trainer.job.spec import DEFAULT_AMI, JobSpec, json_schema
+from trainer.job.spec_file import dump_spec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -135,7 +135,7 @@ def test_a_spec_loads_from_s3_with_line_numbered_errors(s3_bucket):
     s3.put_object(Bucket=s3_bucket, Key="jobs/a/job.yaml", Body=MINIMAL.encode())
     assert load_spec(f"s3://{s3_bucket}/jobs/a/job.yaml") == parse_spec(MINIMAL)
     s3.put_object(Bucket=s3_bucket, Key="jobs/b/job.yaml", Body=MINIMAL.replace("resnet18", "resnet81").encode())
-    from trainer.spec_file import SpecError
+    from trainer.job.spec_file import SpecError
 
     with pytest.raises(SpecError) as caught:
         load_spec(f"s3://{s3_bucket}/jobs/b/job.yaml")
@@ -146,7 +146,7 @@ def test_a_spec_loads_from_s3_with_line_numbered_errors(s3_bucket):
 
 def test_a_resolved_example_reads_back_as_itself():
     """What launch writes next to a job (dump_spec) is what the trainer and resume read back."""
-    from trainer.spec_file import dump_spec, parse_spec
+    from trainer.job.spec_file import dump_spec, parse_spec
 
     for path in EXAMPLES:
         text = dump_spec(load_spec(path))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.spec_file import SpecError
+from trainer.job.spec_file import SpecError
 
 CASES = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
 

@@ -14,13 +14,14 @@ import torch
 
 from tests.harness import FakeImds
 from trainer import rng
-from trainer.config import EarlyStoppingSpec, TrainSpec
+from trainer.job.layout import CONTROL_STOP, HEARTBEAT
+from trainer.job.spec import EarlyStoppingSpec, TrainSpec
+from trainer.job.storage import Storage
 from trainer.loop import amp_dtype, train_fingerprint
 from trainer.metrics import EarlyStopping, Meter, MetricsLog
 from trainer.preemption import InterruptionWatcher
-from trainer.reporting import CONTROL_STOP, HEARTBEAT, Reporter
+from trainer.reporting import Reporter
 from trainer.schedule import build_scheduler, lr_multiplier
-from trainer.storage import Storage
 from trainer.telemetry import FIELDS, GpuMonitor
 
 

@@ -11,9 +11,18 @@ import boto3
 import pytest
 
 from tests.harness import FakeImds
-from tests.trainer_runs import exists, kill_when, read_json, run_trainer, start_trainer, trainer_env, wait_for, write_job
-from trainer.telemetry import GpuMonitor
+from tests.trainer_runs import (
+    exists,
+    kill_when,
+    read_json,
+    run_trainer,
+    start_trainer,
+    trainer_env,
+    wait_for,
+    write_job,
+)
 from trainer.run import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_SUCCEEDED, run
+from trainer.telemetry import GpuMonitor
 
 
 @pytest.fixture
@@ -29,6 +38,21 @@ def in_process(trainer_in_process):
 
 def lines(prefix: Path, folder: str) -> list[dict]:
     return [json.loads(line) for part in sorted((prefix / folder).glob("*.jsonl")) for line in part.read_text().splitlines()]
+
+
+def test_a_storage_that_refuses_deletes_still_trains_to_the_end(tmp_path, dataset, in_process, monkeypatch):
+    """Retention cannot delete old checkpoints (no s3:DeleteObject): the run succeeds, the heartbeat counts it."""
+    import trainer.run
+    from tests.trainer_runs import RefusingDeletes
+
+    monkeypatch.setattr(trainer.run, "Storage", RefusingDeletes)
+    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="no-deletes")
+    assert in_process(job) == EXIT_SUCCEEDED
+    prefix = tmp_path / "runs" / "jobs" / "no-deletes"
+    assert json.loads((prefix / "status/final.json").read_text())["outcome"] == "succeeded"
+    beat = json.loads((prefix / "status/heartbeat.json").read_text())
+    kept, best = ([p for p in (prefix / folder).iterdir() if p.name.startswith("step-")] for folder in ("checkpoints", "best"))
+    assert len(kept) > 2 and beat["checkpoints_not_deleted"] == len(kept) - 2 + len(best) - 1  # keep: 2 (best/: 1); the rest could not go
 
 
 def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_process, capsys):

@@ -15,6 +15,8 @@ from pathlib import Path
 import fsspec
 import torch
 
+from trainer.job.storage import Storage
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -101,8 +103,6 @@ def read_json(url: str):
 def final_state(prefix: str) -> dict:
     """The state of the newest committed checkpoint under a job prefix (verified by the real loader)."""
     from trainer.checkpoint import Checkpointer
-    from trainer.storage import Storage
-
     storage = Storage(prefix)
     storage.fs.invalidate_cache()
     committed, state = Checkpointer(storage).load_latest()
@@ -125,3 +125,10 @@ def optimizer_digest(optimizer_state: dict) -> str:
 
 
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+
+
+class RefusingDeletes(Storage):
+    """A role without s3:DeleteObject: every delete is refused."""
+
+    def delete(self, relative: str, recursive: bool = False) -> None:
+        raise PermissionError(f"AccessDenied: DeleteObject {relative}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.config import EXPORT_FORMATS as FORMATS
+from trainer.job.spec import EXPORT_FORMATS as FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:

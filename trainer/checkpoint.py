@@ -5,7 +5,9 @@ and create-only; a folder without a manifest is not a checkpoint. `<prefix>/LATE
 the newest committed step and carries its manifest's sha256, so the latest checkpoint is found in two
 reads; a missing or stale pointer falls back to listing. Loading verifies every file's sha256 and uses
 `torch.load(weights_only=True)`; a corrupt checkpoint is skipped with a warning and the previous one
-is used. Retention keeps the last `keep` committed steps and never the one in use.
+is used. Retention keeps the last `keep` committed steps and never the one in use; a deletion that
+fails (a role without s3:DeleteObject, S3 trouble) is logged and counted, never fatal: the checkpoint
+it followed is committed, and the next save tries the cleanup again.
 
 The loop calls `save(step, ...)` at every step boundary and the checkpointer decides (every N steps,
 every N seconds, or forced at epoch ends and spot notices). The caller's thread only copies the state
@@ -30,7 +32,8 @@ from typing import Any
 
 import torch
 
-from trainer.storage import Storage
+from trainer.job import layout
+from trainer.job.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class Checkpointer:
     def __init__(
         self,
         storage: Storage,
-        prefix: str = "checkpoints",
+        prefix: str = layout.CHECKPOINTS,
         keep: int = 3,
         every_steps: int | None = None,
         every_seconds: float | None = None,
@@ -110,6 +113,7 @@ class Checkpointer:
         self._error: BaseException | None = None
         self.last_committed: Committed | None = None
         self.last_commit_time: float | None = None  # wall clock, for the heartbeat's checkpoint age
+        self.undeleted: set[int] = set()  # older steps retention could not delete (yet): the heartbeat reports how many
         self.load_timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ saving
@@ -205,10 +209,20 @@ class Checkpointer:
         return committed
 
     def _apply_retention(self) -> None:
-        steps = self.committed_steps()
-        doomed = [s for s in steps[: -self.keep] if s not in self.protected]
-        for step in doomed:
-            self._remove(step)
+        try:
+            steps = self.committed_steps()
+        except Exception as exc:  # cleaning up can wait; the checkpoint just committed stands
+            log.warning("checkpoint: retention could not list %s (%s: %s); training goes on", self.prefix, type(exc).__name__, exc)
+            return
+        for step in [s for s in steps[: -self.keep] if s not in self.protected]:
+            try:
+                self._remove(step)
+            except Exception as exc:  # one older checkpoint left behind must not fail a healthy run
+                self.undeleted.add(step)
+                log.warning("checkpoint: retention could not remove %s/step-%d (%s: %s); training goes on, the next save tries again",
+                            self.prefix, step, type(exc).__name__, exc)
+                continue
+            self.undeleted.discard(step)
             log.info("checkpoint: retention removed %s/step-%d", self.prefix, step)
 
     def _remove(self, step: int) -> None:

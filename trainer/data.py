@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import models, transforms
 
-from trainer.config import DataSpec, ModelSpec, is_weights_name
 from trainer.fetch import DataError
+from trainer.job.spec import DataSpec, ModelSpec, is_weights_name
 
 log = logging.getLogger(__name__)
 

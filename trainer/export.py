@@ -42,11 +42,11 @@ import torchvision
 from torch import nn
 
 from trainer import quantize
-from trainer.config import TrainSpec
-from trainer.storage import Storage, file_sha256
+from trainer.job import layout
+from trainer.job.spec import TrainSpec
+from trainer.job.storage import Storage, file_sha256
 
 log = logging.getLogger(__name__)
-MANIFEST = "artifacts/manifest.json"
 
 # Float formats must reproduce the model's logits within this fraction of their largest magnitude
 # (they differ only by kernel choice and operation order); int8 must pick the same class this often.
@@ -132,7 +132,7 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
                     continue
                 files = {}
                 for path in built.files:
-                    storage.upload(str(path), f"artifacts/{export_id}/{path.name}")
+                    storage.upload(str(path), layout.artifact(export_id, path.name))
                     files[path.name] = {"format": name, "path": f"{export_id}/{path.name}", "sha256": file_sha256(path), "size": path.stat().st_size,
                                         "input_shape": input_shape}
             except Exception as exc:  # one format's failure (building, checking or uploading it) must not lose the others
@@ -141,8 +141,8 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
                 continue
             manifest["files"].update(files)
             manifest["formats"][name] = entry
-            log.info("export: %s -> %s", name, ", ".join(f"artifacts/{export_id}/{p.name}" for p in built.files))
-    storage.write_bytes(MANIFEST, json.dumps(_finite(manifest), indent=1, allow_nan=False).encode())
+            log.info("export: %s -> %s", name, ", ".join(layout.artifact(export_id, p.name) for p in built.files))
+    storage.write_bytes(layout.MANIFEST, json.dumps(_finite(manifest), indent=1, allow_nan=False).encode())
     _remove_unlisted(storage, manifest)
     return manifest
 
@@ -162,21 +162,21 @@ def _remove_unlisted(storage: Storage, manifest: dict) -> None:
     listed = {entry.get("path", name) for name, entry in manifest["files"].items()}
     folders = {path.split("/", 1)[0] for path in listed if "/" in path}
     unlisted = []
-    for name in storage.list("artifacts"):
+    for name in storage.list(layout.ARTIFACTS):
         if name in folders:
-            unlisted += [f"{name}/{file}" for file in storage.list(f"artifacts/{name}") if f"{name}/{file}" not in listed]
-        elif name not in listed and name != "manifest.json":
+            unlisted += [f"{name}/{file}" for file in storage.list(f"{layout.ARTIFACTS}/{name}") if f"{name}/{file}" not in listed]
+        elif name not in listed and f"{layout.ARTIFACTS}/{name}" != layout.MANIFEST:
             unlisted.append(name)
     for path in unlisted:
         try:
-            storage.delete(f"artifacts/{path}", recursive=True)
+            storage.delete(f"{layout.ARTIFACTS}/{path}", recursive=True)
         except Exception as exc:  # leftovers cost storage, not correctness: the manifest does not name them
             log.warning("export: could not remove artifacts/%s (%s)", path, exc)
 
 
 def _keep_earlier(storage: Storage, manifest: dict, formats: list[str]) -> None:
     try:
-        earlier = json.loads(storage.read_bytes(MANIFEST))
+        earlier = json.loads(storage.read_bytes(layout.MANIFEST))
     except (FileNotFoundError, ValueError):
         return
     same = ("checkpoint_step", "torch", "torchvision")

@@ -22,6 +22,8 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from trainer.job.settings import Settings
+
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -35,7 +37,7 @@ class DataError(Exception):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SPOTCTL_CACHE_DIR") or Path.home() / ".cache" / "spotctl") / "data"
+    return Settings.from_env().cache_dir / "data"
 
 
 def fetch(location: str, field: str, cache_dir: Path, progress: Progress | None = None, threads: int = 16) -> Path:

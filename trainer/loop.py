@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -20,16 +20,17 @@ from torch import nn
 import trainer
 from trainer import data as data_mod
 from trainer import rng
-from trainer.checkpoint import CheckpointMismatch, Checkpointer
-from trainer.config import JobSpec, TrainSpec
+from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
 from trainer.fetch import DataError, fetch
+from trainer.job import layout
+from trainer.job.spec import JobSpec, TrainSpec
+from trainer.job.storage import Storage
 from trainer.metrics import EarlyStopping, Meter
 from trainer.model import build_model, build_optimizer
 from trainer.preemption import InterruptionWatcher
 from trainer.reporting import Reporter
 from trainer.schedule import build_scheduler
-from trainer.storage import Storage
 
 log = logging.getLogger("trainer")
 
@@ -84,9 +85,15 @@ def train_fingerprint(train: TrainSpec) -> dict:
     return train.model_dump(mode="json", exclude={"checkpoint": True, "export": True, "data": {"workers", "max_bad_images"}})
 
 
+def checkpoint_identity(train: TrainSpec, classes: list[str]) -> dict:
+    """What a checkpoint must match to be loaded into a run (or exported from): model, classes, spec."""
+    return {"model": train.model.name, "classes": classes, "train": train_fingerprint(train)}
+
+
 class Trainer:
-    def __init__(self, spec: JobSpec, storage: Storage, reporter: Reporter, watcher: InterruptionWatcher, display: ConsoleProgress, cache_dir: Path, attempt: int = 1, sample_every: int | None = None):
-        self.spec, self.train = spec, spec.train
+    def __init__(self, spec: JobSpec, job_id: str, storage: Storage, reporter: Reporter, watcher: InterruptionWatcher, display: ConsoleProgress, cache_dir: Path,
+                 attempt: int = 1, sample_every: int | None = None):
+        self.spec, self.train, self.job_id = spec, spec.train, job_id
         self.storage, self.reporter, self.watcher, self.display, self.attempt = storage, reporter, watcher, display, attempt
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # channels_last feeds cuDNN's fastest convolution kernels; on CPU it brings nothing here.
@@ -113,10 +120,10 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
         marks["model"] = time.monotonic()
-        identity = {"model": self.train.model.name, "classes": self.classes, "train": train_fingerprint(self.train)}
+        identity = checkpoint_identity(self.train, self.classes)
         ckpt = self.train.checkpoint
-        self.checkpoints = Checkpointer(storage, "checkpoints", keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
-        self.best = Checkpointer(storage, "best", keep=1, identity=identity, kind="best")
+        self.checkpoints = Checkpointer(storage, layout.CHECKPOINTS, keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
+        self.best = Checkpointer(storage, layout.BEST, keep=1, identity=identity, kind="best")
         # A checkpoint that records a new best commits only after best/ holds that model.
         self.checkpoints.depends_on = self.best
         self.stopper = EarlyStopping(self.train.early_stopping)
@@ -195,10 +202,9 @@ class Trainer:
         self.reporter.beat_now()
         loaded = self.best.load_latest()
         best_state = loaded[1] if loaded else None
-        job_id = self.storage.url.rstrip("/").rsplit("/", 1)[-1]
         metrics = best_state["metrics"] if best_state else (self.history[-1] if self.history else None)
         step = loaded[0].step if loaded else self.position.step  # the step of the checkpoint the model comes from
-        return export_artifacts(self.storage, self.train, self.model, best_state, self.classes, data_mod.normalization(self.train.model), job_id,
+        return export_artifacts(self.storage, self.train, self.model, best_state, self.classes, data_mod.normalization(self.train.model), self.job_id,
                                 step, metrics, export_data(self.data, self.train), formats)
 
     def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, bad: list, meter: Meter) -> None:
@@ -323,7 +329,7 @@ class Trainer:
         # On the CPU: load_state_dict copies to the parameters' device, and RNG states must stay on the CPU.
         found = self.checkpoints.load_latest(map_location="cpu")
         if found is None:
-            log.info("no checkpoint under %s: starting from the beginning", self.storage.url_of("checkpoints"))
+            log.info("no checkpoint under %s: starting from the beginning", self.storage.url_of(layout.CHECKPOINTS))
             self.reporter.update(resumed_from_step=0)
             return
         committed, state = found
@@ -396,7 +402,8 @@ class Trainer:
     def _note_checkpoint(self) -> None:
         committed = self.checkpoints.last_committed
         if committed is not None:
-            self.reporter.update(last_checkpoint_step=committed.step, last_checkpoint_time=self.checkpoints.last_commit_time)
+            self.reporter.update(last_checkpoint_step=committed.step, last_checkpoint_time=self.checkpoints.last_commit_time,
+                                 checkpoints_not_deleted=len(self.checkpoints.undeleted) + len(self.best.undeleted))
 
     def _outcome(self, status: str, reason: str | None = None) -> Outcome:
         best = None

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.config import EarlyStoppingSpec
+from trainer.job import layout
+from trainer.job.spec import EarlyStoppingSpec
 
 
 class Meter:
@@ -87,7 +88,7 @@ class MetricsLog:
             body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
             while True:
                 try:
-                    self.storage.write_bytes(f"metrics/a{self.attempt:03d}-{self._parts + 1:06d}.jsonl", body, create_only=True)
+                    self.storage.write_bytes(layout.metrics_part(self.attempt, self._parts + 1), body, create_only=True)
                     break
                 except FileExistsError:  # left by an earlier run under the same attempt number: never overwritten
                     self._parts += 1

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from trainer.config import ModelSpec, OptimizerSpec, is_weights_name
+from trainer.job.spec import ModelSpec, OptimizerSpec, is_weights_name
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ import threading
 import urllib.error
 import urllib.request
 
+from trainer.job.settings import Settings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
@@ -30,7 +32,7 @@ class InterruptionWatcher:
     def __init__(self, endpoint: str | None = None, interval: float | None = None, timeout: float = 2.0):
         self.endpoint = (endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or "").rstrip("/")
         # Every 5 s, well inside AWS's two-minute notice; the local cloud's short notices poll faster.
-        self.interval = interval or float(os.environ.get("SPOTCTL_IMDS_POLL_SECONDS", 5))
+        self.interval = interval or Settings.from_env().imds_poll_seconds
         self.timeout = timeout
         self.interrupt = threading.Event()
         self.reason: str | None = None

@@ -13,8 +13,17 @@ import logging
 import sys
 
 from trainer.fetch import default_cache_dir
-from trainer.run import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_SUCCEEDED, USER_ERRORS, _setup_logging, job_prefix, load_or_report
-from trainer.storage import Storage
+from trainer.job import layout
+from trainer.job.storage import Storage
+from trainer.run import (
+    EXIT_BAD_SPEC,
+    EXIT_FAILED,
+    EXIT_SUCCEEDED,
+    USER_ERRORS,
+    job_prefix,
+    load_or_report,
+    setup_logging,
+)
 
 log = logging.getLogger("trainer")
 
@@ -25,9 +34,9 @@ def export_job(job_url: str, job_id: str | None = None, formats: list[str] | Non
     if spec is None:
         return EXIT_BAD_SPEC
     job_id, prefix = job_prefix(spec, job_url, job_id)
-    _, console = _setup_logging(None)
+    _, console = setup_logging(None)
     storage = Storage(prefix)
-    if not storage.list("checkpoints") and not storage.list("best"):
+    if not storage.list(layout.CHECKPOINTS) and not storage.list(layout.BEST):
         print(f"error: job {job_id} has no checkpoint under {prefix} to export from; train it first (python -m trainer run --job {job_url})", file=sys.stderr)
         return EXIT_FAILED
     try:
@@ -42,7 +51,7 @@ def export_job(job_url: str, job_id: str | None = None, formats: list[str] | Non
     for name in asked:
         entry = manifest["formats"][name]
         print(f"{name}: {'ok, ' + ', '.join(entry['files']) if entry['status'] == 'ok' else 'failed: ' + entry['reason']}")
-    print(f"manifest: {storage.url_of('artifacts/manifest.json')} (checkpoint step {manifest['checkpoint_step']}, {manifest['source']})")
+    print(f"manifest: {storage.url_of(layout.MANIFEST)} (checkpoint step {manifest['checkpoint_step']}, {manifest['source']})")
     return EXIT_SUCCEEDED if all(manifest["formats"][name]["status"] == "ok" for name in asked) else EXIT_FAILED
 
 
@@ -52,7 +61,7 @@ def _export(spec, storage: Storage, job_id: str, formats: list[str] | None, cons
     from trainer.display import ConsoleProgress
     from trainer.export import export_artifacts, export_data
     from trainer.fetch import fetch
-    from trainer.loop import train_fingerprint
+    from trainer.loop import checkpoint_identity
     from trainer.model import build_model
 
     train, display = spec.train, ConsoleProgress(console, live=False)
@@ -60,9 +69,9 @@ def _export(spec, storage: Storage, job_id: str, formats: list[str] | None, cons
     train_root = fetch(train.data.train, "train.data.train", cache, display.downloading)
     val_root = fetch(train.data.val, "train.data.val", cache, display.downloading) if train.data.val else None
     data = data_mod.build(train.data, train.model, train.seed, train.batch_size, train_root, val_root)
-    identity = {"model": train.model.name, "classes": data.classes, "train": train_fingerprint(train)}
-    best = Checkpointer(storage, "best", keep=1, identity=identity).load_latest(repair=False)
-    loaded = best or Checkpointer(storage, "checkpoints", identity=identity).load_latest(repair=False)
+    identity = checkpoint_identity(train, data.classes)
+    best = Checkpointer(storage, layout.BEST, keep=1, identity=identity).load_latest(repair=False)
+    loaded = best or Checkpointer(storage, layout.CHECKPOINTS, identity=identity).load_latest(repair=False)
     if loaded is None:
         return None
     committed, state = loaded

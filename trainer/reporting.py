@@ -11,7 +11,6 @@ waits on S3 for it:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -19,28 +18,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
+from trainer.job import layout
+from trainer.job.documents import Heartbeat, StopRequest, now_iso
+from trainer.job.settings import BootEnv
+from trainer.job.storage import Storage
 from trainer.metrics import MetricsLog
-from trainer.storage import Storage
 from trainer.telemetry import GpuMonitor
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = "status/heartbeat.json"
-FINAL = "status/final.json"
-CONTROL_STOP = "control/stop"
 HEALTH_WINDOW_S = 300.0
-PHASES = ("starting", "downloading data", "training", "validating", "checkpointing", "exporting", "interrupted", "stopped", "done", "failed")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def log_key(attempt: int) -> str:
-    return f"logs/attempt-{attempt}.log"
 
 
 class Reporter:
@@ -99,7 +88,7 @@ class Reporter:
             **self._health_window(status, gpu),
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "instance_id": os.environ.get("SPOTCTL_INSTANCE_ID"),
+            "instance_id": BootEnv.from_env().instance_id,
             "started_at": self._started,
             "updated_at": now_iso(),
         }
@@ -143,7 +132,7 @@ class Reporter:
     def _tick(self, ship_log: bool, poll_control: bool) -> None:
         # Each part on its own: S3 trouble with one must not starve the others (or stop training).
         for what, action in (
-            ("heartbeat", lambda: self.storage.write_bytes(HEARTBEAT, json.dumps(self.heartbeat(), indent=1).encode())),
+            ("heartbeat", lambda: self.storage.write_bytes(layout.HEARTBEAT, Heartbeat.model_validate(self.heartbeat()).to_json())),
             ("metrics", self.metrics.flush),
             ("control", self._poll_control if poll_control else None),
             ("log", self.ship_log if ship_log else None),
@@ -159,13 +148,11 @@ class Reporter:
         if self.stop_requested.is_set():
             return
         try:
-            body = self.storage.read_bytes(CONTROL_STOP)
+            body = self.storage.read_bytes(layout.CONTROL_STOP)
         except FileNotFoundError:
             return
-        try:
-            reason = json.loads(body).get("reason") or "stop requested"
-        except (ValueError, AttributeError):
-            reason = "stop requested"
+        request = StopRequest.parse(body)  # any object there asks to stop; its reason, when it gives one
+        reason = (request.reason if request else None) or "stop requested"
         self.stop_reason = reason
         log.warning("control: %s; checkpointing and stopping", reason)
         self.stop_requested.set()
@@ -174,4 +161,4 @@ class Reporter:
         if self.log_file is not None and self.log_file.exists():
             for handler in logging.getLogger().handlers:
                 handler.flush()
-            self.storage.upload(str(self.log_file), log_key(self.attempt))
+            self.storage.upload(str(self.log_file), layout.trainer_log(self.attempt))

@@ -12,22 +12,22 @@ Exit codes (the bootstrap script and `spotctl watch` act on them):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import sys
 import tempfile
 import traceback
 from pathlib import Path
 
 from trainer.checkpoint import CheckpointMismatch
-from trainer.config import JobSpec
 from trainer.fetch import DataError, default_cache_dir
+from trainer.job import layout
+from trainer.job.documents import Final, Outcome, now_iso
+from trainer.job.settings import BootEnv, Settings
+from trainer.job.spec import JobSpec
+from trainer.job.spec_file import SpecError, load_spec
+from trainer.job.storage import Storage
 from trainer.model import WeightsError
-from trainer.reporting import FINAL, Reporter, now_iso
-from trainer.spec_file import SpecError, load_spec
-from trainer.storage import Storage
+from trainer.reporting import Reporter
 
 log = logging.getLogger("trainer")
 
@@ -38,21 +38,20 @@ USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError)
 
 
 def job_prefix(spec: JobSpec, job_url: str, job_id: str | None = None) -> tuple[str, str]:
-    """(job id, URL of the job's prefix). The id is `job_id`, else SPOTCTL_JOB_ID, else taken from a
-    job file at `<storage>/jobs/<id>/job.yaml` (where `spotctl launch` puts it), else the job's name."""
-    job_id = job_id or os.environ.get("SPOTCTL_JOB_ID")
-    if not job_id:
-        match = re.search(r"/jobs/([^/]+)/job\.ya?ml$", job_url)
-        job_id = match.group(1) if match else spec.name
-    return job_id, f"{spec.storage.rstrip('/')}/jobs/{job_id}"
+    """(job id, URL of the job's prefix). The id is the one given (--job-id, or SPOTCTL_JOB_ID from
+    the user-data), else that of a job file where `spotctl launch` puts it (a person naming only its
+    URL), else the job's name (a job file of one's own)."""
+    job_id = job_id or BootEnv.from_env().job_id or layout.job_id_in(job_url) or spec.name
+    return job_id, layout.job_prefix(spec.storage, job_id)
 
 
 def next_attempt(storage: Storage) -> int:
     """SPOTCTL_ATTEMPT when the orchestrator set it, else one past the attempts that left a log."""
-    if os.environ.get("SPOTCTL_ATTEMPT"):
-        return int(os.environ["SPOTCTL_ATTEMPT"])
-    numbers = [int(m.group(1)) for name in storage.list("logs") if (m := re.fullmatch(r"attempt-(\d+)(\.bootstrap)?\.log", name))]
-    numbers += [int(m.group(1)) for name in storage.list("metrics") if (m := re.fullmatch(r"a(\d+)-\d+\.jsonl", name))]
+    given = BootEnv.from_env().attempt
+    if given:
+        return given
+    numbers = [n for name in storage.list(layout.LOGS) if (n := layout.attempt_of_log(name)) is not None]
+    numbers += [n for name in storage.list(layout.METRICS) if (n := layout.attempt_of_metrics(name)) is not None]
     return max(numbers, default=0) + 1
 
 
@@ -76,17 +75,17 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         storage = Storage(prefix)
         storage.check()
         previous = read_final(storage)
-        if previous and previous.get("outcome") == "succeeded":
+        if previous and previous.is_(Outcome.SUCCEEDED):
             print(f"job {job_id} already succeeded (status/final.json under {prefix}); nothing to do", file=sys.stderr)
             return EXIT_SUCCEEDED
         if previous:  # a stopped or failed job being resumed: it is running again
-            storage.delete(FINAL)
+            storage.delete(layout.FINAL)
         attempt = attempt or next_attempt(storage)
     except Exception as exc:  # nowhere to report to: say it here, once
         hint = {PermissionError: "check the credentials or instance profile", FileNotFoundError: "create it, or fix `storage` in the job file"}.get(type(exc), "check `storage` in the job file and the network")
         print(f"error: cannot use the job's storage {prefix} ({type(exc).__name__}: {exc}); {hint}", file=sys.stderr)
         return EXIT_FAILED
-    log_file, console = _setup_logging(attempt)
+    log_file, console = setup_logging(attempt)
     log.info("job %s attempt %d: %s -> %s", job_id, attempt, job_url, prefix)
 
     # Imported here: torch takes seconds to import, and a bad job file should fail at once.
@@ -94,13 +93,13 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
     from trainer.loop import Trainer
     from trainer.preemption import InterruptionWatcher
 
-    interval = heartbeat_seconds or float(os.environ.get("SPOTCTL_HEARTBEAT_SECONDS", 15))
+    interval = heartbeat_seconds or Settings.from_env().heartbeat_seconds
     reporter = Reporter(storage, attempt, log_file, interval=interval).start()
     watcher = InterruptionWatcher().start()
     display = ConsoleProgress(console, live=console.is_terminal)
     outcome = None
     try:
-        trainer = Trainer(spec, storage, reporter, watcher, display, default_cache_dir(), attempt)
+        trainer = Trainer(spec, job_id, storage, reporter, watcher, display, default_cache_dir(), attempt)
         outcome = trainer.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: leave at once, resumable from the last checkpoint
         log.warning("stopped without a final checkpoint; run the same command to resume from the last one")
@@ -124,24 +123,23 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         reporter.close("interrupted")
         return EXIT_INTERRUPTED
     if outcome.status == "stopped":
-        _write_final(storage, {"outcome": "stopped", "reason": outcome.reason, **_summary(outcome, attempt)})
+        _write_final(storage, Final(outcome=Outcome.STOPPED, reason=outcome.reason, **_summary(outcome, attempt)))
         log.info("stopped (%s) at step %d; final checkpoint committed", outcome.reason, outcome.step)
         reporter.close("stopped")
         return EXIT_STOPPED
-    _write_final(storage, {"outcome": "succeeded", **_summary(outcome, attempt)})
+    _write_final(storage, Final(outcome=Outcome.SUCCEEDED, **_summary(outcome, attempt)))
     best = f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)" if outcome.best else ""
     log.info("succeeded after %d steps%s", outcome.step, best)
     reporter.close("done")
     return EXIT_SUCCEEDED
 
 
-def read_final(storage: Storage) -> dict | None:
+def read_final(storage: Storage) -> Final | None:
     try:
-        return json.loads(storage.read_bytes(FINAL))
+        body = storage.read_bytes(layout.FINAL)
     except FileNotFoundError:
         return None
-    except ValueError:
-        return {"outcome": "unreadable"}
+    return Final.parse(body) or Final(outcome=Outcome.UNREADABLE)
 
 
 def _summary(outcome, attempt: int) -> dict:
@@ -165,18 +163,18 @@ def _record_failure(storage: Storage, reporter: Reporter, attempt: int, exc: Exc
         log.error("failed: %s", message)
     tail = "".join(lines).splitlines()[-20:]
     try:
-        _write_final(storage, {"outcome": "failed", "attempt": attempt, "error": message, "traceback": tail, "finished_at": now_iso()})
+        _write_final(storage, Final(outcome=Outcome.FAILED, attempt=attempt, error=message, traceback=tail, finished_at=now_iso()))
     except Exception as write_error:  # the storage itself may be what failed
-        log.error("could not write %s: %s", storage.url_of(FINAL), write_error)
+        log.error("could not write %s: %s", storage.url_of(layout.FINAL), write_error)
     reporter.update(error=message)
     reporter.close("failed")
 
 
-def _write_final(storage: Storage, final: dict) -> None:
-    storage.write_bytes(FINAL, json.dumps(final, indent=1).encode())
+def _write_final(storage: Storage, final: Final) -> None:
+    storage.write_bytes(layout.FINAL, final.model_dump_json(indent=1, exclude_unset=True).encode())
 
 
-def _setup_logging(attempt: int | None):
+def setup_logging(attempt: int | None):
     """Log to stderr (rich on a terminal) and, for an attempt, to a file shipped to logs/attempt-<k>.log."""
     from rich.console import Console
     from rich.logging import RichHandler

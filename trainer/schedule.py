@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from trainer.config import TrainSpec
+from trainer.job.spec import TrainSpec
 
 WARMUP_START = 0.01  # warm-up starts at lr/100
 ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # torch's OneCycleLR defaults

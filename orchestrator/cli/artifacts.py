@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from orchestrator.artifacts import describe, download, manifest_of
 from orchestrator.cli import options, render
+from orchestrator.cli.context import App
+from orchestrator.jobs.artifacts import describe, download, manifest_of
 
 
 @click.command("artifacts")
@@ -19,9 +20,10 @@ from orchestrator.cli import options, render
 @options.local_option
 @options.profile_option
 @options.json_option
-def command(job_id: str, folder: Path | None, storage: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_id: str, folder: Path | None, storage: str | None, profile: str | None, as_json: bool) -> int:
     """List JOB's exported artifacts, or download and verify them."""
-    store = options.store(storage, profile)
+    store = app.store(storage, profile)
     if folder is not None:
         fetched = download(store, job_id, folder)
         if as_json:
@@ -32,13 +34,13 @@ def command(job_id: str, folder: Path | None, storage: str | None, profile: str 
         return 0
     manifest = manifest_of(store, job_id)
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json.dumps(manifest.written(), indent=2))
         return 0
-    rows = [[name, entry["format"], _size(entry["size"]), entry["sha256"][:16]] for name, entry in sorted(manifest.get("files", {}).items())]
+    rows = [[name, entry.format, _size(entry.size), entry.sha256[:16]] for name, entry in sorted(manifest.files.items())]
     out = render.console()
-    out.print(f"artifacts of {job_id} (from step {manifest.get('checkpoint_step')}, {manifest.get('source')})", markup=False)  # wider than the table
+    out.print(f"artifacts of {job_id} (from step {manifest.checkpoint_step}, {manifest.source})", markup=False)  # wider than the table
     out.print(render.table(["file", "format", "size", "sha256"], rows))
-    for name, result in manifest.get("formats", {}).items():
+    for name, result in manifest.formats.items():
         out.print(describe(name, result), markup=False)
     return 0
 

@@ -8,8 +8,9 @@ from dataclasses import asdict
 
 import click
 
-from orchestrator import infra
+from orchestrator.aws import infra
 from orchestrator.cli import options, render
+from orchestrator.cli.context import App
 from orchestrator.errors import UserError
 
 stack_option = click.option("--stack", default=infra.DEFAULT_STACK, show_default=True, metavar="NAME", help="CloudFormation stack name.")
@@ -39,11 +40,12 @@ def command() -> None:
               help="A dataset elsewhere the trainer may list and read: s3://bucket/prefix/ or an S3 ARN (repeatable).")
 @options.profile_option
 @options.json_option
-def deploy(stack: str, region: str | None, bucket: str | None, prefix: str | None, expire_checkpoints_days: int | None, data_read: tuple[str, ...],
+@click.pass_obj
+def deploy(app: App, stack: str, region: str | None, bucket: str | None, prefix: str | None, expire_checkpoints_days: int | None, data_read: tuple[str, ...],
            profile: str | None, as_json: bool) -> int:
     """Create or update the stack, wait for it, and remember its outputs for job files. On an update,
     options left out keep the stack's current values."""
-    cloud = options.cloud(_region(region), profile)
+    cloud = app.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     deployed, repaired = infra.deploy(cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events)
     if as_json:
@@ -63,9 +65,10 @@ def deploy(stack: str, region: str | None, bucket: str | None, prefix: str | Non
 @region_option
 @options.profile_option
 @options.json_option
-def status(stack: str, region: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def status(app: App, stack: str, region: str | None, profile: str | None, as_json: bool) -> int:
     """The stack, its outputs, the bucket's protections as S3 reports them, and the local profile."""
-    cloud = options.cloud(_region(region), profile)
+    cloud = app.cloud(_region(region), profile)
     current = infra.stack_of(cloud, stack)
     outputs = infra.outputs_of(current)
     checks = infra.bucket_checks(cloud, outputs["BucketName"]) if "BucketName" in outputs else {}
@@ -94,9 +97,10 @@ def status(stack: str, region: str | None, profile: str | None, as_json: bool) -
 @region_option
 @click.option("--force", is_flag=True, help="Delete even though the bucket holds jobs (the bucket and its objects are kept).")
 @options.profile_option
-def delete(stack: str, region: str | None, force: bool, profile: str | None) -> int:
+@click.pass_obj
+def delete(app: App, stack: str, region: str | None, force: bool, profile: str | None) -> int:
     """Delete the stack (refused while its bucket holds jobs, unless --force); the bucket is kept unless empty."""
-    cloud = options.cloud(_region(region), profile)
+    cloud = app.cloud(_region(region), profile)
     bucket = infra.delete(cloud, stack, force, on_event=lambda line: click.echo(line, err=True))
     click.echo(f"deleted stack {stack} in {cloud.region}; {bucket}")
     return 0

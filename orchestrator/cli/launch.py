@@ -7,10 +7,10 @@ import json
 import click
 
 from orchestrator.cli import options, render
+from orchestrator.cli.context import App
 from orchestrator.cli.offers import OFFER_HEADERS, offer_rows
-from orchestrator.launch import dry_run as check_permissions
-from orchestrator.launch import launch, plan_launch
-from orchestrator.record import JobStore
+from orchestrator.jobs.launch import check_permissions, launch, plan_launch
+from orchestrator.jobs.record import JobStore
 
 
 @click.command("launch")
@@ -22,11 +22,12 @@ from orchestrator.record import JobStore
 @options.local_starting_option
 @options.profile_option
 @options.json_option
-def command(job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:
     """Launch JOB.yaml on the cheapest spot offer; print the job id and how to follow it."""
-    spec = options.load_job(job_file, region)
-    cloud = options.cloud(spec.region, profile)
-    plan = plan_launch(spec, cloud, options.prices(cloud))
+    spec = app.load_job(job_file, region)
+    cloud = app.cloud(spec.region, profile)
+    plan = plan_launch(spec, cloud, app.prices(cloud))
     best = plan.best
     if dry_run:
         verdict = check_permissions(plan, cloud)
@@ -53,9 +54,9 @@ def command(job_file: str, dry_run: bool, then_watch: bool, poll_s: float, regio
         click.echo(f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})")
     if then_watch:
         from orchestrator.cli.watch import follow
-        from orchestrator.watch import WatchOptions
+        from orchestrator.jobs.watch import WatchOptions
 
-        return follow(store, [record.job_id], options.clouds(profile), WatchOptions(poll_s=poll_s), as_json=as_json)
+        return follow(app, store, [record.job_id], app.clouds(profile), WatchOptions(poll_s=poll_s), as_json=as_json)
     click.echo(f"follow it:  spotctl watch {record.job_id} --storage {spec.storage}   (recovers interruptions)")
     click.echo(f"            spotctl status {record.job_id} --storage {spec.storage}")
     click.echo(f"            spotctl logs {record.job_id} --storage {spec.storage} --follow")

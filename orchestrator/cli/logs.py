@@ -8,8 +8,8 @@ import time
 import click
 
 from orchestrator.cli import options
-from orchestrator.control import find_job, log_text
-from orchestrator.status import TERMINAL
+from orchestrator.cli.context import App
+from orchestrator.jobs.views import find_job, log_text
 
 
 @click.command("logs")
@@ -21,9 +21,10 @@ from orchestrator.status import TERMINAL
 @options.storage_option
 @options.local_option
 @options.profile_option
-def command(job_id: str, attempt: int | None, bootstrap: bool, follow: bool, interval: float, storage: str | None, profile: str | None) -> int:
+@click.pass_obj
+def command(app: App, job_id: str, attempt: int | None, bootstrap: bool, follow: bool, interval: float, storage: str | None, profile: str | None) -> int:
     """Print JOB's log as last shipped (every minute and at exit)."""
-    store, clouds = options.store(storage, profile), options.clouds(profile)
+    store, clouds = app.store(storage, profile), app.clouds(profile)
     view = find_job(store, job_id, clouds)
     shown, showing = 0, None
     while True:
@@ -37,7 +38,7 @@ def command(job_id: str, attempt: int | None, bootstrap: bool, follow: bool, int
             sys.stdout.buffer.write(content[shown:])
             sys.stdout.flush()
             shown = len(content)
-        if not follow or view.state in TERMINAL:
+        if not follow or view.state.terminal:
             return 0
         time.sleep(interval)
         view = find_job(store, job_id, clouds)

@@ -2,42 +2,64 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import botocore.exceptions
 import click
 
 from orchestrator import __version__
-from orchestrator.cli import artifacts, infra, launch, local, logs, offers, resume, schema, status, stop, validate, watch
-from orchestrator.aws import as_user_error
-from orchestrator.errors import UserError
-from trainer.spec_file import SpecError
+from orchestrator.aws.clients import as_user_error
+from orchestrator.cli import (
+    artifacts,
+    infra,
+    launch,
+    local,
+    logs,
+    offers,
+    resume,
+    schema,
+    status,
+    stop,
+    validate,
+    watch,
+)
+from orchestrator.cli.context import App
+from orchestrator.errors import ExitCode, UserError
+from trainer.job.settings import Settings
+from trainer.job.spec_file import SpecError
 
-EXIT_USAGE = 2  # bad arguments or a bad job spec, as click and most CLIs use it
+
+class InOrder(click.Group):
+    """`--help` lists the commands in the order a job meets them, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=InOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.version_option(__version__, prog_name="spotctl")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Fine-tune PyTorch vision models on AWS spot GPUs; an interruption costs minutes, not the run.
 
     Start with `spotctl validate examples/quickstart.yaml`.
     """
+    ctx.obj = App(Settings.from_env())
 
 
-for module in (validate, schema, offers, launch, status, watch, resume, stop, logs, artifacts, local, infra):
+# A job's life: write its file (schema for the editor), check it, see what it would run on, launch,
+# follow, stop or resume, fetch its models; then the one-time AWS setup and the local cloud.
+for module in (schema, validate, offers, launch, watch, status, logs, stop, resume, artifacts, infra, local):
     cli.add_command(module.command)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    saved_environment = dict(os.environ)  # --local points AWS clients at the local cloud for this command only
     try:
         result = cli.main(args=args, prog_name="spotctl", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        return result if isinstance(result, int) else ExitCode.OK
     except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
     except click.ClickException as exc:  # usage errors: unknown option, missing file argument...
@@ -45,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        return 130
+        return ExitCode.ABORTED
     except SpecError as exc:
         if debug:
             raise
@@ -66,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it if it is a bug", err=True)
-        return 1
-    finally:
-        if os.environ != saved_environment:
-            os.environ.clear()
-            os.environ.update(saved_environment)
+        return ExitCode.FAILED
 
 
 DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs",

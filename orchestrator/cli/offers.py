@@ -6,8 +6,9 @@ import json
 
 import click
 
+from orchestrator.aws.offers import Offer, find_offers
 from orchestrator.cli import options, render
-from orchestrator.offers import Offer, find_offers
+from orchestrator.cli.context import App
 
 
 def offer_rows(offers: list[Offer]) -> list[list]:
@@ -27,11 +28,12 @@ OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-de
 @options.local_option
 @options.profile_option
 @options.json_option
-def command(job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
     """List the spot offers (instance type x zone) JOB.yaml may run on, cheapest first."""
-    spec = options.load_job(job_file, region)
-    cloud = options.cloud(spec.region, profile)
-    found = find_offers(cloud, spec.compute, options.prices(cloud))
+    spec = app.load_job(job_file, region)
+    cloud = app.cloud(spec.region, profile)
+    found = find_offers(cloud, spec.compute, app.prices(cloud))
     if as_json:
         click.echo(json.dumps({"offers": [o.as_dict() for o in found.ranked], "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped]}, indent=2))
         return 0

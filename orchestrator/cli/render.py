@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
-from orchestrator.health import duration as health_duration
+from orchestrator.jobs.health import duration as health_duration
 
 
 def console() -> Console:

@@ -4,12 +4,14 @@ at its budget, out of capacity, or cancelled with --force); it continues from th
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 
 from orchestrator.cli import options, render
-from orchestrator.control import find_job
-from orchestrator.recovery import resume
+from orchestrator.cli.context import App
+from orchestrator.jobs.recover import resume
+from orchestrator.jobs.views import find_job
 
 
 @click.command("resume")
@@ -22,19 +24,20 @@ from orchestrator.recovery import resume
 @options.local_option
 @options.profile_option
 @options.json_option
-def command(job_id: str, force: bool, budget: float | None, then_watch: bool, poll_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_id: str, force: bool, budget: float | None, then_watch: bool, poll_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
     """Start attempt k+1 of JOB on the best pool not interrupted lately; it resumes from the latest checkpoint."""
-    store, clouds = options.store(storage, profile), options.clouds(profile)
+    store, clouds = app.store(storage, profile), app.clouds(profile)
     view = find_job(store, job_id, clouds)
     cloud = clouds(view.record.region)
-    attempt = resume(store, view, cloud, options.prices(cloud), force=force, budget=budget)
+    attempt = resume(store, view, cloud, app.prices(cloud), force=force, budget=budget)
     if as_json and not then_watch:
-        click.echo(json.dumps({"job_id": job_id, "attempt": vars(attempt)}, indent=2))
+        click.echo(json.dumps({"job_id": job_id, "attempt": asdict(attempt)}, indent=2))
         return 0
     click.echo(f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h ({attempt.instance_id})")
     if then_watch:
         from orchestrator.cli.watch import follow
-        from orchestrator.watch import WatchOptions
+        from orchestrator.jobs.watch import WatchOptions
 
-        return follow(store, [job_id], clouds, WatchOptions(poll_s=poll_s))
+        return follow(app, store, [job_id], clouds, WatchOptions(poll_s=poll_s))
     return 0

@@ -7,7 +7,7 @@ import json
 import click
 
 from orchestrator.spec_reference import markdown_reference
-from trainer.config import json_schema
+from trainer.job.spec import json_schema
 
 
 @click.command("schema")

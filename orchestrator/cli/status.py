@@ -1,17 +1,7 @@
 """`spotctl status [JOB]`: every job under the storage root, or one job in detail.
 
-`--json` fields (stable): job_id, name, state, region, created_at, outcome_reason, budget_usd,
-attempts[] (number, instance_type, zone, spot_price, on_demand_price, client_token, instance_id,
-launched_at, ended_at, end_reason, state_reason, requested_at, claimed_by, start_step, end_step; the
-current one also instance_state), progress (phase, epoch, epochs, step, total_steps,
-steps_per_epoch, eta_s, images_per_sec, data_wait_fraction), metrics (loss, acc1, lr, val_loss,
-val_acc1, val_acc5), gpu (gpu_count, gpu_util_pct, gpu_mem_used_gib, gpu_mem_total_gib,
-gpu_power_w, health_window_s, gpu_util_window_pct, gpu_mem_window_fraction, data_wait_window),
-last_checkpoint (step, age_s), heartbeat_age_s, health[] (name: stalled | low_gpu_util, message,
-hint), stalled, final, artifacts; for one job also cost (total_usd, on_demand_usd, savings,
-lost_steps, lost_usd, current_usd_per_hour, projected_total_usd, attempts[] with number, seconds,
-usd, on_demand_usd, free_by_first_hour_rule).
-Absent data is null.
+`--json` prints the documents of orchestrator.jobs.status (stable; `--schema` prints their JSON
+Schema, every field described).
 """
 
 from __future__ import annotations
@@ -20,33 +10,38 @@ import json
 
 import click
 
-from orchestrator import artifacts
 from orchestrator.cli import options, render
-from orchestrator.control import find_job
-from orchestrator.costing import cost_of
-from orchestrator.status import read_views
+from orchestrator.cli.context import App
+from orchestrator.jobs import artifacts
+from orchestrator.jobs.cost import cost_of
+from orchestrator.jobs.status import schema, status_document
+from orchestrator.jobs.views import find_job, read_views
 
 
 @click.command("status")
 @click.argument("job_id", metavar="[JOB]", required=False)
+@click.option("--schema", "print_schema", is_flag=True, help="Print the JSON Schema of the --json documents and exit.")
 @options.storage_option
 @options.local_option
 @options.profile_option
 @options.json_option
-def command(job_id: str | None, storage: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_id: str | None, print_schema: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
     """Show the jobs under the storage root, or JOB in detail."""
-    store = options.store(storage, profile)
-    clouds = options.clouds(profile)
+    if print_schema:
+        click.echo(json.dumps(schema(), indent=2))
+        return 0
+    store = app.store(storage, profile)
+    clouds = app.clouds(profile)
     if job_id:
         found = find_job(store, job_id, clouds)
-        view = found.as_dict()
-        view["cost"] = cost_of(found, options.prices(clouds(found.record.region))) if found.record else None
+        view = status_document(found, cost_of(found, app.prices(clouds(found.record.region))) if found.record else None, with_cost=True)
         if as_json:
             click.echo(json.dumps(view, indent=2))
         else:
             render.console().print(job_panel(view))
         return 0
-    views = [v.as_dict() for v in read_views(store, store.job_ids(), clouds)]
+    views = [status_document(v) for v in read_views(store, store.job_ids(), clouds)]
     views.sort(key=lambda v: v["created_at"] or "", reverse=True)
     if as_json:
         click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))

@@ -7,7 +7,8 @@ import json
 import click
 
 from orchestrator.cli import options
-from orchestrator.control import stop_job
+from orchestrator.cli.context import App
+from orchestrator.jobs.stop import stop_job
 
 
 @click.command("stop")
@@ -18,9 +19,10 @@ from orchestrator.control import stop_job
 @options.local_option
 @options.profile_option
 @options.json_option
-def command(job_id: str, wait_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_id: str, wait_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
     """Ask JOB's trainer to checkpoint and exit, then terminate the instance; the job becomes cancelled."""
-    result = stop_job(options.store(storage, profile), job_id, options.clouds(profile), wait_s=wait_s)
+    result = stop_job(app.store(storage, profile), job_id, app.clouds(profile), wait_s=wait_s)
     if as_json:
         click.echo(json.dumps(vars(result), indent=2))
         return 0

@@ -6,21 +6,23 @@ import json
 
 import click
 
-from orchestrator.cli import options, render
-from trainer.spec_file import SpecError
+from orchestrator.cli import render
+from orchestrator.cli.context import App
+from trainer.job.spec_file import SpecError
 
 
 @click.command("validate")
 @click.argument("job_file", metavar="JOB.yaml")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved spec (or the problems) as JSON.")
-def command(job_file: str, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_file: str, as_json: bool) -> int:
     """Check JOB.yaml and print the resolved spec, defaults filled in.
 
     Every problem is reported on its own line as FILE:LINE: FIELD: MESSAGE; the exit code is 2
     when there is any.
     """
     try:
-        spec = options.load_job(job_file)
+        spec = app.load_job(job_file)
     except SpecError as exc:
         if not as_json:
             raise

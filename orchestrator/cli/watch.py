@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 
 import click
 
+from orchestrator.aws.clients import Cloud
 from orchestrator.cli import options, render
-from orchestrator.costing import cost_of
-from orchestrator.status import TERMINAL
-from orchestrator.watch import Event, JobRow, Watcher, WatchOptions
-
-IDLE = ("interrupted", "pending")  # unfinished, but nothing runs: watching them means relaunching them
+from orchestrator.cli.context import App
+from orchestrator.jobs.cost import cost_of
+from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.status import status_document
+from orchestrator.jobs.views import read_views
+from orchestrator.jobs.watch import Event, JobRow, Watcher, WatchOptions
 
 
 @click.command("watch")
@@ -32,40 +35,39 @@ IDLE = ("interrupted", "pending")  # unfinished, but nothing runs: watching them
 @options.local_option
 @options.profile_option
 @options.json_option
-def command(job_ids: tuple[str, ...], poll_s: float, deadline_s: float, every_job: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
+@click.pass_obj
+def command(app: App, job_ids: tuple[str, ...], poll_s: float, deadline_s: float, every_job: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
     """Follow JOBs (default: every job under the storage root running now) until each ends."""
-    store, clouds = options.store(storage, profile), options.clouds(profile)
+    store, clouds = app.store(storage, profile), app.clouds(profile)
     if not job_ids:
-        from orchestrator.status import read_views
-
         # Jobs left interrupted long ago are not relaunched behind the user's back: they are named.
-        unfinished = [v for v in read_views(store, store.job_ids(), clouds) if v.state not in TERMINAL]
-        idle = [v.job_id for v in unfinished if v.state in IDLE]
-        job_ids = tuple(v.job_id for v in unfinished if every_job or v.state not in IDLE)
+        unfinished = [v for v in read_views(store, store.job_ids(), clouds) if not v.state.terminal]
+        idle = [v.job_id for v in unfinished if v.state.idle]
+        job_ids = tuple(v.job_id for v in unfinished if every_job or not v.state.idle)
         if idle and not every_job:
             click.echo(f"not recovering {len(idle)} idle job(s) ({', '.join(idle[:5])}); name them, or pass --all", err=True)
         if not job_ids:
             click.echo(f"no running job under {store.root}")
             return 0
-    return follow(store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json)
+    return follow(app, store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json)
 
 
-def follow(store, job_ids: list[str], clouds, watch_options: WatchOptions | None = None, as_json: bool = False) -> int:
+def follow(app: App, store: JobStore, job_ids: list[str], clouds: Callable[[str], Cloud], watch_options: WatchOptions | None = None, as_json: bool = False) -> int:
     """Run a Watcher with the live view (launch --watch and resume --watch use it too)."""
     if as_json:
-        watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=_json_event)
+        watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=_json_event)
         code = watcher.run()
         click.echo(json.dumps({"jobs": [_document(row) for row in watcher.rows.values()]}, indent=2))
         return code
     out = render.console()
     if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
-        watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: out.print(_event_line(e), markup=False))
+        watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=lambda e: out.print(_event_line(e), markup=False))
         code = watcher.run()
     else:
         from rich.live import Live
 
         with Live(console=out, refresh_per_second=2, transient=True) as live:
-            watcher = Watcher(store, job_ids, clouds, options.prices, watch_options, on_event=lambda e: live.console.print(_event_line(e), markup=False))
+            watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=lambda e: live.console.print(_event_line(e), markup=False))
             code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
     _summary(out, store, watcher)
     return code
@@ -74,24 +76,21 @@ def follow(store, job_ids: list[str], clouds, watch_options: WatchOptions | None
 def _summary(out, store, watcher: Watcher) -> None:
     """Each job as `spotctl status JOB` shows it: attempts and why they ended, cost, savings, artifacts."""
     from orchestrator.cli.status import job_panel
-    from orchestrator.status import read_views
 
     for view in read_views(store, list(watcher.rows), watcher.clouds, details=True):
         if view.record is None:
             continue
-        document = view.as_dict()
-        document["cost"] = cost_of(view, watcher.price_source(view.record.region))
-        out.print(job_panel(document))
+        out.print(job_panel(status_document(view, cost_of(view, watcher.price_source(view.record.region)), with_cost=True)))
 
 
 def table(rows: dict[str, JobRow]):
     body = []
     for job_id, row in rows.items():
-        view = row.view.as_dict()
+        view = status_document(row.view)
         last = view["attempts"][-1] if view["attempts"] else None
         where = f"#{last['number']} {last['instance_type']} {last['zone']}" if last else None
         state = view["state"] + (f" (no capacity for {render.duration(row.waiting_for_capacity_s)})" if row.waiting_for_capacity_s else "")
-        cost = row.cost or {}
+        cost = row.cost.as_dict() if row.cost else {}
         money = f"{render.money(cost['total_usd'])}" + (f" ({cost['savings']:.0%} saved)" if cost.get("savings") is not None else "") if cost else None
         health = "; ".join(f"{f['name']}: {f['hint']}" if f["hint"] else f["name"] for f in view["health"]) or None
         body.append([job_id, state, where, _progress(view), money, health])
@@ -116,4 +115,4 @@ def _json_event(event: Event) -> None:
 
 
 def _document(row: JobRow) -> dict:
-    return {**row.view.as_dict(), "cost": row.cost}
+    return status_document(row.view, row.cost, with_cost=True)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import datetime
 
-from orchestrator import status
+from orchestrator.aws import instances as ec2
 
-SPOT_TERMINATION = (status.SPOT_TERMINATION, f"{status.SPOT_TERMINATION}: Spot instance termination")
-SELF_SHUTDOWN = (status.SELF_SHUTDOWN, f"{status.SELF_SHUTDOWN}: Instance initiated shutdown")
+SPOT_TERMINATION = (ec2.SPOT_TERMINATION, f"{ec2.SPOT_TERMINATION}: Spot instance termination")
+SELF_SHUTDOWN = (ec2.SELF_SHUTDOWN, f"{ec2.SELF_SHUTDOWN}: Instance initiated shutdown")
 
 
 def seed_deep_learning_ami(ec2_client, region: str) -> str:
@@ -19,7 +19,7 @@ def seed_deep_learning_ami(ec2_client, region: str) -> str:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ssm.models import Parameter, ssm_backends
 
-    from trainer.config import DEFAULT_AMI
+    from trainer.job.spec import DEFAULT_AMI
 
     ami = sorted(image["ImageId"] for image in ec2_client.describe_images(Owners=["amazon"])["Images"])[0]
     name = DEFAULT_AMI.removeprefix("ssm:")

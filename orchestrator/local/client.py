@@ -16,13 +16,14 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.local.daemon import BUCKET, STATE_FILE, client_environment
+from trainer.job.settings import Settings
 
 START_TIMEOUT_S = 60.0
 LOCAL_STORAGE = f"s3://{BUCKET}/spotctl"
 
 
 def home() -> Path:
-    return Path(os.environ.get("SPOTCTL_HOME") or Path.home() / ".spotctl").expanduser() / "local"
+    return Settings.from_env().home / "local"
 
 
 @dataclass
@@ -115,21 +116,6 @@ def require() -> LocalCloud:
     if cloud is None:
         raise UserError("the local cloud is not running", "start it with `spotctl local up` (or `spotctl launch --local`, which starts it)")
     return cloud
-
-
-def use(cloud: LocalCloud) -> None:
-    """Point this process's AWS clients at the local cloud (and nothing else), with its market."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
-        os.environ.pop(name, None)
-    os.environ.update(cloud.environment())
-    os.environ["SPOTCTL_LOCAL_SEED"] = str(cloud.seed)
-    os.environ.setdefault("SPOTCTL_STORAGE", LOCAL_STORAGE)
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached for another endpoint must not be reused
-    except ImportError:
-        pass
 
 
 def _alive(pid: int) -> bool:

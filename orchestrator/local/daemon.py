@@ -31,6 +31,7 @@ BUCKET = "spotctl-local"
 INSTANCE_PROFILE = "spotctl-trainer"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # moto accepts any; not secrets
 STATE_FILE = "local.json"
+LOCAL_MAX_ATTEMPTS = 3  # botocore's attempts per call: a local endpoint that fails is not busy, it is down
 
 
 def free_port() -> int:
@@ -44,7 +45,7 @@ def free_port() -> int:
 def client_environment(endpoint: str) -> dict[str, str]:
     """What an AWS client (boto3, s3fs, the AWS CLI) needs to use the local cloud, and only it."""
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, **CREDENTIALS,
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "3"}
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": str(LOCAL_MAX_ATTEMPTS)}
 
 
 def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interrupt_at_step: int | None = None) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-from orchestrator.cost import PricePoint
-from orchestrator.prices import OnDemandPrice, Pool, on_demand_table
+from orchestrator.aws.prices import OnDemandPrice, Pool, PricePoint, on_demand_table
 
 STEP_S = 300  # prices change every 5 minutes
 DISCOUNT = (0.25, 0.45)  # a pool's typical spot price, as a share of on-demand (AWS: mostly 30-40 %)

@@ -15,7 +15,6 @@ disk (a folder). The package install is skipped: this environment already is spo
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import random
@@ -31,9 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from orchestrator.aws.instances import TAG_ATTEMPT, TAG_JOB
 from orchestrator.local.aws import SELF_SHUTDOWN, end_instance, spot_interrupt
-from orchestrator.launch import TAG_ATTEMPT, TAG_JOB
 from orchestrator.local.imds import Imds
+from trainer.job import layout
+from trainer.job.documents import Heartbeat
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL when a machine goes away
@@ -179,10 +180,10 @@ class InstanceRunner:
             return None
         bucket, _, key = machine.prefix[5:].partition("/")
         try:
-            beat = json.loads(self.s3.get_object(Bucket=bucket, Key=f"{key}/status/heartbeat.json")["Body"].read())
+            beat = Heartbeat.parse(self.s3.get_object(Bucket=bucket, Key=f"{key}/{layout.HEARTBEAT}")["Body"].read())
         except Exception:
             return None
-        return beat.get("step") if beat.get("attempt") == machine.attempt else None
+        return beat.step if beat and beat.of_attempt(machine.attempt) else None
 
     def _retire(self, machine: Machine) -> None:
         self._kill(machine)

@@ -9,13 +9,17 @@ ranked by spot price (then by more GPU memory, then by name, so the order is sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
-from orchestrator.aws import Cloud, error_code, with_backoff
+from orchestrator.aws.clients import Cloud, error_code
 from orchestrator.errors import UserError
-from orchestrator.prices import Pool, PriceSource
-from trainer.config import ComputeSpec, did_you_mean
+from trainer.job.spec import did_you_mean
+
+if TYPE_CHECKING:
+    from orchestrator.aws.prices import Pool, PriceSource
+    from trainer.job.spec import ComputeSpec
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,13 @@ def _instance_type(entry: dict) -> InstanceType:
 
 def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
     """The spec's instance types, or every GPU type that meets its GPU requirement."""
-    ec2 = cloud.client("ec2")
+    ec2 = cloud.client("ec2", retries="adaptive")
     if compute.instance_types:
         all_names = None
         found = []
         for name in compute.instance_types:
             try:
-                found += [_instance_type(t) for t in with_backoff(lambda: ec2.describe_instance_types(InstanceTypes=[name]))["InstanceTypes"]]
+                found += [_instance_type(t) for t in ec2.describe_instance_types(InstanceTypes=[name])["InstanceTypes"]]
             except botocore.exceptions.ClientError as exc:
                 if error_code(exc) != "InvalidInstanceType":
                     raise
@@ -109,15 +113,15 @@ def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
 
 def _all_types(ec2) -> list[InstanceType]:
     pages = ec2.get_paginator("describe_instance_types").paginate(Filters=[{"Name": "processor-info.supported-architecture", "Values": ["x86_64", "arm64"]}])
-    return [_instance_type(t) for page in with_backoff(lambda: list(pages)) for t in page["InstanceTypes"] if "GpuInfo" in t]
+    return [_instance_type(t) for page in pages for t in page["InstanceTypes"] if "GpuInfo" in t]
 
 
 def zones_offering(cloud: Cloud, types: list[str], allowed: list[str] | None) -> list[Pool]:
-    ec2 = cloud.client("ec2")
+    ec2 = cloud.client("ec2", retries="adaptive")
     pools = []
     for chunk in (types[i : i + 20] for i in range(0, len(types), 20)):
         pages = ec2.get_paginator("describe_instance_type_offerings").paginate(LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": chunk}])
-        for page in with_backoff(lambda: list(pages)):
+        for page in pages:
             pools += [(o["InstanceType"], o["Location"]) for o in page["InstanceTypeOfferings"] if allowed is None or o["Location"] in allowed]
     return sorted(set(pools))
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.record import JobStore
-from trainer.storage import file_sha256
-
-MANIFEST = "artifacts/manifest.json"
+from orchestrator.jobs.record import JobStore
+from trainer.job import layout
+from trainer.job.documents import Manifest
+from trainer.job.storage import file_sha256
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,10 @@ class Downloaded:
     sha256: str
 
 
-def manifest_of(store: JobStore, job_id: str) -> dict:
-    manifest = store.read_json(job_id, MANIFEST)
+def manifest_of(store: JobStore, job_id: str) -> Manifest:
+    manifest = store.read(job_id, Manifest, layout.MANIFEST)
     if manifest is None:
-        raise UserError(f"job {job_id} has no exported artifacts yet ({store.url(job_id, MANIFEST)} is missing)",
+        raise UserError(f"job {job_id} has no exported artifacts yet ({store.url(job_id, layout.MANIFEST)} is missing)",
                         "artifacts are exported when training succeeds; `spotctl status JOB` shows where the job is")
     return manifest
 
@@ -37,21 +37,21 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
     manifest = manifest_of(store, job_id)
     folder.mkdir(parents=True, exist_ok=True)
     done = []
-    for name, entry in sorted(manifest.get("files", {}).items()):
-        where = entry.get("path", name)  # artifacts/<export id>/<name>; older manifests: artifacts/<name>
+    for name, entry in sorted(manifest.files.items()):
+        where = entry.path or name  # artifacts/<export id>/<name>; older manifests: artifacts/<name>
         if "/" in name or name in ("", ".", "..") or ".." in where.split("/") or where.startswith("/") or where.count("/") > 1:
             raise UserError(f"artifacts/manifest.json names an unsafe file '{where}'", "the manifest was not written by spotctl's trainer")
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(handle)
         try:
-            store.storage.fs.get_file(store.storage.path(f"jobs/{job_id}/artifacts/{where}"), temporary)
+            store.download(job_id, f"{layout.ARTIFACTS}/{where}", temporary)
             digest = file_sha256(temporary)
-            if digest != entry["sha256"]:
-                raise UserError(f"artifacts/{where}: sha256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...; not kept",
+            if digest != entry.sha256:
+                raise UserError(f"artifacts/{where}: sha256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...; not kept",
                                 "the file changed after the export; export again (python -m trainer export --job URL)")
             os.replace(temporary, folder / name)
         except FileNotFoundError:
-            raise UserError(f"artifacts/{where} is named in the manifest but missing from {store.url(job_id, 'artifacts')}") from None
+            raise UserError(f"artifacts/{where} is named in the manifest but missing from {store.url(job_id, layout.ARTIFACTS)}") from None
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
@@ -73,7 +73,7 @@ def describe(name: str, entry: dict) -> str:
 
 
 def summary(manifest: dict) -> str:
-    """The formats in one line, for `spotctl status`."""
+    """The formats in one line, for `spotctl status` (from the manifest as its document shows it)."""
     formats = manifest.get("formats", {})
     done = [name if name != "int8" or "size" not in entry else f"int8 ({entry['size']['ratio']:.1f}x smaller, {entry['speedup'].get('8', 0):.1f}x faster, top-1 {entry['validation_set']['top1_agreement']:.0%})"
             for name, entry in formats.items() if entry.get("status") == "ok"]

@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from trainer.config import JobSpec, Problem, did_you_mean
+from trainer.job import layout
+from trainer.job.spec import JobSpec, Problem, did_you_mean
 
 Loc = tuple[str | int, ...]
 
@@ -62,7 +63,7 @@ def load_spec(location: str | Path, defaults: Defaults | None = None) -> JobSpec
     return parse_spec(_read_text(location, local), source=location, base_dir=local.parent if local else None, defaults=defaults)
 
 
-def parse_spec(text: str, source: str = "job.yaml", base_dir: Path | None = None, defaults: Defaults | None = None) -> JobSpec:
+def parse_spec(text: str, source: str = layout.JOB_FILE, base_dir: Path | None = None, defaults: Defaults | None = None) -> JobSpec:
     """Validate job.yaml text. Relative local paths in it are resolved against `base_dir`.
     `defaults(data)` gives values for keys the file leaves out (the deployed stack's storage...)."""
     data, lines = _parse_yaml(text, source)

@@ -1,25 +1,32 @@
 """What a job really cost: spot prices integrated over each attempt's running time, the on-demand
-equivalent, savings, and the work lost to interruptions.
+equivalent, savings, the work lost to interruptions, and what it costs now.
 
 AWS's rules applied (Linux spot): billed per second, with a minimum of one minute; an instance that EC2
 interrupts within its first hour is not charged at all (one stopped by its user or itself is).
-Pure arithmetic on price series: the callers fetch the history (PriceSource.history).
+
+`cost_of` applies them to a job: an attempt runs from its launch until its recorded end, or until now
+while its instance runs, or until its last heartbeat when the instance is gone and no end was
+recorded yet. EC2's state reason `Server.SpotInstanceTermination` marks an interruption by EC2 (the
+first-hour rule applies). The rest is pure arithmetic on price series (PriceSource.history).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from orchestrator.aws.instances import LIVE, SPOT_TERMINATION
+from orchestrator.aws.prices import PricePoint
+from trainer.job.documents import EndReason
+
+if TYPE_CHECKING:
+    from orchestrator.aws.prices import PriceSource
+    from orchestrator.jobs.state import JobView
 
 FREE_IF_INTERRUPTED_WITHIN_S = 3600.0
 MINIMUM_BILLED_S = 60.0
-
-
-@dataclass(frozen=True)
-class PricePoint:
-    at: datetime
-    usd_per_hour: float
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class JobCost:
     savings: float | None  # share of the on-demand cost saved, 0..1
     lost_steps: int  # steps trained twice because an interruption came after them and before a checkpoint
     lost_usd: float
+    current_usd_per_hour: float | None = None  # the running instance's spot price now (None: nothing runs)
+    projected_total_usd: float | None = None  # the cost so far plus the trainer's ETA at that price
 
     def as_dict(self) -> dict:
         return {
@@ -78,6 +87,8 @@ class JobCost:
             "lost_usd": round(self.lost_usd, 6),
             "attempts": [{"number": a.number, "seconds": round(a.seconds, 1), "usd": round(a.usd, 6), "on_demand_usd": None if a.on_demand_usd is None else round(a.on_demand_usd, 6),
                           "free_by_first_hour_rule": a.free_by_first_hour_rule} for a in self.attempts],
+            "current_usd_per_hour": self.current_usd_per_hour,
+            "projected_total_usd": None if self.projected_total_usd is None else round(self.projected_total_usd, 6),
         }
 
 
@@ -103,3 +114,49 @@ def job_cost(attempts: list[AttemptCost], steps_reached: Sequence[int | None] = 
         if done > 0:
             lost_usd += attempt.usd * lost / done
     return JobCost(attempts, total, on_demand, savings, lost_steps, lost_usd)
+
+
+def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> JobCost | None:
+    record = view.record
+    if record is None or not record.attempts:
+        return None
+    now = now or datetime.now(timezone.utc)
+    instances = view.instances or ({record.attempts[-1].number: view.instance} if view.instance else {})
+    costs, counted = [], []
+    for attempt in record.attempts:
+        start = datetime.fromisoformat(attempt.launched_at) if attempt.launched_at else None
+        instance = instances.get(attempt.number)
+        end = _end_of(attempt, instance, attempt is record.attempts[-1], view, now)
+        if start is None or end is None:
+            continue
+        # EC2's reason once it has one; until then the trainer's word that a spot notice came.
+        reason = attempt.state_reason or (instance.reason_code if instance else None)
+        by_ec2 = reason == SPOT_TERMINATION if reason else attempt.end_reason == EndReason.INTERRUPTED
+        history = prices.history((attempt.instance_type, attempt.zone), start, end) or [_launch_price(attempt, start)]
+        costs.append(attempt_cost(attempt.number, history, start, end, by_ec2, attempt.on_demand_price))
+        counted.append(attempt)
+    total = job_cost(costs, [a.end_step for a in counted], [a.start_step for a in counted])
+    current = record.attempts[-1]
+    running = view.instance is not None and view.instance.state in LIVE
+    rate = None
+    if running:
+        rate = prices.spot_prices([(current.instance_type, current.zone)]).get((current.instance_type, current.zone), current.spot_price)
+    eta = view.heartbeat.eta_s if view.heartbeat else None
+    projected = total.total_usd + eta / 3600 * rate if running and eta is not None and rate is not None else None
+    return replace(total, current_usd_per_hour=rate, projected_total_usd=projected)
+
+
+def _end_of(attempt, instance, is_current: bool, view: JobView, now: datetime) -> datetime | None:
+    if attempt.ended_at:
+        return datetime.fromisoformat(attempt.ended_at)
+    if instance is not None and instance.state in ("pending", "running", "shutting-down"):
+        return now  # still billed
+    beat = view.heartbeat
+    if is_current and beat and beat.updated_at:
+        return datetime.fromisoformat(beat.updated_at)
+    return None
+
+
+def _launch_price(attempt, start: datetime) -> PricePoint:
+    """No history for the pool (a market that forgot it): the price recorded at launch."""
+    return PricePoint(start, attempt.spot_price)

@@ -1,8 +1,9 @@
 """The job's storage: one root (s3://bucket/prefix or a local folder) through fsspec.
 
 Everything the trainer writes goes through here, with paths relative to the job's prefix. Transient
-errors (throttling, 5xx, dropped connections) are retried with backoff; errors that retrying cannot
-fix (missing object, access denied, a create-only write that lost the race) are raised at once.
+errors, and only those (throttling, 5xx, dropped connections, timeouts: `is_transient`), are retried
+with backoff; anything else (a missing object, access denied, a create-only write that lost the race,
+a bug) is raised at once.
 """
 
 from __future__ import annotations
@@ -32,13 +33,40 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
 class Conflict(Exception):
     """A conditional write found the object changed (or created) since the caller read it."""
 
 
-# Errors no retry can fix. FileExistsError is a create-only write finding the object already there.
-PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, Conflict)
+# What S3 (through botocore or s3fs's translation) answers when trying again may help.
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RequestTimeout",
+    "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
+})
+TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, getattr(errno, "EREMOTEIO", 121)})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether another try may succeed: throttling, a 5xx, a dropped or timed-out connection."""
+    import botocore.exceptions
+
+    if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, Conflict)):
+        return False
+    if isinstance(error, botocore.exceptions.ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error.response.get("Error", {}).get("Code", "") in TRANSIENT_CODES or status >= 500
+    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+        return True  # s3fs's translation of SlowDown, 503, 500 and of socket errors
+    return _is_aiohttp_connection_error(error)
+
+
+def _is_aiohttp_connection_error(error: BaseException) -> bool:
+    try:
+        import aiohttp
+    except ImportError:
+        return False
+    return isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
 
 
 class Storage:
@@ -165,14 +193,16 @@ class Storage:
 
         self._retry(f"delete {relative}", remove)
 
+    def download(self, relative: str, local_file: str) -> None:
+        """Copy an object to a local file (FileNotFoundError if it is missing)."""
+        self._retry(f"download {relative}", lambda: self.fs.get_file(self.path(relative), local_file))
+
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         for attempt in range(1, self._attempts + 1):
             try:
                 return call()
-            except PERMANENT_ERRORS:
-                raise
-            except Exception as exc:  # throttling, 5xx, connection resets: worth another try
-                if attempt == self._attempts:
+            except Exception as exc:
+                if attempt == self._attempts or not is_transient(exc):
                     raise
                 delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.warning("storage: %s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, self._attempts - 1, delay)

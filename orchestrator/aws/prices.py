@@ -14,16 +14,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
 from importlib import resources
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import botocore.exceptions
 
-from orchestrator.aws import Cloud, with_backoff
-from orchestrator.cost import PricePoint
+if TYPE_CHECKING:
+    from orchestrator.aws.clients import Cloud
 
 log = logging.getLogger(__name__)
 
 Pool = tuple[str, str]  # (instance type, availability zone)
+
+
+@dataclass(frozen=True)
+class PricePoint:
+    """A pool's spot price from `at` until the next change."""
+
+    at: datetime
+    usd_per_hour: float
 
 
 @dataclass(frozen=True)
@@ -58,14 +66,14 @@ class AwsPrices:
     def spot_prices(self, pools: list[Pool]) -> dict[Pool, float]:
         wanted = set(pools)
         types = sorted({itype for itype, _ in pools})
-        ec2 = self.cloud.client("ec2")
+        ec2 = self.cloud.client("ec2", retries="adaptive")
         found: dict[Pool, tuple[datetime, float]] = {}
         # StartTime=now returns the price in force now for every pool (AWS's documented idiom).
         for chunk in (types[i : i + 20] for i in range(0, len(types), 20)):
             pages = ec2.get_paginator("describe_spot_price_history").paginate(
                 InstanceTypes=chunk, ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"], StartTime=datetime.now(timezone.utc)
             )
-            for page in with_backoff(lambda: list(pages)):
+            for page in pages:
                 for entry in page["SpotPriceHistory"]:
                     pool = (entry["InstanceType"], entry["AvailabilityZone"])
                     if pool in wanted and (pool not in found or entry["Timestamp"] > found[pool][0]):
@@ -74,10 +82,10 @@ class AwsPrices:
 
     def history(self, pool: Pool, start: datetime, end: datetime) -> list[PricePoint]:
         itype, zone = pool
-        pages = self.cloud.client("ec2").get_paginator("describe_spot_price_history").paginate(
+        pages = self.cloud.client("ec2", retries="adaptive").get_paginator("describe_spot_price_history").paginate(
             InstanceTypes=[itype], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"], StartTime=start, EndTime=end
         )
-        entries = [e for page in with_backoff(lambda: list(pages)) for e in page["SpotPriceHistory"] if e["AvailabilityZone"] == zone]
+        entries = [e for page in pages for e in page["SpotPriceHistory"] if e["AvailabilityZone"] == zone]
         return sorted((PricePoint(e["Timestamp"], float(e["SpotPrice"])) for e in entries), key=lambda p: p.at)
 
     def on_demand(self, instance_type: str) -> OnDemandPrice | None:

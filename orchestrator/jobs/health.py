@@ -12,6 +12,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from orchestrator.jobs.state import age_s, heartbeat_age
+from trainer.job.documents import Heartbeat, JobState, Phase
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.state import JobView
 
 LOW_GPU_UTIL_PCT = 30
 LOW_GPU_WINDOW_S = 300
@@ -33,13 +40,22 @@ class Flag:
         return asdict(self)
 
 
-def health_flags(heartbeat: dict | None, instance_running: bool, heartbeat_age_s: float | None, running_for_s: float, now_attempt: int | None = None) -> list[Flag]:
+def job_health(view: JobView) -> list[Flag]:
+    """The flags of a job while it runs (nothing to say otherwise)."""
+    current = view.record.current if view.record else None
+    if view.state not in (JobState.RUNNING, JobState.EXPORTING) or current is None:
+        return []
+    age = heartbeat_age(view.heartbeat) if view.heartbeat else None
+    return health_flags(view.heartbeat, True, age, age_s(current.launched_at) if current.launched_at else 0.0, current.number)
+
+
+def health_flags(heartbeat: Heartbeat | None, instance_running: bool, heartbeat_age_s: float | None, running_for_s: float, now_attempt: int | None = None) -> list[Flag]:
     """The flags for a job now. heartbeat_age_s: seconds since the heartbeat was written (None when
     unknown); running_for_s: seconds since the current attempt launched; now_attempt: that attempt's
     number, so an earlier attempt's heartbeat does not count as this one's."""
     if not instance_running:
         return []
-    current = heartbeat if heartbeat and (now_attempt is None or heartbeat.get("attempt") == now_attempt) else None
+    current = heartbeat if heartbeat and (now_attempt is None or heartbeat.of_attempt(now_attempt)) else None
     if running_for_s > HEARTBEAT_STALE_S:
         if current is None:
             which = f"from attempt {now_attempt} " if heartbeat and now_attempt is not None else ""
@@ -51,20 +67,20 @@ def health_flags(heartbeat: dict | None, instance_running: bool, heartbeat_age_s
     return [flag] if flag else []
 
 
-def _low_gpu_util(beat: dict) -> Flag | None:
-    util = beat.get("gpu_util_window_pct")
-    if beat.get("phase") != "training" or util is None or util >= LOW_GPU_UTIL_PCT:
+def _low_gpu_util(beat: Heartbeat) -> Flag | None:
+    util = beat.gpu_util_window_pct
+    if not beat.in_phase(Phase.TRAINING) or util is None or util >= LOW_GPU_UTIL_PCT:
         return None
-    if (beat.get("health_window_s") or 0) < WINDOW_SLACK * LOW_GPU_WINDOW_S:
+    if (beat.health_window_s or 0) < WINDOW_SLACK * LOW_GPU_WINDOW_S:
         return None  # too short to tell a slow start from a slow job
     low = f"GPU at {util:.0f}% over the last {LOW_GPU_WINDOW_S // 60} min"
-    wait, memory = beat.get("data_wait_window"), beat.get("gpu_mem_window_fraction")
+    wait, memory = beat.data_wait_window, beat.gpu_mem_window_fraction
     if wait is not None and wait >= DATA_BOUND_WAIT:
-        return Flag("low_gpu_util", f"{low}; data-bound: the loop waits for batches {wait:.0%} of the time", _raise("train.data.workers", beat.get("data_workers")))
+        return Flag("low_gpu_util", f"{low}; data-bound: the loop waits for batches {wait:.0%} of the time", _raise("train.data.workers", beat.data_workers))
     if memory is not None and memory < SMALL_BATCH_MEM:
-        total = beat.get("gpu_mem_total_gib")
+        total = beat.gpu_mem_total_gib
         used = f"{memory * total:.1f} of {total:.0f} GiB" if total else f"{memory:.0%} of the"
-        return Flag("low_gpu_util", f"{low}; small batch: {used} GPU memory used", _raise("train.batch_size", beat.get("batch_size")))
+        return Flag("low_gpu_util", f"{low}; small batch: {used} GPU memory used", _raise("train.batch_size", beat.batch_size))
     return Flag("low_gpu_util", f"{low}; neither data loading nor batch size explains it", "profile a few steps (torch.profiler) to see where the time goes")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orchestrator
 from orchestrator.errors import UserError
+from trainer.job.settings import Settings
 
 SOURCE_PATTERNS = ("pyproject.toml", "orchestrator/**/*.py", "orchestrator/**/*.json", "trainer/**/*.py", "trainer/**/*.json")
 
@@ -37,13 +38,13 @@ def source_digest(root: Path) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SPOTCTL_CACHE_DIR") or Path.home() / ".cache" / "spotctl") / "wheels"
+    return Settings.from_env().cache_dir / "wheels"
 
 
 def build_wheel() -> Path:
     """A wheel of this spotctl (built once per source state)."""
-    if os.environ.get("SPOTCTL_WHEEL"):
-        wheel = Path(os.environ["SPOTCTL_WHEEL"])
+    wheel = Settings.from_env().wheel
+    if wheel is not None:
         if not wheel.is_file() or wheel.suffix != ".whl":
             raise UserError(f"SPOTCTL_WHEEL={wheel} is not a wheel file", "build one with `pip wheel --no-deps .` in the spotctl checkout")
         return wheel

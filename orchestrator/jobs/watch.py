@@ -1,7 +1,7 @@
 """`spotctl watch`: follow jobs until each is terminal, recovering them as they go.
 
-Every poll reads each job's record, heartbeat and EC2's view of its instances (status.read_views),
-records how ended attempts ended (attempts.settle), asks recovery.decide what to do and does it:
+Every poll reads each job's record, heartbeat and EC2's view of its instances (jobs.views), records
+how ended attempts ended (jobs.state.settle), asks jobs.policy.decide what to do and does it:
 start the next attempt after an interruption (within the same poll that sees it), retry a failure
 when allowed, stop at the budget, terminate what a stop left running. Nothing here is remembered
 that another watcher would need: the record in S3 is the shared state, changed only by conditional
@@ -21,16 +21,21 @@ from datetime import datetime, timezone
 
 import botocore.exceptions
 
-from orchestrator.aws import Cloud, as_user_error, with_backoff
-from orchestrator.control import request_stop
-from orchestrator.costing import cost_of
+from orchestrator.aws.clients import Cloud, as_user_error
+from orchestrator.aws.ec2 import live_instances, terminate
+from orchestrator.aws.prices import Pool, PriceSource
 from orchestrator.errors import UserError
-from orchestrator.launch import NoCapacity, live_instances
-from orchestrator.prices import Pool, PriceSource
-from orchestrator.recovery import Action, decide, job_spec, set_aside_final, settle_view, start_next
-from orchestrator.record import JobStore
-from orchestrator.status import TERMINAL, JobView, read_views
-from trainer.config import JobSpec
+from orchestrator.jobs.cost import JobCost, cost_of
+from orchestrator.jobs.health import Flag, job_health
+from orchestrator.jobs.launch import NoCapacity
+from orchestrator.jobs.policy import Action, decide
+from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.recover import job_spec, set_aside_final, settle_view, start_next
+from orchestrator.jobs.state import JobView
+from orchestrator.jobs.stop import request_stop
+from orchestrator.jobs.views import read_views
+from trainer.job.documents import EndReason, JobRecord, JobState
+from trainer.job.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +74,9 @@ class JobRow:
     """What the live view shows of one job after a poll."""
 
     view: JobView
-    cost: dict | None = None
+    cost: JobCost | None = None
     waiting_for_capacity_s: float | None = None
-    health: list = field(default_factory=list)
+    health: list[Flag] = field(default_factory=list)
 
 
 class Watcher:
@@ -83,7 +88,7 @@ class Watcher:
         self.on_event = on_event or (lambda event: log.info("%s: %s", event.job_id, event.message))
         self.rows: dict[str, JobRow] = {}
         self._specs: dict[str, JobSpec] = {}
-        self._states: dict[str, str] = {}
+        self._states: dict[str, JobState] = {}
         self._flags: dict[str, set[str]] = {}
         self._finished: set[str] = set()
         self._ended_at: dict[str, float] = {}  # when each job was first seen terminal
@@ -113,7 +118,7 @@ class Watcher:
 
     def _note_finished(self, view: JobView) -> None:
         """A terminal job is followed until every attempt's end is recorded (or the grace is over)."""
-        if view.state not in TERMINAL:
+        if not view.state.terminal:
             self._ended_at.pop(view.job_id, None)
             return
         first = self._ended_at.setdefault(view.job_id, self.clock())
@@ -126,7 +131,7 @@ class Watcher:
 
     def exit_code(self) -> int:
         """0 when every job succeeded, 1 otherwise."""
-        return 0 if all(j in self.rows and self.rows[j].view.state == "succeeded" for j in self.job_ids) else 1
+        return 0 if all(j in self.rows and self.rows[j].view.state is JobState.SUCCEEDED for j in self.job_ids) else 1
 
     def run(self, sleep: Callable[[float], None] = time.sleep, after_poll: Callable[[dict[str, JobRow]], None] | None = None) -> int:
         while True:
@@ -148,7 +153,7 @@ class Watcher:
                 steps = f" at step {attempt.end_step}" if attempt.end_step is not None else ""
                 why = f" ({attempt.state_reason})" if attempt.state_reason else ""
                 self._emit(job_id, f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}")
-                if attempt.end_reason == "interrupted":
+                if attempt.end_reason == EndReason.INTERRUPTED:
                     self._avoid[(attempt.instance_type, attempt.zone)] = datetime.now(timezone.utc)
         spec = self._spec(job_id)
         cloud = self.clouds(view.record.region)
@@ -163,7 +168,7 @@ class Watcher:
         elif decision.action is Action.TERMINATE:
             live = live_instances(cloud, job_id)
             if live:
-                with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=live))
+                terminate(cloud, live)
                 self._emit(job_id, f"stopped ({decision.reason}); terminated {', '.join(live)}")
         elif decision.action is Action.GIVE_UP:
             self._give_up(job_id, decision.outcome, decision.reason, view.record.current.number if view.record.current else 0)
@@ -172,7 +177,7 @@ class Watcher:
             fresh = self._reread(view)
             settle_view(self.store, fresh)  # e.g. the machine a stop just terminated: its end is known now
         self._note_state(fresh)
-        health = fresh.health()
+        health = job_health(fresh)
         self._note_health(job_id, health)
         waiting = self._waiting.get(job_id)
         return JobRow(fresh, cost, self.clock() - waiting.since if waiting else None, health)
@@ -188,12 +193,12 @@ class Watcher:
         try:
             attempt = start_next(view, spec, self.store, cloud, prices, self._avoid)
         except NoCapacity as exc:
-            self._cannot_start(job_id, exc.reason, "no_capacity", expected)
+            self._cannot_start(job_id, exc.reason, JobState.NO_CAPACITY, expected)
             return
         except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             # A refused permission, a throttled API...: may pass, so retried like capacity, then failed.
             message = exc.message if isinstance(exc, UserError) else as_user_error(exc, "starting the next attempt").message
-            self._cannot_start(job_id, message, "failed", expected)
+            self._cannot_start(job_id, message, JobState.FAILED, expected)
             return
         self._waiting.pop(job_id, None)
         if attempt is None:
@@ -201,7 +206,7 @@ class Watcher:
             return
         self._emit(job_id, f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at ${attempt.spot_price:.4f}/h ({attempt.instance_id})")
 
-    def _cannot_start(self, job_id: str, reason: str, outcome: str, expected: int) -> None:
+    def _cannot_start(self, job_id: str, reason: str, outcome: JobState, expected: int) -> None:
         """Back off and try again, until the deadline: then the job is given up as `outcome`."""
         now = self.clock()
         waiting = self._waiting.get(job_id) or _Waiting(now, now, self.options.capacity_retry_s / 2)
@@ -212,11 +217,11 @@ class Watcher:
         waiting.delay = min(self.options.capacity_retry_max_s, waiting.delay * 2)
         waiting.next_try = now + waiting.delay
         self._waiting[job_id] = waiting
-        what = f"no capacity ({reason})" if outcome == "no_capacity" else f"cannot start the next attempt: {reason}"
+        what = f"no capacity ({reason})" if outcome is JobState.NO_CAPACITY else f"cannot start the next attempt: {reason}"
         self._emit(job_id, f"{what}; trying again in {waiting.delay:.0f}s", logging.WARNING)
 
-    def _give_up(self, job_id: str, outcome: str, reason: str, expected: int) -> None:
-        def mark(record) -> bool:
+    def _give_up(self, job_id: str, outcome: JobState, reason: str, expected: int) -> None:
+        def mark(record: JobRecord) -> bool:
             current = record.current
             if (current.number if current else 0) != expected or record.outcome or record.cancelled_at:
                 return False  # someone started an attempt (or ended the job) since we decided
@@ -234,10 +239,10 @@ class Watcher:
         state, before = view.state, self._states.get(view.job_id)
         if state != before:
             self._states[view.job_id] = state
-            if before is not None or state in TERMINAL:
+            if before is not None or state.terminal:
                 self._emit(view.job_id, f"{before or 'now'} -> {state}" if before else state)
 
-    def _note_health(self, job_id: str, flags: list) -> None:
+    def _note_health(self, job_id: str, flags: list[Flag]) -> None:
         """A health flag is news when it appears (and again after it cleared), not at every poll."""
         before = self._flags.get(job_id, set())
         for flag in flags:

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from trainer import model_catalog
+from trainer.job import catalog as model_catalog
 
 DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id"
 """The AWS Deep Learning AMI (PyTorch, Ubuntu 24.04), resolved per region through its SSM public parameter."""

@@ -1,28 +1,29 @@
 """The only place that builds boto3 clients, and the classification of AWS errors.
 
-Every cloud call goes through a `Cloud` (region + profile + the standard credential chain;
-`AWS_ENDPOINT_URL` points it at a moto server or the local cloud). Errors are classified before anyone
-decides to retry: capacity and price errors move a launch to the next offer, throttling backs off,
-auth and configuration errors stop with a hint.
+Every cloud call goes through a `Cloud` (region + profile + the standard credential chain, or an
+explicit endpoint and credentials: the local cloud). Retrying is botocore's, configured here and
+nowhere else: `standard` mode (throttling and transient errors, exponential backoff with jitter) for
+most calls, `adaptive` (standard plus client-side rate limiting) for the bursts of describe calls
+that listing offers and following many jobs make, and a single attempt for RunInstances: EC2 says
+"no capacity" with HTTP 500, which botocore would retry four times on a pool that just refused,
+and the launcher moves on to the next offer instead (its ClientToken makes that safe).
+
+Errors are classified before anyone decides anything: capacity and price errors move a launch to the
+next offer, auth and configuration errors stop with a hint.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import os
-import random
-import time
-from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Literal
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
 from orchestrator.errors import UserError
-
-T = TypeVar("T")
 
 
 class ErrorKind(enum.Enum):
@@ -96,35 +97,53 @@ def as_user_error(error: BaseException, doing: str) -> UserError:
     return UserError(f"{doing} failed: {describe(error)}")
 
 
-class Cloud:
-    """boto3 clients for one region and profile, built once each."""
+Retries = Literal["standard", "adaptive", "once"]
 
-    def __init__(self, region: str, profile: str | None = None, max_attempts: int | None = None):
-        self.region, self.profile = region, profile
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An AWS look-alike to talk to instead of AWS (the local cloud), with its own credentials."""
+
+    url: str
+    access_key: str
+    secret_key: str
+
+
+class Cloud:
+    """boto3 clients for one region and profile (or endpoint), each built once per retry mode."""
+
+    def __init__(self, region: str, profile: str | None = None, max_attempts: int | None = None, endpoint: Endpoint | None = None):
+        self.region, self.profile, self.endpoint = region, profile, endpoint
         try:
-            self._session = boto3.Session(profile_name=profile, region_name=region)
+            if endpoint is None:
+                self._session = boto3.Session(profile_name=profile, region_name=region)
+            else:
+                self._session = boto3.Session(aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=region)
         except botocore.exceptions.ProfileNotFound as exc:
             raise as_user_error(exc, "reading the AWS configuration") from None
-        attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
-        self._config = Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=10, read_timeout=60)
+        self._attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
+        self._clients: dict[tuple[str, str | None, str], object] = {}
 
-    @functools.cache
-    def client(self, service: str, region: str | None = None):
-        return self._session.client(service, region_name=region or self.region, config=self._config)
+    def client(self, service: str, region: str | None = None, retries: Retries = "standard"):
+        """A client of `service`; `retries`: "standard", "adaptive" (describe bursts), "once" (run_instances)."""
+        key = (service, region, retries)
+        if key not in self._clients:
+            attempts = 1 if retries == "once" else self._attempts
+            config = Config(retries={"mode": "standard" if retries == "once" else retries, "max_attempts": attempts}, connect_timeout=10, read_timeout=60)
+            extra = {"endpoint_url": self.endpoint.url} if self.endpoint else {}
+            self._clients[key] = self._session.client(service, region_name=region or self.region, config=config, **extra)
+        return self._clients[key]
 
     @property
     def storage_options(self) -> dict:
-        """fsspec/s3fs options that use the same profile."""
-        return {"profile": self.profile} if self.profile else {}
+        """fsspec/s3fs options that reach the same account (profile, or endpoint and credentials)."""
+        if self.endpoint is not None:
+            return storage_options(self.endpoint, None)
+        return storage_options(None, self.profile)
 
 
-def with_backoff(call: Callable[[], T], attempts: int = 6, sleep: Callable[[float], None] = time.sleep, base: float = 1.0) -> T:
-    """Repeat `call` while AWS throttles it (exponential backoff with jitter); anything else is raised."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except botocore.exceptions.ClientError as exc:
-            if classify(exc) is not ErrorKind.THROTTLE or attempt == attempts:
-                raise
-            sleep(min(30.0, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
+def storage_options(endpoint: Endpoint | None, profile: str | None) -> dict:
+    """s3fs options for an endpoint (the local cloud) or a profile; none for the default chain."""
+    if endpoint is not None:
+        return {"key": endpoint.access_key, "secret": endpoint.secret_key, "endpoint_url": endpoint.url}
+    return {"profile": profile} if profile else {}

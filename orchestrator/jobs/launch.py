@@ -20,21 +20,22 @@ from urllib.parse import urlparse
 import botocore.exceptions
 
 from orchestrator import __version__
-from orchestrator.aws import Cloud, ErrorKind, as_user_error, classify, describe, with_backoff
+from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
+from orchestrator.aws.ec2 import describe_instance, live_instances, resolve_ami, run_instance, terminate
+from orchestrator.aws.offers import Offer, Offers, find_offers
+from orchestrator.aws.prices import PriceSource
 from orchestrator.errors import UserError
-from orchestrator.offers import Offer, Offers, find_offers
-from orchestrator.prices import PriceSource
-from orchestrator.record import JOB_FILE, Attempt, JobRecord, JobStore, now_iso
-from orchestrator.userdata import Bootstrap, render
-from orchestrator.wheel import build_wheel
-from trainer.config import JobSpec, is_weights_name
-from trainer.spec_file import dump_spec
-from trainer.storage import file_sha256
+from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.state import stale_claim
+from orchestrator.jobs.userdata import Bootstrap, render
+from orchestrator.jobs.wheel import build_wheel
+from trainer.job import layout
+from trainer.job.documents import Attempt, JobRecord, JobState, now_iso
+from trainer.job.spec import JobSpec, is_weights_name
+from trainer.job.spec_file import dump_spec
+from trainer.job.storage import file_sha256
 
 log = logging.getLogger(__name__)
-
-SECURITY_GROUP_NAME = "spotctl-no-inbound"
-TAG_JOB, TAG_ATTEMPT = "spotctl:job", "spotctl:attempt"
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Plan:
     offers: Offers
     ami: str
     wheel: Path
+    wheel_sha256: str
     wheel_url: str
     user_data: str
 
@@ -71,29 +73,6 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
                             "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL")
 
 
-def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
-    """(AMI id, root device name); an `ssm:/...` parameter is resolved first."""
-    if ami.startswith("ssm:"):
-        name = ami[4:]
-        try:
-            ami = with_backoff(lambda: cloud.client("ssm").get_parameter(Name=name))["Parameter"]["Value"]
-        except botocore.exceptions.ClientError as exc:
-            if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
-                raise UserError(f"compute.ami: the SSM parameter {name} does not exist in {cloud.region}",
-                                "check the region, or set compute.ami to an AMI id (ami-...)") from None
-            raise as_user_error(exc, f"reading the SSM parameter {name}") from None
-    try:
-        images = with_backoff(lambda: cloud.client("ec2").describe_images(ImageIds=[ami]))["Images"]
-    except botocore.exceptions.ClientError as exc:
-        if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
-            images = []
-        else:
-            raise as_user_error(exc, f"describing {ami}") from None
-    if not images:
-        raise UserError(f"compute.ami: {ami} does not exist in {cloud.region}", "use an AMI of this region")
-    return ami, images[0].get("RootDeviceName", "/dev/xvda")
-
-
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
     check_reachable_from_instance(spec)
     job_id = job_id or new_job_id(spec.name)
@@ -108,25 +87,23 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
                         "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them")
     ami, _ = resolve_ami(cloud, spec.compute.ami)
     wheel = build_wheel()
-    wheel_url = f"{spec.storage.rstrip('/')}/wheels/{file_sha256(wheel)}/{wheel.name}"
-    return Plan(spec, job_id, offers, ami, wheel, wheel_url, bootstrap_script(spec, job_id, 1, wheel_url))
+    digest = file_sha256(wheel)
+    wheel_url = f"{spec.storage.rstrip('/')}/{layout.wheel_key(digest, wheel.name)}"
+    return Plan(spec, job_id, offers, ami, wheel, digest, wheel_url, bootstrap_script(spec, job_id, 1, wheel_url))
 
 
 def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -> str:
-    prefix = f"{spec.storage.rstrip('/')}/jobs/{job_id}"
-    return render(Bootstrap(job_id, attempt, spec.region, f"{prefix}/{JOB_FILE}", prefix, wheel_url, __version__))
+    return render(Bootstrap(job_id, attempt, spec.region, layout.job_url(spec.storage, job_id), layout.job_prefix(spec.storage, job_id), wheel_url, __version__))
 
 
 def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
     """Upload the wheel and the job's files, then start attempt 1."""
     store.check()
-    wheel_key = plan.wheel_url[len(store.root) + 1 :]
-    if not store.storage.exists(wheel_key):  # content-addressed: an unchanged spotctl is uploaded once
-        store.storage.upload(str(plan.wheel), wheel_key)
-    record = JobRecord(plan.job_id, plan.spec.name, plan.spec.region, store.root, store.url(plan.job_id, JOB_FILE), plan.wheel_url, plan.ami,
+    store.upload_wheel(plan.wheel, plan.wheel_sha256)  # content-addressed: an unchanged spotctl is uploaded once
+    record = JobRecord(plan.job_id, plan.spec.name, plan.spec.region, store.root, store.url(plan.job_id, layout.JOB_FILE), plan.wheel_url, plan.ami,
                        budget_usd=plan.spec.budget.max_cost_usd)
     try:
-        store.write(plan.job_id, JOB_FILE, dump_spec(plan.spec).encode(), create=True)
+        store.write(plan.job_id, layout.JOB_FILE, dump_spec(plan.spec).encode(), create=True)
     except FileExistsError:
         raise UserError(f"job {plan.job_id} already exists under {store.root}", "launch again for a new job id, or `spotctl resume` it") from None
     store.write_record(record, create=True)
@@ -134,7 +111,7 @@ def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
         start_attempt(record, plan.spec, plan.offers.ranked, cloud, store, plan.user_data)
     except NoCapacity as exc:
         reason = exc.reason
-        store.update_record(record.job_id, lambda r: _set_outcome(r, "no_capacity", reason))
+        store.update_record(record.job_id, lambda r: _set_outcome(r, JobState.NO_CAPACITY, reason))
         raise
     return store.read_record(record.job_id)
 
@@ -147,13 +124,8 @@ class NoCapacity(UserError):
         super().__init__(f"no offer could be started; {reason}", "try again later, or allow more instance types or zones")
 
 
-def _set_outcome(record: JobRecord, outcome: str, reason: str) -> None:
+def _set_outcome(record: JobRecord, outcome: JobState, reason: str) -> None:
     record.outcome, record.outcome_reason = outcome, reason
-
-
-# A claim left without an instance this long is taken over (its orchestrator died between claiming
-# and EC2's answer; the ClientToken makes a repeat harmless).
-STALE_CLAIM_S = 300.0
 
 
 def next_attempt_number(record: JobRecord) -> int:
@@ -183,7 +155,7 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
     refusals = []
     for offer in offers:
         token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
-        if store.update_record(record.job_id, lambda r: _claim(r, number, offer, token, owner)) is None:
+        if store.update_record(record.job_id, lambda r, offer=offer, token=token: _claim(r, number, offer, token, owner)) is None:
             log.info("launch: attempt %d of %s is another orchestrator's", number, record.job_id)
             return None
         try:
@@ -195,10 +167,10 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
                 continue
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise as_user_error(exc, f"starting {offer.instance.name} in {offer.zone}") from None
-        written = store.update_record(record.job_id, lambda r: _started(r, number, token, instance_id, owner))
+        written = store.update_record(record.job_id, lambda r, token=token, instance_id=instance_id: _started(r, number, token, instance_id, owner))
         if written is None:  # our claim was taken over, or the job stopped, meanwhile: nobody wants this instance
             log.warning("launch: attempt %d of %s was taken over or stopped meanwhile; terminating %s", number, record.job_id, instance_id)
-            with_backoff(lambda: cloud.client("ec2").terminate_instances(InstanceIds=[instance_id]))
+            terminate(cloud, [instance_id])
             return None
         record.attempts[:] = written.attempts
         return written.attempts[-1]
@@ -210,7 +182,7 @@ def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner:
     live = live_instances(cloud, record.job_id, number)
     if not live:
         return None
-    instance = with_backoff(lambda: cloud.client("ec2").describe_instances(InstanceIds=live[:1]))["Reservations"][0]["Instances"][0]
+    instance = describe_instance(cloud, live[0])
     zone = instance["Placement"]["AvailabilityZone"]
 
     def adopt(r: JobRecord) -> bool:
@@ -228,21 +200,6 @@ def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner:
     log.warning("launch: adopted %s, started for attempt %d of %s by an orchestrator that stopped before recording it", instance["InstanceId"], number, record.job_id)
     record.attempts[:] = written.attempts
     return written.attempts[-1]
-
-
-def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> list[str]:
-    """The job's instances that are not terminated yet (of one attempt, if given), found by tag."""
-    filters = [{"Name": f"tag:{TAG_JOB}", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
-    if attempt is not None:
-        filters.append({"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]})
-    pages = cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
-    return sorted(i["InstanceId"] for page in with_backoff(lambda: list(pages)) for r in page["Reservations"] for i in r["Instances"])
-
-
-def stale_claim(attempt: Attempt) -> bool:
-    """A claim older than STALE_CLAIM_S: its orchestrator is taken to have died."""
-    requested = attempt.requested_at
-    return requested is None or (datetime.now(timezone.utc) - datetime.fromisoformat(requested)).total_seconds() > STALE_CLAIM_S
 
 
 def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str) -> bool:
@@ -278,90 +235,7 @@ def _unclaim(record: JobRecord, number: int, owner: str) -> bool:
     return True
 
 
-def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: Offer, ami: str, root_device: str, user_data: str, token: str, dry_run: bool = False) -> str:
-    ec2 = cloud.client("ec2")
-    subnet, vpc = subnet_for(cloud, offer.zone)
-    tags = [{"Key": TAG_JOB, "Value": job_id}, {"Key": TAG_ATTEMPT, "Value": str(attempt)}, {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]}]
-    spot_options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
-    if spec.compute.max_price_per_hour:
-        spot_options["MaxPrice"] = f"{spec.compute.max_price_per_hour:.4f}"
-    request = {
-        "ImageId": ami,
-        "InstanceType": offer.instance.name,
-        "MinCount": 1,
-        "MaxCount": 1,
-        "UserData": user_data,
-        # run_instances with spot market options (not request_spot_instances) keeps the instance profile.
-        "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options},
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-        "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {"VolumeSize": spec.compute.disk_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
-        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
-        "InstanceInitiatedShutdownBehavior": "terminate",
-        "ClientToken": token,  # a retried call returns the same instance instead of starting a second one
-        "DryRun": dry_run,
-    }
-    if not spec.compute.public_ip:
-        require_private_egress(cloud, subnet, vpc, offer.zone)
-    group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
-    # The zone is chosen through the subnet. No public address unless the job asks for one: with no
-    # inbound rules it would only carry outbound traffic, which a NAT gateway or VPC endpoints can.
-    interface = {"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": spec.compute.public_ip, "DeleteOnTermination": True}
-    if group:  # a dry run creates nothing: without spotctl's group yet, it checks with the default one
-        interface["Groups"] = [group]
-    request["NetworkInterfaces"] = [interface]
-    profile = spec.compute.instance_profile
-    if profile:
-        request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
-    response = with_backoff(lambda: ec2.run_instances(**request))
-    return response["Instances"][0]["InstanceId"]
-
-
-def subnet_for(cloud: Cloud, zone: str) -> tuple[str, str]:
-    """(subnet id, vpc id) of the default subnet of `zone` (Placement is not how EC2 picks the zone)."""
-    ec2 = cloud.client("ec2")
-    subnets = with_backoff(lambda: ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}]))["Subnets"]
-    if not subnets:
-        raise UserError(f"{zone} has no default subnet", "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones")
-    return subnets[0]["SubnetId"], subnets[0]["VpcId"]
-
-
-def require_private_egress(cloud: Cloud, subnet: str, vpc: str, zone: str) -> None:
-    """Refuse to start an instance without a public IP in a subnet whose only way out is an internet
-    gateway (a default VPC): it could not reach S3 or PyPI, and would die without a word. A subnet
-    with a NAT (or transit) route is fine; one with no default route at all is taken to be a private
-    network with its own endpoints and mirrors."""
-    ec2 = cloud.client("ec2")
-    tables = with_backoff(lambda: ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet]}]))["RouteTables"]
-    if not tables:  # no table of its own: the VPC's main one
-        tables = with_backoff(lambda: ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "association.main", "Values": ["true"]}]))["RouteTables"]
-    default = [r for t in tables for r in t.get("Routes", []) if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"]
-    if any(r.get(k) for r in default for k in ("NatGatewayId", "TransitGatewayId", "NetworkInterfaceId", "InstanceId", "VpcPeeringConnectionId")):
-        return
-    if any(str(r.get("GatewayId", "")).startswith("igw-") for r in default):
-        raise UserError(f"subnet {subnet} ({zone}) reaches the internet only through an internet gateway, which needs a public IP; "
-                        "without one the instance could not reach S3 or PyPI",
-                        "set compute.public_ip: true (the security group still admits nothing inbound), or launch where subnets have a NAT gateway")
-
-
-def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
-    """spotctl's security group of this VPC: no inbound rules at all (found by name, created once)."""
-    ec2 = cloud.client("ec2")
-    found = with_backoff(lambda: ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP_NAME]}, {"Name": "vpc-id", "Values": [vpc]}]))["SecurityGroups"]
-    if found:
-        return found[0]["GroupId"]
-    if not create:
-        return None
-    try:
-        created = ec2.create_security_group(GroupName=SECURITY_GROUP_NAME, Description="spotctl training instances: no inbound access", VpcId=vpc,
-                                            TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "spotctl:managed", "Value": "true"}]}])
-    except botocore.exceptions.ClientError as exc:
-        if "Duplicate" in describe(exc):  # another launch created it just now
-            return security_group(cloud, vpc)
-        raise as_user_error(exc, "creating the security group") from None
-    return created["GroupId"]
-
-
-def dry_run(plan: Plan, cloud: Cloud) -> str:
+def check_permissions(plan: Plan, cloud: Cloud) -> str:
     """Ask EC2 whether the launch would be allowed, without starting anything (DryRun=True)."""
     offer = plan.best
     _, root_device = resolve_ami(cloud, plan.ami)

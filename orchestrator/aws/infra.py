@@ -26,10 +26,11 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from orchestrator.aws import Cloud, as_user_error, describe, error_code, with_backoff
+from orchestrator.aws.clients import Cloud, as_user_error, describe, error_code
 from orchestrator.errors import UserError
+from trainer.job.settings import Settings
 
-TEMPLATE = Path(__file__).parent / "data" / "infra" / "spotctl.yaml"
+TEMPLATE = Path(__file__).parent.parent / "data" / "infra" / "spotctl.yaml"
 OPERATOR_POLICY = TEMPLATE.with_name("operator-policy.json")  # kept exact by tests/test_operator_policy.py
 DEFAULT_STACK = "spotctl"
 DEFAULT_PREFIX = "spotctl"
@@ -41,12 +42,8 @@ TLS_ONLY_SID = "DenyInsecureTransport"
 ABORT_UPLOADS_RULE = "abort-incomplete-multipart-uploads"
 
 
-def spotctl_home() -> Path:
-    return Path(os.environ.get("SPOTCTL_HOME") or Path.home() / ".spotctl").expanduser()
-
-
 def profile_path() -> Path:
-    return spotctl_home() / "infra.json"
+    return Settings.from_env().home / "infra.json"
 
 
 @dataclass
@@ -117,7 +114,7 @@ def operator_policy(deployed: Deployed) -> dict:
 # ------------------------------------------------------------------------------------------- deploy
 def default_bucket_name(cloud: Cloud) -> str:
     """spotctl-<account>-<region>: unique per account and region, and the same on every deploy."""
-    account = with_backoff(lambda: cloud.client("sts").get_caller_identity())["Account"]
+    account = cloud.client("sts").get_caller_identity()["Account"]
     return f"spotctl-{account}-{cloud.region}"
 
 
@@ -139,12 +136,12 @@ def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, 
     try:
         if current is None:
             on_event(f"creating stack {stack} in {cloud.region} (bucket {given['BucketName']})")
-            with_backoff(lambda: cf.create_stack(**request, Tags=[{"Key": "spotctl:managed", "Value": "true"}]))
+            cf.create_stack(**request, Tags=[{"Key": "spotctl:managed", "Value": "true"}])
         elif current["StackStatus"] == "ROLLBACK_COMPLETE":
             raise UserError(f"stack {stack} failed to create earlier and is in ROLLBACK_COMPLETE", f"delete it (`spotctl infra delete --stack {stack}`), then deploy again")
         else:
             on_event(f"updating stack {stack} in {cloud.region}")
-            with_backoff(lambda: cf.update_stack(**request))
+            cf.update_stack(**request)
     except botocore.exceptions.ClientError as exc:
         if "No updates are to be performed" not in describe(exc):
             raise as_user_error(exc, f"deploying stack {stack}") from None
@@ -166,7 +163,7 @@ def _refuse_taken_bucket(cloud: Cloud, bucket: str) -> None:
     """A new stack cannot take over an existing bucket (e.g. one kept by `infra delete`): say so before
     CloudFormation fails half-way and leaves a stack in ROLLBACK_COMPLETE."""
     try:
-        with_backoff(lambda: cloud.client("s3").head_bucket(Bucket=bucket))
+        cloud.client("s3").head_bucket(Bucket=bucket)
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
             return
@@ -199,7 +196,7 @@ def prefix_of(storage: str) -> str:
 
 def stack_of(cloud: Cloud, stack: str) -> dict | None:
     try:
-        return with_backoff(lambda: cloud.client("cloudformation").describe_stacks(StackName=stack))["Stacks"][0]
+        return cloud.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
     except botocore.exceptions.ClientError as exc:
         if "does not exist" in describe(exc):
             return None
@@ -227,7 +224,7 @@ def wait(cloud: Cloud, stack: str, on_event: Callable[[str], None], poll_s: floa
 def _failure(cloud: Cloud, stack: str) -> str | None:
     """The first resource failure of the stack's latest operation, which says more than the stack's."""
     try:
-        events = with_backoff(lambda: cloud.client("cloudformation").describe_stack_events(StackName=stack))["StackEvents"]
+        events = cloud.client("cloudformation").describe_stack_events(StackName=stack)["StackEvents"]
     except botocore.exceptions.ClientError:
         return None
     failed = [e for e in reversed(events) if e.get("ResourceStatus", "").endswith("_FAILED") and e.get("ResourceStatusReason")]
@@ -250,7 +247,7 @@ def bucket_checks(cloud: Cloud, bucket: str) -> dict[str, bool | None]:
 
     def read(call: str, **kwargs):
         try:
-            return with_backoff(lambda: getattr(s3, call)(Bucket=bucket, **kwargs))
+            return getattr(s3, call)(Bucket=bucket, **kwargs)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc).startswith(("NoSuch", "ServerSideEncryptionConfigurationNotFound")):
                 return None
@@ -293,7 +290,7 @@ def secure_bucket(cloud: Cloud, bucket: str) -> list[str]:
     for name, ok in checks.items():
         if ok is False:
             try:
-                with_backoff(fixes[name])
+                fixes[name]()
             except botocore.exceptions.ClientError as exc:
                 raise as_user_error(exc, f"securing bucket {bucket} ({name})") from None
             repaired.append(name)
@@ -313,7 +310,7 @@ def _current(s3, call: str, bucket: str, pick: Callable[[dict], list]) -> list:
 # ------------------------------------------------------------------------------------------- delete
 def jobs_in(cloud: Cloud, bucket: str, prefix: str) -> int:
     """How many job folders the bucket holds under `<prefix>/jobs/`."""
-    found = with_backoff(lambda: cloud.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/", Delimiter="/"))
+    found = cloud.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/", Delimiter="/")
     return len(found.get("CommonPrefixes", []))
 
 
@@ -330,7 +327,7 @@ def delete(cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_eve
                         "security group they run with", "stop them and keep what you need (`spotctl artifacts JOB --download DIR`), then pass --force")
     on_event(f"deleting stack {stack} in {cloud.region}")
     try:
-        with_backoff(lambda: cloud.client("cloudformation").delete_stack(StackName=stack))
+        cloud.client("cloudformation").delete_stack(StackName=stack)
     except botocore.exceptions.ClientError as exc:
         raise as_user_error(exc, f"deleting stack {stack}") from None
     final = wait(cloud, stack, on_event)
@@ -343,12 +340,12 @@ def delete(cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_eve
 def _drop_bucket_if_empty(cloud: Cloud, bucket: str) -> str:
     s3 = cloud.client("s3")
     try:
-        listed = with_backoff(lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=1))
+        listed = s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) == "NoSuchBucket":
             return f"bucket {bucket} is gone"
         raise as_user_error(exc, f"reading bucket {bucket}") from None
     if listed.get("KeyCount", 0):
         return f"bucket {bucket} kept with its objects (delete it yourself when you no longer need them: aws s3 rb s3://{bucket} --force)"
-    with_backoff(lambda: s3.delete_bucket(Bucket=bucket))
+    s3.delete_bucket(Bucket=bucket)
     return f"bucket {bucket} was empty and is deleted"

@@ -1,0 +1,169 @@
+"""EC2 as spotctl uses it: the instances of a job (found by tag), starting one, the network it needs,
+and the state reason codes EC2 ends instances with. The job lifecycle (orchestrator.jobs) calls these;
+they know nothing of records or claims.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import botocore.exceptions
+
+from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
+from orchestrator.aws.instances import GONE, TAG_ATTEMPT, TAG_JOB, Instance
+from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from orchestrator.aws.offers import Offer
+    from trainer.job.spec import JobSpec
+
+SECURITY_GROUP_NAME = "spotctl-no-inbound"
+
+
+def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instance]]:
+    """Every instance of each job by attempt number, found by tag (one paginated call for many jobs).
+    If one attempt somehow has several instances, a live one wins."""
+    ec2 = cloud.client("ec2", retries="adaptive")  # one call per 150 jobs, every poll
+    found: dict[str, dict[int, Instance]] = {}
+    for chunk in (job_ids[i : i + 150] for i in range(0, len(job_ids), 150)):
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": f"tag:{TAG_JOB}", "Values": chunk}])
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for entry in reservation["Instances"]:
+                    tags = {t["Key"]: t["Value"] for t in entry.get("Tags", [])}
+                    job, attempt = tags.get(TAG_JOB), tags.get(TAG_ATTEMPT, "")
+                    if not job or not attempt.isdigit():
+                        continue
+                    reason = entry.get("StateReason") or {}
+                    instance = Instance(entry["InstanceId"], entry["State"]["Name"], reason.get("Code"), reason.get("Message"), int(attempt),
+                                        entry.get("StateTransitionReason") or None)
+                    known = found.setdefault(job, {}).get(int(attempt))
+                    if known is None or known.state in GONE:
+                        found[job][int(attempt)] = instance
+    return found
+
+
+def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
+    """(AMI id, root device name); an `ssm:/...` parameter is resolved first."""
+    if ami.startswith("ssm:"):
+        name = ami[4:]
+        try:
+            ami = cloud.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
+        except botocore.exceptions.ClientError as exc:
+            if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
+                raise UserError(f"compute.ami: the SSM parameter {name} does not exist in {cloud.region}",
+                                "check the region, or set compute.ami to an AMI id (ami-...)") from None
+            raise as_user_error(exc, f"reading the SSM parameter {name}") from None
+    try:
+        images = cloud.client("ec2").describe_images(ImageIds=[ami])["Images"]
+    except botocore.exceptions.ClientError as exc:
+        if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
+            images = []
+        else:
+            raise as_user_error(exc, f"describing {ami}") from None
+    if not images:
+        raise UserError(f"compute.ami: {ami} does not exist in {cloud.region}", "use an AMI of this region")
+    return ami, images[0].get("RootDeviceName", "/dev/xvda")
+
+
+def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> list[str]:
+    """The job's instances that are not terminated yet (of one attempt, if given), found by tag."""
+    filters = [{"Name": f"tag:{TAG_JOB}", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    if attempt is not None:
+        filters.append({"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]})
+    pages = cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
+    return sorted(i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"])
+
+
+def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: Offer, ami: str, root_device: str, user_data: str, token: str, dry_run: bool = False) -> str:
+    subnet, vpc = subnet_for(cloud, offer.zone)
+    tags = [{"Key": TAG_JOB, "Value": job_id}, {"Key": TAG_ATTEMPT, "Value": str(attempt)}, {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]}]
+    spot_options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if spec.compute.max_price_per_hour:
+        spot_options["MaxPrice"] = f"{spec.compute.max_price_per_hour:.4f}"
+    request = {
+        "ImageId": ami,
+        "InstanceType": offer.instance.name,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "UserData": user_data,
+        # run_instances with spot market options (not request_spot_instances) keeps the instance profile.
+        "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options},
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {"VolumeSize": spec.compute.disk_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "ClientToken": token,  # a retried call returns the same instance instead of starting a second one
+        "DryRun": dry_run,
+    }
+    if not spec.compute.public_ip:
+        require_private_egress(cloud, subnet, vpc, offer.zone)
+    group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
+    # The zone is chosen through the subnet. No public address unless the job asks for one: with no
+    # inbound rules it would only carry outbound traffic, which a NAT gateway or VPC endpoints can.
+    interface = {"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": spec.compute.public_ip, "DeleteOnTermination": True}
+    if group:  # a dry run creates nothing: without spotctl's group yet, it checks with the default one
+        interface["Groups"] = [group]
+    request["NetworkInterfaces"] = [interface]
+    profile = spec.compute.instance_profile
+    if profile:
+        request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+    # One attempt: a refused pool (InsufficientInstanceCapacity is HTTP 500) is left for the next offer.
+    response = cloud.client("ec2", retries="once").run_instances(**request)
+    return response["Instances"][0]["InstanceId"]
+
+
+def subnet_for(cloud: Cloud, zone: str) -> tuple[str, str]:
+    """(subnet id, vpc id) of the default subnet of `zone` (Placement is not how EC2 picks the zone)."""
+    ec2 = cloud.client("ec2")
+    subnets = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    if not subnets:
+        raise UserError(f"{zone} has no default subnet", "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones")
+    return subnets[0]["SubnetId"], subnets[0]["VpcId"]
+
+
+def require_private_egress(cloud: Cloud, subnet: str, vpc: str, zone: str) -> None:
+    """Refuse to start an instance without a public IP in a subnet whose only way out is an internet
+    gateway (a default VPC): it could not reach S3 or PyPI, and would die without a word. A subnet
+    with a NAT (or transit) route is fine; one with no default route at all is taken to be a private
+    network with its own endpoints and mirrors."""
+    ec2 = cloud.client("ec2")
+    tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet]}])["RouteTables"]
+    if not tables:  # no table of its own: the VPC's main one
+        tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
+    default = [r for t in tables for r in t.get("Routes", []) if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"]
+    if any(r.get(k) for r in default for k in ("NatGatewayId", "TransitGatewayId", "NetworkInterfaceId", "InstanceId", "VpcPeeringConnectionId")):
+        return
+    if any(str(r.get("GatewayId", "")).startswith("igw-") for r in default):
+        raise UserError(f"subnet {subnet} ({zone}) reaches the internet only through an internet gateway, which needs a public IP; "
+                        "without one the instance could not reach S3 or PyPI",
+                        "set compute.public_ip: true (the security group still admits nothing inbound), or launch where subnets have a NAT gateway")
+
+
+def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
+    """spotctl's security group of this VPC: no inbound rules at all (found by name, created once)."""
+    ec2 = cloud.client("ec2")
+    found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP_NAME]}, {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
+    if found:
+        return found[0]["GroupId"]
+    if not create:
+        return None
+    try:
+        created = ec2.create_security_group(GroupName=SECURITY_GROUP_NAME, Description="spotctl training instances: no inbound access", VpcId=vpc,
+                                            TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "spotctl:managed", "Value": "true"}]}])
+    except botocore.exceptions.ClientError as exc:
+        if "Duplicate" in describe(exc):  # another launch created it just now
+            return security_group(cloud, vpc)
+        raise as_user_error(exc, "creating the security group") from None
+    return created["GroupId"]
+
+
+
+
+def describe_instance(cloud: Cloud, instance_id: str) -> dict:
+    """EC2's description of one instance."""
+    return cloud.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+def terminate(cloud: Cloud, instance_ids: list[str]) -> None:
+    cloud.client("ec2").terminate_instances(InstanceIds=instance_ids)

@@ -1,0 +1,28 @@
+"""EC2's words for an instance, as spotctl reads them: its tags, states and state reason codes, and
+`Instance`, one attempt's instance as EC2 describes it. Plain data: the state machine (jobs.state) and
+the local cloud use it without anything that calls AWS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TAG_JOB, TAG_ATTEMPT = "spotctl:job", "spotctl:attempt"
+LIVE = ("pending", "running")
+GONE = ("shutting-down", "terminated", "stopping", "stopped")
+# EC2's state reason codes spotctl reads.
+SPOT_TERMINATION = "Server.SpotInstanceTermination"
+USER_SHUTDOWN = "Client.UserInitiatedShutdown"
+SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
+
+
+@dataclass
+class Instance:
+    """EC2's view of one attempt's instance."""
+
+    instance_id: str
+    state: str
+    reason_code: str | None  # e.g. Server.SpotInstanceTermination, Client.UserInitiatedShutdown
+    reason: str | None
+    attempt: int | None
+    transition: str | None = None  # StateTransitionReason, e.g. "User initiated (2026-11-25 10:00:00 GMT)"

@@ -1,0 +1,87 @@
+"""What every command works with, built once per invocation and handed down as click's context object
+(`@click.pass_obj`): the settings, and the local cloud when `--local` asked for it. `--local` changes
+nothing else: it is this value, so clients, prices, storage and job defaults are chosen from it and
+the process environment is never edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.aws.clients import Cloud, Endpoint, storage_options
+from orchestrator.aws.prices import AwsPrices, PriceSource
+from orchestrator.errors import UserError
+from orchestrator.jobs.record import JobStore
+from orchestrator.local.client import LOCAL_STORAGE, LocalCloud
+from orchestrator.local.daemon import CREDENTIALS, INSTANCE_PROFILE, LOCAL_MAX_ATTEMPTS
+from trainer.job.settings import Settings
+from trainer.job.spec import JobSpec
+
+
+def aws_cloud(region: str, profile: str | None) -> Cloud:
+    """A Cloud on AWS itself (the standard credential chain, or a profile)."""
+    return Cloud(region, profile)
+
+
+def aws_prices(cloud: Cloud) -> PriceSource:
+    return AwsPrices(cloud)
+
+
+@dataclass
+class App:
+    settings: Settings
+    local: LocalCloud | None = None  # set by --local: the running local cloud, used instead of AWS
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        if self.local is None:
+            return None
+        return Endpoint(self.local.endpoint, CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+    def cloud(self, region: str, profile: str | None) -> Cloud:
+        if self.local is not None:
+            return Cloud(region, max_attempts=LOCAL_MAX_ATTEMPTS, endpoint=self.endpoint)
+        return aws_cloud(region, profile)
+
+    def clouds(self, profile: str | None) -> Callable[[str], Cloud]:
+        """A Cloud per region, built on first use."""
+        built: dict[str, Cloud] = {}
+
+        def for_region(region: str) -> Cloud:
+            if region not in built:
+                built[region] = self.cloud(region, profile)
+            return built[region]
+
+        return for_region
+
+    def prices(self, cloud: Cloud) -> PriceSource:
+        if self.local is not None:  # the local cloud's simulated market
+            from orchestrator.local.market import SimulatedMarket
+
+            return SimulatedMarket(self.local.seed)
+        return aws_prices(cloud)
+
+    def store(self, storage: str | None, profile: str | None) -> JobStore:
+        root = storage or self.settings.storage or (LOCAL_STORAGE if self.local else None)
+        if not root:
+            raise UserError("no storage root given", "pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE")
+        found = JobStore(root, **(storage_options(self.endpoint, profile) if root.startswith("s3://") else {}))
+        found.check()
+        return found
+
+    def load_job(self, job_file: str, region: str | None = None) -> JobSpec:
+        """The job file, validated, with what it leaves out taken from the local cloud (under --local) or
+        from the stack `spotctl infra deploy` recorded: storage, instance profile, security group.
+        `region` (--region) replaces the file's before those are chosen: they are regional."""
+        from trainer.job.spec_file import load_spec
+
+        spec = load_spec(job_file, defaults=lambda data: self.job_defaults({**data, "region": region} if region else data))
+        return spec.model_copy(update={"region": region}) if region else spec
+
+    def job_defaults(self, data: dict) -> dict:
+        if self.local is not None:
+            return {"storage": LOCAL_STORAGE, "compute": {"instance_profile": INSTANCE_PROFILE}}
+        from orchestrator.aws import infra
+
+        return infra.job_defaults(data)

@@ -1,0 +1,169 @@
+"""The job state machine: what a job is doing, derived (never guessed) from its record, the trainer's
+documents and EC2's own view of the instance (`derive_state`), and how each ended attempt ended
+(`settle`). Both are pure: callers read (jobs.views) and write (jobs.record) around them.
+
+    pending -> launching -> running -> (interrupted -> launching -> running)* -> exporting -> succeeded
+    stopping: asked to stop (spotctl stop, the budget) while the machine still runs
+    terminal: succeeded, failed, cancelled, budget_exceeded, no_capacity (JobState.terminal)
+
+An instance that is gone with no final.json is *interrupted*, never done; so is a running instance
+whose trainer reported `interrupted` (it checkpointed on the spot notice and EC2 is about to take the
+machine): recovery starts the next attempt then, without waiting for EC2 to finish the termination.
+
+Closing an attempt (`settle`) takes the best witness available, in this order: the trainer's final
+word for that attempt (succeeded, failed, stopped), its `interrupted` heartbeat, then EC2's state
+reason (Server.SpotInstanceTermination, Client.UserInitiatedShutdown, ...). The trainer's word comes
+first because it knows whether the work was saved; EC2's says who pulled the plug and, with the
+transition time, when billing stopped (`ended_at`, which the cost uses).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from orchestrator.aws.instances import GONE, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance
+from trainer.job.documents import Attempt, EndReason, Final, Heartbeat, JobRecord, JobState, Manifest, Outcome, Phase
+
+# describe_instances is eventually consistent: a just-started instance may not be listed yet.
+NOT_LISTED_GRACE_S = 300.0
+# A claim left without an instance this long is taken over (its orchestrator died between claiming
+# and EC2's answer; the ClientToken makes a repeat harmless).
+STALE_CLAIM_S = 300.0
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+@dataclass
+class JobView:
+    """Everything known about a job at one moment (jobs.views reads it)."""
+
+    job_id: str
+    record: JobRecord | None
+    heartbeat: Heartbeat | None
+    final: Final | None
+    instance: Instance | None  # the current attempt's
+    artifacts: Manifest | None = None
+    instances: dict[int, Instance] | None = None  # every attempt's, by attempt number
+
+    @property
+    def state(self) -> JobState:
+        return derive_state(self.record, self.final, self.heartbeat, self.instance)
+
+
+def derive_state(record: JobRecord | None, final: Final | None, heartbeat: Heartbeat | None, instance: Instance | None,
+                 now: datetime | None = None) -> JobState:
+    if record is None:
+        return JobState.UNKNOWN
+    if final and final.finished:
+        return JobState(final.outcome)  # what the trainer (or its bootstrap) said is final, even after a stop
+    if record.cancelled_at:
+        return JobState.CANCELLED
+    alive = instance is not None and instance.state not in GONE
+    if record.outcome:  # no_capacity, budget_exceeded, failed: decided by the orchestrator
+        return JobState.STOPPING if record.stop_requested_at and alive else JobState(record.outcome)
+    if record.stop_requested_at:  # a stop was asked for: stopping until the machine is gone
+        return JobState.STOPPING if alive else JobState.CANCELLED
+    if final and final.is_(Outcome.STOPPED):
+        return JobState.CANCELLED
+    current = record.current
+    if current is None:
+        return JobState.PENDING
+    if current.instance_id is None:
+        return JobState.LAUNCHING  # claimed; EC2 has not answered yet
+    beat = heartbeat if heartbeat is not None and heartbeat.of_attempt(current.number) else None
+    if beat and beat.in_phase(Phase.INTERRUPTED):
+        return JobState.INTERRUPTED  # checkpointed on the spot notice: the machine is about to go
+    if instance is None and age_s(current.launched_at, now) < NOT_LISTED_GRACE_S:
+        return JobState.LAUNCHING
+    if instance is None or instance.state in GONE:
+        if instance is not None and instance.reason_code == SELF_SHUTDOWN:
+            return JobState.FAILED  # it shut itself down without a word: the bootstrap could not even report
+        return JobState.INTERRUPTED  # gone without a final outcome: recoverable
+    if instance.state == "pending":
+        return JobState.LAUNCHING
+    if beat and beat.in_phase(Phase.EXPORTING):
+        return JobState.EXPORTING
+    return JobState.RUNNING
+
+
+def age_s(iso: str | None, now: datetime | None = None) -> float:
+    """Seconds from an ISO time to `now` (default: now); infinite when the time is unknown."""
+    return ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(iso)).total_seconds() if iso else float("inf")
+
+
+def heartbeat_age(beat: Heartbeat, plus: float | None = 0.0, now: datetime | None = None) -> float | None:
+    """Seconds since the heartbeat was written (plus an age it reported)."""
+    if plus is None or not beat.updated_at:
+        return None
+    return round(age_s(beat.updated_at, now) + plus, 1)
+
+
+def stale_claim(attempt: Attempt, now: datetime | None = None) -> bool:
+    """A claim older than STALE_CLAIM_S: its orchestrator is taken to have died."""
+    return attempt.requested_at is None or age_s(attempt.requested_at, now) > STALE_CLAIM_S
+
+
+def unfinished_claim(record: JobRecord, now: datetime | None = None) -> bool:
+    """The current attempt was claimed long ago and never got an instance."""
+    last = record.current
+    return last is not None and last.instance_id is None and stale_claim(last, now)
+
+
+# ------------------------------------------------------------------------------- closing attempts
+def settle(record: JobRecord, instances: dict[int, Instance], final: Final | None, heartbeat: Heartbeat | None, now: datetime | None = None) -> bool:
+    """Fill in end_reason / ended_at / state_reason / steps of attempts that have ended. Returns
+    whether anything changed (then the caller writes the record). Idempotent: run it every poll."""
+    now = now or datetime.now(timezone.utc)
+    changed = False
+    for attempt in record.attempts:
+        if attempt.instance_id is None or attempt.ended_at is not None:
+            continue
+        instance = instances.get(attempt.number)
+        beat = heartbeat if heartbeat and heartbeat.of_attempt(attempt.number) else None
+        said = final if final and final.attempt == attempt.number else None
+        reason = _trainer_reason(said, beat)
+        if instance is not None and instance.state in GONE:
+            attempt.ended_at = _transition_time(instance) or now.isoformat(timespec="seconds")
+            attempt.state_reason = instance.reason_code
+            attempt.end_reason = attempt.end_reason or reason or _ec2_reason(instance.reason_code)
+        elif instance is None and age_s(attempt.launched_at, now) > NOT_LISTED_GRACE_S:
+            # EC2 forgets terminated instances after about an hour. Its last heartbeat is the last sign
+            # of life we know; without one, its launch (billed the one-minute minimum), never "now":
+            # a job nobody watched for a day must not be charged for that day.
+            attempt.ended_at = (beat.updated_at if beat else None) or attempt.launched_at
+            attempt.end_reason = attempt.end_reason or reason or EndReason.LOST
+        elif reason and attempt.end_reason is None:
+            attempt.end_reason = reason  # the machine still runs (EC2 takes it soon): ended_at follows
+        else:
+            continue
+        if beat:  # the steps it trained: what an interruption costs in repeated work
+            attempt.start_step = beat.resumed_from_step if beat.resumed_from_step is not None else attempt.start_step
+            attempt.end_step = beat.step if beat.step is not None else attempt.end_step
+        changed = True
+    return changed
+
+
+def _trainer_reason(final: Final | None, beat: Heartbeat | None) -> EndReason | None:
+    if final and final.outcome in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.STOPPED):
+        return EndReason(final.outcome)
+    if beat and beat.in_phase(Phase.INTERRUPTED):
+        return EndReason.INTERRUPTED
+    return None
+
+
+def _ec2_reason(code: str | None) -> EndReason:
+    if code == SPOT_TERMINATION:
+        return EndReason.INTERRUPTED
+    if code == USER_SHUTDOWN:
+        return EndReason.TERMINATED
+    if code == SELF_SHUTDOWN:
+        return EndReason.FAILED  # shut itself down without final.json: the bootstrap could not even report
+    return EndReason.LOST
+
+
+def _transition_time(instance: Instance) -> str | None:
+    match = _TRANSITION_TIME.search(instance.transition or "")
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).isoformat(timespec="seconds")

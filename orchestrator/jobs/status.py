@@ -1,0 +1,168 @@
+"""The `spotctl status --json` document of a job: its fields are the models below, so its JSON Schema
+(`spotctl status --schema`) documents it and a test holds real output to it. Absent data is null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.jobs.cost import JobCost
+from orchestrator.jobs.health import job_health
+from orchestrator.jobs.state import JobView, heartbeat_age
+from trainer.job.documents import GPU_FIELDS, METRIC_FIELDS, PROGRESS_FIELDS
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class AttemptStatus(_Part):
+    """One attempt as recorded (trainer.job.documents.Attempt); the current one also with EC2's view."""
+
+    number: int
+    instance_type: str
+    zone: str
+    spot_price: float
+    on_demand_price: float | None
+    client_token: str
+    instance_id: str | None
+    launched_at: str | None
+    ended_at: str | None
+    end_reason: str | None
+    """interrupted, succeeded, failed, stopped, terminated or lost"""
+    state_reason: str | None
+    """EC2's state reason code, e.g. Server.SpotInstanceTermination"""
+    requested_at: str | None
+    claimed_by: str | None
+    start_step: int | None
+    end_step: int | None
+    instance_state: str | None = None
+    """EC2's state of the current attempt's instance (only on the current attempt)"""
+
+
+class Progress(_Part):
+    phase: str | None
+    epoch: int | None
+    epochs: int | None
+    step: int | None
+    total_steps: int | None
+    steps_per_epoch: int | None
+    eta_s: float | None
+    images_per_sec: float | None
+    data_wait_fraction: float | None
+
+
+class Metrics(_Part):
+    loss: float | None
+    acc1: float | None
+    lr: float | None
+    val_loss: float | None
+    val_acc1: float | None
+    val_acc5: float | None
+
+
+class Gpu(_Part):
+    gpu_count: int | None
+    gpu_util_pct: float | None
+    gpu_mem_used_gib: float | None
+    gpu_mem_total_gib: float | None
+    gpu_power_w: float | None
+    health_window_s: float | None
+    gpu_util_window_pct: float | None
+    gpu_mem_window_fraction: float | None
+    data_wait_window: float | None
+
+
+class LastCheckpoint(_Part):
+    step: int | None
+    age_s: float | None
+
+
+class HealthFlag(_Part):
+    name: str
+    """stalled or low_gpu_util"""
+    message: str
+    hint: str | None
+
+
+class AttemptCostStatus(_Part):
+    number: int
+    seconds: float
+    usd: float
+    on_demand_usd: float | None
+    free_by_first_hour_rule: bool
+
+
+class CostStatus(_Part):
+    total_usd: float
+    on_demand_usd: float | None
+    savings: float | None
+    """share of the on-demand cost saved, 0..1"""
+    lost_steps: int
+    lost_usd: float
+    attempts: list[AttemptCostStatus]
+    current_usd_per_hour: float | None
+    projected_total_usd: float | None
+
+
+class JobStatus(_Part):
+    """A job as `spotctl status JOB --json` prints it (`spotctl status --json` lists these, without cost)."""
+
+    job_id: str
+    name: str | None
+    state: str
+    """pending, launching, running, interrupted, stopping, exporting, succeeded, failed, cancelled, budget_exceeded, no_capacity or unknown"""
+    region: str | None
+    created_at: str | None
+    outcome_reason: str | None
+    budget_usd: float | None
+    attempts: list[AttemptStatus]
+    progress: Progress | None
+    metrics: Metrics | None
+    gpu: Gpu | None
+    last_checkpoint: LastCheckpoint | None
+    heartbeat_age_s: float | None
+    health: list[HealthFlag]
+    stalled: bool
+    final: dict[str, Any] | None
+    """status/final.json as the trainer wrote it, without its history"""
+    artifacts: dict[str, Any] | None
+    """artifacts/manifest.json as the trainer wrote it (only for one job)"""
+    cost: CostStatus | None = None
+    """what the job cost (only for one job, and in `spotctl watch --json`)"""
+
+
+def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool = False) -> dict:
+    """The job's `status --json` document; `with_cost` adds `cost` (null when nothing ran yet)."""
+    beat, record = view.heartbeat, view.record
+    attempts = [AttemptStatus.model_validate(a, from_attributes=True).model_dump(exclude={"instance_state"}) for a in record.attempts] if record else []
+    if attempts and view.instance and view.instance.instance_id == attempts[-1]["instance_id"]:
+        attempts[-1] = {**attempts[-1], "instance_state": view.instance.state, "state_reason": view.instance.reason_code}
+    health = job_health(view)
+    document = JobStatus(
+        job_id=view.job_id,
+        name=record.name if record else None,
+        state=view.state,
+        region=record.region if record else None,
+        created_at=record.created_at if record else None,
+        outcome_reason=record.outcome_reason if record else None,
+        budget_usd=record.budget_usd if record else None,
+        attempts=attempts,
+        progress={k: getattr(beat, k) for k in PROGRESS_FIELDS} if beat else None,
+        metrics={k: getattr(beat, k) for k in METRIC_FIELDS} if beat else None,
+        gpu={k: getattr(beat, k) for k in GPU_FIELDS} if beat else None,
+        last_checkpoint={"step": beat.last_checkpoint_step, "age_s": heartbeat_age(beat, beat.last_checkpoint_age_s)} if beat else None,
+        heartbeat_age_s=heartbeat_age(beat) if beat else None,
+        health=[flag.as_dict() for flag in health],
+        stalled=any(flag.name == "stalled" for flag in health),
+        final={k: v for k, v in view.final.written().items() if k != "history"} if view.final else None,
+        artifacts=view.artifacts.written() if view.artifacts else None,
+        **({"cost": cost.as_dict() if cost else None} if with_cost else {}),
+    )
+    return document.model_dump(mode="json", exclude_unset=True)
+
+
+def schema() -> dict:
+    return JobStatus.model_json_schema()

@@ -1,0 +1,113 @@
+"""The recovery policy as a table: every state a job can be in, crossed with what matters there (limits,
+budget, time), gives one action. jobs.policy.decide and failover_order are pure: no moto, no clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.aws.offers import InstanceType, Offer
+from orchestrator.jobs.policy import Action, decide, failover_order
+from orchestrator.jobs.state import derive_state
+from tests.unit.jobs import NOW, SPEC, attempt, beat, cost, final, instance, record, view
+
+SPOT, SELF, USER = "Server.SpotInstanceTermination", "Client.InstanceInitiatedShutdown", "Client.UserInitiatedShutdown"
+GONE_BY_SPOT = instance("terminated", SPOT)
+
+# (case, view, cost, expected state, action, outcome, reason contains)
+TABLE = [
+    ("no record", view(None), None, "unknown", Action.DONE, None, "no record"),
+    # pending and launching
+    ("pending: nothing started yet", view(record()), None, "pending", Action.START, None, "starting"),
+    ("launching: a fresh claim, EC2 still answering", view(record(attempt(instance_id=None, requested=10))), None, "launching", Action.WAIT, None, ""),
+    ("launching: a claim whose orchestrator died", view(record(attempt(instance_id=None, requested=400))), None, "launching", Action.START, None, "resuming"),
+    ("launching: just started, EC2 not listing it yet", view(record(attempt(launched=30))), None, "launching", Action.WAIT, None, ""),
+    ("launching: EC2 says pending", view(record(attempt()), instance("pending")), None, "launching", Action.WAIT, None, ""),
+    # interrupted
+    ("interrupted by EC2", view(record(attempt()), GONE_BY_SPOT), None, "interrupted", Action.START, None, "resuming from the latest checkpoint"),
+    ("interrupted: the trainer checkpointed on the notice", view(record(attempt()), instance(), beat(phase="interrupted")), None, "interrupted", Action.START, None, "resuming"),
+    ("interrupted: gone from EC2's view long after launch", view(record(attempt(launched=900))), None, "interrupted", Action.START, None, "resuming"),
+    ("interrupted: at the limit (2 ended, +1 now) still recovers",
+     view(record(attempt(1, end="interrupted", ended=600), attempt(2, end="lost", ended=300), attempt(3)), instance("terminated", SPOT, 3)),
+     None, "interrupted", Action.START, None, "resuming"),
+    ("interrupted: past recovery.max_interruptions",
+     view(record(attempt(1, end="interrupted"), attempt(2, end="terminated"), attempt(3, end="interrupted")), instance("terminated", SPOT, 3)),
+     None, "interrupted", Action.GIVE_UP, "failed", "interrupted 3 times; recovery.max_interruptions is 2"),
+    ("interrupted: the budget is spent", view(record(attempt(), budget=5.0), GONE_BY_SPOT), cost(5.0), "interrupted", Action.GIVE_UP, "budget_exceeded",
+     "cost $5.00 has reached the budget $5.00"),
+    ("interrupted: budget left", view(record(attempt(), budget=5.0), GONE_BY_SPOT), cost(4.99), "interrupted", Action.START, None, "resuming"),
+    # failed
+    ("failed: the trainer's error, a retry left", view(record(attempt(end="failed")), instance("terminated", SELF), None, final("failed")), None, "failed",
+     Action.RETRY, None, "the trainer failed (retry 1 of 1)"),
+    ("failed: a silent self-shutdown counts as a failure", view(record(attempt()), instance("terminated", SELF)), None, "failed", Action.RETRY, None, "retry 0 of 1"),
+    ("failed: retries used up", view(record(attempt(1, end="failed"), attempt(2, end="failed")), instance("terminated", SELF, 2), None, final("failed", 2)),
+     None, "failed", Action.DONE, None, "failed"),
+    ("failed: decided by the orchestrator", view(record(attempt(end="interrupted"), outcome="failed")), None, "failed", Action.DONE, None, "failed"),
+    # running and exporting, with and without a budget
+    ("running, no budget", view(record(attempt()), instance(), beat()), cost(1.0, 3.6), "running", Action.WAIT, None, ""),
+    ("running, the budget far off", view(record(attempt(), budget=50.0), instance(), beat(last_checkpoint_age_s=100)), cost(4.9, 3.6), "running", Action.WAIT, None, ""),
+    ("running, the next checkpoint would pass the budget", view(record(attempt(), budget=5.0), instance(), beat(last_checkpoint_age_s=100)), cost(4.9, 3.6),
+     "running", Action.STOP, "budget_exceeded", "cost $4.90 + $0.20 to the next checkpoint would pass the budget $5.00"),
+    ("running, a checkpoint is due within a poll: the poll is the horizon", view(record(attempt(), budget=5.0), instance(), beat(last_checkpoint_age_s=290)),
+     cost(4.9, 3.6), "running", Action.WAIT, None, ""),
+    ("running, no price known now", view(record(attempt(), budget=5.0), instance(), beat()), cost(4.99, None), "running", Action.WAIT, None, ""),
+    ("exporting past the budget", view(record(attempt(), budget=5.0), instance(), beat(phase="exporting")), cost(5.5, 3.6), "exporting", Action.STOP,
+     "budget_exceeded", "would pass the budget"),
+    # stopping
+    ("stopping: waiting for the final checkpoint", view(record(attempt(), stop_asked=10), instance(), beat()), None, "stopping", Action.WAIT, None,
+     "waiting for the final checkpoint"),
+    ("stopping: the trainer stopped", view(record(attempt(), stop_asked=10), instance(), beat(), final("stopped")), None, "stopping", Action.TERMINATE, None,
+     "the trainer stopped"),
+    ("stopping: no answer within the grace", view(record(attempt(), stop_asked=200), instance(), beat()), None, "stopping", Action.TERMINATE, None, "no stop after 200s"),
+    ("stopping at the budget, machine still up", view(record(attempt(), stop_asked=10, outcome="budget_exceeded"), instance()), None, "stopping", Action.WAIT, None, ""),
+    # terminal
+    ("succeeded", view(record(attempt(end="succeeded")), instance("terminated", SELF), None, final("succeeded")), None, "succeeded", Action.DONE, None, "succeeded"),
+    ("succeeded even though a stop came after", view(record(attempt(), stop_asked=10), instance(), None, final("succeeded")), None, "succeeded", Action.DONE, None, ""),
+    ("cancelled by spotctl stop", view(record(attempt(end="stopped"), cancelled=True)), None, "cancelled", Action.DONE, None, "cancelled"),
+    ("cancelled: the stop took the machine", view(record(attempt(), stop_asked=10), GONE_BY_SPOT), None, "cancelled", Action.DONE, None, "cancelled"),
+    ("budget_exceeded, the machine gone", view(record(attempt(end="stopped"), stop_asked=60, outcome="budget_exceeded"), instance("terminated", USER)), None,
+     "budget_exceeded", Action.DONE, None, "budget_exceeded"),
+    ("no_capacity", view(record(outcome="no_capacity")), None, "no_capacity", Action.DONE, None, "no_capacity"),
+]
+
+
+@pytest.mark.parametrize(("case", "job", "spent", "state", "action", "outcome", "reason"), TABLE, ids=[row[0] for row in TABLE])
+def test_decide(case, job, spent, state, action, outcome, reason):
+    if job.record is not None:
+        assert derive_state(job.record, job.final, job.heartbeat, job.instance, NOW) == state
+    decision = decide(job, SPEC, spent, poll_s=10.0, now=NOW)
+    assert (decision.action, decision.outcome) == (action, outcome)
+    assert reason in decision.reason
+
+
+def test_every_job_state_has_a_row():
+    from trainer.job.documents import JobState
+
+    assert {row[3] for row in TABLE} == {state.value for state in JobState}
+
+
+# ------------------------------------------------------------------------------------------ failover
+def offer(name: str, zone: str, price: float) -> Offer:
+    return Offer(InstanceType(name, 1, "A10G", 24.0, 4, 16.0), zone, price, 1.0, "fixed")
+
+
+OFFERS = [offer("g4dn.xlarge", "us-east-1a", 0.21), offer("g5.xlarge", "us-east-1b", 0.38), offer("g6.xlarge", "us-east-1a", 0.33)]
+
+
+@pytest.mark.parametrize(
+    ("attempts", "avoid", "expected"),
+    [
+        ([], {}, ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]),
+        ([attempt(pool=("g4dn.xlarge", "us-east-1a"), end="interrupted", ended=600)], {}, ["g5.xlarge", "g6.xlarge", "g4dn.xlarge"]),
+        ([attempt(pool=("g4dn.xlarge", "us-east-1a"), end="lost", ended=600)], {}, ["g5.xlarge", "g6.xlarge", "g4dn.xlarge"]),
+        ([attempt(pool=("g4dn.xlarge", "us-east-1a"), end="interrupted", ended=4000)], {}, ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]),  # over an hour ago
+        ([attempt(pool=("g4dn.xlarge", "us-east-1a"), end="failed", ended=600)], {}, ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]),  # not the pool's fault
+        ([], {("g5.xlarge", "us-east-1b"): NOW - timedelta(minutes=5)}, ["g4dn.xlarge", "g6.xlarge", "g5.xlarge"]),  # seen interrupted elsewhere
+        ([], {("g5.xlarge", "us-east-1b"): NOW - timedelta(hours=2)}, ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]),
+        ([attempt(1, pool=("g4dn.xlarge", "us-east-1a"), end="interrupted", ended=900), attempt(2, pool=("g6.xlarge", "us-east-1a"), end="interrupted", ended=60)],
+         {}, ["g5.xlarge", "g4dn.xlarge", "g6.xlarge"]),  # all avoided but one: the avoided keep their rank order
+    ],
+)
+def test_failover_order(attempts, avoid, expected):
+    assert [o.instance.name for o in failover_order(OFFERS, record(*attempts), avoid, NOW)] == expected

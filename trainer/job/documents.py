@@ -1,0 +1,350 @@
+"""The objects the two planes exchange through storage (trainer.job.layout says where each lives),
+and the states a job and its attempts go through.
+
+Every document ignores fields it does not know (`extra="ignore"`), so an older spotctl reads what a
+newer one wrote and the other way round. The record and its attempts are pydantic dataclasses: the
+orchestrator changes them in place inside conditional updates (jobs.record.JobStore.update_record).
+The trainer's documents are pydantic models: the trainer writes them, the orchestrator only reads.
+
+States (`JobState`), as `spotctl status` derives them (orchestrator.jobs.state):
+
+    pending -> launching -> running -> (interrupted -> launching -> running)* -> exporting -> succeeded
+    stopping: asked to stop (spotctl stop, the budget) while the machine still runs
+    terminal: succeeded, failed, cancelled, budget_exceeded, no_capacity
+
+The string enums compare and serialise as their values: every JSON document stays as it was.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from trainer.job import layout
+
+_LENIENT = ConfigDict(extra="ignore")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _Values(str, enum.Enum):
+    """A string enum that prints, formats and serialises as its value."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+# ------------------------------------------------------------------------------------------ states
+class JobState(_Values):
+    """What a job is doing (orchestrator.jobs.state.derive_state)."""
+
+    UNKNOWN = "unknown"  # no record: not a spotctl job
+    PENDING = "pending"  # recorded, no attempt yet
+    LAUNCHING = "launching"  # an attempt is claimed or its instance is booting
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"  # the machine went (or is going) without the trainer's final word
+    STOPPING = "stopping"  # a stop was asked for and the machine still runs
+    EXPORTING = "exporting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped by spotctl stop
+    BUDGET_EXCEEDED = "budget_exceeded"
+    NO_CAPACITY = "no_capacity"
+
+    @property
+    def terminal(self) -> bool:
+        """Nothing more will happen unless someone resumes it."""
+        return self in _TERMINAL
+
+    @property
+    def idle(self) -> bool:
+        """Unfinished, but nothing runs: following it means starting a machine."""
+        return self in (JobState.INTERRUPTED, JobState.PENDING)
+
+    @property
+    def resume_refusal(self) -> str | None:
+        """Why `spotctl resume` refuses a job in this state (None: it may resume)."""
+        return _RESUME_REFUSALS.get(self)
+
+
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.BUDGET_EXCEEDED, JobState.NO_CAPACITY})
+_RESUME_REFUSALS = {
+    JobState.RUNNING: "it is running",
+    JobState.LAUNCHING: "it is starting",
+    JobState.EXPORTING: "it is exporting its artifacts",
+    JobState.STOPPING: "it is stopping",
+    JobState.SUCCEEDED: "it has already succeeded",
+}
+
+
+class EndReason(_Values):
+    """Why an attempt ended (Attempt.end_reason)."""
+
+    INTERRUPTED = "interrupted"  # spot interruption (EC2's notice or its termination)
+    SUCCEEDED = "succeeded"  # the trainer finished the job
+    FAILED = "failed"  # the trainer failed, or the instance shut itself down without a word
+    STOPPED = "stopped"  # the trainer stopped on request (spotctl stop, the budget) after a final checkpoint
+    TERMINATED = "terminated"  # the instance was terminated by a user or spotctl, not by the trainer
+    LOST = "lost"  # the instance is gone and nothing says why
+
+    @property
+    def recoverable(self) -> bool:
+        """Ended without the trainer's final word: the next attempt continues from the checkpoint."""
+        return self in (EndReason.INTERRUPTED, EndReason.LOST, EndReason.TERMINATED)
+
+
+RECOVERABLE_ENDS = frozenset(reason for reason in EndReason if reason.recoverable)
+
+
+class Outcome(_Values):
+    """The trainer's final word for an attempt (Final.outcome)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    UNREADABLE = "unreadable"  # a final.json that is not JSON (the trainer reads it so)
+
+    @property
+    def finished(self) -> bool:
+        """The job is over whatever anyone asked: it succeeded or failed."""
+        return self in (Outcome.SUCCEEDED, Outcome.FAILED)
+
+
+class Phase(_Values):
+    """What the trainer reports doing (Heartbeat.phase)."""
+
+    STARTING = "starting"
+    DOWNLOADING = "downloading data"
+    TRAINING = "training"
+    VALIDATING = "validating"
+    CHECKPOINTING = "checkpointing"
+    EXPORTING = "exporting"
+    INTERRUPTED = "interrupted"
+    STOPPED = "stopped"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def working(self) -> bool:
+        """The trainer is at work and has said nothing about ending."""
+        return self in (Phase.STARTING, Phase.DOWNLOADING, Phase.TRAINING, Phase.VALIDATING, Phase.CHECKPOINTING)
+
+
+def _is(value: Any, member: enum.Enum) -> bool:
+    return value == member.value
+
+
+# --------------------------------------------------------------------- the orchestrator's record
+@dataclass(config=_LENIENT)
+class Attempt:
+    """One instance started for the job (record.json's attempts[])."""
+
+    number: int
+    instance_type: str
+    zone: str
+    spot_price: float
+    on_demand_price: float | None
+    client_token: str  # EC2's idempotency token: a retried run_instances returns the same instance
+    instance_id: str | None = None  # None while the attempt is claimed but EC2 has not answered yet
+    launched_at: str | None = None
+    ended_at: str | None = None  # when EC2 says the instance stopped running (billing ends)
+    end_reason: str | None = None  # an EndReason
+    state_reason: str | None = None  # EC2's own code, e.g. Server.SpotInstanceTermination
+    requested_at: str | None = None  # when this attempt was claimed
+    claimed_by: str | None = None  # the orchestrator process that claimed it (jobs.launch)
+    start_step: int | None = None  # the step the trainer resumed from
+    end_step: int | None = None  # the last step it reported
+
+    @property
+    def ended(self) -> bool:
+        """The attempt will train no more (its machine may still be shutting down)."""
+        return self.end_reason is not None or self.ended_at is not None
+
+
+@dataclass(config=_LENIENT)
+class JobRecord:
+    """What only the orchestrator knows of a job (record.json); the trainer's objects hold the rest."""
+
+    job_id: str
+    name: str
+    region: str
+    storage: str
+    job_url: str
+    wheel_url: str
+    ami: str
+    created_at: str = field(default_factory=now_iso)
+    cancelled_at: str | None = None
+    outcome: str | None = None  # a terminal JobState the orchestrator decided (no_capacity, budget_exceeded, failed)
+    outcome_reason: str | None = None
+    budget_usd: float | None = None  # budget.max_cost_usd, raised by `resume --budget`
+    stop_requested_at: str | None = None  # control/stop written (by spotctl stop or the budget)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return layout.in_job(self.job_id)
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def interruptions(self) -> int:
+        return sum(a.end_reason == EndReason.INTERRUPTED for a in self.attempts)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> JobRecord:
+        return _RECORD.validate_json(body)
+
+
+_RECORD = TypeAdapter(JobRecord)
+
+
+# ----------------------------------------------------------------------- the trainer's documents
+class Document(BaseModel):
+    """A JSON object of the job: read leniently, written whole."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def parse(cls, body: bytes | str | None):
+        """The document, or None when absent or unreadable (a torn write, another program's file)."""
+        if body is None:
+            return None
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError:
+            return None
+
+    def written(self) -> dict:
+        """The fields as they were given (what the file held), for documents shown as they are."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=1).encode()
+
+
+class Heartbeat(Document):
+    """status/heartbeat.json: the trainer's state, rewritten every few seconds (trainer.reporting)."""
+
+    attempt: int | None = None
+    phase: str | None = None  # a Phase
+    # progress
+    epoch: int | None = None  # 1-based
+    epochs: int | None = None
+    step: int | None = None
+    batch: int | None = None
+    steps_per_epoch: int | None = None
+    total_steps: int | None = None
+    eta_s: float | None = None  # training steps left at the current pace, in seconds
+    images_per_sec: float | None = None
+    data_wait_fraction: float | None = None
+    batch_size: int | None = None
+    data_workers: int | None = None
+    resumed_from_step: int | None = None  # the checkpoint this attempt started from (0: the beginning)
+    # metrics
+    loss: float | None = None
+    acc1: float | None = None
+    acc5: float | None = None
+    lr: float | None = None
+    val_loss: float | None = None
+    val_acc1: float | None = None
+    val_acc5: float | None = None
+    # checkpoints
+    last_checkpoint_step: int | None = None
+    last_checkpoint_age_s: float | None = None  # at updated_at
+    checkpoints_not_deleted: int | None = None  # older checkpoints retention could not delete (no s3:DeleteObject?)
+    # GPU telemetry over the last interval, and the health window's averages (orchestrator.jobs.health)
+    gpu_count: int | None = None
+    gpu_util_pct: float | None = None
+    gpu_mem_used_gib: float | None = None
+    gpu_mem_total_gib: float | None = None
+    gpu_power_w: float | None = None
+    health_window_s: float | None = None
+    gpu_util_window_pct: float | None = None
+    gpu_mem_window_fraction: float | None = None
+    data_wait_window: float | None = None
+    # the process
+    startup: dict[str, Any] | None = None  # seconds from start to the first step, by part
+    error: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    instance_id: str | None = None
+    started_at: str | None = None
+    updated_at: str | None = None
+
+    def of_attempt(self, number: int | None) -> bool:
+        return self.attempt == number
+
+    def in_phase(self, phase: Phase) -> bool:
+        return _is(self.phase, phase)
+
+
+PROGRESS_FIELDS = ("phase", "epoch", "epochs", "step", "total_steps", "steps_per_epoch", "eta_s", "images_per_sec", "data_wait_fraction")
+METRIC_FIELDS = ("loss", "acc1", "lr", "val_loss", "val_acc1", "val_acc5")
+GPU_FIELDS = ("gpu_count", "gpu_util_pct", "gpu_mem_used_gib", "gpu_mem_total_gib", "gpu_power_w",
+              "health_window_s", "gpu_util_window_pct", "gpu_mem_window_fraction", "data_wait_window")
+
+
+class Final(Document):
+    """status/final.json: the trainer's (or, when it could not, the bootstrap's) last word."""
+
+    outcome: str | None = None  # an Outcome
+    attempt: int | None = None
+    reason: str | None = None  # why it stopped (a stop request, the budget)
+    step: int | None = None
+    epochs_completed: int | None = None
+    best: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+    error: str | None = None
+    traceback: list[str] | None = None
+    finished_at: str | None = None
+
+    def is_(self, outcome: Outcome) -> bool:
+        return _is(self.outcome, outcome)
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded or failed: over, whatever anyone asked since."""
+        return self.is_(Outcome.SUCCEEDED) or self.is_(Outcome.FAILED)
+
+
+class StopRequest(Document):
+    """control/stop: the trainer checkpoints and exits when it finds one."""
+
+    reason: str | None = None
+    requested_at: str | None = None
+
+
+class ArtifactFile(Document):
+    format: str
+    path: str | None = None  # relative to artifacts/: <export id>/<name> (older manifests: <name>)
+    sha256: str
+    size: int
+    input_shape: list[int | None] | None = None
+
+
+class Manifest(Document):
+    """artifacts/manifest.json, written last: a file counts as exported once the manifest names it."""
+
+    job_id: str | None = None
+    created_at: str | None = None
+    export_id: str | None = None
+    checkpoint_step: int | None = None
+    source: str | None = None
+    metrics: dict[str, Any] | None = None
+    torch: str | None = None
+    torchvision: str | None = None
+    formats: dict[str, dict[str, Any]] = {}
+    files: dict[str, ArtifactFile] = {}

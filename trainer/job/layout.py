@@ -1,0 +1,103 @@
+"""Where everything of a job lives: the one place an object path is spelled.
+
+    <storage>/jobs/<job id>/                the job's prefix (job_prefix)
+        job.yaml                            the spec as launched
+        record.json                         the orchestrator's record: attempts, stop, outcome
+        status/heartbeat.json               the trainer's heartbeat
+        status/final.json                   the trainer's final word (succeeded, failed, stopped)
+        status/final-attempt-<k>.json       attempt k's final word, set aside when the job resumed
+        control/stop                        a stop request
+        metrics/a<kkk>-<nnnnnn>.jsonl       metric records, in parts
+        logs/attempt-<k>.log                the trainer's log
+        logs/attempt-<k>.bootstrap.log      the instance's bootstrap log
+        checkpoints/step-<N>/               committed checkpoints (trainer.checkpoint)
+        best/step-<N>/                      the best model so far
+        artifacts/manifest.json             the exported models, described (written last)
+        artifacts/<export id>/<file>        the exported models
+    <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
+
+Paths of a job's objects are relative to its prefix (the trainer's storage root); `in_job` gives the
+same path relative to the storage root (the orchestrator's).
+"""
+
+from __future__ import annotations
+
+import re
+
+JOBS = "jobs"
+JOB_FILE = "job.yaml"
+RECORD = "record.json"
+HEARTBEAT = "status/heartbeat.json"
+FINAL = "status/final.json"
+CONTROL_STOP = "control/stop"
+METRICS = "metrics"
+LOGS = "logs"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+ARTIFACTS = "artifacts"
+MANIFEST = f"{ARTIFACTS}/manifest.json"
+WHEELS = "wheels"
+
+_TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
+_METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
+
+
+def job_prefix(storage: str, job_id: str) -> str:
+    """The URL of a job's prefix under a storage root."""
+    return f"{storage.rstrip('/')}/{JOBS}/{job_id}"
+
+
+def job_url(storage: str, job_id: str) -> str:
+    """The URL of the job file `spotctl launch` writes."""
+    return f"{job_prefix(storage, job_id)}/{JOB_FILE}"
+
+
+def job_id_in(url: str) -> str | None:
+    """The job id of a job file at `job_url(storage, id)`, for a person who names only that URL
+    (`python -m trainer export --job URL`); spotctl itself always passes the id."""
+    match = re.search(rf"/{JOBS}/([^/]+)/{re.escape(JOB_FILE)}$", url)
+    return match.group(1) if match else None
+
+
+def in_job(job_id: str, relative: str = "") -> str:
+    """A job object's path relative to the storage root."""
+    return f"{JOBS}/{job_id}/{relative}".rstrip("/")
+
+
+def final_of(attempt: int) -> str:
+    """Where attempt k's final word is kept once the job resumed."""
+    return f"status/final-attempt-{attempt}.json"
+
+
+def trainer_log(attempt: int) -> str:
+    return f"{LOGS}/attempt-{attempt}.log"
+
+
+def bootstrap_log(attempt: int) -> str:
+    return f"{LOGS}/attempt-{attempt}.bootstrap.log"
+
+
+def metrics_part(attempt: int, part: int) -> str:
+    return f"{METRICS}/a{attempt:03d}-{part:06d}.jsonl"
+
+
+def attempt_of_log(name: str) -> int | None:
+    """The attempt whose log (the trainer's or the bootstrap's) is named `name` (a name under logs/)."""
+    match = _TRAINER_LOG.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def attempt_of_metrics(name: str) -> int | None:
+    """The attempt whose metrics part is named `name` (a name under metrics/)."""
+    match = _METRICS_PART.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def artifact(export_id: str, name: str) -> str:
+    """An exported file; the manifest names it by `export_id/name`, relative to artifacts/."""
+    return f"{ARTIFACTS}/{export_id}/{name}"
+
+
+def wheel_key(sha256: str, name: str) -> str:
+    """A wheel's path relative to the storage root: content-addressed, uploaded once."""
+    return f"{WHEELS}/{sha256}/{name}"
