@@ -50,7 +50,7 @@ def write_json(path: str | None, figures: dict) -> None:
 def moto_bucket(bucket: str = "bench") -> Iterator[str]:
     """s3://<bucket> on a moto server on 127.0.0.1 (tests/harness.py), with os.environ pointing every
     AWS client at it for the duration. The server runs in this process: its CPU is charged to us."""
-    from tests.harness import MotoServer
+    from testbed.harness import MotoServer
 
     server = MotoServer().start()
     try:
@@ -69,7 +69,7 @@ def moto_process_bucket(bucket: str = "bench") -> Iterator[str]:
     import time
     import urllib.request
 
-    from tests.harness import free_port
+    from testbed.harness import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,7 +93,7 @@ def _aws_pointed_at(endpoint: str, bucket: str) -> Iterator[str]:
     """os.environ pointing every AWS client at `endpoint` (restored after), with `bucket` created there."""
     import boto3
 
-    from tests.harness import AWS_VARIABLES_TO_CLEAR, aws_environment
+    from testbed.harness import AWS_VARIABLES_TO_CLEAR, aws_environment
 
     saved = dict(os.environ)
     for name in AWS_VARIABLES_TO_CLEAR:

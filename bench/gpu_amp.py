@@ -70,7 +70,7 @@ def synthetic(amp: str, steps: int) -> dict:
 def real_data(amp: str, root: Path) -> float:
     from rich.console import Console
 
-    from tests.trainer_runs import write_job
+    from testbed.trainer_runs import write_job
     from trainer.display import ConsoleProgress
     from trainer.job.spec_file import load_spec
     from trainer.job.storage import Storage

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from bench.common import moto_bucket, parser, print_table, write_json
-from tests.harness import make_image_folder
-from tests.trainer_runs import read_json, start_trainer, trainer_env, wait_for, write_job
+from testbed.harness import make_image_folder
+from testbed.trainer_runs import read_json, start_trainer, trainer_env, wait_for, write_job
 
 
 def attempt(job: str, env: dict, prefix: str, number: int, log: Path) -> dict:

@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from bench.common import moto_bucket, parser, print_table, quiet_logging, verdict, write_json
-from tests.harness import make_image_folder
-from tests.trainer_runs import write_job
+from testbed.harness import make_image_folder
+from testbed.trainer_runs import write_job
 from trainer.checkpoint import Checkpointer
 from trainer.data import normalization, train_transform
 from trainer.display import ConsoleProgress

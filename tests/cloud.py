@@ -8,7 +8,7 @@ import re
 import botocore.exceptions
 
 from orchestrator.cli import context
-from tests.conftest import REPO
+from testbed import REPO
 
 EXAMPLE = REPO / "examples/aws-resnet50.yaml"
 BUCKET = "my-spotctl-bucket"

@@ -1,5 +1,13 @@
 """Fixtures every test can use: a moto server, AWS clients pointed at it, tiny image datasets.
 
+The tests mirror the packages, one layer a folder, each marked by it (`pytest -m unit` runs the
+fast floor alone):
+
+    unit/          pure logic: the policy, the state machine, cost, health, the spec, the layering (no moto, no torch runs)
+    orchestrator/  the control plane against a real moto server: launch, recovery, security, infra, the CLI
+    trainer/       the data plane: checkpoints, data, models, in-process and subprocess trainer runs, exports
+    e2e/           the whole product on the local cloud (slow)
+
 No test may reach the real network: `_no_network` refuses connections to anything but loopback,
 and the AWS environment is replaced by one that points at the local moto server.
 """
@@ -14,11 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import AWS_VARIABLES_TO_CLEAR, MotoServer, make_image_folder
+from testbed.harness import AWS_VARIABLES_TO_CLEAR, MotoServer, make_image_folder
 
-REPO = Path(__file__).resolve().parent.parent
+LAYERS = {"unit": "unit", "orchestrator": "moto", "trainer": "trainer", "e2e": "e2e"}
 # moto's request recorder (tests/test_operator_policy.py) writes here, not into the working directory.
 os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(Path(tempfile.mkdtemp(prefix="spotctl-moto-recording-")) / "requests.jsonl"))
+
+
+def pytest_collection_modifyitems(items):
+    """Each test is marked with its layer, from its folder."""
+    for item in items:
+        folder = Path(str(item.path)).relative_to(Path(__file__).parent).parts[0]
+        if folder in LAYERS:
+            item.add_marker(LAYERS[folder])
 
 
 @pytest.fixture(autouse=True)

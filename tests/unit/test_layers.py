@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed import REPO
 from trainer.job import layout
 
-REPO = Path(__file__).resolve().parents[2]
 MAX_PACKAGE_DEPTH = 6  # __main__ -> cli -> jobs -> aws -> errors today: 5
 MAX_MODULE_DEPTH = 8  # __main__ -> cli -> jobs.watch -> jobs.recover -> jobs.launch -> aws.ec2 -> aws.clients -> errors
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 
 import boto3
 import pytest
 import yaml
 
 from orchestrator.aws import infra
+from testbed import REPO
 from tests.cloud import EXAMPLE, launched_id
 
 ACCOUNT = "123456789012"  # moto's
@@ -134,7 +134,7 @@ def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(de
 def test_every_template_passes_cfn_lint():
     from cfnlint.api import lint_all
 
-    templates = sorted((Path(__file__).resolve().parent.parent / "infra").glob("*.yaml"))
+    templates = sorted((REPO / "infra").glob("*.yaml"))
     assert templates
     for template in templates:  # errors and warnings, as the cfn-lint command reports by default
         assert [str(m) for m in lint_all(template.read_text()) if m.rule.id[0] in "EW"] == [], template
@@ -144,7 +144,7 @@ def test_the_template_denies_plain_http_keeps_the_bucket_and_opens_nothing():
     """What moto's CloudFormation cannot show (it makes no bucket policy), read from the template itself."""
     from cfnlint.decode import decode_str
 
-    template, _ = decode_str((Path(__file__).resolve().parent.parent / "infra" / "spotctl.yaml").read_text())
+    template, _ = decode_str((REPO / "infra" / "spotctl.yaml").read_text())
     resources = template["Resources"]
     [statement] = resources["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert (statement["Effect"], statement["Principal"], statement["Action"]) == ("Deny", "*", "s3:*")

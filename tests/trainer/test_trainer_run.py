@@ -10,8 +10,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.harness import FakeImds
-from tests.trainer_runs import (
+from testbed.harness import FakeImds
+from testbed.trainer_runs import (
     exists,
     kill_when,
     read_json,
@@ -43,7 +43,7 @@ def lines(prefix: Path, folder: str) -> list[dict]:
 def test_a_storage_that_refuses_deletes_still_trains_to_the_end(tmp_path, dataset, in_process, monkeypatch):
     """Retention cannot delete old checkpoints (no s3:DeleteObject): the run succeeds, the heartbeat counts it."""
     import trainer.run
-    from tests.trainer_runs import RefusingDeletes
+    from testbed.trainer_runs import RefusingDeletes
 
     monkeypatch.setattr(trainer.run, "Storage", RefusingDeletes)
     job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="no-deletes")
@@ -217,7 +217,7 @@ def test_sigterm_during_training_is_a_clean_interruption(tmp_path, dataset):
 def test_a_stop_during_the_deciding_validation_resumes_exactly(tmp_path, dataset, in_process, monkeypatch):
     """Early stopping decides at epoch 2; a spot notice during that validation, then a resume, must end
     where the uninterrupted run ended (not train on), with the same weights."""
-    from tests.trainer_runs import final_state, tensor_digest
+    from testbed.trainer_runs import final_state, tensor_digest
     from trainer.loop import Trainer
 
     stopping = {"metric": "val_acc1", "patience": 1, "min_delta": 1.0}  # no epoch after the first can improve

@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from tests.trainer_runs import (
+from testbed.trainer_runs import (
     SIGNALS,
     exists,
     final_state,
@@ -35,7 +35,7 @@ STEPS = 24  # 8 steps per epoch, 3 epochs, a checkpoint every 2 steps
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The dataset and the digests of an uninterrupted run."""
-    from tests.harness import make_image_folder
+    from testbed.harness import make_image_folder
 
     root = tmp_path_factory.mktemp("reference")
     data = make_image_folder(root / "data", per_class={"train": 16, "val": 4})

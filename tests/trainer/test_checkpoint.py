@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
+from testbed.trainer_runs import RefusingDeletes
 from trainer.checkpoint import MANIFEST, POINTER, STATE_FILE, Checkpointer, CheckpointMismatch
-from tests.trainer_runs import RefusingDeletes
 from trainer.job.storage import Storage
 
 

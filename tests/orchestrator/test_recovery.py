@@ -15,10 +15,10 @@ import pytest
 
 from orchestrator.aws.prices import FixedPrices
 from orchestrator.cli import context
-from trainer.job.settings import Settings
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.watch import Watcher, WatchOptions
 from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
+from trainer.job.settings import Settings
 
 
 def launch(spotctl, job=EXAMPLE) -> str:

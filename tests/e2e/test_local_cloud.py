@@ -17,8 +17,8 @@ import yaml
 
 from orchestrator.jobs.cost import attempt_cost
 from orchestrator.local.market import SimulatedMarket
-from tests.conftest import REPO
-from tests.harness import AWS_VARIABLES_TO_CLEAR
+from testbed import REPO
+from testbed.harness import AWS_VARIABLES_TO_CLEAR
 
 
 @pytest.fixture

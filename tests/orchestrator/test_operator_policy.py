@@ -9,15 +9,15 @@ import base64
 import json
 import re
 import urllib.request
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.prices import AwsPrices
 from orchestrator.cli import context
+from testbed import REPO
 from tests.cloud import EXAMPLE, STORAGE, launched_id
 
-POLICY = Path(__file__).resolve().parent.parent / "infra" / "operator-policy.json"
+POLICY = REPO / "infra" / "operator-policy.json"
 FREE = {"sts:GetCallerIdentity"}  # needs no permission
 
 

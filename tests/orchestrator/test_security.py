@@ -18,8 +18,9 @@ import pytest
 import torch
 import yaml
 
+from testbed import REPO
+from testbed.harness import free_port
 from tests.cloud import EXAMPLE, hook_run_instances, launched_id
-from tests.harness import free_port
 
 # Fake, but shaped like real ones: an access key id, a secret, a session token.
 FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN = "AKIAZ7QEXAMPLE2XK4RT", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYZq9vS3TmUq", "FwoGZXIvYXdzEXAMPLEsessionTOKENzzQ9mV3x"
@@ -137,7 +138,7 @@ def test_credentials_appear_in_no_output_user_data_object_or_log(account, spotct
         code, out, err = spotctl(*args)
         seen.append(out + err)
     job_id = launched_id(seen[2])
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_EC2_METADATA_DISABLED": "true"}
     for args in (("--debug", "logs", "no-such-job", "--storage", "s3://my-spotctl-bucket/spotctl"),  # errors, with tracebacks
                  ("--debug", "status", "--storage", "s3://no-such-bucket-here/x")):
         done = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env, timeout=120)
@@ -281,7 +282,7 @@ def trainer_role_policy(bucket: str, prefix: str) -> dict:
     """The TrainerRole's inline policy as infra/spotctl.yaml defines it, with its !Sub / !GetAtt filled in."""
     from cfnlint.decode import decode_str
 
-    template, _ = decode_str((Path(__file__).resolve().parent.parent / "infra" / "spotctl.yaml").read_text())
+    template, _ = decode_str((REPO / "infra" / "spotctl.yaml").read_text())
     [policy] = template["Resources"]["TrainerRole"]["Properties"]["Policies"]
     values = {"Bucket.Arn": f"arn:aws:s3:::{bucket}", "Prefix": prefix}
 

@@ -30,7 +30,7 @@ def make_tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None
 
 def png_bytes(tmp_path: Path) -> bytes:
     folder = tmp_path / "one"
-    from tests.harness import make_image_folder
+    from testbed.harness import make_image_folder
 
     made = make_image_folder(folder, classes=("a", "b"), per_class={"train": 1})
     return Path(made.files["train"][0]).read_bytes()

@@ -228,8 +228,8 @@ def test_the_user_data_runs_the_trainer_to_completion(account, aws, tmp_path, im
     """The rendered script, run as the instance would (install skipped: this environment is spotctl's),
     trains the job from S3 and ships its logs."""
     from orchestrator.jobs.launch import bootstrap_script
-    from tests.harness import FakeImds
-    from tests.trainer_runs import trainer_env, write_job
+    from testbed.harness import FakeImds
+    from testbed.trainer_runs import trainer_env, write_job
     from trainer.job.spec_file import load_spec
 
     data = image_folder(f"s3://{BUCKET}/datasets/shapes", per_class={"train": 6, "val": 2})
@@ -310,7 +310,7 @@ def test_the_state_is_derived_from_record_trainer_and_ec2(final, instance, cance
 def test_a_failed_install_is_reported_as_a_failure_not_an_interruption(account, aws, tmp_path):
     """The bootstrap cannot download the wheel: it writes final.json itself, so status says failed."""
     from orchestrator.jobs.userdata import Bootstrap, render
-    from tests.trainer_runs import trainer_env
+    from testbed.trainer_runs import trainer_env
 
     prefix = f"{STORAGE}/jobs/broken-1"
     script = tmp_path / "user-data.sh"

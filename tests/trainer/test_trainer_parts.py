@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.harness import FakeImds
+from testbed.harness import FakeImds
 from trainer import rng
 from trainer.job.layout import CONTROL_STOP, HEARTBEAT
 from trainer.job.spec import EarlyStoppingSpec, TrainSpec

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
 # Installed as sitecustomize.py, this makes torch and torchvision unimportable in a child process.
 BLOCKER = """
 import sys
+from testbed import REPO
 
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
@@ -61,7 +60,7 @@ def test_cli_runs_without_torch(args, no_torch_env):
 
 
 def test_bad_spec_is_still_reported_without_torch(no_torch_env):
-    bad = "tests/bad_specs/unknown_model.yaml"
+    bad = "tests/unit/bad_specs/unknown_model.yaml"
     result = subprocess.run([spotctl_script(), "validate", bad], env=no_torch_env, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "did you mean 'resnet50'?" in result.stderr

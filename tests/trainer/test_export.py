@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.trainer_runs import write_job
+from testbed.trainer_runs import write_job
 from trainer import data as data_mod
 from trainer import export
 from trainer.__main__ import main as trainer_main

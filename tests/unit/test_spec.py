@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 import yaml
 
+from testbed import REPO
 from trainer.job.spec import DEFAULT_AMI, JobSpec, json_schema
 from trainer.job.spec_file import dump_spec, load_spec, parse_spec
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 MINIMAL = """\
