@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)  ## the main job: the quickstart on the local cloud (launch, spot interruption, recovery, cost)
 	bash scripts/demo.sh
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP)  ## lint and format checks, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 $(STAMP): pyproject.toml constraints.txt
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[trainer,local,dev]'
 	touch $(STAMP)
 
-reference: $(STAMP)  ## rewrite the job.yaml reference in README.md from the schema
+reference: $(STAMP)  ## rewrite the job.yaml reference and the settings table in README.md from their sources
 	$(PY) scripts/update_readme_reference.py
 
 constraints:  ## re-resolve the tested set into constraints.txt (then run `make test`)

@@ -1,9 +1,9 @@
 """Checkpoint stall: how long one save holds up the train loop, vs saving synchronously.
 
 State: torchvision resnet50 (weights=None) and its SGD(momentum=0.9) state after one step (~205 MB),
-saved to S3 on a moto server on 127.0.0.1 (tests/harness.py; it runs in this process).
+saved to S3 on a moto server on 127.0.0.1 (testbed/harness.py; it runs in this process).
 
-  sync   torch.save(state) to a temporary file + trainer.storage.Storage.upload(): what a loop without
+  sync   torch.save(state) to a temporary file + trainer.job.storage.Storage.upload(): what a loop without
          background checkpointing waits for at every save;
   stall  the call Checkpointer(storage).save(step, state_fn, force=True) alone: the copy to host memory
          that the loop waits for, after which a background thread serialises, hashes, uploads and
@@ -92,12 +92,29 @@ def main() -> None:
     size_mb = runs[-1]["bytes"] / 1e6
     ratio = median["stall_s"] / median["sync_s"]
     print()
-    print_table(["repeat", "sync s", "stall s", "background s", "stall/sync"], [[r["repeat"], r["sync_s"], r["stall_s"], r["background_s"], r["stall_s"] / r["sync_s"]] for r in runs])
+    print_table(
+        ["repeat", "sync s", "stall s", "background s", "stall/sync"],
+        [[r["repeat"], r["sync_s"], r["stall_s"], r["background_s"], r["stall_s"] / r["sync_s"]] for r in runs],
+    )
     print(f"\n{args.model} + SGD momentum: checkpoint {size_mb:.1f} MB")
-    print(f"median: sync {median['sync_s']:.3f} s, stall {median['stall_s']:.3f} s, background upload {median['background_s']:.3f} s")
+    print(
+        f"median: sync {median['sync_s']:.3f} s, stall {median['stall_s']:.3f} s, background upload {median['background_s']:.3f} s"
+    )
     passed = verdict(ratio, TARGET, higher_is_better=False)
     config = {"model": args.model, "repeats": args.repeats, "quick": args.quick, "storage": "s3 (moto, in process)"}
-    write_json(args.json, {"benchmark": "checkpoint_stall", "config": config, "checkpoint_mb": size_mb, "runs": runs, "median": median, "ratio": ratio, "target": TARGET, "pass": passed})
+    write_json(
+        args.json,
+        {
+            "benchmark": "checkpoint_stall",
+            "config": config,
+            "checkpoint_mb": size_mb,
+            "runs": runs,
+            "median": median,
+            "ratio": ratio,
+            "target": TARGET,
+            "pass": passed,
+        },
+    )
 
 
 if __name__ == "__main__":

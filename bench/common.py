@@ -24,10 +24,12 @@ def quiet_logging() -> None:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence]) -> None:
-    cells = [[str(h) for h in headers]] + [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [
+        [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * width for width in widths))
 
@@ -35,7 +37,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence]) -> None:
 def verdict(ratio: float, target: float, higher_is_better: bool, name: str = "ratio") -> bool:
     """Print the one line a script or a person greps for, e.g. `RESULT ratio=0.97 target>=0.95 PASS`."""
     passed = ratio >= target if higher_is_better else ratio <= target
-    print(f"RESULT {name}={ratio:.3f} target{'>=' if higher_is_better else '<='}{target:.2f} {'PASS' if passed else 'FAIL'}")
+    print(
+        f"RESULT {name}={ratio:.3f} target{'>=' if higher_is_better else '<='}{target:.2f} {'PASS' if passed else 'FAIL'}"
+    )
     return passed
 
 
@@ -48,7 +52,7 @@ def write_json(path: str | None, figures: dict) -> None:
 
 @contextlib.contextmanager
 def moto_bucket(bucket: str = "bench") -> Iterator[str]:
-    """s3://<bucket> on a moto server on 127.0.0.1 (tests/harness.py), with os.environ pointing every
+    """s3://<bucket> on a moto server on 127.0.0.1 (testbed/harness.py), with os.environ pointing every
     AWS client at it for the duration. The server runs in this process: its CPU is charged to us."""
     from testbed.harness import MotoServer
 
@@ -72,7 +76,11 @@ def moto_process_bucket(bucket: str = "bench") -> Iterator[str]:
     from testbed.harness import free_port
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -48,12 +48,21 @@ def train_and_export(folder: Path, image_size: int, epochs: int) -> Path:
 
     render(str(folder / "data"), per_split={"train": 80, "val": 40}, size=image_size)
     job = {
-        "name": "bench", "storage": str(folder / "runs"),
+        "name": "bench",
+        "storage": str(folder / "runs"),
         "train": {
             "model": {"name": "resnet18", "weights": None},
-            "data": {"train": str(folder / "data/train"), "val": str(folder / "data/val"), "image_size": image_size, "workers": 2},
-            "optimizer": {"name": "adamw", "lr": 0.002}, "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
-            "epochs": epochs, "batch_size": 32, "checkpoint": {"every_seconds": None},
+            "data": {
+                "train": str(folder / "data/train"),
+                "val": str(folder / "data/val"),
+                "image_size": image_size,
+                "workers": 2,
+            },
+            "optimizer": {"name": "adamw", "lr": 0.002},
+            "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
+            "epochs": epochs,
+            "batch_size": 32,
+            "checkpoint": {"every_seconds": None},
             "export": {"formats": ["state_dict", "torchscript", "onnx", "int8"]},
         },
     }
@@ -81,11 +90,16 @@ def load_runtimes(artifacts: Path, manifest: dict, threads: int) -> dict:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = onnxruntime.InferenceSession(str(artifacts / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)  # loading TorchScript is what is measured
+    warnings.filterwarnings(
+        "ignore", "`torch.jit.load` is deprecated", FutureWarning
+    )  # loading TorchScript is what is measured
     return {
         "eager": (eager, artifacts / "model.safetensors"),
         "torchscript": (torch.jit.load(str(artifacts / "model.torchscript.pt")), artifacts / "model.torchscript.pt"),
-        "onnxruntime": (lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), artifacts / "model.onnx"),
+        "onnxruntime": (
+            lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]),
+            artifacts / "model.onnx",
+        ),
         "int8": (torch.jit.load(str(artifacts / "model.int8.pt")), artifacts / "model.int8.pt"),
     }
 
@@ -97,7 +111,9 @@ def validation_images(folder: Path):
     from trainer.job.spec_file import load_spec
 
     spec = load_spec(str(folder / "job.yaml"))
-    data = data_mod.build(spec.train.data, spec.train.model, spec.train.seed, 50, Path(spec.train.data.train), Path(spec.train.data.val))
+    data = data_mod.build(
+        spec.train.data, spec.train.model, spec.train.seed, 50, Path(spec.train.data.train), Path(spec.train.data.val)
+    )
     return torch.cat(list(data.validation_spread(10_000)))
 
 
@@ -116,15 +132,23 @@ def latencies(runtimes: dict, images, rounds: int) -> dict[str, dict[int, float]
                     started = time.perf_counter()
                     model(inputs)
                     timings[name][batch].append(time.perf_counter() - started)
-    return {name: {b: statistics.median(samples) for b, samples in per_batch.items()} for name, per_batch in timings.items()}
+    return {
+        name: {b: statistics.median(samples) for b, samples in per_batch.items()} for name, per_batch in timings.items()
+    }
 
 
 def main() -> int:
     args = parser(__doc__)
-    args.add_argument("--image-size", type=int, default=224, help="image size trained and timed at (default 224; --quick: 96)")
+    args.add_argument(
+        "--image-size", type=int, default=224, help="image size trained and timed at (default 224; --quick: 96)"
+    )
     args.add_argument("--epochs", type=int, default=3, help="training epochs (default 3; --quick: 2)")
-    args.add_argument("--rounds", type=int, default=20, help="timed calls per runtime and batch size (default 20; --quick: 5)")
-    args.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every runtime (default: all cores)")
+    args.add_argument(
+        "--rounds", type=int, default=20, help="timed calls per runtime and batch size (default 20; --quick: 5)"
+    )
+    args.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="CPU threads for every runtime (default: all cores)"
+    )
     opts = args.parse_args()
     size, epochs, rounds = (96, 2, 5) if opts.quick else (opts.image_size, opts.epochs, opts.rounds)
     quiet_logging()
@@ -139,8 +163,10 @@ def main() -> int:
         started = time.monotonic()
         artifacts = train_and_export(folder, size, epochs)
         manifest = json.loads((artifacts / "manifest.json").read_text())
-        print(f"trained resnet18 at {size} px for {epochs} epochs in {time.monotonic() - started:.0f} s: "
-              f"val_acc1 {manifest['metrics'].get('val_acc1', float('nan')):.3f} (best checkpoint, step {manifest['checkpoint_step']})")
+        print(
+            f"trained resnet18 at {size} px for {epochs} epochs in {time.monotonic() - started:.0f} s: "
+            f"val_acc1 {manifest['metrics'].get('val_acc1', float('nan')):.3f} (best checkpoint, step {manifest['checkpoint_step']})"
+        )
         runtimes = load_runtimes(artifacts, manifest, opts.threads)
         images = validation_images(folder)
         medians = latencies(runtimes, images, rounds)
@@ -148,17 +174,53 @@ def main() -> int:
         agreements = {name: agreement(eager_model, model, images.split(50)) for name, (model, _) in runtimes.items()}
         sizes = {name: path.stat().st_size for name, (_, path) in runtimes.items()}
 
-    rows, figures = [], {"image_size": size, "epochs": epochs, "threads": opts.threads, "rounds": rounds, "validation_images": len(images),
-                         "val_acc1": manifest["metrics"].get("val_acc1"), "runtimes": {}}
+    rows, figures = (
+        [],
+        {
+            "image_size": size,
+            "epochs": epochs,
+            "threads": opts.threads,
+            "rounds": rounds,
+            "validation_images": len(images),
+            "val_acc1": manifest["metrics"].get("val_acc1"),
+            "runtimes": {},
+        },
+    )
     for name in runtimes:
         speedup = {b: medians["eager"][b] / medians[name][b] for b in BATCHES}
-        rows.append([name, f"{sizes[name] / 2**20:.1f}", f"{sizes['eager'] / sizes[name]:.2f}x",
-                     *[f"{medians[name][b] * 1000:.2f}" for b in BATCHES], *[f"{speedup[b]:.2f}x" for b in BATCHES],
-                     f"{32 / medians[name][32]:.0f}", f"{agreements[name]['top1_agreement']:.1%}", agreements[name]["sqnr_db"]])
-        figures["runtimes"][name] = {"size_bytes": sizes[name], "latency_ms": {b: medians[name][b] * 1000 for b in BATCHES},
-                                     "speedup_vs_eager": speedup, "images_per_s_b32": 32 / medians[name][32], **agreements[name]}
+        rows.append(
+            [
+                name,
+                f"{sizes[name] / 2**20:.1f}",
+                f"{sizes['eager'] / sizes[name]:.2f}x",
+                *[f"{medians[name][b] * 1000:.2f}" for b in BATCHES],
+                *[f"{speedup[b]:.2f}x" for b in BATCHES],
+                f"{32 / medians[name][32]:.0f}",
+                f"{agreements[name]['top1_agreement']:.1%}",
+                agreements[name]["sqnr_db"],
+            ]
+        )
+        figures["runtimes"][name] = {
+            "size_bytes": sizes[name],
+            "latency_ms": {b: medians[name][b] * 1000 for b in BATCHES},
+            "speedup_vs_eager": speedup,
+            "images_per_s_b32": 32 / medians[name][32],
+            **agreements[name],
+        }
     print(f"\nCPU inference, {opts.threads} threads, {size} px, median of {rounds} calls; ratios to fp32 eager")
-    print_table(["runtime", "MiB", "smaller", *[f"ms b{b}" for b in BATCHES], *[f"faster b{b}" for b in BATCHES], "img/s b32", "top-1 agree", "SQNR dB"], rows)
+    print_table(
+        [
+            "runtime",
+            "MiB",
+            "smaller",
+            *[f"ms b{b}" for b in BATCHES],
+            *[f"faster b{b}" for b in BATCHES],
+            "img/s b32",
+            "top-1 agree",
+            "SQNR dB",
+        ],
+        rows,
+    )
     int8 = figures["runtimes"]["int8"]
     print()
     passed = [

@@ -78,16 +78,41 @@ def real_data(amp: str, root: Path) -> float:
     from trainer.preemption import InterruptionWatcher
     from trainer.reporting import Reporter
 
-    job = write_job(root / f"job-{amp}.yaml", str(root / "runs"), str(root / "data/train"), str(root / "data/val"), name=f"amp-{amp}",
-                    train__model={"name": "resnet50", "weights": None}, train__data__image_size=224, train__data__workers=8,
-                    train__batch_size=64, train__epochs=1, train__amp=amp, train__checkpoint={"every_steps": None, "every_seconds": None, "keep": 1})
+    job = write_job(
+        root / f"job-{amp}.yaml",
+        str(root / "runs"),
+        str(root / "data/train"),
+        str(root / "data/val"),
+        name=f"amp-{amp}",
+        train__model={"name": "resnet50", "weights": None},
+        train__data__image_size=224,
+        train__data__workers=8,
+        train__batch_size=64,
+        train__epochs=1,
+        train__amp=amp,
+        train__checkpoint={"every_steps": None, "every_seconds": None, "keep": 1},
+    )
     spec = load_spec(job)
     storage = Storage(f"{spec.storage}/jobs/{spec.name}")
     reporter = Reporter(storage, 1, interval=5)
-    trainer = Trainer(spec, "bench", storage, reporter, InterruptionWatcher(), ConsoleProgress(Console(stderr=True), live=False), root / "cache", sample_every=5)
+    trainer = Trainer(
+        spec,
+        "bench",
+        storage,
+        reporter,
+        InterruptionWatcher(),
+        ConsoleProgress(Console(stderr=True), live=False),
+        root / "cache",
+        sample_every=5,
+    )
     trainer.fit()
     reporter.close("done")
-    rates = [json.loads(line)["images_per_sec"] for part in sorted((root / "runs/jobs" / spec.name / "metrics").glob("*.jsonl")) for line in part.read_text().splitlines() if '"kind": "step"' in line]
+    rates = [
+        json.loads(line)["images_per_sec"]
+        for part in sorted((root / "runs/jobs" / spec.name / "metrics").glob("*.jsonl"))
+        for line in part.read_text().splitlines()
+        if '"kind": "step"' in line
+    ]
     return statistics.median(rates[1:] or rates)  # the first window includes worker start-up
 
 
@@ -100,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         print("SKIPPED: no CUDA device here; run this benchmark on a GPU machine")
         return None
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 supported: {torch.cuda.is_bf16_supported()}")
+    print(
+        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 supported: {torch.cuda.is_bf16_supported()}"
+    )
     results = {"synthetic": {amp: synthetic(amp, steps) for amp in ("off", "auto")}}
     with tempfile.TemporaryDirectory(prefix="bench-amp-") as tmp:
         from trainer.sample_data import render
@@ -109,11 +136,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         results["real_data"] = {amp: real_data(amp, Path(tmp)) for amp in ("off", "auto")}
     syn, real = results["synthetic"], results["real_data"]
     print(f"\n{'':<12}{'AMP off':>12}{'AMP auto':>12}{'ratio':>8}")
-    print(f"{'synthetic':<12}{syn['off']['images_per_sec']:>10.0f}/s{syn['auto']['images_per_sec']:>10.0f}/s{syn['auto']['images_per_sec'] / syn['off']['images_per_sec']:>8.2f}")
+    print(
+        f"{'synthetic':<12}{syn['off']['images_per_sec']:>10.0f}/s{syn['auto']['images_per_sec']:>10.0f}/s{syn['auto']['images_per_sec'] / syn['off']['images_per_sec']:>8.2f}"
+    )
     print(f"{'real data':<12}{real['off']:>10.0f}/s{real['auto']:>10.0f}/s{real['auto'] / real['off']:>8.2f}")
     for amp in ("off", "auto"):
         s = syn[amp]
-        print(f"NVML during synthetic AMP {amp} ({s['dtype']}): util {s['gpu_util_pct']}%, memory {s['gpu_mem_used_gib']}/{s['gpu_mem_total_gib']} GiB, power {s['gpu_power_w']} W")
+        print(
+            f"NVML during synthetic AMP {amp} ({s['dtype']}): util {s['gpu_util_pct']}%, memory {s['gpu_mem_used_gib']}/{s['gpu_mem_total_gib']} GiB, power {s['gpu_power_w']} W"
+        )
     write_json(args.json, results)
     return results
 

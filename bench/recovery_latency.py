@@ -33,7 +33,12 @@ from orchestrator.jobs.watch import Watcher, WatchOptions
 from trainer.job.documents import Attempt, JobRecord
 from trainer.job.spec_file import dump_spec, load_spec
 
-MARKET = {("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.24, ("g6.xlarge", "us-east-1a"): 0.33, ("g5.xlarge", "us-east-1b"): 0.38}
+MARKET = {
+    ("g4dn.xlarge", "us-east-1a"): 0.21,
+    ("g4dn.xlarge", "us-east-1b"): 0.24,
+    ("g6.xlarge", "us-east-1a"): 0.33,
+    ("g5.xlarge", "us-east-1b"): 0.38,
+}
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
 
 
@@ -41,14 +46,33 @@ def make_job(store: JobStore, spec_text: str, ami: str, n: int) -> tuple[str, st
     """A launched job: its files, a record and attempt 1's running spot instance. (job id, instance id)"""
     ec2 = boto3.client("ec2")
     job_id = f"bench-{n:03d}"
-    subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]["SubnetId"]
+    subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0][
+        "SubnetId"
+    ]
     tags = [{"Key": "spotctl:job", "Value": job_id}, {"Key": "spotctl:attempt", "Value": "1"}]
-    instance = ec2.run_instances(ImageId=ami, InstanceType="g4dn.xlarge", MinCount=1, MaxCount=1, SubnetId=subnet, InstanceMarketOptions={"MarketType": "spot"},
-                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+    instance = ec2.run_instances(
+        ImageId=ami,
+        InstanceType="g4dn.xlarge",
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=subnet,
+        InstanceMarketOptions={"MarketType": "spot"},
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"][0]["InstanceId"]
     store.write(job_id, "job.yaml", spec_text.encode())
     launched = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    store.write_record(JobRecord(job_id, "bench", "us-east-1", store.root, store.url(job_id, "job.yaml"), "s3://x/w.whl", ami,
-                                 attempts=[Attempt(1, "g4dn.xlarge", "us-east-1a", 0.21, 0.526, "t1", instance, launched)]))
+    store.write_record(
+        JobRecord(
+            job_id,
+            "bench",
+            "us-east-1",
+            store.root,
+            store.url(job_id, "job.yaml"),
+            "s3://x/w.whl",
+            ami,
+            attempts=[Attempt(1, "g4dn.xlarge", "us-east-1a", 0.21, 0.526, "t1", instance, launched)],
+        )
+    )
     return job_id, instance
 
 
@@ -60,16 +84,35 @@ def measure(store: JobStore, spec_text: str, ami: str, n: int, how: str) -> floa
     def cloud_for(region):
         if region not in made:
             made[region] = clouds(None)(region)
-            made[region].client("ec2").meta.events.register("before-send.ec2.RunInstances", lambda **_: sent.append(time.perf_counter()))
+            made[region].client("ec2").meta.events.register(
+                "before-send.ec2.RunInstances", lambda **_: sent.append(time.perf_counter())
+            )
         return made[region]
 
-    watcher = Watcher(store, [job_id], cloud_for, lambda cloud: FixedPrices(MARKET, ON_DEMAND), WatchOptions(), on_event=lambda event: None)
+    watcher = Watcher(
+        store,
+        [job_id],
+        cloud_for,
+        lambda cloud: FixedPrices(MARKET, ON_DEMAND),
+        WatchOptions(),
+        on_event=lambda event: None,
+    )
     watcher.poll()  # a first poll, as a running watcher has done many: caches warm
     if how == "ec2":
         boto3.client("ec2").terminate_instances(InstanceIds=[instance])
     else:
-        store.write(job_id, "status/heartbeat.json", json.dumps({"attempt": 1, "phase": "interrupted", "step": 100,
-                                                                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}).encode())
+        store.write(
+            job_id,
+            "status/heartbeat.json",
+            json.dumps(
+                {
+                    "attempt": 1,
+                    "phase": "interrupted",
+                    "step": 100,
+                    "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                }
+            ).encode(),
+        )
     started = time.perf_counter()
     watcher.poll()
     if not sent:
@@ -94,11 +137,24 @@ def main(argv: list[str] | None = None) -> dict:
         figures = {}
         for how in ("ec2", "notice"):
             times = [measure(store, spec_text, ami, n + (0 if how == "ec2" else 500), how) for n in range(runs)]
-            figures[how] = {"median_s": statistics.median(times), "p90_s": sorted(times)[int(0.9 * (len(times) - 1))], "min_s": min(times), "max_s": max(times), "runs": runs}
-    print_table(["trigger", "runs", "median s", "p90 s", "min s", "max s"],
-                [[how, f["runs"], f"{f['median_s']:.3f}", f"{f['p90_s']:.3f}", f"{f['min_s']:.3f}", f"{f['max_s']:.3f}"] for how, f in figures.items()])
-    print(f"RESULT detected->requested median={figures['ec2']['median_s']:.3f}s (EC2 termination), {figures['notice']['median_s']:.3f}s (trainer's notice); "
-          f"add P/2 on average for a poll interval P")
+            figures[how] = {
+                "median_s": statistics.median(times),
+                "p90_s": sorted(times)[int(0.9 * (len(times) - 1))],
+                "min_s": min(times),
+                "max_s": max(times),
+                "runs": runs,
+            }
+    print_table(
+        ["trigger", "runs", "median s", "p90 s", "min s", "max s"],
+        [
+            [how, f["runs"], f"{f['median_s']:.3f}", f"{f['p90_s']:.3f}", f"{f['min_s']:.3f}", f"{f['max_s']:.3f}"]
+            for how, f in figures.items()
+        ],
+    )
+    print(
+        f"RESULT detected->requested median={figures['ec2']['median_s']:.3f}s (EC2 termination), {figures['notice']['median_s']:.3f}s (trainer's notice); "
+        f"add P/2 on average for a poll interval P"
+    )
     write_json(args.json, figures)
     return figures
 

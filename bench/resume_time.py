@@ -35,7 +35,9 @@ def attempt(job: str, env: dict, prefix: str, number: int, log: Path) -> dict:
             beat = read_json(f"{prefix}/status/heartbeat.json")
         except FileNotFoundError:
             return None
-        return beat.get("startup") if beat.get("attempt") == number and "first_step_s" in beat.get("startup", {}) else None
+        return (
+            beat.get("startup") if beat.get("attempt") == number and "first_step_s" in beat.get("startup", {}) else None
+        )
 
     if not wait_for(lambda: startup() is not None or process.poll() is not None, timeout=600, poll=0.05):
         process.kill()
@@ -57,12 +59,20 @@ def main(argv: list[str] | None = None) -> dict:
     model, resumes = ("mobilenet_v3_small", 1) if args.quick else (args.model, args.resumes)
 
     with moto_bucket("spotctl-bench") as bucket:
-        env = trainer_env({**{k: v for k, v in os.environ.items() if k.startswith("AWS_")}, "SPOTCTL_HEARTBEAT_SECONDS": "0.3"})
+        env = trainer_env(
+            {**{k: v for k, v in os.environ.items() if k.startswith("AWS_")}, "SPOTCTL_HEARTBEAT_SECONDS": "0.3"}
+        )
         work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
         data = make_image_folder(work / "data", per_class={"train": 16, "val": 4}, size=64)
         job = write_job(
-            work / "job.yaml", f"{bucket}/spotctl", data.split("train"), data.split("val"), name="resume",
-            train__model={"name": model, "weights": None}, train__data__image_size=64, train__data__workers=0,
+            work / "job.yaml",
+            f"{bucket}/spotctl",
+            data.split("train"),
+            data.split("val"),
+            name="resume",
+            train__model={"name": model, "weights": None},
+            train__data__image_size=64,
+            train__data__workers=0,
             train__checkpoint={"every_steps": None, "every_seconds": None, "keep": 2},
         )
         env["SPOTCTL_CACHE_DIR"] = str(work / "cache")
@@ -71,7 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         resumed = [attempt(str(job), env, prefix, n, work / "out.log") for n in range(2, resumes + 2)]
 
     median = {key: statistics.median(r[key] for r in resumed) for key in resumed[0]}
-    print(f"\nresume time, {model}, checkpoint {median['checkpoint_bytes'] / 1e6:.0f} MB on a moto S3 server (median of {len(resumed)} resumes)\n")
+    print(
+        f"\nresume time, {model}, checkpoint {median['checkpoint_bytes'] / 1e6:.0f} MB on a moto S3 server (median of {len(resumed)} resumes)\n"
+    )
     rows = [(key, cold.get(key, 0.0), median[key]) for key in median if key != "checkpoint_bytes"]
     print_table(("part (seconds)", "cold start", "resume"), rows)
     ratio = median["first_step_s"] / cold["first_step_s"]

@@ -32,12 +32,42 @@ def populate(store: JobStore, count: int) -> list[str]:
     for n in range(count):
         job_id = f"bench-{n:03d}"
         tags = [{"Key": "spotctl:job", "Value": job_id}, {"Key": "spotctl:attempt", "Value": "1"}]
-        instance = ec2.run_instances(ImageId=ami, InstanceType="g5.xlarge", MinCount=1, MaxCount=1, InstanceMarketOptions={"MarketType": "spot"},
-                                     TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]
-        record = JobRecord(job_id, "bench", "us-east-1", store.root, store.url(job_id, "job.yaml"), "s3://x/w.whl", ami,
-                           attempts=[Attempt(1, "g5.xlarge", "us-east-1a", 0.4, 1.006, "t", instance["InstanceId"], "2026-11-24T10:00:00+00:00")])
+        instance = ec2.run_instances(
+            ImageId=ami,
+            InstanceType="g5.xlarge",
+            MinCount=1,
+            MaxCount=1,
+            InstanceMarketOptions={"MarketType": "spot"},
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )["Instances"][0]
+        record = JobRecord(
+            job_id,
+            "bench",
+            "us-east-1",
+            store.root,
+            store.url(job_id, "job.yaml"),
+            "s3://x/w.whl",
+            ami,
+            attempts=[
+                Attempt(
+                    1, "g5.xlarge", "us-east-1a", 0.4, 1.006, "t", instance["InstanceId"], "2026-11-24T10:00:00+00:00"
+                )
+            ],
+        )
         store.write_record(record)
-        store.write(job_id, "status/heartbeat.json", json.dumps({"attempt": 1, "phase": "training", "step": n, "total_steps": 1000, "updated_at": "2026-11-24T10:00:00+00:00"}).encode())
+        store.write(
+            job_id,
+            "status/heartbeat.json",
+            json.dumps(
+                {
+                    "attempt": 1,
+                    "phase": "training",
+                    "step": n,
+                    "total_steps": 1000,
+                    "updated_at": "2026-11-24T10:00:00+00:00",
+                }
+            ).encode(),
+        )
         ids.append(job_id)
     return ids
 
@@ -62,7 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
         one_at_a_time = time.perf_counter() - started
     median = statistics.median(command)
     print(f"\nspotctl status over {count} jobs on a moto server\n")
-    print_table(("reads", "seconds"), [("spotctl status --json (parallel), median of 3", median), ("the same reads one job at a time", one_at_a_time)])
+    print_table(
+        ("reads", "seconds"),
+        [
+            ("spotctl status --json (parallel), median of 3", median),
+            ("the same reads one job at a time", one_at_a_time),
+        ],
+    )
     print(f"\nparallel / one at a time: {median / one_at_a_time:.2f}")
     verdict(median, 2.0, higher_is_better=False, name="seconds")
     figures = {"jobs": count, "status_s": median, "runs_s": command, "one_at_a_time_s": one_at_a_time}

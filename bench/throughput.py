@@ -109,10 +109,14 @@ class HeartbeatCountingStorage(Storage):
 def run_plain(spec: JobSpec, train_root: str, warmup: int) -> dict:
     train = spec.train
     dataset = ImageFolder(train_root, transform=train_transform(train.data, normalization(train.model)))
-    loader = Stamped(DataLoader(dataset, batch_size=train.batch_size, shuffle=True, drop_last=True, num_workers=train.data.workers))
+    loader = Stamped(
+        DataLoader(dataset, batch_size=train.batch_size, shuffle=True, drop_last=True, num_workers=train.data.workers)
+    )
     torch.manual_seed(train.seed)
     model = build_model(train.model, len(dataset.classes))
-    optimizer = torch.optim.SGD(model.parameters(), lr=train.optimizer.lr, momentum=0.9, weight_decay=train.optimizer.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=train.optimizer.lr, momentum=0.9, weight_decay=train.optimizer.weight_decay
+    )
     steps = len(loader.loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     criterion = nn.CrossEntropyLoss()
@@ -154,7 +158,11 @@ def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dic
 
 def job_spec(folder: Path, storage: str, train: str, val: str, workers: int) -> JobSpec:
     path = write_job(
-        folder / "job.yaml", storage, train, val, name="bench-throughput",
+        folder / "job.yaml",
+        storage,
+        train,
+        val,
+        name="bench-throughput",
         train__model__name=MODEL,
         train__data__image_size=IMAGE_SIZE,
         train__data__workers=workers,
@@ -175,30 +183,69 @@ def measure(args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
         root = stack.enter_context(moto_bucket()) if args.storage == "s3" else str(folder / "storage")
-        data = make_image_folder(folder / "data", SHAPES, {"train": args.images // len(SHAPES), "val": 2}, size=IMAGE_SIZE)
+        data = make_image_folder(
+            folder / "data", SHAPES, {"train": args.images // len(SHAPES), "val": 2}, size=IMAGE_SIZE
+        )
         spec = job_spec(folder, root, data.split("train"), data.split("val"), args.workers)
         for repeat in range(1, args.repeats + 1):
             runs.append({"loop": "plain", "repeat": repeat, **run_plain(spec, data.split("train"), args.warmup)})
             # A prefix of its own: a trainer finding an earlier run's checkpoints would resume from them.
-            runs.append({"loop": "trainer", "repeat": repeat, **run_trainer(spec, f"{root}/run-{repeat}", folder / "cache", args.warmup)})
-            print(f"repeat {repeat}: plain {runs[-2]['images_per_sec']:.1f} img/s, trainer {runs[-1]['images_per_sec']:.1f} img/s", flush=True)
+            runs.append(
+                {
+                    "loop": "trainer",
+                    "repeat": repeat,
+                    **run_trainer(spec, f"{root}/run-{repeat}", folder / "cache", args.warmup),
+                }
+            )
+            print(
+                f"repeat {repeat}: plain {runs[-2]['images_per_sec']:.1f} img/s, trainer {runs[-1]['images_per_sec']:.1f} img/s",
+                flush=True,
+            )
     return runs
 
 
 def report(args, runs: list[dict]) -> None:
-    median = {loop: statistics.median(r["images_per_sec"] for r in runs if r["loop"] == loop) for loop in ("plain", "trainer")}
+    median = {
+        loop: statistics.median(r["images_per_sec"] for r in runs if r["loop"] == loop) for loop in ("plain", "trainer")
+    }
     ratio = median["trainer"] / median["plain"]
     print()
     print_table(
         ["loop", "repeat", "steps", "seconds", "images/s", "checkpoints", "heartbeats"],
-        [[r["loop"], r["repeat"], r["steps"], r["seconds"], r["images_per_sec"], r.get("checkpoints", "-"), r.get("heartbeats", "-")] for r in runs],
+        [
+            [
+                r["loop"],
+                r["repeat"],
+                r["steps"],
+                r["seconds"],
+                r["images_per_sec"],
+                r.get("checkpoints", "-"),
+                r.get("heartbeats", "-"),
+            ]
+            for r in runs
+        ],
     )
     print(f"\nmedian images/s: plain {median['plain']:.2f}, trainer {median['trainer']:.2f}")
     passed = verdict(ratio, TARGET, higher_is_better=True)
     config = {k: v for k, v in vars(args).items() if k != "json"} | {
-        "model": MODEL, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE, "checkpoint_every_seconds": CHECKPOINT_SECONDS, "heartbeat_seconds": HEARTBEAT_SECONDS,
+        "model": MODEL,
+        "image_size": IMAGE_SIZE,
+        "batch_size": BATCH_SIZE,
+        "checkpoint_every_seconds": CHECKPOINT_SECONDS,
+        "heartbeat_seconds": HEARTBEAT_SECONDS,
     }
-    write_json(args.json, {"benchmark": "throughput", "config": config, "runs": runs, "median_images_per_sec": median, "ratio": ratio, "target": TARGET, "pass": passed})
+    write_json(
+        args.json,
+        {
+            "benchmark": "throughput",
+            "config": config,
+            "runs": runs,
+            "median_images_per_sec": median,
+            "ratio": ratio,
+            "target": TARGET,
+            "pass": passed,
+        },
+    )
 
 
 def main() -> None:
@@ -207,8 +254,15 @@ def main() -> None:
     options.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
     options.add_argument("--warmup", type=int, default=5, help="first steps left out of the measurement (default 5)")
     options.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loops (default 0)")
-    options.add_argument("--threads", type=int, default=max(1, os.cpu_count() - 1), help="torch threads for both loops (default: cores - 1, see above)")
-    options.add_argument("--storage", choices=("local", "s3"), default="local", help="the trainer's storage (default local)")
+    options.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, os.cpu_count() - 1),
+        help="torch threads for both loops (default: cores - 1, see above)",
+    )
+    options.add_argument(
+        "--storage", choices=("local", "s3"), default="local", help="the trainer's storage (default local)"
+    )
     args = options.parse_args()
     if args.quick:
         args.images, args.repeats, args.warmup = 800, 1, 3  # long enough for one timed save

@@ -69,7 +69,12 @@ def _type(prop: dict, defs: dict) -> str:
 
 def _bounds(prop: dict) -> str:
     marks = {"minimum": "≥", "exclusiveMinimum": ">", "maximum": "≤", "exclusiveMaximum": "<"}
-    found = [f"{sign} {_number(option[key])}" for option in [prop, *prop.get("anyOf", [])] for key, sign in marks.items() if key in option]
+    found = [
+        f"{sign} {_number(option[key])}"
+        for option in [prop, *prop.get("anyOf", [])]
+        for key, sign in marks.items()
+        if key in option
+    ]
     return f" ({', '.join(found)})" if found else ""
 
 

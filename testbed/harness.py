@@ -21,7 +21,6 @@ from trainer import sample_data
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-
 class MotoServer:
     """A real moto server (s3fs cannot talk to in-process mocks), bound to loopback only."""
 
@@ -55,7 +54,9 @@ class MotoServer:
 
         from orchestrator.local.aws import seed_deep_learning_ami
 
-        return seed_deep_learning_ami(boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials()), region)
+        return seed_deep_learning_ami(
+            boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials()), region
+        )
 
     def route_default_vpc_to_the_internet(self, region: str = "us-east-1") -> None:
         """What a real default VPC has and moto's lacks: an internet gateway route (orchestrator.local.aws)."""
@@ -63,7 +64,9 @@ class MotoServer:
 
         from orchestrator.local.aws import route_default_vpc_to_the_internet
 
-        route_default_vpc_to_the_internet(boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials()))
+        route_default_vpc_to_the_internet(
+            boto3.client("ec2", region_name=region, endpoint_url=self.endpoint, **_credentials())
+        )
 
     def interrupt(self, instance_id: str, region: str = "us-east-1") -> None:
         """What EC2 does to a spot instance it reclaims and moto never does (orchestrator.local.aws)."""
@@ -94,7 +97,10 @@ def aws_environment(endpoint: str, region: str = "us-east-1") -> dict[str, str]:
 
 
 def _credentials() -> dict[str, str]:
-    return {"aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+    return {
+        "aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    }
 
 
 # Environment variables that could point a test at a real account.
@@ -131,7 +137,9 @@ def make_image_folder(
     undecodable .png files to the first class of the first split."""
     root = str(root)
     splits = per_class if isinstance(per_class, dict) else {"train": per_class, "val": max(2, per_class // 2)}
-    data = ImageFolderData(root=root, classes=list(classes), files=sample_data.render(root, classes, splits, size, seed))
+    data = ImageFolderData(
+        root=root, classes=list(classes), files=sample_data.render(root, classes, splits, size, seed)
+    )
     if corrupt:
         fs, base = fsspec.core.url_to_fs(root)
         split = next(iter(splits))

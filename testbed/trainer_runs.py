@@ -59,8 +59,10 @@ def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_trainer(job: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "trainer", "run", "--job", job], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child writes to it after we return
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer", "run", "--job", job], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
 
 
 def run_trainer(job: str, env: dict[str, str], timeout: float = 300, log: Path | None = None) -> int:
@@ -103,6 +105,7 @@ def read_json(url: str):
 def final_state(prefix: str) -> dict:
     """The state of the newest committed checkpoint under a job prefix (verified by the real loader)."""
     from trainer.checkpoint import Checkpointer
+
     storage = Storage(prefix)
     storage.fs.invalidate_cache()
     committed, state = Checkpointer(storage).load_latest()
@@ -120,7 +123,12 @@ def tensor_digest(tensors: dict) -> str:
 
 
 def optimizer_digest(optimizer_state: dict) -> str:
-    flat = {f"{index}.{name}": value for index, entry in optimizer_state["state"].items() for name, value in entry.items() if isinstance(value, torch.Tensor)}
+    flat = {
+        f"{index}.{name}": value
+        for index, entry in optimizer_state["state"].items()
+        for name, value in entry.items()
+        if isinstance(value, torch.Tensor)
+    }
     return tensor_digest(flat)
 
 

@@ -14,9 +14,14 @@ EXAMPLE = REPO / "examples/aws-resnet50.yaml"
 BUCKET = "my-spotctl-bucket"
 STORAGE = f"s3://{BUCKET}/spotctl"
 MARKET = {
-    ("g5.xlarge", "us-east-1a"): 0.45, ("g5.xlarge", "us-east-1b"): 0.38, ("g5.xlarge", "us-east-1c"): 0.41,
-    ("g6.xlarge", "us-east-1a"): 0.33, ("g6.xlarge", "us-east-1b"): 0.72, ("g6.xlarge", "us-east-1c"): 0.35,
-    ("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.24,
+    ("g5.xlarge", "us-east-1a"): 0.45,
+    ("g5.xlarge", "us-east-1b"): 0.38,
+    ("g5.xlarge", "us-east-1c"): 0.41,
+    ("g6.xlarge", "us-east-1a"): 0.33,
+    ("g6.xlarge", "us-east-1b"): 0.72,
+    ("g6.xlarge", "us-east-1c"): 0.35,
+    ("g4dn.xlarge", "us-east-1a"): 0.21,
+    ("g4dn.xlarge", "us-east-1b"): 0.24,
 }
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
 
@@ -36,11 +41,11 @@ def hook_run_instances(monkeypatch, refuse):
         def before(params, **_):
             code = refuse(params)
             if code:
-                raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": f"{code} (test)"}}, "RunInstances")
+                raise botocore.exceptions.ClientError(
+                    {"Error": {"Code": code, "Message": f"{code} (test)"}}, "RunInstances"
+                )
 
         ec2.meta.events.register("before-parameter-build.ec2.RunInstances", before)
         return made
 
     monkeypatch.setattr(context, "aws_cloud", cloud)
-
-

@@ -25,8 +25,10 @@ import pytest
 from testbed.harness import AWS_VARIABLES_TO_CLEAR, MotoServer, make_image_folder
 
 LAYERS = {"unit": "unit", "orchestrator": "moto", "trainer": "trainer", "e2e": "e2e"}
-# moto's request recorder (tests/test_operator_policy.py) writes here, not into the working directory.
-os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(Path(tempfile.mkdtemp(prefix="spotctl-moto-recording-")) / "requests.jsonl"))
+# moto's request recorder (tests/orchestrator/test_operator_policy.py) writes here, not into the working directory.
+os.environ.setdefault(
+    "MOTO_RECORDER_FILEPATH", str(Path(tempfile.mkdtemp(prefix="spotctl-moto-recording-")) / "requests.jsonl")
+)
 
 
 def pytest_collection_modifyitems(items):

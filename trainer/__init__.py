@@ -1,7 +1,7 @@
 """spotctl's data plane: the resumable trainer that runs on the instance (`python -m trainer`).
 
-Imports nothing heavy: `trainer.config` (the job spec) is shared with the torch-free
-orchestrator, and importing the package must not pull torch in.
+Imports nothing heavy: its `trainer.job` subpackage (the job spec, storage, layout, documents and
+settings) is the contract the torch-free orchestrator shares, and importing it must not pull torch in.
 """
 
 import time as _time

@@ -1,6 +1,6 @@
 """Checkpoints: immutable step folders committed by a manifest, saved in the background.
 
-Protocol (DESIGN.md): `<prefix>/step-<N>/` holds the state file(s) and `MANIFEST.json`, written LAST
+Protocol (docs/architecture.md): `<prefix>/step-<N>/` holds the state file(s) and `MANIFEST.json`, written LAST
 and create-only; a folder without a manifest is not a checkpoint. `<prefix>/LATEST.json` points at
 the newest committed step and carries its manifest's sha256, so the latest checkpoint is found in two
 reads; a missing or stale pointer falls back to listing. Loading verifies every file's sha256 and uses
@@ -125,7 +125,9 @@ class Checkpointer:
             return True
         return bool(self.every_seconds) and self._clock() - self._last_save_time >= self.every_seconds
 
-    def save(self, step: int, state_fn: Callable[[], dict], meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+    def save(
+        self, step: int, state_fn: Callable[[], dict], meta: dict[str, Any] | None = None, force: bool = False
+    ) -> bool:
         """Save at this step if due (or forced). `state_fn` is only called when saving.
 
         Returns once the state is copied to host memory; the upload continues in the background.
@@ -137,7 +139,12 @@ class Checkpointer:
         self._last_save_time = self._clock()
         self._last_saved_step = step
         before = self.depends_on._worker if self.depends_on is not None else None
-        self._worker = threading.Thread(target=self._write_guarded, args=(step, snapshot, dict(meta or {}), before), name=f"checkpoint-{step}", daemon=True)
+        self._worker = threading.Thread(
+            target=self._write_guarded,
+            args=(step, snapshot, dict(meta or {}), before),
+            name=f"checkpoint-{step}",
+            daemon=True,
+        )
         self._worker.start()
         return True
 
@@ -212,15 +219,25 @@ class Checkpointer:
         try:
             steps = self.committed_steps()
         except Exception as exc:  # cleaning up can wait; the checkpoint just committed stands
-            log.warning("checkpoint: retention could not list %s (%s: %s); training goes on", self.prefix, type(exc).__name__, exc)
+            log.warning(
+                "checkpoint: retention could not list %s (%s: %s); training goes on",
+                self.prefix,
+                type(exc).__name__,
+                exc,
+            )
             return
         for step in [s for s in steps[: -self.keep] if s not in self.protected]:
             try:
                 self._remove(step)
             except Exception as exc:  # one older checkpoint left behind must not fail a healthy run
                 self.undeleted.add(step)
-                log.warning("checkpoint: retention could not remove %s/step-%d (%s: %s); training goes on, the next save tries again",
-                            self.prefix, step, type(exc).__name__, exc)
+                log.warning(
+                    "checkpoint: retention could not remove %s/step-%d (%s: %s); training goes on, the next save tries again",
+                    self.prefix,
+                    step,
+                    type(exc).__name__,
+                    exc,
+                )
                 continue
             self.undeleted.discard(step)
             log.info("checkpoint: retention removed %s/step-%d", self.prefix, step)
@@ -237,7 +254,11 @@ class Checkpointer:
         """Steps whose folder holds a manifest, oldest first (a listing: used as the fallback)."""
         steps = []
         for name in self.storage.list(self.prefix):
-            if name.startswith("step-") and name[5:].isdigit() and self.storage.exists(f"{self.prefix}/{name}/{MANIFEST}"):
+            if (
+                name.startswith("step-")
+                and name[5:].isdigit()
+                and self.storage.exists(f"{self.prefix}/{name}/{MANIFEST}")
+            ):
                 steps.append(int(name[5:]))
         return sorted(steps)
 
@@ -248,16 +269,21 @@ class Checkpointer:
             found = self._read_manifest(pointer["step"])
             if found is not None and found.manifest_sha256 == pointer.get("manifest_sha256"):
                 return found
-            log.warning("checkpoint: %s/%s is stale or points at a missing manifest; listing instead", self.prefix, POINTER)
+            log.warning(
+                "checkpoint: %s/%s is stale or points at a missing manifest; listing instead", self.prefix, POINTER
+            )
         steps = self.committed_steps()
         return self._read_manifest(steps[-1]) if steps else None
 
-    def load_latest(self, map_location: str | torch.device = "cpu", repair: bool = True) -> tuple[Committed, dict] | None:
+    def load_latest(
+        self, map_location: str | torch.device = "cpu", repair: bool = True
+    ) -> tuple[Committed, dict] | None:
         """Load the newest checkpoint that verifies; a corrupt one is skipped with a warning (and,
         with `repair`, uncommitted; a reader that must change nothing passes repair=False)."""
         newest = self.latest()
         if newest is None:
             return None
+
         def older():  # listed only if the newest one fails to verify
             for step in reversed(self.committed_steps()):
                 if step < newest.step:
@@ -270,7 +296,12 @@ class Checkpointer:
             try:
                 return committed, self.load(committed, map_location)
             except CorruptCheckpoint as exc:
-                log.warning("checkpoint: step %d is corrupt (%s); %strying the previous one", committed.step, exc, "uncommitting it and " if repair else "")
+                log.warning(
+                    "checkpoint: step %d is corrupt (%s); %strying the previous one",
+                    committed.step,
+                    exc,
+                    "uncommitting it and " if repair else "",
+                )
                 if repair:  # without its manifest it is no checkpoint: reaching this step again writes it afresh
                     self._remove(committed.step)
         return None
@@ -279,7 +310,10 @@ class Checkpointer:
         """Refuse a checkpoint written for another model, class set or spec, naming what differs."""
         differences = _differences(committed.manifest, self.identity)
         if differences:
-            shown = "; ".join(f"{key}: checkpoint has {found!r}, this run has {expected!r}" for key, found, expected in differences[:3])
+            shown = "; ".join(
+                f"{key}: checkpoint has {found!r}, this run has {expected!r}"
+                for key, found, expected in differences[:3]
+            )
             more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
             raise CheckpointMismatch(
                 f"checkpoint step {committed.step} under {self.storage.url_of(self.prefix)} was written for another run: {shown}{more}; "
@@ -299,11 +333,18 @@ class Checkpointer:
             raise CorruptCheckpoint(f"{STATE_FILE} is missing") from None
         downloaded = time.perf_counter()
         if len(data) != entry["size"] or _sha256(data) != entry["sha256"]:
-            raise CorruptCheckpoint(f"{STATE_FILE} does not match its manifest (size {len(data)}, expected {entry['size']})")
+            raise CorruptCheckpoint(
+                f"{STATE_FILE} does not match its manifest (size {len(data)}, expected {entry['size']})"
+            )
         verified = time.perf_counter()
         # Only tensors and plain containers: a checkpoint is untrusted input.
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        self.load_timings = {"download_s": downloaded - started, "verify_s": verified - downloaded, "load_s": time.perf_counter() - verified, "bytes": len(data)}
+        self.load_timings = {
+            "download_s": downloaded - started,
+            "verify_s": verified - downloaded,
+            "load_s": time.perf_counter() - verified,
+            "bytes": len(data),
+        }
         return state
 
     def _read_pointer(self) -> dict | None:
@@ -334,7 +375,9 @@ def _differences(found: dict, expected: dict, prefix: str = "") -> list[tuple[st
         have = found.get(key) if isinstance(found, dict) else None
         if isinstance(want, dict) and isinstance(have, dict):
             result += _differences(have, want, f"{prefix}{key}.")
-        elif have != want and not (isinstance(want, (list, tuple)) and isinstance(have, (list, tuple)) and list(have) == list(want)):
+        elif have != want and not (
+            isinstance(want, (list, tuple)) and isinstance(have, (list, tuple)) and list(have) == list(want)
+        ):
             result.append((f"{prefix}{key}", have, want))
     return result
 

@@ -46,7 +46,9 @@ def scan(root: Path, field: str) -> ImageIndex:
     """Index an ImageFolder (`root/<class>/**/<image>`) in a deterministic order."""
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
-        raise DataError(f"{field}: {root} has no class folders; an ImageFolder holds one folder per class, e.g. {root}/cat/001.jpg")
+        raise DataError(
+            f"{field}: {root} has no class folders; an ImageFolder holds one folder per class, e.g. {root}/cat/001.jpg"
+        )
     samples = []
     for label, name in enumerate(classes):
         found = sorted(
@@ -56,10 +58,14 @@ def scan(root: Path, field: str) -> ImageIndex:
             if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith(".")
         )
         if not found:
-            raise DataError(f"{field}: class folder '{name}' in {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+            raise DataError(
+                f"{field}: class folder '{name}' in {root} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
+            )
         samples += [(path, label) for path in found]
     if len(classes) < 2:
-        raise DataError(f"{field}: {root} has only the class '{classes[0]}'; a classifier needs at least two class folders")
+        raise DataError(
+            f"{field}: {root} has only the class '{classes[0]}'; a classifier needs at least two class folders"
+        )
     return ImageIndex(root, classes, samples)
 
 
@@ -68,15 +74,21 @@ def check_same_classes(train: ImageIndex, val: ImageIndex) -> None:
         return
     missing = sorted(set(train.classes) - set(val.classes))
     extra = sorted(set(val.classes) - set(train.classes))
-    parts = ([f"missing in val: {', '.join(missing)}"] if missing else []) + ([f"only in val: {', '.join(extra)}"] if extra else [])
-    raise DataError(f"train.data: train and val have different class folders ({'; '.join(parts)}); give both the same classes")
+    parts = ([f"missing in val: {', '.join(missing)}"] if missing else []) + (
+        [f"only in val: {', '.join(extra)}"] if extra else []
+    )
+    raise DataError(
+        f"train.data: train and val have different class folders ({'; '.join(parts)}); give both the same classes"
+    )
 
 
 def split_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """A seeded train/val split of `count` samples: the same every run and every attempt."""
     held_out = max(1, round(count * fraction))
     if held_out >= count:
-        raise DataError(f"train.data.train: {count} images are too few to hold out a val_fraction of {fraction:g}; add images or give data.val")
+        raise DataError(
+            f"train.data.train: {count} images are too few to hold out a val_fraction of {fraction:g}; add images or give data.val"
+        )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[held_out:]), sorted(order[:held_out])
 
@@ -99,7 +111,11 @@ def normalization(spec: ModelSpec) -> Normalization:
 
 def train_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
     aug, size = spec.augmentation, spec.image_size
-    steps = [transforms.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True)] if aug.random_resized_crop else val_transform(spec, norm).transforms[:2]
+    steps = (
+        [transforms.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True)]
+        if aug.random_resized_crop
+        else val_transform(spec, norm).transforms[:2]
+    )
     if aug.horizontal_flip:
         steps.append(transforms.RandomHorizontalFlip())
     if aug.color_jitter:
@@ -110,7 +126,12 @@ def train_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
 def val_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
     size = spec.image_size
     return transforms.Compose(
-        [transforms.Resize(round(size * norm.resize_ratio), antialias=True), transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)]
+        [
+            transforms.Resize(round(size * norm.resize_ratio), antialias=True),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(norm.mean, norm.std),
+        ]
     )
 
 
@@ -203,7 +224,9 @@ class TrainingData:
     def calibration_batches(self, count: int, batch_size: int = 32) -> Iterator[torch.Tensor]:
         """`count` training images (a seeded choice) as inference sees them: no augmentation, for int8
         calibration. Images that fail to decode are left out, as in training."""
-        order = torch.randperm(len(self.calibration_set), generator=torch.Generator().manual_seed(self.seed))[:count].tolist()
+        order = torch.randperm(len(self.calibration_set), generator=torch.Generator().manual_seed(self.seed))[
+            :count
+        ].tolist()
         for start in range(0, len(order), batch_size):
             images, _, _ = collate([self.calibration_set[(0, index)] for index in order[start : start + batch_size]])
             if images is not None:
@@ -221,7 +244,15 @@ class TrainingData:
                 yield images
 
 
-def build(spec: DataSpec, model: ModelSpec, seed: int, batch_size: int, train_root: Path, val_root: Path | None, pin_memory: bool = False) -> TrainingData:
+def build(
+    spec: DataSpec,
+    model: ModelSpec,
+    seed: int,
+    batch_size: int,
+    train_root: Path,
+    val_root: Path | None,
+    pin_memory: bool = False,
+) -> TrainingData:
     """Datasets and loaders from local ImageFolders (see trainer.fetch for getting them there)."""
     train_index = scan(train_root, "train.data.train")
     if val_root is not None:
@@ -251,7 +282,9 @@ def build(spec: DataSpec, model: ModelSpec, seed: int, batch_size: int, train_ro
             generator=torch.Generator(),
         )
 
-    log.info("data: %d classes, %d training and %d validation images", len(train_index.classes), len(train_set), len(val_set))
+    log.info(
+        "data: %d classes, %d training and %d validation images", len(train_index.classes), len(train_set), len(val_set)
+    )
     return TrainingData(
         classes=train_index.classes,
         train_loader=loader(train_set, sampler),

@@ -74,8 +74,11 @@ def export_data(data, train: TrainSpec) -> ExportData | None:
     first = next(data.validation_spread(8), None)
     if first is None:
         return None
-    return ExportData(sample=first.float(), calibration=lambda: data.calibration_batches(spec.calibration_images, train.batch_size),
-                      validation=lambda: (images.float() for images in data.validation_spread(spec.agreement_images)))
+    return ExportData(
+        sample=first.float(),
+        calibration=lambda: data.calibration_batches(spec.calibration_images, train.batch_size),
+        validation=lambda: (images.float() for images in data.validation_spread(spec.agreement_images)),
+    )
 
 
 @dataclass
@@ -85,8 +88,19 @@ class Built:
     figures: dict | None = None  # format-specific measurements for the manifest
 
 
-def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_state: dict | None, classes: list[str], normalization, job_id: str,
-                     step: int, metrics: dict | None, data: ExportData | None, formats: list[str] | None = None) -> dict:
+def export_artifacts(
+    storage: Storage,
+    train: TrainSpec,
+    model: nn.Module,
+    best_state: dict | None,
+    classes: list[str],
+    normalization,
+    job_id: str,
+    step: int,
+    metrics: dict | None,
+    data: ExportData | None,
+    formats: list[str] | None = None,
+) -> dict:
     """Export `formats` (default: the spec's), upload, and write the manifest; returns it.
 
     Formats not asked for this time are kept from an earlier manifest of the same checkpoint step
@@ -96,13 +110,29 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
     cpu_model = copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format).eval()
     if best_state is not None:
         cpu_model.load_state_dict(best_state["model"])  # the best epoch, not merely the last
-    info = {"architecture": train.model.name, "num_classes": len(classes), "classes": classes, "input_size": train.data.image_size,
-            "mean": list(normalization.mean), "std": list(normalization.std), "resize_ratio": normalization.resize_ratio}
+    info = {
+        "architecture": train.model.name,
+        "num_classes": len(classes),
+        "classes": classes,
+        "input_size": train.data.image_size,
+        "mean": list(normalization.mean),
+        "std": list(normalization.std),
+        "resize_ratio": normalization.resize_ratio,
+    }
     created = datetime.now(timezone.utc)
     export_id = f"{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    manifest = {"job_id": job_id, "created_at": created.isoformat(timespec="seconds"), "export_id": export_id, "checkpoint_step": step,
-                "source": f"best/ (epoch {best_state['epoch']})" if best_state else "the final model", "metrics": metrics or {},
-                "torch": torch.__version__, "torchvision": torchvision.__version__, "formats": {}, "files": {}}
+    manifest = {
+        "job_id": job_id,
+        "created_at": created.isoformat(timespec="seconds"),
+        "export_id": export_id,
+        "checkpoint_step": step,
+        "source": f"best/ (epoch {best_state['epoch']})" if best_state else "the final model",
+        "metrics": metrics or {},
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "formats": {},
+        "files": {},
+    }
     _keep_earlier(storage, manifest, formats)
     input_shape = [None, 3, train.data.image_size, train.data.image_size]  # None: any batch size
     problem = None
@@ -124,7 +154,13 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
                 built = BUILDERS[name](cpu_model, info, Path(folder), data)
                 with torch.no_grad():
                     validation = _agreement(expected, built.run(data.sample))
-                entry = {"status": "ok", "created_at": manifest["created_at"], "files": [p.name for p in built.files], "validation": validation, **(built.figures or {})}
+                entry = {
+                    "status": "ok",
+                    "created_at": manifest["created_at"],
+                    "files": [p.name for p in built.files],
+                    "validation": validation,
+                    **(built.figures or {}),
+                }
                 entry["tolerance"], miss = _judge(name, expected, entry)
                 if miss:
                     log.warning("export: %s not uploaded: %s", name, miss)
@@ -133,9 +169,16 @@ def export_artifacts(storage: Storage, train: TrainSpec, model: nn.Module, best_
                 files = {}
                 for path in built.files:
                     storage.upload(str(path), layout.artifact(export_id, path.name))
-                    files[path.name] = {"format": name, "path": f"{export_id}/{path.name}", "sha256": file_sha256(path), "size": path.stat().st_size,
-                                        "input_shape": input_shape}
-            except Exception as exc:  # one format's failure (building, checking or uploading it) must not lose the others
+                    files[path.name] = {
+                        "format": name,
+                        "path": f"{export_id}/{path.name}",
+                        "sha256": file_sha256(path),
+                        "size": path.stat().st_size,
+                        "input_shape": input_shape,
+                    }
+            except (
+                Exception
+            ) as exc:  # one format's failure (building, checking or uploading it) must not lose the others
                 log.warning("export: %s failed: %s: %s", name, type(exc).__name__, exc)
                 manifest["formats"][name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 continue
@@ -164,7 +207,11 @@ def _remove_unlisted(storage: Storage, manifest: dict) -> None:
     unlisted = []
     for name in storage.list(layout.ARTIFACTS):
         if name in folders:
-            unlisted += [f"{name}/{file}" for file in storage.list(f"{layout.ARTIFACTS}/{name}") if f"{name}/{file}" not in listed]
+            unlisted += [
+                f"{name}/{file}"
+                for file in storage.list(f"{layout.ARTIFACTS}/{name}")
+                if f"{name}/{file}" not in listed
+            ]
         elif name not in listed and f"{layout.ARTIFACTS}/{name}" != layout.MANIFEST:
             unlisted.append(name)
     for path in unlisted:
@@ -185,12 +232,18 @@ def _keep_earlier(storage: Storage, manifest: dict, formats: list[str]) -> None:
     for name, entry in earlier.get("formats", {}).items():
         if name not in formats:
             manifest["formats"][name] = entry
-            manifest["files"].update({file: meta for file, meta in earlier.get("files", {}).items() if meta.get("format") == name})
+            manifest["files"].update(
+                {file: meta for file, meta in earlier.get("files", {}).items() if meta.get("format") == name}
+            )
 
 
 def _agreement(expected: torch.Tensor, got: torch.Tensor) -> dict:
     """How closely a reloaded artifact reproduces the model on the validation batch."""
-    return {"batch": len(expected), "max_abs_diff": float((expected - got).abs().max()), "top1_agreement": float((expected.argmax(1) == got.argmax(1)).float().mean())}
+    return {
+        "batch": len(expected),
+        "max_abs_diff": float((expected - got).abs().max()),
+        "top1_agreement": float((expected.argmax(1) == got.argmax(1)).float().mean()),
+    }
 
 
 def _judge(name: str, expected: torch.Tensor, entry: dict) -> tuple[dict, str | None]:
@@ -213,7 +266,11 @@ def _state_dict(model: nn.Module, info: dict, folder: Path, data: ExportData) ->
 
     weights, description = folder / "model.safetensors", folder / "model.json"
     # safetensors wants contiguous tensors that share no memory: clone each one.
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(weights), metadata={"architecture": info["architecture"]})
+    save_file(
+        {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+        str(weights),
+        metadata={"architecture": info["architecture"]},
+    )
     description.write_text(json.dumps(info, indent=1))
     rebuilt = copy.deepcopy(model)
     rebuilt.load_state_dict(load_file(str(weights)))
@@ -247,11 +304,22 @@ def _onnx(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built
     path = folder / "model.onnx"
     # The dynamo exporter (torch >= 2.5); external_data=False embeds the weights instead of writing
     # a model.onnx.data file beside it, which a deployment would have to carry along.
-    torch.onnx.export(model, (data.sample,), str(path), dynamo=True, external_data=False, verbose=False,
-                      input_names=["input"], output_names=["logits"], dynamic_shapes=_dynamic_batch())
+    torch.onnx.export(
+        model,
+        (data.sample,),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=_dynamic_batch(),
+    )
     sidecars = [p.name for p in folder.glob("model.onnx.*")]
     if sidecars:
-        raise RuntimeError(f"the exporter wrote {', '.join(sidecars)} beside model.onnx instead of embedding the weights")
+        raise RuntimeError(
+            f"the exporter wrote {', '.join(sidecars)} beside model.onnx instead of embedding the weights"
+        )
     onnx.checker.check_model(str(path), full_check=True)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return Built([path], lambda images: torch.from_numpy(session.run(None, {"input": images.numpy()})[0]))
@@ -267,9 +335,16 @@ def _int8(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built
     fp32_ms, int8_ms = quantize.latency_ms(model, data.sample), quantize.latency_ms(loaded, data.sample)
     fp32_bytes = quantize.size_bytes(model)
     figures = {
-        "method": quantize.METHOD, "engine": quantize.engine(), "calibration_images": calibrated, "kept_fp32": [head] if (head := quantize.classifier_head(model)) else [],
+        "method": quantize.METHOD,
+        "engine": quantize.engine(),
+        "calibration_images": calibrated,
+        "kept_fp32": [head] if (head := quantize.classifier_head(model)) else [],
         "validation_set": quantize.agreement(model, loaded, data.validation()),
-        "size": {"fp32_bytes": fp32_bytes, "int8_bytes": path.stat().st_size, "ratio": round(fp32_bytes / path.stat().st_size, 2)},
+        "size": {
+            "fp32_bytes": fp32_bytes,
+            "int8_bytes": path.stat().st_size,
+            "ratio": round(fp32_bytes / path.stat().st_size, 2),
+        },
         "cpu_latency_ms": {"fp32": fp32_ms, "int8": int8_ms, "threads": torch.get_num_threads()},
         "speedup": {size: round(fp32_ms[size] / int8_ms[size], 2) for size in fp32_ms},
     }

@@ -71,9 +71,13 @@ def fetch(location: str, field: str, cache_dir: Path, progress: Progress | None 
         _sync_tree(fs, path, files, location, field, progress, threads)
         return files
     except FileNotFoundError:
-        raise DataError(f"{field}: {location} does not exist; check the location (relative paths are relative to the job file)") from None
+        raise DataError(
+            f"{field}: {location} does not exist; check the location (relative paths are relative to the job file)"
+        ) from None
     except PermissionError:
-        raise DataError(f"{field}: access to {location} is denied; give the instance profile read access to it") from None
+        raise DataError(
+            f"{field}: access to {location} is denied; give the instance profile read access to it"
+        ) from None
 
 
 def _cache_entry(cache_dir: Path, key: str) -> Path:
@@ -90,13 +94,17 @@ def _sync_tree(fs, path: str, dest: Path, location: str, field: str, progress: P
     base = path.rstrip("/") + "/"
     wanted: dict[Path, tuple[str, int | None]] = {}
     for name, info in sorted(files.items()):
-        relative = name[len(base):] if name.startswith(base) else Path(name).name
+        relative = name[len(base) :] if name.startswith(base) else Path(name).name
         wanted[_inside(dest, relative, location)] = (name, info.get("size"))
     if dest.exists():
         for existing in dest.rglob("*"):
             if existing.is_file() and existing.resolve() not in wanted:
                 existing.unlink()  # removed at the source, or debris of a cut-short download
-    todo = [(name, target) for target, (name, size) in wanted.items() if not (target.exists() and target.stat().st_size == size)]
+    todo = [
+        (name, target)
+        for target, (name, size) in wanted.items()
+        if not (target.exists() and target.stat().st_size == size)
+    ]
     if not todo:
         log.info("data: %s is in the cache (%d files)", location, len(files))
         return

@@ -82,7 +82,9 @@ def _native_bf16() -> bool:
 def train_fingerprint(train: TrainSpec) -> dict:
     """The spec fields a checkpoint must agree with to be resumed (not: how often to save, export
     formats, worker count or the bad-image threshold, which never change the result)."""
-    return train.model_dump(mode="json", exclude={"checkpoint": True, "export": True, "data": {"workers", "max_bad_images"}})
+    return train.model_dump(
+        mode="json", exclude={"checkpoint": True, "export": True, "data": {"workers", "max_bad_images"}}
+    )
 
 
 def checkpoint_identity(train: TrainSpec, classes: list[str]) -> dict:
@@ -91,10 +93,26 @@ def checkpoint_identity(train: TrainSpec, classes: list[str]) -> dict:
 
 
 class Trainer:
-    def __init__(self, spec: JobSpec, job_id: str, storage: Storage, reporter: Reporter, watcher: InterruptionWatcher, display: ConsoleProgress, cache_dir: Path,
-                 attempt: int = 1, sample_every: int | None = None):
+    def __init__(
+        self,
+        spec: JobSpec,
+        job_id: str,
+        storage: Storage,
+        reporter: Reporter,
+        watcher: InterruptionWatcher,
+        display: ConsoleProgress,
+        cache_dir: Path,
+        attempt: int = 1,
+        sample_every: int | None = None,
+    ):
         self.spec, self.train, self.job_id = spec, spec.train, job_id
-        self.storage, self.reporter, self.watcher, self.display, self.attempt = storage, reporter, watcher, display, attempt
+        self.storage, self.reporter, self.watcher, self.display, self.attempt = (
+            storage,
+            reporter,
+            watcher,
+            display,
+            attempt,
+        )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # channels_last feeds cuDNN's fastest convolution kernels; on CPU it brings nothing here.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
@@ -103,12 +121,26 @@ class Trainer:
         reporter.beat_now()
         marks = {"start": time.monotonic()}
         train_root = fetch(self.train.data.train, "train.data.train", cache_dir, display.downloading)
-        val_root = fetch(self.train.data.val, "train.data.val", cache_dir, display.downloading) if self.train.data.val else None
-        self.data = data_mod.build(self.train.data, self.train.model, self.train.seed, self.train.batch_size, train_root, val_root, pin_memory=self.device.type == "cuda")
+        val_root = (
+            fetch(self.train.data.val, "train.data.val", cache_dir, display.downloading)
+            if self.train.data.val
+            else None
+        )
+        self.data = data_mod.build(
+            self.train.data,
+            self.train.model,
+            self.train.seed,
+            self.train.batch_size,
+            train_root,
+            val_root,
+            pin_memory=self.device.type == "cuda",
+        )
         self.classes = self.data.classes
         marks["data"] = time.monotonic()
         if self.train.model.num_classes not in (None, len(self.classes)):
-            raise DataError(f"train.model.num_classes is {self.train.model.num_classes} but the training data has {len(self.classes)} class folders; remove num_classes or fix the data")
+            raise DataError(
+                f"train.model.num_classes is {self.train.model.num_classes} but the training data has {len(self.classes)} class folders; remove num_classes or fix the data"
+            )
 
         torch.manual_seed(self.train.seed)  # the new head's initial weights are part of the run
         self.model = build_model(self.train.model, len(self.classes)).to(self.device, memory_format=self.memory_format)
@@ -122,7 +154,14 @@ class Trainer:
         marks["model"] = time.monotonic()
         identity = checkpoint_identity(self.train, self.classes)
         ckpt = self.train.checkpoint
-        self.checkpoints = Checkpointer(storage, layout.CHECKPOINTS, keep=ckpt.keep, every_steps=ckpt.every_steps, every_seconds=ckpt.every_seconds, identity=identity)
+        self.checkpoints = Checkpointer(
+            storage,
+            layout.CHECKPOINTS,
+            keep=ckpt.keep,
+            every_steps=ckpt.every_steps,
+            every_seconds=ckpt.every_seconds,
+            identity=identity,
+        )
         self.best = Checkpointer(storage, layout.BEST, keep=1, identity=identity, kind="best")
         # A checkpoint that records a new best commits only after best/ holds that model.
         self.checkpoints.depends_on = self.best
@@ -151,7 +190,15 @@ class Trainer:
         while self.position.epoch < epochs and not self.stopper.should_stop:
             self.model.train()
             self.data.train_sampler.set_position(self.position.epoch, self.position.batch)
-            self.reporter.update(phase="training", epoch=self.position.epoch + 1, epochs=epochs, steps_per_epoch=spe, total_steps=spe * epochs, batch_size=self.train.batch_size, data_workers=self.train.data.workers)
+            self.reporter.update(
+                phase="training",
+                epoch=self.position.epoch + 1,
+                epochs=epochs,
+                steps_per_epoch=spe,
+                total_steps=spe * epochs,
+                batch_size=self.train.batch_size,
+                data_workers=self.train.data.workers,
+            )
             window = _Window(self.device)
             batches = iter(self.data.train_loader)
             while True:
@@ -179,7 +226,13 @@ class Trainer:
             if (outcome := self._boundary(force=True)) is not None:
                 return outcome
         if self.stopper.should_stop:
-            log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", self.stopper.spec.metric, self.stopper.bad_epochs, self.stopper.best, self.stopper.best_epoch + 1)
+            log.info(
+                "early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                self.stopper.spec.metric,
+                self.stopper.bad_epochs,
+                self.stopper.best,
+                self.stopper.best_epoch + 1,
+            )
         self.reporter.update(phase="checkpointing")
         self.checkpoints.wait()
         self.best.wait()
@@ -188,8 +241,11 @@ class Trainer:
             try:
                 self.export()
             except Exception as exc:  # the training succeeded: an export problem (storage, say) must not say otherwise
-                log.error("export failed (%s: %s); the trained model is under best/ and checkpoints/: `python -m trainer export --job URL` tries again",
-                          type(exc).__name__, exc)
+                log.error(
+                    "export failed (%s: %s); the trained model is under best/ and checkpoints/: `python -m trainer export --job URL` tries again",
+                    type(exc).__name__,
+                    exc,
+                )
         return self._outcome("succeeded")
 
     def export(self, formats: list[str] | None = None) -> dict:
@@ -204,8 +260,19 @@ class Trainer:
         best_state = loaded[1] if loaded else None
         metrics = best_state["metrics"] if best_state else (self.history[-1] if self.history else None)
         step = loaded[0].step if loaded else self.position.step  # the step of the checkpoint the model comes from
-        return export_artifacts(self.storage, self.train, self.model, best_state, self.classes, data_mod.normalization(self.train.model), self.job_id,
-                                step, metrics, export_data(self.data, self.train), formats)
+        return export_artifacts(
+            self.storage,
+            self.train,
+            self.model,
+            best_state,
+            self.classes,
+            data_mod.normalization(self.train.model),
+            self.job_id,
+            step,
+            metrics,
+            export_data(self.data, self.train),
+            formats,
+        )
 
     def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, bad: list, meter: Meter) -> None:
         self._count_bad(bad)
@@ -233,7 +300,9 @@ class Trainer:
         if self._stop_requested():
             return self._stop_now()
         rebalance = self.watcher.take_rebalance()
-        if (periodic or force) and self.checkpoints.save(self.position.step, self._state, self._meta(), force=force or rebalance):
+        if (periodic or force) and self.checkpoints.save(
+            self.position.step, self._state, self._meta(), force=force or rebalance
+        ):
             self._note_checkpoint()
         return None
 
@@ -244,7 +313,9 @@ class Trainer:
         try:
             self.checkpoints.wait()
         except Exception as exc:  # an older save failed; this one is what matters now
-            log.error("checkpoint: an earlier save failed (%s: %s); saving the final one anyway", type(exc).__name__, exc)
+            log.error(
+                "checkpoint: an earlier save failed (%s: %s); saving the final one anyway", type(exc).__name__, exc
+            )
         self.checkpoints.save(self.position.step, self._state, self._meta(), force=True)
         self.checkpoints.wait()
         self.best.wait()
@@ -262,7 +333,13 @@ class Trainer:
         val_metrics = self.evaluate(stop_early=True)
         if val_metrics is None:
             return False
-        record = {"epoch": epoch + 1, "step": self.position.step, "lr": self.optimizer.param_groups[-1]["lr"], **train_metrics, **val_metrics}
+        record = {
+            "epoch": epoch + 1,
+            "step": self.position.step,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            **train_metrics,
+            **val_metrics,
+        }
         self.history.append(record)
         self.reporter.metrics.record("epoch", **record)
         log.info("epoch %d/%d done: %s", epoch + 1, self.train.epochs, _brief(record))
@@ -270,7 +347,12 @@ class Trainer:
         if self.stopper.update(record[metric], epoch):
             log.info("best model so far (%s %.4f); saving it under best/", metric, record[metric])
             best = {"model": self.model.state_dict(), "classes": self.classes, "epoch": epoch + 1, "metrics": record}
-            self.best.save(self.position.step, lambda: best, {"epoch": epoch + 1, "metric": metric, "value": record[metric], "metrics": record}, force=True)
+            self.best.save(
+                self.position.step,
+                lambda: best,
+                {"epoch": epoch + 1, "metric": metric, "value": record[metric], "metrics": record},
+                force=True,
+            )
         self.position = Position(epoch + 1, 0, self.position.step)
         self.epoch_meter = Meter(self.device)
         self.reporter.update(phase="training", **{k: v for k, v in record.items() if k.startswith("val_")})
@@ -323,7 +405,12 @@ class Trainer:
         }
 
     def _meta(self) -> dict:
-        return {"epochs_completed": self.position.epoch, "batch": self.position.batch, "attempt": self.attempt, "metrics": self.history[-1] if self.history else None}
+        return {
+            "epochs_completed": self.position.epoch,
+            "batch": self.position.batch,
+            "attempt": self.attempt,
+            "metrics": self.history[-1] if self.history else None,
+        }
 
     def _restore(self) -> None:
         # On the CPU: load_state_dict copies to the parameters' device, and RNG states must stay on the CPU.
@@ -335,7 +422,9 @@ class Trainer:
         committed, state = found
         groups = [group["name"] for group in self.optimizer.param_groups]
         if state["param_groups"] != groups:
-            raise CheckpointMismatch(f"checkpoint step {committed.step} has parameter groups {state['param_groups']}, this run has {groups}; use a new job name")
+            raise CheckpointMismatch(
+                f"checkpoint step {committed.step} has parameter groups {state['param_groups']}, this run has {groups}; use a new job name"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -343,7 +432,11 @@ class Trainer:
         if state.get("amp", amp) == amp:
             self.scaler.load_state_dict(state["scaler"])
         else:  # another GPU type since (an interruption moved the job): a fresh scaler, said out loud
-            log.warning("resume: the checkpoint trained with AMP %s, this GPU uses %s; the grad scaler starts afresh", state["amp"], amp)
+            log.warning(
+                "resume: the checkpoint trained with AMP %s, this GPU uses %s; the grad scaler starts afresh",
+                state["amp"],
+                amp,
+            )
         self.position = Position(**state["position"])
         self.epoch_meter.sums.copy_(state["epoch_meter"]["sums"])
         self.epoch_meter.count = state["epoch_meter"]["count"]
@@ -352,13 +445,25 @@ class Trainer:
         self.bad_images = set(state["bad_images"])
         rng.restore(state["rng"])
         if state["threads"] != torch.get_num_threads():
-            log.warning("resume: the checkpoint was written with %d CPU threads, this process has %d; results may differ in the last bits", state["threads"], torch.get_num_threads())
+            log.warning(
+                "resume: the checkpoint was written with %d CPU threads, this process has %d; results may differ in the last bits",
+                state["threads"],
+                torch.get_num_threads(),
+            )
         self.checkpoints.protected.add(committed.step)  # never deleted by this attempt's retention
-        self.reporter.update(resumed_from_step=committed.step)  # with the last step reached: the work an interruption cost
+        self.reporter.update(
+            resumed_from_step=committed.step
+        )  # with the last step reached: the work an interruption cost
         self.checkpoints.last_committed = committed
         created = committed.manifest.get("created")
         self.checkpoints.last_commit_time = datetime.fromisoformat(created).timestamp() if created else time.time()
-        log.info("resumed from checkpoint step %d (epoch %d, batch %d of %d)", committed.step, self.position.epoch + 1, self.position.batch, self.data.steps_per_epoch)
+        log.info(
+            "resumed from checkpoint step %d (epoch %d, batch %d of %d)",
+            committed.step,
+            self.position.epoch + 1,
+            self.position.batch,
+            self.data.steps_per_epoch,
+        )
 
     # --------------------------------------------------------------------------------------- helpers
     def _count_bad(self, bad: list) -> None:
@@ -376,7 +481,9 @@ class Trainer:
     def _report_window(self, window: _Window, now: float) -> None:
         values = window.meter.read("")
         if values and not torch.isfinite(torch.tensor(values["loss"])):
-            raise FloatingPointError(f"the training loss became {values['loss']} at step {self.position.step}; lower optimizer.lr or set grad_clip_norm")
+            raise FloatingPointError(
+                f"the training loss became {values['loss']} at step {self.position.step}; lower optimizer.lr or set grad_clip_norm"
+            )
         elapsed = max(now - window.started, 1e-9)
         fields = {
             "step": self.position.step,
@@ -386,29 +493,50 @@ class Trainer:
             "images_per_sec": window.images / elapsed,
             "data_wait_fraction": min(1.0, window.waited / elapsed),
             # Training steps left at this window's pace (validation and saves not included).
-            "eta_s": round((self.data.steps_per_epoch * self.train.epochs - self.position.step) * elapsed / max(1, window.steps), 1),
+            "eta_s": round(
+                (self.data.steps_per_epoch * self.train.epochs - self.position.step) * elapsed / max(1, window.steps), 1
+            ),
             **values,
         }
         self.reporter.update(**fields)
         self.reporter.metrics.record("step", **fields)
-        self.display.update(self.position.step, self.position.epoch, self.train.epochs, {k: fields.get(k) for k in ("loss", "acc1", "lr", "images_per_sec")})
+        self.display.update(
+            self.position.step,
+            self.position.epoch,
+            self.train.epochs,
+            {k: fields.get(k) for k in ("loss", "acc1", "lr", "images_per_sec")},
+        )
         self._note_checkpoint()
 
     def _note_first_step(self) -> None:
         self.startup["first_step_s"] = time.monotonic() - trainer.STARTED
         self.reporter.update(startup={k: round(v, 3) if isinstance(v, float) else v for k, v in self.startup.items()})
-        log.info("first step %.1fs after start (imports %.1fs, data %.1fs, model %.1fs, restore %.1fs)", self.startup["first_step_s"], self.startup["imports_s"], self.startup["data_s"], self.startup["model_s"], self.startup["restore_s"])
+        log.info(
+            "first step %.1fs after start (imports %.1fs, data %.1fs, model %.1fs, restore %.1fs)",
+            self.startup["first_step_s"],
+            self.startup["imports_s"],
+            self.startup["data_s"],
+            self.startup["model_s"],
+            self.startup["restore_s"],
+        )
 
     def _note_checkpoint(self) -> None:
         committed = self.checkpoints.last_committed
         if committed is not None:
-            self.reporter.update(last_checkpoint_step=committed.step, last_checkpoint_time=self.checkpoints.last_commit_time,
-                                 checkpoints_not_deleted=len(self.checkpoints.undeleted) + len(self.best.undeleted))
+            self.reporter.update(
+                last_checkpoint_step=committed.step,
+                last_checkpoint_time=self.checkpoints.last_commit_time,
+                checkpoints_not_deleted=len(self.checkpoints.undeleted) + len(self.best.undeleted),
+            )
 
     def _outcome(self, status: str, reason: str | None = None) -> Outcome:
         best = None
         if self.stopper.best is not None:
-            best = {"metric": self.stopper.spec.metric, "value": self.stopper.best, "epoch": self.stopper.best_epoch + 1}
+            best = {
+                "metric": self.stopper.spec.metric,
+                "value": self.stopper.best,
+                "epoch": self.stopper.best_epoch + 1,
+            }
         return Outcome(status, self.position.step, self.position.epoch, reason, self.history, best)
 
 

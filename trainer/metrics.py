@@ -26,7 +26,9 @@ class Meter:
         top = logits.topk(k, dim=1).indices
         hits = top == targets[:, None]
         n = targets.shape[0]
-        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
+        self.sums += torch.stack(
+            [loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(dim=1).sum().double()]
+        )
         self.count += n
 
     def read(self, prefix: str) -> dict[str, float]:
@@ -47,7 +49,11 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; True when it is a new best."""
-        better = self.best is None or (value < self.best - self.spec.min_delta if self.spec.mode == "min" else value > self.best + self.spec.min_delta)
+        better = self.best is None or (
+            value < self.best - self.spec.min_delta
+            if self.spec.mode == "min"
+            else value > self.best + self.spec.min_delta
+        )
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
@@ -97,4 +103,3 @@ class MetricsLog:
                         self._pending[:0] = lines
                     raise
             self._parts += 1
-

@@ -55,12 +55,16 @@ def load_state_dict_url(model: nn.Module, url: str, sha256: str | None = None) -
     except FileNotFoundError:
         raise WeightsError(f"weights {url} do not exist; check train.model.weights") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise WeightsError(f"weights {url} have sha256 {hashlib.sha256(data).hexdigest()}, not train.model.weights_sha256 {sha256}; "
-                           "the file changed: check where it came from, then fix the URL or the hash")
+        raise WeightsError(
+            f"weights {url} have sha256 {hashlib.sha256(data).hexdigest()}, not train.model.weights_sha256 {sha256}; "
+            "the file changed: check where it came from, then fix the URL or the hash"
+        )
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, or one holding more than tensors (refused by weights_only)
-        raise WeightsError(f"weights {url} cannot be loaded as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise WeightsError(
+            f"weights {url} cannot be loaded as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a common wrapper (Lightning and others)
     if not isinstance(state, dict):
@@ -71,7 +75,9 @@ def load_state_dict_url(model: nn.Module, url: str, sha256: str | None = None) -
     try:
         missing, unexpected = model.load_state_dict(body, strict=False)
     except RuntimeError as exc:  # shapes that do not fit
-        raise WeightsError(f"weights {url} do not fit {type(model).__name__}: {str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
+        raise WeightsError(
+            f"weights {url} do not fit {type(model).__name__}: {str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}"
+        ) from None
     missing = [k for k in missing if not k.startswith(head_name + ".")]
     if missing or unexpected:
         raise WeightsError(
@@ -99,7 +105,9 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride, bias=old.bias is not None)
+        new = nn.Conv2d(
+            old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride, bias=old.bias is not None
+        )
     parent_name, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attribute, new)
 
@@ -136,7 +144,15 @@ def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[ParamGroup]:
     Frozen parameters are in no group, so they get no optimizer state. The layout is deterministic
     (model order), which the checkpoint relies on to restore the optimizer.
     """
-    groups = [ParamGroup(f"group{i}:{','.join(g.prefixes)}", [], g.lr, spec.weight_decay if g.weight_decay is None else g.weight_decay) for i, g in enumerate(spec.param_groups)]
+    groups = [
+        ParamGroup(
+            f"group{i}:{','.join(g.prefixes)}",
+            [],
+            g.lr,
+            spec.weight_decay if g.weight_decay is None else g.weight_decay,
+        )
+        for i, g in enumerate(spec.param_groups)
+    ]
     default = ParamGroup("default", [], spec.lr, spec.weight_decay)
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -150,7 +166,10 @@ def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[ParamGroup]:
 
 
 def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
-    groups = [{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name} for g in param_groups(model, spec)]
+    groups = [
+        {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
+        for g in param_groups(model, spec)
+    ]
     if spec.name == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum or 0.0, nesterov=spec.nesterov)
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)

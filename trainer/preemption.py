@@ -117,14 +117,21 @@ class InterruptionWatcher:
         rebalance = self._get(endpoint, "/latest/meta-data/events/recommendations/rebalance")
         if rebalance is not None and rebalance != self._rebalance_seen:
             self._rebalance_seen = rebalance
-            log.warning("preemption: rebalance recommendation (%s); checkpointing now", json.loads(rebalance).get("noticeTime", "?"))
+            log.warning(
+                "preemption: rebalance recommendation (%s); checkpointing now",
+                json.loads(rebalance).get("noticeTime", "?"),
+            )
             self._rebalance_pending.set()
 
     def _get(self, endpoint: str, path: str) -> str | None:
         """GET a metadata path with an IMDSv2 token; None when it does not exist (no notice)."""
         for _ in range(2):
             if self._token is None:
-                request = urllib.request.Request(f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)})
+                request = urllib.request.Request(
+                    f"{endpoint}/latest/api/token",
+                    method="PUT",
+                    headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
+                )
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     self._token = response.read().decode()
             request = urllib.request.Request(f"{endpoint}{path}", headers={"X-aws-ec2-metadata-token": self._token})

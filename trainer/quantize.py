@@ -44,7 +44,9 @@ def classifier_head(model: nn.Module) -> str | None:
     return linear[-1] if linear else None
 
 
-def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> tuple[torch.jit.ScriptModule, int]:
+def quantize(
+    model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor
+) -> tuple[torch.jit.ScriptModule, int]:
     """The model with int8 weights and activations, traced; and how many images calibrated it.
 
     The classifier head stays fp32: the logits are what is compared and ranked, it is a sliver of
@@ -86,7 +88,9 @@ def agreement(reference: nn.Module | Callable, quantized: Callable, images: Iter
     return {"images": total, "sqnr_db": round(sqnr, 2), "top1_agreement": same / total}
 
 
-def latency_ms(model: Callable, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 10) -> dict[str, float]:
+def latency_ms(
+    model: Callable, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 10
+) -> dict[str, float]:
     """Median CPU milliseconds per call at each batch size (after two warm-up calls)."""
     timings = {}
     with torch.no_grad():

@@ -37,7 +37,10 @@ def export_job(job_url: str, job_id: str | None = None, formats: list[str] | Non
     _, console = setup_logging(None)
     storage = Storage(prefix)
     if not storage.list(layout.CHECKPOINTS) and not storage.list(layout.BEST):
-        print(f"error: job {job_id} has no checkpoint under {prefix} to export from; train it first (python -m trainer run --job {job_url})", file=sys.stderr)
+        print(
+            f"error: job {job_id} has no checkpoint under {prefix} to export from; train it first (python -m trainer run --job {job_url})",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     try:
         manifest = _export(spec, storage, job_id, formats, console)
@@ -45,13 +48,20 @@ def export_job(job_url: str, job_id: str | None = None, formats: list[str] | Non
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if manifest is None:
-        print(f"error: no checkpoint of job {job_id} under {prefix} could be loaded (see the warnings above)", file=sys.stderr)
+        print(
+            f"error: no checkpoint of job {job_id} under {prefix} could be loaded (see the warnings above)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     asked = formats or spec.train.export.formats
     for name in asked:
         entry = manifest["formats"][name]
-        print(f"{name}: {'ok, ' + ', '.join(entry['files']) if entry['status'] == 'ok' else 'failed: ' + entry['reason']}")
-    print(f"manifest: {storage.url_of(layout.MANIFEST)} (checkpoint step {manifest['checkpoint_step']}, {manifest['source']})")
+        print(
+            f"{name}: {'ok, ' + ', '.join(entry['files']) if entry['status'] == 'ok' else 'failed: ' + entry['reason']}"
+        )
+    print(
+        f"manifest: {storage.url_of(layout.MANIFEST)} (checkpoint step {manifest['checkpoint_step']}, {manifest['source']})"
+    )
     return EXIT_SUCCEEDED if all(manifest["formats"][name]["status"] == "ok" for name in asked) else EXIT_FAILED
 
 
@@ -79,5 +89,16 @@ def _export(spec, storage: Storage, job_id: str, formats: list[str] | None, cons
     model = build_model(train.model.model_copy(update={"weights": None, "weights_sha256": None}), len(data.classes))
     model.load_state_dict(state["model"])
     metrics = state["metrics"] if best else (state["history"][-1] if state.get("history") else None)
-    return export_artifacts(storage, train, model, state if best else None, data.classes, data_mod.normalization(train.model), job_id,
-                            committed.step, metrics, export_data(data, train), formats)
+    return export_artifacts(
+        storage,
+        train,
+        model,
+        state if best else None,
+        data.classes,
+        data_mod.normalization(train.model),
+        job_id,
+        committed.step,
+        metrics,
+        export_data(data, train),
+        formats,
+    )

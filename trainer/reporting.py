@@ -3,7 +3,7 @@ waits on S3 for it:
 
 - `status/heartbeat.json` every `interval` seconds (phase, progress, throughput, metrics, last
   checkpoint, data-wait fraction, GPU telemetry averaged over the interval, timestamps) and the
-  same figures averaged over the last HEALTH_WINDOW_S seconds of training (orchestrator.health);
+  same figures averaged over the last HEALTH_WINDOW_S seconds of training (orchestrator.jobs.health);
 - metric records, flushed as new JSON-lines objects (trainer.metrics.MetricsLog);
 - the log file, shipped to `logs/attempt-<k>.log` every few heartbeats;
 - the control object `control/stop`, polled with the heartbeat: when present the loop stops gracefully.
@@ -33,7 +33,16 @@ HEALTH_WINDOW_S = 300.0
 
 
 class Reporter:
-    def __init__(self, storage: Storage, attempt: int, log_file: Path | None = None, gpu: GpuMonitor | None = None, interval: float = 15.0, ship_log_every: int = 4, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        storage: Storage,
+        attempt: int,
+        log_file: Path | None = None,
+        gpu: GpuMonitor | None = None,
+        interval: float = 15.0,
+        ship_log_every: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.storage, self.attempt, self.log_file = storage, attempt, log_file
         self.metrics = MetricsLog(storage, attempt)
         self.gpu = gpu or GpuMonitor()
@@ -48,7 +57,9 @@ class Reporter:
         self._started = now_iso()
         self._thread: threading.Thread | None = None
         self._clock = clock
-        self._window: deque[tuple[float, float | None, float | None, float | None]] = deque()  # (time, util %, memory fraction, data wait)
+        self._window: deque[tuple[float, float | None, float | None, float | None]] = (
+            deque()
+        )  # (time, util %, memory fraction, data wait)
 
     def update(self, **fields) -> None:
         """Cheap, called by the loop: the latest values for the next heartbeat."""
@@ -101,7 +112,14 @@ class Reporter:
         with self._lock:
             # Training samples only: validation and checkpoint saves idle the GPU by design.
             if status.get("phase") == "training":
-                self._window.append((now, gpu.get("gpu_util_pct"), used / total if used is not None and total else None, status.get("data_wait_fraction")))
+                self._window.append(
+                    (
+                        now,
+                        gpu.get("gpu_util_pct"),
+                        used / total if used is not None and total else None,
+                        status.get("data_wait_fraction"),
+                    )
+                )
             while self._window and self._window[0][0] < now - HEALTH_WINDOW_S:
                 self._window.popleft()
             samples = list(self._window)
@@ -132,7 +150,12 @@ class Reporter:
     def _tick(self, ship_log: bool, poll_control: bool) -> None:
         # Each part on its own: S3 trouble with one must not starve the others (or stop training).
         for what, action in (
-            ("heartbeat", lambda: self.storage.write_bytes(layout.HEARTBEAT, Heartbeat.model_validate(self.heartbeat()).to_json())),
+            (
+                "heartbeat",
+                lambda: self.storage.write_bytes(
+                    layout.HEARTBEAT, Heartbeat.model_validate(self.heartbeat()).to_json()
+                ),
+            ),
             ("metrics", self.metrics.flush),
             ("control", self._poll_control if poll_control else None),
             ("log", self.ship_log if ship_log else None),
@@ -142,7 +165,12 @@ class Reporter:
             try:
                 action()
             except Exception as exc:
-                log.warning("reporting: writing the %s failed (%s: %s); trying again at the next heartbeat", what, type(exc).__name__, exc)
+                log.warning(
+                    "reporting: writing the %s failed (%s: %s); trying again at the next heartbeat",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def _poll_control(self) -> None:
         if self.stop_requested.is_set():

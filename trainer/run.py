@@ -66,7 +66,9 @@ def load_or_report(job_url: str) -> JobSpec | None:
         return None
 
 
-def run(job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None) -> int:
+def run(
+    job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None
+) -> int:
     spec = load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
@@ -82,7 +84,10 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
             storage.delete(layout.FINAL)
         attempt = attempt or next_attempt(storage)
     except Exception as exc:  # nowhere to report to: say it here, once
-        hint = {PermissionError: "check the credentials or instance profile", FileNotFoundError: "create it, or fix `storage` in the job file"}.get(type(exc), "check `storage` in the job file and the network")
+        hint = {
+            PermissionError: "check the credentials or instance profile",
+            FileNotFoundError: "create it, or fix `storage` in the job file",
+        }.get(type(exc), "check `storage` in the job file and the network")
         print(f"error: cannot use the job's storage {prefix} ({type(exc).__name__}: {exc}); {hint}", file=sys.stderr)
         return EXIT_FAILED
     log_file, console = setup_logging(attempt)
@@ -109,7 +114,9 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         if watcher.interrupt.is_set():
             # The machine is going away (spot notice, SIGTERM at shutdown) and took part of us with it,
             # e.g. data workers killed by the same SIGTERM: an interruption, not the job's failure.
-            log.warning("interrupted (%s: %s); run the same command to resume from the last checkpoint", type(exc).__name__, exc)
+            log.warning(
+                "interrupted (%s: %s); run the same command to resume from the last checkpoint", type(exc).__name__, exc
+            )
             reporter.close("interrupted")
             return EXIT_INTERRUPTED
         _record_failure(storage, reporter, attempt, exc)
@@ -128,7 +135,11 @@ def run(job_url: str, job_id: str | None = None, attempt: int | None = None, hea
         reporter.close("stopped")
         return EXIT_STOPPED
     _write_final(storage, Final(outcome=Outcome.SUCCEEDED, **_summary(outcome, attempt)))
-    best = f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)" if outcome.best else ""
+    best = (
+        f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)"
+        if outcome.best
+        else ""
+    )
     log.info("succeeded after %d steps%s", outcome.step, best)
     reporter.close("done")
     return EXIT_SUCCEEDED
@@ -163,7 +174,10 @@ def _record_failure(storage: Storage, reporter: Reporter, attempt: int, exc: Exc
         log.error("failed: %s", message)
     tail = "".join(lines).splitlines()[-20:]
     try:
-        _write_final(storage, Final(outcome=Outcome.FAILED, attempt=attempt, error=message, traceback=tail, finished_at=now_iso()))
+        _write_final(
+            storage,
+            Final(outcome=Outcome.FAILED, attempt=attempt, error=message, traceback=tail, finished_at=now_iso()),
+        )
     except Exception as write_error:  # the storage itself may be what failed
         log.error("could not write %s: %s", storage.url_of(layout.FINAL), write_error)
     reporter.update(error=message)
@@ -197,7 +211,17 @@ def setup_logging(attempt: int | None):
         to_file.setFormatter(plain)
         root.addHandler(to_file)
     root.setLevel(logging.INFO)
-    for noisy in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3", "fsspec", "PIL", "onnxscript", "onnx_ir", "torch.onnx"):
+    for noisy in (
+        "botocore",
+        "boto3",
+        "s3fs",
+        "aiobotocore",
+        "urllib3",
+        "fsspec",
+        "PIL",
+        "onnxscript",
+        "onnx_ir",
+        "torch.onnx",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return log_file, console
-

@@ -18,7 +18,9 @@ from PIL import Image, ImageDraw
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 
 
-def render(root: str, classes: tuple[str, ...] = SHAPES, per_split: dict[str, int] | None = None, size: int = 64, seed: int = 0) -> dict[str, list[str]]:
+def render(
+    root: str, classes: tuple[str, ...] = SHAPES, per_split: dict[str, int] | None = None, size: int = 64, seed: int = 0
+) -> dict[str, list[str]]:
     """Write `root/<split>/<class>/NNNN.png` (local folder or any fsspec URL); returns the paths per split."""
     per_split = per_split or {"train": 80, "val": 20}
     fs, base = fsspec.core.url_to_fs(str(root))
@@ -63,12 +65,21 @@ def draw(shape: str, size: int, rng: random.Random) -> Image.Image:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.sample_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("dest", help="folder or URL to write the dataset to")
-    parser.add_argument("--per-class", type=int, default=80, help="training images per class (validation gets a quarter)")
+    parser.add_argument(
+        "--per-class", type=int, default=80, help="training images per class (validation gets a quarter)"
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    written = render(args.dest, per_split={"train": args.per_class, "val": max(2, args.per_class // 4)}, size=args.size, seed=args.seed)
-    print(f"wrote {sum(map(len, written.values()))} images of {len(SHAPES)} shapes to {args.dest}/{{{','.join(written)}}}")
+    written = render(
+        args.dest,
+        per_split={"train": args.per_class, "val": max(2, args.per_class // 4)},
+        size=args.size,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {sum(map(len, written.values()))} images of {len(SHAPES)} shapes to {args.dest}/{{{','.join(written)}}}"
+    )
 
 
 if __name__ == "__main__":

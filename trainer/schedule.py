@@ -45,6 +45,8 @@ def lr_multiplier(spec: TrainSpec, steps_per_epoch: int) -> Callable[[int], floa
     return multiplier
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     # A plain closure: LambdaLR's state_dict then holds only numbers (weights_only loading accepts it).
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(spec, steps_per_epoch))

@@ -58,12 +58,14 @@ class GpuMonitor:
     def sample(self) -> None:
         nvml = self._nvml
         # Each figure on its own: some GPUs do not report power (NotSupported), the rest still counts.
-        util = self._read(lambda: sum(nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles) / len(self._handles))
+        util = self._read(
+            lambda: sum(nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles) / len(self._handles)
+        )
         used = self._read(lambda: sum(nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 2**30)
         power = self._read(lambda: sum(nvml.nvmlDeviceGetPowerUsage(h) for h in self._handles) / 1000)
         with self._lock:
-            self._sums = [total + (value or 0.0) for total, value in zip(self._sums, (util, used, power))]
-            self._missing = [m or v is None for m, v in zip(self._missing, (util, used, power))]
+            self._sums = [total + (value or 0.0) for total, value in zip(self._sums, (util, used, power), strict=True)]
+            self._missing = [m or v is None for m, v in zip(self._missing, (util, used, power), strict=True)]
             self._samples += 1
 
     def _read(self, figure):
@@ -79,5 +81,14 @@ class GpuMonitor:
             self._sums, self._samples, self._missing = [0.0, 0.0, 0.0], 0, [False, False, False]
         if not self.available or not samples:
             return {name: (len(self._handles) or None) if name == "gpu_count" else None for name in FIELDS}
-        util, used, power = (None if gone else round(value / samples, digits) for value, gone, digits in zip(sums, missing, (1, 2, 1)))
-        return {"gpu_count": len(self._handles), "gpu_util_pct": util, "gpu_mem_used_gib": used, "gpu_mem_total_gib": round(self._total_gib, 2), "gpu_power_w": power}
+        util, used, power = (
+            None if gone else round(value / samples, digits)
+            for value, gone, digits in zip(sums, missing, (1, 2, 1), strict=True)
+        )
+        return {
+            "gpu_count": len(self._handles),
+            "gpu_util_pct": util,
+            "gpu_mem_used_gib": used,
+            "gpu_mem_total_gib": round(self._total_gib, 2),
+            "gpu_power_w": power,
+        }

@@ -36,19 +36,54 @@ class ErrorKind(enum.Enum):
 
 
 CAPACITY_CODES = {
-    "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "InsufficientReservedInstanceCapacity",
-    "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded", "VcpuLimitExceeded", "Unsupported",
-    "UnfulfillableCapacity", "InsufficientFreeAddressesInSubnet",
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "Unsupported",
+    "UnfulfillableCapacity",
+    "InsufficientFreeAddressesInSubnet",
 }
-THROTTLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "SlowDown", "TooManyRequestsException", "RequestThrottled"}
+THROTTLE_CODES = {
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "SlowDown",
+    "TooManyRequestsException",
+    "RequestThrottled",
+}
 AUTH_CODES = {
-    "AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
-    "AccessDenied", "AccessDeniedException", "OptInRequired", "UnrecognizedClientException", "InvalidAccessKeyId",
+    "AuthFailure",
+    "UnauthorizedOperation",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "AccessDenied",
+    "AccessDeniedException",
+    "OptInRequired",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
 }
 CONFIG_CODES = {
-    "InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidSubnetID.NotFound", "InvalidGroup.NotFound", "InvalidParameterValue",
-    "InvalidParameterCombination", "InvalidParameter", "InvalidInstanceType", "InvalidBlockDeviceMapping", "ParameterNotFound",
-    "InvalidKeyPair.NotFound", "InvalidIamInstanceProfile.NotFound", "NoSuchBucket", "NoSuchEntity",
+    "InvalidAMIID.NotFound",
+    "InvalidAMIID.Malformed",
+    "InvalidSubnetID.NotFound",
+    "InvalidGroup.NotFound",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "InvalidParameter",
+    "InvalidInstanceType",
+    "InvalidBlockDeviceMapping",
+    "ParameterNotFound",
+    "InvalidKeyPair.NotFound",
+    "InvalidIamInstanceProfile.NotFound",
+    "NoSuchBucket",
+    "NoSuchEntity",
 }
 
 
@@ -87,13 +122,22 @@ def as_user_error(error: BaseException, doing: str) -> UserError:
     """One clear message for an error a person has to fix."""
     kind = classify(error)
     if isinstance(error, botocore.exceptions.NoCredentialsError):
-        return UserError(f"no AWS credentials found while {doing}", "run `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        return UserError(
+            f"no AWS credentials found while {doing}",
+            "run `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        )
     if isinstance(error, botocore.exceptions.ProfileNotFound):
         return UserError(f"{error} while {doing}", "list your profiles with `aws configure list-profiles`")
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return UserError(f"cannot reach AWS while {doing} ({error})", "check the network, the region, and AWS_ENDPOINT_URL if you set it")
+        return UserError(
+            f"cannot reach AWS while {doing} ({error})",
+            "check the network, the region, and AWS_ENDPOINT_URL if you set it",
+        )
     if kind is ErrorKind.AUTH:
-        return UserError(f"AWS refused {doing}: {describe(error)}", "check the credentials and that they allow this call (infra/ has the policy spotctl needs)")
+        return UserError(
+            f"AWS refused {doing}: {describe(error)}",
+            "check the credentials and that they allow this call (infra/ has the policy spotctl needs)",
+        )
     return UserError(f"{doing} failed: {describe(error)}")
 
 
@@ -112,13 +156,17 @@ class Endpoint:
 class Cloud:
     """boto3 clients for one region and profile (or endpoint), each built once per retry mode."""
 
-    def __init__(self, region: str, profile: str | None = None, max_attempts: int | None = None, endpoint: Endpoint | None = None):
+    def __init__(
+        self, region: str, profile: str | None = None, max_attempts: int | None = None, endpoint: Endpoint | None = None
+    ):
         self.region, self.profile, self.endpoint = region, profile, endpoint
         try:
             if endpoint is None:
                 self._session = boto3.Session(profile_name=profile, region_name=region)
             else:
-                self._session = boto3.Session(aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=region)
+                self._session = boto3.Session(
+                    aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=region
+                )
         except botocore.exceptions.ProfileNotFound as exc:
             raise as_user_error(exc, "reading the AWS configuration") from None
         self._attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
@@ -129,9 +177,15 @@ class Cloud:
         key = (service, region, retries)
         if key not in self._clients:
             attempts = 1 if retries == "once" else self._attempts
-            config = Config(retries={"mode": "standard" if retries == "once" else retries, "max_attempts": attempts}, connect_timeout=10, read_timeout=60)
+            config = Config(
+                retries={"mode": "standard" if retries == "once" else retries, "max_attempts": attempts},
+                connect_timeout=10,
+                read_timeout=60,
+            )
             extra = {"endpoint_url": self.endpoint.url} if self.endpoint else {}
-            self._clients[key] = self._session.client(service, region_name=region or self.region, config=config, **extra)
+            self._clients[key] = self._session.client(
+                service, region_name=region or self.region, config=config, **extra
+            )
         return self._clients[key]
 
     @property

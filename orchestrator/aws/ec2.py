@@ -35,8 +35,14 @@ def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instan
                     if not job or not attempt.isdigit():
                         continue
                     reason = entry.get("StateReason") or {}
-                    instance = Instance(entry["InstanceId"], entry["State"]["Name"], reason.get("Code"), reason.get("Message"), int(attempt),
-                                        entry.get("StateTransitionReason") or None)
+                    instance = Instance(
+                        entry["InstanceId"],
+                        entry["State"]["Name"],
+                        reason.get("Code"),
+                        reason.get("Message"),
+                        int(attempt),
+                        entry.get("StateTransitionReason") or None,
+                    )
                     known = found.setdefault(job, {}).get(int(attempt))
                     if known is None or known.state in GONE:
                         found[job][int(attempt)] = instance
@@ -51,8 +57,10 @@ def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
             ami = cloud.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
         except botocore.exceptions.ClientError as exc:
             if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
-                raise UserError(f"compute.ami: the SSM parameter {name} does not exist in {cloud.region}",
-                                "check the region, or set compute.ami to an AMI id (ami-...)") from None
+                raise UserError(
+                    f"compute.ami: the SSM parameter {name} does not exist in {cloud.region}",
+                    "check the region, or set compute.ami to an AMI id (ami-...)",
+                ) from None
             raise as_user_error(exc, f"reading the SSM parameter {name}") from None
     try:
         images = cloud.client("ec2").describe_images(ImageIds=[ami])["Images"]
@@ -68,16 +76,34 @@ def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
 
 def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> list[str]:
     """The job's instances that are not terminated yet (of one attempt, if given), found by tag."""
-    filters = [{"Name": f"tag:{TAG_JOB}", "Values": [job_id]}, {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    filters = [
+        {"Name": f"tag:{TAG_JOB}", "Values": [job_id]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
     if attempt is not None:
         filters.append({"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]})
     pages = cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
     return sorted(i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"])
 
 
-def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: Offer, ami: str, root_device: str, user_data: str, token: str, dry_run: bool = False) -> str:
+def run_instance(
+    cloud: Cloud,
+    spec: JobSpec,
+    job_id: str,
+    attempt: int,
+    offer: Offer,
+    ami: str,
+    root_device: str,
+    user_data: str,
+    token: str,
+    dry_run: bool = False,
+) -> str:
     subnet, vpc = subnet_for(cloud, offer.zone)
-    tags = [{"Key": TAG_JOB, "Value": job_id}, {"Key": TAG_ATTEMPT, "Value": str(attempt)}, {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]}]
+    tags = [
+        {"Key": TAG_JOB, "Value": job_id},
+        {"Key": TAG_ATTEMPT, "Value": str(attempt)},
+        {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]},
+    ]
     spot_options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
     if spec.compute.max_price_per_hour:
         spot_options["MaxPrice"] = f"{spec.compute.max_price_per_hour:.4f}"
@@ -90,7 +116,17 @@ def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: 
         # run_instances with spot market options (not request_spot_instances) keeps the instance profile.
         "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options},
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-        "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {"VolumeSize": spec.compute.disk_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": root_device,
+                "Ebs": {
+                    "VolumeSize": spec.compute.disk_gib,
+                    "VolumeType": "gp3",
+                    "Encrypted": True,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
         "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
         "InstanceInitiatedShutdownBehavior": "terminate",
         "ClientToken": token,  # a retried call returns the same instance instead of starting a second one
@@ -101,7 +137,12 @@ def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: 
     group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
     # The zone is chosen through the subnet. No public address unless the job asks for one: with no
     # inbound rules it would only carry outbound traffic, which a NAT gateway or VPC endpoints can.
-    interface = {"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": spec.compute.public_ip, "DeleteOnTermination": True}
+    interface = {
+        "DeviceIndex": 0,
+        "SubnetId": subnet,
+        "AssociatePublicIpAddress": spec.compute.public_ip,
+        "DeleteOnTermination": True,
+    }
     if group:  # a dry run creates nothing: without spotctl's group yet, it checks with the default one
         interface["Groups"] = [group]
     request["NetworkInterfaces"] = [interface]
@@ -116,9 +157,14 @@ def run_instance(cloud: Cloud, spec: JobSpec, job_id: str, attempt: int, offer: 
 def subnet_for(cloud: Cloud, zone: str) -> tuple[str, str]:
     """(subnet id, vpc id) of the default subnet of `zone` (Placement is not how EC2 picks the zone)."""
     ec2 = cloud.client("ec2")
-    subnets = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    subnets = ec2.describe_subnets(
+        Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}]
+    )["Subnets"]
     if not subnets:
-        raise UserError(f"{zone} has no default subnet", "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones")
+        raise UserError(
+            f"{zone} has no default subnet",
+            "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones",
+        )
     return subnets[0]["SubnetId"], subnets[0]["VpcId"]
 
 
@@ -130,34 +176,53 @@ def require_private_egress(cloud: Cloud, subnet: str, vpc: str, zone: str) -> No
     ec2 = cloud.client("ec2")
     tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet]}])["RouteTables"]
     if not tables:  # no table of its own: the VPC's main one
-        tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
-    default = [r for t in tables for r in t.get("Routes", []) if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"]
-    if any(r.get(k) for r in default for k in ("NatGatewayId", "TransitGatewayId", "NetworkInterfaceId", "InstanceId", "VpcPeeringConnectionId")):
+        tables = ec2.describe_route_tables(
+            Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "association.main", "Values": ["true"]}]
+        )["RouteTables"]
+    default = [
+        r
+        for t in tables
+        for r in t.get("Routes", [])
+        if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"
+    ]
+    if any(
+        r.get(k)
+        for r in default
+        for k in ("NatGatewayId", "TransitGatewayId", "NetworkInterfaceId", "InstanceId", "VpcPeeringConnectionId")
+    ):
         return
     if any(str(r.get("GatewayId", "")).startswith("igw-") for r in default):
-        raise UserError(f"subnet {subnet} ({zone}) reaches the internet only through an internet gateway, which needs a public IP; "
-                        "without one the instance could not reach S3 or PyPI",
-                        "set compute.public_ip: true (the security group still admits nothing inbound), or launch where subnets have a NAT gateway")
+        raise UserError(
+            f"subnet {subnet} ({zone}) reaches the internet only through an internet gateway, which needs a public IP; "
+            "without one the instance could not reach S3 or PyPI",
+            "set compute.public_ip: true (the security group still admits nothing inbound), or launch where subnets have a NAT gateway",
+        )
 
 
 def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
     """spotctl's security group of this VPC: no inbound rules at all (found by name, created once)."""
     ec2 = cloud.client("ec2")
-    found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP_NAME]}, {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
+    found = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP_NAME]}, {"Name": "vpc-id", "Values": [vpc]}]
+    )["SecurityGroups"]
     if found:
         return found[0]["GroupId"]
     if not create:
         return None
     try:
-        created = ec2.create_security_group(GroupName=SECURITY_GROUP_NAME, Description="spotctl training instances: no inbound access", VpcId=vpc,
-                                            TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "spotctl:managed", "Value": "true"}]}])
+        created = ec2.create_security_group(
+            GroupName=SECURITY_GROUP_NAME,
+            Description="spotctl training instances: no inbound access",
+            VpcId=vpc,
+            TagSpecifications=[
+                {"ResourceType": "security-group", "Tags": [{"Key": "spotctl:managed", "Value": "true"}]}
+            ],
+        )
     except botocore.exceptions.ClientError as exc:
         if "Duplicate" in describe(exc):  # another launch created it just now
             return security_group(cloud, vpc)
         raise as_user_error(exc, "creating the security group") from None
     return created["GroupId"]
-
-
 
 
 def describe_instance(cloud: Cloud, instance_id: str) -> dict:

@@ -31,13 +31,18 @@ from orchestrator.errors import UserError
 from trainer.job.settings import Settings
 
 TEMPLATE = Path(__file__).parent.parent / "data" / "infra" / "spotctl.yaml"
-OPERATOR_POLICY = TEMPLATE.with_name("operator-policy.json")  # kept exact by tests/test_operator_policy.py
+OPERATOR_POLICY = TEMPLATE.with_name("operator-policy.json")  # kept exact by tests/orchestrator/test_operator_policy.py
 DEFAULT_STACK = "spotctl"
 DEFAULT_PREFIX = "spotctl"
 WAIT_LIMIT_S = 1800
 
 # What the bucket must have, checked through S3 (the template sets the same; `secure_bucket` repairs).
-PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
 TLS_ONLY_SID = "DenyInsecureTransport"
 ABORT_UPLOADS_RULE = "abort-incomplete-multipart-uploads"
 
@@ -97,7 +102,11 @@ def job_defaults(data: dict) -> dict:
     deployed = read_profile()
     if deployed is None or data.get("region", deployed.region) != deployed.region:
         return {}
-    defaults = {"region": deployed.region, "storage": deployed.storage, "compute": {"security_group": deployed.security_group}}
+    defaults = {
+        "region": deployed.region,
+        "storage": deployed.storage,
+        "compute": {"security_group": deployed.security_group},
+    }
     if data.get("storage") in (None, deployed.storage):  # the role reaches the stack's bucket prefix only
         defaults["compute"]["instance_profile"] = deployed.instance_profile
     return defaults
@@ -106,7 +115,11 @@ def job_defaults(data: dict) -> dict:
 def operator_policy(deployed: Deployed) -> dict:
     """infra/operator-policy.json for this stack: what the person or CI running spotctl needs."""
     text = OPERATOR_POLICY.read_text()
-    for name, value in (("Bucket", deployed.bucket), ("Prefix", prefix_of(deployed.storage)), ("TrainerRoleArn", deployed.role_arn)):
+    for name, value in (
+        ("Bucket", deployed.bucket),
+        ("Prefix", prefix_of(deployed.storage)),
+        ("TrainerRoleArn", deployed.role_arn),
+    ):
         text = text.replace("${" + name + "}", value)
     return json.loads(text)
 
@@ -118,27 +131,54 @@ def default_bucket_name(cloud: Cloud) -> str:
     return f"spotctl-{account}-{cloud.region}"
 
 
-def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, prefix: str | None = None, expire_checkpoints_days: int | None = None,
-           data_read: tuple[str, ...] | None = None, on_event: Callable[[str], None] = lambda line: None) -> tuple[Deployed, list[str]]:
+def deploy(
+    cloud: Cloud,
+    stack: str = DEFAULT_STACK,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    expire_checkpoints_days: int | None = None,
+    data_read: tuple[str, ...] | None = None,
+    on_event: Callable[[str], None] = lambda line: None,
+) -> tuple[Deployed, list[str]]:
     """Create or update the stack, wait for it, secure the bucket, record the profile. Returns the
     outputs and what `secure_bucket` had to set. On an update, what is not given (None) keeps its
     value from the stack: a re-deploy never moves the bucket or drops a dataset grant by omission."""
     cf = cloud.client("cloudformation")
     current = stack_of(cloud, stack)
-    given = {"BucketName": bucket, "Prefix": prefix, "CheckpointExpirationDays": None if expire_checkpoints_days is None else str(expire_checkpoints_days),
-             "DataReadArns": None if data_read is None else ",".join(arn for item in data_read for arn in data_arns(item))}
+    given = {
+        "BucketName": bucket,
+        "Prefix": prefix,
+        "CheckpointExpirationDays": None if expire_checkpoints_days is None else str(expire_checkpoints_days),
+        "DataReadArns": None if data_read is None else ",".join(arn for item in data_read for arn in data_arns(item)),
+    }
     if current is None:
-        defaults = {"BucketName": bucket or default_bucket_name(cloud), "Prefix": DEFAULT_PREFIX, "CheckpointExpirationDays": "0", "DataReadArns": ""}
+        defaults = {
+            "BucketName": bucket or default_bucket_name(cloud),
+            "Prefix": DEFAULT_PREFIX,
+            "CheckpointExpirationDays": "0",
+            "DataReadArns": "",
+        }
         given = {key: value if value is not None else defaults[key] for key, value in given.items()}
         _refuse_taken_bucket(cloud, given["BucketName"])
-    parameters = [{"ParameterKey": k, "ParameterValue": v} if v is not None else {"ParameterKey": k, "UsePreviousValue": True} for k, v in given.items()]
-    request = {"StackName": stack, "TemplateBody": TEMPLATE.read_text(), "Capabilities": ["CAPABILITY_IAM"], "Parameters": parameters}
+    parameters = [
+        {"ParameterKey": k, "ParameterValue": v} if v is not None else {"ParameterKey": k, "UsePreviousValue": True}
+        for k, v in given.items()
+    ]
+    request = {
+        "StackName": stack,
+        "TemplateBody": TEMPLATE.read_text(),
+        "Capabilities": ["CAPABILITY_IAM"],
+        "Parameters": parameters,
+    }
     try:
         if current is None:
             on_event(f"creating stack {stack} in {cloud.region} (bucket {given['BucketName']})")
             cf.create_stack(**request, Tags=[{"Key": "spotctl:managed", "Value": "true"}])
         elif current["StackStatus"] == "ROLLBACK_COMPLETE":
-            raise UserError(f"stack {stack} failed to create earlier and is in ROLLBACK_COMPLETE", f"delete it (`spotctl infra delete --stack {stack}`), then deploy again")
+            raise UserError(
+                f"stack {stack} failed to create earlier and is in ROLLBACK_COMPLETE",
+                f"delete it (`spotctl infra delete --stack {stack}`), then deploy again",
+            )
         else:
             on_event(f"updating stack {stack} in {cloud.region}")
             cf.update_stack(**request)
@@ -148,12 +188,21 @@ def deploy(cloud: Cloud, stack: str = DEFAULT_STACK, bucket: str | None = None, 
         on_event(f"stack {stack} is up to date")
     final = wait(cloud, stack, on_event)
     if final["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
-        raise UserError(f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or final.get('StackStatusReason') or 'no reason given'}",
-                        "fix the cause, then deploy again (a stack that failed to create must be deleted first)")
+        raise UserError(
+            f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or final.get('StackStatusReason') or 'no reason given'}",
+            "fix the cause, then deploy again (a stack that failed to create must be deleted first)",
+        )
     outputs = outputs_of(final)
-    deployed = Deployed(stack=stack, region=cloud.region, bucket=outputs["BucketName"], storage=outputs["Storage"], instance_profile=outputs["InstanceProfile"],
-                        security_group=outputs["SecurityGroup"], role_arn=outputs["TrainerRoleArn"],
-                        deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    deployed = Deployed(
+        stack=stack,
+        region=cloud.region,
+        bucket=outputs["BucketName"],
+        storage=outputs["Storage"],
+        instance_profile=outputs["InstanceProfile"],
+        security_group=outputs["SecurityGroup"],
+        role_arn=outputs["TrainerRoleArn"],
+        deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     repaired = secure_bucket(cloud, deployed.bucket)
     _write_profile(deployed)
     return deployed, repaired
@@ -169,8 +218,12 @@ def _refuse_taken_bucket(cloud: Cloud, bucket: str) -> None:
             return
         if error_code(exc) not in ("403", "AccessDenied", "Forbidden"):
             raise as_user_error(exc, f"checking bucket {bucket}") from None
-    raise UserError(f"bucket {bucket} already exists (kept from an earlier stack, or someone else's name)",
-                    "pass --bucket NEW-NAME, or delete the old bucket once you no longer need its jobs: aws s3 rb s3://" + bucket + " --force")
+    raise UserError(
+        f"bucket {bucket} already exists (kept from an earlier stack, or someone else's name)",
+        "pass --bucket NEW-NAME, or delete the old bucket once you no longer need its jobs: aws s3 rb s3://"
+        + bucket
+        + " --force",
+    )
 
 
 def data_arns(location: str) -> list[str]:
@@ -178,7 +231,10 @@ def data_arns(location: str) -> list[str]:
     if location.startswith("arn:aws"):
         return [location]
     if not location.startswith("s3://") or not location[5:].split("/", 1)[0]:
-        raise UserError(f"--data-read {location!r} is neither s3://bucket/prefix nor an S3 ARN", "e.g. --data-read s3://my-datasets/imagenet/")
+        raise UserError(
+            f"--data-read {location!r} is neither s3://bucket/prefix nor an S3 ARN",
+            "e.g. --data-read s3://my-datasets/imagenet/",
+        )
     bucket, _, key = location[5:].partition("/")
     key = key.strip("/")
     return [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key + '/' if key else ''}*"]
@@ -203,7 +259,13 @@ def stack_of(cloud: Cloud, stack: str) -> dict | None:
         raise as_user_error(exc, f"reading stack {stack}") from None
 
 
-def wait(cloud: Cloud, stack: str, on_event: Callable[[str], None], poll_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> dict:
+def wait(
+    cloud: Cloud,
+    stack: str,
+    on_event: Callable[[str], None],
+    poll_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict:
     """Poll until the stack leaves *_IN_PROGRESS; the last description (or {"StackStatus": "DELETE_COMPLETE"})."""
     started, last = clock(), None
     while True:
@@ -217,7 +279,10 @@ def wait(cloud: Cloud, stack: str, on_event: Callable[[str], None], poll_s: floa
         if not status.endswith("_IN_PROGRESS"):
             return current
         if clock() - started > WAIT_LIMIT_S:
-            raise UserError(f"stack {stack} is still {status} after {WAIT_LIMIT_S // 60} minutes", "see its events in the CloudFormation console; `spotctl infra status` shows where it is")
+            raise UserError(
+                f"stack {stack} is still {status} after {WAIT_LIMIT_S // 60} minutes",
+                "see its events in the CloudFormation console; `spotctl infra status` shows where it is",
+            )
         time.sleep(poll_s)
 
 
@@ -227,7 +292,9 @@ def _failure(cloud: Cloud, stack: str) -> str | None:
         events = cloud.client("cloudformation").describe_stack_events(StackName=stack)["StackEvents"]
     except botocore.exceptions.ClientError:
         return None
-    failed = [e for e in reversed(events) if e.get("ResourceStatus", "").endswith("_FAILED") and e.get("ResourceStatusReason")]
+    failed = [
+        e for e in reversed(events) if e.get("ResourceStatus", "").endswith("_FAILED") and e.get("ResourceStatusReason")
+    ]
     return f"{failed[0]['LogicalResourceId']}: {failed[0]['ResourceStatusReason']}" if failed else None
 
 
@@ -260,11 +327,19 @@ def bucket_checks(cloud: Cloud, bucket: str) -> dict[str, bool | None]:
     statements = json.loads(policy["Policy"]).get("Statement", []) if policy else []
     rules = lifecycle.get("Rules", []) if lifecycle else []
     return {
-        "public_access_blocked": bool(block) and all(block["PublicAccessBlockConfiguration"].get(k) for k in PUBLIC_ACCESS_BLOCK),
+        "public_access_blocked": bool(block)
+        and all(block["PublicAccessBlockConfiguration"].get(k) for k in PUBLIC_ACCESS_BLOCK),
         "encrypted_at_rest": bool(encryption) and bool(encryption["ServerSideEncryptionConfiguration"].get("Rules")),
-        "tls_only": None if plain_http_endpoint(cloud) else
-        any(s.get("Effect") == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False) for s in statements),
-        "aborts_incomplete_uploads": any(r.get("Status") == "Enabled" and r.get("AbortIncompleteMultipartUpload") for r in rules),
+        "tls_only": None
+        if plain_http_endpoint(cloud)
+        else any(
+            s.get("Effect") == "Deny"
+            and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+            for s in statements
+        ),
+        "aborts_incomplete_uploads": any(
+            r.get("Status") == "Enabled" and r.get("AbortIncompleteMultipartUpload") for r in rules
+        ),
     }
 
 
@@ -274,17 +349,53 @@ def secure_bucket(cloud: Cloud, bucket: str) -> list[str]:
     checks = bucket_checks(cloud, bucket)
     arn = f"arn:aws:s3:::{bucket}"
     fixes = {
-        "public_access_blocked": lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
-        "encrypted_at_rest": lambda: s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}),
+        "public_access_blocked": lambda: s3.put_public_access_block(
+            Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK
+        ),
+        "encrypted_at_rest": lambda: s3.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+        ),
         # Added to what is there, never replacing it: the bucket may have statements and rules of its own.
-        "tls_only": lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [*_current(
-            s3, "get_bucket_policy", bucket, lambda r: json.loads(r["Policy"])["Statement"]), {
-            "Sid": TLS_ONLY_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})),
-        "aborts_incomplete_uploads": lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*[
-            r for r in _current(s3, "get_bucket_lifecycle_configuration", bucket, lambda r: r["Rules"]) if r.get("ID") != ABORT_UPLOADS_RULE], {
-            "ID": ABORT_UPLOADS_RULE, "Status": "Enabled", "Filter": {"Prefix": ""}, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]}),
+        "tls_only": lambda: s3.put_bucket_policy(
+            Bucket=bucket,
+            Policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        *_current(s3, "get_bucket_policy", bucket, lambda r: json.loads(r["Policy"])["Statement"]),
+                        {
+                            "Sid": TLS_ONLY_SID,
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:*",
+                            "Resource": [arn, f"{arn}/*"],
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        },
+                    ],
+                }
+            ),
+        ),
+        "aborts_incomplete_uploads": lambda: s3.put_bucket_lifecycle_configuration(
+            Bucket=bucket,
+            LifecycleConfiguration={
+                "Rules": [
+                    *[
+                        r
+                        for r in _current(s3, "get_bucket_lifecycle_configuration", bucket, lambda r: r["Rules"])
+                        if r.get("ID") != ABORT_UPLOADS_RULE
+                    ],
+                    {
+                        "ID": ABORT_UPLOADS_RULE,
+                        "Status": "Enabled",
+                        "Filter": {"Prefix": ""},
+                        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                    },
+                ]
+            },
+        ),
     }
     repaired = []
     for name, ok in checks.items():
@@ -314,17 +425,25 @@ def jobs_in(cloud: Cloud, bucket: str, prefix: str) -> int:
     return len(found.get("CommonPrefixes", []))
 
 
-def delete(cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_event: Callable[[str], None] = lambda line: None) -> str:
+def delete(
+    cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_event: Callable[[str], None] = lambda line: None
+) -> str:
     """Delete the stack; returns what became of the bucket."""
     current = stack_of(cloud, stack)
     if current is None:
-        raise UserError(f"there is no stack {stack} in {cloud.region}", "`spotctl infra status` shows the deployed stack and its region")
+        raise UserError(
+            f"there is no stack {stack} in {cloud.region}",
+            "`spotctl infra status` shows the deployed stack and its region",
+        )
     outputs = outputs_of(current)
     bucket, prefix = outputs.get("BucketName"), prefix_of(outputs.get("Storage", ""))
     count = jobs_in(cloud, bucket, prefix) if bucket else 0
     if count and not force:
-        raise UserError(f"bucket {bucket} holds {count} job{'s' if count != 1 else ''} under {prefix}/jobs/; deleting the stack removes the role and "
-                        "security group they run with", "stop them and keep what you need (`spotctl artifacts JOB --download DIR`), then pass --force")
+        raise UserError(
+            f"bucket {bucket} holds {count} job{'s' if count != 1 else ''} under {prefix}/jobs/; deleting the stack removes the role and "
+            "security group they run with",
+            "stop them and keep what you need (`spotctl artifacts JOB --download DIR`), then pass --force",
+        )
     on_event(f"deleting stack {stack} in {cloud.region}")
     try:
         cloud.client("cloudformation").delete_stack(StackName=stack)
@@ -332,7 +451,10 @@ def delete(cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_eve
         raise as_user_error(exc, f"deleting stack {stack}") from None
     final = wait(cloud, stack, on_event)
     if final["StackStatus"] != "DELETE_COMPLETE":
-        raise UserError(f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or 'no reason given'}", "see its events in the CloudFormation console")
+        raise UserError(
+            f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or 'no reason given'}",
+            "see its events in the CloudFormation console",
+        )
     _write_profile(None, forget=(cloud.region, stack))
     return _drop_bucket_if_empty(cloud, bucket) if bucket else "no bucket"
 

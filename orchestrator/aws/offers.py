@@ -55,9 +55,17 @@ class Offer:
 
     def as_dict(self) -> dict:
         return {
-            "instance_type": self.instance.name, "zone": self.zone, "gpus": self.instance.gpus, "gpu_model": self.instance.gpu_model,
-            "gpu_memory_gib": self.instance.gpu_memory_gib, "vcpus": self.instance.vcpus, "memory_gib": self.instance.memory_gib,
-            "spot_price": self.spot_price, "on_demand_price": self.on_demand_price, "on_demand_source": self.on_demand_source, "saving": self.saving,
+            "instance_type": self.instance.name,
+            "zone": self.zone,
+            "gpus": self.instance.gpus,
+            "gpu_model": self.instance.gpu_model,
+            "gpu_memory_gib": self.instance.gpu_memory_gib,
+            "vcpus": self.instance.vcpus,
+            "memory_gib": self.instance.memory_gib,
+            "spot_price": self.spot_price,
+            "on_demand_price": self.on_demand_price,
+            "on_demand_source": self.on_demand_source,
+            "saving": self.saving,
         }
 
 
@@ -96,23 +104,37 @@ def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
                     raise
                 if all_names is None:
                     all_names = [t.name for t in _all_types(ec2)]
-                raise UserError(f"compute.instance_types: '{name}' is not an instance type in {cloud.region}{did_you_mean(name, all_names)}") from None
+                raise UserError(
+                    f"compute.instance_types: '{name}' is not an instance type in {cloud.region}{did_you_mean(name, all_names)}"
+                ) from None
         return found
     gpu = compute.gpu
     matching = [
-        t for t in _all_types(ec2)
-        if t.gpus == gpu.count and t.nvidia and t.x86_64  # what the default (x86_64, CUDA) AMI runs
+        t
+        for t in _all_types(ec2)
+        if t.gpus == gpu.count
+        and t.nvidia
+        and t.x86_64  # what the default (x86_64, CUDA) AMI runs
         and (gpu.min_memory_gib is None or t.gpu_memory_gib >= gpu.min_memory_gib)
         and (gpu.models is None or (t.gpu_model or "").lower() in {m.lower() for m in gpu.models})
     ]
     if not matching:
-        wanted = f"{gpu.count} GPU(s)" + (f" of >= {gpu.min_memory_gib:g} GiB" if gpu.min_memory_gib else "") + (f", model {'/'.join(gpu.models)}" if gpu.models else "")
-        raise UserError(f"compute.gpu: no instance type in {cloud.region} has {wanted}", "relax the GPU requirement, or list compute.instance_types")
+        wanted = (
+            f"{gpu.count} GPU(s)"
+            + (f" of >= {gpu.min_memory_gib:g} GiB" if gpu.min_memory_gib else "")
+            + (f", model {'/'.join(gpu.models)}" if gpu.models else "")
+        )
+        raise UserError(
+            f"compute.gpu: no instance type in {cloud.region} has {wanted}",
+            "relax the GPU requirement, or list compute.instance_types",
+        )
     return sorted(matching, key=lambda t: t.name)
 
 
 def _all_types(ec2) -> list[InstanceType]:
-    pages = ec2.get_paginator("describe_instance_types").paginate(Filters=[{"Name": "processor-info.supported-architecture", "Values": ["x86_64", "arm64"]}])
+    pages = ec2.get_paginator("describe_instance_types").paginate(
+        Filters=[{"Name": "processor-info.supported-architecture", "Values": ["x86_64", "arm64"]}]
+    )
     return [_instance_type(t) for page in pages for t in page["InstanceTypes"] if "GpuInfo" in t]
 
 
@@ -120,9 +142,15 @@ def zones_offering(cloud: Cloud, types: list[str], allowed: list[str] | None) ->
     ec2 = cloud.client("ec2", retries="adaptive")
     pools = []
     for chunk in (types[i : i + 20] for i in range(0, len(types), 20)):
-        pages = ec2.get_paginator("describe_instance_type_offerings").paginate(LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": chunk}])
+        pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": chunk}]
+        )
         for page in pages:
-            pools += [(o["InstanceType"], o["Location"]) for o in page["InstanceTypeOfferings"] if allowed is None or o["Location"] in allowed]
+            pools += [
+                (o["InstanceType"], o["Location"])
+                for o in page["InstanceTypeOfferings"]
+                if allowed is None or o["Location"] in allowed
+            ]
     return sorted(set(pools))
 
 
@@ -132,7 +160,10 @@ def find_offers(cloud: Cloud, compute: ComputeSpec, prices: PriceSource) -> Offe
     pools = zones_offering(cloud, sorted(types), compute.availability_zones)
     if not pools:
         where = f"zones {', '.join(compute.availability_zones)}" if compute.availability_zones else cloud.region
-        raise UserError(f"none of {', '.join(sorted(types))} is offered in {where}", "allow more availability_zones or instance types")
+        raise UserError(
+            f"none of {', '.join(sorted(types))} is offered in {where}",
+            "allow more availability_zones or instance types",
+        )
     spot = prices.spot_prices(pools)
     on_demand = {name: prices.on_demand(name) for name in types}
     offers, dropped, over_cap = [], [], {}
@@ -142,10 +173,14 @@ def find_offers(cloud: Cloud, compute: ComputeSpec, prices: PriceSource) -> Offe
             dropped.append((pool, "no spot price (no spot capacity offered)"))
             continue
         if compute.max_price_per_hour is not None and spot[pool] > compute.max_price_per_hour:
-            dropped.append((pool, f"spot ${spot[pool]:.4f}/h is above max_price_per_hour ${compute.max_price_per_hour:g}"))
+            dropped.append(
+                (pool, f"spot ${spot[pool]:.4f}/h is above max_price_per_hour ${compute.max_price_per_hour:g}")
+            )
             over_cap[pool] = spot[pool]
             continue
         price = on_demand[name]
-        offers.append(Offer(types[name], zone, spot[pool], price.usd_per_hour if price else None, price.source if price else None))
+        offers.append(
+            Offer(types[name], zone, spot[pool], price.usd_per_hour if price else None, price.source if price else None)
+        )
     offers.sort(key=lambda o: (o.spot_price, -o.instance.gpu_memory_gib, o.instance.name, o.zone))
     return Offers(offers, dropped, over_cap)

@@ -71,7 +71,9 @@ class AwsPrices:
         # StartTime=now returns the price in force now for every pool (AWS's documented idiom).
         for chunk in (types[i : i + 20] for i in range(0, len(types), 20)):
             pages = ec2.get_paginator("describe_spot_price_history").paginate(
-                InstanceTypes=chunk, ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"], StartTime=datetime.now(timezone.utc)
+                InstanceTypes=chunk,
+                ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+                StartTime=datetime.now(timezone.utc),
             )
             for page in pages:
                 for entry in page["SpotPriceHistory"]:
@@ -82,8 +84,16 @@ class AwsPrices:
 
     def history(self, pool: Pool, start: datetime, end: datetime) -> list[PricePoint]:
         itype, zone = pool
-        pages = self.cloud.client("ec2", retries="adaptive").get_paginator("describe_spot_price_history").paginate(
-            InstanceTypes=[itype], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"], StartTime=start, EndTime=end
+        pages = (
+            self.cloud.client("ec2", retries="adaptive")
+            .get_paginator("describe_spot_price_history")
+            .paginate(
+                InstanceTypes=[itype],
+                AvailabilityZone=zone,
+                ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+                StartTime=start,
+                EndTime=end,
+            )
         )
         entries = [e for page in pages for e in page["SpotPriceHistory"] if e["AvailabilityZone"] == zone]
         return sorted((PricePoint(e["Timestamp"], float(e["SpotPrice"])) for e in entries), key=lambda p: p.at)
@@ -95,7 +105,11 @@ class AwsPrices:
                 if price is not None:
                     return OnDemandPrice(price, "pricing-api")
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, ValueError, KeyError) as exc:
-                log.info("prices: the Pricing API did not answer (%s); using the table of %s", exc, on_demand_table()["as_of"])
+                log.info(
+                    "prices: the Pricing API did not answer (%s); using the table of %s",
+                    exc,
+                    on_demand_table()["as_of"],
+                )
                 self._pricing_works = False  # do not ask again for every type
         table = on_demand_table()
         price = table["prices"].get(instance_type)
@@ -104,8 +118,19 @@ class AwsPrices:
     def _pricing_api(self, instance_type: str) -> float | None:
         # The Pricing API lives in a few regions only; us-east-1 answers for all.
         pricing = self.cloud.client("pricing", region="us-east-1")
-        filters = {"instanceType": instance_type, "regionCode": self.cloud.region, "operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}
-        response = pricing.get_products(ServiceCode="AmazonEC2", Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()], MaxResults=10)
+        filters = {
+            "instanceType": instance_type,
+            "regionCode": self.cloud.region,
+            "operatingSystem": "Linux",
+            "tenancy": "Shared",
+            "preInstalledSw": "NA",
+            "capacitystatus": "Used",
+        }
+        response = pricing.get_products(
+            ServiceCode="AmazonEC2",
+            Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()],
+            MaxResults=10,
+        )
         for item in response["PriceList"]:
             product = json.loads(item) if isinstance(item, str) else item
             for term in product["terms"]["OnDemand"].values():

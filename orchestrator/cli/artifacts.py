@@ -15,7 +15,12 @@ from orchestrator.jobs.artifacts import describe, download, manifest_of
 
 @click.command("artifacts")
 @click.argument("job_id", metavar="JOB")
-@click.option("--download", "folder", type=click.Path(file_okay=False, path_type=Path), help="Fetch every artifact into this folder, verifying each sha256.")
+@click.option(
+    "--download",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fetch every artifact into this folder, verifying each sha256.",
+)
 @options.storage_option
 @options.local_option
 @options.profile_option
@@ -27,7 +32,12 @@ def command(app: App, job_id: str, folder: Path | None, storage: str | None, pro
     if folder is not None:
         fetched = download(store, job_id, folder)
         if as_json:
-            click.echo(json.dumps([{"name": f.name, "path": str(f.path), "size": f.size, "sha256": f.sha256} for f in fetched], indent=2))
+            click.echo(
+                json.dumps(
+                    [{"name": f.name, "path": str(f.path), "size": f.size, "sha256": f.sha256} for f in fetched],
+                    indent=2,
+                )
+            )
         else:
             for f in fetched:
                 click.echo(f"{f.path}  {_size(f.size)}  sha256 {f.sha256[:16]}... verified")
@@ -36,9 +46,13 @@ def command(app: App, job_id: str, folder: Path | None, storage: str | None, pro
     if as_json:
         click.echo(json.dumps(manifest.written(), indent=2))
         return 0
-    rows = [[name, entry.format, _size(entry.size), entry.sha256[:16]] for name, entry in sorted(manifest.files.items())]
+    rows = [
+        [name, entry.format, _size(entry.size), entry.sha256[:16]] for name, entry in sorted(manifest.files.items())
+    ]
     out = render.console()
-    out.print(f"artifacts of {job_id} (from step {manifest.checkpoint_step}, {manifest.source})", markup=False)  # wider than the table
+    out.print(
+        f"artifacts of {job_id} (from step {manifest.checkpoint_step}, {manifest.source})", markup=False
+    )  # wider than the table
     out.print(render.table(["file", "format", "size", "sha256"], rows))
     for name, result in manifest.formats.items():
         out.print(describe(name, result), markup=False)

@@ -65,7 +65,10 @@ class App:
     def store(self, storage: str | None, profile: str | None) -> JobStore:
         root = storage or self.settings.storage or (LOCAL_STORAGE if self.local else None)
         if not root:
-            raise UserError("no storage root given", "pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE")
+            raise UserError(
+                "no storage root given",
+                "pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE",
+            )
         found = JobStore(root, **(storage_options(self.endpoint, profile) if root.startswith("s3://") else {}))
         found.check()
         return found
@@ -76,7 +79,9 @@ class App:
         `region` (--region) replaces the file's before those are chosen: they are regional."""
         from trainer.job.spec_file import load_spec
 
-        spec = load_spec(job_file, defaults=lambda data: self.job_defaults({**data, "region": region} if region else data))
+        spec = load_spec(
+            job_file, defaults=lambda data: self.job_defaults({**data, "region": region} if region else data)
+        )
         return spec.model_copy(update={"region": region}) if region else spec
 
     def job_defaults(self, data: dict) -> dict:

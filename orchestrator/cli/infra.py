@@ -1,5 +1,5 @@
 """`spotctl infra deploy|status|delete`: the AWS resources spotctl needs, as one CloudFormation stack
-(infra/spotctl.yaml), and the local profile that lets job files leave them out (orchestrator.infra)."""
+(infra/spotctl.yaml), and the local profile that lets job files leave them out (orchestrator.aws.infra)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,27 @@ from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.errors import UserError
 
-stack_option = click.option("--stack", default=infra.DEFAULT_STACK, show_default=True, metavar="NAME", help="CloudFormation stack name.")
-region_option = click.option("--region", metavar="REGION", help="AWS region (default: the deployed stack's, else $AWS_DEFAULT_REGION, else us-east-1).")
+stack_option = click.option(
+    "--stack", default=infra.DEFAULT_STACK, show_default=True, metavar="NAME", help="CloudFormation stack name."
+)
+region_option = click.option(
+    "--region",
+    metavar="REGION",
+    help="AWS region (default: the deployed stack's, else $AWS_DEFAULT_REGION, else us-east-1).",
+)
 
 
 def _region(region: str | None) -> str:
     import os
 
     deployed = infra.read_profile()
-    return region or (deployed.region if deployed else None) or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return (
+        region
+        or (deployed.region if deployed else None)
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or os.environ.get("AWS_REGION")
+        or "us-east-1"
+    )
 
 
 @click.group("infra")
@@ -33,30 +45,60 @@ def command() -> None:
 @stack_option
 @region_option
 @click.option("--bucket", metavar="NAME", help="Bucket to create (default: spotctl-<account>-<region>).")
-@click.option("--prefix", help=f"Key prefix jobs are stored under; the trainer role is limited to it (default: {infra.DEFAULT_PREFIX}).")
-@click.option("--expire-checkpoints-days", type=click.IntRange(0, 3650),
-              help="Delete periodic checkpoints this many days after they were written (best/ and artifacts are kept); 0: never (the default).")
-@click.option("--data-read", "data_read", multiple=True, metavar="URL",
-              help="A dataset elsewhere the trainer may list and read: s3://bucket/prefix/ or an S3 ARN (repeatable).")
+@click.option(
+    "--prefix",
+    help=f"Key prefix jobs are stored under; the trainer role is limited to it (default: {infra.DEFAULT_PREFIX}).",
+)
+@click.option(
+    "--expire-checkpoints-days",
+    type=click.IntRange(0, 3650),
+    help="Delete periodic checkpoints this many days after they were written (best/ and artifacts are kept); 0: never (the default).",
+)
+@click.option(
+    "--data-read",
+    "data_read",
+    multiple=True,
+    metavar="URL",
+    help="A dataset elsewhere the trainer may list and read: s3://bucket/prefix/ or an S3 ARN (repeatable).",
+)
 @options.profile_option
 @options.json_option
 @click.pass_obj
-def deploy(app: App, stack: str, region: str | None, bucket: str | None, prefix: str | None, expire_checkpoints_days: int | None, data_read: tuple[str, ...],
-           profile: str | None, as_json: bool) -> int:
+def deploy(
+    app: App,
+    stack: str,
+    region: str | None,
+    bucket: str | None,
+    prefix: str | None,
+    expire_checkpoints_days: int | None,
+    data_read: tuple[str, ...],
+    profile: str | None,
+    as_json: bool,
+) -> int:
     """Create or update the stack, wait for it, and remember its outputs for job files. On an update,
     options left out keep the stack's current values."""
     cloud = app.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    deployed, repaired = infra.deploy(cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events)
+    deployed, repaired = infra.deploy(
+        cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events
+    )
     if as_json:
-        click.echo(json.dumps({**asdict(deployed), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2))
+        click.echo(
+            json.dumps({**asdict(deployed), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2)
+        )
         return 0
     if repaired:
         click.echo(f"set on the bucket through S3, as CloudFormation had not: {', '.join(repaired)}")
     click.echo(f"stack {deployed.stack} ready in {deployed.region}:")
-    for label, value in (("storage", deployed.storage), ("instance profile", deployed.instance_profile), ("security group", deployed.security_group)):
+    for label, value in (
+        ("storage", deployed.storage),
+        ("instance profile", deployed.instance_profile),
+        ("security group", deployed.security_group),
+    ):
         click.echo(f"  {label:<17} {value}")
-    click.echo(f"recorded in {infra.profile_path()}: job files may now leave out storage, compute.instance_profile and compute.security_group")
+    click.echo(
+        f"recorded in {infra.profile_path()}: job files may now leave out storage, compute.instance_profile and compute.security_group"
+    )
     return 0
 
 
@@ -74,8 +116,19 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
     checks = infra.bucket_checks(cloud, outputs["BucketName"]) if "BucketName" in outputs else {}
     deployed = infra.read_profile()
     if as_json:
-        click.echo(json.dumps({"stack": stack, "region": cloud.region, "status": current["StackStatus"] if current else None, "outputs": outputs,
-                               "bucket_checks": checks, "profile": asdict(deployed) if deployed else None}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "stack": stack,
+                    "region": cloud.region,
+                    "status": current["StackStatus"] if current else None,
+                    "outputs": outputs,
+                    "bucket_checks": checks,
+                    "profile": asdict(deployed) if deployed else None,
+                },
+                indent=2,
+            )
+        )
         return 0 if current else 1
     if current is None:
         click.echo(f"no stack {stack} in {cloud.region}; `spotctl infra deploy` creates it")
@@ -88,14 +141,21 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
         reason = f" (plain-HTTP endpoint {infra.plain_http_endpoint(cloud)})" if ok is None else ""
         out.print(f"  {mark} {name.replace('_', ' ')}{reason}", markup=False)
     in_use = deployed and (deployed.stack, deployed.region) == (stack, cloud.region)
-    out.print(f"job files default to this stack's outputs ({infra.profile_path()})" if in_use else "not the stack job files default to", markup=False)
+    out.print(
+        f"job files default to this stack's outputs ({infra.profile_path()})"
+        if in_use
+        else "not the stack job files default to",
+        markup=False,
+    )
     return 1 if False in checks.values() else 0
 
 
 @command.command("delete")
 @stack_option
 @region_option
-@click.option("--force", is_flag=True, help="Delete even though the bucket holds jobs (the bucket and its objects are kept).")
+@click.option(
+    "--force", is_flag=True, help="Delete even though the bucket holds jobs (the bucket and its objects are kept)."
+)
 @options.profile_option
 @click.pass_obj
 def delete(app: App, stack: str, region: str | None, force: bool, profile: str | None) -> int:
@@ -111,6 +171,9 @@ def policy() -> int:
     """Print the least-privilege IAM policy for whoever runs spotctl, filled in for the deployed stack."""
     deployed = infra.read_profile()
     if deployed is None:
-        raise UserError("no stack deployed from this machine yet", "run `spotctl infra deploy` first; infra/operator-policy.json is the template")
+        raise UserError(
+            "no stack deployed from this machine yet",
+            "run `spotctl infra deploy` first; infra/operator-policy.json is the template",
+        )
     click.echo(json.dumps(infra.operator_policy(deployed), indent=1))
     return 0

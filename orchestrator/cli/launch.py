@@ -15,15 +15,33 @@ from orchestrator.jobs.record import JobStore
 
 @click.command("launch")
 @click.argument("job_file", metavar="JOB.yaml")
-@click.option("--dry-run", is_flag=True, help="Show the plan (offers, AMI, user-data, price) and check permissions; start nothing, write nothing.")
-@click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch`, recovering interruptions, until it ends.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the plan (offers, AMI, user-data, price) and check permissions; start nothing, write nothing.",
+)
+@click.option(
+    "--watch",
+    "then_watch",
+    is_flag=True,
+    help="Then follow the job like `spotctl watch`, recovering interruptions, until it ends.",
+)
 @options.poll_option
 @options.region_option
 @options.local_starting_option
 @options.profile_option
 @options.json_option
 @click.pass_obj
-def command(app: App, job_file: str, dry_run: bool, then_watch: bool, poll_s: float, region: str | None, profile: str | None, as_json: bool) -> int:
+def command(
+    app: App,
+    job_file: str,
+    dry_run: bool,
+    then_watch: bool,
+    poll_s: float,
+    region: str | None,
+    profile: str | None,
+    as_json: bool,
+) -> int:
     """Launch JOB.yaml on the cheapest spot offer; print the job id and how to follow it."""
     spec = app.load_job(job_file, region)
     cloud = app.cloud(spec.region, profile)
@@ -32,12 +50,32 @@ def command(app: App, job_file: str, dry_run: bool, then_watch: bool, poll_s: fl
     if dry_run:
         verdict = check_permissions(plan, cloud)
         if as_json:
-            click.echo(json.dumps({"job_id": plan.job_id, "offer": best.as_dict(), "offers": [o.as_dict() for o in plan.offers.ranked], "ami": plan.ami,
-                                   "wheel_url": plan.wheel_url, "user_data": plan.user_data, "permission_check": verdict}, indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "job_id": plan.job_id,
+                        "offer": best.as_dict(),
+                        "offers": [o.as_dict() for o in plan.offers.ranked],
+                        "ami": plan.ami,
+                        "wheel_url": plan.wheel_url,
+                        "user_data": plan.user_data,
+                        "permission_check": verdict,
+                    },
+                    indent=2,
+                )
+            )
             return 0
         out = render.console()
-        out.print(render.table(OFFER_HEADERS, offer_rows(plan.offers.ranked[:10]), title=f"offers ({len(plan.offers.ranked)}, cheapest first)"))
-        out.print(f"would launch {plan.job_id} on {best.instance.name} in {best.zone} at {render.money(best.spot_price)}/h (AMI {plan.ami})")
+        out.print(
+            render.table(
+                OFFER_HEADERS,
+                offer_rows(plan.offers.ranked[:10]),
+                title=f"offers ({len(plan.offers.ranked)}, cheapest first)",
+            )
+        )
+        out.print(
+            f"would launch {plan.job_id} on {best.instance.name} in {best.zone} at {render.money(best.spot_price)}/h (AMI {plan.ami})"
+        )
         out.print("user-data:")
         out.print(plan.user_data, markup=False, highlight=False)
         out.print(f"permission check (DryRun): {verdict}")
@@ -46,12 +84,28 @@ def command(app: App, job_file: str, dry_run: bool, then_watch: bool, poll_s: fl
     record = launch(plan, cloud, store)
     attempt = record.attempts[-1]
     if as_json and not then_watch:
-        click.echo(json.dumps({"job_id": record.job_id, "instance_id": attempt.instance_id, "offer": best.as_dict() if best.pool == (attempt.instance_type, attempt.zone) else None,
-                               "instance_type": attempt.instance_type, "zone": attempt.zone, "spot_price": attempt.spot_price, "job_url": record.job_url}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "job_id": record.job_id,
+                    "instance_id": attempt.instance_id,
+                    "offer": best.as_dict() if best.pool == (attempt.instance_type, attempt.zone) else None,
+                    "instance_type": attempt.instance_type,
+                    "zone": attempt.zone,
+                    "spot_price": attempt.spot_price,
+                    "job_url": record.job_url,
+                },
+                indent=2,
+            )
+        )
         return 0
-    saving = f", {1 - attempt.spot_price / attempt.on_demand_price:.0%} below on-demand" if attempt.on_demand_price else ""
+    saving = (
+        f", {1 - attempt.spot_price / attempt.on_demand_price:.0%} below on-demand" if attempt.on_demand_price else ""
+    )
     if not as_json:
-        click.echo(f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})")
+        click.echo(
+            f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})"
+        )
     if then_watch:
         from orchestrator.cli.watch import follow
         from orchestrator.jobs.watch import WatchOptions

@@ -19,10 +19,31 @@ def command() -> None:
 
 
 @command.command("up")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated spot market (prices, random interruptions).")
-@click.option("--interrupt-rate", type=click.FloatRange(0), help="Random spot interruptions per instance-hour, drawn from the seed (default 0). Also changes a running cloud.")
-@click.option("--notice", "notice_s", type=click.FloatRange(0, 600), default=5.0, show_default=True, help="Seconds between a spot notice and the machine going (AWS: 120).")
-@click.option("--interrupt-at-step", type=click.IntRange(0), help="Interrupt each job's first attempt once its trainer reports this step (the demo's scheduled interruption; 0: none). Also changes a running cloud.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the simulated spot market (prices, random interruptions).",
+)
+@click.option(
+    "--interrupt-rate",
+    type=click.FloatRange(0),
+    help="Random spot interruptions per instance-hour, drawn from the seed (default 0). Also changes a running cloud.",
+)
+@click.option(
+    "--notice",
+    "notice_s",
+    type=click.FloatRange(0, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between a spot notice and the machine going (AWS: 120).",
+)
+@click.option(
+    "--interrupt-at-step",
+    type=click.IntRange(0),
+    help="Interrupt each job's first attempt once its trainer reports this step (the demo's scheduled interruption; 0: none). Also changes a running cloud.",
+)
 @options.json_option
 def up(seed: int, interrupt_rate: float | None, notice_s: float, interrupt_at_step: int | None, as_json: bool) -> int:
     """Start the local cloud in the background (nothing happens if it is running); print its endpoint."""
@@ -30,8 +51,12 @@ def up(seed: int, interrupt_rate: float | None, notice_s: float, interrupt_at_st
     if as_json:
         click.echo(json.dumps({**vars(cloud), "started": started}, indent=2))
     else:
-        click.echo(f"local cloud {'started' if started else 'already running'}: {cloud.endpoint} (pid {cloud.pid}, market seed {cloud.seed})")
-        click.echo(f"use it with --local, e.g. `spotctl launch examples/quickstart.yaml --local --watch`; storage {client.LOCAL_STORAGE}")
+        click.echo(
+            f"local cloud {'started' if started else 'already running'}: {cloud.endpoint} (pid {cloud.pid}, market seed {cloud.seed})"
+        )
+        click.echo(
+            f"use it with --local, e.g. `spotctl launch examples/quickstart.yaml --local --watch`; storage {client.LOCAL_STORAGE}"
+        )
     return 0
 
 
@@ -59,9 +84,24 @@ def status(as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps({"running": True, **described}, indent=2))
         return 0
-    click.echo(f"local cloud: {described['endpoint']} (pid {described['pid']}, up since {described['started_at']}, market seed {described['seed']})")
-    rows = [[m["instance_id"], m["job_id"], m["attempt"], m["instance_type"], m["zone"], m["pid"], "notice served" if m["interrupting"] else "running"] for m in described["machines"]]
-    render.console().print(render.table(["instance", "job", "#", "type", "zone", "pid", "state"], rows, title=f"{len(rows)} machines"))
+    click.echo(
+        f"local cloud: {described['endpoint']} (pid {described['pid']}, up since {described['started_at']}, market seed {described['seed']})"
+    )
+    rows = [
+        [
+            m["instance_id"],
+            m["job_id"],
+            m["attempt"],
+            m["instance_type"],
+            m["zone"],
+            m["pid"],
+            "notice served" if m["interrupting"] else "running",
+        ]
+        for m in described["machines"]
+    ]
+    render.console().print(
+        render.table(["instance", "job", "#", "type", "zone", "pid", "state"], rows, title=f"{len(rows)} machines")
+    )
     return 0
 
 
@@ -75,14 +115,25 @@ def down() -> int:
 
 @command.command("interrupt")
 @click.argument("target", metavar="JOB|INSTANCE")
-@click.option("--notice", "notice_s", type=click.FloatRange(0, 600), default=5.0, show_default=True, help="Seconds between the spot notice and the machine going (AWS: 120).")
+@click.option(
+    "--notice",
+    "notice_s",
+    type=click.FloatRange(0, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between the spot notice and the machine going (AWS: 120).",
+)
 def interrupt(target: str, notice_s: float) -> int:
     """A spot interruption: the notice on the instance's metadata service, then EC2 takes it."""
     cloud = client.require()
     machines = cloud.call("GET", "/status")["machines"]
-    chosen = [m for m in machines if m["instance_id"] == target] or sorted((m for m in machines if m["job_id"] == target), key=lambda m: m["attempt"])[-1:]
+    chosen = [m for m in machines if m["instance_id"] == target] or sorted(
+        (m for m in machines if m["job_id"] == target), key=lambda m: m["attempt"]
+    )[-1:]
     if not chosen:
         raise UserError(f"no running local instance of '{target}'", "`spotctl local status` lists them")
     machine = cloud.call("POST", "/interrupt", {"instance_id": chosen[0]["instance_id"], "notice_s": notice_s})
-    click.echo(f"spot notice served to {machine['instance_id']} (job {machine['job_id']} attempt {machine['attempt']}); it goes in {notice_s:g}s")
+    click.echo(
+        f"spot notice served to {machine['instance_id']} (job {machine['job_id']} attempt {machine['attempt']}); it goes in {notice_s:g}s"
+    )
     return 0

@@ -15,14 +15,33 @@ from orchestrator.jobs.views import find_job, log_text
 @click.command("logs")
 @click.argument("job_id", metavar="JOB")
 @click.option("--attempt", type=click.IntRange(1), help="Attempt number (default: the latest).")
-@click.option("--bootstrap", is_flag=True, help="The instance's bootstrap log (install, trainer output, shutdown) instead of the trainer's.")
+@click.option(
+    "--bootstrap",
+    is_flag=True,
+    help="The instance's bootstrap log (install, trainer output, shutdown) instead of the trainer's.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
-@click.option("--interval", type=click.FloatRange(0.1, 600), default=5.0, show_default=True, help="Seconds between reads with --follow.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between reads with --follow.",
+)
 @options.storage_option
 @options.local_option
 @options.profile_option
 @click.pass_obj
-def command(app: App, job_id: str, attempt: int | None, bootstrap: bool, follow: bool, interval: float, storage: str | None, profile: str | None) -> int:
+def command(
+    app: App,
+    job_id: str,
+    attempt: int | None,
+    bootstrap: bool,
+    follow: bool,
+    interval: float,
+    storage: str | None,
+    profile: str | None,
+) -> int:
     """Print JOB's log as last shipped (every minute and at exit)."""
     store, clouds = app.store(storage, profile), app.clouds(profile)
     view = find_job(store, job_id, clouds)

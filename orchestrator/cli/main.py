@@ -91,8 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.FAILED
 
 
-DOING = {"offers": "listing offers", "launch": "launching the job", "status": "reading the jobs' status", "stop": "stopping the job", "logs": "reading the logs",
-         "watch": "watching the jobs", "resume": "resuming the job", "artifacts": "reading the artifacts", "infra": "setting up the AWS resources"}
+DOING = {
+    "offers": "listing offers",
+    "launch": "launching the job",
+    "status": "reading the jobs' status",
+    "stop": "stopping the job",
+    "logs": "reading the logs",
+    "watch": "watching the jobs",
+    "resume": "resuming the job",
+    "artifacts": "reading the artifacts",
+    "infra": "setting up the AWS resources",
+}
 
 
 def cloud_error(exc: Exception, args: list[str]) -> UserError:

@@ -13,8 +13,16 @@ from orchestrator.cli.context import App
 
 def offer_rows(offers: list[Offer]) -> list[list]:
     return [
-        [o.instance.name, o.instance.gpus, o.instance.gpu_model, f"{o.instance.gpu_memory_gib:g} GiB", o.zone, render.money(o.spot_price),
-         render.money(o.on_demand_price), "-" if o.saving is None else f"{o.saving:.0%}"]
+        [
+            o.instance.name,
+            o.instance.gpus,
+            o.instance.gpu_model,
+            f"{o.instance.gpu_memory_gib:g} GiB",
+            o.zone,
+            render.money(o.spot_price),
+            render.money(o.on_demand_price),
+            "-" if o.saving is None else f"{o.saving:.0%}",
+        ]
         for o in offers
     ]
 
@@ -35,12 +43,24 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, as
     cloud = app.cloud(spec.region, profile)
     found = find_offers(cloud, spec.compute, app.prices(cloud))
     if as_json:
-        click.echo(json.dumps({"offers": [o.as_dict() for o in found.ranked], "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "offers": [o.as_dict() for o in found.ranked],
+                    "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped],
+                },
+                indent=2,
+            )
+        )
         return 0
     out = render.console()
-    out.print(render.table(OFFER_HEADERS, offer_rows(found.ranked), title=f"{len(found.ranked)} offers in {cloud.region}"))
+    out.print(
+        render.table(OFFER_HEADERS, offer_rows(found.ranked), title=f"{len(found.ranked)} offers in {cloud.region}")
+    )
     if found.dropped:
-        out.print(f"{len(found.dropped)} pools dropped, e.g. {found.dropped[0][0][0]} in {found.dropped[0][0][1]}: {found.dropped[0][1]}")
+        out.print(
+            f"{len(found.dropped)} pools dropped, e.g. {found.dropped[0][0][0]} in {found.dropped[0][0][1]}: {found.dropped[0][1]}"
+        )
     sources = {o.on_demand_source for o in found.ranked if o.on_demand_source}
     if sources:
         out.print(f"on-demand prices: {', '.join(sorted(sources))}")

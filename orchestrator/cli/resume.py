@@ -17,7 +17,12 @@ from orchestrator.jobs.views import find_job
 @click.command("resume")
 @click.argument("job_id", metavar="JOB")
 @click.option("--force", is_flag=True, help="Also resume a job cancelled by `spotctl stop`.")
-@click.option("--budget", type=click.FloatRange(0, 1_000_000, min_open=True), metavar="USD", help="A new budget.max_cost_usd (needed to resume a budget_exceeded job).")
+@click.option(
+    "--budget",
+    type=click.FloatRange(0, 1_000_000, min_open=True),
+    metavar="USD",
+    help="A new budget.max_cost_usd (needed to resume a budget_exceeded job).",
+)
 @click.option("--watch", "then_watch", is_flag=True, help="Then follow the job like `spotctl watch` until it ends.")
 @options.poll_option
 @options.storage_option
@@ -25,7 +30,17 @@ from orchestrator.jobs.views import find_job
 @options.profile_option
 @options.json_option
 @click.pass_obj
-def command(app: App, job_id: str, force: bool, budget: float | None, then_watch: bool, poll_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
+def command(
+    app: App,
+    job_id: str,
+    force: bool,
+    budget: float | None,
+    then_watch: bool,
+    poll_s: float,
+    storage: str | None,
+    profile: str | None,
+    as_json: bool,
+) -> int:
     """Start attempt k+1 of JOB on the best pool not interrupted lately; it resumes from the latest checkpoint."""
     store, clouds = app.store(storage, profile), app.clouds(profile)
     view = find_job(store, job_id, clouds)
@@ -34,7 +49,9 @@ def command(app: App, job_id: str, force: bool, budget: float | None, then_watch
     if as_json and not then_watch:
         click.echo(json.dumps({"job_id": job_id, "attempt": asdict(attempt)}, indent=2))
         return 0
-    click.echo(f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h ({attempt.instance_id})")
+    click.echo(
+        f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h ({attempt.instance_id})"
+    )
     if then_watch:
         from orchestrator.cli.watch import follow
         from orchestrator.jobs.watch import WatchOptions

@@ -26,7 +26,9 @@ from orchestrator.jobs.views import find_job, read_views
 @options.profile_option
 @options.json_option
 @click.pass_obj
-def command(app: App, job_id: str | None, print_schema: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
+def command(
+    app: App, job_id: str | None, print_schema: bool, storage: str | None, profile: str | None, as_json: bool
+) -> int:
     """Show the jobs under the storage root, or JOB in detail."""
     if print_schema:
         click.echo(json.dumps(schema(), indent=2))
@@ -35,7 +37,9 @@ def command(app: App, job_id: str | None, print_schema: bool, storage: str | Non
     clouds = app.clouds(profile)
     if job_id:
         found = find_job(store, job_id, clouds)
-        view = status_document(found, cost_of(found, app.prices(clouds(found.record.region))) if found.record else None, with_cost=True)
+        view = status_document(
+            found, cost_of(found, app.prices(clouds(found.record.region))) if found.record else None, with_cost=True
+        )
         if as_json:
             click.echo(json.dumps(view, indent=2))
         else:
@@ -46,8 +50,24 @@ def command(app: App, job_id: str | None, print_schema: bool, storage: str | Non
     if as_json:
         click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))
         return 0
-    rows = [[v["job_id"], v["state"] + "".join(f", {f['name']}" for f in v["health"]), len(v["attempts"]), _where(v), _progress(v), _metric(v)] for v in views]
-    render.console().print(render.table(["job", "state", "attempts", "instance", "progress", "val acc"], rows, title=f"{len(views)} jobs under {store.root}"))
+    rows = [
+        [
+            v["job_id"],
+            v["state"] + "".join(f", {f['name']}" for f in v["health"]),
+            len(v["attempts"]),
+            _where(v),
+            _progress(v),
+            _metric(v),
+        ]
+        for v in views
+    ]
+    render.console().print(
+        render.table(
+            ["job", "state", "attempts", "instance", "progress", "val acc"],
+            rows,
+            title=f"{len(views)} jobs under {store.root}",
+        )
+    )
     return 0
 
 
@@ -75,30 +95,64 @@ def job_panel(view: dict):
     from rich.console import Group
     from rich.text import Text
 
-    lines = [Text(f"{view['job_id']}  {view['state']}", style="bold"), Text(f"region {view['region']}, created {view['created_at']}")]
+    lines = [
+        Text(f"{view['job_id']}  {view['state']}", style="bold"),
+        Text(f"region {view['region']}, created {view['created_at']}"),
+    ]
     if view.get("outcome_reason"):
         lines.append(Text(f"why: {view['outcome_reason']}"))
     if view["progress"]:
         p, gpu = view["progress"], view["gpu"] or {}
-        lines.append(Text(f"progress: {_progress(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"))
-        util = "no GPU telemetry" if gpu.get("gpu_util_pct") is None else ", ".join(
-            part for part in (f"GPU {gpu['gpu_util_pct']:.0f}%",
-                              f"{gpu['gpu_mem_used_gib']:.1f}/{gpu['gpu_mem_total_gib']:.0f} GiB" if gpu.get("gpu_mem_used_gib") is not None and gpu.get("gpu_mem_total_gib") else None,
-                              f"{gpu['gpu_power_w']:.0f} W" if gpu.get("gpu_power_w") is not None else None) if part)
+        lines.append(
+            Text(
+                f"progress: {_progress(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"
+            )
+        )
+        util = (
+            "no GPU telemetry"
+            if gpu.get("gpu_util_pct") is None
+            else ", ".join(
+                part
+                for part in (
+                    f"GPU {gpu['gpu_util_pct']:.0f}%",
+                    f"{gpu['gpu_mem_used_gib']:.1f}/{gpu['gpu_mem_total_gib']:.0f} GiB"
+                    if gpu.get("gpu_mem_used_gib") is not None and gpu.get("gpu_mem_total_gib")
+                    else None,
+                    f"{gpu['gpu_power_w']:.0f} W" if gpu.get("gpu_power_w") is not None else None,
+                )
+                if part
+            )
+        )
         lines.append(Text(f"{util}; heartbeat {render.duration(view['heartbeat_age_s'])} ago"))
     known = {k: v for k, v in (view["metrics"] or {}).items() if v is not None}
     if known:
         lines.append(Text("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in known.items())))
     if view["last_checkpoint"] and view["last_checkpoint"]["step"] is not None:
-        lines.append(Text(f"last checkpoint: step {view['last_checkpoint']['step']}, {render.duration(view['last_checkpoint']['age_s'])} ago"))
+        lines.append(
+            Text(
+                f"last checkpoint: step {view['last_checkpoint']['step']}, {render.duration(view['last_checkpoint']['age_s'])} ago"
+            )
+        )
     cost = view.get("cost")
     if cost:
-        saving = f", {cost['savings']:.0%} below on-demand ({render.money(cost['on_demand_usd'])})" if cost["savings"] is not None else ""
-        now = f"; now {render.money(cost['current_usd_per_hour'])}/h" if cost["current_usd_per_hour"] is not None else ""
-        projected = f", projected total {render.money(cost['projected_total_usd'])}" if cost["projected_total_usd"] is not None else ""
+        saving = (
+            f", {cost['savings']:.0%} below on-demand ({render.money(cost['on_demand_usd'])})"
+            if cost["savings"] is not None
+            else ""
+        )
+        now = (
+            f"; now {render.money(cost['current_usd_per_hour'])}/h" if cost["current_usd_per_hour"] is not None else ""
+        )
+        projected = (
+            f", projected total {render.money(cost['projected_total_usd'])}"
+            if cost["projected_total_usd"] is not None
+            else ""
+        )
         lines.append(Text(f"cost: {render.money(cost['total_usd'])} so far{saving}{now}{projected}"))
         if cost["lost_steps"]:
-            lines.append(Text(f"work lost to interruptions: {cost['lost_steps']} steps redone, {render.money(cost['lost_usd'])}"))
+            lines.append(
+                Text(f"work lost to interruptions: {cost['lost_steps']} steps redone, {render.money(cost['lost_usd'])}")
+            )
     if view["final"]:
         final = view["final"]
         lines.append(Text(f"outcome: {final.get('outcome')}" + (f": {final['error']}" if final.get("error") else "")))
@@ -106,9 +160,25 @@ def job_panel(view: dict):
         lines.append(Text(f"artifacts: {artifacts.summary(view['artifacts'])}"))
     for flag in view["health"]:
         lines.append(Text(f"! {flag['message']}" + (f" ({flag['hint']})" if flag["hint"] else "")))
-    rows = [[a["number"], a["instance_type"], a["zone"], render.money(a["spot_price"]), a["instance_id"], a["launched_at"], a.get("ended_at"), _ended(a)]
-            for a in view["attempts"]]
-    return Group(*lines, render.table(["#", "type", "zone", "spot $/h", "instance", "started", "ended", "end / state"], rows, title="attempts"))
+    rows = [
+        [
+            a["number"],
+            a["instance_type"],
+            a["zone"],
+            render.money(a["spot_price"]),
+            a["instance_id"],
+            a["launched_at"],
+            a.get("ended_at"),
+            _ended(a),
+        ]
+        for a in view["attempts"]
+    ]
+    return Group(
+        *lines,
+        render.table(
+            ["#", "type", "zone", "spot $/h", "instance", "started", "ended", "end / state"], rows, title="attempts"
+        ),
+    )
 
 
 def _ended(attempt: dict) -> str | None:

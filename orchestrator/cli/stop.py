@@ -13,8 +13,14 @@ from orchestrator.jobs.stop import stop_job
 
 @click.command("stop")
 @click.argument("job_id", metavar="JOB")
-@click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=45.0, show_default=True,
-              help="Seconds to wait for the final checkpoint before terminating (10 at most when the trainer sends no heartbeat).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0, 3600),
+    default=45.0,
+    show_default=True,
+    help="Seconds to wait for the final checkpoint before terminating (10 at most when the trainer sends no heartbeat).",
+)
 @options.storage_option
 @options.local_option
 @options.profile_option
@@ -26,7 +32,13 @@ def command(app: App, job_id: str, wait_s: float, storage: str | None, profile: 
     if as_json:
         click.echo(json.dumps(vars(result), indent=2))
         return 0
-    saved = f"final checkpoint at step {result.checkpoint_step}" if result.graceful else "no final checkpoint in time; the last committed one stays"
+    saved = (
+        f"final checkpoint at step {result.checkpoint_step}"
+        if result.graceful
+        else "no final checkpoint in time; the last committed one stays"
+    )
     ended = f"; terminated {result.terminated}" if result.terminated else ""
-    click.echo(f"stopped {job_id}: {saved}{ended}. It is cancelled; `spotctl resume {job_id} --force` would continue it.")
+    click.echo(
+        f"stopped {job_id}: {saved}{ended}. It is cancelled; `spotctl resume {job_id} --force` would continue it."
+    )
     return 0

@@ -1,5 +1,5 @@
 """`spotctl watch [JOB...]`: follow jobs until each is terminal, recovering interruptions as they come
-(orchestrator.watch), with a live table on a terminal and one line per event elsewhere. Exit code 0
+(orchestrator.jobs.watch), with a live table on a terminal and one line per event elsewhere. Exit code 0
 when every job succeeded, 1 otherwise.
 
 `--json` prints one JSON object per event (`{"at", "job_id", "level", "message"}`) and, at the end,
@@ -28,15 +28,35 @@ from orchestrator.jobs.watch import Event, JobRow, Watcher, WatchOptions
 @click.command("watch")
 @click.argument("job_ids", metavar="[JOB...]", nargs=-1)
 @options.poll_option
-@click.option("--capacity-deadline", "deadline_s", type=click.FloatRange(0), default=1800.0, show_default=True,
-              help="Seconds to keep retrying when EC2 has no capacity anywhere, before the job is no_capacity.")
-@click.option("--all", "every_job", is_flag=True, help="Without JOBs: also recover jobs left interrupted or pending, not just those running now.")
+@click.option(
+    "--capacity-deadline",
+    "deadline_s",
+    type=click.FloatRange(0),
+    default=1800.0,
+    show_default=True,
+    help="Seconds to keep retrying when EC2 has no capacity anywhere, before the job is no_capacity.",
+)
+@click.option(
+    "--all",
+    "every_job",
+    is_flag=True,
+    help="Without JOBs: also recover jobs left interrupted or pending, not just those running now.",
+)
 @options.storage_option
 @options.local_option
 @options.profile_option
 @options.json_option
 @click.pass_obj
-def command(app: App, job_ids: tuple[str, ...], poll_s: float, deadline_s: float, every_job: bool, storage: str | None, profile: str | None, as_json: bool) -> int:
+def command(
+    app: App,
+    job_ids: tuple[str, ...],
+    poll_s: float,
+    deadline_s: float,
+    every_job: bool,
+    storage: str | None,
+    profile: str | None,
+    as_json: bool,
+) -> int:
     """Follow JOBs (default: every job under the storage root running now) until each ends."""
     store, clouds = app.store(storage, profile), app.clouds(profile)
     if not job_ids:
@@ -45,14 +65,25 @@ def command(app: App, job_ids: tuple[str, ...], poll_s: float, deadline_s: float
         idle = [v.job_id for v in unfinished if v.state.idle]
         job_ids = tuple(v.job_id for v in unfinished if every_job or not v.state.idle)
         if idle and not every_job:
-            click.echo(f"not recovering {len(idle)} idle job(s) ({', '.join(idle[:5])}); name them, or pass --all", err=True)
+            click.echo(
+                f"not recovering {len(idle)} idle job(s) ({', '.join(idle[:5])}); name them, or pass --all", err=True
+            )
         if not job_ids:
             click.echo(f"no running job under {store.root}")
             return 0
-    return follow(app, store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json)
+    return follow(
+        app, store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json
+    )
 
 
-def follow(app: App, store: JobStore, job_ids: list[str], clouds: Callable[[str], Cloud], watch_options: WatchOptions | None = None, as_json: bool = False) -> int:
+def follow(
+    app: App,
+    store: JobStore,
+    job_ids: list[str],
+    clouds: Callable[[str], Cloud],
+    watch_options: WatchOptions | None = None,
+    as_json: bool = False,
+) -> int:
     """Run a Watcher with the live view (launch --watch and resume --watch use it too)."""
     if as_json:
         watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=_json_event)
@@ -61,13 +92,27 @@ def follow(app: App, store: JobStore, job_ids: list[str], clouds: Callable[[str]
         return code
     out = render.console()
     if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
-        watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=lambda e: out.print(_event_line(e), markup=False))
+        watcher = Watcher(
+            store,
+            job_ids,
+            clouds,
+            app.prices,
+            watch_options,
+            on_event=lambda e: out.print(_event_line(e), markup=False),
+        )
         code = watcher.run()
     else:
         from rich.live import Live
 
         with Live(console=out, refresh_per_second=2, transient=True) as live:
-            watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=lambda e: live.console.print(_event_line(e), markup=False))
+            watcher = Watcher(
+                store,
+                job_ids,
+                clouds,
+                app.prices,
+                watch_options,
+                on_event=lambda e: live.console.print(_event_line(e), markup=False),
+            )
             code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
     _summary(out, store, watcher)
     return code
@@ -80,7 +125,9 @@ def _summary(out, store, watcher: Watcher) -> None:
     for view in read_views(store, list(watcher.rows), watcher.clouds, details=True):
         if view.record is None:
             continue
-        out.print(job_panel(status_document(view, cost_of(view, watcher.price_source(view.record.region)), with_cost=True)))
+        out.print(
+            job_panel(status_document(view, cost_of(view, watcher.price_source(view.record.region)), with_cost=True))
+        )
 
 
 def table(rows: dict[str, JobRow]):
@@ -89,9 +136,16 @@ def table(rows: dict[str, JobRow]):
         view = status_document(row.view)
         last = view["attempts"][-1] if view["attempts"] else None
         where = f"#{last['number']} {last['instance_type']} {last['zone']}" if last else None
-        state = view["state"] + (f" (no capacity for {render.duration(row.waiting_for_capacity_s)})" if row.waiting_for_capacity_s else "")
+        state = view["state"] + (
+            f" (no capacity for {render.duration(row.waiting_for_capacity_s)})" if row.waiting_for_capacity_s else ""
+        )
         cost = row.cost.as_dict() if row.cost else {}
-        money = f"{render.money(cost['total_usd'])}" + (f" ({cost['savings']:.0%} saved)" if cost.get("savings") is not None else "") if cost else None
+        money = (
+            f"{render.money(cost['total_usd'])}"
+            + (f" ({cost['savings']:.0%} saved)" if cost.get("savings") is not None else "")
+            if cost
+            else None
+        )
         health = "; ".join(f"{f['name']}: {f['hint']}" if f["hint"] else f["name"] for f in view["health"]) or None
         body.append([job_id, state, where, _progress(view), money, health])
     return render.table(["job", "state", "attempt", "progress", "cost", "health"], body)
@@ -102,7 +156,9 @@ def _progress(view: dict) -> str | None:
     if not p or p.get("step") is None:
         return None
     gpu = (view["gpu"] or {}).get("gpu_util_pct")
-    return f"step {p['step']}/{p.get('total_steps')} ep {p.get('epoch')}/{p.get('epochs')}" + (f", GPU {gpu:.0f}%" if gpu is not None else "")
+    return f"step {p['step']}/{p.get('total_steps')} ep {p.get('epoch')}/{p.get('epochs')}" + (
+        f", GPU {gpu:.0f}%" if gpu is not None else ""
+    )
 
 
 def _event_line(event: Event) -> str:
@@ -111,7 +167,16 @@ def _event_line(event: Event) -> str:
 
 
 def _json_event(event: Event) -> None:
-    click.echo(json.dumps({"at": event.at.isoformat(timespec="seconds"), "job_id": event.job_id, "level": logging.getLevelName(event.level).lower(), "message": event.message}))
+    click.echo(
+        json.dumps(
+            {
+                "at": event.at.isoformat(timespec="seconds"),
+                "job_id": event.job_id,
+                "level": logging.getLevelName(event.level).lower(),
+                "message": event.message,
+            }
+        )
+    )
 
 
 def _document(row: JobRow) -> dict:

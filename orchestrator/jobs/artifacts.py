@@ -26,8 +26,10 @@ class Downloaded:
 def manifest_of(store: JobStore, job_id: str) -> Manifest:
     manifest = store.read(job_id, Manifest, layout.MANIFEST)
     if manifest is None:
-        raise UserError(f"job {job_id} has no exported artifacts yet ({store.url(job_id, layout.MANIFEST)} is missing)",
-                        "artifacts are exported when training succeeds; `spotctl status JOB` shows where the job is")
+        raise UserError(
+            f"job {job_id} has no exported artifacts yet ({store.url(job_id, layout.MANIFEST)} is missing)",
+            "artifacts are exported when training succeeds; `spotctl status JOB` shows where the job is",
+        )
     return manifest
 
 
@@ -39,19 +41,32 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
     done = []
     for name, entry in sorted(manifest.files.items()):
         where = entry.path or name  # artifacts/<export id>/<name>; older manifests: artifacts/<name>
-        if "/" in name or name in ("", ".", "..") or ".." in where.split("/") or where.startswith("/") or where.count("/") > 1:
-            raise UserError(f"artifacts/manifest.json names an unsafe file '{where}'", "the manifest was not written by spotctl's trainer")
+        if (
+            "/" in name
+            or name in ("", ".", "..")
+            or ".." in where.split("/")
+            or where.startswith("/")
+            or where.count("/") > 1
+        ):
+            raise UserError(
+                f"artifacts/manifest.json names an unsafe file '{where}'",
+                "the manifest was not written by spotctl's trainer",
+            )
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(handle)
         try:
             store.download(job_id, f"{layout.ARTIFACTS}/{where}", temporary)
             digest = file_sha256(temporary)
             if digest != entry.sha256:
-                raise UserError(f"artifacts/{where}: sha256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...; not kept",
-                                "the file changed after the export; export again (python -m trainer export --job URL)")
+                raise UserError(
+                    f"artifacts/{where}: sha256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...; not kept",
+                    "the file changed after the export; export again (python -m trainer export --job URL)",
+                )
             os.replace(temporary, folder / name)
         except FileNotFoundError:
-            raise UserError(f"artifacts/{where} is named in the manifest but missing from {store.url(job_id, layout.ARTIFACTS)}") from None
+            raise UserError(
+                f"artifacts/{where} is named in the manifest but missing from {store.url(job_id, layout.ARTIFACTS)}"
+            ) from None
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
@@ -65,9 +80,11 @@ def describe(name: str, entry: dict) -> str:
         return f"{name}: not exported ({entry.get('reason')})"
     if name == "int8" and "validation_set" in entry:
         agreed, size, speedup = entry["validation_set"], entry["size"], entry["speedup"]
-        return (f"int8: {size['ratio']:.1f}x smaller and {speedup.get('8', 0):.1f}x faster than fp32 at batch 8 ({speedup.get('1', 0):.1f}x at batch 1) "
-                f"on {entry['cpu_latency_ms'].get('threads')} CPU threads; top-1 agreement {agreed['top1_agreement']:.1%}, SQNR {agreed['sqnr_db']} dB "
-                f"on {agreed['images']} validation images")
+        return (
+            f"int8: {size['ratio']:.1f}x smaller and {speedup.get('8', 0):.1f}x faster than fp32 at batch 8 ({speedup.get('1', 0):.1f}x at batch 1) "
+            f"on {entry['cpu_latency_ms'].get('threads')} CPU threads; top-1 agreement {agreed['top1_agreement']:.1%}, SQNR {agreed['sqnr_db']} dB "
+            f"on {agreed['images']} validation images"
+        )
     checked = entry.get("validation") or {}
     return f"{name}: matches the model on {checked.get('batch')} validation images (max abs diff {checked.get('max_abs_diff', 0):.2g}, top-1 agreement {checked.get('top1_agreement', 0):.0%})"
 
@@ -75,7 +92,12 @@ def describe(name: str, entry: dict) -> str:
 def summary(manifest: dict) -> str:
     """The formats in one line, for `spotctl status` (from the manifest as its document shows it)."""
     formats = manifest.get("formats", {})
-    done = [name if name != "int8" or "size" not in entry else f"int8 ({entry['size']['ratio']:.1f}x smaller, {entry['speedup'].get('8', 0):.1f}x faster, top-1 {entry['validation_set']['top1_agreement']:.0%})"
-            for name, entry in formats.items() if entry.get("status") == "ok"]
+    done = [
+        name
+        if name != "int8" or "size" not in entry
+        else f"int8 ({entry['size']['ratio']:.1f}x smaller, {entry['speedup'].get('8', 0):.1f}x faster, top-1 {entry['validation_set']['top1_agreement']:.0%})"
+        for name, entry in formats.items()
+        if entry.get("status") == "ok"
+    ]
     failed = [name for name, entry in formats.items() if entry.get("status") != "ok"]
     return ", ".join(done) + (f"; failed: {', '.join(failed)} (`spotctl artifacts JOB` says why)" if failed else "")

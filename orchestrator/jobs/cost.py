@@ -58,9 +58,18 @@ def integrate(prices: Sequence[PricePoint], start: datetime, end: datetime) -> f
     return total + (end - now).total_seconds() * current / 3600
 
 
-def attempt_cost(number: int, prices: Sequence[PricePoint], start: datetime, end: datetime, interrupted_by_ec2: bool, on_demand_usd_per_hour: float | None = None) -> AttemptCost:
+def attempt_cost(
+    number: int,
+    prices: Sequence[PricePoint],
+    start: datetime,
+    end: datetime,
+    interrupted_by_ec2: bool,
+    on_demand_usd_per_hour: float | None = None,
+) -> AttemptCost:
     seconds = max(0.0, (end - start).total_seconds())
-    on_demand = None if on_demand_usd_per_hour is None else max(seconds, MINIMUM_BILLED_S) * on_demand_usd_per_hour / 3600
+    on_demand = (
+        None if on_demand_usd_per_hour is None else max(seconds, MINIMUM_BILLED_S) * on_demand_usd_per_hour / 3600
+    )
     if interrupted_by_ec2 and seconds < FREE_IF_INTERRUPTED_WITHIN_S:
         return AttemptCost(number, seconds, 0.0, on_demand, True)
     billed_until = max(end, start + timedelta(seconds=MINIMUM_BILLED_S))  # a started instance bills a minute at least
@@ -85,14 +94,24 @@ class JobCost:
             "savings": None if self.savings is None else round(self.savings, 4),
             "lost_steps": self.lost_steps,
             "lost_usd": round(self.lost_usd, 6),
-            "attempts": [{"number": a.number, "seconds": round(a.seconds, 1), "usd": round(a.usd, 6), "on_demand_usd": None if a.on_demand_usd is None else round(a.on_demand_usd, 6),
-                          "free_by_first_hour_rule": a.free_by_first_hour_rule} for a in self.attempts],
+            "attempts": [
+                {
+                    "number": a.number,
+                    "seconds": round(a.seconds, 1),
+                    "usd": round(a.usd, 6),
+                    "on_demand_usd": None if a.on_demand_usd is None else round(a.on_demand_usd, 6),
+                    "free_by_first_hour_rule": a.free_by_first_hour_rule,
+                }
+                for a in self.attempts
+            ],
             "current_usd_per_hour": self.current_usd_per_hour,
             "projected_total_usd": None if self.projected_total_usd is None else round(self.projected_total_usd, 6),
         }
 
 
-def job_cost(attempts: list[AttemptCost], steps_reached: Sequence[int | None] = (), resumed_from: Sequence[int | None] = ()) -> JobCost:
+def job_cost(
+    attempts: list[AttemptCost], steps_reached: Sequence[int | None] = (), resumed_from: Sequence[int | None] = ()
+) -> JobCost:
     """Sum the attempts; lost work from the step each attempt reached and the step the next resumed from.
 
     The steps between where attempt k stopped and where attempt k+1 resumed were paid for twice; their
@@ -140,7 +159,9 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
     running = view.instance is not None and view.instance.state in LIVE
     rate = None
     if running:
-        rate = prices.spot_prices([(current.instance_type, current.zone)]).get((current.instance_type, current.zone), current.spot_price)
+        rate = prices.spot_prices([(current.instance_type, current.zone)]).get(
+            (current.instance_type, current.zone), current.spot_price
+        )
     eta = view.heartbeat.eta_s if view.heartbeat else None
     projected = total.total_usd + eta / 3600 * rate if running and eta is not None and rate is not None else None
     return replace(total, current_usd_per_hour=rate, projected_total_usd=projected)

@@ -46,10 +46,18 @@ def job_health(view: JobView) -> list[Flag]:
     if view.state not in (JobState.RUNNING, JobState.EXPORTING) or current is None:
         return []
     age = heartbeat_age(view.heartbeat) if view.heartbeat else None
-    return health_flags(view.heartbeat, True, age, age_s(current.launched_at) if current.launched_at else 0.0, current.number)
+    return health_flags(
+        view.heartbeat, True, age, age_s(current.launched_at) if current.launched_at else 0.0, current.number
+    )
 
 
-def health_flags(heartbeat: Heartbeat | None, instance_running: bool, heartbeat_age_s: float | None, running_for_s: float, now_attempt: int | None = None) -> list[Flag]:
+def health_flags(
+    heartbeat: Heartbeat | None,
+    instance_running: bool,
+    heartbeat_age_s: float | None,
+    running_for_s: float,
+    now_attempt: int | None = None,
+) -> list[Flag]:
     """The flags for a job now. heartbeat_age_s: seconds since the heartbeat was written (None when
     unknown); running_for_s: seconds since the current attempt launched; now_attempt: that attempt's
     number, so an earlier attempt's heartbeat does not count as this one's."""
@@ -76,12 +84,22 @@ def _low_gpu_util(beat: Heartbeat) -> Flag | None:
     low = f"GPU at {util:.0f}% over the last {LOW_GPU_WINDOW_S // 60} min"
     wait, memory = beat.data_wait_window, beat.gpu_mem_window_fraction
     if wait is not None and wait >= DATA_BOUND_WAIT:
-        return Flag("low_gpu_util", f"{low}; data-bound: the loop waits for batches {wait:.0%} of the time", _raise("train.data.workers", beat.data_workers))
+        return Flag(
+            "low_gpu_util",
+            f"{low}; data-bound: the loop waits for batches {wait:.0%} of the time",
+            _raise("train.data.workers", beat.data_workers),
+        )
     if memory is not None and memory < SMALL_BATCH_MEM:
         total = beat.gpu_mem_total_gib
         used = f"{memory * total:.1f} of {total:.0f} GiB" if total else f"{memory:.0%} of the"
-        return Flag("low_gpu_util", f"{low}; small batch: {used} GPU memory used", _raise("train.batch_size", beat.batch_size))
-    return Flag("low_gpu_util", f"{low}; neither data loading nor batch size explains it", "profile a few steps (torch.profiler) to see where the time goes")
+        return Flag(
+            "low_gpu_util", f"{low}; small batch: {used} GPU memory used", _raise("train.batch_size", beat.batch_size)
+        )
+    return Flag(
+        "low_gpu_util",
+        f"{low}; neither data loading nor batch size explains it",
+        "profile a few steps (torch.profiler) to see where the time goes",
+    )
 
 
 def _raise(field: str, now: int | None) -> str:

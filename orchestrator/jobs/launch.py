@@ -62,15 +62,29 @@ def new_job_id(name: str) -> str:
 def check_reachable_from_instance(spec: JobSpec) -> None:
     """Everything the instance reads must be a URL it can reach, not a path on this machine."""
     if spec.is_local:
-        raise UserError(f"storage is a local folder ({spec.storage}); an instance cannot write there",
-                        "use s3://bucket/prefix, or train here with `python -m trainer run --job FILE`")
+        raise UserError(
+            f"storage is a local folder ({spec.storage}); an instance cannot write there",
+            "use s3://bucket/prefix, or train here with `python -m trainer run --job FILE`",
+        )
     if not spec.compute.instance_profile:
-        raise UserError("compute.instance_profile is not set: the instance would have no access to the job's storage",
-                        "run `spotctl infra deploy` once (job files then default to the profile it creates), or name an instance profile that can read and write under `storage`")
-    for field, value in (("train.data.train", spec.train.data.train), ("train.data.val", spec.train.data.val), ("train.model.weights", spec.train.model.weights)):
-        if value and not (field.endswith("weights") and is_weights_name(value)) and urlparse(value).scheme in ("", "file"):
-            raise UserError(f"{field} is a local path ({value}); the instance cannot read it",
-                            "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL")
+        raise UserError(
+            "compute.instance_profile is not set: the instance would have no access to the job's storage",
+            "run `spotctl infra deploy` once (job files then default to the profile it creates), or name an instance profile that can read and write under `storage`",
+        )
+    for field, value in (
+        ("train.data.train", spec.train.data.train),
+        ("train.data.val", spec.train.data.val),
+        ("train.model.weights", spec.train.model.weights),
+    ):
+        if (
+            value
+            and not (field.endswith("weights") and is_weights_name(value))
+            and urlparse(value).scheme in ("", "file")
+        ):
+            raise UserError(
+                f"{field} is a local path ({value}); the instance cannot read it",
+                "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL",
+            )
 
 
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
@@ -78,13 +92,17 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
     job_id = job_id or new_job_id(spec.name)
     offers = find_offers(cloud, spec.compute, prices)
     if not offers.ranked:
-        cap = f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""
+        cap = (
+            f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""
+        )
         cheapest = ""
         if offers.over_cap:
             (name, zone), price = min(offers.over_cap.items(), key=lambda item: item[1])
             cheapest = f"; the cheapest is {name} in {zone} at ${price:.4f}/h"
-        raise UserError(f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest})",
-                        "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them")
+        raise UserError(
+            f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest})",
+            "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them",
+        )
     ami, _ = resolve_ami(cloud, spec.compute.ami)
     wheel = build_wheel()
     digest = file_sha256(wheel)
@@ -93,19 +111,40 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
 
 
 def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -> str:
-    return render(Bootstrap(job_id, attempt, spec.region, layout.job_url(spec.storage, job_id), layout.job_prefix(spec.storage, job_id), wheel_url, __version__))
+    return render(
+        Bootstrap(
+            job_id,
+            attempt,
+            spec.region,
+            layout.job_url(spec.storage, job_id),
+            layout.job_prefix(spec.storage, job_id),
+            wheel_url,
+            __version__,
+        )
+    )
 
 
 def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
     """Upload the wheel and the job's files, then start attempt 1."""
     store.check()
     store.upload_wheel(plan.wheel, plan.wheel_sha256)  # content-addressed: an unchanged spotctl is uploaded once
-    record = JobRecord(plan.job_id, plan.spec.name, plan.spec.region, store.root, store.url(plan.job_id, layout.JOB_FILE), plan.wheel_url, plan.ami,
-                       budget_usd=plan.spec.budget.max_cost_usd)
+    record = JobRecord(
+        plan.job_id,
+        plan.spec.name,
+        plan.spec.region,
+        store.root,
+        store.url(plan.job_id, layout.JOB_FILE),
+        plan.wheel_url,
+        plan.ami,
+        budget_usd=plan.spec.budget.max_cost_usd,
+    )
     try:
         store.write(plan.job_id, layout.JOB_FILE, dump_spec(plan.spec).encode(), create=True)
     except FileExistsError:
-        raise UserError(f"job {plan.job_id} already exists under {store.root}", "launch again for a new job id, or `spotctl resume` it") from None
+        raise UserError(
+            f"job {plan.job_id} already exists under {store.root}",
+            "launch again for a new job id, or `spotctl resume` it",
+        ) from None
     store.write_record(record, create=True)
     try:
         start_attempt(record, plan.spec, plan.offers.ranked, cloud, store, plan.user_data)
@@ -121,7 +160,9 @@ class NoCapacity(UserError):
 
     def __init__(self, reason: str):
         self.reason = reason
-        super().__init__(f"no offer could be started; {reason}", "try again later, or allow more instance types or zones")
+        super().__init__(
+            f"no offer could be started; {reason}", "try again later, or allow more instance types or zones"
+        )
 
 
 def _set_outcome(record: JobRecord, outcome: JobState, reason: str) -> None:
@@ -134,7 +175,9 @@ def next_attempt_number(record: JobRecord) -> int:
     return last.number if last is not None and last.instance_id is None else len(record.attempts) + 1
 
 
-def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: Cloud, store: JobStore, user_data: str | None = None) -> Attempt | None:
+def start_attempt(
+    record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: Cloud, store: JobStore, user_data: str | None = None
+) -> Attempt | None:
     """Start the next attempt on the first offer EC2 grants; capacity and price refusals move on.
 
     Exactly one instance per attempt, however many orchestrators try at once: the attempt is first
@@ -155,21 +198,39 @@ def start_attempt(record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: 
     refusals = []
     for offer in offers:
         token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
-        if store.update_record(record.job_id, lambda r, offer=offer, token=token: _claim(r, number, offer, token, owner)) is None:
+        if (
+            store.update_record(
+                record.job_id, lambda r, offer=offer, token=token: _claim(r, number, offer, token, owner)
+            )
+            is None
+        ):
             log.info("launch: attempt %d of %s is another orchestrator's", number, record.job_id)
             return None
         try:
             instance_id = run_instance(cloud, spec, record.job_id, number, offer, ami, root_device, user_data, token)
         except botocore.exceptions.ClientError as exc:
             if classify(exc) is ErrorKind.CAPACITY:
-                log.info("launch: %s in %s refused (%s); trying the next offer", offer.instance.name, offer.zone, describe(exc))
+                log.info(
+                    "launch: %s in %s refused (%s); trying the next offer",
+                    offer.instance.name,
+                    offer.zone,
+                    describe(exc),
+                )
                 refusals.append(f"{offer.instance.name}/{offer.zone}: {describe(exc)}")
                 continue
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise as_user_error(exc, f"starting {offer.instance.name} in {offer.zone}") from None
-        written = store.update_record(record.job_id, lambda r, token=token, instance_id=instance_id: _started(r, number, token, instance_id, owner))
+        written = store.update_record(
+            record.job_id,
+            lambda r, token=token, instance_id=instance_id: _started(r, number, token, instance_id, owner),
+        )
         if written is None:  # our claim was taken over, or the job stopped, meanwhile: nobody wants this instance
-            log.warning("launch: attempt %d of %s was taken over or stopped meanwhile; terminating %s", number, record.job_id, instance_id)
+            log.warning(
+                "launch: attempt %d of %s was taken over or stopped meanwhile; terminating %s",
+                number,
+                record.job_id,
+                instance_id,
+            )
             terminate(cloud, [instance_id])
             return None
         record.attempts[:] = written.attempts
@@ -187,17 +248,32 @@ def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner:
 
     def adopt(r: JobRecord) -> bool:
         last = r.current
-        if last is None or last.number != number or last.instance_id is not None or not stale_claim(last) or r.stop_requested_at or r.cancelled_at:
+        if (
+            last is None
+            or last.number != number
+            or last.instance_id is not None
+            or not stale_claim(last)
+            or r.stop_requested_at
+            or r.cancelled_at
+        ):
             return False
         last.instance_type, last.zone, last.claimed_by = instance["InstanceType"], zone, owner
-        last.instance_id, last.launched_at = instance["InstanceId"], instance["LaunchTime"].isoformat(timespec="seconds")
+        last.instance_id, last.launched_at = (
+            instance["InstanceId"],
+            instance["LaunchTime"].isoformat(timespec="seconds"),
+        )
         last.client_token = instance.get("ClientToken") or last.client_token
         return True
 
     written = store.update_record(record.job_id, adopt)
     if written is None:
         return None
-    log.warning("launch: adopted %s, started for attempt %d of %s by an orchestrator that stopped before recording it", instance["InstanceId"], number, record.job_id)
+    log.warning(
+        "launch: adopted %s, started for attempt %d of %s by an orchestrator that stopped before recording it",
+        instance["InstanceId"],
+        number,
+        record.job_id,
+    )
     record.attempts[:] = written.attempts
     return written.attempts[-1]
 
@@ -206,14 +282,28 @@ def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str)
     last = record.current
     if record.outcome or record.cancelled_at or record.stop_requested_at:
         return False  # finished, or someone asked it to stop: no new machine
-    fresh = Attempt(number, offer.instance.name, offer.zone, offer.spot_price, offer.on_demand_price, token, requested_at=now_iso(), claimed_by=owner)
+    fresh = Attempt(
+        number,
+        offer.instance.name,
+        offer.zone,
+        offer.spot_price,
+        offer.on_demand_price,
+        token,
+        requested_at=now_iso(),
+        claimed_by=owner,
+    )
     if len(record.attempts) == number - 1 and (last is None or last.instance_id is not None):
         record.attempts.append(fresh)
         return True
-    if last is not None and last.number == number and last.instance_id is None:
-        if last.claimed_by == owner or stale_claim(last):  # our next offer after a refusal, or an abandoned claim
-            record.attempts[-1] = fresh
-            return True
+    # Our next offer after a refusal, or an abandoned claim: the claim is ours now.
+    if (
+        last is not None
+        and last.number == number
+        and last.instance_id is None
+        and (last.claimed_by == owner or stale_claim(last))
+    ):
+        record.attempts[-1] = fresh
+        return True
     return False
 
 
@@ -240,7 +330,9 @@ def check_permissions(plan: Plan, cloud: Cloud) -> str:
     offer = plan.best
     _, root_device = resolve_ami(cloud, plan.ami)
     try:
-        run_instance(cloud, plan.spec, plan.job_id, 1, offer, plan.ami, root_device, plan.user_data, "dry-run", dry_run=True)
+        run_instance(
+            cloud, plan.spec, plan.job_id, 1, offer, plan.ami, root_device, plan.user_data, "dry-run", dry_run=True
+        )
     except botocore.exceptions.ClientError as exc:
         if describe(exc).startswith("DryRunOperation"):
             return "allowed"

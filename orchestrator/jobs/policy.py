@@ -59,7 +59,9 @@ class Decision:
     outcome: JobState | None = None  # for GIVE_UP and STOP: the terminal state to record
 
 
-def decide(view: JobView, spec: JobSpec, cost: JobCost | None = None, poll_s: float = 10.0, now: datetime | None = None) -> Decision:
+def decide(
+    view: JobView, spec: JobSpec, cost: JobCost | None = None, poll_s: float = 10.0, now: datetime | None = None
+) -> Decision:
     """What to do about this job now. `cost` is jobs.cost.cost_of(view) (needed for the budget only)."""
     now = now or datetime.now(timezone.utc)
     record = view.record
@@ -81,16 +83,30 @@ def decide(view: JobView, spec: JobSpec, cost: JobCost | None = None, poll_s: fl
     if state.idle or (state is JobState.LAUNCHING and unfinished_claim(record, now)):
         interruptions = sum(a.end_reason in RECOVERABLE_ENDS for a in record.attempts)
         if interruptions > spec.recovery.max_interruptions:
-            return Decision(Action.GIVE_UP, f"interrupted {interruptions} times; recovery.max_interruptions is {spec.recovery.max_interruptions}", JobState.FAILED)
+            return Decision(
+                Action.GIVE_UP,
+                f"interrupted {interruptions} times; recovery.max_interruptions is {spec.recovery.max_interruptions}",
+                JobState.FAILED,
+            )
         if budget is not None and spent >= budget:
-            return Decision(Action.GIVE_UP, f"cost ${spent:.2f} has reached the budget ${budget:.2f}", JobState.BUDGET_EXCEEDED)
+            return Decision(
+                Action.GIVE_UP, f"cost ${spent:.2f} has reached the budget ${budget:.2f}", JobState.BUDGET_EXCEEDED
+            )
         return Decision(Action.START, "resuming from the latest checkpoint" if record.attempts else "starting")
-    if state in (JobState.RUNNING, JobState.EXPORTING) and budget is not None and cost and cost.current_usd_per_hour is not None:
+    if (
+        state in (JobState.RUNNING, JobState.EXPORTING)
+        and budget is not None
+        and cost
+        and cost.current_usd_per_hour is not None
+    ):
         horizon = max(_to_next_checkpoint_s(view, spec, now), poll_s)
         projected = spent + cost.current_usd_per_hour * horizon / 3600
         if projected > budget:
-            return Decision(Action.STOP, f"cost ${spent:.2f} + ${projected - spent:.2f} to the next checkpoint would pass the budget ${budget:.2f}",
-                            JobState.BUDGET_EXCEEDED)
+            return Decision(
+                Action.STOP,
+                f"cost ${spent:.2f} + ${projected - spent:.2f} to the next checkpoint would pass the budget ${budget:.2f}",
+                JobState.BUDGET_EXCEEDED,
+            )
     if state.terminal:
         return Decision(Action.DONE, state.value)
     return Decision(Action.WAIT)
@@ -108,11 +124,16 @@ def _to_next_checkpoint_s(view: JobView, spec: JobSpec, now: datetime) -> float:
     return max(0.0, every - beat.last_checkpoint_age_s - age_s(beat.updated_at, now))
 
 
-def failover_order(offers: list[Offer], record: JobRecord, avoid: dict[Pool, datetime] | None = None, now: datetime | None = None) -> list[Offer]:
+def failover_order(
+    offers: list[Offer], record: JobRecord, avoid: dict[Pool, datetime] | None = None, now: datetime | None = None
+) -> list[Offer]:
     """Offers in rank order, pools interrupted within AVOID_POOL_S moved to the back."""
     now = now or datetime.now(timezone.utc)
     recent = {pool for pool, when in (avoid or {}).items() if (now - when).total_seconds() < AVOID_POOL_S}
     for attempt in record.attempts:
-        if attempt.end_reason in RECOVERABLE_ENDS and age_s(attempt.ended_at or attempt.launched_at, now) < AVOID_POOL_S:
+        if (
+            attempt.end_reason in RECOVERABLE_ENDS
+            and age_s(attempt.ended_at or attempt.launched_at, now) < AVOID_POOL_S
+        ):
             recent.add((attempt.instance_type, attempt.zone))
     return [o for o in offers if o.pool not in recent] + [o for o in offers if o.pool in recent]

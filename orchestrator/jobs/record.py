@@ -38,7 +38,10 @@ class JobStore:
         try:
             self.storage.check()
         except FileNotFoundError as exc:
-            raise UserError(f"storage {self.root}: {exc}", "create the bucket (or fix `storage` / --storage), e.g. `aws s3 mb s3://BUCKET`") from None
+            raise UserError(
+                f"storage {self.root}: {exc}",
+                "create the bucket (or fix `storage` / --storage), e.g. `aws s3 mb s3://BUCKET`",
+            ) from None
 
     def job_ids(self) -> list[str]:
         return self.storage.list(layout.JOBS)
@@ -57,7 +60,9 @@ class JobStore:
         """Create the record (create=True), or overwrite it: only for a job nobody else acts on yet."""
         self.storage.write_bytes(layout.in_job(record.job_id, layout.RECORD), record.to_json(), create_only=create)
 
-    def update_record(self, job_id: str, change: Callable[[JobRecord], bool | None], tries: int = 20) -> JobRecord | None:
+    def update_record(
+        self, job_id: str, change: Callable[[JobRecord], bool | None], tries: int = 20
+    ) -> JobRecord | None:
         """Apply `change` to the newest record and write it only if nobody wrote in between (else
         re-read and re-apply). `change` returns False to write nothing (e.g. someone else already did
         what it wanted). Returns the record written, or None when `change` declined."""
@@ -72,7 +77,10 @@ class JobStore:
                 return record
             except Conflict:
                 time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))  # someone else wrote: read theirs
-        raise UserError(f"job {job_id}: the record kept changing under {tries} tries", "is another spotctl acting on this job in a loop?")
+        raise UserError(
+            f"job {job_id}: the record kept changing under {tries} tries",
+            "is another spotctl acting on this job in a loop?",
+        )
 
     # ------------------------------------------------------------------------ the job's objects
     def read(self, job_id: str, kind: type[D], relative: str) -> D | None:

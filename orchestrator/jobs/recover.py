@@ -30,12 +30,21 @@ def job_spec(store: JobStore, job_id: str) -> JobSpec:
     return parse_spec(body.decode(), source=store.url(job_id, layout.JOB_FILE))
 
 
-def start_next(view: JobView, spec: JobSpec, store: JobStore, cloud: Cloud, prices: PriceSource, avoid: dict[Pool, datetime] | None = None) -> Attempt | None:
+def start_next(
+    view: JobView,
+    spec: JobSpec,
+    store: JobStore,
+    cloud: Cloud,
+    prices: PriceSource,
+    avoid: dict[Pool, datetime] | None = None,
+) -> Attempt | None:
     """Start the job's next attempt on the best pool by failover order; None if another orchestrator
     claimed it first. Raises launch.NoCapacity when EC2 refuses every offer."""
     offers = find_offers(cloud, spec.compute, prices)
     if not offers.ranked:  # e.g. every pool's price is above max_price_per_hour now: it may come down
-        raise NoCapacity(f"no spot offer matches the job's compute section now ({len(offers.dropped)} pools dropped; `spotctl offers` on its job.yaml shows why)")
+        raise NoCapacity(
+            f"no spot offer matches the job's compute section now ({len(offers.dropped)} pools dropped; `spotctl offers` on its job.yaml shows why)"
+        )
     return start_attempt(view.record, spec, failover_order(offers.ranked, view.record, avoid), cloud, store)
 
 
@@ -46,7 +55,9 @@ def set_aside_final(store: JobStore, view: JobView) -> None:
     if body is None:
         return
     said = Final.parse(body)
-    number = (said.attempt if said else None) or (view.record.current.number if view.record and view.record.current else 0)
+    number = (said.attempt if said else None) or (
+        view.record.current.number if view.record and view.record.current else 0
+    )
     store.write(view.job_id, layout.final_of(number), body)
     store.delete(view.job_id, layout.FINAL)
 
@@ -56,27 +67,43 @@ def settle_view(store: JobStore, view: JobView) -> None:
     if view.record is None:
         return
     if settle(view.record, view.instances or {}, view.final, view.heartbeat):
-        written = store.update_record(view.job_id, lambda r: settle(r, view.instances or {}, view.final, view.heartbeat))
+        written = store.update_record(
+            view.job_id, lambda r: settle(r, view.instances or {}, view.final, view.heartbeat)
+        )
         if written is not None:
             view.record = written
 
 
-def resume(store: JobStore, view: JobView, cloud: Cloud, prices: PriceSource, force: bool = False, budget: float | None = None) -> Attempt:
+def resume(
+    store: JobStore, view: JobView, cloud: Cloud, prices: PriceSource, force: bool = False, budget: float | None = None
+) -> Attempt:
     """`spotctl resume`: start attempt k+1 of a job that is not running and not done."""
     settle_view(store, view)
     state, job_id = view.state, view.job_id
     if state.resume_refusal and not (state is JobState.LAUNCHING and unfinished_claim(view.record)):
         current = view.record.current
-        where = f" (attempt {current.number} on {current.instance_id})" if state is not JobState.SUCCEEDED and current else ""
-        raise UserError(f"job {job_id}: not resumed, {state.resume_refusal}{where}", "`spotctl status JOB` shows it; `spotctl stop JOB` stops it")
+        where = (
+            f" (attempt {current.number} on {current.instance_id})"
+            if state is not JobState.SUCCEEDED and current
+            else ""
+        )
+        raise UserError(
+            f"job {job_id}: not resumed, {state.resume_refusal}{where}",
+            "`spotctl status JOB` shows it; `spotctl stop JOB` stops it",
+        )
     if state is JobState.CANCELLED and not force:
-        raise UserError(f"job {job_id}: not resumed, it was cancelled (spotctl stop)", "`spotctl resume JOB --force` continues it from its last checkpoint")
+        raise UserError(
+            f"job {job_id}: not resumed, it was cancelled (spotctl stop)",
+            "`spotctl resume JOB --force` continues it from its last checkpoint",
+        )
     if state is JobState.BUDGET_EXCEEDED:
         cost = cost_of(view, prices)
         spent = cost.total_usd if cost else 0.0
         if budget is None or budget <= spent:
-            raise UserError(f"job {job_id}: not resumed, it has spent ${spent:.2f} of its budget ${view.record.budget_usd or 0:.2f}",
-                            f"`spotctl resume JOB --budget NEW` with NEW above ${spent:.2f}")
+            raise UserError(
+                f"job {job_id}: not resumed, it has spent ${spent:.2f} of its budget ${view.record.budget_usd or 0:.2f}",
+                f"`spotctl resume JOB --budget NEW` with NEW above ${spent:.2f}",
+            )
     spec = job_spec(store, job_id)
 
     def reopen(record: JobRecord) -> None:
@@ -90,5 +117,7 @@ def resume(store: JobStore, view: JobView, cloud: Cloud, prices: PriceSource, fo
     view.final = None
     attempt = start_next(view, spec, store, cloud, prices)
     if attempt is None:
-        raise UserError(f"job {job_id}: another spotctl is starting its next attempt right now", "`spotctl status JOB` shows it")
+        raise UserError(
+            f"job {job_id}: another spotctl is starting its next attempt right now", "`spotctl status JOB` shows it"
+        )
     return attempt

@@ -51,8 +51,13 @@ class JobView:
         return derive_state(self.record, self.final, self.heartbeat, self.instance)
 
 
-def derive_state(record: JobRecord | None, final: Final | None, heartbeat: Heartbeat | None, instance: Instance | None,
-                 now: datetime | None = None) -> JobState:
+def derive_state(
+    record: JobRecord | None,
+    final: Final | None,
+    heartbeat: Heartbeat | None,
+    instance: Instance | None,
+    now: datetime | None = None,
+) -> JobState:
     if record is None:
         return JobState.UNKNOWN
     if final and final.finished:
@@ -111,7 +116,13 @@ def unfinished_claim(record: JobRecord, now: datetime | None = None) -> bool:
 
 
 # ------------------------------------------------------------------------------- closing attempts
-def settle(record: JobRecord, instances: dict[int, Instance], final: Final | None, heartbeat: Heartbeat | None, now: datetime | None = None) -> bool:
+def settle(
+    record: JobRecord,
+    instances: dict[int, Instance],
+    final: Final | None,
+    heartbeat: Heartbeat | None,
+    now: datetime | None = None,
+) -> bool:
     """Fill in end_reason / ended_at / state_reason / steps of attempts that have ended. Returns
     whether anything changed (then the caller writes the record). Idempotent: run it every poll."""
     now = now or datetime.now(timezone.utc)
@@ -166,4 +177,8 @@ def _transition_time(instance: Instance) -> str | None:
     match = _TRANSITION_TIME.search(instance.transition or "")
     if not match:
         return None
-    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).isoformat(timespec="seconds")
+    return (
+        datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+        .replace(tzinfo=timezone.utc)
+        .isoformat(timespec="seconds")
+    )

@@ -137,9 +137,20 @@ class JobStatus(_Part):
 def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool = False) -> dict:
     """The job's `status --json` document; `with_cost` adds `cost` (null when nothing ran yet)."""
     beat, record = view.heartbeat, view.record
-    attempts = [AttemptStatus.model_validate(a, from_attributes=True).model_dump(exclude={"instance_state"}) for a in record.attempts] if record else []
+    attempts = (
+        [
+            AttemptStatus.model_validate(a, from_attributes=True).model_dump(exclude={"instance_state"})
+            for a in record.attempts
+        ]
+        if record
+        else []
+    )
     if attempts and view.instance and view.instance.instance_id == attempts[-1]["instance_id"]:
-        attempts[-1] = {**attempts[-1], "instance_state": view.instance.state, "state_reason": view.instance.reason_code}
+        attempts[-1] = {
+            **attempts[-1],
+            "instance_state": view.instance.state,
+            "state_reason": view.instance.reason_code,
+        }
     health = job_health(view)
     document = JobStatus(
         job_id=view.job_id,
@@ -153,7 +164,9 @@ def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool 
         progress={k: getattr(beat, k) for k in PROGRESS_FIELDS} if beat else None,
         metrics={k: getattr(beat, k) for k in METRIC_FIELDS} if beat else None,
         gpu={k: getattr(beat, k) for k in GPU_FIELDS} if beat else None,
-        last_checkpoint={"step": beat.last_checkpoint_step, "age_s": heartbeat_age(beat, beat.last_checkpoint_age_s)} if beat else None,
+        last_checkpoint={"step": beat.last_checkpoint_step, "age_s": heartbeat_age(beat, beat.last_checkpoint_age_s)}
+        if beat
+        else None,
         heartbeat_age_s=heartbeat_age(beat) if beat else None,
         health=[flag.as_dict() for flag in health],
         stalled=any(flag.name == "stalled" for flag in health),

@@ -35,8 +35,15 @@ class StopResult:
     checkpoint_step: int | None
 
 
-def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Cloud], wait_s: float = 45.0, poll_s: float = 2.0,
-             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> StopResult:
+def stop_job(
+    store: JobStore,
+    job_id: str,
+    cloud_for_region: Callable[[str], Cloud],
+    wait_s: float = 45.0,
+    poll_s: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StopResult:
     view = find_job(store, job_id, cloud_for_region)
     if view.state.terminal:
         raise UserError(f"job {job_id} is already {view.state}; nothing to stop")
@@ -66,7 +73,9 @@ def stop_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
     # How earlier attempts ended (an interruption nobody watched) is settled from EC2 first: only the
     # attempt whose machine this stop terminated ends as stopped/terminated, now.
     settled = find_job(store, job_id, cloud_for_region)
-    store.update_record(job_id, lambda r: _cancel(r, settled, live, final, EndReason.STOPPED if graceful else EndReason.TERMINATED))
+    store.update_record(
+        job_id, lambda r: _cancel(r, settled, live, final, EndReason.STOPPED if graceful else EndReason.TERMINATED)
+    )
     return StopResult(job_id, graceful, terminated, final.step if final else None)
 
 
@@ -83,7 +92,9 @@ def request_stop(store: JobStore, job_id: str, reason: str, outcome: JobState | 
     store.write(job_id, layout.CONTROL_STOP, StopRequest(reason=reason, requested_at=now_iso()).to_json())
 
 
-def _cancel(record: JobRecord, view: JobView, terminated: list[str], final: Final | None, end_reason: EndReason) -> None:
+def _cancel(
+    record: JobRecord, view: JobView, terminated: list[str], final: Final | None, end_reason: EndReason
+) -> None:
     settle(record, view.instances or {}, final, view.heartbeat)
     record.cancelled_at = now_iso()
     for attempt in record.attempts:

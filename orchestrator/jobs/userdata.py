@@ -148,8 +148,13 @@ def render(boot: Bootstrap) -> str:
         final_url=shlex.quote(f"{boot.job_prefix}/{layout.FINAL}"),
         bootstrap_log=layout.bootstrap_log(boot.attempt),
         trainer_log=layout.trainer_log(boot.attempt),
-        failure=shlex.quote(Final(outcome=Outcome.FAILED, attempt=boot.attempt, error=ERROR_MARK, traceback=[], finished_at=TIME_MARK).model_dump_json(exclude_unset=True)),
-        error_mark=ERROR_MARK, time_mark=TIME_MARK,
+        failure=shlex.quote(
+            Final(
+                outcome=Outcome.FAILED, attempt=boot.attempt, error=ERROR_MARK, traceback=[], finished_at=TIME_MARK
+            ).model_dump_json(exclude_unset=True)
+        ),
+        error_mark=ERROR_MARK,
+        time_mark=TIME_MARK,
         python_candidates=" ".join(PYTHON_CANDIDATES),
     )
     size = len(script.encode())

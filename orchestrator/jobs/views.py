@@ -17,12 +17,25 @@ from trainer.job.documents import Final, Heartbeat, Manifest, Phase
 from trainer.job.spec import did_you_mean
 
 
-def read_views(store: JobStore, job_ids: list[str], cloud_for_region: Callable[[str], Cloud], threads: int = 32, details: bool = False) -> list[JobView]:
+def read_views(
+    store: JobStore,
+    job_ids: list[str],
+    cloud_for_region: Callable[[str], Cloud],
+    threads: int = 32,
+    details: bool = False,
+) -> list[JobView]:
     """Every job's state with as few reads as are safe, in parallel: record and heartbeat; one EC2
     call per region; then final.json only where the job may have ended (a running instance whose
     trainer reports a running phase has not). `details` adds the artifacts manifest."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        views = list(pool.map(lambda job_id: JobView(job_id, store.read_record(job_id), store.read(job_id, Heartbeat, layout.HEARTBEAT), None, None), job_ids))
+        views = list(
+            pool.map(
+                lambda job_id: JobView(
+                    job_id, store.read_record(job_id), store.read(job_id, Heartbeat, layout.HEARTBEAT), None, None
+                ),
+                job_ids,
+            )
+        )
         by_region: dict[str, list[JobView]] = {}
         for view in views:
             if view.record and view.record.attempts and not view.record.cancelled_at:
@@ -34,10 +47,14 @@ def read_views(store: JobStore, job_ids: list[str], cloud_for_region: Callable[[
                 # Only the current attempt's instance tells about now; older ones are history.
                 view.instance = view.instances.get(view.record.attempts[-1].number)
         maybe_ended = [v for v in views if v.record and not _certainly_running(v)]
-        for view, final in zip(maybe_ended, pool.map(lambda v: store.read(v.job_id, Final, layout.FINAL), maybe_ended)):
+        for view, final in zip(
+            maybe_ended, pool.map(lambda v: store.read(v.job_id, Final, layout.FINAL), maybe_ended), strict=True
+        ):
             view.final = final
         if details:
-            for view, manifest in zip(views, pool.map(lambda v: store.read(v.job_id, Manifest, layout.MANIFEST), views)):
+            for view, manifest in zip(
+                views, pool.map(lambda v: store.read(v.job_id, Manifest, layout.MANIFEST), views), strict=True
+            ):
                 view.artifacts = manifest
     return views
 
@@ -57,11 +74,16 @@ def _certainly_running(view: JobView) -> bool:
 def find_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Cloud]) -> JobView:
     view = read_views(store, [job_id], cloud_for_region, details=True)[0]
     if view.record is None:
-        raise UserError(f"no job '{job_id}' under {store.root}{did_you_mean(job_id, store.job_ids())}", "`spotctl status` lists the jobs there")
+        raise UserError(
+            f"no job '{job_id}' under {store.root}{did_you_mean(job_id, store.job_ids())}",
+            "`spotctl status` lists the jobs there",
+        )
     return view
 
 
-def log_text(store: JobStore, view: JobView, attempt: int | None = None, bootstrap: bool = False) -> tuple[int, str, bytes | None]:
+def log_text(
+    store: JobStore, view: JobView, attempt: int | None = None, bootstrap: bool = False
+) -> tuple[int, str, bytes | None]:
     """(attempt, object name, content) of a job's shipped log: the trainer's, or the bootstrap's
     (which is also what exists while the instance is still installing)."""
     attempts = len(view.record.attempts) if view.record else 0

@@ -80,8 +80,16 @@ class JobRow:
 
 
 class Watcher:
-    def __init__(self, store: JobStore, job_ids: list[str], clouds: Callable[[str], Cloud], prices: Callable[[Cloud], PriceSource],
-                 options: WatchOptions | None = None, clock: Callable[[], float] = time.monotonic, on_event: Callable[[Event], None] | None = None):
+    def __init__(
+        self,
+        store: JobStore,
+        job_ids: list[str],
+        clouds: Callable[[str], Cloud],
+        prices: Callable[[Cloud], PriceSource],
+        options: WatchOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[Event], None] | None = None,
+    ):
         self.store, self.job_ids, self.clouds, self.prices = store, list(job_ids), clouds, prices
         self.options = options or WatchOptions()
         self.clock = clock
@@ -133,7 +141,9 @@ class Watcher:
         """0 when every job succeeded, 1 otherwise."""
         return 0 if all(j in self.rows and self.rows[j].view.state is JobState.SUCCEEDED for j in self.job_ids) else 1
 
-    def run(self, sleep: Callable[[float], None] = time.sleep, after_poll: Callable[[dict[str, JobRow]], None] | None = None) -> int:
+    def run(
+        self, sleep: Callable[[float], None] = time.sleep, after_poll: Callable[[dict[str, JobRow]], None] | None = None
+    ) -> int:
         while True:
             started = self.clock()
             rows = self.poll()
@@ -152,7 +162,10 @@ class Watcher:
             if attempt.end_reason and before.get(attempt.number) is None:
                 steps = f" at step {attempt.end_step}" if attempt.end_step is not None else ""
                 why = f" ({attempt.state_reason})" if attempt.state_reason else ""
-                self._emit(job_id, f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}")
+                self._emit(
+                    job_id,
+                    f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}",
+                )
                 if attempt.end_reason == EndReason.INTERRUPTED:
                     self._avoid[(attempt.instance_type, attempt.zone)] = datetime.now(timezone.utc)
         spec = self._spec(job_id)
@@ -171,7 +184,9 @@ class Watcher:
                 terminate(cloud, live)
                 self._emit(job_id, f"stopped ({decision.reason}); terminated {', '.join(live)}")
         elif decision.action is Action.GIVE_UP:
-            self._give_up(job_id, decision.outcome, decision.reason, view.record.current.number if view.record.current else 0)
+            self._give_up(
+                job_id, decision.outcome, decision.reason, view.record.current.number if view.record.current else 0
+            )
         fresh = view
         if decision.action not in (Action.WAIT, Action.DONE):
             fresh = self._reread(view)
@@ -197,14 +212,19 @@ class Watcher:
             return
         except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             # A refused permission, a throttled API...: may pass, so retried like capacity, then failed.
-            message = exc.message if isinstance(exc, UserError) else as_user_error(exc, "starting the next attempt").message
+            message = (
+                exc.message if isinstance(exc, UserError) else as_user_error(exc, "starting the next attempt").message
+            )
             self._cannot_start(job_id, message, JobState.FAILED, expected)
             return
         self._waiting.pop(job_id, None)
         if attempt is None:
             self._emit(job_id, "another watcher is starting the next attempt")
             return
-        self._emit(job_id, f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at ${attempt.spot_price:.4f}/h ({attempt.instance_id})")
+        self._emit(
+            job_id,
+            f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at ${attempt.spot_price:.4f}/h ({attempt.instance_id})",
+        )
 
     def _cannot_start(self, job_id: str, reason: str, outcome: JobState, expected: int) -> None:
         """Back off and try again, until the deadline: then the job is given up as `outcome`."""
@@ -217,7 +237,9 @@ class Watcher:
         waiting.delay = min(self.options.capacity_retry_max_s, waiting.delay * 2)
         waiting.next_try = now + waiting.delay
         self._waiting[job_id] = waiting
-        what = f"no capacity ({reason})" if outcome is JobState.NO_CAPACITY else f"cannot start the next attempt: {reason}"
+        what = (
+            f"no capacity ({reason})" if outcome is JobState.NO_CAPACITY else f"cannot start the next attempt: {reason}"
+        )
         self._emit(job_id, f"{what}; trying again in {waiting.delay:.0f}s", logging.WARNING)
 
     def _give_up(self, job_id: str, outcome: JobState, reason: str, expected: int) -> None:
@@ -247,7 +269,9 @@ class Watcher:
         before = self._flags.get(job_id, set())
         for flag in flags:
             if flag.name not in before:
-                self._emit(job_id, f"{flag.name}: {flag.message}" + (f" ({flag.hint})" if flag.hint else ""), logging.WARNING)
+                self._emit(
+                    job_id, f"{flag.name}: {flag.message}" + (f" ({flag.hint})" if flag.hint else ""), logging.WARNING
+                )
         self._flags[job_id] = {flag.name for flag in flags}
 
     def _spec(self, job_id: str) -> JobSpec:

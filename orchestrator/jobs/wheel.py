@@ -21,7 +21,13 @@ import orchestrator
 from orchestrator.errors import UserError
 from trainer.job.settings import Settings
 
-SOURCE_PATTERNS = ("pyproject.toml", "orchestrator/**/*.py", "orchestrator/**/*.json", "trainer/**/*.py", "trainer/**/*.json")
+SOURCE_PATTERNS = (
+    "pyproject.toml",
+    "orchestrator/**/*.py",
+    "orchestrator/**/*.json",
+    "trainer/**/*.py",
+    "trainer/**/*.json",
+)
 
 
 def source_root() -> Path | None:
@@ -46,12 +52,17 @@ def build_wheel() -> Path:
     wheel = Settings.from_env().wheel
     if wheel is not None:
         if not wheel.is_file() or wheel.suffix != ".whl":
-            raise UserError(f"SPOTCTL_WHEEL={wheel} is not a wheel file", "build one with `pip wheel --no-deps .` in the spotctl checkout")
+            raise UserError(
+                f"SPOTCTL_WHEEL={wheel} is not a wheel file",
+                "build one with `pip wheel --no-deps .` in the spotctl checkout",
+            )
         return wheel
     root = source_root()
     if root is None:
-        raise UserError("launch ships the running spotctl to the instance, but this installation has no sources to build it from",
-                        "install spotctl from a checkout (`pip install -e .`), or set SPOTCTL_WHEEL to a spotctl wheel")
+        raise UserError(
+            "launch ships the running spotctl to the instance, but this installation has no sources to build it from",
+            "install spotctl from a checkout (`pip install -e .`), or set SPOTCTL_WHEEL to a spotctl wheel",
+        )
     target = cache_dir() / source_digest(root)[:24]
     built = sorted(target.glob("spotctl-*.whl"))
     if built:
@@ -64,8 +75,10 @@ def build_wheel() -> Path:
         if result.returncode != 0:
             result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out)
         if result.returncode != 0:
-            raise UserError(f"building the spotctl wheel failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}",
-                            f"try `{sys.executable} -m pip wheel --no-deps {root}` to see why")
+            raise UserError(
+                f"building the spotctl wheel failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}",
+                f"try `{sys.executable} -m pip wheel --no-deps {root}` to see why",
+            )
         wheel = next(Path(out).glob("spotctl-*.whl"))
         target.mkdir(parents=True, exist_ok=True)
         final = target / wheel.name

@@ -14,7 +14,7 @@ SELF_SHUTDOWN = (ec2.SELF_SHUTDOWN, f"{ec2.SELF_SHUTDOWN}: Instance initiated sh
 
 
 def seed_deep_learning_ami(ec2_client, region: str) -> str:
-    """Point spotctl's default AMI parameter (trainer.config.DEFAULT_AMI) at one of moto's images.
+    """Point spotctl's default AMI parameter (trainer.job.spec.DEFAULT_AMI) at one of moto's images.
     Returns the AMI id."""
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ssm.models import Parameter, ssm_backends
@@ -24,8 +24,19 @@ def seed_deep_learning_ami(ec2_client, region: str) -> str:
     ami = sorted(image["ImageId"] for image in ec2_client.describe_images(Owners=["amazon"])["Images"])[0]
     name = DEFAULT_AMI.removeprefix("ssm:")
     ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters[name] = [
-        Parameter(DEFAULT_ACCOUNT_ID, name, ami, "String", "Deep Learning AMI (seeded by spotctl's local cloud)", None, None,
-                  datetime.datetime.now(datetime.timezone.utc), 1, "aws:ec2:image")]
+        Parameter(
+            DEFAULT_ACCOUNT_ID,
+            name,
+            ami,
+            "String",
+            "Deep Learning AMI (seeded by spotctl's local cloud)",
+            None,
+            None,
+            datetime.datetime.now(datetime.timezone.utc),
+            1,
+            "aws:ec2:image",
+        )
+    ]
     return ami
 
 
@@ -33,11 +44,19 @@ def route_default_vpc_to_the_internet(ec2_client) -> str:
     """Give the default VPC what AWS's has and moto's lacks: an internet gateway and the main route
     table's 0.0.0.0/0 route through it (through the API: moto implements these). Returns the gateway."""
     [vpc] = ec2_client.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-    attached = ec2_client.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])["InternetGateways"]
-    gateway = attached[0]["InternetGatewayId"] if attached else ec2_client.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    attached = ec2_client.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])[
+        "InternetGateways"
+    ]
+    gateway = (
+        attached[0]["InternetGatewayId"]
+        if attached
+        else ec2_client.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    )
     if not attached:
         ec2_client.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc["VpcId"])
-    [table] = ec2_client.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
+    [table] = ec2_client.describe_route_tables(
+        Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}]
+    )["RouteTables"]
     if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in table["Routes"]):
         ec2_client.create_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
     return gateway

@@ -40,8 +40,12 @@ class LocalCloud:
         return client_environment(self.endpoint)
 
     def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> dict:
-        request = urllib.request.Request(f"{self.control}{path}", method=method, data=json.dumps(body or {}).encode() if method == "POST" else None,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.control}{path}",
+            method=method,
+            data=json.dumps(body or {}).encode() if method == "POST" else None,
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
@@ -65,26 +69,50 @@ def find() -> LocalCloud | None:
         return None
 
 
-def up(seed: int = 0, interrupt_rate: float | None = None, notice_s: float = 5.0, interrupt_at_step: int | None = None) -> tuple[LocalCloud, bool]:
+def up(
+    seed: int = 0, interrupt_rate: float | None = None, notice_s: float = 5.0, interrupt_at_step: int | None = None
+) -> tuple[LocalCloud, bool]:
     """(the cloud, whether it was started now). Idempotent: a running one is returned as it is, with
     the interruptions asked for (rate, scheduled step) applied to it."""
     running = find()
     if running:
-        changes = {k: v for k, v in (("interrupt_at_step", interrupt_at_step), ("interrupt_rate", interrupt_rate)) if v is not None}
+        changes = {
+            k: v
+            for k, v in (("interrupt_at_step", interrupt_at_step), ("interrupt_rate", interrupt_rate))
+            if v is not None
+        }
         if changes:
             running.call("POST", "/config", changes)
         return running, False
     folder = home()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "daemon.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "orchestrator.local.daemon", "--home", str(folder), "--seed", str(seed),
-                                    "--interrupt-rate", str(interrupt_rate or 0.0), "--notice", str(notice_s),
-                                    *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else [])],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.local.daemon",
+                "--home",
+                str(folder),
+                "--seed",
+                str(seed),
+                "--interrupt-rate",
+                str(interrupt_rate or 0.0),
+                "--notice",
+                str(notice_s),
+                *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else []),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise UserError(f"the local cloud did not start (exit {process.returncode})", f"see {folder / 'daemon.log'}")
+            raise UserError(
+                f"the local cloud did not start (exit {process.returncode})", f"see {folder / 'daemon.log'}"
+            )
         cloud = find()
         if cloud and cloud.pid == process.pid:
             return cloud, True
@@ -114,7 +142,10 @@ def down(timeout_s: float = 30.0) -> LocalCloud | None:
 def require() -> LocalCloud:
     cloud = find()
     if cloud is None:
-        raise UserError("the local cloud is not running", "start it with `spotctl local up` (or `spotctl launch --local`, which starts it)")
+        raise UserError(
+            "the local cloud is not running",
+            "start it with `spotctl local up` (or `spotctl launch --local`, which starts it)",
+        )
     return cloud
 
 

@@ -44,8 +44,14 @@ def free_port() -> int:
 
 def client_environment(endpoint: str) -> dict[str, str]:
     """What an AWS client (boto3, s3fs, the AWS CLI) needs to use the local cloud, and only it."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, **CREDENTIALS,
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": str(LOCAL_MAX_ATTEMPTS)}
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        **CREDENTIALS,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": str(LOCAL_MAX_ATTEMPTS),
+    }
 
 
 def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interrupt_at_step: int | None = None) -> None:
@@ -68,8 +74,17 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
     route_default_vpc_to_the_internet(ec2)  # as in AWS: instances without a public IP are then refused
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     boto3.client("iam").create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
-    runner = InstanceRunner(ec2, REGION, home, client_environment(endpoint), interrupt_rate_per_hour=interrupt_rate, notice_s=notice_s, seed=seed,
-                            interrupt_at_step=interrupt_at_step, s3=boto3.client("s3")).start()
+    runner = InstanceRunner(
+        ec2,
+        REGION,
+        home,
+        client_environment(endpoint),
+        interrupt_rate_per_hour=interrupt_rate,
+        notice_s=notice_s,
+        seed=seed,
+        interrupt_at_step=interrupt_at_step,
+        s3=boto3.client("s3"),
+    ).start()
     finished = threading.Event()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -88,8 +103,19 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
         def do_GET(self):
             if self.path != "/status":
                 return self._reply(404, {"error": f"no {self.path}"})
-            self._reply(200, {"endpoint": endpoint, "pid": os.getpid(), "seed": seed, "started_at": started_at, "region": REGION, "bucket": BUCKET,
-                              "ami": ami, "machines": runner.snapshot()})
+            self._reply(
+                200,
+                {
+                    "endpoint": endpoint,
+                    "pid": os.getpid(),
+                    "seed": seed,
+                    "started_at": started_at,
+                    "region": REGION,
+                    "bucket": BUCKET,
+                    "ami": ami,
+                    "machines": runner.snapshot(),
+                },
+            )
 
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)
@@ -105,7 +131,10 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
                     runner.interrupt_at_step = request["interrupt_at_step"] or None
                 if "interrupt_rate" in request:
                     runner.interrupt_rate_per_hour = float(request["interrupt_rate"])
-                return self._reply(200, {"interrupt_at_step": runner.interrupt_at_step, "interrupt_rate": runner.interrupt_rate_per_hour})
+                return self._reply(
+                    200,
+                    {"interrupt_at_step": runner.interrupt_at_step, "interrupt_rate": runner.interrupt_rate_per_hour},
+                )
             if self.path == "/shutdown":
                 self._reply(200, {"stopping": True})
                 finished.set()
@@ -118,8 +147,20 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
     signal.signal(signal.SIGINT, lambda *_: finished.set())
     state = home / STATE_FILE
     temporary = home / f".{STATE_FILE}.tmp"
-    temporary.write_text(json.dumps({"pid": os.getpid(), "endpoint": endpoint, "control": f"http://127.0.0.1:{control.server_address[1]}",
-                                     "seed": seed, "region": REGION, "bucket": BUCKET, "started_at": started_at}, indent=1))
+    temporary.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "endpoint": endpoint,
+                "control": f"http://127.0.0.1:{control.server_address[1]}",
+                "seed": seed,
+                "region": REGION,
+                "bucket": BUCKET,
+                "started_at": started_at,
+            },
+            indent=1,
+        )
+    )
     os.replace(temporary, state)
     logging.info("local cloud up: %s (control %s), seed %d", endpoint, control.server_address, seed)
     try:
@@ -137,9 +178,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--interrupt-rate", type=float, default=0.0, help="spot interruptions per instance-hour, drawn from the seed")
-    parser.add_argument("--notice", type=float, default=5.0, help="seconds between a spot notice and the machine going away")
-    parser.add_argument("--interrupt-at-step", type=int, default=None, help="interrupt each job's first attempt once its trainer reports this step")
+    parser.add_argument(
+        "--interrupt-rate", type=float, default=0.0, help="spot interruptions per instance-hour, drawn from the seed"
+    )
+    parser.add_argument(
+        "--notice", type=float, default=5.0, help="seconds between a spot notice and the machine going away"
+    )
+    parser.add_argument(
+        "--interrupt-at-step",
+        type=int,
+        default=None,
+        help="interrupt each job's first attempt once its trainer reports this step",
+    )
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -13,13 +13,18 @@ import threading
 
 
 class Imds:
-    def __init__(self, instance_id: str | None = None, instance_type: str | None = None, zone: str | None = None) -> None:
+    def __init__(
+        self, instance_id: str | None = None, instance_type: str | None = None, zone: str | None = None
+    ) -> None:
         self.instance_action: dict | None = None
         self.rebalance: dict | None = None
         self.requests: list[str] = []
         self._token = secrets.token_hex(8)
-        self._facts = {"/latest/meta-data/instance-id": instance_id, "/latest/meta-data/instance-type": instance_type,
-                       "/latest/meta-data/placement/availability-zone": zone}
+        self._facts = {
+            "/latest/meta-data/instance-id": instance_id,
+            "/latest/meta-data/instance-type": instance_type,
+            "/latest/meta-data/placement/availability-zone": zone,
+        }
         imds = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -44,7 +49,10 @@ class Imds:
                     return self._send(401)
                 if imds._facts.get(self.path):
                     return self._send(200, imds._facts[self.path])
-                documents = {"/latest/meta-data/spot/instance-action": imds.instance_action, "/latest/meta-data/events/recommendations/rebalance": imds.rebalance}
+                documents = {
+                    "/latest/meta-data/spot/instance-action": imds.instance_action,
+                    "/latest/meta-data/events/recommendations/rebalance": imds.rebalance,
+                }
                 document = documents.get(self.path)
                 return self._send(200, json.dumps(document)) if document else self._send(404)
 

@@ -55,13 +55,33 @@ class Machine:
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict:
-        return {"instance_id": self.instance_id, "job_id": self.job_id, "attempt": self.attempt, "instance_type": self.instance_type, "zone": self.zone,
-                "pid": self.process.pid, "running": self.process.poll() is None, "interrupting": self.interrupting, "imds": self.imds.endpoint}
+        return {
+            "instance_id": self.instance_id,
+            "job_id": self.job_id,
+            "attempt": self.attempt,
+            "instance_type": self.instance_type,
+            "zone": self.zone,
+            "pid": self.process.pid,
+            "running": self.process.poll() is None,
+            "interrupting": self.interrupting,
+            "imds": self.imds.endpoint,
+        }
 
 
 class InstanceRunner:
-    def __init__(self, ec2, region: str, home: Path, environment: dict[str, str], poll_s: float = 0.5, interrupt_rate_per_hour: float = 0.0,
-                 notice_s: float = 5.0, seed: int = 0, interrupt_at_step: int | None = None, s3=None):
+    def __init__(
+        self,
+        ec2,
+        region: str,
+        home: Path,
+        environment: dict[str, str],
+        poll_s: float = 0.5,
+        interrupt_rate_per_hour: float = 0.0,
+        notice_s: float = 5.0,
+        seed: int = 0,
+        interrupt_at_step: int | None = None,
+        s3=None,
+    ):
         self.ec2, self.region, self.home = ec2, region, home
         self.environment = environment  # what every instance's processes get: endpoint, credentials
         self.poll_s, self.notice_s = poll_s, notice_s
@@ -111,10 +131,20 @@ class InstanceRunner:
             for machine in list(self.machines.values()):
                 if machine.process.poll() is not None and not machine.interrupting:
                     # The bootstrap ended: the machine shuts itself down, as `shutdown -h now` would.
-                    log.info("runner: %s (job %s #%d) exited with %s; shutting it down", machine.instance_id, machine.job_id, machine.attempt, machine.process.returncode)
+                    log.info(
+                        "runner: %s (job %s #%d) exited with %s; shutting it down",
+                        machine.instance_id,
+                        machine.job_id,
+                        machine.attempt,
+                        machine.process.returncode,
+                    )
                     end_instance(machine.instance_id, self.region, SELF_SHUTDOWN, service=False)
                     self._retire(machine)
-                elif self.interrupt_rate_per_hour and not machine.interrupting and self._random.random() < self.interrupt_rate_per_hour * self.poll_s / 3600:
+                elif (
+                    self.interrupt_rate_per_hour
+                    and not machine.interrupting
+                    and self._random.random() < self.interrupt_rate_per_hour * self.poll_s / 3600
+                ):
                     self.interrupt(machine.instance_id, self.notice_s)  # the market took it back
             if self.interrupt_at_step is not None and time.monotonic() - self._last_look > 1.0:
                 self._last_look = time.monotonic()
@@ -131,7 +161,13 @@ class InstanceRunner:
             machine.interrupting = True
             at = datetime.now(timezone.utc) + timedelta(seconds=notice_s)
             machine.imds.instance_action = {"action": "terminate", "time": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        log.info("runner: spot notice for %s (job %s #%d); it goes in %.0fs", instance_id, machine.job_id, machine.attempt, notice_s)
+        log.info(
+            "runner: spot notice for %s (job %s #%d); it goes in %.0fs",
+            instance_id,
+            machine.job_id,
+            machine.attempt,
+            notice_s,
+        )
         timer = threading.Timer(notice_s, self._reclaim, args=(machine,))
         timer.daemon = True
         timer.start()
@@ -150,7 +186,11 @@ class InstanceRunner:
         tags = {t["Key"]: t["Value"] for t in entry.get("Tags", [])}
         folder = self.home / "instances" / instance_id
         folder.mkdir(parents=True, exist_ok=True)
-        user_data = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData").get("UserData", {}).get("Value")
+        user_data = (
+            self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+            .get("UserData", {})
+            .get("Value")
+        )
         script = folder / "user-data.sh"
         script.write_bytes(base64.b64decode(user_data) if user_data else b"#!/bin/bash\nexit 0\n")
         zone = entry["Placement"]["AvailabilityZone"]
@@ -161,18 +201,44 @@ class InstanceRunner:
             "PATH": f"{python_dir}:/usr/bin:/bin",  # this environment's python; the AWS CLI only if the system has one
             "HOME": str(folder),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint,
-            "SPOTCTL_SKIP_INSTALL": "1", "SPOTCTL_NO_SHUTDOWN": "1",  # the runner plays the shutdown
-            "SPOTCTL_LOG_DIR": str(folder / "logs"), "SPOTCTL_CACHE_DIR": str(folder / "cache"),
+            "SPOTCTL_SKIP_INSTALL": "1",
+            "SPOTCTL_NO_SHUTDOWN": "1",  # the runner plays the shutdown
+            "SPOTCTL_LOG_DIR": str(folder / "logs"),
+            "SPOTCTL_CACHE_DIR": str(folder / "cache"),
             "SPOTCTL_IMDS_POLL_SECONDS": "1",
             "SPOTCTL_HEARTBEAT_SECONDS": "2",  # S3 is local here: a livelier view costs nothing
         }
         with open(folder / "console.log", "ab") as console:
-            process = subprocess.Popen(["bash", str(script)], env=environment, cwd=folder, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                ["bash", str(script)],
+                env=environment,
+                cwd=folder,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         attempt = int(tags.get(TAG_ATTEMPT, "0")) if tags.get(TAG_ATTEMPT, "").isdigit() else 0
         prefix = re.search(r"^JOB_PREFIX=(.+)$", script.read_text(errors="replace"), re.M)
-        self.machines[instance_id] = Machine(instance_id, tags.get(TAG_JOB, "?"), attempt, entry["InstanceType"], zone, process, imds, folder,
-                                             shlex.split(prefix.group(1))[0] if prefix else None)
-        log.info("runner: booted %s (job %s #%d, %s in %s) as pid %d", instance_id, tags.get(TAG_JOB), attempt, entry["InstanceType"], zone, process.pid)
+        self.machines[instance_id] = Machine(
+            instance_id,
+            tags.get(TAG_JOB, "?"),
+            attempt,
+            entry["InstanceType"],
+            zone,
+            process,
+            imds,
+            folder,
+            shlex.split(prefix.group(1))[0] if prefix else None,
+        )
+        log.info(
+            "runner: booted %s (job %s #%d, %s in %s) as pid %d",
+            instance_id,
+            tags.get(TAG_JOB),
+            attempt,
+            entry["InstanceType"],
+            zone,
+            process.pid,
+        )
 
     def _step_of(self, machine: Machine) -> int | None:
         """The step the machine's trainer last reported (its heartbeat in the job's prefix)."""
@@ -208,7 +274,9 @@ class InstanceRunner:
                 continue
 
     def _spotctl_instances(self) -> list[dict]:
-        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "tag-key", "Values": [TAG_JOB]}])
+        pages = self.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag-key", "Values": [TAG_JOB]}]
+        )
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
     def snapshot(self) -> list[dict]:

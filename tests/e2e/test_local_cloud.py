@@ -24,7 +24,13 @@ from testbed.harness import AWS_VARIABLES_TO_CLEAR
 @pytest.fixture
 def local_home(tmp_path, monkeypatch, wheel):
     """A SPOTCTL_HOME of its own, no AWS settings from the machine, and the session's wheel."""
-    for name in (*AWS_VARIABLES_TO_CLEAR, "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SPOTCTL_STORAGE"):
+    for name in (
+        *AWS_VARIABLES_TO_CLEAR,
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "SPOTCTL_STORAGE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SPOTCTL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
@@ -83,13 +89,18 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(local_home, tmp_path, spotctl, monkeypatch):
+def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
+    local_home, tmp_path, spotctl, monkeypatch
+):
     code, out, err = spotctl("local", "up", "--seed", "3", "--interrupt-at-step", "8", "--notice", "10", "--json")
     assert code == 0, err
     cloud = json.loads(out)
     assert cloud["started"] and cloud["endpoint"].startswith("http://127.0.0.1:")
     code, out, _ = spotctl("local", "up")
-    assert (code, out.splitlines()[0]) == (0, f"local cloud already running: {cloud['endpoint']} (pid {cloud['pid']}, market seed 3)")
+    assert (code, out.splitlines()[0]) == (
+        0,
+        f"local cloud already running: {cloud['endpoint']} (pid {cloud['pid']}, market seed 3)",
+    )
     assert listening_addresses(cloud["pid"]) == {"127.0.0.1"}  # moto, the control API, every IMDS: loopback only
     try:
         point_aws_tools_at_the_local_cloud(spotctl, monkeypatch)
@@ -105,7 +116,9 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(loc
         code, out, err = spotctl("launch", str(job), "--local", "--watch", "--poll", "1")
         assert code == 0, err + out[-3000:]
         job_id = out.split()[1].rstrip(":")
-        assert re.search(r"attempt 1 on \S+ \S+ ended: interrupted( \(Server.SpotInstanceTermination\))? at step \d+", out), out
+        assert re.search(
+            r"attempt 1 on \S+ \S+ ended: interrupted( \(Server.SpotInstanceTermination\))? at step \d+", out
+        ), out
         assert "resuming from the latest checkpoint: attempt 2" in out
 
         code, out, err = spotctl("status", job_id, "--local", "--json")
@@ -115,7 +128,9 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(loc
         assert view["state"] == "succeeded" and view["final"]["outcome"] == "succeeded"
         assert (first["end_reason"], first["state_reason"]) == ("interrupted", "Server.SpotInstanceTermination")
         assert (first["instance_type"], first["zone"]) != (second["instance_type"], second["zone"])  # another pool
-        assert first["end_step"] >= 8 and second["start_step"] == first["end_step"]  # resumed at the notice's checkpoint: no step lost
+        assert (
+            first["end_step"] >= 8 and second["start_step"] == first["end_step"]
+        )  # resumed at the notice's checkpoint: no step lost
         assert second["end_reason"] == "succeeded" and view["progress"]["step"] == view["progress"]["total_steps"]
 
         cost = view["cost"]
@@ -123,19 +138,41 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(loc
         assert cost["attempts"][0]["free_by_first_hour_rule"] is True  # EC2 interrupted it within its first hour
         market = SimulatedMarket(3)  # the same seed: the figures follow from the simulated prices alone
         start, end = (datetime.fromisoformat(second[k]) for k in ("launched_at", "ended_at"))
-        expected = attempt_cost(2, market.history((second["instance_type"], second["zone"]), start, end), start, end, False, second["on_demand_price"])
+        expected = attempt_cost(
+            2,
+            market.history((second["instance_type"], second["zone"]), start, end),
+            start,
+            end,
+            False,
+            second["on_demand_price"],
+        )
         assert cost["total_usd"] == pytest.approx(expected.usd, abs=1e-6)
-        assert second["spot_price"] == market.price_at((second["instance_type"], second["zone"]), datetime.fromisoformat(second["requested_at"]))
+        assert second["spot_price"] == market.price_at(
+            (second["instance_type"], second["zone"]), datetime.fromisoformat(second["requested_at"])
+        )
 
         artifacts = view["artifacts"]  # the quickstart's formats, each validated on the instance
-        assert {name: entry["status"] for name, entry in artifacts["formats"].items()} == {"state_dict": "ok", "onnx": "ok", "int8": "ok"}
-        assert artifacts["source"].startswith("best/ (epoch ") and 0 < artifacts["checkpoint_step"] <= view["progress"]["total_steps"]
+        assert {name: entry["status"] for name, entry in artifacts["formats"].items()} == {
+            "state_dict": "ok",
+            "onnx": "ok",
+            "int8": "ok",
+        }
+        assert (
+            artifacts["source"].startswith("best/ (epoch ")
+            and 0 < artifacts["checkpoint_step"] <= view["progress"]["total_steps"]
+        )
         code, out, _ = spotctl("status", job_id, "--local")
         assert "interrupted (Server.SpotInstanceTermination)" in out and "below on-demand" in out
-        assert re.search(r"artifacts: state_dict, onnx, int8 \(\d\.\dx smaller, \d+\.\dx faster, top-1 \d+%\)", out), out
+        assert re.search(r"artifacts: state_dict, onnx, int8 \(\d\.\dx smaller, \d+\.\dx faster, top-1 \d+%\)", out), (
+            out
+        )
         code, out, err = spotctl("artifacts", job_id, "--local", "--download", str(tmp_path / "model"))
         assert code == 0, err
-        assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(artifacts["files"]) == ["model.int8.pt", "model.json", "model.onnx", "model.safetensors"]
+        assert (
+            sorted(p.name for p in (tmp_path / "model").iterdir())
+            == sorted(artifacts["files"])
+            == ["model.int8.pt", "model.json", "model.onnx", "model.safetensors"]
+        )
         assert len(out.splitlines()) == 4 and all(line.endswith("... verified") for line in out.splitlines())
     finally:
         code, out, _ = spotctl("local", "down")
@@ -159,10 +196,17 @@ def test_the_market_is_reproducible_from_its_seed_and_priced_like_spot():
     assert [seven.price_at(p, at) for p in pools] != [other.price_at(p, at) for p in pools]
     for pool in pools:
         on_demand = seven.on_demand(pool[0]).usd_per_hour
-        assert DISCOUNT[0] - WOBBLE / 2 <= seven.price_at(pool, at) / on_demand <= DISCOUNT[1] + WOBBLE / 2  # 50-75 % below on-demand
+        assert (
+            DISCOUNT[0] - WOBBLE / 2 <= seven.price_at(pool, at) / on_demand <= DISCOUNT[1] + WOBBLE / 2
+        )  # 50-75 % below on-demand
     history = seven.history(pools[0], at + timedelta(seconds=10), at + timedelta(seconds=3 * STEP_S))
-    assert [p.at for p in history] == [at + timedelta(seconds=k * STEP_S) for k in range(3)]  # the price in force at the start, then each change
-    assert len({p.usd_per_hour for p in history}) > 1 and seven.history(("p9.unknown", "us-east-1a"), at, at + timedelta(hours=1)) == []
+    assert [p.at for p in history] == [
+        at + timedelta(seconds=k * STEP_S) for k in range(3)
+    ]  # the price in force at the start, then each change
+    assert (
+        len({p.usd_per_hour for p in history}) > 1
+        and seven.history(("p9.unknown", "us-east-1a"), at, at + timedelta(hours=1)) == []
+    )
 
 
 @pytest.mark.slow
@@ -196,7 +240,9 @@ def test_a_machine_terminated_through_ec2_takes_its_process_with_it(local_home, 
         code, out, err = spotctl("launch", str(job), "--local")
         assert code == 0, err
         taken = out.split()[1].rstrip(":")
-        view = _wait_for(lambda: (v := json.loads(spotctl("status", taken, "--local", "--json")[1]))["state"] == "interrupted" and v)
+        view = _wait_for(
+            lambda: (v := json.loads(spotctl("status", taken, "--local", "--json")[1]))["state"] == "interrupted" and v
+        )
         assert view["attempts"][0]["state_reason"] == "Server.SpotInstanceTermination"
     finally:
         spotctl("local", "down")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from importlib.metadata import version
+from pathlib import Path
 
 import boto3
 import fsspec
@@ -74,5 +75,5 @@ def test_image_folder_on_s3_reads_back_through_s3fs(s3_bucket, image_folder):
 def test_same_seed_same_images(tmp_path, image_folder):
     first = image_folder(tmp_path / "a", per_class=2, seed=3)
     second = image_folder(tmp_path / "b", per_class=2, seed=3)
-    for a, b in zip(first.files["train"], second.files["train"]):
-        assert open(a, "rb").read() == open(b, "rb").read()
+    for a, b in zip(first.files["train"], second.files["train"], strict=True):
+        assert Path(a).read_bytes() == Path(b).read_bytes()

@@ -30,15 +30,35 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
     offers, dropped = json.loads(out)["offers"], json.loads(out)["dropped"]
     assert dropped == [
         {"instance_type": "g4dn.xlarge", "zone": "us-east-1c", "reason": "no spot price (no spot capacity offered)"},
-        {"instance_type": "g6.xlarge", "zone": "us-east-1b", "reason": "spot $0.7200/h is above max_price_per_hour $0.6"},
+        {
+            "instance_type": "g6.xlarge",
+            "zone": "us-east-1b",
+            "reason": "spot $0.7200/h is above max_price_per_hour $0.6",
+        },
     ]
-    assert [(o["instance_type"], o["zone"]) for o in offers][:3] == [("g4dn.xlarge", "us-east-1a"), ("g4dn.xlarge", "us-east-1b"), ("g6.xlarge", "us-east-1a")]
+    assert [(o["instance_type"], o["zone"]) for o in offers][:3] == [
+        ("g4dn.xlarge", "us-east-1a"),
+        ("g4dn.xlarge", "us-east-1b"),
+        ("g6.xlarge", "us-east-1a"),
+    ]
     assert ("g6.xlarge", "us-east-1b") not in [(o["instance_type"], o["zone"]) for o in offers]  # $0.72 > max 0.60
     assert offers[0]["gpus"] == 1 and offers[0]["gpu_model"] == "T4" and offers[0]["gpu_memory_gib"] == 16.0
     assert offers[0]["saving"] == pytest.approx(1 - 0.21 / 0.526)
     code, out, _ = spotctl("offers", str(EXAMPLE))
     lines = out.splitlines()
-    assert lines[1].split() == ["type", "GPUs", "GPU", "GPU", "memory", "zone", "spot", "$/h", "on-demand", "$/h", "saving"]
+    assert lines[1].split() == [
+        "type",
+        "GPUs",
+        "GPU",
+        "GPU",
+        "memory",
+        "zone",
+        "spot",
+        "$/h",
+        "on-demand",
+        "$/h",
+        "saving",
+    ]
     assert lines[3].split() == ["g4dn.xlarge", "1", "T4", "16", "GiB", "us-east-1a", "$0.2100", "$0.5260", "60%"]
     assert "2 pools dropped, e.g. g4dn.xlarge in us-east-1c: no spot price (no spot capacity offered)" in out
 
@@ -53,8 +73,16 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     assert f"spotctl status {job_id} --storage {STORAGE}" in out
 
     ec2 = boto3.client("ec2")
-    [instance] = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"] for i in r["Instances"]]
-    assert instance["InstanceLifecycle"] == "spot" and instance["InstanceType"] == "g4dn.xlarge" and instance["ImageId"] == account
+    [instance] = [
+        i
+        for r in ec2.describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert (
+        instance["InstanceLifecycle"] == "spot"
+        and instance["InstanceType"] == "g4dn.xlarge"
+        and instance["ImageId"] == account
+    )
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/spotctl-trainer")
     assert ec2.describe_subnets(SubnetIds=[instance["SubnetId"]])["Subnets"][0]["AvailabilityZone"] == "us-east-1a"
@@ -68,9 +96,13 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
 
     script = user_data_of(instance["InstanceId"])
     assert script.startswith("#!/bin/bash\n") and len(script.encode()) < 16 * 1024
-    assert f"JOB_URL={STORAGE}/jobs/{job_id}/job.yaml" in script and '"$PYTHON" -m trainer run --job "$JOB_URL"' in script
+    assert (
+        f"JOB_URL={STORAGE}/jobs/{job_id}/job.yaml" in script and '"$PYTHON" -m trainer run --job "$JOB_URL"' in script
+    )
     assert re.search(r"pip install .*\"\$WHEEL\[trainer\]\"", script)
-    assert "testing" not in script and not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET", script)  # no credentials
+    assert "testing" not in script and not re.search(
+        r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET", script
+    )  # no credentials
 
     s3 = boto3.client("s3")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="spotctl/")["Contents"]}
@@ -78,7 +110,9 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     assert {f"spotctl/jobs/{job_id}/job.yaml", f"spotctl/jobs/{job_id}/record.json", wheel_key} <= keys
     assert re.fullmatch(r"spotctl/wheels/[0-9a-f]{64}/spotctl-[\d.]+-py3-none-any\.whl", wheel_key)
     record = json.loads(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/record.json")["Body"].read())
-    assert record["attempts"][0]["instance_id"] == instance["InstanceId"] and record["attempts"][0]["spot_price"] == 0.21
+    assert (
+        record["attempts"][0]["instance_id"] == instance["InstanceId"] and record["attempts"][0]["spot_price"] == 0.21
+    )
 
 
 def test_capacity_errors_move_on_to_the_next_offer(account, spotctl, monkeypatch):
@@ -111,7 +145,9 @@ def test_no_offer_under_the_price_cap(account, spotctl, tmp_path):
     job.write_text(EXAMPLE.read_text().replace("max_price_per_hour: 0.60", "max_price_per_hour: 0.10"))
     code, out, err = spotctl("launch", str(job))
     assert code == 1
-    assert err.startswith("error: no spot offer under max_price_per_hour $0.1 for this job (9 pools dropped; the cheapest is g4dn.xlarge in us-east-1a at $0.2100/h)\n")
+    assert err.startswith(
+        "error: no spot offer under max_price_per_hour $0.1 for this job (9 pools dropped; the cheapest is g4dn.xlarge in us-east-1a at $0.2100/h)\n"
+    )
     assert "hint: raise compute.max_price_per_hour or allow more instance types or zones" in err
     assert boto3.client("ec2").describe_instances()["Reservations"] == []
 
@@ -140,14 +176,20 @@ def test_local_data_cannot_be_launched(account, spotctl, tmp_path):
     job = tmp_path / "local-data.yaml"
     job.write_text(EXAMPLE.read_text().replace("s3://my-spotctl-bucket/datasets/flowers/train", "./flowers/train"))
     code, _, err = spotctl("launch", str(job))
-    assert code == 1 and err.startswith(f"error: train.data.train is a local path ({tmp_path}/flowers/train); the instance cannot read it")
+    assert code == 1 and err.startswith(
+        f"error: train.data.train is a local path ({tmp_path}/flowers/train); the instance cannot read it"
+    )
 
 
 def test_dry_run_shows_the_plan_and_starts_nothing(account, spotctl):
     code, out, err = spotctl("launch", str(EXAMPLE), "--dry-run")
     assert code == 0, err
-    assert re.search(r"would launch flowers-resnet50-\S+ on g4dn.xlarge in us-east-1a at \$0.2100/h \(AMI ami-\w+\)", out)
-    assert '"$PYTHON" -m trainer run --job "$JOB_URL"' in out and out.rstrip().endswith("permission check (DryRun): allowed")
+    assert re.search(
+        r"would launch flowers-resnet50-\S+ on g4dn.xlarge in us-east-1a at \$0.2100/h \(AMI ami-\w+\)", out
+    )
+    assert '"$PYTHON" -m trainer run --job "$JOB_URL"' in out and out.rstrip().endswith(
+        "permission check (DryRun): allowed"
+    )
     assert boto3.client("ec2").describe_instances()["Reservations"] == []
     assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=BUCKET)  # nothing written
 
@@ -158,26 +200,69 @@ def test_status_stop_and_logs(account, spotctl):
     job_id = launched_id(out)
     s3 = boto3.client("s3")
     prefix = f"spotctl/jobs/{job_id}"
-    heartbeat = {"attempt": 1, "phase": "training", "epoch": 3, "epochs": 20, "step": 250, "total_steps": 2000, "steps_per_epoch": 100, "eta_s": 1750.0,
-                 "images_per_sec": 412.0, "data_wait_fraction": 0.04, "loss": 0.61, "acc1": 0.8, "lr": 0.009, "val_acc1": 0.875, "last_checkpoint_step": 200,
-                 "last_checkpoint_age_s": 30.0, "gpu_count": 1, "gpu_util_pct": 93.5, "gpu_mem_used_gib": 11.2, "gpu_mem_total_gib": 15.0, "gpu_power_w": 61.0,
-                 "updated_at": "2026-11-24T10:00:00+00:00"}
+    heartbeat = {
+        "attempt": 1,
+        "phase": "training",
+        "epoch": 3,
+        "epochs": 20,
+        "step": 250,
+        "total_steps": 2000,
+        "steps_per_epoch": 100,
+        "eta_s": 1750.0,
+        "images_per_sec": 412.0,
+        "data_wait_fraction": 0.04,
+        "loss": 0.61,
+        "acc1": 0.8,
+        "lr": 0.009,
+        "val_acc1": 0.875,
+        "last_checkpoint_step": 200,
+        "last_checkpoint_age_s": 30.0,
+        "gpu_count": 1,
+        "gpu_util_pct": 93.5,
+        "gpu_mem_used_gib": 11.2,
+        "gpu_mem_total_gib": 15.0,
+        "gpu_power_w": 61.0,
+        "updated_at": "2026-11-24T10:00:00+00:00",
+    }
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/status/heartbeat.json", Body=json.dumps(heartbeat).encode())
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/logs/attempt-1.log", Body=b"epoch 1/20 done\n")
 
     code, out, err = spotctl("status", "--storage", STORAGE)
     assert code == 0, err
     row = next(line for line in out.splitlines() if line.startswith(job_id))
-    assert row.split() == [job_id, "running", "1", "g4dn.xlarge", "us-east-1a", "$0.2100/h", "epoch", "3/20", "step", "250/2000,", "ETA", "29m", "10s", "87.5%"]
+    assert row.split() == [
+        job_id,
+        "running",
+        "1",
+        "g4dn.xlarge",
+        "us-east-1a",
+        "$0.2100/h",
+        "epoch",
+        "3/20",
+        "step",
+        "250/2000,",
+        "ETA",
+        "29m",
+        "10s",
+        "87.5%",
+    ]
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
     view = json.loads(out)
     assert view["state"] == "running" and view["attempts"][0]["instance_state"] == "running"
-    assert view["progress"]["step"] == 250 and view["gpu"]["gpu_util_pct"] == 93.5 and view["last_checkpoint"]["step"] == 200
+    assert (
+        view["progress"]["step"] == 250
+        and view["gpu"]["gpu_util_pct"] == 93.5
+        and view["last_checkpoint"]["step"] == 200
+    )
     cost = view["cost"]
     seconds = cost["attempts"][0]["seconds"]  # running since launch, a few seconds ago
     assert 0 < seconds < 60 and cost["total_usd"] == pytest.approx(60 * 0.21 / 3600, abs=1e-6)  # the one-minute minimum
-    assert cost["on_demand_usd"] == pytest.approx(60 * 0.526 / 3600, abs=1e-6) and cost["savings"] == pytest.approx(1 - 0.21 / 0.526, abs=1e-3)
-    assert cost["current_usd_per_hour"] == 0.21 and cost["projected_total_usd"] == pytest.approx(cost["total_usd"] + 1750 / 3600 * 0.21, abs=1e-5)
+    assert cost["on_demand_usd"] == pytest.approx(60 * 0.526 / 3600, abs=1e-6) and cost["savings"] == pytest.approx(
+        1 - 0.21 / 0.526, abs=1e-3
+    )
+    assert cost["current_usd_per_hour"] == 0.21 and cost["projected_total_usd"] == pytest.approx(
+        cost["total_usd"] + 1750 / 3600 * 0.21, abs=1e-5
+    )
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
     assert "GPU 94%, 11.2/15 GiB, 61 W" in out and "last checkpoint: step 200" in out
 
@@ -191,7 +276,9 @@ def test_status_stop_and_logs(account, spotctl):
     assert out.startswith(f"stopped {job_id}: no final checkpoint in time; the last committed one stays; terminated i-")
     control = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/control/stop")["Body"].read())
     assert control["reason"] == "stopped by spotctl stop"
-    instance = boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"][0]["Instances"][0]
+    instance = boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])[
+        "Reservations"
+    ][0]["Instances"][0]
     assert instance["State"]["Name"] in ("shutting-down", "terminated")
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
     assert json.loads(out)["state"] == "cancelled"
@@ -219,7 +306,10 @@ def test_a_missing_bucket_is_one_message(aws, spotctl):
 def test_status_needs_a_storage_root(spotctl, monkeypatch):
     monkeypatch.delenv("SPOTCTL_STORAGE", raising=False)
     code, _, err = spotctl("status")
-    assert code == 1 and err.splitlines() == ["error: no storage root given", "hint: pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE"]
+    assert code == 1 and err.splitlines() == [
+        "error: no storage root given",
+        "hint: pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE",
+    ]
 
 
 # --------------------------------------------------------------------------------------- user-data
@@ -233,15 +323,26 @@ def test_the_user_data_runs_the_trainer_to_completion(account, aws, tmp_path, im
     from trainer.job.spec_file import load_spec
 
     data = image_folder(f"s3://{BUCKET}/datasets/shapes", per_class={"train": 6, "val": 2})
-    job = write_job(tmp_path / "job.yaml", STORAGE, data.split("train"), data.split("val"), name="boot", train__epochs=1)
+    job = write_job(
+        tmp_path / "job.yaml", STORAGE, data.split("train"), data.split("val"), name="boot", train__epochs=1
+    )
     s3 = boto3.client("s3")
     s3.put_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/job.yaml", Body=job.read_bytes())
     script = tmp_path / "user-data.sh"
     script.write_text(bootstrap_script(load_spec(job), "boot-1", 1, f"{STORAGE}/wheels/x/spotctl.whl"))
     imds = FakeImds()
     python_dir = str(Path(shutil.which("python", path=str(Path(__import__("sys").executable).parent))).parent)
-    env = trainer_env({**aws.environment(), "PATH": f"{python_dir}:/usr/bin:/bin", "SPOTCTL_SKIP_INSTALL": "1", "SPOTCTL_NO_SHUTDOWN": "1",
-                       "SPOTCTL_LOG_DIR": str(tmp_path / "logs"), "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "SPOTCTL_CACHE_DIR": str(tmp_path / "cache")})
+    env = trainer_env(
+        {
+            **aws.environment(),
+            "PATH": f"{python_dir}:/usr/bin:/bin",
+            "SPOTCTL_SKIP_INSTALL": "1",
+            "SPOTCTL_NO_SHUTDOWN": "1",
+            "SPOTCTL_LOG_DIR": str(tmp_path / "logs"),
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint,
+            "SPOTCTL_CACHE_DIR": str(tmp_path / "cache"),
+        }
+    )
     try:
         result = subprocess.run(["bash", str(script)], env=env, timeout=300)
     finally:
@@ -250,15 +351,21 @@ def test_the_user_data_runs_the_trainer_to_completion(account, aws, tmp_path, im
     assert result.returncode == 0, log[-3000:]
     final = json.loads(s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/status/final.json")["Body"].read())
     assert final["outcome"] == "succeeded"
-    shipped = s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.bootstrap.log")["Body"].read().decode()
+    shipped = (
+        s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.bootstrap.log")["Body"].read().decode()
+    )
     assert "spotctl: trainer exited with 0" in shipped
-    assert s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.log")["Body"].read()  # the trainer's own log
+    assert s3.get_object(Bucket=BUCKET, Key="spotctl/jobs/boot-1/logs/attempt-1.log")[
+        "Body"
+    ].read()  # the trainer's own log
 
 
 def test_when_every_offer_is_refused_the_job_is_no_capacity(account, spotctl, monkeypatch):
     hook_run_instances(monkeypatch, lambda params: "InsufficientInstanceCapacity")
     code, _, err = spotctl("launch", str(EXAMPLE))
-    assert code == 1 and err.startswith("error: no offer could be started; EC2 refused all 7 offers: g4dn.xlarge/us-east-1a: InsufficientInstanceCapacity")
+    assert code == 1 and err.startswith(
+        "error: no offer could be started; EC2 refused all 7 offers: g4dn.xlarge/us-east-1a: InsufficientInstanceCapacity"
+    )
     code, out, _ = spotctl("status", "--storage", STORAGE, "--json")
     [job] = json.loads(out)["jobs"]
     assert job["state"] == "no_capacity" and job["attempts"] == []
@@ -268,7 +375,9 @@ def test_a_launch_without_an_instance_profile_is_refused(account, spotctl, tmp_p
     job = tmp_path / "no-profile.yaml"
     job.write_text(re.sub(r"  instance_profile: .*\n", "", EXAMPLE.read_text()))
     code, _, err = spotctl("launch", str(job))
-    assert code == 1 and err.startswith("error: compute.instance_profile is not set: the instance would have no access to the job's storage")
+    assert code == 1 and err.startswith(
+        "error: compute.instance_profile is not set: the instance would have no access to the job's storage"
+    )
 
 
 def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
@@ -301,10 +410,22 @@ def test_the_state_is_derived_from_record_trainer_and_ec2(final, instance, cance
     from orchestrator.jobs.state import derive_state
     from trainer.job.documents import Attempt, Final, Heartbeat, JobRecord
 
-    record = JobRecord("j", "j", "us-east-1", "s3://b", "s3://b/j", "s3://b/w", "ami-1", attempts=[Attempt(1, "g5.xlarge", "us-east-1a", 0.4, 1.0, "t", "i-1")])
+    record = JobRecord(
+        "j",
+        "j",
+        "us-east-1",
+        "s3://b",
+        "s3://b/j",
+        "s3://b/w",
+        "ami-1",
+        attempts=[Attempt(1, "g5.xlarge", "us-east-1a", 0.4, 1.0, "t", "i-1")],
+    )
     record.cancelled_at = "2026-11-24T10:00:00+00:00" if cancelled else None
     found = Instance("i-1", instance[0], instance[1], None, 1) if instance else None
-    assert derive_state(record, Final(**final) if final else None, Heartbeat(attempt=1, phase="training"), found) == expected
+    assert (
+        derive_state(record, Final(**final) if final else None, Heartbeat(attempt=1, phase="training"), found)
+        == expected
+    )
 
 
 def test_a_failed_install_is_reported_as_a_failure_not_an_interruption(account, aws, tmp_path):
@@ -314,14 +435,42 @@ def test_a_failed_install_is_reported_as_a_failure_not_an_interruption(account, 
 
     prefix = f"{STORAGE}/jobs/broken-1"
     script = tmp_path / "user-data.sh"
-    script.write_text(render(Bootstrap("broken-1", 1, "us-east-1", f"{prefix}/job.yaml", prefix, f"{STORAGE}/wheels/missing/spotctl-0.1.0-py3-none-any.whl", "0.1.0")))
+    script.write_text(
+        render(
+            Bootstrap(
+                "broken-1",
+                1,
+                "us-east-1",
+                f"{prefix}/job.yaml",
+                prefix,
+                f"{STORAGE}/wheels/missing/spotctl-0.1.0-py3-none-any.whl",
+                "0.1.0",
+            )
+        )
+    )
     python_dir = str(Path(__import__("sys").executable).parent)
-    env = trainer_env({**aws.environment(), "PATH": f"{python_dir}:/usr/bin:/bin", "SPOTCTL_NO_SHUTDOWN": "1", "SPOTCTL_LOG_DIR": str(tmp_path / "logs"),
-                       "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"})
+    env = trainer_env(
+        {
+            **aws.environment(),
+            "PATH": f"{python_dir}:/usr/bin:/bin",
+            "SPOTCTL_NO_SHUTDOWN": "1",
+            "SPOTCTL_LOG_DIR": str(tmp_path / "logs"),
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9",
+        }
+    )
     assert subprocess.run(["bash", str(script)], env=env, timeout=120).returncode == 1
-    final = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="spotctl/jobs/broken-1/status/final.json")["Body"].read())
-    assert final["outcome"] == "failed" and final["error"].startswith("the instance could not install spotctl from s3://my-spotctl-bucket/spotctl/wheels/missing/")
-    shipped = boto3.client("s3").get_object(Bucket=BUCKET, Key="spotctl/jobs/broken-1/logs/attempt-1.bootstrap.log")["Body"].read().decode()
+    final = json.loads(
+        boto3.client("s3").get_object(Bucket=BUCKET, Key="spotctl/jobs/broken-1/status/final.json")["Body"].read()
+    )
+    assert final["outcome"] == "failed" and final["error"].startswith(
+        "the instance could not install spotctl from s3://my-spotctl-bucket/spotctl/wheels/missing/"
+    )
+    shipped = (
+        boto3.client("s3")
+        .get_object(Bucket=BUCKET, Key="spotctl/jobs/broken-1/logs/attempt-1.bootstrap.log")["Body"]
+        .read()
+        .decode()
+    )
     assert "spotctl: installing" in shipped and "failed" in shipped
 
 
@@ -333,8 +482,13 @@ def test_aws_prices_read_the_spot_history_and_fall_back_to_the_dated_table(aws):
 
     prices = AwsPrices(Cloud("us-east-1", max_attempts=1))
     spot = prices.spot_prices([("g5.xlarge", "us-east-1a"), ("g5.xlarge", "us-east-1b")])
-    assert spot == {("g5.xlarge", "us-east-1a"): 0.00001, ("g5.xlarge", "us-east-1b"): 0.00001}  # moto's constant market
+    assert spot == {
+        ("g5.xlarge", "us-east-1a"): 0.00001,
+        ("g5.xlarge", "us-east-1b"): 0.00001,
+    }  # moto's constant market
     now = datetime.now(timezone.utc)
-    assert [p.usd_per_hour for p in prices.history(("g5.xlarge", "us-east-1a"), now - timedelta(hours=1), now)] == [0.00001]
+    assert [p.usd_per_hour for p in prices.history(("g5.xlarge", "us-east-1a"), now - timedelta(hours=1), now)] == [
+        0.00001
+    ]
     on_demand = prices.on_demand("g5.xlarge")  # moto has no Pricing API
     assert on_demand.usd_per_hour == 1.006 and on_demand.source == f"table {on_demand_table()['as_of']}"

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from testbed import REPO
+
 # Installed as sitecustomize.py, this makes torch and torchvision unimportable in a child process.
 BLOCKER = """
 import sys
-from testbed import REPO
 
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
@@ -61,13 +62,19 @@ def test_cli_runs_without_torch(args, no_torch_env):
 
 def test_bad_spec_is_still_reported_without_torch(no_torch_env):
     bad = "tests/unit/bad_specs/unknown_model.yaml"
-    result = subprocess.run([spotctl_script(), "validate", bad], env=no_torch_env, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [spotctl_script(), "validate", bad], env=no_torch_env, cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "did you mean 'resnet50'?" in result.stderr
 
 
 def test_no_module_of_the_control_plane_imports_torch():
-    files = sorted(REPO.glob("orchestrator/**/*.py")) + [REPO / "trainer/__init__.py"] + sorted(REPO.glob("trainer/job/*.py"))
+    files = (
+        sorted(REPO.glob("orchestrator/**/*.py"))
+        + [REPO / "trainer/__init__.py"]
+        + sorted(REPO.glob("trainer/job/*.py"))
+    )
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

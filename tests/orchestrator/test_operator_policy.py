@@ -23,7 +23,11 @@ FREE = {"sts:GetCallerIdentity"}  # needs no permission
 
 def recorder(server, action: str) -> bytes:
     method = "GET" if action == "download-recording" else "POST"
-    with urllib.request.urlopen(urllib.request.Request(f"{server.endpoint}/moto-api/recorder/{action}", method=method, data=None if method == "GET" else b"")) as r:
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"{server.endpoint}/moto-api/recorder/{action}", method=method, data=None if method == "GET" else b""
+        )
+    ) as r:
         return r.read()
 
 
@@ -63,7 +67,12 @@ def iam_actions(entry: dict) -> set[str]:
 
 
 def allowed(policy: dict) -> set[str]:
-    return {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    return {
+        a
+        for s in policy["Statement"]
+        if s["Effect"] == "Allow"
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
 
 
 def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws, spotctl, monkeypatch, tmp_path):
@@ -77,7 +86,9 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws,
         made = real_client(self, service, region, retries)
         prefix = made.meta.service_model.signing_name
         if prefix != "s3":
-            made.meta.events.register("before-call", lambda model, **_: called.add(f"{prefix}:{model.name}"), unique_id="operator-policy-test")
+            made.meta.events.register(
+                "before-call", lambda model, **_: called.add(f"{prefix}:{model.name}"), unique_id="operator-policy-test"
+            )
         return made
 
     monkeypatch.setattr(Cloud, "client", client)
@@ -97,7 +108,9 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws,
             assert code == 0, err
         import boto3
 
-        [instance] = [i["InstanceId"] for r in boto3.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+        [instance] = [
+            i["InstanceId"] for r in boto3.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]
+        ]
         aws.interrupt(instance)
         code, _, err = spotctl("resume", job_id, "--storage", STORAGE)
         assert code == 0, err

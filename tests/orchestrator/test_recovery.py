@@ -29,7 +29,13 @@ def launch(spotctl, job=EXAMPLE) -> str:
 
 def instances(job_id: str) -> list[dict]:
     """The job's instances as EC2 lists them, oldest attempt first."""
-    found = [i for r in boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"] for i in r["Instances"]]
+    found = [
+        i
+        for r in boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])[
+            "Reservations"
+        ]
+        for i in r["Instances"]
+    ]
     for instance in found:
         instance["attempt"] = int({t["Key"]: t["Value"] for t in instance["Tags"]}["spotctl:attempt"])
         instance["pool"] = (instance["InstanceType"], instance["Placement"]["AvailabilityZone"])
@@ -41,7 +47,9 @@ def live(job_id: str) -> list[dict]:
 
 
 def record_of(job_id: str) -> dict:
-    return json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/record.json")["Body"].read())
+    return json.loads(
+        boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/record.json")["Body"].read()
+    )
 
 
 def put(job_id: str, name: str, value: dict) -> None:
@@ -60,12 +68,28 @@ def finish(job_id: str, attempt: int, outcome: str = "succeeded", **fields) -> N
 
 
 def beat(job_id: str, attempt: int, phase: str = "training", **fields) -> None:
-    put(job_id, "status/heartbeat.json", {"attempt": attempt, "phase": phase, "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields})
+    put(
+        job_id,
+        "status/heartbeat.json",
+        {
+            "attempt": attempt,
+            "phase": phase,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **fields,
+        },
+    )
 
 
 def watcher(job_ids: list[str], events: list | None = None, **settings) -> Watcher:
     sink = events.append if events is not None else (lambda event: None)
-    return Watcher(JobStore(STORAGE), job_ids, context.App(Settings.from_env()).clouds(None), context.aws_prices, WatchOptions(**settings), on_event=sink)
+    return Watcher(
+        JobStore(STORAGE),
+        job_ids,
+        context.App(Settings.from_env()).clouds(None),
+        context.aws_prices,
+        WatchOptions(**settings),
+        on_event=sink,
+    )
 
 
 def job_file(tmp_path, **replacements) -> str:
@@ -94,17 +118,30 @@ def test_watch_resumes_each_interruption_on_another_pool_within_one_poll(account
     beat(job_id, 2, step=700, resumed_from_step=300)
     aws.interrupt(live(job_id)[0]["InstanceId"])
     watch.poll()
-    assert [i["pool"] for i in instances(job_id)] == [("g4dn.xlarge", "us-east-1a"), ("g4dn.xlarge", "us-east-1b"), ("g6.xlarge", "us-east-1a")]
+    assert [i["pool"] for i in instances(job_id)] == [
+        ("g4dn.xlarge", "us-east-1a"),
+        ("g4dn.xlarge", "us-east-1b"),
+        ("g6.xlarge", "us-east-1a"),
+    ]
     assert [i["attempt"] for i in live(job_id)] == [3]
 
     record = record_of(job_id)
     assert [(a["number"], a["end_reason"], a["state_reason"]) for a in record["attempts"]] == [
-        (1, "interrupted", "Server.SpotInstanceTermination"), (2, "interrupted", "Server.SpotInstanceTermination"), (3, None, None)]
+        (1, "interrupted", "Server.SpotInstanceTermination"),
+        (2, "interrupted", "Server.SpotInstanceTermination"),
+        (3, None, None),
+    ]
     assert [(a["start_step"], a["end_step"]) for a in record["attempts"][:2]] == [(0, 340), (300, 700)]
     assert all(a["ended_at"] for a in record["attempts"][:2])
     messages = [e.message for e in events]
-    assert "attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination) at step 340" in messages
-    assert any(m.startswith("resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b at $0.2400/h (i-") for m in messages)
+    assert (
+        "attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination) at step 340"
+        in messages
+    )
+    assert any(
+        m.startswith("resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b at $0.2400/h (i-")
+        for m in messages
+    )
 
     finish(job_id, 3, step=2000)
     watch.poll()
@@ -125,7 +162,10 @@ def test_the_trainers_interrupted_marker_starts_the_next_attempt_before_ec2_term
     first = live(job_id)[0]["InstanceId"]
     beat(job_id, 1, phase="interrupted", step=120, resumed_from_step=0)  # checkpointed on the notice
     watch.poll()
-    assert {i["InstanceId"]: i["attempt"] for i in live(job_id)} == {first: 1, live(job_id)[1]["InstanceId"]: 2}  # the old one still dies
+    assert {i["InstanceId"]: i["attempt"] for i in live(job_id)} == {
+        first: 1,
+        live(job_id)[1]["InstanceId"]: 2,
+    }  # the old one still dies
     attempt = record_of(job_id)["attempts"][0]
     assert attempt["end_reason"] == "interrupted" and attempt["ended_at"] is None and attempt["end_step"] == 120
 
@@ -144,7 +184,7 @@ def test_two_concurrent_watchers_start_exactly_one_instance_per_attempt(account,
         barrier = threading.Barrier(2)
         errors = []
 
-        def poll(w):
+        def poll(w, barrier=barrier, errors=errors):
             barrier.wait()
             try:
                 w.poll()
@@ -157,7 +197,9 @@ def test_two_concurrent_watchers_start_exactly_one_instance_per_attempt(account,
         for t in threads:
             t.join(60)
         assert not errors
-        assert [i["attempt"] for i in instances(job_id)] == list(range(1, number + 2))  # one instance per attempt, never two
+        assert [i["attempt"] for i in instances(job_id)] == list(
+            range(1, number + 2)
+        )  # one instance per attempt, never two
     assert [a["number"] for a in record_of(job_id)["attempts"]] == [1, 2, 3, 4]
 
 
@@ -171,20 +213,34 @@ def test_max_interruptions_gives_the_job_up(account, aws, spotctl, tmp_path):
     watch.poll()
     assert live(job_id) == [] and watch.done() and watch.exit_code() == 1
     record = record_of(job_id)
-    assert record["outcome"] == "failed" and record["outcome_reason"] == "interrupted 2 times; recovery.max_interruptions is 1"
+    assert (
+        record["outcome"] == "failed"
+        and record["outcome_reason"] == "interrupted 2 times; recovery.max_interruptions is 1"
+    )
     assert "failed: interrupted 2 times; recovery.max_interruptions is 1" in [e.message for e in events]
 
 
 # ------------------------------------------------------------------------------ trainer errors
 def test_a_trainer_error_is_retried_only_as_often_as_allowed(account, aws, spotctl, tmp_path):
-    job_id = launch(spotctl, job_file(tmp_path, **{"max_interruptions: 10": "max_interruptions: 10\n  retries_on_error: 1"}))
+    job_id = launch(
+        spotctl, job_file(tmp_path, **{"max_interruptions: 10": "max_interruptions: 10\n  retries_on_error: 1"})
+    )
     watch = watcher([job_id])
-    put(job_id, "status/final.json", {"outcome": "failed", "attempt": 1, "error": "CUDA error: an illegal memory access"})
+    put(
+        job_id,
+        "status/final.json",
+        {"outcome": "failed", "attempt": 1, "error": "CUDA error: an illegal memory access"},
+    )
     boto3.client("ec2").terminate_instances(InstanceIds=[live(job_id)[0]["InstanceId"]])
     watch.poll()
     assert [i["attempt"] for i in live(job_id)] == [2]
     s3 = boto3.client("s3")
-    assert json.loads(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/status/final-attempt-1.json")["Body"].read())["outcome"] == "failed"
+    assert (
+        json.loads(
+            s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/status/final-attempt-1.json")["Body"].read()
+        )["outcome"]
+        == "failed"
+    )
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"spotctl/jobs/{job_id}/status/final.json")
 
     finish(job_id, 2, "failed", error="CUDA error: an illegal memory access")
@@ -201,8 +257,15 @@ def test_no_capacity_anywhere_backs_off_then_gives_up_at_the_deadline(account, a
     hook_run_instances(monkeypatch, hook)
     now = [0.0]
     events = []
-    watch = Watcher(JobStore(STORAGE), [job_id], context.App(Settings.from_env()).clouds(None), context.aws_prices,
-                    WatchOptions(capacity_deadline_s=100, capacity_retry_s=10, capacity_retry_max_s=40), clock=lambda: now[0], on_event=events.append)
+    watch = Watcher(
+        JobStore(STORAGE),
+        [job_id],
+        context.App(Settings.from_env()).clouds(None),
+        context.aws_prices,
+        WatchOptions(capacity_deadline_s=100, capacity_retry_s=10, capacity_retry_max_s=40),
+        clock=lambda: now[0],
+        on_event=events.append,
+    )
     _use_hooked_cloud(watch)
     aws.interrupt(live(job_id)[0]["InstanceId"])
     watch.poll()
@@ -217,7 +280,9 @@ def test_no_capacity_anywhere_backs_off_then_gives_up_at_the_deadline(account, a
     now[0] = 101
     watch.poll()
     assert watch.done() and record_of(job_id)["outcome"] == "no_capacity"
-    assert record_of(job_id)["outcome_reason"].startswith("EC2 refused all 7 offers: g4dn.xlarge/us-east-1b: InsufficientInstanceCapacity")
+    assert record_of(job_id)["outcome_reason"].startswith(
+        "EC2 refused all 7 offers: g4dn.xlarge/us-east-1b: InsufficientInstanceCapacity"
+    )
 
 
 def _use_hooked_cloud(watch: Watcher) -> None:
@@ -227,7 +292,9 @@ def _use_hooked_cloud(watch: Watcher) -> None:
 
 
 # ------------------------------------------------------------------------------ budget
-def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(account, aws, spotctl, monkeypatch, tmp_path):
+def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(
+    account, aws, spotctl, monkeypatch, tmp_path
+):
     market = {pool: price * 100 for pool, price in MARKET.items()}  # $21/h: a $15 budget lasts minutes
     monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices(market, ON_DEMAND))
     job_id = launch(spotctl, job_file(tmp_path, **{"max_price_per_hour: 0.60": "max_price_per_hour: 100"}))
@@ -240,8 +307,12 @@ def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(acco
 
     _backdate_launch(job_id, minutes=40)  # $14.00 + $1.69 would pass it
     watch.poll()
-    stop = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/control/stop")["Body"].read())
-    assert re.match(r"budget: cost \$14\.0\d \+ \$1\.\d\d to the next checkpoint would pass the budget \$15\.00", stop["reason"]), stop["reason"]
+    stop = json.loads(
+        boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/control/stop")["Body"].read()
+    )
+    assert re.match(
+        r"budget: cost \$14\.0\d \+ \$1\.\d\d to the next checkpoint would pass the budget \$15\.00", stop["reason"]
+    ), stop["reason"]
     assert watch.rows[job_id].view.state == "stopping" and live(job_id)
     put(job_id, "status/final.json", {"outcome": "stopped", "attempt": 1, "step": 512, "reason": stop["reason"]})
     watch.poll()  # the trainer checkpointed and exited: its machine goes
@@ -253,7 +324,9 @@ def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(acco
     assert "hint: `spotctl resume JOB --budget NEW` with NEW above $14." in err
     code, out, err = spotctl("resume", job_id, "--storage", STORAGE, "--budget", "40")
     assert code == 0, err
-    assert out.startswith(f"resumed {job_id}: attempt 2 on g4dn.xlarge in us-east-1a")  # a stop is no interruption: same pool
+    assert out.startswith(
+        f"resumed {job_id}: attempt 2 on g4dn.xlarge in us-east-1a"
+    )  # a stop is no interruption: same pool
     s3 = boto3.client("s3")
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"spotctl/jobs/{job_id}/control/stop")
     record = record_of(job_id)
@@ -265,7 +338,9 @@ def _backdate_launch(job_id: str, minutes: float) -> None:
     store = JobStore(STORAGE)
 
     def backdate(record):
-        record.attempts[0].launched_at = (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat(timespec="seconds")
+        record.attempts[0].launched_at = (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat(
+            timespec="seconds"
+        )
 
     store.update_record(job_id, backdate)
 
@@ -302,10 +377,13 @@ def test_resume_refuses_what_it_must_and_continues_what_it_can(account, aws, spo
     assert code == 1 and err.startswith(f"error: job {job_id}: not resumed, it has already succeeded\n")
 
 
-@pytest.mark.parametrize("reason, expected", [
-    ("Client.UserInitiatedShutdown", "terminated"),
-    ("Client.InstanceInitiatedShutdown", "failed"),
-])
+@pytest.mark.parametrize(
+    "reason, expected",
+    [
+        ("Client.UserInitiatedShutdown", "terminated"),
+        ("Client.InstanceInitiatedShutdown", "failed"),
+    ],
+)
 def test_end_reasons_come_from_ec2s_state_reason(account, aws, spotctl, reason, expected):
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ec2.models import ec2_backends
@@ -337,8 +415,15 @@ def test_watch_cli_follows_a_job_to_the_end(account, aws, spotctl):
     thread.join()
     assert code == 0, err
     lines = out.splitlines()
-    assert any(line.endswith(f"{job_id}: attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination)") for line in lines)
-    assert any(f"{job_id}: resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b" in line for line in lines)
+    assert any(
+        line.endswith(
+            f"{job_id}: attempt 1 on g4dn.xlarge us-east-1a ended: interrupted (Server.SpotInstanceTermination)"
+        )
+        for line in lines
+    )
+    assert any(
+        f"{job_id}: resuming from the latest checkpoint: attempt 2 on g4dn.xlarge us-east-1b" in line for line in lines
+    )
     assert any(line.endswith(f"{job_id}: succeeded") or "-> succeeded" in line for line in lines)
 
 
@@ -363,10 +448,14 @@ def test_status_cost_matches_hand_computed_figures_across_three_attempts(account
     monkeypatch.setattr(context, "aws_prices", lambda cloud: SeriesPrices(MARKET, ON_DEMAND, changes))
     job_id = launch(spotctl)
     watch = watcher([job_id])
-    for attempt in (1, 2):  # two spot interruptions, each resumed by watch
+    for _ in (1, 2):  # two spot interruptions, each resumed by watch
         aws.interrupt(live(job_id)[0]["InstanceId"])
         watch.poll()
-    times = {1: (0, 40, 0, 400), 2: (41, 131, 350, 1500), 3: (132, 180, 1400, 2000)}  # minutes from t0; start and end steps
+    times = {
+        1: (0, 40, 0, 400),
+        2: (41, 131, 350, 1500),
+        3: (132, 180, 1400, 2000),
+    }  # minutes from t0; start and end steps
 
     def set_times(record):
         for attempt in record.attempts:
@@ -383,11 +472,17 @@ def test_status_cost_matches_hand_computed_figures_across_three_attempts(account
     # 1: g4dn/1a, 40 min, interrupted by EC2 within its first hour: free.
     # 2: g4dn/1b, 90 min, interrupted after its first hour: 30 min at $0.24 + 60 min at $0.30 = $0.42.
     # 3: g6/1a, 48 min at $0.33 = $0.264.
-    assert [(a["number"], a["seconds"], a["free_by_first_hour_rule"]) for a in cost["attempts"]] == [(1, 2400.0, True), (2, 5400.0, False), (3, 2880.0, False)]
+    assert [(a["number"], a["seconds"], a["free_by_first_hour_rule"]) for a in cost["attempts"]] == [
+        (1, 2400.0, True),
+        (2, 5400.0, False),
+        (3, 2880.0, False),
+    ]
     assert [a["usd"] for a in cost["attempts"]] == [0.0, pytest.approx(0.42), pytest.approx(0.264)]
     assert cost["total_usd"] == pytest.approx(0.684)
     on_demand = 40 / 60 * 0.526 + 90 / 60 * 0.526 + 48 / 60 * 0.8048
-    assert cost["on_demand_usd"] == pytest.approx(on_demand, abs=1e-6) and cost["savings"] == pytest.approx(1 - 0.684 / on_demand, abs=1e-4)
+    assert cost["on_demand_usd"] == pytest.approx(on_demand, abs=1e-6) and cost["savings"] == pytest.approx(
+        1 - 0.684 / on_demand, abs=1e-4
+    )
     # Lost work: 400 -> resumed at 350 (free attempt: $0), 1500 -> resumed at 1400 (100 of attempt 2's 1150 steps).
     assert cost["lost_steps"] == 150 and cost["lost_usd"] == pytest.approx(0.42 * 100 / 1150, abs=1e-6)
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
@@ -412,28 +507,50 @@ def test_launch_watch_json_reports_events_and_the_final_state(account, aws, spot
     lines = out.splitlines()
     events = [json.loads(line) for line in lines if line.startswith('{"at"')]
     assert events[-1]["message"] == "running -> succeeded" or events[-1]["message"] == "succeeded"
-    final = json.loads("\n".join(lines[len(events):]))
+    final = json.loads("\n".join(lines[len(events) :]))
     assert [job["state"] for job in final["jobs"]] == ["succeeded"] and final["jobs"][0]["cost"]["total_usd"] > 0
 
 
 # ------------------------------------------------------------------------------ GPU health
 def test_status_and_watch_flag_a_data_bound_gpu(account, aws, spotctl):
     job_id = launch(spotctl)
-    beat(job_id, 1, step=900, total_steps=2000, gpu_util_pct=15.0, gpu_mem_used_gib=10.0, gpu_mem_total_gib=16.0,
-         health_window_s=300.0, gpu_util_window_pct=12.4, gpu_mem_window_fraction=0.62, data_wait_window=0.64, data_workers=8, batch_size=64)
+    beat(
+        job_id,
+        1,
+        step=900,
+        total_steps=2000,
+        gpu_util_pct=15.0,
+        gpu_mem_used_gib=10.0,
+        gpu_mem_total_gib=16.0,
+        health_window_s=300.0,
+        gpu_util_window_pct=12.4,
+        gpu_mem_window_fraction=0.62,
+        data_wait_window=0.64,
+        data_workers=8,
+        batch_size=64,
+    )
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
     view = json.loads(out)
-    assert code == 0 and view["health"] == [{"name": "low_gpu_util", "message": "GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time",
-                                             "hint": "raise train.data.workers (now 8)"}]
+    assert code == 0 and view["health"] == [
+        {
+            "name": "low_gpu_util",
+            "message": "GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time",
+            "hint": "raise train.data.workers (now 8)",
+        }
+    ]
     assert view["stalled"] is False and view["gpu"]["gpu_util_window_pct"] == 12.4
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
-    assert "! GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time (raise train.data.workers (now 8))" in out
+    assert (
+        "! GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time (raise train.data.workers (now 8))"
+        in out
+    )
     events = []
     watch = watcher([job_id], events)
     watch.poll()
     watch.poll()  # said once, not at every poll
     assert [e.message for e in events if e.level == logging.WARNING] == [
-        "low_gpu_util: GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time (raise train.data.workers (now 8))"]
+        "low_gpu_util: GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time (raise train.data.workers (now 8))"
+    ]
 
 
 # ------------------------------------------------------------------------------ the record
@@ -478,8 +595,16 @@ def test_an_abandoned_claim_is_taken_over_by_adopting_the_instance_it_started(ac
 
     def forget(record):  # ...as if that orchestrator died after run_instances, before recording it
         last = record.attempts[-1]
-        record.attempts[-1] = Attempt(2, last.instance_type, last.zone, last.spot_price, last.on_demand_price, last.client_token,
-                                      requested_at=(datetime.now(timezone.utc) - timedelta(minutes=6)).isoformat(timespec="seconds"), claimed_by="gone/1/x")
+        record.attempts[-1] = Attempt(
+            2,
+            last.instance_type,
+            last.zone,
+            last.spot_price,
+            last.on_demand_price,
+            last.client_token,
+            requested_at=(datetime.now(timezone.utc) - timedelta(minutes=6)).isoformat(timespec="seconds"),
+            claimed_by="gone/1/x",
+        )
 
     store.update_record(job_id, forget)
     watch = watcher([job_id])
@@ -497,7 +622,9 @@ def test_a_stop_requested_meanwhile_starts_nothing(account, aws, spotctl):
     job_id = launch(spotctl)
     aws.interrupt(live(job_id)[0]["InstanceId"])
     store, cloud = JobStore(STORAGE), context.App(Settings.from_env()).clouds(None)("us-east-1")
-    view = read_views(store, [job_id], context.App(Settings.from_env()).clouds(None))[0]  # a watcher's view from just before the stop
+    view = read_views(store, [job_id], context.App(Settings.from_env()).clouds(None))[
+        0
+    ]  # a watcher's view from just before the stop
     request_stop(store, job_id, "stopped by spotctl stop")
     assert start_next(view, job_spec(store, job_id), store, cloud, context.aws_prices(cloud)) is None
     assert live(job_id) == [] and len(record_of(job_id)["attempts"]) == 1
@@ -506,15 +633,28 @@ def test_a_stop_requested_meanwhile_starts_nothing(account, aws, spotctl):
 def test_no_offer_under_the_cap_during_recovery_waits_then_ends_as_no_capacity(account, aws, spotctl, monkeypatch):
     job_id = launch(spotctl)
     aws.interrupt(live(job_id)[0]["InstanceId"])
-    monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices({pool: 5.0 for pool in MARKET}, ON_DEMAND))  # all above $0.60 now
+    monkeypatch.setattr(
+        context, "aws_prices", lambda cloud: FixedPrices({pool: 5.0 for pool in MARKET}, ON_DEMAND)
+    )  # all above $0.60 now
     now, events = [0.0], []
-    watch = Watcher(JobStore(STORAGE), [job_id], context.App(Settings.from_env()).clouds(None), context.aws_prices, WatchOptions(capacity_deadline_s=60, capacity_retry_s=10),
-                    clock=lambda: now[0], on_event=events.append)
+    watch = Watcher(
+        JobStore(STORAGE),
+        [job_id],
+        context.App(Settings.from_env()).clouds(None),
+        context.aws_prices,
+        WatchOptions(capacity_deadline_s=60, capacity_retry_s=10),
+        clock=lambda: now[0],
+        on_event=events.append,
+    )
     watch.poll()
-    assert events[-1].message.startswith("no capacity (no spot offer matches the job's compute section now (9 pools dropped")
+    assert events[-1].message.startswith(
+        "no capacity (no spot offer matches the job's compute section now (9 pools dropped"
+    )
     now[0] = 61
     watch.poll()
-    assert watch.done() and watch.exit_code() == 1 and record_of(job_id)["outcome"] == "no_capacity" and live(job_id) == []
+    assert (
+        watch.done() and watch.exit_code() == 1 and record_of(job_id)["outcome"] == "no_capacity" and live(job_id) == []
+    )
 
 
 def test_stop_after_an_unwatched_interruption_keeps_the_interruption(account, aws, spotctl):

@@ -23,7 +23,11 @@ from testbed.harness import free_port
 from tests.cloud import EXAMPLE, hook_run_instances, launched_id
 
 # Fake, but shaped like real ones: an access key id, a secret, a session token.
-FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN = "AKIAZ7QEXAMPLE2XK4RT", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYZq9vS3TmUq", "FwoGZXIvYXdzEXAMPLEsessionTOKENzzQ9mV3x"
+FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN = (
+    "AKIAZ7QEXAMPLE2XK4RT",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYZq9vS3TmUq",
+    "FwoGZXIvYXdzEXAMPLEsessionTOKENzzQ9mV3x",
+)
 
 
 # ------------------------------------------------------------------------------------------ instances
@@ -39,9 +43,15 @@ def route_default_vpc_through_a_nat_gateway() -> None:
     ec2 = boto3.client("ec2")
     [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"][0]["SubnetId"]
-    nat = ec2.create_nat_gateway(SubnetId=subnet, AllocationId=ec2.allocate_address(Domain="vpc")["AllocationId"])["NatGateway"]["NatGatewayId"]
-    [table] = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
-    ec2.replace_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)  # was the internet gateway
+    nat = ec2.create_nat_gateway(SubnetId=subnet, AllocationId=ec2.allocate_address(Domain="vpc")["AllocationId"])[
+        "NatGateway"
+    ]["NatGatewayId"]
+    [table] = ec2.describe_route_tables(
+        Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "association.main", "Values": ["true"]}]
+    )["RouteTables"]
+    ec2.replace_route(
+        RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat
+    )  # was the internet gateway
 
 
 def job_file(tmp_path, **compute) -> Path:
@@ -54,7 +64,9 @@ def job_file(tmp_path, **compute) -> Path:
 
 
 @pytest.mark.parametrize("public_ip", [False, True])
-def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk(account, spotctl, monkeypatch, tmp_path, public_ip):
+def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk(
+    account, spotctl, monkeypatch, tmp_path, public_ip
+):
     sent = captured_run_instances(monkeypatch)
     if not public_ip:
         route_default_vpc_through_a_nat_gateway()
@@ -62,7 +74,11 @@ def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk
     code, out, err = spotctl("launch", str(job))
     assert code == 0, err
     [params] = sent
-    assert params["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}  # IMDSv2, not reachable from containers
+    assert params["MetadataOptions"] == {
+        "HttpTokens": "required",
+        "HttpEndpoint": "enabled",
+        "HttpPutResponseHopLimit": 1,
+    }  # IMDSv2, not reachable from containers
     [interface] = params["NetworkInterfaces"]
     assert interface["AssociatePublicIpAddress"] is public_ip  # a public address only when asked
     assert all(device["Ebs"]["Encrypted"] for device in params["BlockDeviceMappings"])
@@ -71,18 +87,31 @@ def test_instances_require_imdsv2_take_no_inbound_traffic_and_encrypt_their_disk
     assert group["IpPermissions"] == []  # nothing inbound, from anywhere
 
 
-def test_no_public_ip_where_the_only_way_out_is_an_internet_gateway_is_refused_before_launching(account, spotctl, monkeypatch, tmp_path):
+def test_no_public_ip_where_the_only_way_out_is_an_internet_gateway_is_refused_before_launching(
+    account, spotctl, monkeypatch, tmp_path
+):
     sent = captured_run_instances(monkeypatch)
     for args in (("launch", str(job_file(tmp_path)), "--dry-run"), ("launch", str(job_file(tmp_path)))):
         code, _, err = spotctl(*args)
-        assert code == 1 and err.startswith("error: subnet subnet-") and "reaches the internet only through an internet gateway, which needs a public IP" in err
+        assert (
+            code == 1
+            and err.startswith("error: subnet subnet-")
+            and "reaches the internet only through an internet gateway, which needs a public IP" in err
+        )
         assert "hint: set compute.public_ip: true (the security group still admits nothing inbound)" in err
     assert sent == []  # nothing started, no dry run sent
 
 
 # ------------------------------------------------------------------------------------------ user-data
-HOSTILE = ["s3://b/it's", "s3://b/$(touch /tmp/pwned)", "s3://b/`touch /tmp/pwned`", "s3://b/a b;touch /tmp/pwned", 's3://b/"quoted"',
-           "s3://b/${IFS}$(id)", "s3://b/\\$(id)"]
+HOSTILE = [
+    "s3://b/it's",
+    "s3://b/$(touch /tmp/pwned)",
+    "s3://b/`touch /tmp/pwned`",
+    "s3://b/a b;touch /tmp/pwned",
+    's3://b/"quoted"',
+    "s3://b/${IFS}$(id)",
+    "s3://b/\\$(id)",
+]
 
 
 @pytest.mark.parametrize("url", HOSTILE)
@@ -130,31 +159,63 @@ def test_hostile_job_names_never_reach_a_script(spotctl, tmp_path, name):
 
 # ------------------------------------------------------------------------------------------ credentials
 def test_credentials_appear_in_no_output_user_data_object_or_log(account, spotctl, monkeypatch, tmp_path, aws):
-    for name, value in (("AWS_ACCESS_KEY_ID", FAKE_KEY_ID), ("AWS_SECRET_ACCESS_KEY", FAKE_SECRET), ("AWS_SESSION_TOKEN", FAKE_TOKEN)):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", FAKE_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", FAKE_SECRET),
+        ("AWS_SESSION_TOKEN", FAKE_TOKEN),
+    ):
         monkeypatch.setenv(name, value)
     seen = []
-    for args in (("launch", str(EXAMPLE), "--dry-run"), ("launch", str(EXAMPLE), "--dry-run", "--json"), ("launch", str(EXAMPLE)),
-                 ("status", "--storage", "s3://my-spotctl-bucket/spotctl", "--json")):
+    for args in (
+        ("launch", str(EXAMPLE), "--dry-run"),
+        ("launch", str(EXAMPLE), "--dry-run", "--json"),
+        ("launch", str(EXAMPLE)),
+        ("status", "--storage", "s3://my-spotctl-bucket/spotctl", "--json"),
+    ):
         code, out, err = spotctl(*args)
         seen.append(out + err)
     job_id = launched_id(seen[2])
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_EC2_METADATA_DISABLED": "true"}
-    for args in (("--debug", "logs", "no-such-job", "--storage", "s3://my-spotctl-bucket/spotctl"),  # errors, with tracebacks
-                 ("--debug", "status", "--storage", "s3://no-such-bucket-here/x")):
-        done = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env, timeout=120)
+    for args in (
+        ("--debug", "logs", "no-such-job", "--storage", "s3://my-spotctl-bucket/spotctl"),  # errors, with tracebacks
+        ("--debug", "status", "--storage", "s3://no-such-bucket-here/x"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env, timeout=120
+        )
         assert done.returncode != 0 and "Traceback" in done.stderr
         seen.append(done.stdout + done.stderr)
     ec2, s3 = boto3.client("ec2"), boto3.client("s3")
     [instance] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     import base64
 
-    seen.append(base64.b64decode(ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]).decode())
+    seen.append(
+        base64.b64decode(
+            ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")["UserData"][
+                "Value"
+            ]
+        ).decode()
+    )
     for item in s3.list_objects_v2(Bucket="my-spotctl-bucket", Prefix=f"spotctl/jobs/{job_id}/")["Contents"]:
         seen.append(s3.get_object(Bucket="my-spotctl-bucket", Key=item["Key"])["Body"].read().decode())
     # The trainer, failing on storage it cannot use, says why without the keys it used.
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"name": "bad", "storage": "s3://no-such-bucket-here/x", "train": {"model": {"name": "resnet18"}, "data": {"train": "s3://no-such-bucket-here/d"}}}))
-    trainer = subprocess.run([sys.executable, "-m", "trainer", "run", "--job", str(bad)], capture_output=True, text=True, env=env, timeout=120)
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad",
+                "storage": "s3://no-such-bucket-here/x",
+                "train": {"model": {"name": "resnet18"}, "data": {"train": "s3://no-such-bucket-here/d"}},
+            }
+        )
+    )
+    trainer = subprocess.run(
+        [sys.executable, "-m", "trainer", "run", "--job", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert trainer.returncode == 1 and "no-such-bucket-here" in trainer.stderr
     seen.append(trainer.stdout + trainer.stderr)
     assert len(seen) > 8
@@ -191,7 +252,10 @@ def test_a_tampered_checkpoint_is_refused_not_loaded(tmp_path):
         Checkpointer(storage).load(committed)
     # Someone who can also rewrite the manifest: weights_only refuses to build anything but tensors.
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["files"][STATE_FILE] = {"sha256": hashlib.sha256(evil.read_bytes()).hexdigest(), "size": evil.stat().st_size}
+    manifest["files"][STATE_FILE] = {
+        "sha256": hashlib.sha256(evil.read_bytes()).hexdigest(),
+        "size": evil.stat().st_size,
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         Checkpointer(storage).load(Checkpointer(storage).latest())
@@ -214,7 +278,9 @@ def test_weights_from_a_url_are_checked_and_never_unpickled_beyond_tensors(tmp_p
     wrong = "0" * 64
     with pytest.raises(WeightsError, match=f"not train.model.weights_sha256 {wrong}"):
         build_model(ModelSpec(name="resnet18", weights=str(good), weights_sha256=wrong), 3)
-    build_model(ModelSpec(name="resnet18", weights=str(good), weights_sha256=hashlib.sha256(good.read_bytes()).hexdigest()), 3)
+    build_model(
+        ModelSpec(name="resnet18", weights=str(good), weights_sha256=hashlib.sha256(good.read_bytes()).hexdigest()), 3
+    )
     assert not marker.exists()
 
 
@@ -228,8 +294,14 @@ def iam_enforcing_s3():
     def start(unchecked: int) -> str:
         port = free_port()
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(unchecked)}
-        servers.append(subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -249,7 +321,12 @@ def iam_enforcing_s3():
 
 def user_with_policy(endpoint: str, name: str, policy: dict) -> dict:
     """Three unchecked requests: the user, its policy, its key. Returns client keywords signed as it."""
-    open_kw = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    open_kw = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "x",
+        "aws_secret_access_key": "x",
+    }
     iam = boto3.client("iam", **open_kw)
     iam.create_user(UserName=name)
     iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
@@ -305,7 +382,9 @@ def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3, monkeypatch,
     from trainer.job.storage import Storage
 
     endpoint = iam_enforcing_s3(unchecked=7)
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
     s3.create_bucket(Bucket="team-bucket")
     s3.create_bucket(Bucket="other-bucket")
     s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/job.yaml", Body=b"job")
@@ -314,14 +393,22 @@ def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3, monkeypatch,
     as_trainer = user_with_policy(endpoint, "instance", policy)  # the 7th request: IAM checks everything after it
     trainer_s3 = boto3.client("s3", **as_trainer)
 
-    assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv"))  # first: no request goes unchecked
+    assert not allowed(
+        lambda: trainer_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv")
+    )  # first: no request goes unchecked
     assert allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl/jobs/a/job.yaml"))
-    assert allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt", Body=b"w"))
-    assert allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt"))
+    assert allowed(
+        lambda: trainer_s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt", Body=b"w")
+    )
+    assert allowed(
+        lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt")
+    )
     assert allowed(lambda: trainer_s3.list_objects_v2(Bucket="team-bucket", Prefix="spotctl/jobs/"))
     assert not allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"changed"))
     assert not allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="finance/salaries.csv"))
-    assert not allowed(lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl-evil/x"))  # a sibling prefix is not the prefix
+    assert not allowed(
+        lambda: trainer_s3.get_object(Bucket="team-bucket", Key="spotctl-evil/x")
+    )  # a sibling prefix is not the prefix
     assert not allowed(lambda: trainer_s3.list_objects_v2(Bucket="other-bucket"))
     assert not allowed(lambda: boto3.client("ec2", **as_trainer).describe_instances())  # nothing but S3
     assert not allowed(lambda: boto3.client("iam", **as_trainer).list_users())
@@ -347,17 +434,35 @@ def test_the_operator_policy_covers_spotctls_storage_calls_and_nothing_else(iam_
     from trainer.job.documents import JobRecord
 
     endpoint = iam_enforcing_s3(unchecked=5)
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
     s3.create_bucket(Bucket="team-bucket")
     s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"secret")
-    deployed = infra.Deployed("spotctl", "us-east-1", "team-bucket", "s3://team-bucket/spotctl", "p", "sg-1", "arn:aws:iam::123456789012:role/r", "now")
+    deployed = infra.Deployed(
+        "spotctl",
+        "us-east-1",
+        "team-bucket",
+        "s3://team-bucket/spotctl",
+        "p",
+        "sg-1",
+        "arn:aws:iam::123456789012:role/r",
+        "now",
+    )
     as_operator = user_with_policy(endpoint, "operator", infra.operator_policy(deployed))
     signed_as(monkeypatch, as_operator)
 
     store = JobStore("s3://team-bucket/spotctl")
     store.check()  # what every command does first
-    record = JobRecord(job_id="j1", name="j", region="us-east-1", storage="s3://team-bucket/spotctl", job_url="s3://team-bucket/spotctl/jobs/j1/job.yaml",
-                       wheel_url="s3://team-bucket/spotctl/wheels/abc/spotctl-0.1.0-py3-none-any.whl", ami="ami-12345678")
+    record = JobRecord(
+        job_id="j1",
+        name="j",
+        region="us-east-1",
+        storage="s3://team-bucket/spotctl",
+        job_url="s3://team-bucket/spotctl/jobs/j1/job.yaml",
+        wheel_url="s3://team-bucket/spotctl/wheels/abc/spotctl-0.1.0-py3-none-any.whl",
+        ami="ami-12345678",
+    )
     store.storage.write_bytes("jobs/j1/job.yaml", b"name: j")
     store.write_record(record, create=True)
     store.update_record("j1", lambda r: setattr(r, "budget_usd", 5.0))  # a conditional write (If-Match)

@@ -1,4 +1,4 @@
-"""The checkpoint protocol (DESIGN.md), on a local folder and on S3 (moto server)."""
+"""The checkpoint protocol (docs/architecture.md), on a local folder and on S3 (moto server)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_a_folder_without_manifest_is_not_a_checkpoint(storage):
 def test_corrupt_checkpoint_is_skipped_with_a_warning(storage, caplog):
     ckpt = Checkpointer(storage, keep=5)
     for step in (1, 2):
-        ckpt.save(step, lambda: make_state(step), force=True)
+        ckpt.save(step, lambda step=step: make_state(step), force=True)
         ckpt.wait()
     storage.write_bytes(f"checkpoints/step-2/{STATE_FILE}", b"bit rot")
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
@@ -148,7 +148,9 @@ def test_a_checkpoint_commits_only_after_the_upload_it_depends_on(tmp_path):
     best.save(4, lambda: make_state(4), force=True)
     checkpoints.save(4, lambda: make_state(4), force=True)
     time.sleep(0.3)
-    assert not storage.exists(f"checkpoints/step-4/{MANIFEST}")  # a kill now leaves no checkpoint claiming a best not saved
+    assert not storage.exists(
+        f"checkpoints/step-4/{MANIFEST}"
+    )  # a kill now leaves no checkpoint claiming a best not saved
     release.set()
     checkpoints.wait()
     assert storage.exists(f"best/step-4/{MANIFEST}") and storage.exists(f"checkpoints/step-4/{MANIFEST}")
@@ -158,7 +160,7 @@ def test_a_checkpoint_commits_only_after_the_upload_it_depends_on(tmp_path):
 def test_broken_or_stale_pointer_falls_back_to_listing(storage, pointer, caplog):
     ckpt = Checkpointer(storage, keep=5)
     for step in (4, 8):
-        ckpt.save(step, lambda: make_state(step), force=True)
+        ckpt.save(step, lambda step=step: make_state(step), force=True)
         ckpt.wait()
     storage.write_bytes(f"checkpoints/{POINTER}", pointer)
     assert Checkpointer(storage).latest().step == 8
@@ -179,7 +181,7 @@ def test_latest_takes_a_constant_number_of_requests(tmp_path):
     storage = CountingStorage(str(tmp_path / "job"))
     ckpt = Checkpointer(storage, keep=100)
     for step in range(1, 31):
-        ckpt.save(step, lambda: {"s": torch.tensor(step)}, force=True)
+        ckpt.save(step, lambda step=step: {"s": torch.tensor(step)}, force=True)
     ckpt.wait()
     CountingStorage.reads = CountingStorage.lists = 0
     assert Checkpointer(storage).latest().step == 30
@@ -190,7 +192,7 @@ def test_retention_keeps_the_last_k_and_the_one_in_use(storage):
     ckpt = Checkpointer(storage, keep=2)
     ckpt.protected.add(1)  # this run resumed from step 1
     for step in range(1, 6):
-        ckpt.save(step, lambda: {"s": torch.tensor(step)}, force=True)
+        ckpt.save(step, lambda step=step: {"s": torch.tensor(step)}, force=True)
         ckpt.wait()
     assert ckpt.committed_steps() == [1, 4, 5]
     assert sorted(storage.list("checkpoints")) == [POINTER, "step-1", "step-4", "step-5"]
@@ -206,7 +208,10 @@ def test_a_refused_retention_delete_never_fails_training(tmp_path, caplog):
     _, newest = ckpt.load_latest()
     assert newest["s"].item() == 4 and ckpt.latest().step == 4
     assert ckpt.undeleted == {1, 2, 3}
-    assert "retention could not remove checkpoints/step-1 (PermissionError: AccessDenied: DeleteObject checkpoints/step-1/MANIFEST.json)" in caplog.text
+    assert (
+        "retention could not remove checkpoints/step-1 (PermissionError: AccessDenied: DeleteObject checkpoints/step-1/MANIFEST.json)"
+        in caplog.text
+    )
 
 
 def test_a_committed_step_is_never_overwritten(storage):
@@ -229,9 +234,14 @@ def test_checkpoint_of_another_model_is_refused_with_the_reason(storage):
     other = Checkpointer(storage, identity={"model": "resnet50", "num_classes": 3})
     with pytest.raises(CheckpointMismatch, match="model: checkpoint has 'resnet18', this run has 'resnet50'"):
         other.load_latest()
-    Checkpointer(storage, prefix="nested", identity={"train": {"optimizer": {"lr": 0.05, "name": "sgd"}}}).write(1, {}, {})
+    Checkpointer(storage, prefix="nested", identity={"train": {"optimizer": {"lr": 0.05, "name": "sgd"}}}).write(
+        1, {}, {}
+    )
     nested = Checkpointer(storage, prefix="nested", identity={"train": {"optimizer": {"lr": 0.1, "name": "sgd"}}})
-    with pytest.raises(CheckpointMismatch, match=r"was written for another run: train\.optimizer\.lr: checkpoint has 0\.05, this run has 0\.1; use a new job name"):
+    with pytest.raises(
+        CheckpointMismatch,
+        match=r"was written for another run: train\.optimizer\.lr: checkpoint has 0\.05, this run has 0\.1; use a new job name",
+    ):
         nested.load_latest()
 
 
@@ -289,7 +299,7 @@ def test_loading_a_healthy_latest_checkpoint_lists_nothing(tmp_path):
     storage = CountingStorage(str(tmp_path / "job"))
     ckpt = Checkpointer(storage, keep=10)
     for step in (1, 2, 3):
-        ckpt.save(step, lambda: {"s": torch.tensor(step)}, force=True)
+        ckpt.save(step, lambda step=step: {"s": torch.tensor(step)}, force=True)
         ckpt.wait()
     CountingStorage.lists = 0
     committed, _ = Checkpointer(storage).load_latest()
@@ -303,7 +313,11 @@ def test_checkpoint_objects_are_tagged_for_the_buckets_expiry_rule(s3_bucket):
     for prefix, kind in (("checkpoints", "checkpoint"), ("best", "best")):
         Checkpointer(storage, prefix, kind=kind).write(3, make_state(3), {})
         for name in (STATE_FILE, MANIFEST):
-            tags = boto3.client("s3").get_object_tagging(Bucket=s3_bucket, Key=f"spotctl/jobs/demo/{prefix}/step-3/{name}")["TagSet"]
+            tags = boto3.client("s3").get_object_tagging(
+                Bucket=s3_bucket, Key=f"spotctl/jobs/demo/{prefix}/step-3/{name}"
+            )["TagSet"]
             assert tags == [{"Key": "spotctl:kind", "Value": kind}], (prefix, name)
-    pointer = boto3.client("s3").get_object_tagging(Bucket=s3_bucket, Key=f"spotctl/jobs/demo/checkpoints/{POINTER}")["TagSet"]
+    pointer = boto3.client("s3").get_object_tagging(Bucket=s3_bucket, Key=f"spotctl/jobs/demo/checkpoints/{POINTER}")[
+        "TagSet"
+    ]
     assert pointer == []  # the pointer is tiny and tells where the newest is: never expired by age

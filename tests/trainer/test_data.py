@@ -76,15 +76,27 @@ def test_unsafe_archives_are_refused_and_nothing_is_written_outside(tmp_path, me
 def test_an_s3_folder_is_downloaded_to_the_cache_and_synced(s3_bucket, image_folder, tmp_path):
     made = image_folder(f"s3://{s3_bucket}/datasets/shapes", per_class={"train": 3})
     seen = []
-    root = fetch(made.split("train"), "train.data.train", tmp_path / "cache", progress=lambda done, total: seen.append((done, total)))
-    assert sorted(str(p.relative_to(root)) for p in root.rglob("*.png")) == sorted(f.split("/train/")[1] for f in made.files["train"])
+    root = fetch(
+        made.split("train"),
+        "train.data.train",
+        tmp_path / "cache",
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*.png")) == sorted(
+        f.split("/train/")[1] for f in made.files["train"]
+    )
     assert seen[-1] == (9, 9)
 
     fs = fsspec.filesystem("s3")
     fs.rm(made.files["train"][0])
     fs.pipe(f"{s3_bucket}/datasets/shapes/train/circle/new.png", Path(root / "square" / "0000.png").read_bytes())
     seen.clear()
-    root = fetch(made.split("train"), "train.data.train", tmp_path / "cache", progress=lambda done, total: seen.append((done, total)))
+    root = fetch(
+        made.split("train"),
+        "train.data.train",
+        tmp_path / "cache",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(9, 9)]  # only the new file was downloaded
     assert not (root / "circle" / "0000.png").exists() and (root / "circle" / "new.png").exists()
 
@@ -99,7 +111,9 @@ def test_scan_orders_classes_and_samples(image_folder):
     made = image_folder(per_class={"train": 2})
     index = data.scan(Path(made.split("train")), "train.data.train")
     assert index.classes == ["circle", "square", "triangle"]
-    assert [Path(p).name for p, _ in index.samples[:2]] == ["0000.png", "0001.png"] and [label for _, label in index.samples] == [0, 0, 1, 1, 2, 2]
+    assert [Path(p).name for p, _ in index.samples[:2]] == ["0000.png", "0001.png"] and [
+        label for _, label in index.samples
+    ] == [0, 0, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +168,9 @@ def test_augmentation_follows_the_sample_not_the_loading_order(image_folder):
     made = image_folder(per_class={"train": 2})
     index = data.scan(Path(made.split("train")), "train.data.train")
     spec = DataSpec(train=made.split("train"), image_size=24, augmentation={"color_jitter": 0.3})
-    dataset = data.ImageDataset(index.samples, data.train_transform(spec, data.normalization(ModelSpec(name="resnet18", weights=None))), seed=1)
+    dataset = data.ImageDataset(
+        index.samples, data.train_transform(spec, data.normalization(ModelSpec(name="resnet18", weights=None))), seed=1
+    )
     torch.manual_seed(0)
     before = torch.get_rng_state()
     first = dataset[(0, 3)][0]
@@ -168,7 +184,9 @@ def test_bad_images_are_returned_for_counting_and_left_out_of_the_batch(image_fo
     made = image_folder(per_class={"train": 1}, corrupt=1)
     index = data.scan(Path(made.split("train")), "train.data.train")
     spec = DataSpec(train=made.split("train"), image_size=16)
-    dataset = data.ImageDataset(index.samples, data.val_transform(spec, data.normalization(ModelSpec(name="resnet18", weights=None))), seed=0)
+    dataset = data.ImageDataset(
+        index.samples, data.val_transform(spec, data.normalization(ModelSpec(name="resnet18", weights=None))), seed=0
+    )
     images, labels, bad = data.collate([dataset[(0, i)] for i in range(len(dataset))])
     assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 1, 2]
     assert [Path(b.path).name for b in bad] == ["corrupt-0.png"] and "UnidentifiedImageError" in bad[0].reason

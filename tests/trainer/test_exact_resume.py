@@ -48,7 +48,9 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("where, workers", [("local", 0), ("s3", 2)])
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
-def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, request, tmp_path, where, workers, signame):
+def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(
+    reference, request, tmp_path, where, workers, signame
+):
     data, model_digest, optimizer_state_digest = reference
     if where == "s3":
         request.getfixturevalue("s3_bucket")
@@ -56,7 +58,9 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, r
         env = trainer_env(request.getfixturevalue("aws").environment())
     else:
         storage, env = str(tmp_path / "runs"), trainer_env()
-    job = write_job(tmp_path / "job.yaml", storage, data.split("train"), data.split("val"), name="cut", train__data__workers=workers)
+    job = write_job(
+        tmp_path / "job.yaml", storage, data.split("train"), data.split("val"), name="cut", train__data__workers=workers
+    )
     prefix = f"{storage}/jobs/cut"
     sig = SIGNALS[signame]
 
@@ -77,7 +81,12 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, r
         start = latest_step() // 2 * 2 + 2  # checkpoints are every 2 steps; a SIGTERM one may be odd
         step = chooser.randrange(start, last + 1, 2)
         process = start_trainer(str(job), env, log=tmp_path / "out.log")
-        code = kill_when(process, lambda step=step: exists(f"{prefix}/checkpoints/step-{step}/state.pt"), sig, delay=chooser.uniform(0, 0.2))
+        code = kill_when(
+            process,
+            lambda step=step: exists(f"{prefix}/checkpoints/step-{step}/state.pt"),
+            sig,
+            delay=chooser.uniform(0, 0.2),
+        )
         assert code == (75 if sig == signal.SIGTERM else -signal.SIGKILL), (tmp_path / "out.log").read_text()[-3000:]
 
     if sig == signal.SIGKILL:  # also survive a checkpoint that was corrupted after its commit
@@ -87,7 +96,11 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(reference, r
 
     assert run_trainer(str(job), env, log=tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()[-3000:]
     out = (tmp_path / "out.log").read_text()
-    resumed_from = [int(line.split("resumed from checkpoint step ")[1].split()[0]) for line in out.splitlines() if "resumed from checkpoint step" in line]
+    resumed_from = [
+        int(line.split("resumed from checkpoint step ")[1].split()[0])
+        for line in out.splitlines()
+        if "resumed from checkpoint step" in line
+    ]
     assert len(resumed_from) == 2 and all(step > 0 for step in resumed_from)
     if sig == signal.SIGKILL:
         assert "is corrupt" in out and "trying the previous one" in out

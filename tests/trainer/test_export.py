@@ -31,8 +31,17 @@ def trained(tmp_path, image_folder, trainer_in_process):
 
     def train(formats: list[str], name: str = "export"):
         dataset = image_folder(per_class={"train": 20, "val": 10})
-        job = write_job(tmp_path / f"{name}.yaml", "./runs", dataset.split("train"), dataset.split("val"), name=name, train__epochs=2,
-                        train__model__name="resnet18", train__export__formats=formats, train__export__calibration_images=40)
+        job = write_job(
+            tmp_path / f"{name}.yaml",
+            "./runs",
+            dataset.split("train"),
+            dataset.split("val"),
+            name=name,
+            train__epochs=2,
+            train__model__name="resnet18",
+            train__export__formats=formats,
+            train__export__calibration_images=40,
+        )
         assert run(str(job), heartbeat_seconds=0.2) == EXIT_SUCCEEDED
         return job, tmp_path / "runs" / "jobs" / name
 
@@ -41,13 +50,19 @@ def trained(tmp_path, image_folder, trainer_in_process):
 
 def validation_images(job) -> torch.Tensor:
     spec = load_spec(str(job))
-    data = data_mod.build(spec.train.data, spec.train.model, spec.train.seed, 64, Path(spec.train.data.train), Path(spec.train.data.val))
+    data = data_mod.build(
+        spec.train.data, spec.train.model, spec.train.seed, 64, Path(spec.train.data.train), Path(spec.train.data.val)
+    )
     return torch.cat(list(data.validation_spread(10_000)))
 
 
 def stored_files(folder: Path) -> dict[str, str]:
     """Every file under `folder` and its sha256."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def best_model(prefix) -> tuple[torch.nn.Module, dict]:
@@ -64,29 +79,54 @@ def test_every_format_is_exported_and_each_loads_back_with_its_own_runtime_agree
     from safetensors.torch import load_file
 
     job, prefix = trained(EVERY_FORMAT)
-    manifest = json.loads((prefix / "artifacts/manifest.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the manifest: not JSON"))
+    manifest = json.loads(
+        (prefix / "artifacts/manifest.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"{c} in the manifest: not JSON"),
+    )
     original, best = best_model(prefix)
-    assert manifest["job_id"] == "export" and manifest["torch"] == torch.__version__ and manifest["torchvision"] == torchvision.__version__
+    assert (
+        manifest["job_id"] == "export"
+        and manifest["torch"] == torch.__version__
+        and manifest["torchvision"] == torchvision.__version__
+    )
     assert manifest["source"] == f"best/ (epoch {best['epoch']})" and manifest["metrics"] == best["metrics"]
-    assert manifest["checkpoint_step"] == Checkpointer(Storage(str(prefix)), "best", keep=1).latest().step  # where the model came from
+    assert (
+        manifest["checkpoint_step"] == Checkpointer(Storage(str(prefix)), "best", keep=1).latest().step
+    )  # where the model came from
     formats = manifest["formats"]
     assert {name: formats[name]["status"] for name in EVERY_FORMAT} == dict.fromkeys(EVERY_FORMAT, "ok"), formats
     assert {name: formats[name]["files"] for name in EVERY_FORMAT} == {
-        "state_dict": ["model.safetensors", "model.json"], "torchscript": ["model.torchscript.pt"], "exported": ["model.pt2"],
-        "onnx": ["model.onnx"], "int8": ["model.int8.pt"]}
+        "state_dict": ["model.safetensors", "model.json"],
+        "torchscript": ["model.torchscript.pt"],
+        "exported": ["model.pt2"],
+        "onnx": ["model.onnx"],
+        "int8": ["model.int8.pt"],
+    }
     artifacts = prefix / "artifacts"
-    assert sorted(stored_files(artifacts)) == sorted(["manifest.json", *(e["path"] for e in manifest["files"].values())])  # one .onnx, no .onnx.data
-    assert {e["path"].split("/")[0] for e in manifest["files"].values()} == {manifest["export_id"]}  # this export's own folder
-    for name, entry in manifest["files"].items():
+    assert sorted(stored_files(artifacts)) == sorted(
+        ["manifest.json", *(e["path"] for e in manifest["files"].values())]
+    )  # one .onnx, no .onnx.data
+    assert {e["path"].split("/")[0] for e in manifest["files"].values()} == {
+        manifest["export_id"]
+    }  # this export's own folder
+    for entry in manifest["files"].values():
         body = (artifacts / entry["path"]).read_bytes()
-        assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["size"] == len(body) and entry["input_shape"] == [None, 3, 32, 32]
+        assert (
+            entry["sha256"] == hashlib.sha256(body).hexdigest()
+            and entry["size"] == len(body)
+            and entry["input_shape"] == [None, 3, 32, 32]
+        )
     artifacts = artifacts / manifest["export_id"]
 
     # What a user does with each file, on every validation image, batch sizes other than the export's.
     images = validation_images(job)
     assert len(images) == 30
     info = json.loads((artifacts / "model.json").read_text())
-    assert info["classes"] == ["circle", "square", "triangle"] and info["input_size"] == 32 and info["architecture"] == "resnet18"
+    assert (
+        info["classes"] == ["circle", "square", "triangle"]
+        and info["input_size"] == 32
+        and info["architecture"] == "resnet18"
+    )
     rebuilt = getattr(torchvision.models, info["architecture"])(num_classes=info["num_classes"]).eval()
     rebuilt.load_state_dict(load_file(str(artifacts / "model.safetensors")))
     onnx.checker.check_model(str(artifacts / "model.onnx"), full_check=True)
@@ -112,11 +152,22 @@ def test_every_format_is_exported_and_each_loads_back_with_its_own_runtime_agree
                 assert torch.equal(got.argmax(1), expected.argmax(1)), name
 
     quantized = formats["int8"]
-    assert quantized["calibration_images"] == 40 and quantized["validation_set"]["images"] == 30 and quantized["engine"] in ("x86", "qnnpack")
+    assert (
+        quantized["calibration_images"] == 40
+        and quantized["validation_set"]["images"] == 30
+        and quantized["engine"] in ("x86", "qnnpack")
+    )
     assert quantized["validation_set"]["sqnr_db"] > 15 and quantized["validation_set"]["top1_agreement"] >= 0.9
     assert quantized["size"]["int8_bytes"] == manifest["files"]["model.int8.pt"]["size"]
-    assert quantized["size"]["fp32_bytes"] / quantized["size"]["int8_bytes"] > 3.5  # int8 weights: about a quarter of fp32
-    assert set(quantized["cpu_latency_ms"]["fp32"]) == set(quantized["cpu_latency_ms"]["int8"]) == set(quantized["speedup"]) == {"1", "8"}
+    assert (
+        quantized["size"]["fp32_bytes"] / quantized["size"]["int8_bytes"] > 3.5
+    )  # int8 weights: about a quarter of fp32
+    assert (
+        set(quantized["cpu_latency_ms"]["fp32"])
+        == set(quantized["cpu_latency_ms"]["int8"])
+        == set(quantized["speedup"])
+        == {"1", "8"}
+    )
 
 
 def test_export_again_without_training_adds_formats_and_keeps_the_rest(trained, capsys):
@@ -128,28 +179,52 @@ def test_export_again_without_training_adds_formats_and_keeps_the_rest(trained, 
 
     assert trainer_main(["export", "--job", str(job), "--formats", "onnx", "torchscript", "exported"]) == EXIT_SUCCEEDED
     out = capsys.readouterr().out.splitlines()
-    assert out == ["onnx: ok, model.onnx", "torchscript: ok, model.torchscript.pt", "exported: ok, model.pt2",
-                   f"manifest: {prefix}/artifacts/manifest.json (checkpoint step {before['checkpoint_step']}, {before['source']})"]
+    assert out == [
+        "onnx: ok, model.onnx",
+        "torchscript: ok, model.torchscript.pt",
+        "exported: ok, model.pt2",
+        f"manifest: {prefix}/artifacts/manifest.json (checkpoint step {before['checkpoint_step']}, {before['source']})",
+    ]
     after = json.loads((prefix / "artifacts/manifest.json").read_text())
     assert list(after["formats"]) == ["state_dict", "onnx", "torchscript", "exported"]
     assert after["formats"]["state_dict"] == before["formats"]["state_dict"]  # the same checkpoint: kept, not redone
-    assert {k: v for k, v in after["files"].items() if v["format"] == "state_dict"} == {k: v for k, v in before["files"].items() if v["format"] == "state_dict"}
-    assert after["files"]["model.pt2"]["path"] == f"{after['export_id']}/model.pt2" != before["files"]["model.pt2"]["path"]  # redone in a new folder
+    assert {k: v for k, v in after["files"].items() if v["format"] == "state_dict"} == {
+        k: v for k, v in before["files"].items() if v["format"] == "state_dict"
+    }
+    assert (
+        after["files"]["model.pt2"]["path"] == f"{after['export_id']}/model.pt2" != before["files"]["model.pt2"]["path"]
+    )  # redone in a new folder
     assert after["checkpoint_step"] == before["checkpoint_step"] and after["metrics"] == before["metrics"]
     # Exactly the named files are stored: the old model.pt2 went with its folder once nothing named it.
-    assert sorted(stored_files(prefix / "artifacts")) == sorted(["manifest.json", *(e["path"] for e in after["files"].values())])
+    assert sorted(stored_files(prefix / "artifacts")) == sorted(
+        ["manifest.json", *(e["path"] for e in after["files"].values())]
+    )
     # Nothing else changed: no training, no heartbeat, checkpoints, metrics or logs touched.
     assert (prefix / "status/heartbeat.json").read_bytes() == heartbeat
     assert {part: stored_files(prefix / part) for part in kept} == kept
 
     assert trainer_main(["export", "--job", str(job), "--job-id", "never-trained"]) == EXIT_FAILED
-    assert capsys.readouterr().err.strip() == (f"error: job never-trained has no checkpoint under {prefix.parent}/never-trained to export from; "
-                                               f"train it first (python -m trainer run --job {job})")
+    assert capsys.readouterr().err.strip() == (
+        f"error: job never-trained has no checkpoint under {prefix.parent}/never-trained to export from; "
+        f"train it first (python -m trainer run --job {job})"
+    )
 
 
-def test_a_failed_format_loses_no_other_and_one_outside_its_tolerance_is_not_uploaded(tmp_path, image_folder, monkeypatch):
+def test_a_failed_format_loses_no_other_and_one_outside_its_tolerance_is_not_uploaded(
+    tmp_path, image_folder, monkeypatch
+):
     dataset = image_folder(per_class={"train": 4, "val": 2})
-    spec = load_spec(str(write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), train__model__name="resnet18")))
+    spec = load_spec(
+        str(
+            write_job(
+                tmp_path / "job.yaml",
+                str(tmp_path / "runs"),
+                dataset.split("train"),
+                dataset.split("val"),
+                train__model__name="resnet18",
+            )
+        )
+    )
     storage = Storage(str(tmp_path / "runs/jobs/j"))
 
     def broken(*args):
@@ -160,14 +235,33 @@ def test_a_failed_format_loses_no_other_and_one_outside_its_tolerance_is_not_upl
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3)
     images = torch.randn(6, 3, 32, 32)
-    data = export.ExportData(sample=images, calibration=lambda: [torch.randn(4, 3, 32, 32)], validation=lambda: [images])
+    data = export.ExportData(
+        sample=images, calibration=lambda: [torch.randn(4, 3, 32, 32)], validation=lambda: [images]
+    )
     normalization = data_mod.normalization(spec.train.model)
-    manifest = export.export_artifacts(storage, spec.train, model, None, ["a", "b", "c"], normalization, "j", 5, None, data, ["torchscript", "int8", "state_dict"])
+    manifest = export.export_artifacts(
+        storage,
+        spec.train,
+        model,
+        None,
+        ["a", "b", "c"],
+        normalization,
+        "j",
+        5,
+        None,
+        data,
+        ["torchscript", "int8", "state_dict"],
+    )
 
     formats = manifest["formats"]
-    assert formats["torchscript"] == {"status": "failed", "reason": "RuntimeError: the exporter met an operator it does not know"}
+    assert formats["torchscript"] == {
+        "status": "failed",
+        "reason": "RuntimeError: the exporter met an operator it does not know",
+    }
     assert formats["int8"]["status"] == "failed" and formats["int8"]["files"] == []
-    assert formats["int8"]["reason"].startswith("int8 picks the fp32 model's class for only ") and formats["int8"]["reason"].endswith("of 6 validation images (at least 101% needed)")
+    assert formats["int8"]["reason"].startswith("int8 picks the fp32 model's class for only ") and formats["int8"][
+        "reason"
+    ].endswith("of 6 validation images (at least 101% needed)")
     assert formats["state_dict"]["status"] == "ok" and manifest["source"] == "the final model"
     assert sorted(manifest["files"]) == ["model.json", "model.safetensors"]
     [folder] = [name for name in storage.list("artifacts") if name != "manifest.json"]
@@ -185,21 +279,63 @@ def test_a_storage_failure_while_exporting_costs_the_formats_not_the_run(trained
     monkeypatch.setattr(Storage, "upload", refuse_artifacts)
     _, prefix = trained(["onnx", "state_dict"], name="refused")  # the fixture asserts the run succeeded
     manifest = json.loads((prefix / "artifacts/manifest.json").read_text())
-    assert manifest["formats"]["onnx"]["status"] == "failed" and manifest["formats"]["onnx"]["reason"].startswith("PermissionError: access denied writing artifacts/")
-    assert manifest["formats"]["state_dict"]["status"] == "ok" and json.loads((prefix / "status/final.json").read_text())["outcome"] == "succeeded"
+    assert manifest["formats"]["onnx"]["status"] == "failed" and manifest["formats"]["onnx"]["reason"].startswith(
+        "PermissionError: access denied writing artifacts/"
+    )
+    assert (
+        manifest["formats"]["state_dict"]["status"] == "ok"
+        and json.loads((prefix / "status/final.json").read_text())["outcome"] == "succeeded"
+    )
 
 
 def test_a_model_with_nan_outputs_exports_nothing_and_says_why(tmp_path, image_folder):
     dataset = image_folder(per_class={"train": 4, "val": 2})
-    spec = load_spec(str(write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), train__model__name="resnet18")))
+    spec = load_spec(
+        str(
+            write_job(
+                tmp_path / "job.yaml",
+                str(tmp_path / "runs"),
+                dataset.split("train"),
+                dataset.split("val"),
+                train__model__name="resnet18",
+            )
+        )
+    )
     storage = Storage(str(tmp_path / "runs/jobs/j"))
     model = torchvision.models.resnet18(num_classes=3)
     with torch.no_grad():
         model.fc.bias[1] = float("nan")
-    data = export.ExportData(sample=torch.randn(4, 3, 32, 32), calibration=lambda: [torch.randn(4, 3, 32, 32)], validation=lambda: [torch.randn(4, 3, 32, 32)])
-    export.export_artifacts(storage, spec.train, model, None, ["a", "b", "c"], data_mod.normalization(spec.train.model), "j", 5, {"val_loss": float("nan")}, data,
-                            ["state_dict", "int8"])
-    manifest = json.loads(storage.read_bytes("artifacts/manifest.json"), parse_constant=lambda c: pytest.fail(f"{c} in the manifest: not JSON"))
-    reason = "the model's outputs on the validation batch are not finite (NaN or inf): nothing it exports could be checked"
-    assert manifest["formats"] == {"state_dict": {"status": "failed", "reason": reason}, "int8": {"status": "failed", "reason": reason}}
-    assert manifest["metrics"] == {"val_loss": None} and manifest["files"] == {} and storage.list("artifacts") == ["manifest.json"]
+    data = export.ExportData(
+        sample=torch.randn(4, 3, 32, 32),
+        calibration=lambda: [torch.randn(4, 3, 32, 32)],
+        validation=lambda: [torch.randn(4, 3, 32, 32)],
+    )
+    export.export_artifacts(
+        storage,
+        spec.train,
+        model,
+        None,
+        ["a", "b", "c"],
+        data_mod.normalization(spec.train.model),
+        "j",
+        5,
+        {"val_loss": float("nan")},
+        data,
+        ["state_dict", "int8"],
+    )
+    manifest = json.loads(
+        storage.read_bytes("artifacts/manifest.json"),
+        parse_constant=lambda c: pytest.fail(f"{c} in the manifest: not JSON"),
+    )
+    reason = (
+        "the model's outputs on the validation batch are not finite (NaN or inf): nothing it exports could be checked"
+    )
+    assert manifest["formats"] == {
+        "state_dict": {"status": "failed", "reason": reason},
+        "int8": {"status": "failed", "reason": reason},
+    }
+    assert (
+        manifest["metrics"] == {"val_loss": None}
+        and manifest["files"] == {}
+        and storage.list("artifacts") == ["manifest.json"]
+    )

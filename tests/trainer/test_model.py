@@ -26,8 +26,16 @@ def test_the_head_of_every_torchvision_classifier_is_found():
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [("resnet18", 64), ("mobilenet_v3_small", 64), ("squeezenet1_1", 64), ("efficientnet_b0", 64),
-     ("googlenet", 64), ("regnet_x_400mf", 64), ("convnext_tiny", 64), ("vit_b_32", 224)],
+    [
+        ("resnet18", 64),
+        ("mobilenet_v3_small", 64),
+        ("squeezenet1_1", 64),
+        ("efficientnet_b0", 64),
+        ("googlenet", 64),
+        ("regnet_x_400mf", 64),
+        ("convnext_tiny", 64),
+        ("vit_b_32", 224),
+    ],
 )
 def test_new_head_gives_num_classes_logits(name, size):
     model = build_model(ModelSpec(name=name, weights=None), num_classes=5).eval()
@@ -95,7 +103,9 @@ def test_freeze_backbone_trains_only_the_head(trained_elsewhere):
 
 def test_frozen_prefixes_get_no_optimizer_state_and_groups_get_their_lr():
     model = build_model(ModelSpec(name="resnet18", weights=None, freeze=["conv1", "bn1", "layer1"]), num_classes=3)
-    spec = OptimizerSpec(name="sgd", lr=0.1, param_groups=[{"prefixes": ["layer4", "layer3.1"], "lr": 0.01, "weight_decay": 0.0}])
+    spec = OptimizerSpec(
+        name="sgd", lr=0.1, param_groups=[{"prefixes": ["layer4", "layer3.1"], "lr": 0.01, "weight_decay": 0.0}]
+    )
     optimizer = build_optimizer(model, spec)
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
         ("group0:layer4,layer3.1", 0.01, 0.0),

@@ -26,7 +26,15 @@ from trainer.telemetry import FIELDS, GpuMonitor
 
 
 def train_spec(**scheduler) -> TrainSpec:
-    return TrainSpec.model_validate({"model": {"name": "resnet18", "weights": None}, "data": {"train": "/d"}, "epochs": 10, "optimizer": {"lr": 0.1}, "scheduler": scheduler})
+    return TrainSpec.model_validate(
+        {
+            "model": {"name": "resnet18", "weights": None},
+            "data": {"train": "/d"},
+            "epochs": 10,
+            "optimizer": {"lr": 0.1},
+            "scheduler": scheduler,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------- schedules
@@ -56,7 +64,9 @@ def test_scheduler_state_loads_with_weights_only():
     buffer = io.BytesIO()
     torch.save(scheduler.state_dict(), buffer)
     buffer.seek(0)
-    fresh = build_scheduler(torch.optim.SGD([{"params": [param], "lr": 0.1}]), train_spec(warmup_epochs=1), steps_per_epoch=4)
+    fresh = build_scheduler(
+        torch.optim.SGD([{"params": [param], "lr": 0.1}]), train_spec(warmup_epochs=1), steps_per_epoch=4
+    )
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     assert fresh.get_last_lr() == scheduler.get_last_lr() and fresh.last_epoch == 3
 
@@ -106,7 +116,10 @@ def test_metrics_are_appended_as_new_objects(tmp_path):
     metrics.flush()
     assert storage.list("metrics") == ["a002-000001.jsonl", "a002-000002.jsonl"]
     first = [json.loads(line) for line in storage.read_bytes("metrics/a002-000001.jsonl").splitlines()]
-    assert first == [{"kind": "step", "attempt": 2, "step": 1, "loss": 0.5}, {"kind": "epoch", "attempt": 2, "epoch": 1, "val_acc1": 0.9}]
+    assert first == [
+        {"kind": "step", "attempt": 2, "step": 1, "loss": 0.5},
+        {"kind": "epoch", "attempt": 2, "epoch": 1, "val_acc1": 0.9},
+    ]
 
 
 def test_amp_is_off_on_cpu_unless_bf16_is_asked_for():
@@ -117,8 +130,12 @@ def test_amp_is_off_on_cpu_unless_bf16_is_asked_for():
 
 def test_the_fingerprint_ignores_what_cannot_change_the_result():
     base = train_spec()
-    assert train_fingerprint(base) == train_fingerprint(base.model_copy(update={"checkpoint": base.checkpoint.model_copy(update={"keep": 9})}))
-    assert train_fingerprint(base) == train_fingerprint(base.model_copy(update={"data": base.data.model_copy(update={"workers": 8})}))
+    assert train_fingerprint(base) == train_fingerprint(
+        base.model_copy(update={"checkpoint": base.checkpoint.model_copy(update={"keep": 9})})
+    )
+    assert train_fingerprint(base) == train_fingerprint(
+        base.model_copy(update={"data": base.data.model_copy(update={"workers": 8})})
+    )
     assert train_fingerprint(base) != train_fingerprint(base.model_copy(update={"epochs": 11}))
 
 
@@ -137,7 +154,9 @@ def test_a_spot_notice_on_imds_sets_the_interrupt(imds):
     imds.instance_action = {"action": "terminate", "time": "2026-11-24T10:00:00Z"}
     watcher.poll_once(imds.endpoint)
     assert watcher.interrupt.is_set() and "terminate at 2026-11-24T10:00:00Z" in watcher.reason
-    assert imds.requests[0] == "PUT /latest/api/token" and imds.requests.count("PUT /latest/api/token") == 1  # token reused
+    assert (
+        imds.requests[0] == "PUT /latest/api/token" and imds.requests.count("PUT /latest/api/token") == 1
+    )  # token reused
 
 
 def test_a_rebalance_recommendation_asks_for_one_checkpoint(imds):
@@ -190,7 +209,9 @@ def test_heartbeat_and_control_stop(tmp_path):
     assert reporter.stop_requested.wait(5) and reporter.stop_reason == "budget reached"
     reporter.close("stopped")
     beat = json.loads(storage.read_bytes(HEARTBEAT))
-    assert beat["phase"] == "stopped" and beat["attempt"] == 3 and beat["step"] == 7 and beat["last_checkpoint_step"] == 6
+    assert (
+        beat["phase"] == "stopped" and beat["attempt"] == 3 and beat["step"] == 7 and beat["last_checkpoint_step"] == 6
+    )
     assert beat["last_checkpoint_age_s"] > 0 and beat["updated_at"].endswith("+00:00")
     assert set(FIELDS) <= set(beat)  # values or nulls, never missing
 

@@ -37,7 +37,9 @@ def in_process(trainer_in_process):
 
 
 def lines(prefix: Path, folder: str) -> list[dict]:
-    return [json.loads(line) for part in sorted((prefix / folder).glob("*.jsonl")) for line in part.read_text().splitlines()]
+    return [
+        json.loads(line) for part in sorted((prefix / folder).glob("*.jsonl")) for line in part.read_text().splitlines()
+    ]
 
 
 def test_a_storage_that_refuses_deletes_still_trains_to_the_end(tmp_path, dataset, in_process, monkeypatch):
@@ -51,8 +53,12 @@ def test_a_storage_that_refuses_deletes_still_trains_to_the_end(tmp_path, datase
     prefix = tmp_path / "runs" / "jobs" / "no-deletes"
     assert json.loads((prefix / "status/final.json").read_text())["outcome"] == "succeeded"
     beat = json.loads((prefix / "status/heartbeat.json").read_text())
-    kept, best = ([p for p in (prefix / folder).iterdir() if p.name.startswith("step-")] for folder in ("checkpoints", "best"))
-    assert len(kept) > 2 and beat["checkpoints_not_deleted"] == len(kept) - 2 + len(best) - 1  # keep: 2 (best/: 1); the rest could not go
+    kept, best = (
+        [p for p in (prefix / folder).iterdir() if p.name.startswith("step-")] for folder in ("checkpoints", "best")
+    )
+    assert (
+        len(kept) > 2 and beat["checkpoints_not_deleted"] == len(kept) - 2 + len(best) - 1
+    )  # keep: 2 (best/: 1); the rest could not go
 
 
 def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_process, capsys):
@@ -61,7 +67,12 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
     prefix = tmp_path / "runs" / "jobs" / "local-run"
 
     final = json.loads((prefix / "status/final.json").read_text())
-    assert final["outcome"] == "succeeded" and final["attempt"] == 1 and final["step"] == 18 and final["epochs_completed"] == 3
+    assert (
+        final["outcome"] == "succeeded"
+        and final["attempt"] == 1
+        and final["step"] == 18
+        and final["epochs_completed"] == 3
+    )
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3] and final["best"]["metric"] == "val_acc1"
     beat = json.loads((prefix / "status/heartbeat.json").read_text())
     assert beat["phase"] == "done" and beat["step"] == 18 and beat["steps_per_epoch"] == 6 and beat["total_steps"] == 18
@@ -87,10 +98,15 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
 
 def test_job_file_data_and_state_on_s3(s3_bucket, image_folder, tmp_path, aws):
     data = image_folder(f"s3://{s3_bucket}/datasets/shapes", per_class={"train": 10})
-    local = write_job(tmp_path / "job.yaml", f"s3://{s3_bucket}/spotctl", data.split("train"), None, name="on-s3", train__epochs=1)
+    local = write_job(
+        tmp_path / "job.yaml", f"s3://{s3_bucket}/spotctl", data.split("train"), None, name="on-s3", train__epochs=1
+    )
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="spotctl/jobs/on-s3-7f3a/job.yaml", Body=local.read_bytes())
     env = trainer_env({**aws.environment(), "SPOTCTL_CACHE_DIR": str(tmp_path / "cache"), "SPOTCTL_ATTEMPT": "2"})
-    assert run_trainer(f"s3://{s3_bucket}/spotctl/jobs/on-s3-7f3a/job.yaml", env, log=tmp_path / "out.log") == EXIT_SUCCEEDED, (tmp_path / "out.log").read_text()
+    assert (
+        run_trainer(f"s3://{s3_bucket}/spotctl/jobs/on-s3-7f3a/job.yaml", env, log=tmp_path / "out.log")
+        == EXIT_SUCCEEDED
+    ), (tmp_path / "out.log").read_text()
 
     prefix = f"s3://{s3_bucket}/spotctl/jobs/on-s3-7f3a"  # the id comes from where launch put the job file
     assert read_json(f"{prefix}/status/final.json")["outcome"] == "succeeded"
@@ -103,9 +119,22 @@ def test_job_file_data_and_state_on_s3(s3_bucket, image_folder, tmp_path, aws):
 def test_rebalance_checkpoints_and_a_spot_notice_stops_then_resume_finishes(tmp_path, dataset):
     imds = FakeImds()
     try:
-        job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="noticed", train__checkpoint={"every_steps": None, "every_seconds": None})
+        job = write_job(
+            tmp_path / "job.yaml",
+            str(tmp_path / "runs"),
+            dataset.split("train"),
+            dataset.split("val"),
+            name="noticed",
+            train__checkpoint={"every_steps": None, "every_seconds": None},
+        )
         prefix = tmp_path / "runs/jobs/noticed"
-        env = trainer_env({"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "SPOTCTL_IMDS_POLL_SECONDS": "0.1", "SPOTCTL_CACHE_DIR": str(tmp_path / "cache")})
+        env = trainer_env(
+            {
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint,
+                "SPOTCTL_IMDS_POLL_SECONDS": "0.1",
+                "SPOTCTL_CACHE_DIR": str(tmp_path / "cache"),
+            }
+        )
         imds.rebalance = {"noticeTime": "2026-11-24T10:00:00Z"}
         process = start_trainer(str(job), env, log=tmp_path / "out.log")
         assert wait_for(lambda: (prefix / "checkpoints/LATEST.json").exists(), timeout=60)
@@ -122,13 +151,18 @@ def test_rebalance_checkpoints_and_a_spot_notice_stops_then_resume_finishes(tmp_
     assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
     assert not (prefix / "status/final.json").exists()  # interrupted is not an outcome: resume me
 
-    assert run_trainer(str(job), trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache")}), log=tmp_path / "out.log") == EXIT_SUCCEEDED
+    assert (
+        run_trainer(str(job), trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache")}), log=tmp_path / "out.log")
+        == EXIT_SUCCEEDED
+    )
     assert f"resumed from checkpoint step {interrupted_at}" in (tmp_path / "out.log").read_text()
     assert (prefix / "logs/attempt-2.log").exists()
 
 
 def test_control_stop_checkpoints_and_exits_then_resume_continues(tmp_path, dataset):
-    job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="stopped")
+    job = write_job(
+        tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="stopped"
+    )
     prefix = tmp_path / "runs/jobs/stopped"
     env = trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache"), "SPOTCTL_HEARTBEAT_SECONDS": "0.2"})
     process = start_trainer(str(job), env, log=tmp_path / "out.log")
@@ -154,9 +188,15 @@ def failure(tmp_path: Path, name: str) -> dict:
     "case, message",
     [
         ("missing_train", "train.data.train: {tmp}/nowhere does not exist; check the location"),
-        ("class_mismatch", "train.data: train and val have different class folders (missing in val: triangle; only in val: star); give both the same classes"),
+        (
+            "class_mismatch",
+            "train.data: train and val have different class folders (missing in val: triangle; only in val: star); give both the same classes",
+        ),
         ("missing_weights", "weights {tmp}/weights.pt do not exist; check train.model.weights"),
-        ("too_many_bad_images", "train.data: 1 of 47 images failed to decode, more than max_bad_images (1%) allows; e.g. {tmp}/data/train/circle/corrupt-"),
+        (
+            "too_many_bad_images",
+            "train.data: 1 of 47 images failed to decode, more than max_bad_images (1%) allows; e.g. {tmp}/data/train/circle/corrupt-",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_clear_message_in_final_json(tmp_path, image_folder, in_process, case, message):
@@ -173,25 +213,42 @@ def test_bad_input_fails_with_one_clear_message_in_final_json(tmp_path, image_fo
     final = failure(tmp_path, case)
     assert final["outcome"] == "failed" and final["error"].startswith(message.format(tmp=tmp_path))
     assert final["traceback"] == []  # the message says it all
-    assert "failed: " + message.format(tmp=tmp_path) in (tmp_path / "runs/jobs" / case / "logs/attempt-1.log").read_text()
+    assert (
+        "failed: " + message.format(tmp=tmp_path) in (tmp_path / "runs/jobs" / case / "logs/attempt-1.log").read_text()
+    )
 
 
 def test_a_few_bad_images_are_skipped_and_counted(tmp_path, image_folder, in_process, caplog):
     data = image_folder(per_class={"train": 40, "val": 3}, corrupt=1)
-    job = write_job(tmp_path / "job.yaml", "./runs", data.split("train"), data.split("val"), name="few-bad", train__epochs=1)
+    job = write_job(
+        tmp_path / "job.yaml", "./runs", data.split("train"), data.split("val"), name="few-bad", train__epochs=1
+    )
     assert in_process(job) == EXIT_SUCCEEDED
     log = (tmp_path / "runs/jobs/few-bad/logs/attempt-1.log").read_text()
     assert log.count("data: skipping") == 1 and "corrupt-0.png (UnidentifiedImageError" in log
 
 
 def test_a_checkpoint_of_another_spec_is_refused_with_the_reason(tmp_path, dataset, in_process):
-    job = write_job(tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="changed", train__epochs=1)
+    job = write_job(
+        tmp_path / "job.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="changed", train__epochs=1
+    )
     assert in_process(job) == EXIT_SUCCEEDED
     (tmp_path / "runs/jobs/changed/status/final.json").unlink()
-    write_job(job, "./runs", dataset.split("train"), dataset.split("val"), name="changed", train__epochs=1, train__optimizer={"name": "sgd", "lr": 0.1})
+    write_job(
+        job,
+        "./runs",
+        dataset.split("train"),
+        dataset.split("val"),
+        name="changed",
+        train__epochs=1,
+        train__optimizer={"name": "sgd", "lr": 0.1},
+    )
     assert in_process(job) == EXIT_FAILED
     error = failure(tmp_path, "changed")["error"]
-    assert "was written for another run: train.optimizer.lr: checkpoint has 0.05, this run has 0.1; use a new job name" in error
+    assert (
+        "was written for another run: train.optimizer.lr: checkpoint has 0.05, this run has 0.1; use a new job name"
+        in error
+    )
 
 
 def test_an_invalid_job_file_starts_nothing(tmp_path, in_process, capsys):
@@ -204,9 +261,13 @@ def test_an_invalid_job_file_starts_nothing(tmp_path, in_process, capsys):
 
 
 def test_sigterm_during_training_is_a_clean_interruption(tmp_path, dataset):
-    job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="term")
+    job = write_job(
+        tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="term"
+    )
     prefix = tmp_path / "runs/jobs/term"
-    process = start_trainer(str(job), trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache")}), log=tmp_path / "out.log")
+    process = start_trainer(
+        str(job), trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache")}), log=tmp_path / "out.log"
+    )
     assert kill_when(process, lambda: (prefix / "checkpoints/LATEST.json").exists(), signal.SIGTERM) == EXIT_INTERRUPTED
     assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
     log = (prefix / "logs/attempt-1.log").read_text()
@@ -221,9 +282,25 @@ def test_a_stop_during_the_deciding_validation_resumes_exactly(tmp_path, dataset
     from trainer.loop import Trainer
 
     stopping = {"metric": "val_acc1", "patience": 1, "min_delta": 1.0}  # no epoch after the first can improve
-    reference = write_job(tmp_path / "ref.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="ref", train__epochs=5, train__early_stopping=stopping)
+    reference = write_job(
+        tmp_path / "ref.yaml",
+        "./runs",
+        dataset.split("train"),
+        dataset.split("val"),
+        name="ref",
+        train__epochs=5,
+        train__early_stopping=stopping,
+    )
     assert in_process(reference) == EXIT_SUCCEEDED
-    job = write_job(tmp_path / "cut.yaml", "./runs", dataset.split("train"), dataset.split("val"), name="cut", train__epochs=5, train__early_stopping=stopping)
+    job = write_job(
+        tmp_path / "cut.yaml",
+        "./runs",
+        dataset.split("train"),
+        dataset.split("val"),
+        name="cut",
+        train__epochs=5,
+        train__early_stopping=stopping,
+    )
     original = Trainer.evaluate
 
     def noticed_during_validation(self, stop_early=False):
@@ -241,14 +318,27 @@ def test_a_stop_during_the_deciding_validation_resumes_exactly(tmp_path, dataset
     assert ref["position"]["step"] == cut["position"]["step"] == 12
     assert tensor_digest(cut["model"]) == tensor_digest(ref["model"])
     finals = [json.loads((tmp_path / f"runs/jobs/{name}/status/final.json").read_text()) for name in ("ref", "cut")]
-    assert finals[0]["history"] == finals[1]["history"] and finals[0]["best"] == finals[1]["best"] and finals[1]["epochs_completed"] == 2
+    assert (
+        finals[0]["history"] == finals[1]["history"]
+        and finals[0]["best"] == finals[1]["best"]
+        and finals[1]["epochs_completed"] == 2
+    )
 
 
 def test_a_missing_bucket_is_one_clear_line(tmp_path, dataset, aws, in_process, capsys):
-    job = write_job(tmp_path / "job.yaml", "s3://no-such-bucket/spotctl", dataset.split("train"), dataset.split("val"), name="nowhere")
+    job = write_job(
+        tmp_path / "job.yaml",
+        "s3://no-such-bucket/spotctl",
+        dataset.split("train"),
+        dataset.split("val"),
+        name="nowhere",
+    )
     assert in_process(job) == EXIT_FAILED
     err = capsys.readouterr().err
-    assert err == "error: cannot use the job's storage s3://no-such-bucket/spotctl/jobs/nowhere (FileNotFoundError: bucket no-such-bucket does not exist); create it, or fix `storage` in the job file\n"
+    assert (
+        err
+        == "error: cannot use the job's storage s3://no-such-bucket/spotctl/jobs/nowhere (FileNotFoundError: bucket no-such-bucket does not exist); create it, or fix `storage` in the job file\n"
+    )
 
 
 def test_an_error_after_the_machine_starts_going_away_is_an_interruption(tmp_path, dataset, in_process, monkeypatch):

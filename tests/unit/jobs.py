@@ -29,21 +29,58 @@ def ago(seconds: float) -> str:
     return (NOW - timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
-def attempt(number: int = 1, pool: tuple[str, str] = ("g5.xlarge", "us-east-1a"), instance_id: str | None = "auto", launched: float | None = 900,
-            end: str | None = None, ended: float | None = None, requested: float | None = 960) -> Attempt:
+def attempt(
+    number: int = 1,
+    pool: tuple[str, str] = ("g5.xlarge", "us-east-1a"),
+    instance_id: str | None = "auto",
+    launched: float | None = 900,
+    end: str | None = None,
+    ended: float | None = None,
+    requested: float | None = 960,
+) -> Attempt:
     """An attempt launched `launched` seconds ago (None: claimed, no instance yet)."""
-    return Attempt(number, pool[0], pool[1], 0.4, 1.0, f"token-{number}", None if instance_id is None else (f"i-{number}" if instance_id == "auto" else instance_id),
-                   ago(launched) if launched is not None and instance_id is not None else None, ago(ended) if ended is not None else None, end,
-                   requested_at=ago(requested) if requested is not None else None)
+    return Attempt(
+        number,
+        pool[0],
+        pool[1],
+        0.4,
+        1.0,
+        f"token-{number}",
+        None if instance_id is None else (f"i-{number}" if instance_id == "auto" else instance_id),
+        ago(launched) if launched is not None and instance_id is not None else None,
+        ago(ended) if ended is not None else None,
+        end,
+        requested_at=ago(requested) if requested is not None else None,
+    )
 
 
-def record(*attempts: Attempt, outcome: str | None = None, cancelled: bool = False, stop_asked: float | None = None, budget: float | None = None) -> JobRecord:
-    return JobRecord("j", "table", "us-east-1", "s3://bucket/spotctl", "s3://bucket/spotctl/jobs/j/job.yaml", "s3://bucket/w.whl", "ami-1",
-                     created_at=ago(3600), cancelled_at=ago(5) if cancelled else None, outcome=outcome, budget_usd=budget,
-                     stop_requested_at=ago(stop_asked) if stop_asked is not None else None, attempts=list(attempts))
+def record(
+    *attempts: Attempt,
+    outcome: str | None = None,
+    cancelled: bool = False,
+    stop_asked: float | None = None,
+    budget: float | None = None,
+) -> JobRecord:
+    return JobRecord(
+        "j",
+        "table",
+        "us-east-1",
+        "s3://bucket/spotctl",
+        "s3://bucket/spotctl/jobs/j/job.yaml",
+        "s3://bucket/w.whl",
+        "ami-1",
+        created_at=ago(3600),
+        cancelled_at=ago(5) if cancelled else None,
+        outcome=outcome,
+        budget_usd=budget,
+        stop_requested_at=ago(stop_asked) if stop_asked is not None else None,
+        attempts=list(attempts),
+    )
 
 
-def instance(state: str = "running", reason: str | None = None, number: int = 1, transition: str | None = None) -> Instance:
+def instance(
+    state: str = "running", reason: str | None = None, number: int = 1, transition: str | None = None
+) -> Instance:
     return Instance(f"i-{number}", state, reason, None, number, transition)
 
 
@@ -55,7 +92,9 @@ def final(outcome: str, attempt: int = 1, **fields) -> Final:
     return Final(outcome=outcome, attempt=attempt, **fields)
 
 
-def view(rec: JobRecord | None, ec2: Instance | None = None, heartbeat: Heartbeat | None = None, said: Final | None = None) -> JobView:
+def view(
+    rec: JobRecord | None, ec2: Instance | None = None, heartbeat: Heartbeat | None = None, said: Final | None = None
+) -> JobView:
     instances = {ec2.attempt: ec2} if ec2 is not None else {}
     return JobView("j", rec, heartbeat, said, ec2, None, instances)
 

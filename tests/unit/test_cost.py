@@ -37,21 +37,35 @@ def test_interrupted_by_ec2_in_the_first_hour_is_free_but_not_when_stopped_by_th
 
 
 def test_a_minute_is_the_least_that_is_billed():
-    cost = attempt_cost(1, [PricePoint(at(9), 0.36)], at(10), at(10, 0, 30), interrupted_by_ec2=False, on_demand_usd_per_hour=1.2)
+    cost = attempt_cost(
+        1, [PricePoint(at(9), 0.36)], at(10), at(10, 0, 30), interrupted_by_ec2=False, on_demand_usd_per_hour=1.2
+    )
     assert cost.usd == pytest.approx(60 * 0.36 / 3600) and cost.on_demand_usd == pytest.approx(60 * 1.2 / 3600)
 
 
 def test_several_attempts_savings_and_lost_work():
-    first = attempt_cost(1, [PricePoint(at(9), 0.5)], at(10), at(10, 40), interrupted_by_ec2=True, on_demand_usd_per_hour=1.0)  # free
-    second = attempt_cost(2, [PricePoint(at(9), 0.5)], at(11), at(13), interrupted_by_ec2=True, on_demand_usd_per_hour=1.0)  # 1.00
-    third = attempt_cost(3, [PricePoint(at(9), 0.4)], at(14), at(15, 30), interrupted_by_ec2=False, on_demand_usd_per_hour=1.0)  # 0.60
+    first = attempt_cost(
+        1, [PricePoint(at(9), 0.5)], at(10), at(10, 40), interrupted_by_ec2=True, on_demand_usd_per_hour=1.0
+    )  # free
+    second = attempt_cost(
+        2, [PricePoint(at(9), 0.5)], at(11), at(13), interrupted_by_ec2=True, on_demand_usd_per_hour=1.0
+    )  # 1.00
+    third = attempt_cost(
+        3, [PricePoint(at(9), 0.4)], at(14), at(15, 30), interrupted_by_ec2=False, on_demand_usd_per_hour=1.0
+    )  # 0.60
     cost = job_cost([first, second, third], steps_reached=[300, 900, 1200], resumed_from=[0, 250, 880])
     assert cost.total_usd == pytest.approx(1.6)
     assert cost.on_demand_usd == pytest.approx((2400 + 7200 + 5400) / 3600)
     assert cost.savings == pytest.approx(1 - 1.6 / (15000 / 3600))
     assert cost.lost_steps == 50 + 20
     assert cost.lost_usd == pytest.approx(0.0 + 1.0 * 20 / 650)  # the first attempt was free
-    assert cost.as_dict()["attempts"][0] == {"number": 1, "seconds": 2400.0, "usd": 0.0, "on_demand_usd": pytest.approx(0.666667), "free_by_first_hour_rule": True}
+    assert cost.as_dict()["attempts"][0] == {
+        "number": 1,
+        "seconds": 2400.0,
+        "usd": 0.0,
+        "on_demand_usd": pytest.approx(0.666667),
+        "free_by_first_hour_rule": True,
+    }
 
 
 def test_unknown_on_demand_prices_give_no_savings():
@@ -62,4 +76,7 @@ def test_unknown_on_demand_prices_give_no_savings():
 def test_no_price_at_all_is_an_error():
     with pytest.raises(ValueError, match="no price known"):
         integrate([], at(10), at(11))
-    assert integrate([], at(11), at(10)) == 0.0 and integrate([PricePoint(at(9), 1.0)], at(10) + timedelta(0), at(10)) == 0.0
+    assert (
+        integrate([], at(11), at(10)) == 0.0
+        and integrate([PricePoint(at(9), 1.0)], at(10) + timedelta(0), at(10)) == 0.0
+    )

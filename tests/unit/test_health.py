@@ -1,4 +1,4 @@
-"""GPU health: the orchestrator's flags from a heartbeat (orchestrator.health) and the trainer's rolling
+"""GPU health: the orchestrator's flags from a heartbeat (orchestrator.jobs.health) and the trainer's rolling
 window that feeds them (trainer.reporting.Reporter)."""
 
 from __future__ import annotations
@@ -13,8 +13,20 @@ from trainer.reporting import Reporter
 
 def beat(**fields) -> Heartbeat:
     """A heartbeat of attempt 1, training for a full window at 12 % GPU, cause unknown."""
-    return Heartbeat(**{"attempt": 1, "phase": "training", "health_window_s": 300.0, "gpu_util_window_pct": 12.0, "gpu_mem_window_fraction": 0.8,
-            "gpu_mem_total_gib": 24.0, "data_wait_window": 0.1, "batch_size": 32, "data_workers": 4, **fields})
+    return Heartbeat(
+        **{
+            "attempt": 1,
+            "phase": "training",
+            "health_window_s": 300.0,
+            "gpu_util_window_pct": 12.0,
+            "gpu_mem_window_fraction": 0.8,
+            "gpu_mem_total_gib": 24.0,
+            "data_wait_window": 0.1,
+            "batch_size": 32,
+            "data_workers": 4,
+            **fields,
+        }
+    )
 
 
 def flags(heartbeat, age=10.0, running_for=3600.0, running=True, attempt=None) -> list[tuple]:
@@ -23,7 +35,9 @@ def flags(heartbeat, age=10.0, running_for=3600.0, running=True, attempt=None) -
 
 # ------------------------------------------------------------------------------------------ stalled
 def test_stalled_when_the_heartbeat_is_old():
-    assert flags(beat(gpu_util_window_pct=90.0), age=312.0) == [("stalled", "no heartbeat for 5m 12s while the instance runs", LOGS_HINT)]
+    assert flags(beat(gpu_util_window_pct=90.0), age=312.0) == [
+        ("stalled", "no heartbeat for 5m 12s while the instance runs", LOGS_HINT)
+    ]
 
 
 def test_stalled_when_no_heartbeat_came_after_launch():
@@ -31,7 +45,9 @@ def test_stalled_when_no_heartbeat_came_after_launch():
 
 
 def test_an_earlier_attempts_heartbeat_does_not_count():
-    assert flags(beat(attempt=1), age=5.0, running_for=200.0, attempt=2) == [("stalled", "no heartbeat from attempt 2 yet, 3m 20s after launch", LOGS_HINT)]
+    assert flags(beat(attempt=1), age=5.0, running_for=200.0, attempt=2) == [
+        ("stalled", "no heartbeat from attempt 2 yet, 3m 20s after launch", LOGS_HINT)
+    ]
     assert flags(beat(attempt=1), age=5.0, running_for=60.0, attempt=2) == []  # nor does it say anything about the GPU
 
 
@@ -45,25 +61,43 @@ def test_not_stalled_right_after_launch_or_when_the_instance_is_gone():
 # ------------------------------------------------------------------------------------- low GPU util
 def test_low_util_data_bound():
     assert flags(beat(data_wait_window=0.64)) == [
-        ("low_gpu_util", "GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time", "raise train.data.workers (now 4)")
+        (
+            "low_gpu_util",
+            "GPU at 12% over the last 5 min; data-bound: the loop waits for batches 64% of the time",
+            "raise train.data.workers (now 4)",
+        )
     ]
     assert flags(beat(data_wait_window=0.64, data_workers=None))[0][2] == "raise train.data.workers"
 
 
 def test_low_util_small_batch():
     assert flags(beat(gpu_mem_window_fraction=0.13)) == [
-        ("low_gpu_util", "GPU at 12% over the last 5 min; small batch: 3.1 of 24 GiB GPU memory used", "raise train.batch_size (now 32)")
+        (
+            "low_gpu_util",
+            "GPU at 12% over the last 5 min; small batch: 3.1 of 24 GiB GPU memory used",
+            "raise train.batch_size (now 32)",
+        )
     ]
     assert flags(beat(gpu_mem_window_fraction=0.13, gpu_mem_total_gib=None, batch_size=None)) == [
-        ("low_gpu_util", "GPU at 12% over the last 5 min; small batch: 13% of the GPU memory used", "raise train.batch_size")
+        (
+            "low_gpu_util",
+            "GPU at 12% over the last 5 min; small batch: 13% of the GPU memory used",
+            "raise train.batch_size",
+        )
     ]
 
 
 def test_low_util_cause_unclear():
     assert flags(beat()) == [
-        ("low_gpu_util", "GPU at 12% over the last 5 min; neither data loading nor batch size explains it", "profile a few steps (torch.profiler) to see where the time goes")
+        (
+            "low_gpu_util",
+            "GPU at 12% over the last 5 min; neither data loading nor batch size explains it",
+            "profile a few steps (torch.profiler) to see where the time goes",
+        )
     ]
-    assert flags(beat(data_wait_window=None, gpu_mem_window_fraction=None))[0][1].endswith("neither data loading nor batch size explains it")
+    assert flags(beat(data_wait_window=None, gpu_mem_window_fraction=None))[0][1].endswith(
+        "neither data loading nor batch size explains it"
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,32 +155,60 @@ def test_reporter_window_averages_the_last_five_minutes_of_training(tmp_path):
 
     # Before training nothing is sampled.
     first = sample(0, 5.0, 1.0, phase="downloading data")
-    assert (first["health_window_s"], first["gpu_util_window_pct"], first["gpu_mem_window_fraction"], first["data_wait_window"]) == (0.0, None, None, None)
+    assert (
+        first["health_window_s"],
+        first["gpu_util_window_pct"],
+        first["gpu_mem_window_fraction"],
+        first["data_wait_window"],
+    ) == (0.0, None, None, None)
     assert first["gpu_util_pct"] == 5.0  # the per-interval figures are unchanged
 
     one = sample(10, 10.0, 2.0, phase="training")  # no data-wait figure yet
-    assert (one["health_window_s"], one["gpu_util_window_pct"], one["gpu_mem_window_fraction"], one["data_wait_window"]) == (0.0, 10.0, 0.1, None)
+    assert (
+        one["health_window_s"],
+        one["gpu_util_window_pct"],
+        one["gpu_mem_window_fraction"],
+        one["data_wait_window"],
+    ) == (0.0, 10.0, 0.1, None)
     sample(160, 20.0, 4.0, wait=0.2)
     sample(200, 90.0, 18.0, phase="validating")  # validation idles or fills the GPU by design: not sampled
     three = sample(310, None, None, wait=0.4, phase="training")  # an interval without GPU figures
     assert three["health_window_s"] == 300.0
-    assert three["gpu_util_window_pct"] == 15.0 and three["gpu_mem_window_fraction"] == 0.15 and three["data_wait_window"] == pytest.approx(0.3)
+    assert (
+        three["gpu_util_window_pct"] == 15.0
+        and three["gpu_mem_window_fraction"] == 0.15
+        and three["data_wait_window"] == pytest.approx(0.3)
+    )
 
     # The sample at 10 s is now more than 300 s old.
     four = sample(311, 30.0, 6.0)
     assert four["health_window_s"] == 151.0
-    assert four["gpu_util_window_pct"] == 25.0 and four["gpu_mem_window_fraction"] == 0.25 and four["data_wait_window"] == pytest.approx(0.333)
+    assert (
+        four["gpu_util_window_pct"] == 25.0
+        and four["gpu_mem_window_fraction"] == 0.25
+        and four["data_wait_window"] == pytest.approx(0.333)
+    )
 
 
 def test_reporter_window_without_a_gpu(tmp_path):
     now = [0.0]
     gpu = FakeGpu()
-    gpu.next = {"gpu_count": None, "gpu_util_pct": None, "gpu_mem_used_gib": None, "gpu_mem_total_gib": None, "gpu_power_w": None}
+    gpu.next = {
+        "gpu_count": None,
+        "gpu_util_pct": None,
+        "gpu_mem_used_gib": None,
+        "gpu_mem_total_gib": None,
+        "gpu_power_w": None,
+    }
     reporter = Reporter(Storage(str(tmp_path)), attempt=1, gpu=gpu, clock=lambda: now[0])
     reporter.update(phase="training", data_wait_fraction=0.5)
     for at in (0, 15, 30):
         now[0] = at
         heartbeat = reporter.heartbeat()
-    assert heartbeat["health_window_s"] == 30.0 and heartbeat["gpu_util_window_pct"] is None and heartbeat["gpu_mem_window_fraction"] is None
+    assert (
+        heartbeat["health_window_s"] == 30.0
+        and heartbeat["gpu_util_window_pct"] is None
+        and heartbeat["gpu_mem_window_fraction"] is None
+    )
     assert heartbeat["data_wait_window"] == 0.5
     assert health_flags(Heartbeat.model_validate(heartbeat), True, 5.0, 3600.0) == []

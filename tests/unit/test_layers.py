@@ -33,7 +33,11 @@ def imports(path: Path, runtime_only: bool = False) -> list[tuple[int, str]]:
         for node in tree.body:
             if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
                 continue
-            nodes += [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))] if isinstance(node, (ast.If, ast.Try)) else [node]
+            nodes += (
+                [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                if isinstance(node, (ast.If, ast.Try))
+                else [node]
+            )
     else:
         nodes = list(ast.walk(tree))
     found = []
@@ -41,13 +45,19 @@ def imports(path: Path, runtime_only: bool = False) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+            found += [(node.lineno, node.module)] + [
+                (node.lineno, f"{node.module}.{alias.name}") for alias in node.names
+            ]
     return found
 
 
 def test_the_orchestrator_imports_only_the_contract_of_the_trainer():
-    wrong = [f"{path.relative_to(REPO)}:{line}: {name}" for path in sources("orchestrator") for line, name in imports(path)
-             if name.split(".")[0] == "trainer" and not (name + ".").startswith("trainer.job.")]
+    wrong = [
+        f"{path.relative_to(REPO)}:{line}: {name}"
+        for path in sources("orchestrator")
+        for line, name in imports(path)
+        if name.split(".")[0] == "trainer" and not (name + ".").startswith("trainer.job.")
+    ]
     assert wrong == [], "the orchestrator may import only trainer.job"
 
 
@@ -56,7 +66,9 @@ def test_the_contract_imports_nothing_else_of_spotctl_and_no_torch():
     for path in sources("trainer/job"):
         for line, name in imports(path, runtime_only=True):
             top = name.split(".")[0]
-            if top in ("orchestrator", "torch", "torchvision") or (top == "trainer" and not (name + ".").startswith("trainer.job.")):
+            if top in ("orchestrator", "torch", "torchvision") or (
+                top == "trainer" and not (name + ".").startswith("trainer.job.")
+            ):
                 wrong.append(f"{path.relative_to(REPO)}:{line}: {name}")
     assert wrong == []
 
@@ -90,13 +102,19 @@ def longest_chain(edges: dict[str, set[str]]) -> list[str]:
     return list(max((chain(n) for n in edges), key=len))
 
 
-@pytest.mark.parametrize(("collapse", "limit"), [(True, MAX_PACKAGE_DEPTH), (False, MAX_MODULE_DEPTH)], ids=["packages", "modules"])
+@pytest.mark.parametrize(
+    ("collapse", "limit"), [(True, MAX_PACKAGE_DEPTH), (False, MAX_MODULE_DEPTH)], ids=["packages", "modules"]
+)
 def test_the_import_chain_stays_short(collapse, limit):
     chain = longest_chain(graph(collapse))
     assert len(chain) <= limit, " -> ".join(chain)
 
 
-PATHS = {value for name, value in vars(layout).items() if name.isupper() and isinstance(value, str) and "/" in value or value in (layout.RECORD, layout.JOB_FILE)}
+PATHS = {
+    value
+    for name, value in vars(layout).items()
+    if name.isupper() and isinstance(value, str) and "/" in value or value in (layout.RECORD, layout.JOB_FILE)
+}
 PATH_STARTS = ("jobs/", "status/", "control/", "logs/attempt-", "metrics/a", "wheels/")
 
 

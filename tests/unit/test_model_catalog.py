@@ -24,7 +24,9 @@ def test_catalog_lists_every_classification_model_and_its_weights():
         assert info.default_weights == enum.DEFAULT.name
 
 
-@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "vit_b_16", "convnext_tiny", "regnet_y_400mf", "inception_v3"])
+@pytest.mark.parametrize(
+    "name", ["resnet50", "efficientnet_b0", "vit_b_16", "convnext_tiny", "regnet_y_400mf", "inception_v3"]
+)
 def test_catalog_entry_matches_a_fresh_generation(name):
     assert model_catalog.generate([name])["models"][name] == _raw_entry(name)
 

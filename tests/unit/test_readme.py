@@ -27,3 +27,26 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 def test_every_example_the_readme_names_exists():
     for name in re.findall(r"examples/[\w.-]+\.yaml", README):
         assert (REPO / name).exists(), name
+
+
+def test_the_readme_lists_every_setting_as_the_settings_module_defines_it():
+    from trainer.job.settings import markdown_table
+
+    listed = README.split("<!-- settings:start -->\n")[1].split("<!-- settings:end -->")[0]
+    assert listed == markdown_table(), "run `make reference` to rewrite it"
+
+
+def test_every_spotctl_variable_is_a_setting_and_only_the_settings_module_reads_them():
+    import re
+
+    from trainer.job.settings import VARIABLES
+
+    defined = {v.name for v in VARIABLES}
+    used, readers = set(), set()
+    for path in [*REPO.glob("orchestrator/**/*.py"), *REPO.glob("trainer/**/*.py")]:
+        text = path.read_text()
+        used |= set(re.findall(r"SPOTCTL_[A-Z_]+", text))
+        if re.search(r"(environ|getenv)\W+[\"']SPOTCTL_", text):
+            readers.add(str(path.relative_to(REPO)))
+    assert used <= defined, used - defined
+    assert readers == set()  # they are read through Settings.from_env() / BootEnv.from_env()

@@ -89,7 +89,11 @@ def test_validate_json_is_the_resolved_spec(spotctl):
     document = json.loads(out)
     assert code == 0 and document["valid"] is True
     assert JobSpec.model_validate(document["spec"]) == load_spec(path)
-    assert document["spec"]["train"]["optimizer"]["param_groups"][1] == {"prefixes": ["layer3"], "lr": 0.003, "weight_decay": None}
+    assert document["spec"]["train"]["optimizer"]["param_groups"][1] == {
+        "prefixes": ["layer3"],
+        "lr": 0.003,
+        "weight_decay": None,
+    }
 
 
 def test_validate_shows_a_tree_marking_defaults(tmp_path, spotctl):
@@ -98,7 +102,12 @@ def test_validate_shows_a_tree_marking_defaults(tmp_path, spotctl):
     code, out, _ = spotctl("validate", str(job))
     lines = out.splitlines()
     assert code == 0
-    assert lines[:4] == [f"{job}: valid", "├── name: tiny", "├── storage: s3://bucket-a/spotctl", "├── region: us-east-1  (default)"]
+    assert lines[:4] == [
+        f"{job}: valid",
+        "├── name: tiny",
+        "├── storage: s3://bucket-a/spotctl",
+        "├── region: us-east-1  (default)",
+    ]
     assert "└── train" in lines and "    ├── model" in lines
     assert "    │   ├── name: resnet18" in lines
     assert "    │   ├── momentum: 0.9  (default)" in lines
@@ -122,6 +131,7 @@ def test_schema_documents_every_field():
     def walk(node, path):
         for name, prop in node.get("properties", {}).items():
             assert prop.get("description"), f"{path}{name} has no description"
+
     schema = json_schema()
     walk(schema, "")
     for name, definition in schema["$defs"].items():
@@ -139,7 +149,10 @@ def test_a_spec_loads_from_s3_with_line_numbered_errors(s3_bucket):
 
     with pytest.raises(SpecError) as caught:
         load_spec(f"s3://{s3_bucket}/jobs/b/job.yaml")
-    assert str(caught.value) == f"s3://{s3_bucket}/jobs/b/job.yaml:5: train.model.name: unknown torchvision model 'resnet81'; did you mean 'resnet18'?"
+    assert (
+        str(caught.value)
+        == f"s3://{s3_bucket}/jobs/b/job.yaml:5: train.model.name: unknown torchvision model 'resnet81'; did you mean 'resnet18'?"
+    )
     with pytest.raises(SpecError, match="no such file"):
         load_spec(f"s3://{s3_bucket}/jobs/missing/job.yaml")
 

@@ -78,7 +78,10 @@ def test_json_mode_reports_problems_as_data(tmp_path, spotctl):
 def test_missing_file(tmp_path, spotctl):
     code, out, err = spotctl("validate", str(tmp_path / "nope.yaml"))
     assert (code, out) == (2, "")
-    assert err.splitlines()[0] == f"{tmp_path / 'nope.yaml'}: no such file; check the path (examples/ has job files to start from)"
+    assert (
+        err.splitlines()[0]
+        == f"{tmp_path / 'nope.yaml'}: no such file; check the path (examples/ has job files to start from)"
+    )
 
 
 def test_a_folder_is_not_a_job_file(tmp_path, spotctl):

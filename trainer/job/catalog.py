@@ -2,7 +2,7 @@
 
 The orchestrator validates `train.model` on a laptop that may not have torch, so the facts it needs
 (model names, weights names, module paths for `freeze` and `param_groups`, input-size limits) live in
-`model_catalog.json`, generated from torchvision by `python -m trainer.model_catalog` and checked
+`model_catalog.json`, generated from torchvision by `python -m trainer.job.catalog` and checked
 against the installed torchvision by the test suite. Only `generate()` imports torch.
 """
 
@@ -111,7 +111,10 @@ def generate(names: list[str] | None = None) -> dict:
             "probed_min_size": accepted[0],
         }
     return {
-        "generated_from": {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0]},
+        "generated_from": {
+            "torch": torch.__version__.split("+")[0],
+            "torchvision": torchvision.__version__.split("+")[0],
+        },
         "models": entries,
     }
 

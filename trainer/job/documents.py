@@ -75,7 +75,9 @@ class JobState(_Values):
         return _RESUME_REFUSALS.get(self)
 
 
-_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.BUDGET_EXCEEDED, JobState.NO_CAPACITY})
+_TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.BUDGET_EXCEEDED, JobState.NO_CAPACITY}
+)
 _RESUME_REFUSALS = {
     JobState.RUNNING: "it is running",
     JobState.LAUNCHING: "it is starting",
@@ -290,10 +292,29 @@ class Heartbeat(Document):
         return _is(self.phase, phase)
 
 
-PROGRESS_FIELDS = ("phase", "epoch", "epochs", "step", "total_steps", "steps_per_epoch", "eta_s", "images_per_sec", "data_wait_fraction")
+PROGRESS_FIELDS = (
+    "phase",
+    "epoch",
+    "epochs",
+    "step",
+    "total_steps",
+    "steps_per_epoch",
+    "eta_s",
+    "images_per_sec",
+    "data_wait_fraction",
+)
 METRIC_FIELDS = ("loss", "acc1", "lr", "val_loss", "val_acc1", "val_acc5")
-GPU_FIELDS = ("gpu_count", "gpu_util_pct", "gpu_mem_used_gib", "gpu_mem_total_gib", "gpu_power_w",
-              "health_window_s", "gpu_util_window_pct", "gpu_mem_window_fraction", "data_wait_window")
+GPU_FIELDS = (
+    "gpu_count",
+    "gpu_util_pct",
+    "gpu_mem_used_gib",
+    "gpu_mem_total_gib",
+    "gpu_power_w",
+    "health_window_s",
+    "gpu_util_window_pct",
+    "gpu_mem_window_fraction",
+    "data_wait_window",
+)
 
 
 class Final(Document):

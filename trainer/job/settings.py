@@ -23,17 +23,46 @@ class Variable:
 
 
 VARIABLES = (
-    Variable("SPOTCTL_HOME", "~/.spotctl", "where spotctl keeps its own state: the deployed stack's profile (infra.json), the local cloud", "you"),
-    Variable("SPOTCTL_STORAGE", "", "storage root of the jobs for commands given no --storage (`spotctl local env` sets it)", "you"),
+    Variable(
+        "SPOTCTL_HOME",
+        "~/.spotctl",
+        "where spotctl keeps its own state: the deployed stack's profile (infra.json), the local cloud",
+        "you",
+    ),
+    Variable(
+        "SPOTCTL_STORAGE",
+        "",
+        "storage root of the jobs for commands given no --storage (`spotctl local env` sets it)",
+        "you",
+    ),
     Variable("SPOTCTL_CACHE_DIR", "~/.cache/spotctl", "downloaded datasets and built wheels", "you"),
-    Variable("SPOTCTL_WHEEL", "", "a prebuilt spotctl wheel to ship to instances, for an installation without the sources", "you"),
-    Variable("SPOTCTL_JOB_ID", "", "the job the trainer runs (its prefix is <storage>/jobs/<id>)", "user-data"),
+    Variable(
+        "SPOTCTL_WHEEL",
+        "",
+        "a prebuilt spotctl wheel to ship to instances, for an installation without the sources",
+        "you",
+    ),
+    Variable("SPOTCTL_JOB_ID", "", "the job the trainer runs (its prefix is `<storage>/jobs/<id>`)", "user-data"),
     Variable("SPOTCTL_JOB_URL", "", "the job file the trainer runs", "user-data"),
-    Variable("SPOTCTL_ATTEMPT", "", "the attempt number the trainer reports under (else one past the attempts that left a log)", "user-data"),
-    Variable("SPOTCTL_INSTANCE_ID", "", "the instance the trainer runs on, read from IMDS by the user-data", "user-data"),
+    Variable(
+        "SPOTCTL_ATTEMPT",
+        "",
+        "the attempt number the trainer reports under (else one past the attempts that left a log)",
+        "user-data",
+    ),
+    Variable(
+        "SPOTCTL_INSTANCE_ID", "", "the instance the trainer runs on, read from IMDS by the user-data", "user-data"
+    ),
     Variable("SPOTCTL_LOG_DIR", "/var/log/spotctl", "where the user-data writes the bootstrap log", "local cloud"),
-    Variable("SPOTCTL_SKIP_INSTALL", "", "non-empty: the user-data does not install the wheel (the environment already is spotctl's)", "local cloud"),
-    Variable("SPOTCTL_NO_SHUTDOWN", "", "non-empty: the user-data does not shut the machine down at the end", "local cloud"),
+    Variable(
+        "SPOTCTL_SKIP_INSTALL",
+        "",
+        "non-empty: the user-data does not install the wheel (the environment already is spotctl's)",
+        "local cloud",
+    ),
+    Variable(
+        "SPOTCTL_NO_SHUTDOWN", "", "non-empty: the user-data does not shut the machine down at the end", "local cloud"
+    ),
     Variable("SPOTCTL_HEARTBEAT_SECONDS", "15", "seconds between the trainer's heartbeats", "local cloud"),
     Variable("SPOTCTL_IMDS_POLL_SECONDS", "5", "seconds between the trainer's polls of the spot notice", "local cloud"),
 )
@@ -80,12 +109,21 @@ class BootEnv:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BootEnv:
         env = os.environ if environ is None else environ
         attempt = env.get("SPOTCTL_ATTEMPT")
-        return cls(env.get("SPOTCTL_JOB_ID") or None, env.get("SPOTCTL_JOB_URL") or None, int(attempt) if attempt else None,
-                   env.get("SPOTCTL_INSTANCE_ID") or None)
+        return cls(
+            env.get("SPOTCTL_JOB_ID") or None,
+            env.get("SPOTCTL_JOB_URL") or None,
+            int(attempt) if attempt else None,
+            env.get("SPOTCTL_INSTANCE_ID") or None,
+        )
 
     def exports(self) -> dict[str, str]:
         """The variables, as the user-data exports them (only those known when it is rendered)."""
-        values = {"SPOTCTL_JOB_ID": self.job_id, "SPOTCTL_JOB_URL": self.job_url, "SPOTCTL_ATTEMPT": self.attempt, "SPOTCTL_INSTANCE_ID": self.instance_id}
+        values = {
+            "SPOTCTL_JOB_ID": self.job_id,
+            "SPOTCTL_JOB_URL": self.job_url,
+            "SPOTCTL_ATTEMPT": self.attempt,
+            "SPOTCTL_INSTANCE_ID": self.instance_id,
+        }
         return {name: str(value) for name, value in values.items() if value is not None}
 
 

@@ -7,7 +7,7 @@ show and the README's job.yaml reference.
 Validation has two layers. Pydantic checks each field on its own (types, ranges, formats, unknown
 keys). `JobSpec.problems()` then checks what needs several fields or the model catalog (weights that
 belong to the model, module prefixes the model has, zones inside the region...). Always go through
-`trainer.spec_file.load_spec()` / `parse_spec()`, which run both and report every problem with its line.
+`trainer.job.spec_file.load_spec()` / `parse_spec()`, which run both and report every problem with its line.
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ class Section(BaseModel):
 def _gpu_model(model: str) -> str:
     match = close_match(model, GPU_MODELS)
     if match is None or match.lower() != model.lower():
-        raise _spec_error(f"unknown GPU model '{model}'{did_you_mean(model, GPU_MODELS)} (known: {', '.join(GPU_MODELS)})")
+        raise _spec_error(
+            f"unknown GPU model '{model}'{did_you_mean(model, GPU_MODELS)} (known: {', '.join(GPU_MODELS)})"
+        )
     return match  # EC2's spelling
 
 
@@ -139,7 +141,9 @@ class ComputeSpec(Section):
     gpu: GpuRequirement | None = None
     """A GPU requirement, resolved to instance types at launch. Default when neither this nor
     `instance_types` is given: one GPU of any model."""
-    availability_zones: list[AvailabilityZone] | None = Field(None, min_length=1, examples=[["us-east-1a", "us-east-1b"]])
+    availability_zones: list[AvailabilityZone] | None = Field(
+        None, min_length=1, examples=[["us-east-1a", "us-east-1b"]]
+    )
     """Zones to launch in, all inside `region`; every zone of the region if omitted."""
     max_price_per_hour: float | None = Field(None, gt=0, le=1000, examples=[1.5])
     """Highest spot price to pay, in USD per instance-hour; offers above it are never used."""
@@ -170,7 +174,9 @@ class ComputeSpec(Section):
             return profile
         if re.fullmatch(r"arn:aws[\w-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+", profile):
             return profile
-        raise _spec_error(f"'{profile}' is not an instance profile name or ARN (arn:aws:iam::123456789012:instance-profile/NAME)")
+        raise _spec_error(
+            f"'{profile}' is not an instance profile name or ARN (arn:aws:iam::123456789012:instance-profile/NAME)"
+        )
 
     @field_validator("security_group")
     @classmethod
@@ -185,7 +191,9 @@ class ComputeSpec(Section):
             found.append(Problem(("gpu",), "give either instance_types or gpu, not both; remove one of them"))
         for i, zone in enumerate(self.availability_zones or []):
             if not zone.startswith(region + "-") and zone.rstrip("abcdefghijklmnopqrstuvwxyz") != region:
-                found.append(Problem(("availability_zones", i), f"'{zone}' is not in region {region}; use zones like {region}a"))
+                found.append(
+                    Problem(("availability_zones", i), f"'{zone}' is not in region {region}; use zones like {region}a")
+                )
         return found
 
 
@@ -209,7 +217,9 @@ class ModelSpec(Section):
     weights: str | None = Field("DEFAULT", examples=["DEFAULT", "IMAGENET1K_V2", "s3://bucket/weights.pt"])
     """Starting weights: null (random init), a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or
     the URL of a state dict (s3://, https://, a local path...)."""
-    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"])
+    weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+    )
     """sha256 of the weights file at a URL: the trainer refuses a file that does not match (torchvision's
     named weights are checked by torchvision itself)."""
     num_classes: int | None = Field(None, ge=2, le=100_000)
@@ -223,7 +233,10 @@ class ModelSpec(Section):
     def _known_model(cls, name: str) -> str:
         catalog = model_catalog.load()
         if name not in catalog:
-            hint = did_you_mean(name, catalog) or f"; torchvision has {len(catalog)}, e.g. resnet50, efficientnet_v2_s, convnext_tiny, vit_b_16"
+            hint = (
+                did_you_mean(name, catalog)
+                or f"; torchvision has {len(catalog)}, e.g. resnet50, efficientnet_v2_s, convnext_tiny, vit_b_16"
+            )
             raise _spec_error(f"unknown torchvision model '{name}'{hint}")
         return name
 
@@ -237,7 +250,9 @@ class ModelSpec(Section):
     @model_validator(mode="after")
     def _hash_needs_a_url(self) -> ModelSpec:
         if self.weights_sha256 is not None and (self.weights is None or is_weights_name(self.weights)):
-            raise _spec_error("weights_sha256 checks weights given as a URL; set weights to the file's URL, or remove weights_sha256")
+            raise _spec_error(
+                "weights_sha256 checks weights given as a URL; set weights to the file's URL, or remove weights_sha256"
+            )
         return self
 
     @field_validator("freeze")
@@ -253,11 +268,21 @@ class ModelSpec(Section):
         if self.weights is not None and is_weights_name(self.weights):
             known = ["DEFAULT", *info.weights]
             if self.weights not in known:
-                found.append(Problem(("weights",), f"'{self.weights}' are not weights of {self.name}{did_you_mean(self.weights, known)} (known: {', '.join(known)})"))
+                found.append(
+                    Problem(
+                        ("weights",),
+                        f"'{self.weights}' are not weights of {self.name}{did_you_mean(self.weights, known)} (known: {', '.join(known)})",
+                    )
+                )
         if isinstance(self.freeze, list):
             found += _prefix_problems(self.freeze, info, ("freeze",))
         if self.freeze == "backbone" and self.weights is None:
-            found.append(Problem(("freeze",), "freeze: backbone with weights: null trains only a head on random features; set weights or freeze: none"))
+            found.append(
+                Problem(
+                    ("freeze",),
+                    "freeze: backbone with weights: null trains only a head on random features; set weights or freeze: none",
+                )
+            )
         return found
 
 
@@ -367,7 +392,9 @@ class OptimizerSpec(Section):
     def problems(self, info: model_catalog.ModelInfo) -> list[Problem]:
         found = []
         if self.name == "adamw" and "momentum" in self.model_fields_set and self.momentum is not None:
-            found.append(Problem(("momentum",), "momentum applies to sgd only; for adamw set betas (e.g. [0.9, 0.999])"))
+            found.append(
+                Problem(("momentum",), "momentum applies to sgd only; for adamw set betas (e.g. [0.9, 0.999])")
+            )
         if self.name == "adamw" and self.nesterov:
             found.append(Problem(("nesterov",), "nesterov applies to sgd only; remove it"))
         if self.name == "sgd" and self.betas is not None:
@@ -379,7 +406,12 @@ class OptimizerSpec(Section):
             found += _prefix_problems(group.prefixes, info, ("param_groups", g, "prefixes"))
             for p, prefix in enumerate(group.prefixes):
                 if prefix in claimed:
-                    found.append(Problem(("param_groups", g, "prefixes", p), f"'{prefix}' is already in param_groups[{claimed[prefix]}]; a module belongs to one group"))
+                    found.append(
+                        Problem(
+                            ("param_groups", g, "prefixes", p),
+                            f"'{prefix}' is already in param_groups[{claimed[prefix]}]; a module belongs to one group",
+                        )
+                    )
                 claimed.setdefault(prefix, g)
         return found
 
@@ -482,11 +514,23 @@ class TrainSpec(Section):
         found = [Problem(("model", *p.loc), p.message) for p in self.model.problems()]
         found += [Problem(("optimizer", *p.loc), p.message) for p in self.optimizer.problems(info)]
         if self.scheduler.name == "onecycle" and self.scheduler.warmup_epochs > 0:
-            found.append(Problem(("scheduler", "warmup_epochs"), "onecycle warms up by itself (pct_start); set warmup_epochs: 0"))
+            found.append(
+                Problem(("scheduler", "warmup_epochs"), "onecycle warms up by itself (pct_start); set warmup_epochs: 0")
+            )
         if self.scheduler.warmup_epochs >= self.epochs:
-            found.append(Problem(("scheduler", "warmup_epochs"), f"warm-up of {self.scheduler.warmup_epochs:g} epochs leaves nothing of a {self.epochs}-epoch run; use fewer warm-up epochs"))
+            found.append(
+                Problem(
+                    ("scheduler", "warmup_epochs"),
+                    f"warm-up of {self.scheduler.warmup_epochs:g} epochs leaves nothing of a {self.epochs}-epoch run; use fewer warm-up epochs",
+                )
+            )
         if self.scheduler.min_lr >= self.optimizer.lr and self.scheduler.name == "cosine":
-            found.append(Problem(("scheduler", "min_lr"), f"min_lr {self.scheduler.min_lr:g} is not below lr {self.optimizer.lr:g}; lower it"))
+            found.append(
+                Problem(
+                    ("scheduler", "min_lr"),
+                    f"min_lr {self.scheduler.min_lr:g} is not below lr {self.optimizer.lr:g}; lower it",
+                )
+            )
         found += self._image_size_problems(info)
         return found
 
@@ -500,10 +544,19 @@ class TrainSpec(Section):
             if size == required:
                 return []
             with_weights = f" with {info.resolve_weights(weights)} weights" if weights else ""
-            return [Problem(loc, f"{info.name} takes exactly {required}x{required} images{with_weights}; set image_size: {required}")]
+            return [
+                Problem(
+                    loc,
+                    f"{info.name} takes exactly {required}x{required} images{with_weights}; set image_size: {required}",
+                )
+            ]
         minimum = info.min_image_size(weights)
         if size < minimum:
-            return [Problem(loc, f"{info.name} needs images of at least {minimum}x{minimum}; set image_size: {minimum} or more")]
+            return [
+                Problem(
+                    loc, f"{info.name} needs images of at least {minimum}x{minimum}; set image_size: {minimum} or more"
+                )
+            ]
         return []
 
 
@@ -535,7 +588,9 @@ class JobSpec(Section):
         if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
             return name
         suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:64] or "my-job"
-        raise _spec_error(f"'{name}' is not a valid job name: use letters, digits, '.', '_' and '-' (up to 64), e.g. '{suggestion}'")
+        raise _spec_error(
+            f"'{name}' is not a valid job name: use letters, digits, '.', '_' and '-' (up to 64), e.g. '{suggestion}'"
+        )
 
     @field_validator("storage")
     @classmethod
@@ -574,4 +629,8 @@ class JobSpec(Section):
 def json_schema() -> dict[str, Any]:
     """JSON Schema of job.yaml, for editors (yaml-language-server) and the README reference."""
     schema = JobSpec.model_json_schema(mode="validation")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://spotctl.dev/job.schema.json", **schema}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://spotctl.dev/job.schema.json",
+        **schema,
+    }

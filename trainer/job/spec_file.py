@@ -60,10 +60,14 @@ def load_spec(location: str | Path, defaults: Defaults | None = None) -> JobSpec
     """Load and fully validate a job file from a local path or any fsspec URL (s3://...)."""
     location = str(location)
     local = _local_path(location)
-    return parse_spec(_read_text(location, local), source=location, base_dir=local.parent if local else None, defaults=defaults)
+    return parse_spec(
+        _read_text(location, local), source=location, base_dir=local.parent if local else None, defaults=defaults
+    )
 
 
-def parse_spec(text: str, source: str = layout.JOB_FILE, base_dir: Path | None = None, defaults: Defaults | None = None) -> JobSpec:
+def parse_spec(
+    text: str, source: str = layout.JOB_FILE, base_dir: Path | None = None, defaults: Defaults | None = None
+) -> JobSpec:
     """Validate job.yaml text. Relative local paths in it are resolved against `base_dir`.
     `defaults(data)` gives values for keys the file leaves out (the deployed stack's storage...)."""
     data, lines = _parse_yaml(text, source)
@@ -136,7 +140,9 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, dict[Loc, tuple[int, int]
     try:
         node = loader.get_single_node()
         if node is None:
-            raise SpecError(source, [LocatedProblem(source, None, "", "is empty; start from one of the files in examples/")])
+            raise SpecError(
+                source, [LocatedProblem(source, None, "", "is empty; start from one of the files in examples/")]
+            )
         duplicates: list[LocatedProblem] = []
         lines: dict[Loc, tuple[int, int]] = {}
         _index_lines(node, (), lines, duplicates, source)
@@ -148,12 +154,22 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, dict[Loc, tuple[int, int]
         problem = getattr(exc, "problem", None) or str(exc)
         where = f" (column {mark.column + 1})" if mark else ""
         hint = "; YAML indents with spaces, not tabs" if "\\t" in problem else "; check the indentation and quoting"
-        raise SpecError(source, [LocatedProblem(source, mark.line + 1 if mark else None, "", f"YAML syntax error{where}: {problem}{hint}")]) from None
+        raise SpecError(
+            source,
+            [LocatedProblem(source, mark.line + 1 if mark else None, "", f"YAML syntax error{where}: {problem}{hint}")],
+        ) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
         kind = _describe(data)
-        raise SpecError(source, [LocatedProblem(source, 1, "", f"the file must be a mapping with keys like name:, storage:, train:; got {kind}")])
+        raise SpecError(
+            source,
+            [
+                LocatedProblem(
+                    source, 1, "", f"the file must be a mapping with keys like name:, storage:, train:; got {kind}"
+                )
+            ],
+        )
     return data, lines
 
 
@@ -165,7 +181,11 @@ def _index_lines(node, path: Loc, lines: dict, duplicates: list, source: str) ->
             line = key_node.start_mark.line + 1
             if key in seen and key != "<<":
                 dotted = _dotted((*path, key))
-                duplicates.append(LocatedProblem(source, line, dotted, f"duplicate key (first set on line {seen[key]}); keep one of them"))
+                duplicates.append(
+                    LocatedProblem(
+                        source, line, dotted, f"duplicate key (first set on line {seen[key]}); keep one of them"
+                    )
+                )
             seen.setdefault(key, line)
             lines[(*path, key)] = (line, value_node.start_mark.line + 1)
             _index_lines(value_node, (*path, key), lines, duplicates, source)
@@ -204,14 +224,23 @@ def _locate_pydantic(exc: ValidationError, data: dict, lines: dict, source: str)
         if tag_at is None:
             plain.append(error)
         else:
-            unions.setdefault(loc[:tag_at], []).append({**error, "loc": loc[:tag_at] + loc[tag_at + 1 :], "depth": len(loc) - tag_at - 1})
+            unions.setdefault(loc[:tag_at], []).append(
+                {**error, "loc": loc[:tag_at] + loc[tag_at + 1 :], "depth": len(loc) - tag_at - 1}
+            )
     for loc, errors in unions.items():
         inner = [e for e in errors if e["depth"] > 0]
         if inner:  # the value had a branch's shape (a list, say): report what is wrong inside it
             plain += inner
         else:
             alternatives = " or ".join(_expected(e) for e in errors)
-            plain.append({"type": "spec", "loc": loc, "input": errors[0]["input"], "msg": f"expected {alternatives}; got {_describe(errors[0]['input'])}"})
+            plain.append(
+                {
+                    "type": "spec",
+                    "loc": loc,
+                    "input": errors[0]["input"],
+                    "msg": f"expected {alternatives}; got {_describe(errors[0]['input'])}",
+                }
+            )
     located = []
     for error in plain:
         message = _message(error)
@@ -224,7 +253,12 @@ def _expected(error: dict) -> str:
     kind = error["type"]
     if kind == "literal_error":
         return error["ctx"]["expected"]
-    return {"list_type": "a list", "string_type": "a string", "dict_type": "a mapping", "int_type": "a whole number"}.get(kind, error["msg"].lower())
+    return {
+        "list_type": "a list",
+        "string_type": "a string",
+        "dict_type": "a mapping",
+        "int_type": "a whole number",
+    }.get(kind, error["msg"].lower())
 
 
 def _describe(value: Any) -> str:
@@ -276,7 +310,11 @@ def _message(error: dict) -> str:
         return f"unknown key '{loc[-1]}'{hint}"
     if kind == "missing":
         example = _example(field)
-        deployed = " (or run `spotctl infra deploy` once: job files may then leave it out)" if tuple(loc) == ("storage",) else ""
+        deployed = (
+            " (or run `spotctl infra deploy` once: job files may then leave it out)"
+            if tuple(loc) == ("storage",)
+            else ""
+        )
         return f"required but missing; add {loc[-1]}:{' ' + example if example else ''}{deployed}"
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
@@ -354,5 +392,3 @@ def _allowed_keys(loc: Loc) -> list[str]:
             continue
         model = _model_in(model.model_fields[part].annotation) if model and part in model.model_fields else None
     return list(model.model_fields) if model else []
-
-

@@ -8,6 +8,7 @@ a bug) is raised at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -38,23 +39,49 @@ class Conflict(Exception):
 
 
 # What S3 (through botocore or s3fs's translation) answers when trying again may help.
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RequestTimeout",
-    "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
-})
-TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, getattr(errno, "EREMOTEIO", 121)})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        getattr(errno, "EREMOTEIO", 121),
+    }
+)
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether another try may succeed: throttling, a 5xx, a dropped or timed-out connection."""
     import botocore.exceptions
 
-    if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, Conflict)):
+    if isinstance(
+        error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, Conflict)
+    ):
         return False
     if isinstance(error, botocore.exceptions.ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return error.response.get("Error", {}).get("Code", "") in TRANSIENT_CODES or status >= 500
-    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError, TimeoutError, ConnectionError)):
+    if isinstance(
+        error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError, TimeoutError, ConnectionError)
+    ):
         return True
     if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
         return True  # s3fs's translation of SlowDown, 503, 500 and of socket errors
@@ -90,9 +117,22 @@ class Storage:
 
         bucket, _, prefix = self._root.partition("/")
         try:
-            self._retry(f"check {self.url}", lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1))
-        except (FileNotFoundError, PermissionError, botocore.exceptions.ClientError) as exc:  # s3fs translates most ClientErrors
-            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, botocore.exceptions.ClientError) else type(exc).__name__
+            self._retry(
+                f"check {self.url}",
+                lambda: self.fs.call_s3(
+                    "list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
+                ),
+            )
+        except (
+            FileNotFoundError,
+            PermissionError,
+            botocore.exceptions.ClientError,
+        ) as exc:  # s3fs translates most ClientErrors
+            code = (
+                exc.response.get("Error", {}).get("Code", "")
+                if isinstance(exc, botocore.exceptions.ClientError)
+                else type(exc).__name__
+            )
             if code in ("NoSuchBucket", "404", "FileNotFoundError"):
                 raise FileNotFoundError(f"bucket {bucket} does not exist") from None
             if code in ("AccessDenied", "403", "PermissionError"):
@@ -109,14 +149,21 @@ class Storage:
     def read_bytes(self, relative: str) -> bytes:
         return self._retry(f"read {relative}", lambda: self.fs.cat_file(self.path(relative)))
 
-    def write_bytes(self, relative: str, data: bytes, create_only: bool = False, tags: dict[str, str] | None = None) -> None:
+    def write_bytes(
+        self, relative: str, data: bytes, create_only: bool = False, tags: dict[str, str] | None = None
+    ) -> None:
         """Write an object whole. create_only: fail with FileExistsError if it already exists. tags:
         S3 object tags (what bucket lifecycle rules select on); ignored on local storage."""
         path = self._target(relative)
         if self.is_local:
-            self._retry(f"write {relative}", lambda: _local_publish(path, create_only, lambda tmp: Path(tmp).write_bytes(data)))
+            self._retry(
+                f"write {relative}", lambda: _local_publish(path, create_only, lambda tmp: Path(tmp).write_bytes(data))
+            )
             return
-        self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **_tagging(tags)))
+        self._retry(
+            f"write {relative}",
+            lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **_tagging(tags)),
+        )
 
     def read_versioned(self, relative: str) -> tuple[bytes, str]:
         """The object and a version token for `write_if` (its ETag on S3, a content hash locally).
@@ -144,7 +191,10 @@ class Storage:
             self._retry(f"write {relative}", lambda: _local_write_if(path, data, version))
             return
         bucket, key = path.split("/", 1)
-        self._retry(f"write {relative}", lambda: _s3_call(self.fs, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
+        self._retry(
+            f"write {relative}",
+            lambda: _s3_call(self.fs, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version),
+        )
 
     def upload(self, local_file: str, relative: str, move: bool = False, tags: dict[str, str] | None = None) -> None:
         """Copy a local file to `relative` (multipart on S3 for large files). move: the caller no longer
@@ -158,7 +208,9 @@ class Storage:
                     return
                 except OSError:
                     pass  # another filesystem: copy it
-            self._retry(f"upload {relative}", lambda: _local_publish(path, False, lambda tmp: shutil.copyfile(local_file, tmp)))
+            self._retry(
+                f"upload {relative}", lambda: _local_publish(path, False, lambda tmp: shutil.copyfile(local_file, tmp))
+            )
             return
         self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path, **_tagging(tags)))
 
@@ -178,7 +230,9 @@ class Storage:
 
         def names() -> list[str]:
             try:
-                return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False, refresh=True))
+                return sorted(
+                    entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False, refresh=True)
+                )
             except FileNotFoundError:
                 return []
 
@@ -186,10 +240,8 @@ class Storage:
 
     def delete(self, relative: str, recursive: bool = False) -> None:
         def remove() -> None:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # already gone: what was asked for
                 self.fs.rm(self.path(relative), recursive=recursive)
-            except FileNotFoundError:
-                pass
 
         self._retry(f"delete {relative}", remove)
 
@@ -205,7 +257,15 @@ class Storage:
                 if attempt == self._attempts or not is_transient(exc):
                     raise
                 delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                log.warning("storage: %s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, self._attempts - 1, delay)
+                log.warning(
+                    "storage: %s failed (%s: %s); retry %d/%d in %.1fs",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    self._attempts - 1,
+                    delay,
+                )
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
