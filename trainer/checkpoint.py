@@ -93,6 +93,7 @@ class Checkpointer:
         identity: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         kind: str = "checkpoint",
+        depends_on: Checkpointer | None = None,
     ):
         self.storage = storage
         self.prefix = prefix
@@ -108,7 +109,7 @@ class Checkpointer:
         self._last_save_time = clock()
         self._last_saved_step: int | None = None
         self.protected: set[int] = set()  # the step this run resumed from: never deleted
-        self.depends_on: Checkpointer | None = None  # whose upload in flight must commit before ours
+        self.depends_on = depends_on  # whose upload in flight must commit before ours
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last_committed: Committed | None = None
@@ -248,6 +249,14 @@ class Checkpointer:
         folder = f"{self.prefix}/{step_folder(step)}"
         self.storage.delete(f"{folder}/{MANIFEST}")
         self.storage.delete(folder, recursive=True)
+
+    def resume_from(self, committed: Committed) -> None:
+        """This run continues from `committed`: retention never deletes it, and it is the last commit
+        (its age counted from when it was written)."""
+        self.protected.add(committed.step)
+        self.last_committed = committed
+        created = committed.manifest.get("created")
+        self.last_commit_time = datetime.fromisoformat(created).timestamp() if created else time.time()
 
     # ----------------------------------------------------------------------------------- finding
     def committed_steps(self) -> list[int]:

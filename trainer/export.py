@@ -43,6 +43,7 @@ from torch import nn
 
 from trainer import quantize
 from trainer.job import layout
+from trainer.job.documents import Manifest
 from trainer.job.spec import TrainSpec
 from trainer.job.storage import Storage, file_sha256
 
@@ -185,6 +186,7 @@ def export_artifacts(
             manifest["files"].update(files)
             manifest["formats"][name] = entry
             log.info("export: %s -> %s", name, ", ".join(layout.artifact(export_id, p.name) for p in built.files))
+    Manifest.of(**manifest)  # what the orchestrator reads it as (a field it does not know is a bug here)
     storage.write_bytes(layout.MANIFEST, json.dumps(_finite(manifest), indent=1, allow_nan=False).encode())
     _remove_unlisted(storage, manifest)
     return manifest

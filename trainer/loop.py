@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -154,6 +153,7 @@ class Trainer:
         marks["model"] = time.monotonic()
         identity = checkpoint_identity(self.train, self.classes)
         ckpt = self.train.checkpoint
+        self.best = Checkpointer(storage, layout.BEST, keep=1, identity=identity, kind="best")
         self.checkpoints = Checkpointer(
             storage,
             layout.CHECKPOINTS,
@@ -161,10 +161,8 @@ class Trainer:
             every_steps=ckpt.every_steps,
             every_seconds=ckpt.every_seconds,
             identity=identity,
+            depends_on=self.best,  # a checkpoint that records a new best commits only after best/ holds that model
         )
-        self.best = Checkpointer(storage, layout.BEST, keep=1, identity=identity, kind="best")
-        # A checkpoint that records a new best commits only after best/ holds that model.
-        self.checkpoints.depends_on = self.best
         self.stopper = EarlyStopping(self.train.early_stopping)
         self.position = Position()
         self.epoch_meter = Meter(self.device)
@@ -450,13 +448,9 @@ class Trainer:
                 state["threads"],
                 torch.get_num_threads(),
             )
-        self.checkpoints.protected.add(committed.step)  # never deleted by this attempt's retention
-        self.reporter.update(
-            resumed_from_step=committed.step
-        )  # with the last step reached: the work an interruption cost
-        self.checkpoints.last_committed = committed
-        created = committed.manifest.get("created")
-        self.checkpoints.last_commit_time = datetime.fromisoformat(created).timestamp() if created else time.time()
+        self.checkpoints.resume_from(committed)
+        # With the last step reached, the step resumed from is what an interruption cost.
+        self.reporter.update(resumed_from_step=committed.step)
         log.info(
             "resumed from checkpoint step %d (epoch %d, batch %d of %d)",
             committed.step,

@@ -130,11 +130,11 @@ def run(
         reporter.close("interrupted")
         return EXIT_INTERRUPTED
     if outcome.status == "stopped":
-        _write_final(storage, Final(outcome=Outcome.STOPPED, reason=outcome.reason, **_summary(outcome, attempt)))
+        _write_final(storage, Final.of(outcome=Outcome.STOPPED, reason=outcome.reason, **_summary(outcome, attempt)))
         log.info("stopped (%s) at step %d; final checkpoint committed", outcome.reason, outcome.step)
         reporter.close("stopped")
         return EXIT_STOPPED
-    _write_final(storage, Final(outcome=Outcome.SUCCEEDED, **_summary(outcome, attempt)))
+    _write_final(storage, Final.of(outcome=Outcome.SUCCEEDED, **_summary(outcome, attempt)))
     best = (
         f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)"
         if outcome.best
@@ -176,7 +176,7 @@ def _record_failure(storage: Storage, reporter: Reporter, attempt: int, exc: Exc
     try:
         _write_final(
             storage,
-            Final(outcome=Outcome.FAILED, attempt=attempt, error=message, traceback=tail, finished_at=now_iso()),
+            Final.of(outcome=Outcome.FAILED, attempt=attempt, error=message, traceback=tail, finished_at=now_iso()),
         )
     except Exception as write_error:  # the storage itself may be what failed
         log.error("could not write %s: %s", storage.url_of(layout.FINAL), write_error)

@@ -1,6 +1,7 @@
-"""EC2 as spotctl uses it: the instances of a job (found by tag), starting one, the network it needs,
-and the state reason codes EC2 ends instances with. The job lifecycle (orchestrator.jobs) calls these;
-they know nothing of records or claims.
+"""EC2 as spotctl calls it: the instances of a job (found by tag), its AMI, starting one with the
+network it needs (subnet, egress, a no-inbound security group), terminating. The job lifecycle
+(orchestrator.jobs) calls these; they know nothing of records or claims. EC2's vocabulary (tags,
+states, reason codes) is orchestrator.aws.instances.
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ from orchestrator.aws.clients import Cloud, Endpoint, storage_options
 from orchestrator.aws.prices import AwsPrices, PriceSource
 from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
-from orchestrator.local.client import LOCAL_STORAGE, LocalCloud
-from orchestrator.local.daemon import CREDENTIALS, INSTANCE_PROFILE, LOCAL_MAX_ATTEMPTS
+from orchestrator.local.client import LocalCloud
 from trainer.job.settings import Settings
 from trainer.job.spec import JobSpec
 
@@ -37,11 +36,11 @@ class App:
     def endpoint(self) -> Endpoint | None:
         if self.local is None:
             return None
-        return Endpoint(self.local.endpoint, CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        return Endpoint(self.local.endpoint, *self.local.credentials)
 
     def cloud(self, region: str, profile: str | None) -> Cloud:
         if self.local is not None:
-            return Cloud(region, max_attempts=LOCAL_MAX_ATTEMPTS, endpoint=self.endpoint)
+            return Cloud(region, max_attempts=self.local.max_attempts, endpoint=self.endpoint)
         return aws_cloud(region, profile)
 
     def clouds(self, profile: str | None) -> Callable[[str], Cloud]:
@@ -63,7 +62,7 @@ class App:
         return aws_prices(cloud)
 
     def store(self, storage: str | None, profile: str | None) -> JobStore:
-        root = storage or self.settings.storage or (LOCAL_STORAGE if self.local else None)
+        root = storage or self.settings.storage or (self.local.storage if self.local else None)
         if not root:
             raise UserError(
                 "no storage root given",
@@ -86,7 +85,7 @@ class App:
 
     def job_defaults(self, data: dict) -> dict:
         if self.local is not None:
-            return {"storage": LOCAL_STORAGE, "compute": {"instance_profile": INSTANCE_PROFILE}}
+            return {"storage": self.local.storage, "compute": {"instance_profile": self.local.instance_profile}}
         from orchestrator.aws import infra
 
         return infra.job_defaults(data)

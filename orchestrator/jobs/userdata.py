@@ -149,7 +149,7 @@ def render(boot: Bootstrap) -> str:
         bootstrap_log=layout.bootstrap_log(boot.attempt),
         trainer_log=layout.trainer_log(boot.attempt),
         failure=shlex.quote(
-            Final(
+            Final.of(
                 outcome=Outcome.FAILED, attempt=boot.attempt, error=ERROR_MARK, traceback=[], finished_at=TIME_MARK
             ).model_dump_json(exclude_unset=True)
         ),

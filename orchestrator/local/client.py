@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.local.daemon import BUCKET, STATE_FILE, client_environment
+from orchestrator.local.daemon import (
+    BUCKET,
+    CREDENTIALS,
+    INSTANCE_PROFILE,
+    LOCAL_MAX_ATTEMPTS,
+    STATE_FILE,
+    client_environment,
+)
 from trainer.job.settings import Settings
 
 START_TIMEOUT_S = 60.0
@@ -35,6 +42,16 @@ class LocalCloud:
     region: str
     bucket: str
     started_at: str
+
+    # What its account has, as `spotctl local up` seeds it: job files under --local default to these.
+    storage = LOCAL_STORAGE
+    instance_profile = INSTANCE_PROFILE
+    max_attempts = LOCAL_MAX_ATTEMPTS  # botocore's attempts per call: a local endpoint that fails is down, not busy
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        """(access key, secret key): moto accepts any; these are not secrets."""
+        return CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
 
     def environment(self) -> dict[str, str]:
         return client_environment(self.endpoint)

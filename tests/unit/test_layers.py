@@ -102,6 +102,24 @@ def longest_chain(edges: dict[str, set[str]]) -> list[str]:
     return list(max((chain(n) for n in edges), key=len))
 
 
+# Who may import whom inside the orchestrator: the CLI sits on top; jobs use AWS; the local cloud
+# knows EC2, not jobs; AWS knows neither.
+MAY_NOT = {
+    "orchestrator.jobs": {"orchestrator.cli", "orchestrator.local"},
+    "orchestrator.aws": {"orchestrator.cli", "orchestrator.jobs", "orchestrator.local"},
+    "orchestrator.local": {"orchestrator.cli", "orchestrator.jobs"},
+    "orchestrator.errors": {"orchestrator.cli", "orchestrator.jobs", "orchestrator.aws", "orchestrator.local"},
+}
+
+
+def test_the_orchestrators_packages_import_downwards_only():
+    edges = graph(collapse=True)
+    wrong = {
+        (package, target) for package, forbidden in MAY_NOT.items() for target in edges.get(package, set()) & forbidden
+    }
+    assert wrong == set()
+
+
 @pytest.mark.parametrize(
     ("collapse", "limit"), [(True, MAX_PACKAGE_DEPTH), (False, MAX_MODULE_DEPTH)], ids=["packages", "modules"]
 )

@@ -214,9 +214,18 @@ _RECORD = TypeAdapter(JobRecord)
 
 # ----------------------------------------------------------------------- the trainer's documents
 class Document(BaseModel):
-    """A JSON object of the job: read leniently, written whole."""
+    """A JSON object of the job: read leniently (what a newer writer added is ignored), written
+    strictly (`of`: a field this version does not know is a bug in the writer, not data)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def of(cls, **fields: Any):
+        """The document with these fields; a field it does not define is refused (TypeError)."""
+        unknown = sorted(set(fields) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)} (add it to trainer/job/documents.py)")
+        return cls(**fields)
 
     @classmethod
     def parse(cls, body: bytes | str | None):
