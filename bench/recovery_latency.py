@@ -26,8 +26,8 @@ import time
 import boto3
 
 from bench.common import moto_process_bucket, parser, print_table, quiet_logging, write_json
+from orchestrator.aws.clients import Cloud
 from orchestrator.aws.prices import FixedPrices
-from orchestrator.cli.options import clouds
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.watch import Watcher, WatchOptions
 from trainer.job.documents import Attempt, JobRecord
@@ -83,8 +83,8 @@ def measure(store: JobStore, spec_text: str, ami: str, n: int, how: str) -> floa
 
     def cloud_for(region):
         if region not in made:
-            made[region] = clouds(None)(region)
-            made[region].client("ec2").meta.events.register(
+            made[region] = Cloud(region)
+            made[region].client("ec2", retries="once").meta.events.register(  # the client RunInstances goes through
                 "before-send.ec2.RunInstances", lambda **_: sent.append(time.perf_counter())
             )
         return made[region]

@@ -18,8 +18,8 @@ import time
 import boto3
 
 from bench.common import moto_process_bucket, parser, print_table, verdict, write_json
+from orchestrator.aws.clients import Cloud
 from orchestrator.cli.main import main as spotctl
-from orchestrator.cli.options import clouds
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.views import read_views
 from trainer.job.documents import Attempt, JobRecord
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             command.append(time.perf_counter() - started)
             assert len(json.loads(out.getvalue())["jobs"]) == count
         started = time.perf_counter()
-        read_views(store, store.job_ids(), clouds(None), threads=1)
+        read_views(store, store.job_ids(), Cloud, threads=1)
         one_at_a_time = time.perf_counter() - started
     median = statistics.median(command)
     print(f"\nspotctl status over {count} jobs on a moto server\n")

@@ -6,8 +6,8 @@ exits with EXIT_INTERRUPTED. A rebalance recommendation only asks for a checkpoi
 (`take_rebalance()`), training continues.
 
 The metadata endpoint is `AWS_EC2_METADATA_SERVICE_ENDPOINT` (the variable the AWS SDKs read), so tests
-and the local cloud can serve notices; unset, the real one is tried once and polling stops quietly when
-there is none (not on EC2).
+and the local cloud can serve notices; unset, the real one gets three tries (a slow boot) and polling
+stops quietly when it never answers (not on EC2).
 """
 
 from __future__ import annotations

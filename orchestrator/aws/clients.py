@@ -176,9 +176,11 @@ class Cloud:
         """A client of `service`; `retries`: "standard", "adaptive" (describe bursts), "once" (run_instances)."""
         key = (service, region, retries)
         if key not in self._clients:
+            # total_max_attempts counts the first try (AWS_MAX_ATTEMPTS does too); botocore's
+            # "max_attempts" here would count retries only, one more call than meant.
             attempts = 1 if retries == "once" else self._attempts
             config = Config(
-                retries={"mode": "standard" if retries == "once" else retries, "max_attempts": attempts},
+                retries={"mode": "standard" if retries == "once" else retries, "total_max_attempts": attempts},
                 connect_timeout=10,
                 read_timeout=60,
             )

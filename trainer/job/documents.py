@@ -114,11 +114,6 @@ class Outcome(_Values):
     STOPPED = "stopped"
     UNREADABLE = "unreadable"  # a final.json that is not JSON (the trainer reads it so)
 
-    @property
-    def finished(self) -> bool:
-        """The job is over whatever anyone asked: it succeeded or failed."""
-        return self in (Outcome.SUCCEEDED, Outcome.FAILED)
-
 
 class Phase(_Values):
     """What the trainer reports doing (Heartbeat.phase)."""
@@ -165,11 +160,6 @@ class Attempt:
     start_step: int | None = None  # the step the trainer resumed from
     end_step: int | None = None  # the last step it reported
 
-    @property
-    def ended(self) -> bool:
-        """The attempt will train no more (its machine may still be shutting down)."""
-        return self.end_reason is not None or self.ended_at is not None
-
 
 @dataclass(config=_LENIENT)
 class JobRecord:
@@ -197,9 +187,6 @@ class JobRecord:
     @property
     def current(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
-
-    def interruptions(self) -> int:
-        return sum(a.end_reason == EndReason.INTERRUPTED for a in self.attempts)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()

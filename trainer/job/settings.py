@@ -98,7 +98,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class BootEnv:
-    """What the user-data passes to the trainer (orchestrator.jobs.userdata renders it)."""
+    """What the user-data passes to the trainer (orchestrator.jobs.userdata exports these variables)."""
 
     job_id: str | None = None
     job_url: str | None = None
@@ -115,16 +115,6 @@ class BootEnv:
             int(attempt) if attempt else None,
             env.get("SPOTCTL_INSTANCE_ID") or None,
         )
-
-    def exports(self) -> dict[str, str]:
-        """The variables, as the user-data exports them (only those known when it is rendered)."""
-        values = {
-            "SPOTCTL_JOB_ID": self.job_id,
-            "SPOTCTL_JOB_URL": self.job_url,
-            "SPOTCTL_ATTEMPT": self.attempt,
-            "SPOTCTL_INSTANCE_ID": self.instance_id,
-        }
-        return {name: str(value) for name, value in values.items() if value is not None}
 
 
 def markdown_table() -> str:
