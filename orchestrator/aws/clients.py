@@ -15,12 +15,15 @@ next offer, auth and configuration errors stop with a hint.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 from dataclasses import dataclass
 from typing import Literal
 
 import boto3
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 
 from orchestrator.errors import UserError
@@ -161,12 +164,7 @@ class Cloud:
     ):
         self.region, self.profile, self.endpoint = region, profile, endpoint
         try:
-            if endpoint is None:
-                self._session = boto3.Session(profile_name=profile, region_name=region)
-            else:
-                self._session = boto3.Session(
-                    aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=region
-                )
+            self._session = _session(profile, region, endpoint)
         except botocore.exceptions.ProfileNotFound as exc:
             raise as_user_error(exc, "reading the AWS configuration") from None
         self._attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
@@ -196,6 +194,30 @@ class Cloud:
         if self.endpoint is not None:
             return storage_options(self.endpoint, None)
         return storage_options(None, self.profile)
+
+
+@functools.cache
+def _models() -> botocore.loaders.Loader:
+    """One loader of service models for the process: every session would parse them again (EC2's is
+    large), which a CLI invocation, or a watcher building a Cloud per region, pays for each time."""
+    return botocore.loaders.create_loader()
+
+
+def _session(profile: str | None, region: str, endpoint: Endpoint | None) -> boto3.Session:
+    core = botocore.session.Session()
+    core.register_component("data_loader", _models())
+    if endpoint is None:
+        session = boto3.Session(botocore_session=core, profile_name=profile, region_name=region)
+    else:
+        session = boto3.Session(
+            botocore_session=core,
+            aws_access_key_id=endpoint.access_key,
+            aws_secret_access_key=endpoint.secret_key,
+            region_name=region,
+        )
+    paths = _models().search_paths
+    paths[:] = dict.fromkeys(paths)  # each boto3 session appends its data folder to the shared loader
+    return session
 
 
 def storage_options(endpoint: Endpoint | None, profile: str | None) -> dict:
