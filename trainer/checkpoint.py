@@ -227,6 +227,8 @@ class Checkpointer:
                 exc,
             )
             return
+        # What is still committed and should go: a step uncommitted meanwhile is debris, not a checkpoint.
+        self.undeleted = set()
         for step in [s for s in steps[: -self.keep] if s not in self.protected]:
             try:
                 self._remove(step)
@@ -240,7 +242,6 @@ class Checkpointer:
                     exc,
                 )
                 continue
-            self.undeleted.discard(step)
             log.info("checkpoint: retention removed %s/step-%d", self.prefix, step)
 
     def _remove(self, step: int) -> None:

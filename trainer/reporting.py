@@ -152,7 +152,7 @@ class Reporter:
         for what, action in (
             (
                 "heartbeat",
-                lambda: self.storage.write_bytes(layout.HEARTBEAT, Heartbeat.of(**self.heartbeat()).to_json()),
+                lambda: self.storage.write_bytes(layout.HEARTBEAT, Heartbeat.dump(self.heartbeat())),
             ),
             ("metrics", self.metrics.flush),
             ("control", self._poll_control if poll_control else None),

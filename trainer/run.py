@@ -130,11 +130,11 @@ def run(
         reporter.close("interrupted")
         return EXIT_INTERRUPTED
     if outcome.status == "stopped":
-        _write_final(storage, Final.of(outcome=Outcome.STOPPED, reason=outcome.reason, **_summary(outcome, attempt)))
+        _write_final(storage, {"outcome": Outcome.STOPPED, "reason": outcome.reason, **_summary(outcome, attempt)})
         log.info("stopped (%s) at step %d; final checkpoint committed", outcome.reason, outcome.step)
         reporter.close("stopped")
         return EXIT_STOPPED
-    _write_final(storage, Final.of(outcome=Outcome.SUCCEEDED, **_summary(outcome, attempt)))
+    _write_final(storage, {"outcome": Outcome.SUCCEEDED, **_summary(outcome, attempt)})
     best = (
         f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)"
         if outcome.best
@@ -174,18 +174,22 @@ def _record_failure(storage: Storage, reporter: Reporter, attempt: int, exc: Exc
         log.error("failed: %s", message)
     tail = "".join(lines).splitlines()[-20:]
     try:
-        _write_final(
-            storage,
-            Final.of(outcome=Outcome.FAILED, attempt=attempt, error=message, traceback=tail, finished_at=now_iso()),
-        )
+        final = {
+            "outcome": Outcome.FAILED,
+            "attempt": attempt,
+            "error": message,
+            "traceback": tail,
+            "finished_at": now_iso(),
+        }
+        _write_final(storage, final)
     except Exception as write_error:  # the storage itself may be what failed
         log.error("could not write %s: %s", storage.url_of(layout.FINAL), write_error)
     reporter.update(error=message)
     reporter.close("failed")
 
 
-def _write_final(storage: Storage, final: Final) -> None:
-    storage.write_bytes(layout.FINAL, final.model_dump_json(indent=1, exclude_unset=True).encode())
+def _write_final(storage: Storage, final: dict) -> None:
+    storage.write_bytes(layout.FINAL, Final.dump(final))
 
 
 def setup_logging(attempt: int | None):

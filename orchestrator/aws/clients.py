@@ -203,8 +203,18 @@ def _models() -> botocore.loaders.Loader:
     return botocore.loaders.create_loader()
 
 
+# What a session for an explicit endpoint reads of the user's own AWS set-up: nothing. No profile from
+# AWS_PROFILE, no config or credentials file: the local cloud, and only it (a profile named in the
+# shell for real AWS must neither break `--local` nor leak settings into it).
+_ISOLATED = {
+    "profile": (None, None, None, None),
+    "config_file": (None, None, os.devnull, None),
+    "credentials_file": (None, None, os.devnull, None),
+}
+
+
 def _session(profile: str | None, region: str, endpoint: Endpoint | None) -> boto3.Session:
-    core = botocore.session.Session()
+    core = botocore.session.Session(session_vars=_ISOLATED if endpoint is not None else None)
     core.register_component("data_loader", _models())
     if endpoint is None:
         session = boto3.Session(botocore_session=core, profile_name=profile, region_name=region)
@@ -223,5 +233,19 @@ def _session(profile: str | None, region: str, endpoint: Endpoint | None) -> bot
 def storage_options(endpoint: Endpoint | None, profile: str | None) -> dict:
     """s3fs options for an endpoint (the local cloud) or a profile; none for the default chain."""
     if endpoint is not None:
-        return {"key": endpoint.access_key, "secret": endpoint.secret_key, "endpoint_url": endpoint.url}
+        return {
+            "key": endpoint.access_key,
+            "secret": endpoint.secret_key,
+            "endpoint_url": endpoint.url,
+            "session": _isolated_s3_session(),
+        }
     return {"profile": profile} if profile else {}
+
+
+@functools.cache
+def _isolated_s3_session():
+    """s3fs's (aiobotocore) session for an explicit endpoint, isolated as above; one, so that s3fs's
+    filesystem cache still recognises the same options."""
+    from aiobotocore.session import AioSession
+
+    return AioSession(session_vars=_ISOLATED)

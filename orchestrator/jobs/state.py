@@ -61,12 +61,12 @@ def derive_state(
     if record is None:
         return JobState.UNKNOWN
     if final and final.finished:
-        return JobState(final.outcome)  # what the trainer (or its bootstrap) said is final, even after a stop
+        return JobState.of(final.outcome)  # what the trainer (or its bootstrap) said is final, even after a stop
     if record.cancelled_at:
         return JobState.CANCELLED
     alive = instance is not None and instance.state not in GONE
     if record.outcome:  # no_capacity, budget_exceeded, failed: decided by the orchestrator
-        return JobState.STOPPING if record.stop_requested_at and alive else JobState(record.outcome)
+        return JobState.STOPPING if record.stop_requested_at and alive else JobState.of(record.outcome)
     if record.stop_requested_at:  # a stop was asked for: stopping until the machine is gone
         return JobState.STOPPING if alive else JobState.CANCELLED
     if final and final.is_(Outcome.STOPPED):

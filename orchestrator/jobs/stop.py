@@ -89,7 +89,7 @@ def request_stop(store: JobStore, job_id: str, reason: str, outcome: JobState | 
             record.outcome, record.outcome_reason = outcome, reason
 
     store.update_record(job_id, mark)
-    store.write(job_id, layout.CONTROL_STOP, StopRequest.of(reason=reason, requested_at=now_iso()).to_json())
+    store.write(job_id, layout.CONTROL_STOP, StopRequest.dump({"reason": reason, "requested_at": now_iso()}))
 
 
 def _cancel(

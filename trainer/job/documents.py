@@ -23,7 +23,7 @@ from dataclasses import asdict, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from trainer.job import layout
@@ -58,6 +58,14 @@ class JobState(_Values):
     CANCELLED = "cancelled"  # stopped by spotctl stop
     BUDGET_EXCEEDED = "budget_exceeded"
     NO_CAPACITY = "no_capacity"
+
+    @classmethod
+    def of(cls, value: str) -> JobState:
+        """The state a record names; one this version does not know (a newer spotctl's) is unknown."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
 
     @property
     def terminal(self) -> bool:
@@ -201,10 +209,12 @@ _RECORD = TypeAdapter(JobRecord)
 
 # ----------------------------------------------------------------------- the trainer's documents
 class Document(BaseModel):
-    """A JSON object of the job: read leniently (what a newer writer added is ignored), written
-    strictly (`of`: a field this version does not know is a bug in the writer, not data)."""
+    """A JSON object of the job. Read leniently: a field this version does not know, or one whose
+    value it cannot read, is left out and the rest still counts (a newer or older writer, a hand edit).
+    Written strictly (`of`, `dump`): a field the model does not define is a bug in the writer, not data."""
 
     model_config = ConfigDict(extra="ignore")
+    _as_written: dict[str, Any] | None = PrivateAttr(default=None)
 
     @classmethod
     def of(cls, **fields: Any):
@@ -215,21 +225,36 @@ class Document(BaseModel):
         return cls(**fields)
 
     @classmethod
+    def dump(cls, fields: dict[str, Any]) -> bytes:
+        """The JSON a writer stores: `fields` as given, once they are known to be this document."""
+        cls.of(**fields)
+        return json.dumps(fields, indent=1).encode()
+
+    @classmethod
     def parse(cls, body: bytes | str | None):
-        """The document, or None when absent or unreadable (a torn write, another program's file)."""
+        """The document; None when absent, not a JSON object, or empty (a torn write, another program's file)."""
         if body is None:
             return None
         try:
-            return cls.model_validate_json(body)
-        except ValidationError:
+            data = json.loads(body)
+        except ValueError:
             return None
+        if not isinstance(data, dict) or not data:
+            return None
+        try:
+            found = cls.model_validate(data)
+        except ValidationError as exc:  # keep what can be read: one odd field must not hide the rest
+            unreadable = {error["loc"][0] for error in exc.errors() if error["loc"]}
+            try:
+                found = cls.model_validate({key: value for key, value in data.items() if key not in unreadable})
+            except ValidationError:
+                return None
+        found._as_written = data
+        return found
 
     def written(self) -> dict:
-        """The fields as they were given (what the file held), for documents shown as they are."""
-        return self.model_dump(mode="json", exclude_unset=True)
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(indent=1).encode()
+        """The document as its file holds it (every field, known or not), for showing it as it is."""
+        return self._as_written if self._as_written is not None else self.model_dump(mode="json", exclude_unset=True)
 
 
 class Heartbeat(Document):

@@ -55,7 +55,7 @@ def job_url(storage: str, job_id: str) -> str:
 def job_id_in(url: str) -> str | None:
     """The job id of a job file at `job_url(storage, id)`, for a person who names only that URL
     (`python -m trainer export --job URL`); spotctl itself always passes the id."""
-    match = re.search(rf"/{JOBS}/([^/]+)/{re.escape(JOB_FILE)}$", url)
+    match = re.search(rf"/{JOBS}/([^/]+)/job\.ya?ml$", url)  # JOB_FILE, or a job.yml put there by hand
     return match.group(1) if match else None
 
 
