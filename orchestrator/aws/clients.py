@@ -191,9 +191,7 @@ class Cloud:
     @property
     def storage_options(self) -> dict:
         """fsspec/s3fs options that reach the same account (profile, or endpoint and credentials)."""
-        if self.endpoint is not None:
-            return storage_options(self.endpoint, None)
-        return storage_options(None, self.profile)
+        return storage_options(self.endpoint, self.profile)
 
 
 @functools.cache

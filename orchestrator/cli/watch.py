@@ -85,34 +85,24 @@ def follow(
     as_json: bool = False,
 ) -> int:
     """Run a Watcher with the live view (launch --watch and resume --watch use it too)."""
+
+    def watcher_telling(on_event) -> Watcher:
+        return Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=on_event)
+
     if as_json:
-        watcher = Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=_json_event)
+        watcher = watcher_telling(_json_event)
         code = watcher.run()
         click.echo(json.dumps({"jobs": [_document(row) for row in watcher.rows.values()]}, indent=2))
         return code
     out = render.console()
     if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
-        watcher = Watcher(
-            store,
-            job_ids,
-            clouds,
-            app.prices,
-            watch_options,
-            on_event=lambda e: out.print(_event_line(e), markup=False),
-        )
+        watcher = watcher_telling(lambda e: out.print(_event_line(e), markup=False))
         code = watcher.run()
     else:
         from rich.live import Live
 
         with Live(console=out, refresh_per_second=2, transient=True) as live:
-            watcher = Watcher(
-                store,
-                job_ids,
-                clouds,
-                app.prices,
-                watch_options,
-                on_event=lambda e: live.console.print(_event_line(e), markup=False),
-            )
+            watcher = watcher_telling(lambda e: live.console.print(_event_line(e), markup=False))
             code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
     _summary(out, store, watcher)
     return code

@@ -13,7 +13,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView
 from trainer.job import layout
-from trainer.job.documents import Final, Heartbeat, Manifest, Phase
+from trainer.job.documents import WORKING_PHASES, Final, Heartbeat, Manifest
 from trainer.job.spec import did_you_mean
 
 
@@ -67,7 +67,7 @@ def _certainly_running(view: JobView) -> bool:
         and view.instance.state in LIVE
         and beat is not None
         and beat.of_attempt(view.record.attempts[-1].number)
-        and beat.phase in {p.value for p in Phase if p.working}
+        and beat.phase in WORKING_PHASES
     )
 
 

@@ -143,6 +143,9 @@ class Phase(_Values):
         return self in (Phase.STARTING, Phase.DOWNLOADING, Phase.TRAINING, Phase.VALIDATING, Phase.CHECKPOINTING)
 
 
+WORKING_PHASES = frozenset(phase for phase in Phase if phase.working)
+
+
 def _is(value: Any, member: enum.Enum) -> bool:
     return value == member.value
 
