@@ -16,37 +16,60 @@ import fsspec
 
 from orchestrator.local.daemon import free_port
 from orchestrator.local.imds import Imds
+from orchestrator.local.strict import Strictness, StrictProxy
 from trainer import sample_data
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 class MotoServer:
-    """A real moto server (s3fs cannot talk to in-process mocks), bound to loopback only."""
+    """A real moto server (s3fs cannot talk to in-process mocks), bound to loopback only, behind the
+    strict local cloud's proxy (orchestrator.local.strict): clients use `endpoint`, the proxy's, and
+    meet AWS's answers where moto's are kinder. `strictness` is what the suite runs with."""
 
-    def __init__(self) -> None:
+    def __init__(self, strictness: Strictness | None = None) -> None:
         from moto.server import ThreadedMotoServer
 
         self.port = free_port()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.moto_endpoint = f"http://127.0.0.1:{self.port}"
+        self.strict = StrictProxy(self.moto_endpoint, strictness)
+        self.endpoint = self.strict.endpoint
+
+    running: MotoServer | None = None  # the one started last (tests reading EC2's settled truth)
 
     def start(self) -> MotoServer:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self._server.start()
+        self.strict.start()
+        MotoServer.running = self
         return self
 
     def bound_address(self) -> tuple[str, int]:
         return tuple(self._server._server.server_address)
 
     def stop(self) -> None:
+        self.strict.stop()
         self._server.stop()
 
     def reset(self) -> None:
-        """Forget every bucket, instance and parameter (moto's own reset API)."""
+        """Forget every bucket, instance and parameter (moto's own reset API), and the proxy's state
+        and settings (back to the suite's strictness)."""
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST", data=b"")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
+
+    def be_strict(self, **changes) -> None:
+        """Change what the strict proxy refuses until the next reset (orchestrator.local.strict.Strictness)."""
+        self.strict.strictness.update(changes)
+
+    def wait_consistent(self) -> None:
+        """Until EC2 knows every instance started so far (it is eventually consistent, as AWS is)."""
+        self.strict.wait_consistent()
+
+    def calls(self) -> dict[str, int]:
+        """Calls per `service:Action:answer` the proxy saw since the reset."""
+        return dict(self.strict.calls)
 
     def seed_deep_learning_ami(self, region: str = "us-east-1") -> str:
         """What real AWS has and moto lacks: the Deep Learning AMI's SSM parameter. Returns the AMI id."""

@@ -26,6 +26,17 @@ MARKET = {
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
 
 
+def settled_ec2():
+    """An EC2 client for reading what EC2 holds, once every instance started so far is visible (the
+    strict local cloud, like EC2, lists a new instance only after a moment)."""
+    import boto3
+
+    from testbed.harness import MotoServer
+
+    MotoServer.running.wait_consistent()
+    return boto3.client("ec2")
+
+
 def launched_id(out: str) -> str:
     return re.search(r"^launched (\S+):", out, re.M).group(1)
 

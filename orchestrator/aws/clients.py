@@ -9,7 +9,8 @@ that listing offers and following many jobs make, and a single attempt for RunIn
 and the launcher moves on to the next offer instead (its ClientToken makes that safe).
 
 Errors are classified before anyone decides anything: capacity and price errors move a launch to the
-next offer, auth and configuration errors stop with a hint.
+next offer, a quota refusal skips the offers of the same quota bucket, auth and configuration errors
+stop with a hint.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from orchestrator.errors import UserError
 
 class ErrorKind(enum.Enum):
     CAPACITY = "capacity"  # this offer cannot be had now: try the next one
+    QUOTA = "quota"  # the account's limit for this bucket of instance types: skip the bucket, say which quota
     THROTTLE = "throttle"  # too many requests: back off and repeat
     AUTH = "auth"  # credentials or permissions: stop, with a hint
     CONFIG = "config"  # a wrong AMI, subnet, profile...: stop, with a hint
@@ -44,13 +46,13 @@ CAPACITY_CODES = {
     "InsufficientHostCapacity",
     "InsufficientReservedInstanceCapacity",
     "SpotMaxPriceTooLow",
-    "MaxSpotInstanceCountExceeded",
-    "InstanceLimitExceeded",
-    "VcpuLimitExceeded",
     "Unsupported",
     "UnfulfillableCapacity",
     "InsufficientFreeAddressesInSubnet",
 }
+# Spot quotas are vCPUs per bucket of families (orchestrator.aws.quotas): no other pool of the bucket
+# will do, and waiting helps only if other spot instances of the account end.
+QUOTA_CODES = {"MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "InstanceLimitExceeded"}
 THROTTLE_CODES = {
     "RequestLimitExceeded",
     "Throttling",
@@ -102,15 +104,26 @@ def classify(error: BaseException) -> ErrorKind:
         return ErrorKind.AUTH
     if code in CAPACITY_CODES:
         return ErrorKind.CAPACITY
+    if code in QUOTA_CODES:
+        return ErrorKind.QUOTA
     if code in THROTTLE_CODES:
         return ErrorKind.THROTTLE
-    if code in AUTH_CODES:
+    if code in AUTH_CODES or code.startswith("AuthFailure."):  # e.g. AuthFailure.ServiceLinkedRoleCreationNotPermitted
         return ErrorKind.AUTH
     if code in CONFIG_CODES or code.startswith("Invalid"):
         return ErrorKind.CONFIG
     if code.endswith("NotFound") or code in ("NoSuchKey", "404"):
         return ErrorKind.NOT_FOUND
     return ErrorKind.OTHER
+
+
+def profile_not_propagated(error: BaseException) -> bool:
+    """EC2 does not know an instance profile yet: IAM is eventually consistent, and a new profile
+    stays "invalid" to EC2 for up to about two minutes (InvalidParameterValue naming iamInstanceProfile)."""
+    message = (
+        error.response.get("Error", {}).get("Message", "") if isinstance(error, botocore.exceptions.ClientError) else ""
+    )
+    return error_code(error) == "InvalidParameterValue" and "iamInstanceProfile" in message
 
 
 def describe(error: BaseException) -> str:
@@ -135,6 +148,12 @@ def as_user_error(error: BaseException, doing: str) -> UserError:
         return UserError(
             f"cannot reach AWS while {doing} ({error})",
             "check the network, the region, and AWS_ENDPOINT_URL if you set it",
+        )
+    if error_code(error) == "AuthFailure.ServiceLinkedRoleCreationNotPermitted":
+        return UserError(
+            f"AWS refused {doing}: the account has no Spot service-linked role (AWSServiceRoleForEC2Spot) "
+            "and these credentials may not create it",
+            "run `spotctl infra deploy` once (it creates the role), or `aws iam create-service-linked-role --aws-service-name spot.amazonaws.com`",
         )
     if kind is ErrorKind.AUTH:
         return UserError(

@@ -6,11 +6,23 @@ states, reason codes) is orchestrator.aws.instances.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import botocore.exceptions
 
-from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
+from orchestrator.aws.clients import (
+    Cloud,
+    ErrorKind,
+    as_user_error,
+    classify,
+    describe,
+    error_code,
+    profile_not_propagated,
+)
 from orchestrator.aws.instances import GONE, TAG_ATTEMPT, TAG_JOB, Instance
 from orchestrator.errors import UserError
 
@@ -19,6 +31,32 @@ if TYPE_CHECKING:
     from trainer.job.spec import JobSpec
 
 SECURITY_GROUP_NAME = "spotctl-no-inbound"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# EC2 is eventually consistent: an instance RunInstances just returned can be "InvalidInstanceID.NotFound"
+# by id for a few seconds, and a new instance profile "invalid" for up to about two minutes.
+NEW_INSTANCE_VISIBLE_S = 30.0
+PROFILE_PROPAGATION_S = 120.0
+RUN_RETRIES = 4  # a throttled or failed (5xx other than capacity) RunInstances, repeated with its ClientToken
+
+
+def _until(call: Callable[[], T], retryable: Callable[[BaseException], bool], within_s: float, what: str) -> T:
+    """`call()`, repeated with jittered backoff (1 s doubling, 10 s at most) while `retryable` says so
+    and `within_s` has not passed; the last error is raised."""
+    deadline, delay = time.monotonic() + within_s, 1.0
+    while True:
+        try:
+            return call()
+        except botocore.exceptions.ClientError as exc:
+            if not retryable(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.info("%s: %s; again in %.0fs", what, describe(exc), delay)
+        time.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(10.0, delay * 2)
+
+
+def _instance_not_found(error: BaseException) -> bool:
+    return error_code(error) == "InvalidInstanceID.NotFound"
 
 
 def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instance]]:
@@ -99,14 +137,16 @@ def run_instance(
     token: str,
     dry_run: bool = False,
 ) -> str:
-    subnet, vpc = subnet_for(cloud, offer.zone)
+    subnet, vpc = subnet_for(cloud, offer.zone, spec.compute.subnets)
     tags = [
         {"Key": TAG_JOB, "Value": job_id},
         {"Key": TAG_ATTEMPT, "Value": str(attempt)},
         {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]},
     ]
     spot_options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
-    if spec.compute.max_price_per_hour:
+    if spec.compute.hard_max_price and spec.compute.max_price_per_hour:
+        # Opt-in only: with a MaxPrice EC2 interrupts the instance whenever the price crosses it. The
+        # cap already keeps dearer offers out; without one a running instance pays at most on-demand.
         spot_options["MaxPrice"] = f"{spec.compute.max_price_per_hour:.4f}"
     request = {
         "ImageId": ami,
@@ -150,23 +190,86 @@ def run_instance(
     profile = spec.compute.instance_profile
     if profile:
         request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
-    # One attempt: a refused pool (InsufficientInstanceCapacity is HTTP 500) is left for the next offer.
-    response = cloud.client("ec2", retries="once").run_instances(**request)
-    return response["Instances"][0]["InstanceId"]
+    return _run(cloud, request, profile)
 
 
-def subnet_for(cloud: Cloud, zone: str) -> tuple[str, str]:
-    """(subnet id, vpc id) of the default subnet of `zone` (Placement is not how EC2 picks the zone)."""
+def _run(cloud: Cloud, request: dict, profile: str | None) -> str:
+    """RunInstances on a client that never retries by itself: a refused pool (InsufficientInstanceCapacity
+    is HTTP 500, which botocore would repeat four times) goes straight back to the launcher, which
+    moves to the next offer. What *is* worth repeating is repeated here, with the same ClientToken (so
+    never a second instance): throttling and other 5xx a few times, and a profile EC2 cannot see yet
+    for up to PROFILE_PROPAGATION_S."""
+    ec2 = cloud.client("ec2", retries="once")
+    tries = {"left": RUN_RETRIES}
+
+    def passing(error: BaseException) -> bool:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        kind = classify(error)
+        if kind in (ErrorKind.THROTTLE, ErrorKind.OTHER) and (kind is ErrorKind.THROTTLE or status >= 500):
+            tries["left"] -= 1
+            return tries["left"] >= 0
+        return False
+
+    def attempt() -> str:
+        try:
+            return ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+        except botocore.exceptions.ClientError as exc:
+            if profile_not_propagated(exc) and not request.get("DryRun"):
+                raise _NotYet(exc) from None
+            raise
+
+    def launch() -> str:
+        return _until(attempt, passing, 60.0, f"RunInstances {request['InstanceType']}")
+
+    try:
+        return _until(launch, lambda e: isinstance(e, _NotYet), PROFILE_PROPAGATION_S, f"instance profile {profile}")
+    except _NotYet as exc:
+        raise exc.error from None
+
+
+class _NotYet(botocore.exceptions.ClientError):
+    """An instance profile EC2 does not see yet (IAM's eventual consistency)."""
+
+    def __init__(self, error: botocore.exceptions.ClientError):
+        super().__init__(error.response, error.operation_name)
+        self.error = error
+
+
+def subnet_for(cloud: Cloud, zone: str, subnets: dict[str, str] | None = None) -> tuple[str, str]:
+    """(subnet id, vpc id) to launch in `zone` (Placement is not how EC2 picks the zone): the one
+    compute.subnets names, else the zone's default subnet. A UserError says why the zone cannot be used."""
     ec2 = cloud.client("ec2")
-    subnets = ec2.describe_subnets(
+    if subnets is not None:
+        if zone not in subnets:
+            raise UserError(
+                f"compute.subnets names no subnet for {zone}", f"add `{zone}: subnet-...` to compute.subnets"
+            )
+        try:
+            found = ec2.describe_subnets(SubnetIds=[subnets[zone]])["Subnets"]
+        except botocore.exceptions.ClientError as exc:
+            if classify(exc) not in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
+                raise
+            found = []
+        if not found:
+            raise UserError(
+                f"compute.subnets: {subnets[zone]} ({zone}) does not exist in {cloud.region}", "check the subnet id"
+            )
+        if found[0]["AvailabilityZone"] != zone:
+            raise UserError(
+                f"compute.subnets: {subnets[zone]} is in {found[0]['AvailabilityZone']}, not {zone}",
+                f"list it under {found[0]['AvailabilityZone']}",
+            )
+        return found[0]["SubnetId"], found[0]["VpcId"]
+    found = ec2.describe_subnets(
         Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}]
     )["Subnets"]
-    if not subnets:
+    if not found:
         raise UserError(
             f"{zone} has no default subnet",
-            "create a default subnet (`aws ec2 create-default-subnet --availability-zone ZONE`) or drop the zone from compute.availability_zones",
+            "name the subnet of each zone in compute.subnets (an account without a default VPC), create a default "
+            "subnet (`aws ec2 create-default-subnet --availability-zone ZONE`), or drop the zone from compute.availability_zones",
         )
-    return subnets[0]["SubnetId"], subnets[0]["VpcId"]
+    return found[0]["SubnetId"], found[0]["VpcId"]
 
 
 def require_private_egress(cloud: Cloud, subnet: str, vpc: str, zone: str) -> None:
@@ -227,9 +330,22 @@ def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
 
 
 def describe_instance(cloud: Cloud, instance_id: str) -> dict:
-    """EC2's description of one instance."""
-    return cloud.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    """EC2's description of one instance (one RunInstances just returned may be unknown for a while)."""
+    described = _until(
+        lambda: cloud.client("ec2").describe_instances(InstanceIds=[instance_id]),
+        _instance_not_found,
+        NEW_INSTANCE_VISIBLE_S,
+        f"describing {instance_id}",
+    )
+    return described["Reservations"][0]["Instances"][0]
 
 
 def terminate(cloud: Cloud, instance_ids: list[str]) -> None:
-    cloud.client("ec2").terminate_instances(InstanceIds=instance_ids)
+    """Terminate instances; one just started may be unknown to EC2 for a while, and is waited for (an
+    instance left running because its id was not visible yet would be an orphan that bills)."""
+    _until(
+        lambda: cloud.client("ec2").terminate_instances(InstanceIds=instance_ids),
+        _instance_not_found,
+        NEW_INSTANCE_VISIBLE_S,
+        f"terminating {', '.join(instance_ids)}",
+    )

@@ -14,6 +14,20 @@ GONE = ("shutting-down", "terminated", "stopping", "stopped")
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
 USER_SHUTDOWN = "Client.UserInitiatedShutdown"
 SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"
+# EC2 could not start the machine (pending -> terminated). `Server.*`: its side (capacity, an internal
+# error): another pool may work. `Client.*` other than the two shutdowns above: the request's own
+# fault (a KMS key it may not use, a volume limit, a missing snapshot): the same request fails again.
+# Source: the StateReason codes of the EC2 API reference (API_StateReason).
+SERVER_LAUNCH_FAILURES = ("Server.InsufficientInstanceCapacity", "Server.InternalError")
+
+
+def launch_failure(code: str | None) -> str | None:
+    """ "server" or "client" when `code` says EC2 could not start the instance, else None."""
+    if code in SERVER_LAUNCH_FAILURES:
+        return "server"
+    if code and code.startswith("Client.") and code not in (USER_SHUTDOWN, SELF_SHUTDOWN):
+        return "client"
+    return None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, 
 from orchestrator.aws.ec2 import describe_instance, live_instances, resolve_ami, run_instance, terminate
 from orchestrator.aws.offers import Offer, Offers, find_offers
 from orchestrator.aws.prices import PriceSource
+from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import stale_claim
@@ -152,6 +153,10 @@ def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
         reason = exc.reason
         store.update_record(record.job_id, lambda r: _set_outcome(r, JobState.NO_CAPACITY, reason))
         raise
+    except QuotaExceeded as exc:
+        reason = exc.reason
+        store.update_record(record.job_id, lambda r: _set_outcome(r, JobState.FAILED, reason))
+        raise
     return store.read_record(record.job_id)
 
 
@@ -195,8 +200,10 @@ def start_attempt(
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = resolve_ami(cloud, record.ami)
-    refusals = []
+    refusals = Refusals()
     for offer in offers:
+        if refusals.quota_of(offer) is not None:
+            continue  # its quota bucket refused already: every pool of the bucket would
         token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
         if (
             store.update_record(
@@ -209,17 +216,27 @@ def start_attempt(
         try:
             instance_id = run_instance(cloud, spec, record.job_id, number, offer, ami, root_device, user_data, token)
         except botocore.exceptions.ClientError as exc:
-            if classify(exc) is ErrorKind.CAPACITY:
+            kind = classify(exc)
+            if kind in (ErrorKind.CAPACITY, ErrorKind.QUOTA):
                 log.info(
                     "launch: %s in %s refused (%s); trying the next offer",
                     offer.instance.name,
                     offer.zone,
                     describe(exc),
                 )
-                refusals.append(f"{offer.instance.name}/{offer.zone}: {describe(exc)}")
+                refusals.add(offer, kind, describe(exc))
                 continue
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise as_user_error(exc, f"starting {offer.instance.name} in {offer.zone}") from None
+        except UserError as exc:  # this zone's network cannot be used (no subnet, no way out): the next offer
+            log.info("launch: %s in %s skipped: %s", offer.instance.name, offer.zone, exc.message)
+            refusals.add(offer, None, exc.message, exc.hint)
+            continue
+        except BaseException:
+            # Whatever else stopped us (a bug, Ctrl-C), no instance came back: the claim must not stay
+            # and make the job read "launching" until someone takes it over.
+            store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
+            raise
         written = store.update_record(
             record.job_id,
             lambda r, token=token, instance_id=instance_id: _started(r, number, token, instance_id, owner),
@@ -236,7 +253,72 @@ def start_attempt(
         record.attempts[:] = written.attempts
         return written.attempts[-1]
     store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
-    raise NoCapacity(f"EC2 refused all {len(refusals)} offers: {'; '.join(refusals[:3])}")
+    raise refusals.error()
+
+
+@dataclass
+class Refusal:
+    offer: Offer
+    kind: ErrorKind | None  # CAPACITY, QUOTA, or None: the zone's network
+    message: str
+    hint: str | None = None
+
+
+class Refusals:
+    """Why each offer could not be started, and the error that sums them up."""
+
+    def __init__(self) -> None:
+        self.seen: list[Refusal] = []
+
+    def add(self, offer: Offer, kind: ErrorKind | None, message: str, hint: str | None = None) -> None:
+        self.seen.append(Refusal(offer, kind, message, hint))
+
+    def quota_of(self, offer: Offer) -> SpotQuota | None:
+        """The quota that already refused this offer's bucket, if one did."""
+        bucket = spot_quota_of(offer.instance.name)
+        return (
+            bucket
+            if any(r.kind is ErrorKind.QUOTA and spot_quota_of(r.offer.instance.name) == bucket for r in self.seen)
+            else None
+        )
+
+    def error(self) -> UserError:
+        """Capacity may come back (NoCapacity: try later); a quota or a network will not by itself."""
+        said = "; ".join(f"{r.offer.instance.name}/{r.offer.zone}: {r.message}" for r in self.seen[:4])
+        more = f" (and {len(self.seen) - 4} more)" if len(self.seen) > 4 else ""
+        if not self.seen:
+            return NoCapacity("no offer to try")
+        if any(r.kind is ErrorKind.CAPACITY for r in self.seen):
+            return NoCapacity(f"EC2 refused all {len(self.seen)} offers: {said}{more}")
+        quotas = [r for r in self.seen if r.kind is ErrorKind.QUOTA]
+        if len(quotas) == len(self.seen):
+            return QuotaExceeded([r.offer for r in quotas])
+        pools: dict[str, list[str]] = {}  # one network reason covers every type of its zone: said once
+        for r in self.seen:
+            pools.setdefault(r.message, []).append(f"{r.offer.instance.name}/{r.offer.zone}")
+        said = "; ".join(
+            f"{message} ({', '.join(where[:3])}{'...' if len(where) > 3 else ''})" for message, where in pools.items()
+        )
+        hints = dict.fromkeys(r.hint for r in self.seen if r.hint)
+        return UserError(f"no offer could be started: {said}", "; or ".join(hints) or None)
+
+
+class QuotaExceeded(UserError):
+    """Every offer was refused by the account's Spot vCPU quota: not capacity, and waiting will not
+    help (unless other spot instances of the account end); the quota must be raised."""
+
+    def __init__(self, offers: list[Offer]):
+        buckets: dict[SpotQuota, int] = {}
+        for offer in offers:
+            quota = spot_quota_of(offer.instance.name)
+            buckets[quota] = min(buckets.get(quota, offer.instance.vcpus), offer.instance.vcpus)
+        names = "; ".join(f"'{q.name}' ({q.code}): the smallest offer needs {v} vCPUs" for q, v in buckets.items())
+        self.reason = f"the account's Spot vCPU quota refused every offer: {names}"
+        super().__init__(
+            self.reason,
+            "request an increase (`spotctl doctor` shows each quota): "
+            + " ; ".join(q.increase_command(v) for q, v in buckets.items()),
+        )
 
 
 def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner: str) -> Attempt | None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.aws.instances import GONE
 from orchestrator.jobs.state import JobView, age_s, derive_state, unfinished_claim
-from trainer.job.documents import RECOVERABLE_ENDS, EndReason, JobRecord, JobState
+from trainer.job.documents import INTERRUPTION_ENDS, RECOVERABLE_ENDS, EndReason, JobRecord, JobState
 
 if TYPE_CHECKING:
     from orchestrator.aws.offers import Offer
@@ -81,7 +81,7 @@ def decide(
             return Decision(Action.RETRY, f"the trainer failed (retry {failures} of {spec.recovery.retries_on_error})")
         return Decision(Action.DONE, "failed")
     if state.idle or (state is JobState.LAUNCHING and unfinished_claim(record, now)):
-        interruptions = sum(a.end_reason in RECOVERABLE_ENDS for a in record.attempts)
+        interruptions = sum(a.end_reason in INTERRUPTION_ENDS for a in record.attempts)
         if interruptions > spec.recovery.max_interruptions:
             return Decision(
                 Action.GIVE_UP,

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from orchestrator.aws.instances import GONE, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance
+from orchestrator.aws.instances import GONE, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance, launch_failure
 from trainer.job.documents import Attempt, EndReason, Final, Heartbeat, JobRecord, JobState, Manifest, Outcome, Phase
 
 # describe_instances is eventually consistent: a just-started instance may not be listed yet.
@@ -84,6 +84,8 @@ def derive_state(
     if instance is None or instance.state in GONE:
         if instance is not None and instance.reason_code == SELF_SHUTDOWN:
             return JobState.FAILED  # it shut itself down without a word: the bootstrap could not even report
+        if instance is not None and launch_failure(instance.reason_code) == "client":
+            return JobState.FAILED  # EC2 could not start it, for a reason the same request meets again
         return JobState.INTERRUPTED  # gone without a final outcome: recoverable
     if instance.state == "pending":
         return JobState.LAUNCHING
@@ -170,6 +172,11 @@ def _ec2_reason(code: str | None) -> EndReason:
         return EndReason.TERMINATED
     if code == SELF_SHUTDOWN:
         return EndReason.FAILED  # shut itself down without final.json: the bootstrap could not even report
+    failure = launch_failure(code)
+    if failure == "client":
+        return EndReason.FAILED  # e.g. Client.InternalError (a KMS key it may not use): not an interruption
+    if failure == "server":
+        return EndReason.NOT_STARTED  # e.g. Server.InsufficientInstanceCapacity: another pool, not counted
     return EndReason.LOST
 
 

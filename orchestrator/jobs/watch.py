@@ -27,7 +27,7 @@ from orchestrator.aws.prices import Pool, PriceSource
 from orchestrator.errors import UserError
 from orchestrator.jobs.cost import JobCost, cost_of
 from orchestrator.jobs.health import Flag, job_health
-from orchestrator.jobs.launch import NoCapacity
+from orchestrator.jobs.launch import NoCapacity, QuotaExceeded
 from orchestrator.jobs.policy import Action, decide
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.recover import job_spec, set_aside_final, settle_view, start_next
@@ -166,7 +166,7 @@ class Watcher:
                     job_id,
                     f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}",
                 )
-                if attempt.end_reason == EndReason.INTERRUPTED:
+                if attempt.end_reason in (EndReason.INTERRUPTED, EndReason.NOT_STARTED):
                     self._avoid[(attempt.instance_type, attempt.zone)] = datetime.now(timezone.utc)
         spec = self._spec(job_id)
         cloud = self.clouds(view.record.region)
@@ -209,6 +209,9 @@ class Watcher:
             attempt = start_next(view, spec, self.store, cloud, prices, self._avoid)
         except NoCapacity as exc:
             self._cannot_start(job_id, exc.reason, JobState.NO_CAPACITY, expected)
+            return
+        except QuotaExceeded as exc:  # no pool of the quota's buckets will do until it is raised: stop now
+            self._give_up(job_id, JobState.FAILED, f"{exc.reason} ({exc.hint})", expected)
             return
         except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             # A refused permission, a throttled API...: may pass, so retried like capacity, then failed.

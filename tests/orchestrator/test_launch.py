@@ -15,11 +15,11 @@ import pytest
 
 from orchestrator.aws.prices import FixedPrices
 from orchestrator.cli import context
-from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
+from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id, settled_ec2
 
 
 def user_data_of(instance_id: str) -> str:
-    attribute = boto3.client("ec2").describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    attribute = settled_ec2().describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
     return base64.b64decode(attribute["UserData"]["Value"]).decode()
 
 
@@ -72,7 +72,7 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     assert f"launched {job_id}: g4dn.xlarge in us-east-1a at $0.2100/h spot, 60% below on-demand" in out
     assert f"spotctl status {job_id} --storage {STORAGE}" in out
 
-    ec2 = boto3.client("ec2")
+    ec2 = settled_ec2()
     [instance] = [
         i
         for r in ec2.describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])["Reservations"]

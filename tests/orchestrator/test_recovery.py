@@ -17,7 +17,7 @@ from orchestrator.aws.prices import FixedPrices
 from orchestrator.cli import context
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.watch import Watcher, WatchOptions
-from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id
+from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, hook_run_instances, launched_id, settled_ec2
 from trainer.job.settings import Settings
 
 
@@ -31,7 +31,7 @@ def instances(job_id: str) -> list[dict]:
     """The job's instances as EC2 lists them, oldest attempt first."""
     found = [
         i
-        for r in boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])[
+        for r in settled_ec2().describe_instances(Filters=[{"Name": "tag:spotctl:job", "Values": [job_id]}])[
             "Reservations"
         ]
         for i in r["Instances"]
@@ -231,7 +231,7 @@ def test_a_trainer_error_is_retried_only_as_often_as_allowed(account, aws, spotc
         "status/final.json",
         {"outcome": "failed", "attempt": 1, "error": "CUDA error: an illegal memory access"},
     )
-    boto3.client("ec2").terminate_instances(InstanceIds=[live(job_id)[0]["InstanceId"]])
+    settled_ec2().terminate_instances(InstanceIds=[live(job_id)[0]["InstanceId"]])
     watch.poll()
     assert [i["attempt"] for i in live(job_id)] == [2]
     s3 = boto3.client("s3")

@@ -104,14 +104,23 @@ class EndReason(_Values):
     STOPPED = "stopped"  # the trainer stopped on request (spotctl stop, the budget) after a final checkpoint
     TERMINATED = "terminated"  # the instance was terminated by a user or spotctl, not by the trainer
     LOST = "lost"  # the instance is gone and nothing says why
+    NOT_STARTED = (
+        "not_started"  # EC2 could not start it (pending -> terminated: Server.InsufficientInstanceCapacity...)
+    )
 
     @property
     def recoverable(self) -> bool:
         """Ended without the trainer's final word: the next attempt continues from the checkpoint."""
-        return self in (EndReason.INTERRUPTED, EndReason.LOST, EndReason.TERMINATED)
+        return self in (EndReason.INTERRUPTED, EndReason.LOST, EndReason.TERMINATED, EndReason.NOT_STARTED)
+
+    @property
+    def counts_as_interruption(self) -> bool:
+        """Counted against recovery.max_interruptions: a machine that never started was not interrupted."""
+        return self.recoverable and self is not EndReason.NOT_STARTED
 
 
 RECOVERABLE_ENDS = frozenset(reason for reason in EndReason if reason.recoverable)
+INTERRUPTION_ENDS = frozenset(reason for reason in EndReason if reason.counts_as_interruption)
 
 
 class Outcome(_Values):

@@ -147,12 +147,21 @@ class ComputeSpec(Section):
     """Zones to launch in, all inside `region`; every zone of the region if omitted."""
     max_price_per_hour: float | None = Field(None, gt=0, le=1000, examples=[1.5])
     """Highest spot price to pay, in USD per instance-hour; offers above it are never used."""
+    hard_max_price: bool = False
+    """Also send `max_price_per_hour` to EC2 as the instance's MaxPrice. Off by default: AWS then
+    interrupts the instance whenever the pool's price crosses it (interrupted more often); without
+    it a running instance pays the spot price, never above on-demand."""
     ami: str = DEFAULT_AMI
     """An AMI id (ami-...), or `ssm:/parameter/name` resolved at launch. Default: the AWS Deep Learning AMI."""
     disk_gib: int = Field(100, ge=20, le=16384)
     """Size of the root volume, in GiB."""
     instance_profile: str | None = Field(None, examples=["spotctl-trainer"])
     """IAM instance profile (name or ARN) that gives the instance access to `storage`."""
+    subnets: dict[AvailabilityZone, str] | None = Field(
+        None, examples=[{"us-east-1a": "subnet-0123456789abcdef0", "us-east-1b": "subnet-0fedcba9876543210"}]
+    )
+    """The subnet to launch in, per zone (for a VPC of your own, or an account without a default
+    VPC). Only these zones are used. Default: each zone's default subnet."""
     security_group: str | None = Field(None, examples=["sg-0123456789abcdef0"])
     """Security group id; default: one with no inbound rules, created at launch."""
     public_ip: bool = False
@@ -185,15 +194,40 @@ class ComputeSpec(Section):
             return group
         raise _spec_error(f"'{group}' is not a security group id; write it like sg-0123456789abcdef0")
 
+    @field_validator("subnets")
+    @classmethod
+    def _subnet_format(cls, subnets: dict[str, str] | None) -> dict[str, str] | None:
+        for zone, subnet in (subnets or {}).items():
+            if not re.fullmatch(r"subnet-[0-9a-f]{8}([0-9a-f]{9})?", subnet):
+                raise _spec_error(f"{zone}: '{subnet}' is not a subnet id; write it like subnet-0123456789abcdef0")
+        return subnets
+
+    @property
+    def zones(self) -> list[str] | None:
+        """The zones to launch in: `availability_zones`, narrowed to `subnets`' zones when given."""
+        if self.subnets is None:
+            return self.availability_zones
+        return [z for z in (self.availability_zones or list(self.subnets)) if z in self.subnets]
+
     def problems(self, region: str) -> list[Problem]:
         found = []
         if self.instance_types is not None and self.gpu is not None:
             found.append(Problem(("gpu",), "give either instance_types or gpu, not both; remove one of them"))
-        for i, zone in enumerate(self.availability_zones or []):
-            if not zone.startswith(region + "-") and zone.rstrip("abcdefghijklmnopqrstuvwxyz") != region:
-                found.append(
-                    Problem(("availability_zones", i), f"'{zone}' is not in region {region}; use zones like {region}a")
+        for where, zones in (("availability_zones", self.availability_zones or []), ("subnets", self.subnets or {})):
+            for i, zone in enumerate(zones):
+                if not zone.startswith(region + "-") and zone.rstrip("abcdefghijklmnopqrstuvwxyz") != region:
+                    found.append(
+                        Problem(
+                            (where, zone if where == "subnets" else i),
+                            f"'{zone}' is not in region {region}; use zones like {region}a",
+                        )
+                    )
+        if self.subnets is not None and self.availability_zones and not self.zones:
+            found.append(
+                Problem(
+                    ("subnets",), "no zone of availability_zones has a subnet here; add one, or drop availability_zones"
                 )
+            )
         return found
 
 
