@@ -76,6 +76,7 @@ class Strictness:
     spot_vcpu_quotas: dict[str, int] = field(default_factory=dict)  # quota code -> vCPUs; absent: DEFAULT_QUOTA
     default_quota: int = 1024  # vCPUs of a bucket not named above (an account that has used Spot a while)
     throttle: bool = True  # EC2's request-rate buckets
+    throttled_run_instances: int = 0  # the next N RunInstances are throttled (a bucket other callers emptied)
     spot_role_required: bool = True  # RunInstances for spot refused until AWSServiceRoleForEC2Spot exists
     profile_propagation_s: float = 0.0  # an instance profile younger than this is "invalid"
     consistency_s: float = 1.0  # a new instance is invisible for this long
@@ -286,7 +287,10 @@ class StrictProxy:
         strict = self.strictness
         with self._lock:
             bucket = "run" if action == "RunInstances" else "describe" if action.startswith("Describe") else "mutate"
-            if strict.throttle and not self._buckets[bucket].take():
+            emptied = action == "RunInstances" and strict.throttled_run_instances > 0
+            if emptied:
+                strict.throttled_run_instances -= 1
+            if emptied or (strict.throttle and not self._buckets[bucket].take()):
                 self.calls[f"ec2:{action}:RequestLimitExceeded"] += 1
                 return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.")
             young = [i for i in _instance_ids(params) if self._young.get(i, 0) > time.monotonic()]
