@@ -4,10 +4,12 @@ one machine with no AWS account. Other commands use it with `--local`."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import click
 
+from orchestrator.aws import quotas
 from orchestrator.cli import options, render
 from orchestrator.errors import UserError
 from orchestrator.local import client
@@ -44,20 +46,75 @@ def command() -> None:
     type=click.IntRange(0),
     help="Interrupt each job's first attempt once its trainer reports this step (the demo's scheduled interruption; 0: none). Also changes a running cloud.",
 )
+@click.option(
+    "--lenient",
+    is_flag=True,
+    help="Without the strict proxy: moto's own answers, kinder than AWS's (a missing key is 404, nothing is ever refused).",
+)
+@click.option(
+    "--refuse-pool",
+    "refused_pools",
+    multiple=True,
+    metavar="TYPE/ZONE",
+    help="A spot pool without capacity (InsufficientInstanceCapacity, as EC2 says it), e.g. g5.xlarge/us-east-1a or g5.xlarge/*. Repeatable.",
+)
+@click.option(
+    "--spot-quota",
+    "spot_quotas",
+    multiple=True,
+    metavar="CODE=VCPUS",
+    help="A Spot vCPU quota of the account, e.g. L-3819A6DF=0 (All G and VT: a new account). Repeatable.",
+)
 @options.json_option
-def up(seed: int, interrupt_rate: float | None, notice_s: float, interrupt_at_step: int | None, as_json: bool) -> int:
-    """Start the local cloud in the background (nothing happens if it is running); print its endpoint."""
-    cloud, started = client.up(seed, interrupt_rate, notice_s, interrupt_at_step)
+def up(
+    seed: int,
+    interrupt_rate: float | None,
+    notice_s: float,
+    interrupt_at_step: int | None,
+    lenient: bool,
+    refused_pools: tuple[str, ...],
+    spot_quotas: tuple[str, ...],
+    as_json: bool,
+) -> int:
+    """Start the local cloud in the background (nothing happens if it is running); print its endpoint.
+
+    It answers like AWS where moto would be kinder (the strict proxy: S3's 403 for missing keys, EC2's
+    capacity, quota and throttling refusals, IAM's delays, eventual consistency); `--lenient` for moto alone."""
+    strictness = _strictness(refused_pools, spot_quotas)
+    if lenient and strictness:
+        raise UserError("--refuse-pool and --spot-quota need the strict proxy", "leave out --lenient")
+    cloud, started = client.up(seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient)
     if as_json:
         click.echo(json.dumps({**vars(cloud), "started": started}, indent=2))
     else:
         click.echo(
-            f"local cloud {'started' if started else 'already running'}: {cloud.endpoint} (pid {cloud.pid}, market seed {cloud.seed})"
+            f"local cloud {'started' if started else 'already running'}: {cloud.endpoint} (pid {cloud.pid}, market seed {cloud.seed}"
+            f"{', lenient: moto alone' if lenient and started else ''})"
         )
         click.echo(
             f"use it with --local, e.g. `spotctl launch examples/quickstart.yaml --local --watch`; storage {client.LOCAL_STORAGE}"
         )
     return 0
+
+
+def _strictness(refused_pools: tuple[str, ...], spot_quotas: tuple[str, ...]) -> dict:
+    changes: dict = {}
+    for pool in refused_pools:
+        if not re.fullmatch(r"[a-z0-9-]+\.[a-z0-9]+/([a-z]{2}-[a-z]+-\d[a-z]|\*)", pool):
+            raise UserError(
+                f"--refuse-pool: '{pool}' is not TYPE/ZONE", "write it like g5.xlarge/us-east-1a or g5.xlarge/*"
+            )
+        changes.setdefault("refused_pools", []).append(pool)
+    known = {q.code for q in quotas.ALL}
+    for quota in spot_quotas:
+        code, _, vcpus = quota.partition("=")
+        if code not in known or not vcpus.isdigit():
+            raise UserError(
+                f"--spot-quota: '{quota}' is not CODE=VCPUS with a Spot quota code",
+                f"write it like L-3819A6DF=0; the codes: {', '.join(sorted(known))}",
+            )
+        changes.setdefault("spot_vcpu_quotas", {})[code] = int(vcpus)
+    return changes
 
 
 @command.command("env")

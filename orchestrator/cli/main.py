@@ -11,6 +11,7 @@ from orchestrator import __version__
 from orchestrator.aws.clients import as_user_error
 from orchestrator.cli import (
     artifacts,
+    doctor,
     infra,
     launch,
     local,
@@ -48,9 +49,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = App(Settings.from_env())
 
 
-# A job's life: write its file (schema for the editor), check it, see what it would run on, launch,
+# A job's life: write its file (schema for the editor), check it and the account, see what it would run on, launch,
 # follow, stop or resume, fetch its models; then the one-time AWS setup and the local cloud.
-for module in (schema, validate, offers, launch, watch, status, logs, stop, resume, artifacts, infra, local):
+for module in (schema, validate, doctor, offers, launch, watch, status, logs, stop, resume, artifacts, infra, local):
     cli.add_command(module.command)
 
 

@@ -56,6 +56,10 @@ class LocalCloud:
     def environment(self) -> dict[str, str]:
         return client_environment(self.endpoint)
 
+    def strict(self, changes: dict) -> dict:
+        """Change what its strict proxy refuses (orchestrator.local.strict.Strictness); its settings."""
+        return _strict_call(self.endpoint, changes)
+
     def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> dict:
         request = urllib.request.Request(
             f"{self.control}{path}",
@@ -68,6 +72,25 @@ class LocalCloud:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise UserError(f"local cloud: {json.loads(exc.read()).get('error', exc.reason)}") from None
+
+
+def _strict_call(endpoint: str, changes: dict) -> dict:
+    request = urllib.request.Request(
+        f"{endpoint}/_strict/config",
+        method="POST",
+        data=json.dumps(changes).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise UserError(
+                "the local cloud runs without the strict proxy (started with --lenient)",
+                "`spotctl local down`, then `spotctl local up`",
+            ) from None
+        raise UserError(f"local cloud: {json.loads(exc.read()).get('error', exc.reason)}") from None
 
 
 def find() -> LocalCloud | None:
@@ -87,10 +110,17 @@ def find() -> LocalCloud | None:
 
 
 def up(
-    seed: int = 0, interrupt_rate: float | None = None, notice_s: float = 5.0, interrupt_at_step: int | None = None
+    seed: int = 0,
+    interrupt_rate: float | None = None,
+    notice_s: float = 5.0,
+    interrupt_at_step: int | None = None,
+    strictness: dict | None = None,
+    lenient: bool = False,
 ) -> tuple[LocalCloud, bool]:
     """(the cloud, whether it was started now). Idempotent: a running one is returned as it is, with
-    the interruptions asked for (rate, scheduled step) applied to it."""
+    the interruptions asked for (rate, scheduled step) and the strictness changes applied to it.
+    `strictness`: changes to the strict proxy's settings (orchestrator.local.strict.Strictness);
+    `lenient`: no strict proxy (moto's own answers), for a cloud started now."""
     running = find()
     if running:
         changes = {
@@ -100,6 +130,8 @@ def up(
         }
         if changes:
             running.call("POST", "/config", changes)
+        if strictness:
+            running.strict(strictness)
         return running, False
     folder = home()
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +150,7 @@ def up(
                 "--notice",
                 str(notice_s),
                 *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else []),
+                *(["--lenient"] if lenient else ["--strictness", json.dumps(strictness or {})]),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,10 +1,13 @@
 """The local cloud's process (`spotctl local up` starts it in the background):
 
     python -m orchestrator.local.daemon --home DIR [--seed N] [--interrupt-rate R] [--notice S] [--interrupt-at-step N]
+                                       [--strictness JSON | --lenient]
 
-It runs a moto server on 127.0.0.1 (EC2, SSM, IAM, S3), seeds it with what a spotctl account has
-(the Deep Learning AMI parameter, the `spotctl-local` bucket, the `spotctl-trainer` instance
-profile), runs the instance runner, and answers a small control API on 127.0.0.1:
+It runs a moto server on 127.0.0.1 (EC2, SSM, IAM, S3) behind the strict proxy (orchestrator.local.strict:
+AWS's answers where moto's are kinder; `--lenient` leaves it out), seeds it with what a spotctl account
+has (the Deep Learning AMI parameter, the `spotctl-local` bucket, the `spotctl-trainer` instance
+profile, the Spot service-linked role), runs the instance runner, and answers a small control API on
+127.0.0.1:
 
     GET  /status                          the cloud and its running machines
     POST /interrupt {"instance_id", "notice_s"}   a spot interruption
@@ -54,18 +57,33 @@ def client_environment(endpoint: str) -> dict[str, str]:
     }
 
 
-def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interrupt_at_step: int | None = None) -> None:
+def serve(
+    home: Path,
+    seed: int,
+    interrupt_rate: float,
+    notice_s: float,
+    interrupt_at_step: int | None = None,
+    strictness: dict | None = None,
+) -> None:
+    """`strictness`: None for moto as it is (lenient), else the strict proxy's settings to change
+    (orchestrator.local.strict.Strictness; {} for its defaults)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
     from orchestrator.local.aws import route_default_vpc_to_the_internet, seed_deep_learning_ami
     from orchestrator.local.runner import InstanceRunner
+    from orchestrator.local.strict import Strictness, StrictProxy
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint, proxy = f"http://127.0.0.1:{port}", None
+    if strictness is not None:  # every client, the instances' included, meets AWS's answers
+        settings = Strictness()
+        settings.update(strictness)
+        proxy = StrictProxy(endpoint, settings).start()
+        endpoint = proxy.endpoint
     os.environ.update(client_environment(endpoint))
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
         os.environ.pop(name, None)
@@ -74,6 +92,7 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
     route_default_vpc_to_the_internet(ec2)  # as in AWS: instances without a public IP are then refused
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     boto3.client("iam").create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+    boto3.client("iam").create_service_linked_role(AWSServiceName="spot.amazonaws.com")  # as `infra deploy` does
     runner = InstanceRunner(
         ec2,
         REGION,
@@ -113,6 +132,7 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
                     "region": REGION,
                     "bucket": BUCKET,
                     "ami": ami,
+                    "strict": proxy is not None,
                     "machines": runner.snapshot(),
                 },
             )
@@ -169,6 +189,8 @@ def serve(home: Path, seed: int, interrupt_rate: float, notice_s: float, interru
         runner.stop()
         control.shutdown()
         control.server_close()
+        if proxy is not None:
+            proxy.stop()
         moto.stop()
         state.unlink(missing_ok=True)
         logging.info("local cloud down")
@@ -190,10 +212,24 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="interrupt each job's first attempt once its trainer reports this step",
     )
+    parser.add_argument(
+        "--strictness",
+        type=json.loads,
+        default={},
+        help="JSON of the strict proxy's settings to change (orchestrator.local.strict.Strictness)",
+    )
+    parser.add_argument("--lenient", action="store_true", help="no strict proxy: moto's own answers")
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(args.home, args.seed, args.interrupt_rate, args.notice, args.interrupt_at_step)
+    serve(
+        args.home,
+        args.seed,
+        args.interrupt_rate,
+        args.notice,
+        args.interrupt_at_step,
+        None if args.lenient else args.strictness,
+    )
 
 
 if __name__ == "__main__":
