@@ -174,7 +174,9 @@ def test_missing_credentials_are_one_message(aws, spotctl, monkeypatch):
 
 def test_local_data_cannot_be_launched(account, spotctl, tmp_path):
     job = tmp_path / "local-data.yaml"
-    job.write_text(EXAMPLE.read_text().replace("s3://my-spotctl-bucket/datasets/flowers/train", "./flowers/train"))
+    job.write_text(
+        EXAMPLE.read_text().replace("s3://my-spotctl-bucket/spotctl/datasets/flowers/train", "./flowers/train")
+    )
     code, _, err = spotctl("launch", str(job))
     assert code == 1 and err.startswith(
         f"error: train.data.train is a local path ({tmp_path}/flowers/train); the instance cannot read it"
