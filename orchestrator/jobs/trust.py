@@ -16,7 +16,7 @@ import re
 
 import botocore.exceptions
 
-from orchestrator.aws.clients import Cloud, as_user_error
+from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify
 from orchestrator.aws.ec2 import resolve_ami
 from orchestrator.errors import UserError
 from trainer.job import layout
@@ -55,9 +55,11 @@ def check_ami(cloud: Cloud, spec: JobSpec, record: JobRecord) -> None:
         raise UserError(refusal, hint)
     try:
         images = cloud.client("ec2").describe_images(ImageIds=[record.ami])["Images"]
-        account = cloud.client("sts").get_caller_identity()["Account"]
     except botocore.exceptions.ClientError as exc:
-        raise as_user_error(exc, f"describing {record.ami}") from None
+        if classify(exc) not in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):  # InvalidAMIID.*: no such image
+            raise as_user_error(exc, f"describing {record.ami}") from None
+        images = []
+    account = cloud.client("sts").get_caller_identity()["Account"]
     owner = (images[0].get("ImageOwnerAlias"), images[0].get("OwnerId")) if images else (None, None)
     if owner[0] != AMAZON and owner[1] != account:
         raise UserError(
