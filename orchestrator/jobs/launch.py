@@ -197,7 +197,9 @@ def start_attempt(
         if adopted is not None:
             return adopted
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
-    check_launch_inputs(cloud, spec, record)  # record.json is in the bucket: its AMI and wheel are checked, not trusted
+    check_launch_inputs(
+        cloud, spec, record, resolve_ami
+    )  # record.json is in the bucket: its AMI and wheel are checked, not trusted
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = resolve_ami(cloud, record.ami)
     refusals = []

@@ -13,11 +13,11 @@ record written some other way.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import botocore.exceptions
 
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify
-from orchestrator.aws.ec2 import resolve_ami
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.documents import JobRecord
@@ -27,10 +27,15 @@ AMAZON = "amazon"  # describe_images' ImageOwnerAlias of Amazon's images (the De
 WHEEL_NAME = re.compile(r"[0-9a-f]{64}/[A-Za-z0-9_.+-]+\.whl")  # layout.wheel_key(sha256, name), below wheels/
 
 
-def check_launch_inputs(cloud: Cloud, spec: JobSpec, record: JobRecord) -> None:
+Resolve = Callable[
+    [Cloud, str], tuple[str, str]
+]  # orchestrator.aws.ec2.resolve_ami: compute.ami -> (AMI id, root device)
+
+
+def check_launch_inputs(cloud: Cloud, spec: JobSpec, record: JobRecord, resolve: Resolve) -> None:
     """Refuse (UserError) a record whose AMI or wheel URL is not what the operator would launch."""
     check_wheel_url(spec, record)
-    check_ami(cloud, spec, record)
+    check_ami(cloud, spec, record, resolve)
 
 
 def check_wheel_url(spec: JobSpec, record: JobRecord) -> None:
@@ -45,8 +50,8 @@ def check_wheel_url(spec: JobSpec, record: JobRecord) -> None:
         )
 
 
-def check_ami(cloud: Cloud, spec: JobSpec, record: JobRecord) -> None:
-    expected, _ = resolve_ami(cloud, spec.compute.ami)
+def check_ami(cloud: Cloud, spec: JobSpec, record: JobRecord, resolve: Resolve) -> None:
+    expected, _ = resolve(cloud, spec.compute.ami)
     if record.ami == expected:
         return
     refusal = f"record.json of job {record.job_id}: ami {record.ami!r} is not {expected}, which compute.ami ({spec.compute.ami}) resolves to"

@@ -136,7 +136,9 @@ def test_auth_errors_stop_with_a_hint(account, spotctl, monkeypatch):
     assert code == 1
     assert err.splitlines() == [
         "error: AWS refused starting g4dn.xlarge in us-east-1a: UnauthorizedOperation: UnauthorizedOperation (test)",
-        "hint: check the credentials and that they allow this call (infra/ has the policy spotctl needs)",
+        "hint: check the credentials and that they allow this call (infra/ has the policy spotctl needs); "
+        "`aws sts decode-authorization-message --encoded-message MESSAGE` (the text after 'Encoded authorization "
+        "failure message:') says which resource or condition was refused",
     ]
 
 
