@@ -3,14 +3,34 @@ bucket, the instance profile, the Deep Learning AMI, a spot market of fixed pric
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import botocore.exceptions
 
 from orchestrator.cli import context
 from testbed import REPO
 
-EXAMPLE = REPO / "examples/aws-resnet50.yaml"
+EXAMPLE_AS_WRITTEN = REPO / "examples/aws-resnet50.yaml"  # relies on `spotctl infra deploy`'s profile (test_infra)
+INSTANCE_PROFILE = "spotctl-trainer"  # the `account` fixture's stand-in for the stack's
+
+
+def _example_for_the_account() -> Path:
+    """The example as a job file names the instance profile when no stack profile fills it in: the
+    `account` fixture creates the profile the stack would, but records no `infra deploy` profile."""
+    text = EXAMPLE_AS_WRITTEN.read_text().replace(
+        "\ncompute:\n", f"\ncompute:\n  instance_profile: {INSTANCE_PROFILE}\n", 1
+    )
+    folder = Path(tempfile.mkdtemp(prefix="spotctl-example-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / EXAMPLE_AS_WRITTEN.name).write_text(text)
+    return folder / EXAMPLE_AS_WRITTEN.name
+
+
+EXAMPLE = _example_for_the_account()
 BUCKET = "my-spotctl-bucket"
 STORAGE = f"s3://{BUCKET}/spotctl"
 MARKET = {

@@ -156,10 +156,10 @@ def as_user_error(error: BaseException, doing: str) -> UserError:
             "run `spotctl infra deploy` once (it creates the role), or `aws iam create-service-linked-role --aws-service-name spot.amazonaws.com`",
         )
     if kind is ErrorKind.AUTH:
-        return UserError(
-            f"AWS refused {doing}: {describe(error)}",
-            "check the credentials and that they allow this call (infra/ has the policy spotctl needs)",
-        )
+        hint = "check the credentials and that they allow this call (infra/ has the policy spotctl needs)"
+        if error_code(error) == "UnauthorizedOperation":  # EC2 says which statement refused, encoded
+            hint += "; `aws sts decode-authorization-message --encoded-message MESSAGE` (the text after 'Encoded authorization failure message:') says which resource or condition was refused"
+        return UserError(f"AWS refused {doing}: {describe(error)}", hint)
     return UserError(f"{doing} failed: {describe(error)}")
 
 

@@ -8,8 +8,13 @@ deploy   create_stack or update_stack (not change sets: moto drops the outputs o
          policy and the lifecycle rules unset; on AWS this finds them already in place), and
          record the outputs in the profile.
 status   the stack, its outputs, the bucket's guarantees as S3 reports them, the profile.
-delete   refuses while the bucket holds jobs (unless forced); the bucket itself is kept (its
+delete   refuses while spotctl instances run with the stack's security group or instance profile
+         (CloudFormation would end in DELETE_FAILED, the group still in use) unless told to terminate
+         them first, and while the bucket holds jobs (unless forced); the bucket itself is kept (its
          DeletionPolicy is Retain) unless it is empty.
+
+Deploy also makes sure the account has EC2's Spot service-linked role (`ensure_spot_service_linked_role`),
+which EC2 would otherwise create at the first spot request with the *caller's* credentials.
 
 The profile is `$SPOTCTL_HOME/infra.json` (default ~/.spotctl): the last stack deployed, by region.
 """
@@ -18,17 +23,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
 from orchestrator.aws.clients import Cloud, as_user_error, describe, error_code
+from orchestrator.aws.instances import TAG_JOB
 from orchestrator.errors import UserError
+from trainer.job import layout
 from trainer.job.settings import Settings
+
+if TYPE_CHECKING:
+    from trainer.job.spec import JobSpec
 
 TEMPLATE = Path(__file__).parent.parent / "data" / "infra" / "spotctl.yaml"
 OPERATOR_POLICY = TEMPLATE.with_name("operator-policy.json")  # kept exact by tests/orchestrator/test_operator_policy.py
@@ -45,6 +57,27 @@ PUBLIC_ACCESS_BLOCK = {
 }
 TLS_ONLY_SID = "DenyInsecureTransport"
 ABORT_UPLOADS_RULE = "abort-incomplete-multipart-uploads"
+
+# EC2 Spot's service-linked role: one per account, created by EC2 at the first spot request with the
+# caller's credentials (a caller without iam:CreateServiceLinkedRole gets
+# AuthFailure.ServiceLinkedRoleCreationNotPermitted from RunInstances), or beforehand by deploy.
+SPOT_SERVICE = "spot.amazonaws.com"
+SPOT_SERVICE_LINKED_ROLE = "AWSServiceRoleForEC2Spot"
+
+# What the trainer role may write, relative to a job's prefix: the objects the trainer (and the
+# bootstrap: its log, a final.json for a failure the trainer could not report) own, spelled by
+# trainer.job.layout. Everything else under the prefix (job.yaml, record.json, control/, wheels/,
+# datasets) it may only read, so a compromised instance cannot change what the next one boots with.
+# infra/spotctl.yaml spells these ARNs; tests/orchestrator/test_infra.py holds the two equal.
+TRAINER_WRITES = (
+    f"{layout.CHECKPOINTS}/*",
+    f"{layout.BEST}/*",
+    f"{layout.ARTIFACTS}/*",
+    f"{layout.METRICS}/*",
+    f"{layout.LOGS}/*",
+    layout.HEARTBEAT,
+    layout.FINAL,
+)
 
 
 def profile_path() -> Path:
@@ -63,6 +96,11 @@ class Deployed:
     security_group: str
     role_arn: str
     deployed_at: str
+    # The security group's VPC (the default VPC), which the operator policy holds launches to; "" in a
+    # profile written before it was recorded.
+    vpc: str = ""
+    # The S3 ARNs `--data-read` granted the role (the stack's DataReadArns parameter).
+    data_read: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------- the profile
@@ -112,13 +150,26 @@ def job_defaults(data: dict) -> dict:
     return defaults
 
 
+def trainer_write_arns(bucket_arn: str, prefix: str) -> list[str]:
+    """The object ARNs the trainer role may write: TRAINER_WRITES under every job of the prefix."""
+    return [f"{bucket_arn}/{prefix}/{layout.JOBS}/*/{path}" for path in TRAINER_WRITES]
+
+
 def operator_policy(deployed: Deployed) -> dict:
     """infra/operator-policy.json for this stack: what the person or CI running spotctl needs."""
+    if not deployed.vpc:
+        raise UserError(
+            f"the profile of stack {deployed.stack} predates the VPC the operator policy names",
+            "run `spotctl infra deploy` again (it changes nothing in the stack) to record it",
+        )
     text = OPERATOR_POLICY.read_text()
     for name, value in (
         ("Bucket", deployed.bucket),
         ("Prefix", prefix_of(deployed.storage)),
         ("TrainerRoleArn", deployed.role_arn),
+        ("Account", deployed.role_arn.split(":")[4]),
+        ("Region", deployed.region),
+        ("Vpc", deployed.vpc),
     ):
         text = text.replace("${" + name + "}", value)
     return json.loads(text)
@@ -160,6 +211,8 @@ def deploy(
         }
         given = {key: value if value is not None else defaults[key] for key, value in given.items()}
         _refuse_taken_bucket(cloud, given["BucketName"])
+    # Account-wide, not the stack's: CloudFormation's AWS::IAM::ServiceLinkedRole fails where it exists.
+    on_event(f"service-linked role {SPOT_SERVICE_LINKED_ROLE}: {ensure_spot_service_linked_role(cloud)}")
     parameters = [
         {"ParameterKey": k, "ParameterValue": v} if v is not None else {"ParameterKey": k, "UsePreviousValue": True}
         for k, v in given.items()
@@ -202,10 +255,43 @@ def deploy(
         security_group=outputs["SecurityGroup"],
         role_arn=outputs["TrainerRoleArn"],
         deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        vpc=_vpc_of(cloud, outputs["SecurityGroup"]),
+        data_read=_listed(_parameters(final).get("DataReadArns", "")),
     )
     repaired = secure_bucket(cloud, deployed.bucket)
     _write_profile(deployed)
     return deployed, repaired
+
+
+def ensure_spot_service_linked_role(cloud: Cloud) -> str:
+    """Make sure the account has EC2 Spot's service-linked role; "created" or "present". Without it,
+    the first spot launch of an operator held to infra/operator-policy.json fails with
+    AuthFailure.ServiceLinkedRoleCreationNotPermitted (EC2 creates it with the caller's rights)."""
+    try:
+        cloud.client("iam").create_service_linked_role(AWSServiceName=SPOT_SERVICE)
+        return "created"
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        # AWS: 400 InvalidInput "Service role name AWSServiceRoleForEC2Spot has been taken in this
+        # account, please try a different suffix."; moto: EntityAlreadyExists. Both: it is there.
+        if (code == "InvalidInput" and "has been taken" in describe(exc)) or code == "EntityAlreadyExists":
+            return "present"
+        error = as_user_error(exc, f"creating the {SPOT_SERVICE_LINKED_ROLE} service-linked role")
+        if code in ("AccessDenied", "AccessDeniedException"):
+            error = UserError(
+                error.message,
+                "someone allowed to create it runs, once per account: "
+                f"aws iam create-service-linked-role --aws-service-name {SPOT_SERVICE}",
+            )
+        raise error from None
+
+
+def _vpc_of(cloud: Cloud, group: str) -> str:
+    """The VPC of the stack's security group (where launch puts instances: the default VPC)."""
+    try:
+        return cloud.client("ec2").describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["VpcId"]
+    except botocore.exceptions.ClientError as exc:
+        raise as_user_error(exc, f"reading security group {group}") from None
 
 
 def _refuse_taken_bucket(cloud: Cloud, bucket: str) -> None:
@@ -238,6 +324,64 @@ def data_arns(location: str) -> list[str]:
     bucket, _, key = location[5:].partition("/")
     key = key.strip("/")
     return [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key + '/' if key else ''}*"]
+
+
+def _parameters(stack: dict) -> dict[str, str]:
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+
+
+def _listed(value: str) -> list[str]:
+    """A CommaDelimitedList parameter's items. AWS gives "a,b"; moto's CloudFormation gives the Python
+    repr of the list ("['a', 'b']")."""
+    if value.startswith("[") and value.endswith("]"):
+        import ast
+
+        return [item for item in ast.literal_eval(value) if item]
+    return [item for item in value.split(",") if item]
+
+
+def data_outside_role(spec: JobSpec, deployed: Deployed | None) -> list[str]:
+    """Warnings for the job's s3:// data and weights the stack's instance role may not read: neither
+    under the stack's storage prefix nor granted by `--data-read`. The trainer would otherwise find
+    out on the instance, after the boot and install were paid for. Nothing is said of a job that runs
+    with another instance profile (its rights are not known here) or in another region."""
+    if (
+        deployed is None
+        or spec.region != deployed.region
+        or spec.compute.instance_profile not in (deployed.instance_profile, _profile_arn(deployed))
+    ):
+        return []
+    readable = [f"arn:aws:s3:::{deployed.bucket}/{prefix_of(deployed.storage)}/*", *deployed.data_read]
+    warnings = []
+    for name, url in (
+        ("train.data.train", spec.train.data.train),
+        ("train.data.val", spec.train.data.val),
+        ("train.model.weights", spec.train.model.weights),
+    ):
+        if not url or not url.startswith("s3://"):
+            continue
+        bucket, _, key = url[5:].partition("/")
+        key = key.rstrip("/")
+        # A folder is read object by object beneath it; a file (a .tar, weights) is read itself.
+        objects = [f"arn:aws:s3:::{bucket}/{key}", f"arn:aws:s3:::{bucket}/{key}/x"]
+        if not any(_arn_matches(pattern, arn) for pattern in readable for arn in objects):
+            warnings.append(
+                f"{name} {url} is outside what stack {deployed.stack}'s instance role may read "
+                f"({deployed.storage}/ and {', '.join(deployed.data_read) or 'no --data-read grant'}): "
+                "the trainer would be refused once the instance has booted; move the data under "
+                f"{deployed.storage}/, or grant it with `spotctl infra deploy --data-read s3://{bucket}/{key}/`"
+            )
+    return warnings
+
+
+def _profile_arn(deployed: Deployed) -> str:
+    account = deployed.role_arn.split(":")[4] if deployed.role_arn.count(":") >= 5 else ""
+    return f"arn:aws:iam::{account}:instance-profile/{deployed.instance_profile}"
+
+
+def _arn_matches(pattern: str, arn: str) -> bool:
+    """IAM's Resource matching: `*` any run of characters (slashes too), `?` one character."""
+    return re.fullmatch(".*".join(".".join(map(re.escape, p.split("?"))) for p in pattern.split("*")), arn) is not None
 
 
 def outputs_of(stack: dict | None) -> dict[str, str]:
@@ -425,10 +569,69 @@ def jobs_in(cloud: Cloud, bucket: str, prefix: str) -> int:
     return len(found.get("CommonPrefixes", []))
 
 
+# Not yet terminated: an instance in these states still holds its network interface in the group.
+HOLDING_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
+TERMINATION_WAIT_S = 600
+
+
+def instances_using(cloud: Cloud, outputs: dict[str, str]) -> list[tuple[str, str]]:
+    """spotctl's instances, not yet terminated, that run with the stack's security group or instance
+    profile: (instance id, job id), by id."""
+    group, profile = outputs.get("SecurityGroup"), outputs.get("InstanceProfileArn")
+    pages = (
+        cloud.client("ec2")
+        .get_paginator("describe_instances")
+        .paginate(
+            Filters=[
+                {"Name": "tag-key", "Values": [TAG_JOB]},
+                {"Name": "instance-state-name", "Values": list(HOLDING_STATES)},
+            ]
+        )
+    )
+    found = []
+    try:
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    groups = {g["GroupId"] for g in instance.get("SecurityGroups", [])}
+                    uses_profile = profile and instance.get("IamInstanceProfile", {}).get("Arn") == profile
+                    if group in groups or uses_profile:
+                        job = next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == TAG_JOB), "?")
+                        found.append((instance["InstanceId"], job))
+    except botocore.exceptions.ClientError as exc:
+        raise as_user_error(exc, "listing spotctl's instances") from None
+    return sorted(found)
+
+
+def _terminate_and_wait(cloud: Cloud, instances: list[tuple[str, str]], on_event: Callable[[str], None]) -> None:
+    from orchestrator.aws.ec2 import terminate
+
+    ids = [instance for instance, _ in instances]
+    on_event(f"terminating {len(ids)} instance{'s' if len(ids) != 1 else ''}: {', '.join(ids)}")
+    try:
+        terminate(cloud, ids)
+        cloud.client("ec2").get_waiter("instance_terminated").wait(
+            InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": TERMINATION_WAIT_S // 5}
+        )
+    except botocore.exceptions.WaiterError:
+        raise UserError(
+            f"instances {', '.join(ids)} are not terminated after {TERMINATION_WAIT_S // 60} minutes",
+            "see them in the EC2 console, then run `spotctl infra delete` again",
+        ) from None
+    except botocore.exceptions.ClientError as exc:
+        raise as_user_error(exc, f"terminating {', '.join(ids)}") from None
+
+
 def delete(
-    cloud: Cloud, stack: str = DEFAULT_STACK, force: bool = False, on_event: Callable[[str], None] = lambda line: None
+    cloud: Cloud,
+    stack: str = DEFAULT_STACK,
+    force: bool = False,
+    on_event: Callable[[str], None] = lambda line: None,
+    terminate_instances: bool = False,
 ) -> str:
-    """Delete the stack; returns what became of the bucket."""
+    """Delete the stack; returns what became of the bucket. Instances still using the stack's group
+    or profile are refused (CloudFormation would fail on the group, DependencyViolation, and end in
+    DELETE_FAILED), or terminated first with `terminate_instances`."""
     current = stack_of(cloud, stack)
     if current is None:
         raise UserError(
@@ -436,6 +639,14 @@ def delete(
             "`spotctl infra status` shows the deployed stack and its region",
         )
     outputs = outputs_of(current)
+    running = instances_using(cloud, outputs)
+    if running and not terminate_instances:
+        listed = ", ".join(f"{instance} (job {job})" for instance, job in running)
+        raise UserError(
+            f"{len(running)} spotctl instance{'s' if len(running) != 1 else ''} still run{'s' if len(running) == 1 else ''} "
+            f"with stack {stack}'s security group or instance profile: {listed}",
+            "stop the jobs first (`spotctl stop JOB`), or pass --terminate-instances to terminate them before deleting",
+        )
     bucket, prefix = outputs.get("BucketName"), prefix_of(outputs.get("Storage", ""))
     count = jobs_in(cloud, bucket, prefix) if bucket else 0
     if count and not force:
@@ -444,6 +655,8 @@ def delete(
             "security group they run with",
             "stop them and keep what you need (`spotctl artifacts JOB --download DIR`), then pass --force",
         )
+    if running:
+        _terminate_and_wait(cloud, running, on_event)
     on_event(f"deleting stack {stack} in {cloud.region}")
     try:
         cloud.client("cloudformation").delete_stack(StackName=stack)

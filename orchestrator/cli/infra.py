@@ -156,12 +156,26 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
 @click.option(
     "--force", is_flag=True, help="Delete even though the bucket holds jobs (the bucket and its objects are kept)."
 )
+@click.option(
+    "--terminate-instances",
+    is_flag=True,
+    help="Terminate spotctl's instances still running with the stack's security group or profile first (else refused).",
+)
 @options.profile_option
 @click.pass_obj
-def delete(app: App, stack: str, region: str | None, force: bool, profile: str | None) -> int:
-    """Delete the stack (refused while its bucket holds jobs, unless --force); the bucket is kept unless empty."""
+def delete(
+    app: App, stack: str, region: str | None, force: bool, terminate_instances: bool, profile: str | None
+) -> int:
+    """Delete the stack (refused while instances use it, or its bucket holds jobs, unless --force); the
+    bucket is kept unless empty."""
     cloud = app.cloud(_region(region), profile)
-    bucket = infra.delete(cloud, stack, force, on_event=lambda line: click.echo(line, err=True))
+    bucket = infra.delete(
+        cloud,
+        stack,
+        force,
+        on_event=lambda line: click.echo(line, err=True),
+        terminate_instances=terminate_instances,
+    )
     click.echo(f"deleted stack {stack} in {cloud.region}; {bucket}")
     return 0
 

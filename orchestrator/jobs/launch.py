@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import botocore.exceptions
 
 from orchestrator import __version__
+from orchestrator.aws import infra
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
 from orchestrator.aws.ec2 import describe_instance, live_instances, resolve_ami, run_instance, terminate
 from orchestrator.aws.offers import Offer, Offers, find_offers
@@ -28,6 +29,7 @@ from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import stale_claim
+from orchestrator.jobs.trust import check_launch_inputs
 from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import layout
@@ -86,6 +88,8 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
                 f"{field} is a local path ({value}); the instance cannot read it",
                 "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL",
             )
+    for warning in infra.data_outside_role(spec, infra.read_profile()):
+        log.warning("warning: %s", warning)
 
 
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
@@ -198,6 +202,9 @@ def start_attempt(
         if adopted is not None:
             return adopted
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
+    check_launch_inputs(
+        cloud, spec, record, resolve_ami
+    )  # record.json is in the bucket: its AMI and wheel are checked, not trusted
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = resolve_ami(cloud, record.ami)
     refusals = Refusals()

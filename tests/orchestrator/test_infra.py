@@ -1,19 +1,24 @@
 """`spotctl infra deploy|status|delete` against the moto server: the stack's bucket checked through an
-independent S3 client, a job file that leaves storage, instance profile and security group out
-launched with the stack's outputs, delete refusing while jobs exist; cfn-lint on every template."""
+independent S3 client, the Spot service-linked role ensured, the README's example launched with the
+stack's outputs (and a warning for data the role cannot read), delete refusing while instances run or
+jobs exist; the trainer role's writable paths held to trainer/job/layout.py; cfn-lint on every template."""
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 
 import boto3
+import botocore.exceptions
 import pytest
 import yaml
 
 from orchestrator.aws import infra
+from orchestrator.aws.clients import Cloud
+from orchestrator.errors import UserError
 from testbed import REPO
-from tests.cloud import EXAMPLE, launched_id
+from tests.cloud import EXAMPLE_AS_WRITTEN, launched_id
 
 ACCOUNT = "123456789012"  # moto's
 BUCKET = f"spotctl-{ACCOUNT}-us-east-1"
@@ -49,10 +54,13 @@ def statements_of(iam, role: str) -> dict[str, dict]:
 
 def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(deployed, spotctl):
     out, err = deployed
-    assert (
-        err.splitlines()[0] == f"creating stack spotctl in us-east-1 (bucket {BUCKET})"
-        and "spotctl: CREATE_COMPLETE" in err
-    )
+    assert err.splitlines()[:2] == [
+        "service-linked role AWSServiceRoleForEC2Spot: created",
+        f"creating stack spotctl in us-east-1 (bucket {BUCKET})",
+    ]
+    assert "spotctl: CREATE_COMPLETE" in err
+    [spot_role] = boto3.client("iam").list_roles(PathPrefix="/aws-service-role/spot.amazonaws.com/")["Roles"]
+    assert json.dumps(spot_role["AssumeRolePolicyDocument"]).count("spot.amazonaws.com") == 1
     stack = boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     assert outputs["Storage"] == f"s3://{BUCKET}/spotctl" and outputs["SecurityGroup"].startswith("sg-")
@@ -85,8 +93,18 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     ]
     [role] = profile["Roles"]
     resources = {sid: statement["Resource"] for sid, statement in statements_of(iam, role["RoleName"]).items()}
+    jobs = f"arn:aws:s3:::{BUCKET}/spotctl/jobs/*"
     assert resources == {
-        "ObjectsUnderThePrefix": f"arn:aws:s3:::{BUCKET}/spotctl/*",
+        "ReadUnderThePrefix": f"arn:aws:s3:::{BUCKET}/spotctl/*",
+        "WriteWhatTheTrainerOwns": [
+            f"{jobs}/checkpoints/*",
+            f"{jobs}/best/*",
+            f"{jobs}/artifacts/*",
+            f"{jobs}/metrics/*",
+            f"{jobs}/logs/*",
+            f"{jobs}/status/heartbeat.json",
+            f"{jobs}/status/final.json",
+        ],
         "ListThePrefix": f"arn:aws:s3:::{BUCKET}",
         "ReadDatasets": ["arn:aws:s3:::my-datasets", "arn:aws:s3:::my-datasets/imagenet/*"],
     }  # --data-read, read-only
@@ -95,10 +113,19 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     assert group["IpPermissions"] == []
 
     recorded = infra.read_profile()
-    assert (recorded.storage, recorded.instance_profile, recorded.security_group) == (
+    [default_vpc] = boto3.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    assert (
+        recorded.storage,
+        recorded.instance_profile,
+        recorded.security_group,
+        recorded.vpc,
+        recorded.data_read,
+    ) == (
         outputs["Storage"],
         outputs["InstanceProfile"],
         outputs["SecurityGroup"],
+        default_vpc["VpcId"],
+        ["arn:aws:s3:::my-datasets", "arn:aws:s3:::my-datasets/imagenet/*"],
     )
 
     code, out, _ = spotctl("infra", "policy")  # what to attach to the people and CI who run spotctl
@@ -116,6 +143,7 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     assert f"  n/a  tls only (plain-HTTP endpoint {boto3.client('s3').meta.endpoint_url})" in out
     code, out, err = spotctl("infra", "deploy")  # again, no options: an update that keeps every earlier choice
     assert code == 0, err
+    assert err.splitlines()[0] == "service-linked role AWSServiceRoleForEC2Spot: present"
     assert "updating stack spotctl in us-east-1" in err and infra.read_profile().storage == outputs["Storage"]
     parameters = {
         p["ParameterKey"]: p["ParameterValue"]
@@ -125,15 +153,21 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     assert "ReadDatasets" in statements_of(iam, role["RoleName"])  # the dataset grant survived
 
 
-def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(deployed, spotctl, tmp_path):
-    spec = yaml.safe_load(EXAMPLE.read_text())
-    del spec["storage"], spec["compute"]["instance_profile"]
+def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed, spotctl, tmp_path, caplog):
+    # What the README says to do: the example, with the stack's bucket written in (`--bucket NAME` at
+    # deploy would make it the example's own); it names no instance profile or security group.
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(spec))
+    job.write_text(EXAMPLE_AS_WRITTEN.read_text().replace("my-spotctl-bucket", BUCKET))
+    spec = yaml.safe_load(job.read_text())
+    assert "instance_profile" not in spec["compute"] and "security_group" not in spec["compute"]
     stored = infra.read_profile()
 
-    code, out, err = spotctl("launch", str(job))
+    with caplog.at_level(logging.WARNING):
+        code, out, err = spotctl("launch", str(job))
     assert code == 0, err
+    assert [
+        r.message for r in caplog.records if r.message.startswith("warning:")
+    ] == []  # its data is the role's to read
     job_id = launched_id(out)
     [instance] = [
         i
@@ -150,6 +184,22 @@ def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(de
     assert (
         written["storage"] == stored.storage and written["compute"]["security_group"] == stored.security_group
     )  # the instance reads the same
+
+    # Deleting the stack under a running instance: refused (CloudFormation would end in DELETE_FAILED,
+    # the group still in use), even with --force, until told to terminate it.
+    for args in (("infra", "delete"), ("infra", "delete", "--force")):
+        code, _, err = spotctl(*args)
+        assert code == 1 and err.splitlines()[:2] == [
+            f"error: 1 spotctl instance still runs with stack spotctl's security group or instance profile: "
+            f"{instance['InstanceId']} (job {job_id})",
+            "hint: stop the jobs first (`spotctl stop JOB`), or pass --terminate-instances to terminate them before deleting",
+        ]
+    assert boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]["StackStatus"] == (
+        "CREATE_COMPLETE"
+    )
+    spec = yaml.safe_load(job.read_text())
+    del spec["storage"]
+    job.write_text(yaml.safe_dump(spec))
 
     # Another region than the stack's (in the file, or by --region): its resources do not apply.
     code, _, err = spotctl("launch", str(job), "--region", "eu-west-1")
@@ -168,13 +218,20 @@ def test_a_job_file_without_storage_profile_or_group_launches_with_the_stacks(de
     code, _, err = spotctl("launch", str(job))
     assert code == 1 and err.startswith("error: compute.instance_profile is not set")
 
-    code, _, err = spotctl("infra", "delete")
+    code, _, err = spotctl("infra", "delete", "--terminate-instances")  # nothing terminated before this is settled
     assert code == 1 and err.splitlines()[0] == (
         f"error: bucket {BUCKET} holds 1 job under spotctl/jobs/; deleting the stack removes the role and "
         "security group they run with"
     )
-    code, out, err = spotctl("infra", "delete", "--force")
+    code, out, err = spotctl("infra", "delete", "--force", "--terminate-instances")
     assert code == 0, err
+    assert f"terminating 1 instance: {instance['InstanceId']}" in err.splitlines()
+    [state] = [
+        i["State"]["Name"]
+        for r in boto3.client("ec2").describe_instances(InstanceIds=[instance["InstanceId"]])["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert state == "terminated"
     assert out.strip().startswith(f"deleted stack spotctl in us-east-1; bucket {BUCKET} kept with its objects")
     assert infra.read_profile() is None
     code, _, err = spotctl(
@@ -216,3 +273,108 @@ def test_the_template_denies_plain_http_keeps_the_bucket_and_opens_nothing():
     assert "ManagedPolicyArns" not in role and role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
         "Service": "ec2.amazonaws.com"
     }
+
+
+# --------------------------------------------------------------------------- the Spot service-linked role
+def aws_answers(cloud: Cloud, code: str, message: str) -> None:
+    """IAM answering CreateServiceLinkedRole with an error, as AWS words it."""
+
+    def refuse(**_):
+        raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": message}}, "CreateServiceLinkedRole")
+
+    cloud.client("iam").meta.events.register("before-call.iam.CreateServiceLinkedRole", refuse)
+
+
+def test_the_spot_service_linked_role_is_created_once_and_found_present_after(aws):
+    cloud = Cloud("us-east-1")
+    assert infra.ensure_spot_service_linked_role(cloud) == "created"
+    assert infra.ensure_spot_service_linked_role(cloud) == "present"  # moto: EntityAlreadyExists
+    # AWS's answer when it exists (400 InvalidInput, as quoted in terraform and CDK issues):
+    taken = Cloud("us-east-1")
+    aws_answers(
+        taken,
+        "InvalidInput",
+        "Service role name AWSServiceRoleForEC2Spot has been taken in this account, please try a different suffix.",
+    )
+    assert infra.ensure_spot_service_linked_role(taken) == "present"
+
+
+def test_a_caller_who_may_not_create_the_spot_role_is_told_who_can_and_how(aws):
+    denied = Cloud("us-east-1")
+    aws_answers(denied, "AccessDenied", "User: arn:aws:iam::123456789012:user/dev is not authorized")
+    with pytest.raises(UserError) as caught:
+        infra.ensure_spot_service_linked_role(denied)
+    assert caught.value.message == (
+        "AWS refused creating the AWSServiceRoleForEC2Spot service-linked role: "
+        "AccessDenied: User: arn:aws:iam::123456789012:user/dev is not authorized"
+    )
+    assert caught.value.hint == (
+        "someone allowed to create it runs, once per account: "
+        "aws iam create-service-linked-role --aws-service-name spot.amazonaws.com"
+    )
+    other = Cloud("us-east-1")
+    aws_answers(other, "InvalidInput", "Custom suffix is not allowed for spot.amazonaws.com")
+    with pytest.raises(UserError, match="Custom suffix is not allowed"):  # not every InvalidInput means "present"
+        infra.ensure_spot_service_linked_role(other)
+
+
+# --------------------------------------------------------------------------- data the role can read
+def test_data_outside_the_stacks_prefix_and_grants_is_warned_about(deployed, spotctl, tmp_path, caplog):
+    from trainer.job.spec_file import load_spec
+
+    stored = infra.read_profile()
+    job = tmp_path / "job.yaml"
+    text = EXAMPLE_AS_WRITTEN.read_text().replace("my-spotctl-bucket", BUCKET)
+
+    def warnings_for(train: str, val: str) -> list[str]:
+        job.write_text(
+            text.replace(f"s3://{BUCKET}/spotctl/datasets/flowers/train", train).replace(
+                f"s3://{BUCKET}/spotctl/datasets/flowers/val", val
+            )
+        )
+        return infra.data_outside_role(load_spec(job, defaults=infra.job_defaults), stored)
+
+    assert warnings_for(f"s3://{BUCKET}/spotctl/datasets/a", "s3://my-datasets/imagenet/val") == []  # both readable
+    assert warnings_for(f"s3://{BUCKET}/datasets/flowers/train", "s3://my-datasets/imagenet") == [
+        f"train.data.train s3://{BUCKET}/datasets/flowers/train is outside what stack spotctl's instance role may read "
+        f"(s3://{BUCKET}/spotctl/ and arn:aws:s3:::my-datasets, arn:aws:s3:::my-datasets/imagenet/*): the trainer "
+        f"would be refused once the instance has booted; move the data under s3://{BUCKET}/spotctl/, or grant it "
+        f"with `spotctl infra deploy --data-read s3://{BUCKET}/datasets/flowers/train/`"
+    ]  # the README's old path; the granted imagenet/ prefix is read object by object beneath it
+    assert [w.split(" is outside")[0] for w in warnings_for("s3://my-datasets/other/t", "s3://spotctl-x/v")] == [
+        "train.data.train s3://my-datasets/other/t",
+        "train.data.val s3://spotctl-x/v",
+    ]
+    # launch says so on the way, and still launches (the role may have rights granted elsewhere).
+    warnings_for(f"s3://{BUCKET}/datasets/flowers/train", f"s3://{BUCKET}/spotctl/datasets/flowers/val")
+    with caplog.at_level(logging.WARNING):
+        code, _, err = spotctl("launch", str(job), "--dry-run")
+    assert code == 0, err
+    assert [r.message for r in caplog.records if r.message.startswith("warning:")] == [
+        f"warning: train.data.train s3://{BUCKET}/datasets/flowers/train is outside what stack spotctl's instance "
+        f"role may read (s3://{BUCKET}/spotctl/ and arn:aws:s3:::my-datasets, arn:aws:s3:::my-datasets/imagenet/*): "
+        f"the trainer would be refused once the instance has booted; move the data under s3://{BUCKET}/spotctl/, or "
+        f"grant it with `spotctl infra deploy --data-read s3://{BUCKET}/datasets/flowers/train/`"
+    ]
+    # A job with an instance profile of its own: its rights are not known here, nothing is said.
+    job.write_text(job.read_text().replace("compute:\n", "compute:\n  instance_profile: another\n", 1))
+    assert infra.data_outside_role(load_spec(job, defaults=infra.job_defaults), stored) == []
+
+
+# --------------------------------------------------------------------------- the trainer role and layout
+def test_the_trainer_role_writes_exactly_the_trainer_owned_paths_of_layout():
+    """The template spells the ARNs; infra.TRAINER_WRITES builds them from trainer/job/layout.py."""
+    from cfnlint.decode import decode_str
+
+    template, _ = decode_str((REPO / "infra" / "spotctl.yaml").read_text())
+    [policy] = template["Resources"]["TrainerRole"]["Properties"]["Policies"]
+    by_sid = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    written = [r["Fn::Sub"] for r in by_sid["WriteWhatTheTrainerOwns"]["Resource"]]
+    assert written == infra.trainer_write_arns("${Bucket.Arn}", "${Prefix}")
+    assert by_sid["ReadUnderThePrefix"]["Action"] == "s3:GetObject"  # everything else under the prefix: read only
+    writes = {"s3:PutObject", "s3:DeleteObject", "s3:PutObjectTagging"}
+    assert [
+        s["Sid"]
+        for s in by_sid.values()
+        if writes & set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    ] == ["WriteWhatTheTrainerOwns"]

@@ -136,7 +136,9 @@ def test_auth_errors_stop_with_a_hint(account, spotctl, monkeypatch):
     assert code == 1
     assert err.splitlines() == [
         "error: AWS refused starting g4dn.xlarge in us-east-1a: UnauthorizedOperation: UnauthorizedOperation (test)",
-        "hint: check the credentials and that they allow this call (infra/ has the policy spotctl needs)",
+        "hint: check the credentials and that they allow this call (infra/ has the policy spotctl needs); "
+        "`aws sts decode-authorization-message --encoded-message MESSAGE` (the text after 'Encoded authorization "
+        "failure message:') says which resource or condition was refused",
     ]
 
 
@@ -174,7 +176,9 @@ def test_missing_credentials_are_one_message(aws, spotctl, monkeypatch):
 
 def test_local_data_cannot_be_launched(account, spotctl, tmp_path):
     job = tmp_path / "local-data.yaml"
-    job.write_text(EXAMPLE.read_text().replace("s3://my-spotctl-bucket/datasets/flowers/train", "./flowers/train"))
+    job.write_text(
+        EXAMPLE.read_text().replace("s3://my-spotctl-bucket/spotctl/datasets/flowers/train", "./flowers/train")
+    )
     code, _, err = spotctl("launch", str(job))
     assert code == 1 and err.startswith(
         f"error: train.data.train is a local path ({tmp_path}/flowers/train); the instance cannot read it"

@@ -1,7 +1,11 @@
 """infra/operator-policy.json is exactly what spotctl calls: every AWS request the CLI makes through a
 whole job's life (offers, a dry run, launch, status, an interruption and resume, stop, logs,
 artifacts), as moto's request recorder saw it on the wire (boto3 and s3fs alike), mapped to the IAM
-actions that authorise it, must be allowed by the policy, and the policy must allow nothing else."""
+actions that authorise it, must be allowed by the policy, and the policy must allow nothing else.
+
+moto evaluates no EC2 or IAM conditions, so the conditions (GPU types only, Amazon's or the account's
+images, the stack's VPC, encrypted volumes, tagged groups, the Spot service-linked role only) are
+evaluated here by `evaluate`, a small model of IAM's Allow rules, against the requests spotctl sent."""
 
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from tests.cloud import EXAMPLE, STORAGE, launched_id
 
 POLICY = REPO / "infra" / "operator-policy.json"
 FREE = {"sts:GetCallerIdentity"}  # needs no permission
+# EC2 creates the Spot service-linked role at an account's first spot request, with the caller's
+# rights (AuthFailure.ServiceLinkedRoleCreationNotPermitted without them); `infra deploy` creates it too.
+IMPLIED_BY = {"ec2:RunInstances": {"iam:CreateServiceLinkedRole"}}
 
 
 def recorder(server, action: str) -> bytes:
@@ -124,7 +131,145 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws,
     recorded = [json.loads(line) for line in recorder(aws, "download-recording").decode().splitlines() if line.strip()]
     requests = [r for r in recorded if f"Credential={PROXY_ACCESS_KEY}/" not in str(r["headers"])]  # spotctl's own
     used = (set().union(*(iam_actions(r) for r in requests)) | called) - FREE
+    used |= set().union(*(IMPLIED_BY.get(action, set()) for action in used))
     assert "pricing:GetProducts" in called and "ec2:RunInstances" in used
     policy = json.loads(POLICY.read_text())
     assert sorted(used - allowed(policy)) == [], "spotctl calls these; add them to infra/operator-policy.json"
     assert sorted(allowed(policy) - used) == [], "infra/operator-policy.json allows these and spotctl never calls them"
+
+
+# ------------------------------------------------------------------------------------------ conditions
+def _like(pattern: str, value: str) -> bool:
+    return (
+        re.fullmatch(".*".join(".".join(map(re.escape, p.split("?"))) for p in pattern.split("*")), value) is not None
+    )
+
+
+OPERATORS = {
+    "StringEquals": lambda expected, value: expected == value,
+    "StringLike": _like,
+    "ArnEquals": _like,  # IAM's Arn operators both take wildcards
+    "ArnLike": _like,
+    "Bool": lambda expected, value: expected.lower() == value.lower(),
+}
+
+
+def evaluate(policy: dict, action: str, resource: str, context: dict[str, str]) -> bool:
+    """Whether an Allow statement matches the action on this resource with every condition met (a
+    condition on a key the request does not carry is not met, as in IAM). No Deny statements here."""
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if not any(_like(a, action) for a in actions) or not any(_like(r, resource) for r in resources):
+            continue
+        met = True
+        for operator, keys in statement.get("Condition", {}).items():
+            for key, expected in keys.items():
+                expected = expected if isinstance(expected, list) else [expected]
+                if key not in context or not any(OPERATORS[operator](e, context[key]) for e in expected):
+                    met = False
+        if met:
+            return True
+    return False
+
+
+ACCOUNT, VPC = "123456789012", "vpc-0stack"
+
+
+def run_instances_allowed(policy: dict, request: dict, owner: str, vpc: str = VPC) -> bool:
+    """RunInstances is authorised resource by resource: each must be allowed, with its condition keys."""
+    region = "us-east-1"
+    tags = {t["Key"]: t["Value"] for spec in request.get("TagSpecifications", []) for t in spec["Tags"]}
+    market = request.get("InstanceMarketOptions", {}).get("MarketType", "on-demand")
+    instance = {
+        "ec2:InstanceType": request["InstanceType"],
+        "ec2:InstanceMarketType": market,
+        "ec2:MetadataHttpTokens": request.get("MetadataOptions", {}).get("HttpTokens", "optional"),
+        **{f"aws:RequestTag/{k}": v for k, v in tags.items()},
+    }
+    in_vpc = {"ec2:Vpc": f"arn:aws:ec2:{region}:{ACCOUNT}:vpc/{vpc}"}
+    encrypted = all(d.get("Ebs", {}).get("Encrypted") for d in request.get("BlockDeviceMappings", []))
+    checks = [
+        (f"arn:aws:ec2:{region}:{ACCOUNT}:instance/*", instance),
+        (f"arn:aws:ec2:{region}::image/{request['ImageId']}", {"ec2:Owner": owner}),
+        (f"arn:aws:ec2:{region}:{ACCOUNT}:subnet/subnet-1", in_vpc),
+        (f"arn:aws:ec2:{region}:{ACCOUNT}:network-interface/*", in_vpc),
+        (f"arn:aws:ec2:{region}:{ACCOUNT}:security-group/sg-1", in_vpc),
+        (f"arn:aws:ec2:{region}:{ACCOUNT}:volume/*", {"ec2:Encrypted": str(encrypted).lower()}),
+    ]
+    return all(evaluate(policy, "ec2:RunInstances", arn, context) for arn, context in checks)
+
+
+def test_the_operator_policy_allows_spotctls_own_launch_and_refuses_any_other(account, spotctl, monkeypatch):
+    from orchestrator.aws import infra
+    from tests.cloud import hook_run_instances
+
+    sent: list[dict] = []
+    hook_run_instances(monkeypatch, lambda params: sent.append(params))
+    code, _, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0, err
+    [request] = sent
+    deployed = infra.Deployed(
+        "spotctl", "us-east-1", "b", "s3://b/spotctl", "p", "sg-1", f"arn:aws:iam::{ACCOUNT}:role/r", "now", vpc=VPC
+    )
+    policy = infra.operator_policy(deployed)
+
+    assert run_instances_allowed(policy, request, owner="amazon")  # what spotctl sends, from the DLAMI
+    assert run_instances_allowed(policy, request, owner=ACCOUNT)  # an image of the account's own
+    for refused in (
+        run_instances_allowed(policy, {**request, "InstanceType": "m5.large"}, owner="amazon"),  # not a GPU type
+        run_instances_allowed(policy, {**request, "InstanceType": "x2iedn.32xlarge"}, owner="amazon"),
+        run_instances_allowed(policy, request, owner="210987654321"),  # a community AMI
+        run_instances_allowed(policy, request, owner="aws-marketplace"),
+        run_instances_allowed(policy, request, owner="amazon", vpc="vpc-0other"),
+        run_instances_allowed(policy, {**request, "InstanceMarketOptions": {}}, owner="amazon"),  # on-demand
+        run_instances_allowed(policy, {**request, "TagSpecifications": []}, owner="amazon"),  # untagged
+        run_instances_allowed(
+            policy,
+            {**request, "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {"Encrypted": False}}]},
+            owner="amazon",
+        ),
+    ):
+        assert refused is False
+
+    # The security group spotctl makes when a job names none: tagged, in the stack's VPC only.
+    group = "arn:aws:ec2:us-east-1:123456789012:security-group/*"
+    tagged = {"aws:RequestTag/spotctl:managed": "true"}
+    assert evaluate(policy, "ec2:CreateSecurityGroup", group, tagged)
+    assert not evaluate(policy, "ec2:CreateSecurityGroup", group, {})
+    assert evaluate(policy, "ec2:CreateSecurityGroup", f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/{VPC}", {})
+    assert not evaluate(policy, "ec2:CreateSecurityGroup", f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/vpc-0other", {})
+
+    # One service-linked role, EC2 Spot's; no other service's.
+    def creates_role(service: str, name: str) -> bool:
+        arn = f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/{service}/{name}"
+        return evaluate(policy, "iam:CreateServiceLinkedRole", arn, {"iam:AWSServiceName": service})
+
+    assert creates_role("spot.amazonaws.com", "AWSServiceRoleForEC2Spot")
+    assert not creates_role("autoscaling.amazonaws.com", "AWSServiceRoleForAutoScaling")
+    assert not creates_role("spotfleet.amazonaws.com", "AWSServiceRoleForEC2SpotFleet")
+
+
+def test_an_ec2_refusal_says_how_to_decode_its_message():
+    import botocore.exceptions
+
+    from orchestrator.aws.clients import as_user_error
+
+    refusal = botocore.exceptions.ClientError(
+        {
+            "Error": {
+                "Code": "UnauthorizedOperation",
+                "Message": "You are not authorized to perform this operation. Encoded authorization failure message: AbC",
+            }
+        },
+        "RunInstances",
+    )
+    error = as_user_error(refusal, "starting g5.xlarge in us-east-1a")
+    assert error.message == (
+        "AWS refused starting g5.xlarge in us-east-1a: UnauthorizedOperation: You are not authorized to perform "
+        "this operation. Encoded authorization failure message: AbC"
+    )
+    assert error.hint.endswith(
+        "; `aws sts decode-authorization-message --encoded-message MESSAGE` (the text after 'Encoded authorization "
+        "failure message:') says which resource or condition was refused"
+    )

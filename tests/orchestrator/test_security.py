@@ -404,6 +404,41 @@ def test_the_trainer_role_reaches_only_its_prefix(iam_enforcing_s3, monkeypatch,
     assert allowed(
         lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="spotctl/jobs/a/checkpoints/step-1/state.pt")
     )
+    # What the trainer and the bootstrap write (trainer/job/layout.py), and nothing that decides what
+    # the next instance boots: job.yaml, record.json, control/, wheels/ stay read-only.
+    from trainer.job import layout
+
+    for owned in (
+        layout.HEARTBEAT,
+        layout.FINAL,
+        layout.trainer_log(1),
+        layout.bootstrap_log(2),
+        layout.metrics_part(1, 1),
+        layout.MANIFEST,
+        layout.artifact("e1", "model.onnx"),
+        "best/step-3/state.pt",
+    ):
+        assert allowed(
+            lambda owned=owned: trainer_s3.put_object(Bucket="team-bucket", Key=f"spotctl/jobs/a/{owned}", Body=b"x")
+        )
+    assert allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key=f"spotctl/jobs/a/{layout.FINAL}"))
+    for kept in (
+        f"jobs/a/{layout.JOB_FILE}",
+        f"jobs/a/{layout.RECORD}",
+        f"jobs/a/{layout.CONTROL_STOP}",
+        f"jobs/a/{layout.final_of(1)}",
+        layout.wheel_key("0" * 64, "spotctl-0.1.0-py3-none-any.whl"),
+        "datasets/flowers/train/rose/1.jpg",
+    ):
+        assert not allowed(
+            lambda kept=kept: trainer_s3.put_object(Bucket="team-bucket", Key=f"spotctl/{kept}", Body=b"x")
+        ), kept
+        assert not allowed(lambda kept=kept: trainer_s3.delete_object(Bucket="team-bucket", Key=f"spotctl/{kept}")), (
+            kept
+        )
+    assert not allowed(  # another file than the heartbeat under status/
+        lambda: trainer_s3.put_object(Bucket="team-bucket", Key="spotctl/jobs/a/status/other.json", Body=b"x")
+    )
     assert allowed(lambda: trainer_s3.list_objects_v2(Bucket="team-bucket", Prefix="spotctl/jobs/"))
     assert not allowed(lambda: trainer_s3.put_object(Bucket="team-bucket", Key="finance/salaries.csv", Body=b"changed"))
     assert not allowed(lambda: trainer_s3.delete_object(Bucket="team-bucket", Key="finance/salaries.csv"))
@@ -449,6 +484,7 @@ def test_the_operator_policy_covers_spotctls_storage_calls_and_nothing_else(iam_
         "sg-1",
         "arn:aws:iam::123456789012:role/r",
         "now",
+        vpc="vpc-1",
     )
     as_operator = user_with_policy(endpoint, "operator", infra.operator_policy(deployed))
     signed_as(monkeypatch, as_operator)
@@ -476,3 +512,90 @@ def test_the_operator_policy_covers_spotctls_storage_calls_and_nothing_else(iam_
     assert not allowed(lambda: operator_s3.get_object(Bucket="team-bucket", Key="finance/salaries.csv"))
     assert not allowed(lambda: operator_s3.put_object(Bucket="team-bucket", Key="finance/x", Body=b"x"))
     assert not allowed(lambda: boto3.client("iam", **as_operator).list_users())
+
+
+# ------------------------------------------------------------------------------------------ record.json
+@pytest.mark.parametrize(
+    ("field", "value", "refusal"),
+    [
+        (
+            "wheel_url",
+            "s3://attacker-bucket/wheels/{sha}/spotctl-0.1.0-py3-none-any.whl",
+            "wheel_url 's3://attacker-bucket/wheels/{sha}/spotctl-0.1.0-py3-none-any.whl' is not a wheel under "
+            "this job's storage; expected s3://my-spotctl-bucket/spotctl/wheels/<sha256>/<name>.whl",
+        ),
+        (
+            "wheel_url",
+            "s3://my-spotctl-bucket/spotctl/jobs/{job}/artifacts/x.whl",  # a path the instance may write
+            "wheel_url 's3://my-spotctl-bucket/spotctl/jobs/{job}/artifacts/x.whl' is not a wheel under this job's "
+            "storage; expected s3://my-spotctl-bucket/spotctl/wheels/<sha256>/<name>.whl",
+        ),
+        (
+            "ami",
+            "ami-0badc0ffee0000000",
+            "ami 'ami-0badc0ffee0000000' is not {ami}, which compute.ami (ssm:{parameter}) resolves to, and it is "
+            "owned by nobody (it does not exist), neither Amazon nor account 123456789012",
+        ),
+    ],
+    ids=["another-bucket", "instance-writable", "unknown-ami"],
+)
+def test_a_tampered_record_is_refused_before_the_next_attempt(
+    account, aws, spotctl, monkeypatch, field, value, refusal
+):
+    from trainer.job.spec import DEFAULT_AMI
+
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0, err
+    job_id = launched_id(out)
+    s3, key = boto3.client("s3"), f"spotctl/jobs/{job_id}/record.json"
+    record = json.loads(s3.get_object(Bucket="my-spotctl-bucket", Key=key)["Body"].read())
+    sha = record["wheel_url"].split("/wheels/")[1].split("/")[0]
+    filled = {"sha": sha, "job": job_id, "ami": record["ami"], "parameter": DEFAULT_AMI.removeprefix("ssm:")}
+    record[field] = value.format(**filled)
+    s3.put_object(Bucket="my-spotctl-bucket", Key=key, Body=json.dumps(record).encode())
+    [instance] = [
+        i["InstanceId"] for r in boto3.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]
+    ]
+    aws.interrupt(instance)
+
+    sent = captured_run_instances(monkeypatch)
+    code, _, err = spotctl("resume", job_id, "--storage", "s3://my-spotctl-bucket/spotctl")
+    assert code == 1
+    assert err.splitlines()[0] == f"error: record.json of job {job_id}: {refusal.format(**filled)}"
+    assert err.splitlines()[1].startswith("hint: someone other than spotctl changed record.json")
+    assert sent == []
+    live = [
+        i["InstanceId"]
+        for r in boto3.client("ec2").describe_instances(
+            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        )["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert live == []  # nothing started with it
+
+
+def test_an_earlier_amazon_image_of_a_moving_ssm_parameter_is_still_accepted(account, aws, spotctl):
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0, err
+    job_id = launched_id(out)
+    s3, key = boto3.client("s3"), f"spotctl/jobs/{job_id}/record.json"
+    record = json.loads(s3.get_object(Bucket="my-spotctl-bucket", Key=key)["Body"].read())
+    [older] = [
+        i for i in boto3.client("ec2").describe_images(Owners=["amazon"])["Images"] if i["ImageId"] != record["ami"]
+    ][:1]
+    record["ami"] = older["ImageId"]  # what ".../latest" named when the job was launched
+    s3.put_object(Bucket="my-spotctl-bucket", Key=key, Body=json.dumps(record).encode())
+    [instance] = [
+        i["InstanceId"] for r in boto3.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]
+    ]
+    aws.interrupt(instance)
+    code, _, err = spotctl("resume", job_id, "--storage", "s3://my-spotctl-bucket/spotctl")
+    assert code == 0, err
+    [second] = [
+        i
+        for r in boto3.client("ec2").describe_instances(Filters=[{"Name": "tag:spotctl:attempt", "Values": ["2"]}])[
+            "Reservations"
+        ]
+        for i in r["Instances"]
+    ]
+    assert second["ImageId"] == older["ImageId"]  # the job keeps the image it started with
