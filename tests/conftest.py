@@ -15,6 +15,7 @@ and the AWS environment is replaced by one that points at the local moto server.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import tempfile
@@ -152,6 +153,38 @@ def wheel(tmp_path_factory):
         del os.environ["SPOTCTL_CACHE_DIR"]
 
 
+TRUST_EC2 = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+def trainer_policy() -> dict:
+    """The stack's trainer role, as infra/spotctl.yaml grants it: read the prefix, write its jobs'
+    trainer-owned objects."""
+    from orchestrator.aws.infra import trainer_write_arns
+    from tests.cloud import BUCKET
+
+    bucket = f"arn:aws:s3:::{BUCKET}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/spotctl/*"},
+            {
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
+                "Condition": {"StringLike": {"s3:prefix": ["spotctl", "spotctl/*"]}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:DeleteObject"],
+                "Resource": trainer_write_arns(bucket, "spotctl"),
+            },
+        ],
+    }
+
+
 @pytest.fixture
 def account(aws, monkeypatch, wheel, tmp_path):
     """What `infra deploy` and AWS itself would provide: the bucket, the instance profile, the Spot
@@ -159,6 +192,8 @@ def account(aws, monkeypatch, wheel, tmp_path):
     and a spot market of fixed prices (tests.cloud.MARKET). Returns the AMI id."""
     import boto3
 
+    from orchestrator.aws.clients import Cloud
+    from orchestrator.aws.infra import ensure_spot_service_linked_role
     from orchestrator.aws.prices import FixedPrices
     from orchestrator.cli import context
     from tests.cloud import BUCKET, MARKET, ON_DEMAND
@@ -166,8 +201,12 @@ def account(aws, monkeypatch, wheel, tmp_path):
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
     monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    boto3.client("iam").create_instance_profile(InstanceProfileName="spotctl-trainer")
-    boto3.client("iam").create_service_linked_role(AWSServiceName="spot.amazonaws.com")  # as `infra deploy` does
+    iam = boto3.client("iam")
+    iam.create_instance_profile(InstanceProfileName="spotctl-trainer")
+    iam.create_role(RoleName="spotctl-trainer", AssumeRolePolicyDocument=json.dumps(TRUST_EC2))
+    iam.put_role_policy(RoleName="spotctl-trainer", PolicyName="trainer", PolicyDocument=json.dumps(trainer_policy()))
+    iam.add_role_to_instance_profile(InstanceProfileName="spotctl-trainer", RoleName="spotctl-trainer")
+    ensure_spot_service_linked_role(Cloud("us-east-1"))  # as `infra deploy` does
     ami = aws.seed_deep_learning_ami()
     aws.route_default_vpc_to_the_internet()
     monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices(MARKET, ON_DEMAND))

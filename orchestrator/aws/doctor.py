@@ -18,14 +18,13 @@ import botocore.exceptions
 from orchestrator.aws import quotas
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
 from orchestrator.aws.ec2 import require_private_egress, resolve_ami, subnet_for
+from orchestrator.aws.instances import SPOT_SERVICE_LINKED_ROLE
 from orchestrator.aws.offers import Offer, find_offers
 from orchestrator.aws.policy_check import Request, allows, role_policies
 from orchestrator.aws.prices import PriceSource
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.spec import JobSpec
-
-SPOT_ROLE = "AWSServiceRoleForEC2Spot"
 
 
 class Verdict(str, enum.Enum):
@@ -104,17 +103,17 @@ def _credentials(cloud: Cloud) -> Check:
 def _spot_role(cloud: Cloud) -> Check:
     iam = cloud.client("iam")
     try:
-        iam.get_role(RoleName=SPOT_ROLE)
+        iam.get_role(RoleName=SPOT_SERVICE_LINKED_ROLE)
     except botocore.exceptions.ClientError as exc:
         if classify(exc) is not ErrorKind.CONFIG:
             raise
         return Check(
             "spot role",
             Verdict.PROBLEM,
-            f"{SPOT_ROLE} does not exist: the first spot launch of the account would have to create it",
+            f"{SPOT_SERVICE_LINKED_ROLE} does not exist: the first spot launch of the account would have to create it",
             "`spotctl infra deploy` creates it (or `aws iam create-service-linked-role --aws-service-name spot.amazonaws.com`)",
         )
-    return Check("spot role", Verdict.OK, f"{SPOT_ROLE} exists")
+    return Check("spot role", Verdict.OK, f"{SPOT_SERVICE_LINKED_ROLE} exists")
 
 
 def _quotas(cloud: Cloud, offers: list[Offer]) -> list[Check]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import botocore.exceptions
 
 from orchestrator.aws.clients import Cloud, as_user_error, describe, error_code
-from orchestrator.aws.instances import TAG_JOB
+from orchestrator.aws.instances import SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE, TAG_JOB
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.settings import Settings
@@ -61,8 +61,6 @@ ABORT_UPLOADS_RULE = "abort-incomplete-multipart-uploads"
 # EC2 Spot's service-linked role: one per account, created by EC2 at the first spot request with the
 # caller's credentials (a caller without iam:CreateServiceLinkedRole gets
 # AuthFailure.ServiceLinkedRoleCreationNotPermitted from RunInstances), or beforehand by deploy.
-SPOT_SERVICE = "spot.amazonaws.com"
-SPOT_SERVICE_LINKED_ROLE = "AWSServiceRoleForEC2Spot"
 
 # What the trainer role may write, relative to a job's prefix: the objects the trainer (and the
 # bootstrap: its log, a final.json for a failure the trainer could not report) own, spelled by

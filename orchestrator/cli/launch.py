@@ -6,8 +6,11 @@ import json
 
 import click
 
+from orchestrator.aws.doctor import Verdict, run_checks
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
+from orchestrator.cli.doctor import render_checks
+from orchestrator.errors import ExitCode
 from orchestrator.cli.offers import OFFER_HEADERS, offer_rows
 from orchestrator.jobs.launch import check_permissions, launch, plan_launch
 from orchestrator.jobs.record import JobStore
@@ -18,7 +21,7 @@ from orchestrator.jobs.record import JobStore
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Show the plan (offers, AMI, user-data, price) and check permissions; start nothing, write nothing.",
+    help="Show the plan (offers, AMI, user-data, price), check permissions and the account (`spotctl doctor`); start nothing, write nothing.",
 )
 @click.option(
     "--watch",
@@ -49,6 +52,8 @@ def command(
     best = plan.best
     if dry_run:
         verdict = check_permissions(plan, cloud)
+        checks = run_checks(spec, cloud, app.prices(cloud))  # what `spotctl doctor` says of the account
+        ready = not any(c.verdict is Verdict.PROBLEM for c in checks)
         if as_json:
             click.echo(
                 json.dumps(
@@ -60,11 +65,12 @@ def command(
                         "wheel_url": plan.wheel_url,
                         "user_data": plan.user_data,
                         "permission_check": verdict,
+                        "doctor": [c.as_dict() for c in checks],
                     },
                     indent=2,
                 )
             )
-            return 0
+            return ExitCode.OK if ready else ExitCode.FAILED
         out = render.console()
         out.print(
             render.table(
@@ -79,7 +85,10 @@ def command(
         out.print("user-data:")
         out.print(plan.user_data, markup=False, highlight=False)
         out.print(f"permission check (DryRun): {verdict}")
-        return 0
+        out.print("the account (spotctl doctor):")
+        for line in render_checks(checks):
+            out.print(line, markup=False, highlight=False)
+        return ExitCode.OK if ready else ExitCode.FAILED
     store = JobStore(spec.storage, **cloud.storage_options)
     record = launch(plan, cloud, store)
     attempt = record.attempts[-1]

@@ -70,6 +70,8 @@ def serve(
     import boto3
     from moto.server import ThreadedMotoServer
 
+    from orchestrator.aws.clients import Cloud, Endpoint
+    from orchestrator.aws.infra import ensure_spot_service_linked_role
     from orchestrator.local.aws import route_default_vpc_to_the_internet, seed_deep_learning_ami
     from orchestrator.local.runner import InstanceRunner
     from orchestrator.local.strict import Strictness, StrictProxy
@@ -92,7 +94,9 @@ def serve(
     route_default_vpc_to_the_internet(ec2)  # as in AWS: instances without a public IP are then refused
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     boto3.client("iam").create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
-    boto3.client("iam").create_service_linked_role(AWSServiceName="spot.amazonaws.com")  # as `infra deploy` does
+    ensure_spot_service_linked_role(
+        Cloud(REGION, endpoint=Endpoint(endpoint, *CREDENTIALS.values()))
+    )  # as `infra deploy` does
     runner = InstanceRunner(
         ec2,
         REGION,

@@ -49,12 +49,11 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
 from orchestrator.aws import quotas
+from orchestrator.aws.instances import SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE
 
 log = logging.getLogger(__name__)
 
-SPOT_ROLE = "AWSServiceRoleForEC2Spot"
 PROXY_ACCESS_KEY = "strict-proxy"  # the proxy's own questions to moto sign with this (not the client's calls)
-SPOT_SERVICE = "spot.amazonaws.com"
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 # EC2's documented request-rate buckets (ec2/latest/devguide/ec2-api-throttling.html): size, refill/s.
 RUN_INSTANCES_BUCKET = (5, 2.0)
@@ -415,16 +414,16 @@ class StrictProxy:
             return None
         iam = self._client("iam", "us-east-1")
         try:
-            iam.get_role(RoleName=SPOT_ROLE)
+            iam.get_role(RoleName=SPOT_SERVICE_LINKED_ROLE)
             return query_error(
                 400,
                 "InvalidInput",
-                f"Service role name {SPOT_ROLE} has been taken in this account, please try a different suffix.",
+                f"Service role name {SPOT_SERVICE_LINKED_ROLE} has been taken in this account, please try a different suffix.",
             )
         except iam.exceptions.NoSuchEntityException:
             pass
         role = iam.create_role(
-            RoleName=SPOT_ROLE,
+            RoleName=SPOT_SERVICE_LINKED_ROLE,
             Path=f"/aws-service-role/{SPOT_SERVICE}/",
             AssumeRolePolicyDocument=json.dumps(
                 {
@@ -497,7 +496,7 @@ class StrictProxy:
         if not self._spot_role_seen:
             iam = self._client("iam", region)
             try:
-                iam.get_role(RoleName=SPOT_ROLE)
+                iam.get_role(RoleName=SPOT_SERVICE_LINKED_ROLE)
                 self._spot_role_seen = True
             except iam.exceptions.NoSuchEntityException:
                 return False

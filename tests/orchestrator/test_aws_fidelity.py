@@ -212,3 +212,47 @@ def test_missing_keys_are_denied_like_s3_does(aws):
     with pytest.raises(s3.exceptions.NoSuchBucket):
         s3.get_object(Bucket="no-such-bucket", Key="spotctl/none")
     assert JobStore(STORAGE).read_record("nothing-here") is None  # spotctl reads absence all the same
+
+
+# ------------------------------------------------------------------------------------------ doctor
+def test_doctor_names_each_problem_of_a_fresh_account_with_its_fix(account, aws, spotctl):
+    iam, ec2 = boto3.client("iam"), boto3.client("ec2")
+    iam.delete_role(RoleName="AWSServiceRoleForEC2Spot")
+    iam.remove_role_from_instance_profile(InstanceProfileName="spotctl-trainer", RoleName="spotctl-trainer")
+    aws.be_strict(spot_vcpu_quotas={"L-3819A6DF": 0})
+    [subnet] = ec2.describe_subnets(
+        Filters=[
+            {"Name": "availability-zone", "Values": ["us-east-1a"]},
+            {"Name": "default-for-az", "Values": ["true"]},
+        ]
+    )["Subnets"]
+    ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    code, out, err = spotctl("doctor", str(EXAMPLE))
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[0].startswith("ok       credentials: arn:aws:") and lines[0].endswith(" in us-east-1")
+    assert (
+        "PROBLEM  spot role: AWSServiceRoleForEC2Spot does not exist: the first spot launch of the account would have to create it"
+        in lines
+    )
+    assert (
+        "PROBLEM  spot quota: 'All G and VT Spot Instance Requests' (L-3819A6DF): 0 vCPUs; g4dn.xlarge needs 4" in lines
+    )
+    assert (
+        "           fix: aws service-quotas request-service-quota-increase --service-code ec2 --quota-code L-3819A6DF --desired-value 4"
+        in lines
+    )
+    assert any(line.startswith("PROBLEM  network: us-east-1a: us-east-1a has no default subnet") for line in lines)
+    assert "PROBLEM  instance role: instance profile spotctl-trainer has no role" in lines
+    assert any(line.startswith("warning  s3 endpoint: vpc-") for line in lines)
+    assert lines[-1] == "4 problems"
+
+    iam.add_role_to_instance_profile(InstanceProfileName="spotctl-trainer", RoleName="spotctl-trainer")
+    aws.be_strict(spot_vcpu_quotas={"L-3819A6DF": 64})
+    code, out, _ = spotctl("doctor", str(EXAMPLE), "--json")
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    problems = [c["name"] for c in json.loads(out)["checks"] if c["verdict"] == "problem"]
+    assert code == 1 and problems == ["spot role", "network"]
+    assert checks["instance role"]["verdict"] == "ok" and checks["spot quota"]["detail"].endswith(
+        "64 vCPUs; g4dn.xlarge needs 4"
+    )
