@@ -10,8 +10,8 @@ from orchestrator.aws.doctor import Verdict, run_checks
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.cli.doctor import render_checks
-from orchestrator.errors import ExitCode
 from orchestrator.cli.offers import OFFER_HEADERS, offer_rows
+from orchestrator.errors import ExitCode
 from orchestrator.jobs.launch import check_permissions, launch, plan_launch
 from orchestrator.jobs.record import JobStore
 

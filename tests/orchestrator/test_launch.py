@@ -191,9 +191,10 @@ def test_dry_run_shows_the_plan_and_starts_nothing(account, spotctl):
     assert re.search(
         r"would launch flowers-resnet50-\S+ on g4dn.xlarge in us-east-1a at \$0.2100/h \(AMI ami-\w+\)", out
     )
-    assert '"$PYTHON" -m trainer run --job "$JOB_URL"' in out and out.rstrip().endswith(
-        "permission check (DryRun): allowed"
-    )
+    assert '"$PYTHON" -m trainer run --job "$JOB_URL"' in out
+    checks = out.split("permission check (DryRun): allowed\nthe account (spotctl doctor):\n")[1].splitlines()
+    assert checks[0].startswith("ok       credentials: ") and checks[-1].startswith("ok       disk: 120 GiB")
+    assert not [line for line in checks if line.startswith("PROBLEM")]
     assert boto3.client("ec2").describe_instances()["Reservations"] == []
     assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=BUCKET)  # nothing written
 
