@@ -149,3 +149,19 @@ def test_a_whole_trainer_run_under_403(s3_bucket, denial, aws, image_folder, tmp
     assert {key(s3_bucket, name) for name in (layout.FINAL, layout.CONTROL_STOP, f"checkpoints/{POINTER}")} <= (
         refused(denial)
     )
+
+
+def test_the_writing_client_reaches_what_the_storage_options_name(s3_bucket, aws, monkeypatch, tmp_path):
+    """The local cloud's way: endpoint and credentials given as options, none in the environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    storage = Storage(f"s3://{s3_bucket}/{ROOT}", key="testing", secret="testing", endpoint_url=aws.endpoint)
+    local = tmp_path / "state.pt"
+    local.write_bytes(b"state")
+    storage.upload(str(local), "checkpoints/step-1/state.pt")
+    storage.write_bytes("record.json", b"{}", create_only=True)
+    _, version = storage.read_versioned("record.json")
+    storage.write_if("record.json", b"[]", version)
+    s3 = boto3.client("s3", endpoint_url=aws.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing")
+    read = lambda name: s3.get_object(Bucket=s3_bucket, Key=f"{ROOT}/{name}")["Body"].read()  # noqa: E731
+    assert (read("checkpoints/step-1/state.pt"), read("record.json")) == (b"state", b"[]")
