@@ -93,6 +93,24 @@ def test_an_s3_storage_is_refused_with_outdated_libraries(monkeypatch):
         s3.require_conditional_writes.cache_clear()
 
 
+def test_the_cli_gets_one_message_and_a_hint(monkeypatch):
+    from orchestrator.errors import UserError
+    from orchestrator.jobs.record import JobStore
+
+    old = Installed(
+        "1.35.0", model(PutObject={"Key": 1}, CompleteMultipartUpload={"Key": 1}), "2024.6.0", old_pipe_file
+    )
+    monkeypatch.setattr(s3, "installed", lambda: old)
+    s3.require_conditional_writes.cache_clear()
+    try:
+        with pytest.raises(UserError) as caught:
+            JobStore("s3://bucket/spotctl")
+    finally:
+        s3.require_conditional_writes.cache_clear()
+    assert caught.value.message.startswith("botocore 1.35.0 is installed, but spotctl needs botocore>=1.35.69")
+    assert caught.value.hint == "upgrade it as said; constraints.txt in the repository lists the tested versions"
+
+
 def test_the_floors_are_the_declared_ones():
     from testbed import REPO
 
