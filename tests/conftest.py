@@ -89,6 +89,25 @@ def aws(moto_server, monkeypatch):
 
 
 @pytest.fixture
+def s3_denies_missing_keys(aws, monkeypatch):
+    """S3 as the trainer role and the operator see it on AWS: a GET or HEAD of a missing key answers
+    403 AccessDenied, not 404 (their s3:ListBucket holds only under an s3:prefix condition). Every AWS
+    client in the test goes through a loopback proxy in front of the moto server (testbed/s3_denial.py);
+    it also refuses the keys in `.denied_keys` and listings under `.denied_prefixes` ("bucket/key"), and
+    records each refusal in `.denials`. Returns the proxy. To be replaced by the strict local cloud."""
+    from testbed.s3_denial import S3DenialProxy
+
+    proxy = S3DenialProxy(aws.endpoint).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # no filesystem still pointing at moto itself
+    yield proxy
+    s3fs.S3FileSystem.clear_instance_cache()
+    proxy.stop()
+
+
+@pytest.fixture
 def s3_bucket(aws):
     """An empty bucket on the moto server; returns its name."""
     import boto3

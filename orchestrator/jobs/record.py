@@ -21,6 +21,7 @@ from typing import TypeVar
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.documents import Document, JobRecord
+from trainer.job.s3 import OutdatedLibrary
 from trainer.job.storage import Conflict, Storage
 
 D = TypeVar("D", bound=Document)
@@ -31,7 +32,12 @@ class JobStore:
 
     def __init__(self, root: str, **storage_options):
         self.root = root.rstrip("/")
-        self.storage = Storage(self.root, **storage_options)
+        try:
+            self.storage = Storage(self.root, **storage_options)
+        except OutdatedLibrary as exc:
+            raise UserError(
+                str(exc), "upgrade it as said; constraints.txt in the repository lists the tested versions"
+            ) from None
 
     def check(self) -> None:
         """One clear message when the bucket is missing, before anything is written or listed."""

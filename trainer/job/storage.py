@@ -4,6 +4,17 @@ Everything the trainer writes goes through here, with paths relative to the job'
 errors, and only those (throttling, 5xx, dropped connections, timeouts: `is_transient`), are retried
 with backoff; anything else (a missing object, access denied, a create-only write that lost the race,
 a bug) is raised at once.
+
+A missing object is FileNotFoundError on S3 too, although S3 answers a GET or HEAD of a missing key
+with 403 AccessDenied, not 404, to whoever lacks an *unconditioned* s3:ListBucket on the bucket: the
+trainer role's and the operator's ListBucket hold only under an `s3:prefix` condition, which a GET or
+HEAD does not carry. A 403 on a read is therefore settled by listing the key as a prefix, which those
+roles may (`_absent_or_denied`): not listed, it is absent; listed, the refusal was real. That keeps
+least privilege (no listing of the whole bucket).
+
+Conditional writes and file uploads go through a plain boto3 client, not s3fs (`trainer/job/s3.py`
+says why); creating an S3 Storage checks once per process that the installed botocore and s3fs can
+make conditional writes at all (`OutdatedLibrary` otherwise).
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from urllib.parse import urlencode
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from trainer.job import s3
 
 try:
     import fcntl
@@ -106,6 +119,9 @@ class Storage:
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._attempts = attempts
         self._sleep = sleep
+        if not self.is_local:
+            s3.require_conditional_writes()
+            self._boto = s3.Uploader(lambda: s3.client_like(self.fs))
 
     def check(self) -> None:
         """Fail fast when the bucket does not exist (FileNotFoundError) or this identity may not list
@@ -147,7 +163,10 @@ class Storage:
         return f"{self.url}/{relative.lstrip('/')}"
 
     def read_bytes(self, relative: str) -> bytes:
-        return self._retry(f"read {relative}", lambda: self.fs.cat_file(self.path(relative)))
+        """The object whole (FileNotFoundError if it is missing, PermissionError if it may not be read)."""
+        return self._retry(
+            f"read {relative}", lambda: self._reading(relative, lambda: self.fs.cat_file(self.path(relative)))
+        )
 
     def write_bytes(
         self, relative: str, data: bytes, create_only: bool = False, tags: dict[str, str] | None = None
@@ -160,9 +179,13 @@ class Storage:
                 f"write {relative}", lambda: _local_publish(path, create_only, lambda tmp: Path(tmp).write_bytes(data))
             )
             return
+        if not create_only:
+            self._retry(f"write {relative}", lambda: self.fs.pipe_file(path, data, **_tagging(tags)))
+            return
+        bucket, key = path.split("/", 1)
         self._retry(
             f"write {relative}",
-            lambda: self.fs.pipe_file(path, data, mode="create" if create_only else "overwrite", **_tagging(tags)),
+            lambda: self._put(bucket, key, data, IfNoneMatch="*", **_tagging(tags)),
         )
 
     def read_versioned(self, relative: str) -> tuple[bytes, str]:
@@ -174,7 +197,7 @@ class Storage:
             data = self.read_bytes(relative)
             return data, hashlib.sha256(data).hexdigest()
         bucket, key = path.split("/", 1)
-        etag = self._retry(f"head {relative}", lambda: _s3_call(self.fs, "head_object", Bucket=bucket, Key=key))["ETag"]
+        etag = self._retry(f"head {relative}", lambda: self._reading(relative, lambda: self._head(bucket, key)))["ETag"]
         return self.read_bytes(relative), etag
 
     def write_if(self, relative: str, data: bytes, version: str | None) -> None:
@@ -191,10 +214,38 @@ class Storage:
             self._retry(f"write {relative}", lambda: _local_write_if(path, data, version))
             return
         bucket, key = path.split("/", 1)
-        self._retry(
-            f"write {relative}",
-            lambda: _s3_call(self.fs, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version),
-        )
+        self._retry(f"write {relative}", lambda: self._put(bucket, key, data, IfMatch=version))
+
+    def _head(self, bucket: str, key: str) -> dict:
+        import botocore.exceptions
+
+        try:
+            return self._boto.client.head_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"{bucket}/{key}") from None
+            raise
+
+    def _put(self, bucket: str, key: str, data: bytes, **condition) -> None:
+        """One conditional PutObject through the plain client. 412: the condition failed (create-only: the
+        object exists, FileExistsError; If-Match: Conflict). 409 ConditionalRequestConflict: another
+        conditional write to the key was in flight; create-only tries again (the next answer is 412 or
+        success), If-Match is a Conflict (the caller re-reads)."""
+        import botocore.exceptions
+
+        try:
+            self._boto.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if code in ("PreconditionFailed", "412"):
+                raise (FileExistsError(f"{bucket}/{key}") if "IfNoneMatch" in condition else Conflict(key)) from None
+            if code in ("ConditionalRequestConflict", "409"):
+                if "IfNoneMatch" in condition:
+                    raise _ConditionalConflict(f"{bucket}/{key}: {exc}") from None
+                raise Conflict(key) from None
+            raise
+        finally:
+            self.fs.invalidate_cache(f"{bucket}/{key}")
 
     def upload(self, local_file: str, relative: str, move: bool = False, tags: dict[str, str] | None = None) -> None:
         """Copy a local file to `relative` (multipart on S3 for large files). move: the caller no longer
@@ -212,7 +263,9 @@ class Storage:
                 f"upload {relative}", lambda: _local_publish(path, False, lambda tmp: shutil.copyfile(local_file, tmp))
             )
             return
-        self._retry(f"upload {relative}", lambda: self.fs.put_file(local_file, path, **_tagging(tags)))
+        bucket, key = path.split("/", 1)
+        self._retry(f"upload {relative}", lambda: self._boto.upload(local_file, bucket, key, _tagging(tags)))
+        self.fs.invalidate_cache(path)
 
     def _target(self, relative: str) -> str:
         """The path to write `relative` to; a local folder needs its parent created first (S3 has none)."""
@@ -222,7 +275,15 @@ class Storage:
         return path
 
     def exists(self, relative: str) -> bool:
-        return self._retry(f"check {relative}", lambda: self.fs.exists(self.path(relative)))
+        """Whether the object exists (PermissionError if this identity may not even tell)."""
+
+        def check() -> bool:
+            try:
+                return self._reading(relative, lambda: self.fs.exists(self.path(relative)))
+            except FileNotFoundError:  # a 403 that listing showed to mean "absent"
+                return False
+
+        return self._retry(f"check {relative}", check)
 
     def list(self, relative: str) -> list[str]:
         """Names directly under `relative` (files and folders); empty if it does not exist."""
@@ -247,7 +308,43 @@ class Storage:
 
     def download(self, relative: str, local_file: str) -> None:
         """Copy an object to a local file (FileNotFoundError if it is missing)."""
-        self._retry(f"download {relative}", lambda: self.fs.get_file(self.path(relative), local_file))
+        self._retry(
+            f"download {relative}",
+            lambda: self._reading(relative, lambda: self.fs.get_file(self.path(relative), local_file)),
+        )
+
+    def _reading(self, relative: str, call: Callable[[], T]) -> T:
+        """call(), a read of `relative`; a 403 from S3 becomes what it means (see the module docstring)."""
+        try:
+            return call()
+        except Exception as exc:
+            if self.is_local or not _is_denial(exc):
+                raise
+            settled = self._absent_or_denied(relative)
+        raise settled from None
+
+    def _absent_or_denied(self, relative: str) -> Exception:
+        """After a 403 on reading `relative`: FileNotFoundError if a listing of the key as a prefix does
+        not show it, else PermissionError (the object is there and may not be read). A listing refused
+        too is a PermissionError naming both permissions. Transient errors of the listing are raised (the
+        caller's retry repeats the read)."""
+        url = self.url_of(relative)
+        bucket, key = self.path(relative).split("/", 1)
+        try:
+            listed = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+        except Exception as exc:
+            if not _is_denial(exc):
+                raise
+            return PermissionError(
+                f"access denied reading {url}, and listing s3://{bucket} under {key} to tell whether it exists "
+                "was denied too: this identity needs s3:GetObject on the object and s3:ListBucket for that prefix"
+            )
+        # The key itself sorts before every longer key it prefixes: if it exists, it is the first listed.
+        if any(entry.get("Key") == key for entry in listed.get("Contents", [])):
+            return PermissionError(
+                f"access denied reading {url}: the object exists, and this identity may not read it (s3:GetObject)"
+            )
+        return FileNotFoundError(url)
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         for attempt in range(1, self._attempts + 1):
@@ -279,23 +376,25 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _s3_call(fs, method: str, **kwargs) -> dict:
-    """One S3 call through s3fs's client; a failed precondition is a Conflict, a missing key not found."""
+class _ConditionalConflict(OSError):
+    """S3's 409 ConditionalRequestConflict on a create-only write: another conditional write to the key
+    was in flight. Transient: trying again gets a definite answer."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EBUSY, message)
+
+
+def _code(error: BaseException) -> str:
     import botocore.exceptions
 
-    try:
-        return fs.call_s3(method, **kwargs)
-    except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-            raise Conflict(kwargs.get("Key")) from None
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise FileNotFoundError(kwargs.get("Key")) from None
-        raise
-    except OSError as exc:  # s3fs's translation of 412 Precondition Failed
-        if exc.errno == errno.EINVAL and "condition" in str(exc):
-            raise Conflict(kwargs.get("Key")) from None
-        raise
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _is_denial(error: BaseException) -> bool:
+    """An S3 403: s3fs's translation (PermissionError) or botocore's own (AccessDenied; "403" for a HEAD)."""
+    return isinstance(error, PermissionError) or _code(error) in ("AccessDenied", "403")
 
 
 def _local_write_if(path: str, data: bytes, version: str) -> None:
