@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.local.strict import Strictness
 from testbed.harness import AWS_VARIABLES_TO_CLEAR, MotoServer, make_image_folder
 
 LAYERS = {"unit": "unit", "orchestrator": "moto", "trainer": "trainer", "e2e": "e2e"}
@@ -68,7 +67,7 @@ def _no_network(monkeypatch):
 
 @pytest.fixture(scope="session")
 def moto_server():
-    server = MotoServer(Strictness(missing_keys_denied=False)).start()  # TEMP until storage lands
+    server = MotoServer().start()
     yield server
     server.stop()
 
@@ -89,22 +88,13 @@ def aws(moto_server, monkeypatch):
 
 
 @pytest.fixture
-def s3_denies_missing_keys(aws, monkeypatch):
+def s3_denies_missing_keys(aws):
     """S3 as the trainer role and the operator see it on AWS: a GET or HEAD of a missing key answers
-    403 AccessDenied, not 404 (their s3:ListBucket holds only under an s3:prefix condition). Every AWS
-    client in the test goes through a loopback proxy in front of the moto server (testbed/s3_denial.py);
-    it also refuses the keys in `.denied_keys` and listings under `.denied_prefixes` ("bucket/key"), and
-    records each refusal in `.denials`. Returns the proxy. To be replaced by the strict local cloud."""
-    from testbed.s3_denial import S3DenialProxy
-
-    proxy = S3DenialProxy(aws.endpoint).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()  # no filesystem still pointing at moto itself
-    yield proxy
-    s3fs.S3FileSystem.clear_instance_cache()
-    proxy.stop()
+    403 AccessDenied, not 404 (their s3:ListBucket holds only under an s3:prefix condition). The
+    strict local cloud does this for every test; this names the tests that rely on it and returns
+    its proxy: `.strictness.denied_keys` / `.denied_listings` refuse more, `.denials` lists each 403."""
+    aws.be_strict(missing_keys_denied=True)
+    return aws.strict
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ it, and moto's own `POST /moto-api/reset` also forgets the proxy's state.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import http.client
 import http.server
@@ -46,7 +47,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from orchestrator.aws import quotas
 from orchestrator.aws.instances import SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE
@@ -71,6 +72,8 @@ class Strictness:
     """What the strict local cloud refuses, and how; every field can be changed while it runs."""
 
     missing_keys_denied: bool = True  # S3 GET/HEAD of a missing key: 403 (True) or moto's 404
+    denied_keys: list[str] = field(default_factory=list)  # "bucket/key" GET/HEAD refused although it exists
+    denied_listings: list[str] = field(default_factory=list)  # "bucket/prefix": listings under it refused
     refused_pools: list[str] = field(default_factory=list)  # "type/zone" (or "type/*") without spot capacity
     spot_vcpu_quotas: dict[str, int] = field(default_factory=dict)  # quota code -> vCPUs; absent: DEFAULT_QUOTA
     default_quota: int = 1024  # vCPUs of a bucket not named above (an account that has used Spot a while)
@@ -156,7 +159,7 @@ class StrictProxy:
     def __init__(self, upstream: str, strictness: Strictness | None = None, host: str = "127.0.0.1", port: int = 0):
         self.upstream = upstream
         self.strictness = strictness or Strictness()
-        self._defaults = dataclasses.replace(self.strictness)
+        self._defaults = copy.deepcopy(self.strictness)
         self._lock = threading.RLock()
         self._local = threading.local()
         self._reset_state()
@@ -191,7 +194,7 @@ class StrictProxy:
     def reset(self, strictness: Strictness | None = None) -> None:
         """Forget launched instances, tokens, buckets and counts; back to `strictness` (or the defaults)."""
         with self._lock:
-            self.strictness = dataclasses.replace(strictness or self._defaults)
+            self.strictness = copy.deepcopy(strictness or self._defaults)  # its lists are changed in place
             self._reset_state()
 
     def wait_consistent(self) -> None:
@@ -202,6 +205,7 @@ class StrictProxy:
 
     def _reset_state(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
+        self.denials: list[tuple[str, str]] = []  # (method, "bucket/key") S3 answered 403 for
         self._young: dict[str, float] = {}  # instance id -> when it becomes visible
         self._tokens: dict[str, tuple[dict, Answer]] = {}  # ClientToken -> (parameters, answer)
         self._buckets = {
@@ -279,7 +283,26 @@ class StrictProxy:
             return self._iam_before(_form(body))
         if service == "servicequotas":
             return self._service_quotas(handler.headers.get("X-Amz-Target", ""), body, region)
+        if service == "s3" and handler.command in ("GET", "HEAD"):
+            return self._s3_refused(handler)
         return None
+
+    def _s3_refused(self, handler) -> Answer | None:
+        """A refusal the principal's policy would give: a key it may not read, a prefix it may not list."""
+        url = urlsplit(handler.path)
+        bucket, _, key = url.path.lstrip("/").partition("/")
+        key = unquote(key)
+        if key and f"{bucket}/{key}" in self.strictness.denied_keys:
+            return self._denied(handler.command, f"{bucket}/{key}")
+        prefix = parse_qs(url.query).get("prefix", [""])[0]
+        if not key and any(f"{bucket}/{prefix}".startswith(d) for d in self.strictness.denied_listings):
+            return self._denied(handler.command, f"{bucket}/{prefix}")
+        return None
+
+    def _denied(self, method: str, what: str) -> Answer:
+        with self._lock:
+            self.denials.append((method, what))
+        return s3_denied()
 
     def _ec2_before(self, params: dict[str, str], region: str) -> Answer | None:
         action = params.get("Action", "")
@@ -403,10 +426,11 @@ class StrictProxy:
         bucket, _, key = urlsplit(handler.path).path.lstrip("/").partition("/")
         if not key:
             return answer  # the bucket itself: NoSuchBucket stays 404
+        what = f"{bucket}/{unquote(key)}"
         if handler.command == "GET":
-            return s3_denied() if b"<Code>NoSuchKey</Code>" in answer.body else answer
+            return self._denied("GET", what) if b"<Code>NoSuchKey</Code>" in answer.body else answer
         head = self._forward("HEAD", f"/{bucket}", handler.headers, b"")  # HEAD has no body to tell
-        return s3_denied() if head.status == 200 else answer
+        return self._denied("HEAD", what) if head.status == 200 else answer
 
     # ------------------------------------------------------------------ IAM and Service Quotas
     def _iam_before(self, params: dict[str, str]) -> Answer | None:

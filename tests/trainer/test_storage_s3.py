@@ -56,7 +56,7 @@ def test_a_missing_object_is_missing_although_s3_answers_403(storage, s3_bucket,
 
 def test_an_object_refused_for_real_is_a_permission_error(storage, s3_bucket, denial):
     storage.write_bytes("record.json", b"{}")
-    denial.denied_keys.add(key(s3_bucket, "record.json"))
+    denial.strictness.denied_keys.append(key(s3_bucket, "record.json"))
     url = f"s3://{s3_bucket}/{ROOT}/record.json"
     message = f"access denied reading {url}: the object exists, and this identity may not read it (s3:GetObject)"
     with pytest.raises(PermissionError) as caught:
@@ -69,7 +69,7 @@ def test_an_object_refused_for_real_is_a_permission_error(storage, s3_bucket, de
 
 
 def test_a_refused_listing_leaves_a_403_a_permission_error(storage, s3_bucket, denial):
-    denial.denied_prefixes.add(f"{s3_bucket}/{ROOT}")
+    denial.strictness.denied_listings.append(f"{s3_bucket}/{ROOT}")
     with pytest.raises(PermissionError) as caught:
         storage.read_bytes("status/final.json")
     assert str(caught.value) == (
