@@ -1,9 +1,11 @@
 """Getting a dataset onto local disk: a local folder as is, a remote folder downloaded in parallel to a
 cache, a .tar archive (local or remote) extracted safely.
 
-The cache is keyed by the URL and marked complete only once every file is in place, so a download cut
-short by an interruption resumes on the next attempt (files already there with the right size are
-kept) and a half-extracted archive is never used.
+The cache (SPOTCTL_CACHE_DIR) is keyed by the URL and marked complete only once every file is in
+place, so a download cut short resumes when the same machine fetches again (files already there with
+the right size are kept) and a half-extracted archive is never used. On EC2 that helps only a re-run
+on the same machine: each attempt is a new instance whose disks start empty. The bootstrap puts the
+cache on the instance's NVMe store when it has one, the fastest disk there.
 """
 
 from __future__ import annotations

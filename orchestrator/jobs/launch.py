@@ -125,6 +125,7 @@ def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -
             layout.job_prefix(spec.storage, job_id),
             wheel_url,
             __version__,
+            layout.wheel_sha256(wheel_url) or "",  # the bootstrap checks the wheel against it
         )
     )
 

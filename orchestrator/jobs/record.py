@@ -12,6 +12,7 @@ every change after creation is a read-modify-write guarded by the object's versi
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -111,8 +112,14 @@ class JobStore:
 
     # ---------------------------------------------------------------------------------- wheels
     def upload_wheel(self, wheel: Path, sha256: str) -> str:
-        """Upload a wheel content-addressed (once: an unchanged spotctl is already there); its URL."""
+        """Upload a wheel content-addressed (once: an unchanged spotctl is already there); its URL.
+
+        An object under the key with other bytes is replaced: every bootstrap would refuse it."""
         key = layout.wheel_key(sha256, wheel.name)
-        if not self.storage.exists(key):
+        try:
+            stored = hashlib.sha256(self.storage.read_bytes(key)).hexdigest()  # a wheel is a few hundred KB
+        except FileNotFoundError:
+            stored = None
+        if stored != sha256:
             self.storage.upload(str(wheel), key)
         return self.storage.url_of(key)

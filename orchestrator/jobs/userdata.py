@@ -1,11 +1,17 @@
 """The instance's bootstrap script (EC2 user-data), rendered from the job.
 
 It logs everything to a file shipped to the attempt's bootstrap log (trainer.job.layout) every
-minute and at exit, installs the spotctl wheel (pip keeps what the AMI already has, torch above all),
-runs `python -m trainer run` with the job's id, and shuts the instance down when the trainer is done. Not at once when it
-was interrupted (exit 75): EC2 is taking the instance, and the next attempt resumes from the
+minute and at exit, installs the spotctl wheel, runs `python -m trainer run` with the job's id, and
+shuts the instance down when the trainer is done. Not at once when it was interrupted (exit 75, or
+killed after a spot notice): EC2 is taking the instance, and the next attempt resumes from the
 checkpoint. Any failure the trainer could not report itself (install, a crash, the OOM killer) gets a
 `final.json` from the script, so it is never mistaken for an interruption.
+
+The install: into the Deep Learning AMI's PyTorch environment, else into a venv of the image's
+python3 that sees its packages (a system python may be externally managed, PEP 668). The download
+and pip are retried (RETRY_*); the wheel must have the sha256 the launcher named, and pip installs
+it with the tested set the wheel carries as constraints (orchestrator.jobs.wheel), keeping what the
+image brings, torch above all. The data cache goes on the instance's NVMe when it has one.
 
 Safety: every value is validated (ids, region, attempt) or passed through `shlex.quote` (URLs), so no
 job name or path can inject shell; nothing secret is in it (the instance profile gives access to S3).
@@ -19,6 +25,7 @@ import shlex
 from dataclasses import dataclass
 
 from orchestrator.errors import UserError
+from orchestrator.jobs.wheel import CONSTRAINTS_MEMBER, IMAGE_STACK
 from trainer.job import layout
 from trainer.job.documents import Final, Outcome
 
@@ -28,8 +35,14 @@ ERROR_MARK, TIME_MARK = "@error@", "@now@"
 USER_DATA_LIMIT = 16 * 1024
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
-# The Deep Learning AMI's PyTorch environment; elsewhere, the first python3 on the PATH.
-PYTHON_CANDIDATES = ("/opt/pytorch/bin/python", "/opt/conda/bin/python", "python3")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+# The instance store, where the Deep Learning AMI mounts it (G4dn, G5, G6, P4, P5): the data cache.
+NVME = "/opt/dlami/nvme"
+# Downloads and installs: a few tries with backoff, so a blip of S3, PyPI or DNS fails no job
+# (2, 4, 8, 16 s between the 5 tries: about 30 s in all before the failure is reported).
+RETRY_TRIES, RETRY_FIRST_S, RETRY_MOST_S = 5, 2, 30
+# The Deep Learning AMI's PyTorch environment (older ones: conda's); elsewhere a venv of python3's.
+PYTHON_CANDIDATES = ("/opt/pytorch/bin/python", "/opt/conda/bin/python")
 
 TEMPLATE = r"""#!/bin/bash
 # spotctl bootstrap: job {job_id}, attempt {attempt} (rendered by spotctl {version}).
@@ -37,6 +50,7 @@ set -uo pipefail
 JOB_URL={job_url}
 JOB_PREFIX={job_prefix}
 WHEEL_URL={wheel_url}
+WHEEL_SHA256={wheel_sha256}
 export SPOTCTL_JOB_URL="$JOB_URL" SPOTCTL_JOB_ID={job_id} SPOTCTL_ATTEMPT={attempt} AWS_DEFAULT_REGION={region} AWS_REGION={region}
 BOOTSTRAP_LOG_URL={bootstrap_log_url}
 FINAL_URL={final_url}
@@ -46,13 +60,20 @@ mkdir -p "$LOG_DIR"
 LOG="$LOG_DIR/attempt-$SPOTCTL_ATTEMPT.log"
 exec >>"$LOG" 2>&1
 echo "spotctl: bootstrap of $SPOTCTL_JOB_ID attempt $SPOTCTL_ATTEMPT starting at $(date -u +%FT%TZ)"
+WORK="$(mktemp -d)"
+# The data cache on the instance store where the DLAMI mounts one: far faster than the gp3 root volume,
+# and lost with the machine just the same (every attempt is a new machine).
+if [ -z "${{SPOTCTL_CACHE_DIR:-}}" ] && [ -d {nvme} ] && [ -w {nvme} ]; then export SPOTCTL_CACHE_DIR={nvme}/spotctl; fi
 
-PYTHON=""
-for candidate in {python_candidates}; do
-  if command -v "$candidate" >/dev/null 2>&1; then PYTHON="$candidate"; break; fi
-done
-if [ -z "$PYTHON" ]; then echo "spotctl: no python found"; shutdown -h now; exit 1; fi
-
+retry() {{  # COMMAND...: {tries} tries at most, {first_s}s between the first two, doubling to {most_s}s
+  local try=1 delay={first_s}
+  until "$@"; do
+    if [ "$try" -ge {tries} ]; then echo "spotctl: giving up after {tries} tries: $*"; return 1; fi
+    echo "spotctl: try $try of {tries} failed: $*; again in ${{delay}}s"
+    sleep "$delay"
+    try=$((try + 1)); delay=$((delay * 2 > {most_s} ? {most_s} : delay * 2))
+  done
+}}
 s3_copy() {{  # SOURCE DEST: the AWS CLI where there is one, else boto3
   if command -v aws >/dev/null 2>&1; then aws s3 cp --only-show-errors "$1" "$2"; return; fi
   "$PYTHON" - "$1" "$2" <<'PY'
@@ -65,49 +86,129 @@ else: s3.upload_file(src, *split(dst))
 PY
 }}
 ship_log() {{ s3_copy "$LOG" "$BOOTSTRAP_LOG_URL" >/dev/null 2>&1 || true; }}
-( trap 'exit 0' TERM; while :; do sleep 60 & wait $!; ship_log; done ) &
-SHIPPER=$!
+SHIPPER=""
+INTERRUPTED=""
 finish() {{  # CODE: ship the log last (no older copy can land after it), then leave
-  kill "$SHIPPER" 2>/dev/null; wait "$SHIPPER" 2>/dev/null
+  if [ -n "$SHIPPER" ]; then kill "$SHIPPER" 2>/dev/null; wait "$SHIPPER" 2>/dev/null; fi
   ship_log
   if [ -z "${{SPOTCTL_NO_SHUTDOWN:-}}" ]; then
-    # 75: interrupted; EC2 is taking the instance. Should it not within 5 minutes, go anyway.
-    if [ "$1" -eq 75 ]; then (sleep 300; shutdown -h now) & else shutdown -h now; fi
+    # Interrupted: EC2 is taking the instance (its reason must be EC2's). Should it not within 5 minutes, go anyway.
+    if [ "$1" -eq 75 ] || [ -n "$INTERRUPTED" ]; then (sleep 300; shutdown -h now) & else shutdown -h now; fi
   fi
   exit "$1"
 }}
 report_failure() {{  # MESSAGE: a final.json, unless the trainer wrote one, so nobody mistakes this for an interruption
-  "$PYTHON" - "$FINAL_URL" "$1" {failure} <<'PY' || echo "spotctl: could not write final.json"
-import json, sys, datetime, boto3
-url, message, failure = sys.argv[1:4]
-bucket, _, key = url[5:].partition("/")
+  echo "spotctl: $1"
+  "${{PYTHON:-python3}}" - "$1" {failure} "$WORK/final.json" <<'PY' || {{ echo "spotctl: could not write final.json"; return; }}
+import json, sys, datetime
+message, failure, out = sys.argv[1:4]
 now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-body = failure.replace('"{error_mark}"', json.dumps(message)).replace('"{time_mark}"', json.dumps(now))  # a Final document (trainer.job.documents)
+with open(out, "w") as f:  # a Final document (trainer.job.documents)
+    f.write(failure.replace('"{error_mark}"', json.dumps(message)).replace('"{time_mark}"', json.dumps(now)))
+PY
+  "${{PYTHON:-python3}}" - "$WORK/final.json" "$FINAL_URL" <<'PY' && return
+import sys, boto3
+body, url = open(sys.argv[1], "rb").read(), sys.argv[2]
+bucket, _, key = url[5:].partition("/")
 try:
-    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode(), IfNoneMatch="*")
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
 except Exception as exc:
     if "PreconditionFailed" not in str(exc):
         raise
 PY
+  local where="${{FINAL_URL#s3://}}"  # no boto3 (a bare image): the AWS CLI, if any
+  command -v aws >/dev/null 2>&1 && aws s3api put-object --bucket "${{where%%/*}}" --key "${{where#*/}}" --body "$WORK/final.json" --if-none-match '*' >/dev/null && return
+  echo "spotctl: could not write final.json"
+}}
+imds() {{  # PATH: one instance-metadata value (IMDSv2); fails when there is none
+  local token
+  token="$(curl -fsS -m 2 -X PUT "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')" &&
+    curl -fsS -m 2 -H "X-aws-ec2-metadata-token: $token" "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/meta-data/$1"
 }}
 
+tested_set() {{  # OUT: the tested set, from the verified wheel, less what the image brings (orchestrator.jobs.wheel)
+  "$PYTHON" - "$WHEEL" {constraints_member} {image_stack} "$1" <<'PY'
+import re, sys, zipfile
+wheel, member, image, out = sys.argv[1:5]
+lines = zipfile.ZipFile(wheel).read(member).decode().splitlines()
+def name(line): return re.sub(r"[-_.]+", "-", re.split(r"[=<>!~;\[ ]", line, maxsplit=1)[0]).lower()
+kept = [line for line in lines if line.strip() and not line.startswith("#") and not re.fullmatch(image, name(line))]
+open(out, "w").write("".join(line + "\n" for line in kept))
+print(f"spotctl: installing with {{len(kept)}} constraints from the wheel")
+PY
+}}
+
+PYTHON=""
+if [ -n "${{SPOTCTL_SKIP_INSTALL:-}}" ]; then
+  PYTHON="$(command -v python3)"  # this environment already is spotctl's
+else
+  for candidate in {python_candidates}; do  # the Deep Learning AMI's PyTorch environment
+    if [ -x "$candidate" ]; then PYTHON="$candidate"; break; fi
+  done
+fi
+if [ -z "$PYTHON" ] && command -v python3 >/dev/null 2>&1; then
+  # Another image: its python3 may be externally managed (PEP 668: Ubuntu 24.04 refuses pip outside a
+  # venv), so a venv of our own that still sees the image's packages (a torch, if it has one).
+  VENV="${{SPOTCTL_CACHE_DIR:-/opt/spotctl}}/venv"
+  echo "spotctl: no Deep Learning AMI python; creating the venv $VENV"
+  if ! python3 -m venv --clear --system-site-packages "$VENV" && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive  # Debian and Ubuntu ship venv's pip separately
+    retry apt-get update -q && retry apt-get install -y -q python3-venv && python3 -m venv --clear --system-site-packages "$VENV"
+  fi
+  if [ -x "$VENV/bin/python" ]; then PYTHON="$VENV/bin/python"; fi
+fi
+if [ -z "$PYTHON" ]; then
+  report_failure "the instance has no python to install spotctl into (see {bootstrap_log})"
+  finish 1
+fi
+( trap 'exit 0' TERM; while :; do sleep 60 & wait $!; ship_log; done ) &
+SHIPPER=$!
+
 if [ -z "${{SPOTCTL_SKIP_INSTALL:-}}" ]; then
-  WHEEL="/tmp/$(basename "$WHEEL_URL")"
-  if ! s3_copy "$WHEEL_URL" "$WHEEL" || ! "$PYTHON" -m pip install --quiet --upgrade-strategy only-if-needed "$WHEEL[trainer]"; then
-    echo "spotctl: installing $WHEEL_URL failed"
-    report_failure "the instance could not install spotctl from $WHEEL_URL (see {bootstrap_log})"
+  if ! command -v aws >/dev/null 2>&1 && ! "$PYTHON" -c 'import boto3' 2>/dev/null; then
+    retry "$PYTHON" -m pip install --quiet boto3  # to reach S3 at all; the install below pins it
+  fi
+  WHEEL="$WORK/$(basename "$WHEEL_URL")"
+  if ! retry s3_copy "$WHEEL_URL" "$WHEEL"; then
+    report_failure "the instance could not download spotctl from $WHEEL_URL (see {bootstrap_log})"
     finish 1
+  fi
+  GOT="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$WHEEL")"
+  if [ "$GOT" != "$WHEEL_SHA256" ]; then
+    report_failure "refused to install $WHEEL_URL: its sha256 is $GOT, not $WHEEL_SHA256 (the object changed after launch uploaded it; a new launch uploads it again)"
+    finish 1
+  fi
+  if ! tested_set "$WORK/constraints.txt"; then
+    report_failure "the wheel at $WHEEL_URL holds no readable {constraints_member} (see {bootstrap_log})"
+    finish 1
+  fi
+  INSTALL=("$PYTHON" -m pip install --quiet --upgrade-strategy only-if-needed)
+  if ! retry "${{INSTALL[@]}}" -c "$WORK/constraints.txt" "$WHEEL[trainer]"; then
+    # The tested set may not exist for this image's python (pins resolved on another version).
+    echo "spotctl: the tested set did not install; trying once without it (versions then are not the tested ones)"
+    if ! "${{INSTALL[@]}}" "$WHEEL[trainer]"; then
+      report_failure "the instance could not install spotctl from $WHEEL_URL (see {bootstrap_log})"
+      finish 1
+    fi
   fi
 fi
 
 export SPOTCTL_INSTANCE_ID
-SPOTCTL_INSTANCE_ID="$(TOKEN=$(curl -fsS -m 2 -X PUT "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') && curl -fsS -m 2 -H "X-aws-ec2-metadata-token: $TOKEN" "$AWS_EC2_METADATA_SERVICE_ENDPOINT/latest/meta-data/instance-id")" || SPOTCTL_INSTANCE_ID=""
+SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
 "$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID"
 CODE=$?
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
   0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself
-  137|143) ;;  # killed by SIGKILL/SIGTERM: the machine is going down (spot reclaim, a stop); EC2's reason tells
+  137|143)  # killed: by the machine going away after a spot notice, or by something on it
+    if NOTICE="$(imds spot/instance-action)"; then
+      echo "spotctl: killed after the spot notice $NOTICE: an interruption"; INTERRUPTED=1
+    elif [ "$CODE" -eq 137 ]; then
+      dmesg 2>/dev/null | grep -iE 'out of memory|oom-kill|killed process' | tail -n 5
+      report_failure "the trainer was killed (SIGKILL, exit 137) with no spot notice: probably out of memory, by the kernel's OOM killer (see {bootstrap_log})"
+    else
+      report_failure "the trainer was terminated (SIGTERM, exit 143) with no spot notice, before it could checkpoint and exit (see {bootstrap_log})"
+    fi ;;
   *) report_failure "the trainer exited with code $CODE (see {trainer_log})" ;;
 esac
 finish "$CODE"
@@ -121,8 +222,9 @@ class Bootstrap:
     region: str
     job_url: str  # s3://.../jobs/<id>/job.yaml
     job_prefix: str  # s3://.../jobs/<id>
-    wheel_url: str
+    wheel_url: str  # s3://.../wheels/<sha256>/<file>.whl
     version: str
+    wheel_sha256: str  # the wheel's digest: the script refuses a wheel with other bytes
 
 
 def render(boot: Bootstrap) -> str:
@@ -132,6 +234,10 @@ def render(boot: Bootstrap) -> str:
         raise UserError(f"'{boot.region}' is not an AWS region")
     if not isinstance(boot.attempt, int) or boot.attempt < 1:
         raise UserError(f"attempt must be a positive number, got {boot.attempt!r}")
+    if not SHA256.fullmatch(boot.wheel_sha256):
+        raise UserError(
+            f"wheel_sha256 must be 64 lower-case hex digits (the sha256 its URL {boot.wheel_url} names), got {boot.wheel_sha256!r}"
+        )
     for name in ("job_url", "job_prefix", "wheel_url"):
         value = getattr(boot, name)
         if not value.startswith("s3://") or any(c in value for c in "\n\r\0"):
@@ -144,6 +250,13 @@ def render(boot: Bootstrap) -> str:
         job_url=shlex.quote(boot.job_url),
         job_prefix=shlex.quote(boot.job_prefix),
         wheel_url=shlex.quote(boot.wheel_url),
+        wheel_sha256=boot.wheel_sha256,
+        nvme=shlex.quote(NVME),
+        tries=RETRY_TRIES,
+        first_s=RETRY_FIRST_S,
+        most_s=RETRY_MOST_S,
+        constraints_member=CONSTRAINTS_MEMBER,
+        image_stack=shlex.quote(IMAGE_STACK),
         bootstrap_log_url=shlex.quote(f"{boot.job_prefix}/{layout.bootstrap_log(boot.attempt)}"),
         final_url=shlex.quote(f"{boot.job_prefix}/{layout.FINAL}"),
         bootstrap_log=layout.bootstrap_log(boot.attempt),

@@ -5,16 +5,24 @@ Built from the source checkout with `pip wheel` (reproducibly: SOURCE_DATE_EPOCH
 a hash of the sources, and uploaded content-addressed under the storage root
 (`wheels/<sha256>/<file>.whl`), so an unchanged spotctl is uploaded once. SPOTCTL_WHEEL names a
 prebuilt wheel instead (for an installation without the sources).
+
+The wheel carries the tested set, `constraints.txt` (package data, a link to the repository's file),
+so the bootstrap installs with exactly the versions the tests ran with. It reads them from the wheel
+after checking the wheel's sha256: one digest covers both, and a later attempt, rendered from the
+record's wheel URL alone, gets the same set. It leaves out IMAGE_STACK: a GPU image's torch is
+built for its CUDA, and a constraint on torch, or on what torch pins, would make pip replace it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import orchestrator
@@ -23,11 +31,34 @@ from trainer.job.settings import Settings
 
 SOURCE_PATTERNS = (
     "pyproject.toml",
+    "constraints.txt",
     "orchestrator/**/*.py",
     "orchestrator/**/*.json",
     "trainer/**/*.py",
     "trainer/**/*.json",
 )
+
+
+# Where the wheel holds the tested set (orchestrator/data/constraints.txt links to ../../constraints.txt).
+CONSTRAINTS_MEMBER = "orchestrator/data/constraints.txt"
+# What the image brings and the instance keeps (names normalised: lower case, runs of -_. as one -):
+# torch and torchvision, what only they need, and what torch pins exactly (CUDA, cuDNN, NCCL, triton;
+# sympy in torch 2.5 and 2.6, though onnxruntime needs it too). nvidia-ml-py is spotctl's own
+# (telemetry) and stays pinned. tests/orchestrator/test_wheel.py checks this against the metadata.
+IMAGE_STACK = (
+    r"torch|torchvision|torchaudio|triton|sympy|mpmath|networkx|filelock|jinja2|markupsafe|setuptools"
+    r"|cuda-[a-z0-9-]+|nvidia-(?!ml-py$)[a-z0-9-]+"
+)
+
+
+def normalized(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def image_provided(name: str) -> bool:
+    """True for a package the bootstrap leaves to the image (no constraint is shipped for it)."""
+    return re.fullmatch(IMAGE_STACK, normalized(name)) is not None
 
 
 def source_root() -> Path | None:
@@ -55,6 +86,11 @@ def build_wheel() -> Path:
             raise UserError(
                 f"SPOTCTL_WHEEL={wheel} is not a wheel file",
                 "build one with `pip wheel --no-deps .` in the spotctl checkout",
+            )
+        if not _holds_constraints(wheel):
+            raise UserError(
+                f"SPOTCTL_WHEEL={wheel} holds no {CONSTRAINTS_MEMBER}, the tested set the instance installs",
+                "build it from this spotctl's checkout with `pip wheel --no-deps .`",
             )
         return wheel
     root = source_root()
@@ -84,3 +120,10 @@ def build_wheel() -> Path:
         final = target / wheel.name
         shutil.move(str(wheel), final)
     return final
+
+
+def _holds_constraints(wheel: Path) -> bool:
+    try:
+        return CONSTRAINTS_MEMBER in zipfile.ZipFile(wheel).namelist()
+    except zipfile.BadZipFile:
+        return False

@@ -113,13 +113,14 @@ HOSTILE = [
     "s3://b/${IFS}$(id)",
     "s3://b/\\$(id)",
 ]
+SHA = "0123456789abcdef" * 4  # a wheel's sha256
 
 
 @pytest.mark.parametrize("url", HOSTILE)
 def test_hostile_urls_in_user_data_stay_inert_strings(url, tmp_path):
     from orchestrator.jobs.userdata import Bootstrap, render
 
-    script = render(Bootstrap("job-1", 1, "us-east-1", url, url, url, "0.1.0"))
+    script = render(Bootstrap("job-1", 1, "us-east-1", url, url, url, "0.1.0", SHA))
     header = script.split("export SPOTCTL_JOB_URL")[0]
     probe = tmp_path / "probe.sh"
     probe.write_text(header + 'printf "%s\\n%s\\n%s" "$JOB_URL" "$JOB_PREFIX" "$WHEEL_URL"\n')
@@ -135,7 +136,7 @@ def test_urls_that_quoting_cannot_make_safe_are_refused(url):
     from orchestrator.jobs.userdata import Bootstrap, render
 
     with pytest.raises(UserError, match="must be an s3:// URL on one line"):
-        render(Bootstrap("job-1", 1, "us-east-1", url, "s3://b/j", "s3://b/w", "0.1.0"))
+        render(Bootstrap("job-1", 1, "us-east-1", url, "s3://b/j", "s3://b/w", "0.1.0", SHA))
 
 
 @pytest.mark.parametrize("job_id", ["job;id", "job$(id)", "job`id`", "job\nid", "../job", "job id", "-rf"])
@@ -144,7 +145,16 @@ def test_hostile_job_ids_are_refused(job_id):
     from orchestrator.jobs.userdata import Bootstrap, render
 
     with pytest.raises(UserError, match="may hold only letters"):
-        render(Bootstrap(job_id, 1, "us-east-1", "s3://b/j", "s3://b/j", "s3://b/w", "0.1.0"))
+        render(Bootstrap(job_id, 1, "us-east-1", "s3://b/j", "s3://b/j", "s3://b/w", "0.1.0", SHA))
+
+
+@pytest.mark.parametrize("digest", ["", "$(id)", SHA.upper(), SHA[:-1], SHA + "0", SHA[:-1] + "\n"])
+def test_a_wheel_digest_that_is_not_a_sha256_is_refused(digest):
+    from orchestrator.errors import UserError
+    from orchestrator.jobs.userdata import Bootstrap, render
+
+    with pytest.raises(UserError, match="wheel_sha256 must be 64 lower-case hex digits"):
+        render(Bootstrap("job-1", 1, "us-east-1", "s3://b/j", "s3://b/j", "s3://b/w", "0.1.0", digest))
 
 
 @pytest.mark.parametrize("name", ["x$(touch /tmp/pwned)", "x`id`", "x;id", "x\ny", "x y"])

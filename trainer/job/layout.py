@@ -40,6 +40,7 @@ WHEELS = "wheels"
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
+_WHEEL = re.compile(rf"(?:^|/){WHEELS}/([0-9a-f]{{64}})/[^/]+\.whl\Z")
 
 
 def job_prefix(storage: str, job_id: str) -> str:
@@ -101,3 +102,9 @@ def artifact(export_id: str, name: str) -> str:
 def wheel_key(sha256: str, name: str) -> str:
     """A wheel's path relative to the storage root: content-addressed, uploaded once."""
     return f"{WHEELS}/{sha256}/{name}"
+
+
+def wheel_sha256(url: str) -> str | None:
+    """The sha256 a wheel's key or URL names (wheel_key's), None if it names none."""
+    match = _WHEEL.search(url)
+    return match.group(1) if match else None

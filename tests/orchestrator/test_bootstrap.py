@@ -1,0 +1,268 @@
+"""The instance's bootstrap script, rendered and run by bash as an instance would, against the moto
+server: real S3 downloads and final.json writes, with a stand-in python on the PATH that records
+its pip and trainer calls (and fails them on request) and runs everything else for real, and a
+`sleep` that records the backoff instead of waiting it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from orchestrator.jobs import userdata
+from orchestrator.jobs.userdata import Bootstrap, render
+from orchestrator.jobs.wheel import image_provided
+from testbed import REPO
+from testbed.harness import FakeImds
+from testbed.trainer_runs import trainer_env
+from trainer.job import layout
+from trainer.job.storage import file_sha256
+
+BUCKET = "boot-bucket"
+STORAGE = f"s3://{BUCKET}/spotctl"
+JOB = "boot-1"
+PREFIX = f"{STORAGE}/jobs/{JOB}"
+
+FAKE_PYTHON = r"""#!/bin/bash
+# A stand-in python: makes venvs of itself, records pip and trainer calls, runs the rest for real.
+if [ "$1 $2" = "-m venv" ]; then
+  echo "venv ${*:3}" >>"$FAKE_STATE/calls"
+  dir="${@: -1}"; mkdir -p "$dir/bin"; cp "$0" "$dir/bin/python"; exit 0
+fi
+if [ "$1 $2" = "-m pip" ]; then
+  echo "pip $0 ${*:3}" >>"$FAKE_STATE/calls"
+  n=$(( $(cat "$FAKE_STATE/pip-runs" 2>/dev/null || echo 0) + 1 )); echo "$n" >"$FAKE_STATE/pip-runs"
+  if [ "$n" -le "${FAKE_PIP_FAILS:-0}" ]; then echo "pip: simulated failure $n"; exit 1; fi
+  prev=""; for a in "$@"; do if [ "$prev" = "-c" ]; then cp "$a" "$FAKE_STATE/constraints.txt"; fi; prev="$a"; done
+  exit 0
+fi
+if [ "$1 $2" = "-c import boto3" ] && [ -n "${FAKE_NO_BOTO3:-}" ]; then exit 1; fi  # a bare image
+if [ "$1 $2" = "-m trainer" ]; then
+  echo "trainer $0 ${*:3} cache=${SPOTCTL_CACHE_DIR:-}" >>"$FAKE_STATE/calls"; exit "${FAKE_TRAINER_EXIT:-0}"
+fi
+exec @python@ "$@"
+"""
+
+FAKE_SLEEP = r"""#!/bin/bash
+# The log shipper's minute is real; the backoff is recorded, and the hook runs at the wanted pause.
+if [ "$1" = 60 ]; then exec @sleep@ "$@"; fi
+echo "$1" >>"$FAKE_STATE/sleeps"
+if [ -n "${FAKE_SLEEP_HOOK:-}" ] && [ "$(wc -l <"$FAKE_STATE/sleeps")" -eq "${FAKE_SLEEP_HOOK_AT:-0}" ]; then bash "$FAKE_SLEEP_HOOK"; fi
+exit 0
+"""
+
+
+class Instance:
+    """One boot: its folder, its script, its stand-ins, what they recorded."""
+
+    def __init__(self, root: Path, aws):
+        self.root, self.aws = root, aws
+        self.bin, self.state = root / "bin", root / "state"
+        self.bin.mkdir()
+        self.state.mkdir()
+        for name, text in (
+            ("python3", FAKE_PYTHON.replace("@python@", shlex.quote(sys.executable))),
+            ("sleep", FAKE_SLEEP.replace("@sleep@", shutil.which("sleep"))),
+        ):
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        self.s3 = boto3.client("s3")
+        self.s3.create_bucket(Bucket=BUCKET)
+
+    def run(self, wheel_url: str, sha256: str, **env: str) -> int:
+        script = self.root / "user-data.sh"
+        script.write_text(
+            render(Bootstrap(JOB, 1, "us-east-1", f"{PREFIX}/job.yaml", PREFIX, wheel_url, "0.1.0", sha256))
+        )
+        environment = trainer_env(
+            {
+                **self.aws.environment(),
+                "PATH": f"{self.bin}:/usr/bin:/bin",  # no AWS CLI: boto3 does the S3 work
+                "SPOTCTL_NO_SHUTDOWN": "1",
+                "SPOTCTL_LOG_DIR": str(self.root / "logs"),
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9",  # nothing answers: no notice
+                "FAKE_STATE": str(self.state),
+                **env,
+            }
+        )
+        return subprocess.run(["bash", str(script)], env=environment, timeout=120).returncode
+
+    def recorded(self, name: str) -> list[str]:
+        path = self.state / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    def final(self) -> dict | None:
+        try:
+            body = self.s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{JOB}/{layout.FINAL}")["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return json.loads(body)
+
+    def log(self) -> str:
+        key = f"spotctl/jobs/{JOB}/{layout.bootstrap_log(1)}"
+        return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+
+@pytest.fixture
+def instance(tmp_path, aws, monkeypatch):
+    monkeypatch.setattr(userdata, "NVME", str(tmp_path / "nvme"))  # absent unless a test makes it
+    return Instance(tmp_path, aws)
+
+
+def wheel_url_of(wheel: Path) -> tuple[str, str]:
+    digest = file_sha256(wheel)
+    return f"{STORAGE}/{layout.wheel_key(digest, wheel.name)}", digest
+
+
+def test_a_transient_download_and_pip_failure_are_retried_and_the_tested_set_is_installed(instance, wheel, tmp_path):
+    url, digest = wheel_url_of(wheel)
+    hook = tmp_path / "upload.sh"  # the wheel appears during the second pause: two downloads fail first
+    hook.write_text(
+        f"{shlex.quote(sys.executable)} -c 'import boto3, sys; boto3.client(\"s3\").upload_file(*sys.argv[1:])' "
+        f"{shlex.quote(str(wheel))} {BUCKET} {shlex.quote(url.split(f'{BUCKET}/', 1)[1])}\n"
+    )
+    cache = tmp_path / "cache"
+    code = instance.run(
+        url,
+        digest,
+        SPOTCTL_CACHE_DIR=str(cache),
+        FAKE_SLEEP_HOOK=str(hook),
+        FAKE_SLEEP_HOOK_AT="2",
+        FAKE_PIP_FAILS="1",
+    )
+    log = instance.log()
+    assert code == 0, log
+    assert instance.recorded("sleeps") == ["2", "4", "2"]  # two downloads, then one pip run
+    assert f"spotctl: try 1 of 5 failed: s3_copy {url}" in log and f"spotctl: try 2 of 5 failed: s3_copy {url}" in log
+    assert "spotctl: try 1 of 5 failed: " + str(cache / "venv/bin/python") + " -m pip install" in log
+    venv_python = str(cache / "venv/bin/python")
+    calls = instance.recorded("calls")
+    work = calls[1].split(" -c ")[1].split("/constraints.txt")[0]  # the script's own temporary folder
+    assert calls == [
+        f"venv --clear --system-site-packages {cache}/venv",  # no Deep Learning AMI python here
+        f"pip {venv_python} install --quiet --upgrade-strategy only-if-needed -c {work}/constraints.txt {work}/{wheel.name}[trainer]",
+        f"pip {venv_python} install --quiet --upgrade-strategy only-if-needed -c {work}/constraints.txt {work}/{wheel.name}[trainer]",
+        f"trainer {venv_python} run --job {PREFIX}/job.yaml --job-id {JOB} cache={cache}",
+    ]
+    shipped = instance.recorded("constraints.txt")
+    tested = [line for line in (REPO / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert shipped == [line for line in tested if not image_provided(line.split("==")[0])]
+    assert {"boto3", "botocore", "aiobotocore", "s3fs", "onnx", "onnxruntime", "nvidia-ml-py", "numpy"} <= {
+        line.split("==")[0] for line in shipped
+    }
+    assert not {"torch", "torchvision", "triton", "sympy", "nvidia-cublas"} & {line.split("==")[0] for line in shipped}
+    assert instance.final() is None  # the trainer has the last word
+
+
+def test_a_wheel_with_other_bytes_under_its_digest_is_refused_and_nothing_is_installed(instance, wheel, tmp_path):
+    url, digest = wheel_url_of(wheel)
+    tampered = wheel.read_bytes() + b"\0"
+    instance.s3.put_object(Bucket=BUCKET, Key=url.split(f"{BUCKET}/", 1)[1], Body=tampered)
+    code = instance.run(url, digest, SPOTCTL_CACHE_DIR=str(tmp_path / "cache"))
+    assert code == 1
+    got = hashlib.sha256(tampered).hexdigest()
+    final = instance.final()
+    assert final["outcome"] == "failed" and final["attempt"] == 1
+    assert final["error"] == (
+        f"refused to install {url}: its sha256 is {got}, not {digest} "
+        "(the object changed after launch uploaded it; a new launch uploads it again)"
+    )
+    assert [c for c in instance.recorded("calls") if not c.startswith("venv ")] == []  # no pip, no trainer
+    assert f"spotctl: {final['error']}" in instance.log()
+
+
+def test_a_download_that_keeps_failing_gives_up_after_five_tries_and_says_so(instance, tmp_path):
+    url = f"{STORAGE}/{layout.wheel_key('ab' * 32, 'spotctl-0.1.0-py3-none-any.whl')}"
+    code = instance.run(url, "ab" * 32, SPOTCTL_CACHE_DIR=str(tmp_path / "cache"))
+    assert code == 1
+    assert instance.recorded("sleeps") == ["2", "4", "8", "16"]  # bounded: about 30 s in all
+    assert instance.final()["error"] == (
+        f"the instance could not download spotctl from {url} (see {layout.bootstrap_log(1)})"
+    )
+    assert f"spotctl: giving up after 5 tries: s3_copy {url}" in instance.log()
+
+
+def test_pip_that_keeps_failing_is_reported_as_a_failed_install(instance, wheel, tmp_path):
+    url, digest = wheel_url_of(wheel)
+    instance.s3.upload_file(str(wheel), BUCKET, url.split(f"{BUCKET}/", 1)[1])
+    code = instance.run(url, digest, SPOTCTL_CACHE_DIR=str(tmp_path / "cache"), FAKE_PIP_FAILS="99")
+    assert code == 1
+    assert instance.recorded("sleeps") == ["2", "4", "8", "16"]
+    assert instance.recorded("pip-runs") == ["6"]  # 5 with the tested set, then one without
+    assert "spotctl: the tested set did not install; trying once without it" in instance.log()
+    assert instance.final()["error"] == (
+        f"the instance could not install spotctl from {url} (see {layout.bootstrap_log(1)})"
+    )
+    assert not any(c.startswith("trainer ") for c in instance.recorded("calls"))
+
+
+def test_when_the_tested_set_cannot_install_one_unconstrained_try_still_runs_the_job(instance, wheel, tmp_path):
+    url, digest = wheel_url_of(wheel)
+    instance.s3.upload_file(str(wheel), BUCKET, url.split(f"{BUCKET}/", 1)[1])
+    assert instance.run(url, digest, SPOTCTL_CACHE_DIR=str(tmp_path / "cache"), FAKE_PIP_FAILS="5") == 0
+    pips = [c for c in instance.recorded("calls") if c.startswith("pip ")]
+    assert len(pips) == 6 and all(" -c " in c for c in pips[:5]) and " -c " not in pips[5]
+    assert pips[5].endswith(f"install --quiet --upgrade-strategy only-if-needed {pips[5].split()[-1]}")
+    assert instance.recorded("calls")[-1].startswith("trainer ") and instance.final() is None
+
+
+def test_the_data_cache_and_the_venv_go_on_the_instance_store_on_a_bare_image(instance, wheel, tmp_path):
+    (tmp_path / "nvme").mkdir()
+    url, digest = wheel_url_of(wheel)
+    instance.s3.upload_file(str(wheel), BUCKET, url.split(f"{BUCKET}/", 1)[1])
+    assert instance.run(url, digest, FAKE_NO_BOTO3="1") == 0  # no SPOTCTL_CACHE_DIR given
+    calls = instance.recorded("calls")
+    venv = f"{tmp_path}/nvme/spotctl/venv"
+    assert calls[:2] == [
+        f"venv --clear --system-site-packages {venv}",
+        f"pip {venv}/bin/python install --quiet boto3",  # a bare image's python: boto3 first, to reach S3
+    ]
+    assert calls[-1].endswith(f"cache={tmp_path}/nvme/spotctl")
+
+
+@pytest.mark.parametrize(
+    "code, notice, error",
+    [
+        (
+            137,
+            False,
+            "the trainer was killed (SIGKILL, exit 137) with no spot notice: probably out of memory, by the kernel's OOM killer (see logs/attempt-1.bootstrap.log)",
+        ),
+        (
+            143,
+            False,
+            "the trainer was terminated (SIGTERM, exit 143) with no spot notice, before it could checkpoint and exit (see logs/attempt-1.bootstrap.log)",
+        ),
+        (137, True, None),
+        (143, True, None),
+    ],
+)
+def test_a_killed_trainer_is_a_failure_unless_a_spot_notice_explains_it(instance, tmp_path, code, notice, error):
+    imds = FakeImds("i-0123456789abcdef0")
+    if notice:
+        imds.instance_action = {"action": "terminate", "time": "2026-12-01T10:00:00Z"}
+    try:
+        exit_code = instance.run(
+            f"{STORAGE}/{layout.wheel_key('ab' * 32, 'spotctl-0.1.0-py3-none-any.whl')}",
+            "ab" * 32,
+            SPOTCTL_SKIP_INSTALL="1",
+            SPOTCTL_CACHE_DIR=str(tmp_path / "cache"),
+            AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.endpoint,
+            FAKE_TRAINER_EXIT=str(code),
+        )
+    finally:
+        imds.stop()
+    assert exit_code == code
+    final = instance.final()
+    if error is None:
+        assert final is None  # an interruption: EC2's reason tells
+        assert "spotctl: killed after the spot notice {" in instance.log()
+    else:
+        assert final["outcome"] == "failed" and final["error"] == error
