@@ -149,6 +149,15 @@ def job_panel(view: dict):
             else ""
         )
         lines.append(Text(f"cost: {render.money(cost['total_usd'])} so far{saving}{now}{projected}"))
+        lines.append(
+            Text(
+                f"  instance {render.money(cost['instance_usd'])}, root volume {render.money(cost['ebs_usd'])}, "
+                f"public IPv4 {render.money(cost['public_ipv4_usd'])}"
+            )
+        )
+        if cost.get("savings_unknown"):
+            lines.append(Text(f"savings unknown: {cost['savings_unknown']}"))
+        lines += [Text(f"  note: {note}") for note in cost.get("notes") or ()]
         if cost["lost_steps"]:
             lines.append(
                 Text(f"work lost to interruptions: {cost['lost_steps']} steps redone, {render.money(cost['lost_usd'])}")

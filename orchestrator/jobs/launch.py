@@ -34,7 +34,7 @@ from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import layout
 from trainer.job.documents import Attempt, JobRecord, JobState, now_iso
-from trainer.job.spec import JobSpec, is_weights_name
+from trainer.job.spec import ComputeSpec, JobSpec, is_weights_name
 from trainer.job.spec_file import dump_spec
 from trainer.job.storage import file_sha256
 
@@ -215,7 +215,8 @@ def start_attempt(
         token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
         if (
             store.update_record(
-                record.job_id, lambda r, offer=offer, token=token: _claim(r, number, offer, token, owner)
+                record.job_id,
+                lambda r, offer=offer, token=token: _claim(r, number, offer, token, owner, spec.compute),
             )
             is None
         ):
@@ -368,7 +369,7 @@ def _adopt(record: JobRecord, number: int, cloud: Cloud, store: JobStore, owner:
     return written.attempts[-1]
 
 
-def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str) -> bool:
+def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str, compute: ComputeSpec) -> bool:
     last = record.current
     if record.outcome or record.cancelled_at or record.stop_requested_at:
         return False  # finished, or someone asked it to stop: no new machine
@@ -381,6 +382,8 @@ def _claim(record: JobRecord, number: int, offer: Offer, token: str, owner: str)
         token,
         requested_at=now_iso(),
         claimed_by=owner,
+        disk_gib=compute.disk_gib,  # what the attempt pays besides its instance (jobs.cost)
+        public_ip=compute.public_ip,
     )
     if len(record.attempts) == number - 1 and (last is None or last.instance_id is not None):
         record.attempts.append(fresh)

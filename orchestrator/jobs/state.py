@@ -31,6 +31,11 @@ NOT_LISTED_GRACE_S = 300.0
 # A claim left without an instance this long is taken over (its orchestrator died between claiming
 # and EC2's answer; the ClientToken makes a repeat harmless).
 STALE_CLAIM_S = 300.0
+# EC2 bills an instance from `running`, and no API says when that began: the first poll that sees it
+# is the record (Attempt.running_at). That is late by at most the time since the previous look, so it
+# is trusted only this soon after the launch; a later first look (nobody watched) keeps the launch
+# time, which bills the pending phase too: a little high, never low.
+RUNNING_SEEN_WITHIN_S = 120.0
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
 
 
@@ -125,14 +130,19 @@ def settle(
     heartbeat: Heartbeat | None,
     now: datetime | None = None,
 ) -> bool:
-    """Fill in end_reason / ended_at / state_reason / steps of attempts that have ended. Returns
-    whether anything changed (then the caller writes the record). Idempotent: run it every poll."""
+    """Fill in end_reason / ended_at / state_reason / steps of attempts that have ended, and running_at
+    of those seen running for the first time. Returns whether anything changed (then the caller
+    writes the record). Idempotent: run it every poll."""
     now = now or datetime.now(timezone.utc)
     changed = False
     for attempt in record.attempts:
         if attempt.instance_id is None or attempt.ended_at is not None:
             continue
         instance = instances.get(attempt.number)
+        if attempt.running_at is None and instance is not None and instance.state == "running":
+            seen_late = age_s(attempt.launched_at, now) > RUNNING_SEEN_WITHIN_S
+            attempt.running_at = attempt.launched_at if seen_late else now.isoformat(timespec="seconds")
+            changed = True
         beat = heartbeat if heartbeat and heartbeat.of_attempt(attempt.number) else None
         said = final if final and final.attempt == attempt.number else None
         reason = _trainer_reason(said, beat)

@@ -38,6 +38,12 @@ class AttemptStatus(_Part):
     claimed_by: str | None
     start_step: int | None
     end_step: int | None
+    running_at: str | None = None
+    """when spotctl first saw the instance running: EC2 bills the instance from then (null: not seen; billed from launched_at)"""
+    disk_gib: int | None = None
+    """the root gp3 volume's size, billed from launch to end (null: not recorded, not counted)"""
+    public_ip: bool | None = None
+    """whether it had a public IPv4 address, billed by the hour (null: not recorded, not counted)"""
     instance_state: str | None = None
     """EC2's state of the current attempt's instance (only on the current attempt)"""
 
@@ -90,21 +96,40 @@ class HealthFlag(_Part):
 class AttemptCostStatus(_Part):
     number: int
     seconds: float
+    """the instance's billed time, from running to the end"""
     usd: float
+    """instance_usd + ebs_usd + public_ipv4_usd"""
+    instance_usd: float
+    """the spot instance (0 when EC2 interrupted it within its first hour)"""
+    ebs_usd: float | None
+    """the root gp3 volume, from launch to end (null: its size was not recorded)"""
+    public_ipv4_usd: float
+    """the public IPv4 address, from launch to end (0 without compute.public_ip)"""
     on_demand_usd: float | None
+    """the same attempt with an on-demand instance (same volume and address)"""
     free_by_first_hour_rule: bool
+    """EC2 interrupted it within its first hour: its instance usage is not charged"""
 
 
 class CostStatus(_Part):
     total_usd: float
+    """instance_usd + ebs_usd + public_ipv4_usd"""
+    instance_usd: float
+    ebs_usd: float
+    public_ipv4_usd: float
     on_demand_usd: float | None
     savings: float | None
     """share of the on-demand cost saved, 0..1"""
+    savings_unknown: str | None
+    """why savings is null, e.g. no on-demand price for g5.xlarge in eu-west-1"""
     lost_steps: int
     lost_usd: float
     attempts: list[AttemptCostStatus]
     current_usd_per_hour: float | None
+    """what the running attempt costs an hour now: its spot price, root volume and public address"""
     projected_total_usd: float | None
+    notes: list[str]
+    """figures that are estimates or leave something out"""
 
 
 class JobStatus(_Part):

@@ -137,7 +137,9 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
         assert cost["total_usd"] > 0 and 0 < cost["savings"] < 1 and cost["lost_steps"] == 0
         assert cost["attempts"][0]["free_by_first_hour_rule"] is True  # EC2 interrupted it within its first hour
         market = SimulatedMarket(3)  # the same seed: the figures follow from the simulated prices alone
-        start, end = (datetime.fromisoformat(second[k]) for k in ("launched_at", "ended_at"))
+        # Billed from when watch first saw it running (EC2 bills from `running`), else from its launch.
+        start, end = (datetime.fromisoformat(second[k]) for k in ("running_at", "ended_at"))
+        assert second["launched_at"] <= second["running_at"] <= second["ended_at"]
         expected = attempt_cost(
             2,
             market.history((second["instance_type"], second["zone"]), start, end),
@@ -146,7 +148,11 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
             False,
             second["on_demand_price"],
         )
-        assert cost["total_usd"] == pytest.approx(expected.usd, abs=1e-6)
+        assert cost["attempts"][1]["instance_usd"] == pytest.approx(expected.instance_usd, abs=1e-6)
+        assert cost["instance_usd"] == cost["attempts"][1]["instance_usd"]  # the first was free
+        assert cost["ebs_usd"] > 0 and cost["total_usd"] == pytest.approx(
+            sum(a["usd"] for a in cost["attempts"]), abs=1e-5
+        )  # the volumes are paid for either way
         assert second["spot_price"] == market.price_at(
             (second["instance_type"], second["zone"]), datetime.fromisoformat(second["requested_at"])
         )

@@ -261,13 +261,19 @@ def test_status_stop_and_logs(account, spotctl):
     )
     cost = view["cost"]
     seconds = cost["attempts"][0]["seconds"]  # running since launch, a few seconds ago
-    assert 0 < seconds < 60 and cost["total_usd"] == pytest.approx(60 * 0.21 / 3600, abs=1e-6)  # the one-minute minimum
-    assert cost["on_demand_usd"] == pytest.approx(60 * 0.526 / 3600, abs=1e-6) and cost["savings"] == pytest.approx(
-        1 - 0.21 / 0.526, abs=1e-3
-    )
-    assert cost["current_usd_per_hour"] == 0.21 and cost["projected_total_usd"] == pytest.approx(
-        cost["total_usd"] + 1750 / 3600 * 0.21, abs=1e-5
-    )
+    assert 0 < seconds < 60 and cost["instance_usd"] == pytest.approx(
+        60 * 0.21 / 3600, abs=1e-6
+    )  # the one-minute minimum
+    recorded = view["attempts"][0]
+    extras = recorded["disk_gib"] * 0.08 / 730 + (0.005 if recorded["public_ip"] else 0.0)  # volume, address per hour
+    assert (recorded["disk_gib"], recorded["public_ip"]) == (120, True)  # the example's compute section
+    assert cost["total_usd"] == pytest.approx(60 * 0.21 / 3600 + seconds * extras / 3600, abs=1e-6)
+    besides = seconds * extras / 3600  # on demand, the same volume and address
+    assert cost["on_demand_usd"] == pytest.approx(60 * 0.526 / 3600 + besides, abs=1e-6)
+    assert cost["savings"] == pytest.approx(1 - cost["total_usd"] / cost["on_demand_usd"], abs=1e-3)
+    assert cost["current_usd_per_hour"] == pytest.approx(0.21 + extras, abs=1e-6) and cost[
+        "projected_total_usd"
+    ] == pytest.approx(cost["total_usd"] + 1750 / 3600 * (0.21 + extras), abs=1e-5)
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
     assert "GPU 94%, 11.2/15 GiB, 61 W" in out and "last checkpoint: step 200" in out
 
@@ -439,7 +445,7 @@ def test_aws_prices_read_the_spot_history_and_fall_back_to_the_dated_table(aws):
     from orchestrator.aws.clients import Cloud
     from orchestrator.aws.prices import AwsPrices, on_demand_table
 
-    prices = AwsPrices(Cloud("us-east-1", max_attempts=1))
+    prices = AwsPrices(Cloud("us-east-1", max_attempts=1), cache=None)
     spot = prices.spot_prices([("g5.xlarge", "us-east-1a"), ("g5.xlarge", "us-east-1b")])
     assert spot == {
         ("g5.xlarge", "us-east-1a"): 0.00001,
@@ -450,4 +456,4 @@ def test_aws_prices_read_the_spot_history_and_fall_back_to_the_dated_table(aws):
         0.00001
     ]
     on_demand = prices.on_demand("g5.xlarge")  # moto has no Pricing API
-    assert on_demand.usd_per_hour == 1.006 and on_demand.source == f"table {on_demand_table()['as_of']}"
+    assert on_demand.usd_per_hour == 1.006 and on_demand.source == f"table {on_demand_table('us-east-1')[0]}"

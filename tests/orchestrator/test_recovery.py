@@ -337,10 +337,10 @@ def test_the_budget_stops_the_job_gracefully_and_resume_budget_continues_it(
 def _backdate_launch(job_id: str, minutes: float) -> None:
     store = JobStore(STORAGE)
 
-    def backdate(record):
-        record.attempts[0].launched_at = (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat(
-            timespec="seconds"
-        )
+    def backdate(record):  # launched and running (EC2 bills from running) that long ago
+        record.attempts[0].launched_at = record.attempts[0].running_at = (
+            datetime.now(timezone.utc) - timedelta(minutes=minutes)
+        ).isoformat(timespec="seconds")
 
     store.update_record(job_id, backdate)
 
@@ -461,6 +461,7 @@ def test_status_cost_matches_hand_computed_figures_across_three_attempts(account
         for attempt in record.attempts:
             start, end, first, last = times[attempt.number]
             attempt.launched_at, attempt.ended_at = at(start).isoformat(), at(end).isoformat()
+            attempt.running_at = at(start).isoformat()  # running at once: billed from the launch
             attempt.start_step, attempt.end_step = first, last
         record.attempts[2].end_reason = "succeeded"
 
@@ -477,16 +478,30 @@ def test_status_cost_matches_hand_computed_figures_across_three_attempts(account
         (2, 5400.0, False),
         (3, 2880.0, False),
     ]
-    assert [a["usd"] for a in cost["attempts"]] == [0.0, pytest.approx(0.42), pytest.approx(0.264)]
-    assert cost["total_usd"] == pytest.approx(0.684)
-    on_demand = 40 / 60 * 0.526 + 90 / 60 * 0.526 + 48 / 60 * 0.8048
+    assert [a["instance_usd"] for a in cost["attempts"]] == [0.0, pytest.approx(0.42), pytest.approx(0.264)]
+    # Each attempt's 120 GiB root volume ($0.08/GiB-month) and public IPv4 address ($0.005/h), first hour or not.
+    besides = 120 * 0.08 / 730 + 0.005
+    assert [a["usd"] for a in cost["attempts"]] == [
+        pytest.approx(40 / 60 * besides, abs=1e-6),
+        pytest.approx(0.42 + 90 / 60 * besides, abs=1e-6),
+        pytest.approx(0.264 + 48 / 60 * besides, abs=1e-6),
+    ]
+    assert cost["instance_usd"] == pytest.approx(0.684)
+    assert cost["ebs_usd"] == pytest.approx(178 / 60 * 120 * 0.08 / 730, abs=1e-6)  # $0.039013
+    assert cost["public_ipv4_usd"] == pytest.approx(178 / 60 * 0.005, abs=1e-6)  # $0.014833
+    total = 0.684 + 178 / 60 * besides
+    assert cost["total_usd"] == pytest.approx(total, abs=1e-6)
+    on_demand = 40 / 60 * 0.526 + 90 / 60 * 0.526 + 48 / 60 * 0.8048 + 178 / 60 * besides
     assert cost["on_demand_usd"] == pytest.approx(on_demand, abs=1e-6) and cost["savings"] == pytest.approx(
-        1 - 0.684 / on_demand, abs=1e-4
+        1 - total / on_demand, abs=1e-4
     )
-    # Lost work: 400 -> resumed at 350 (free attempt: $0), 1500 -> resumed at 1400 (100 of attempt 2's 1150 steps).
-    assert cost["lost_steps"] == 150 and cost["lost_usd"] == pytest.approx(0.42 * 100 / 1150, abs=1e-6)
+    # Lost work: 400 -> resumed at 350 (attempt 1's volume and address only), 1500 -> resumed at 1400 (100 of
+    # attempt 2's 1150 steps).
+    lost = 40 / 60 * besides * 50 / 400 + (0.42 + 90 / 60 * besides) * 100 / 1150
+    assert cost["lost_steps"] == 150 and cost["lost_usd"] == pytest.approx(lost, abs=1e-6)
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
-    assert "cost: $0.6840 so far" in out and "work lost to interruptions: 150 steps redone, $0.0365" in out
+    assert "cost: $0.7378 so far" in out and "work lost to interruptions: 150 steps redone, $0.0404" in out
+    assert "  instance $0.6840, root volume $0.0390, public IPv4 $0.0148" in out
 
 
 def test_launch_watch_json_reports_events_and_the_final_state(account, aws, spotctl):

@@ -1,14 +1,23 @@
 """The cost arithmetic against hand-computed values: price changes mid-attempt, the first-hour rule,
-the one-minute minimum, several attempts and the work lost between them."""
+the one-minute minimum, several attempts and the work lost between them; the root volume and the
+public IPv4 address, billing from `running`, and savings where no on-demand price is known."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.aws.prices import PricePoint
-from orchestrator.jobs.cost import attempt_cost, integrate, job_cost
+from orchestrator.aws.prices import FixedPrices, PricePoint, on_demand_table
+from orchestrator.jobs.cost import Extras, attempt_cost, cost_of, integrate, job_cost
+from orchestrator.jobs.state import settle
+from tests.unit.jobs import NOW, ago, attempt, instance, record, view
+
+# 100 GiB of gp3 at us-east-1's $0.08/GiB-month over a 730-hour month, and one public IPv4 address.
+EBS_PER_HOUR = 100 * 0.08 / 730  # $0.010959/h
+IPV4_PER_HOUR = 0.005
+SPOT = FixedPrices({("g5.xlarge", "us-east-1a"): 0.4, ("g5.xlarge", "eu-west-1a"): 0.4}, {})
 
 
 def at(hh: int, mm: int = 0, ss: int = 0) -> datetime:
@@ -63,6 +72,9 @@ def test_several_attempts_savings_and_lost_work():
         "number": 1,
         "seconds": 2400.0,
         "usd": 0.0,
+        "instance_usd": 0.0,
+        "ebs_usd": 0.0,
+        "public_ipv4_usd": 0.0,
         "on_demand_usd": pytest.approx(0.666667),
         "free_by_first_hour_rule": True,
     }
@@ -80,3 +92,127 @@ def test_no_price_at_all_is_an_error():
         integrate([], at(11), at(10)) == 0.0
         and integrate([PricePoint(at(9), 1.0)], at(10) + timedelta(0), at(10)) == 0.0
     )
+
+
+# ----------------------------------------------------------------- what an attempt pays besides its instance
+def recorded(number=1, pool=("g5.xlarge", "us-east-1a"), launched=2400, running=2340, ended=600, **fields):
+    """An attempt of a 100 GiB root volume with a public address, launched, running and ended so many
+    seconds before NOW."""
+    made = attempt(
+        number, pool, launched=launched, ended=ended, **({"end": fields.pop("end")} if "end" in fields else {})
+    )
+    return replace(
+        made, running_at=ago(running) if running is not None else None, disk_gib=100, public_ip=True, **fields
+    )
+
+
+def test_an_attempt_ec2_interrupts_in_its_first_hour_costs_its_volume_and_address_only():
+    # Launched 40 min ago, running 60 s later, interrupted 10 min ago: 29 min of instance (free), and
+    # 30 min of volume and address, which the first-hour rule does not waive.
+    interrupted = recorded(end="interrupted", state_reason="Server.SpotInstanceTermination")
+    cost = cost_of(view(record(interrupted)), SPOT, NOW).as_dict()
+    assert cost["attempts"] == [
+        {
+            "number": 1,
+            "seconds": 1740.0,
+            "usd": 0.007979,
+            "instance_usd": 0.0,
+            "ebs_usd": 0.005479,
+            "public_ipv4_usd": 0.0025,
+            "on_demand_usd": pytest.approx(1740 / 3600 * 1.0 + 0.007979, abs=1e-6),
+            "free_by_first_hour_rule": True,
+        }
+    ]
+    assert (cost["total_usd"], cost["instance_usd"], cost["ebs_usd"], cost["public_ipv4_usd"]) == (
+        0.007979,
+        0.0,
+        0.005479,
+        0.0025,
+    )
+    assert cost["notes"] == [] and cost["savings_unknown"] is None
+
+
+def test_an_attempt_its_user_terminates_pays_its_instance_from_running_and_its_volume_and_address_from_launch():
+    # Launched 91 min ago, running a minute later, terminated by its user after one hour of running.
+    terminated = recorded(
+        launched=5460, running=5400, ended=1800, end="terminated", state_reason="Client.UserInitiatedShutdown"
+    )
+    cost = cost_of(view(record(terminated)), SPOT, NOW)
+    assert cost.as_dict()["attempts"][0] == {
+        "number": 1,
+        "seconds": 3600.0,
+        "usd": 0.416225,  # $0.40 of instance + 61 min of volume and address
+        "instance_usd": 0.4,
+        "ebs_usd": 0.011142,
+        "public_ipv4_usd": 0.005083,
+        "on_demand_usd": 1.016225,  # the same hour on demand ($1.00/h), with the same volume and address
+        "free_by_first_hour_rule": False,
+    }
+    assert cost.total_usd == pytest.approx(0.4 + 3660 / 3600 * (EBS_PER_HOUR + IPV4_PER_HOUR))
+    assert cost.savings == pytest.approx(1 - 0.416225 / 1.016225, abs=1e-6)
+    # Billed from the launch, as before running_at was recorded, the same attempt costs a minute more.
+    unseen = cost_of(view(record(replace(terminated, running_at=None))), SPOT, NOW)
+    assert unseen.instance_usd == pytest.approx(0.4 * 61 / 60) and unseen.attempts[0].seconds == 3660.0
+
+
+def test_the_rate_now_and_the_projection_include_the_volume_and_address():
+    live = recorded(ended=None)
+    cost = cost_of(view(record(live), instance("running"), None), SPOT, NOW)
+    assert cost.current_usd_per_hour == pytest.approx(0.4 + EBS_PER_HOUR + IPV4_PER_HOUR)
+    assert round(cost.current_usd_per_hour, 6) == 0.415959  # what the budget stop projects with (jobs.policy)
+    private = cost_of(view(record(replace(live, public_ip=False)), instance("running"), None), SPOT, NOW)
+    assert private.current_usd_per_hour == pytest.approx(0.4 + EBS_PER_HOUR) and private.public_ipv4_usd == 0.0
+
+
+def test_a_record_without_disk_size_counts_no_volume_and_says_so():
+    old = replace(
+        recorded(end="terminated", state_reason="Client.UserInitiatedShutdown"), disk_gib=None, public_ip=None
+    )
+    cost = cost_of(view(record(old)), SPOT, NOW)
+    assert cost.attempts[0].ebs_usd is None and cost.ebs_usd == 0.0 and cost.public_ipv4_usd == 0.0
+    assert cost.total_usd == pytest.approx(0.4 * 1740 / 3600)
+    assert cost.notes == ("attempt 1: its root volume and public address are not counted (not recorded)",)
+
+
+def test_a_region_without_an_on_demand_price_has_unknown_savings_not_us_east_1s():
+    assert on_demand_table("us-east-1")[1]["g5.xlarge"] == 1.006 and on_demand_table("eu-west-1") is None
+    abroad = replace(
+        recorded(pool=("g5.xlarge", "eu-west-1a"), end="terminated", state_reason="Client.UserInitiatedShutdown"),
+        on_demand_price=None,  # what the offer had: neither the Pricing API nor the table knew one
+    )
+    job = record(abroad)
+    job.region = "eu-west-1"
+    cost = cost_of(view(job), SPOT, NOW)
+    assert cost.savings is None and cost.on_demand_usd is None
+    assert cost.savings_unknown == "no on-demand price for g5.xlarge in eu-west-1"
+    # gp3 has no rate for eu-west-1 in the table either: us-east-1's, said so.
+    assert cost.notes == (
+        "root volumes priced at us-east-1's gp3 rate ($0.08/GiB-month, 2026-12-01): spotctl has no rate for eu-west-1",
+    )
+    assert cost.ebs_usd == pytest.approx(1800 / 3600 * EBS_PER_HOUR)
+
+
+def test_extras_are_charged_even_when_the_instance_is_free():
+    free = attempt_cost(
+        1, [PricePoint(at(9), 0.5)], at(10), at(10, 30), True, 1.0, Extras(0.02, 0.005), launched=at(9, 58)
+    )
+    assert free.free_by_first_hour_rule and free.instance_usd == 0.0
+    assert free.usd == pytest.approx(32 / 60 * 0.025) and free.ebs_usd == pytest.approx(32 / 60 * 0.02)
+    assert free.on_demand_usd == pytest.approx(0.5 * 1.0 + 32 / 60 * 0.025)
+
+
+# ------------------------------------------------------------------------------ when billing starts
+def test_running_at_is_the_first_poll_that_sees_it_running_soon_after_the_launch():
+    booting = record(attempt(launched=40))
+    assert not settle(booting, {1: instance("pending")}, None, None, NOW) and booting.attempts[0].running_at is None
+    assert settle(booting, {1: instance("running")}, None, None, NOW)
+    assert booting.attempts[0].running_at == NOW.isoformat(timespec="seconds")
+    later = NOW + timedelta(seconds=30)
+    assert not settle(booting, {1: instance("running")}, None, None, later)  # recorded once
+    assert booting.attempts[0].running_at == NOW.isoformat(timespec="seconds")
+
+
+def test_a_first_look_long_after_the_launch_keeps_the_launch_time():
+    unwatched = record(attempt(launched=900))  # nobody looked for 15 minutes: when it began running is unknown
+    assert settle(unwatched, {1: instance("running")}, None, None, NOW)
+    assert unwatched.attempts[0].running_at == unwatched.attempts[0].launched_at == ago(900)

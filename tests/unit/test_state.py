@@ -3,6 +3,8 @@ heartbeat, EC2's state and reason, EC2 forgetting the instance) gives one end re
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from orchestrator.jobs.state import settle, stale_claim
@@ -35,7 +37,7 @@ TRANSITION = "Service initiated (2026-12-01 11:58:00 GMT)"
 )
 # fmt: on
 def test_settle(case, ec2, heartbeat, said, changed, end_reason, ended_at, steps):
-    job = record(attempt(launched=900))
+    job = record(replace(attempt(launched=900), running_at=ago(880)))  # seen running before (tests/unit/test_cost.py)
     assert settle(job, {1: ec2} if ec2 else {}, said, heartbeat, NOW) is changed
     [closed] = job.attempts
     assert (closed.end_reason, closed.ended_at, (closed.start_step, closed.end_step)) == (end_reason, ended_at, steps)

@@ -43,7 +43,7 @@ def documents() -> list[dict]:
             "files": {"model.onnx": {"format": "onnx", "path": "x/model.onnx", "sha256": "0" * 64, "size": 10}},
         }
     )
-    spent = JobCost([AttemptCost(1, 600.0, 0.0, 0.16, True)], 0.0, 0.16, 1.0, 0, 0.0, 0.4, 0.01)
+    spent = JobCost([AttemptCost(1, 600.0, 0.0, 0.16, True, 0.0, 0.0, 0.0)], 0.0, 0.16, 1.0, 0, 0.0, 0.4, 0.01)
     return [
         status_document(running),
         status_document(running, spent, with_cost=True),

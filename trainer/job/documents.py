@@ -179,6 +179,10 @@ class Attempt:
     claimed_by: str | None = None  # the orchestrator process that claimed it (jobs.launch)
     start_step: int | None = None  # the step the trainer resumed from
     end_step: int | None = None  # the last step it reported
+    # Billing (orchestrator.jobs.cost). None in records written before spotctl recorded them.
+    running_at: str | None = None  # first seen `running` (EC2 bills the instance from then; jobs.state.settle)
+    disk_gib: int | None = None  # its root gp3 volume (compute.disk_gib at launch)
+    public_ip: bool | None = None  # whether it had a public IPv4 address (compute.public_ip at launch)
 
 
 @dataclass(config=_LENIENT)
