@@ -206,6 +206,7 @@ class StrictProxy:
     def _reset_state(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
         self.denials: list[tuple[str, str]] = []  # (method, "bucket/key") S3 answered 403 for
+        self.busy_s = 0.0  # time spent answering requests: "the API calls", for benchmarks
         self._young: dict[str, float] = {}  # instance id -> when it becomes visible
         self._tokens: dict[str, tuple[dict, Answer]] = {}  # ClientToken -> (parameters, answer)
         self._buckets = {
@@ -218,6 +219,7 @@ class StrictProxy:
 
     # ------------------------------------------------------------------ the request path
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        started = time.perf_counter()
         body = _read_body(handler)
         path = handler.path
         try:
@@ -236,6 +238,8 @@ class StrictProxy:
             log.exception("strict proxy: %s %s failed", handler.command, path)
             answer = Answer(500, [("Content-Type", "text/plain")], f"strict proxy error: {exc}".encode())
         _reply(handler, answer)
+        with self._lock:
+            self.busy_s += time.perf_counter() - started
 
     def _forward(self, method: str, path: str, headers, body: bytes) -> Answer:
         connection = getattr(self._local, "connection", None)
