@@ -17,9 +17,9 @@ import botocore.exceptions
 
 from orchestrator.aws import quotas
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
-from orchestrator.aws.ec2 import require_private_egress, resolve_ami, subnet_for
+from orchestrator.aws.ec2 import describe_image, require_private_egress, resolve_ami, subnet_for
 from orchestrator.aws.instances import SPOT_SERVICE_LINKED_ROLE
-from orchestrator.aws.offers import Offer, find_offers
+from orchestrator.aws.offers import Offer, Offers, find_offers
 from orchestrator.aws.policy_check import Request, allows, role_policies
 from orchestrator.aws.prices import PriceSource
 from orchestrator.errors import UserError
@@ -64,8 +64,11 @@ def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
     attempt("spot role", lambda: [_spot_role(cloud)])
     offers: list[Offer] = []
 
+    found_offers = []
+
     def offers_check() -> list[Check]:
-        found = find_offers(cloud, spec.compute, prices)
+        found = find_offers(cloud, spec.compute, prices, describe_image(cloud, spec.compute.ami))
+        found_offers.append(found)
         offers.extend(found.ranked)
         if not found.ranked:
             return [
@@ -91,7 +94,7 @@ def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
     attempt("s3 endpoint", lambda: _s3_endpoints(cloud, vpcs))
     attempt("bucket", lambda: [_bucket(cloud, spec)])
     attempt("instance role", lambda: _instance_role(cloud, spec))
-    attempt("ami", lambda: _ami(cloud, spec, offers))
+    attempt("ami", lambda: _ami(cloud, spec, found_offers[0] if found_offers else None))
     return checks
 
 
@@ -254,10 +257,24 @@ def _instance_role(cloud: Cloud, spec: JobSpec) -> list[Check]:
     return [Check("instance role", Verdict.OK, f"{roles[0]['RoleName']} may {', '.join(w for w, _ in wanted)}")]
 
 
-def _ami(cloud: Cloud, spec: JobSpec, offers: list[Offer]) -> list[Check]:
+def _ami(cloud: Cloud, spec: JobSpec, offers: Offers | None) -> list[Check]:
+    """The AMI: what it runs on (offers are already held to it), its patches, its disk."""
     ami, _ = resolve_ami(cloud, spec.compute.ami)
     [image] = cloud.client("ec2").describe_images(ImageIds=[ami])["Images"]
-    checks = [Check("ami", Verdict.OK, f"{ami} ({image.get('Name', '?')})")]
+    support = offers.ami if offers is not None else None
+    checks = [Check("ami", Verdict.OK, support.describe() if support else f"{ami} ({image.get('Name', '?')})")]
+    for note in offers.notes if offers is not None else []:
+        checks.append(Check("ami", Verdict.WARNING, note))
+    unusable = {t: why for t, why in (offers.excluded if offers is not None else {}).items() if "AMI" in why}
+    if unusable and spec.compute.instance_types:
+        checks.append(
+            Check(
+                "ami",
+                Verdict.WARNING,
+                "not considered: " + "; ".join(f"{t}: {why}" for t, why in unusable.items()),
+                "choose instance types the AMI supports, or another compute.ami",
+            )
+        )
     root = next(
         (m for m in image.get("BlockDeviceMappings", []) if m.get("DeviceName") == image.get("RootDeviceName")), None
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import botocore.exceptions
 
+from orchestrator.aws.amis import Image
 from orchestrator.aws.clients import (
     Cloud,
     ErrorKind,
@@ -90,17 +91,24 @@ def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instan
 
 def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
     """(AMI id, root device name); an `ssm:/...` parameter is resolved first."""
+    image = describe_image(cloud, ami)
+    return image.id, image.root_device
+
+
+def describe_image(cloud: Cloud, ami: str) -> Image:
+    """The image `ami` names (an AMI id, or `ssm:/...`, resolved first)."""
+    parameter = None
     if ami.startswith("ssm:"):
-        name = ami[4:]
+        parameter = ami[4:]
         try:
-            ami = cloud.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
+            ami = cloud.client("ssm").get_parameter(Name=parameter)["Parameter"]["Value"]
         except botocore.exceptions.ClientError as exc:
             if classify(exc) in (ErrorKind.CONFIG, ErrorKind.NOT_FOUND):
                 raise UserError(
-                    f"compute.ami: the SSM parameter {name} does not exist in {cloud.region}",
+                    f"compute.ami: the SSM parameter {parameter} does not exist in {cloud.region}",
                     "check the region, or set compute.ami to an AMI id (ami-...)",
                 ) from None
-            raise as_user_error(exc, f"reading the SSM parameter {name}") from None
+            raise as_user_error(exc, f"reading the SSM parameter {parameter}") from None
     try:
         images = cloud.client("ec2").describe_images(ImageIds=[ami])["Images"]
     except botocore.exceptions.ClientError as exc:
@@ -110,7 +118,14 @@ def resolve_ami(cloud: Cloud, ami: str) -> tuple[str, str]:
             raise as_user_error(exc, f"describing {ami}") from None
     if not images:
         raise UserError(f"compute.ami: {ami} does not exist in {cloud.region}", "use an AMI of this region")
-    return ami, images[0].get("RootDeviceName", "/dev/xvda")
+    found = images[0]
+    return Image(
+        ami,
+        found.get("RootDeviceName", "/dev/xvda"),
+        found.get("Name") or "",
+        found.get("Description") or "",
+        parameter,
+    )
 
 
 def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> list[str]:

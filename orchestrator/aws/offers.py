@@ -1,21 +1,27 @@
 """Offers: the pools (instance type x availability zone) a job may run in, priced and ranked.
 
-Instance types come from the spec's list or its GPU requirement (`describe_instance_types` GpuInfo);
-where they are offered from `describe_instance_type_offerings`; prices from a PriceSource. Pools
-without a spot price or above `max_price_per_hour` are dropped, each with its reason; the rest are
-ranked by spot price (then by more GPU memory, then by name, so the order is stable).
+Instance types come from the spec's list or its GPU requirement (`describe_instance_types` GpuInfo).
+A type is excluded, with its reason, when the job's AMI cannot drive it (orchestrator.aws.amis), when
+it has only a fraction of a GPU, when EC2 does not sell it as spot, or (for a GPU requirement that
+names no models) when its GPU is pre-Turing. Where the rest are offered comes from
+`describe_instance_type_offerings`; prices from a PriceSource. Pools without a spot price or above
+`max_price_per_hour` are dropped, each with its reason; the rest are ranked by spot price (then by
+more GPU memory, then by name, so the order is stable).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
+from orchestrator.aws.amis import AmiSupport, Image, support_of
 from orchestrator.aws.clients import Cloud, error_code
 from orchestrator.errors import UserError
-from trainer.job.spec import did_you_mean
+from trainer.job.spec import LEGACY_GPU_MODELS, did_you_mean
 
 if TYPE_CHECKING:
     from orchestrator.aws.prices import Pool, PriceSource
@@ -32,6 +38,10 @@ class InstanceType:
     memory_gib: float
     nvidia: bool = True
     x86_64: bool = True
+    gpu_partition: float = 1.0
+    """The smallest share of a full GPU the type has (GpuDeviceInfo.GpuPartitionSize): 1 for whole GPUs."""
+    spot: bool = True
+    """EC2 sells it as spot (SupportedUsageClasses)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,9 @@ class Offers:
     ranked: list[Offer]
     dropped: list[tuple[Pool, str]] = field(default_factory=list)  # (pool, why)
     over_cap: dict[Pool, float] = field(default_factory=dict)  # the dropped pools' spot prices, where known
+    excluded: dict[str, str] = field(default_factory=dict)  # instance type -> why it is not considered
+    ami: AmiSupport | None = None  # the job's AMI and what it runs on
+    notes: list[str] = field(default_factory=list)  # what the user should know (AMI not filtered, past its patches)
 
 
 def _instance_type(entry: dict) -> InstanceType:
@@ -87,7 +100,30 @@ def _instance_type(entry: dict) -> InstanceType:
         memory_gib=round(entry.get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024, 1),
         nvidia=bool(gpus) and gpus[0].get("Manufacturer") == "NVIDIA",
         x86_64="x86_64" in entry.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"]),
+        # Absent (older botocore models, emulators): whole. A partitioned type (g6f) also reports Count 0.
+        gpu_partition=min((g.get("GpuPartitionSize", 1.0) for g in gpus), default=1.0),
+        # Absent: assume spot; a pool EC2 has no spot price for is dropped later anyway.
+        spot="spot" in entry.get("SupportedUsageClasses", ["spot"]),
     )
+
+
+def exclusion(t: InstanceType, ami: AmiSupport, any_model: bool) -> str | None:
+    """Why the job cannot use `t`, or None. `any_model`: the types come from a GPU requirement that
+    names no models, so a pre-Turing GPU was not asked for."""
+    if t.gpu_partition < 1:
+        share = Fraction(t.gpu_partition).limit_denominator(64)
+        return f"{share} of one {t.gpu_model} GPU: a fractional GPU needs NVIDIA's GRID driver"
+    if not t.spot:
+        return "EC2 does not sell it as spot (SupportedUsageClasses)"
+    why = ami.rejects(t.name)
+    if why:
+        return why
+    if any_model and t.gpu_model in LEGACY_GPU_MODELS:
+        return (
+            f"{t.gpu_model} is pre-Turing: the open-source NVIDIA driver cannot drive it; "
+            "name it in compute.gpu.models for an AMI with the proprietary driver"
+        )
+    return None
 
 
 def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
@@ -154,12 +190,28 @@ def zones_offering(cloud: Cloud, types: list[str], allowed: list[str] | None) ->
     return sorted(set(pools))
 
 
-def find_offers(cloud: Cloud, compute: ComputeSpec, prices: PriceSource) -> Offers:
-    """Every pool the job may use, ranked cheapest first; dropped pools keep their reason."""
-    types = {t.name: t for t in instance_types(cloud, compute)}
-    pools = zones_offering(cloud, sorted(types), compute.availability_zones)
+def find_offers(
+    cloud: Cloud, compute: ComputeSpec, prices: PriceSource, image: Image, today: date | None = None
+) -> Offers:
+    """Every pool the job may use on `image` (its AMI), ranked cheapest first; excluded types and
+    dropped pools keep their reason."""
+    ami = support_of(image)
+    any_model = compute.instance_types is None and (compute.gpu is None or compute.gpu.models is None)
+    types, excluded = {}, {}
+    for t in instance_types(cloud, compute):
+        why = exclusion(t, ami, any_model)
+        if why:
+            excluded[t.name] = why
+        else:
+            types[t.name] = t
+    if not types:
+        raise UserError(
+            "no instance type the job may use: " + "; ".join(f"{name}: {why}" for name, why in excluded.items()),
+            f"{ami.describe()}; choose instance types it supports, or another compute.ami",
+        )
+    pools = zones_offering(cloud, sorted(types), compute.zones)
     if not pools:
-        where = f"zones {', '.join(compute.availability_zones)}" if compute.availability_zones else cloud.region
+        where = f"zones {', '.join(compute.zones)}" if compute.zones else cloud.region
         raise UserError(
             f"none of {', '.join(sorted(types))} is offered in {where}",
             "allow more availability_zones or instance types",
@@ -183,4 +235,4 @@ def find_offers(cloud: Cloud, compute: ComputeSpec, prices: PriceSource) -> Offe
             Offer(types[name], zone, spot[pool], price.usd_per_hour if price else None, price.source if price else None)
         )
     offers.sort(key=lambda o: (o.spot_price, -o.instance.gpu_memory_gib, o.instance.name, o.zone))
-    return Offers(offers, dropped, over_cap)
+    return Offers(offers, dropped, over_cap, excluded, ami, ami.notes(today or date.today()))

@@ -10,7 +10,7 @@ from orchestrator.aws.doctor import Verdict, run_checks
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.cli.doctor import render_checks
-from orchestrator.cli.offers import OFFER_HEADERS, offer_rows
+from orchestrator.cli.offers import OFFER_HEADERS, offer_rows, warn
 from orchestrator.errors import ExitCode
 from orchestrator.jobs.launch import check_permissions, launch, plan_launch
 from orchestrator.jobs.record import JobStore
@@ -49,6 +49,7 @@ def command(
     spec = app.load_job(job_file, region)
     cloud = app.cloud(spec.region, profile)
     plan = plan_launch(spec, cloud, app.prices(cloud))
+    warn(plan.offers)
     best = plan.best
     if dry_run:
         verdict = check_permissions(plan, cloud)

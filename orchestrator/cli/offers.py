@@ -6,7 +6,8 @@ import json
 
 import click
 
-from orchestrator.aws.offers import Offer, find_offers
+from orchestrator.aws.ec2 import describe_image
+from orchestrator.aws.offers import Offer, Offers, find_offers
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 
@@ -30,6 +31,12 @@ def offer_rows(offers: list[Offer]) -> list[list]:
 OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-demand $/h", "saving"]
 
 
+def warn(found: Offers) -> None:
+    """The notes about the job's AMI (not filtered by it, or past its end of patch), on stderr."""
+    for note in found.notes:
+        click.echo(f"warning: {note}", err=True)
+
+
 @click.command("offers")
 @click.argument("job_file", metavar="JOB.yaml")
 @options.region_option
@@ -41,13 +48,25 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, as
     """List the spot offers (instance type x zone) JOB.yaml may run on, cheapest first."""
     spec = app.load_job(job_file, region)
     cloud = app.cloud(spec.region, profile)
-    found = find_offers(cloud, spec.compute, app.prices(cloud))
+    found = find_offers(cloud, spec.compute, app.prices(cloud), describe_image(cloud, spec.compute.ami))
+    warn(found)
     if as_json:
+        ami = found.ami
         click.echo(
             json.dumps(
                 {
                     "offers": [o.as_dict() for o in found.ranked],
                     "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped],
+                    "excluded": [{"instance_type": t, "reason": why} for t, why in found.excluded.items()],
+                    "ami": {
+                        "id": ami.image.id,
+                        "name": ami.image.name,
+                        "families": sorted(ami.families) if ami.families is not None else None,
+                        "families_from": ami.source,
+                        "pytorch": ami.pytorch,
+                        "end_of_patch": str(ami.end_of_patch()) if ami.end_of_patch() else None,
+                    },
+                    "notes": found.notes,
                 },
                 indent=2,
             )
@@ -57,6 +76,11 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, as
     out.print(
         render.table(OFFER_HEADERS, offer_rows(found.ranked), title=f"{len(found.ranked)} offers in {cloud.region}")
     )
+    out.print(found.ami.describe(), markup=False)
+    if found.excluded:
+        out.print(f"{len(found.excluded)} instance types not considered:", markup=False)
+        for name, why in found.excluded.items():
+            out.print(f"  {name}: {why}", markup=False)
     if found.dropped:
         out.print(
             f"{len(found.dropped)} pools dropped, e.g. {found.dropped[0][0][0]} in {found.dropped[0][0][1]}: {found.dropped[0][1]}"

@@ -22,7 +22,7 @@ import botocore.exceptions
 from orchestrator import __version__
 from orchestrator.aws import infra
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
-from orchestrator.aws.ec2 import describe_instance, live_instances, resolve_ami, run_instance, terminate
+from orchestrator.aws.ec2 import describe_image, describe_instance, live_instances, resolve_ami, run_instance, terminate
 from orchestrator.aws.offers import Offer, Offers, find_offers
 from orchestrator.aws.prices import PriceSource
 from orchestrator.aws.quotas import SpotQuota, spot_quota_of
@@ -95,7 +95,8 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
     check_reachable_from_instance(spec)
     job_id = job_id or new_job_id(spec.name)
-    offers = find_offers(cloud, spec.compute, prices)
+    image = describe_image(cloud, spec.compute.ami)
+    offers = find_offers(cloud, spec.compute, prices, image)
     if not offers.ranked:
         cap = (
             f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""
@@ -108,11 +109,10 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
             f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest})",
             "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them",
         )
-    ami, _ = resolve_ami(cloud, spec.compute.ami)
     wheel = build_wheel()
     digest = file_sha256(wheel)
     wheel_url = f"{spec.storage.rstrip('/')}/{layout.wheel_key(digest, wheel.name)}"
-    return Plan(spec, job_id, offers, ami, wheel, digest, wheel_url, bootstrap_script(spec, job_id, 1, wheel_url))
+    return Plan(spec, job_id, offers, image.id, wheel, digest, wheel_url, bootstrap_script(spec, job_id, 1, wheel_url))
 
 
 def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -> str:

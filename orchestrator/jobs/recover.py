@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from orchestrator.aws.clients import Cloud
+from orchestrator.aws.ec2 import describe_image
 from orchestrator.aws.offers import find_offers
 from orchestrator.aws.prices import Pool, PriceSource
 from orchestrator.errors import UserError
@@ -40,7 +41,8 @@ def start_next(
 ) -> Attempt | None:
     """Start the job's next attempt on the best pool by failover order; None if another orchestrator
     claimed it first. Raises launch.NoCapacity when EC2 refuses every offer."""
-    offers = find_offers(cloud, spec.compute, prices)
+    # Filtered by the AMI the attempt will boot: the one recorded at launch, not what compute.ami resolves to now.
+    offers = find_offers(cloud, spec.compute, prices, describe_image(cloud, view.record.ami))
     if not offers.ranked:  # e.g. every pool's price is above max_price_per_hour now: it may come down
         raise NoCapacity(
             f"no spot offer matches the job's compute section now ({len(offers.dropped)} pools dropped; `spotctl offers` on its job.yaml shows why)"

@@ -63,6 +63,114 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
     assert "2 pools dropped, e.g. g4dn.xlarge in us-east-1c: no spot price (no spot capacity offered)" in out
 
 
+def job_file(tmp_path, instance_types: str | None = None, ami: str | None = None) -> str:
+    """The example with other compute.instance_types (a YAML list, or a `gpu:` mapping) and AMI."""
+    text = EXAMPLE.read_text()
+    if instance_types:
+        text = text.replace("instance_types: [g5.xlarge, g6.xlarge, g4dn.xlarge]", instance_types)
+    if ami:
+        text = text.replace("  disk_gib: 120\n", f"  disk_gib: 120\n  ami: {ami}\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def register_image(name: str, description: str) -> str:
+    return boto3.client("ec2").register_image(
+        Name=name,
+        Description=description,
+        Architecture="x86_64",
+        RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 60}}],
+    )["ImageId"]
+
+
+def test_types_the_default_ami_cannot_drive_are_never_offered_even_when_cheapest(
+    account, spotctl, monkeypatch, tmp_path
+):
+    cheap = {
+        ("p3dn.24xlarge", "us-east-1c"): 0.01,
+        ("g6f.large", "us-east-1a"): 0.01,
+        ("gr6f.4xlarge", "us-east-1a"): 0.01,
+    }
+    cheap[("hpc7a.12xlarge", "us-east-1a")] = 0.01
+    monkeypatch.setattr(context, "aws_prices", lambda cloud: FixedPrices({**MARKET, **cheap}, ON_DEMAND))
+    job = job_file(tmp_path, "instance_types: [p3dn.24xlarge, g6f.large, gr6f.4xlarge, hpc7a.12xlarge, g4dn.xlarge]")
+    code, out, err = spotctl("offers", job, "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert {o["instance_type"] for o in found["offers"]} == {"g4dn.xlarge"}
+    assert found["excluded"] == [
+        {"instance_type": "p3dn.24xlarge", "reason": "the AMI does not support the p3dn family"},  # V100
+        {"instance_type": "g6f.large", "reason": "1/8 of one L4 GPU: a fractional GPU needs NVIDIA's GRID driver"},
+        {"instance_type": "gr6f.4xlarge", "reason": "1/2 of one L4 GPU: a fractional GPU needs NVIDIA's GRID driver"},
+        {"instance_type": "hpc7a.12xlarge", "reason": "EC2 does not sell it as spot (SupportedUsageClasses)"},
+    ]
+    assert found["ami"] == {
+        "id": account,
+        "name": "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.12 (Ubuntu 24.04) 20260822",
+        "families": ["g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200"],
+        "families_from": "its description",
+        "pytorch": "2.12",
+        "end_of_patch": "2027-05-13",
+    }
+    assert found["notes"] == [] and err == ""
+    code, out, _ = spotctl("offers", job)
+    assert (
+        f"AMI {account} (Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.12 (Ubuntu 24.04) 20260822) supports "
+        "g4dn, g5, g6, g6e, gr6, p4d, p4de, p5, p5e, p5en, p6-b200 (from its description)\n"
+        "4 instance types not considered:\n"
+        "  p3dn.24xlarge: the AMI does not support the p3dn family\n"
+    ) in out
+
+
+def test_a_gpu_requirement_offers_only_what_the_default_ami_drives(account, spotctl, monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        context,
+        "aws_prices",
+        lambda cloud: FixedPrices({("p3dn.24xlarge", "us-east-1c"): 0.01, ("p4d.24xlarge", "us-east-1a"): 0.5}, {}),
+    )
+    code, out, err = spotctl("offers", job_file(tmp_path, "gpu: {count: 8}"), "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert [(o["instance_type"], o["zone"]) for o in found["offers"]] == [("p4d.24xlarge", "us-east-1a")]
+    excluded = {e["instance_type"]: e["reason"] for e in found["excluded"]}
+    assert excluded["p3dn.24xlarge"] == "the AMI does not support the p3dn family"
+    assert excluded["p6-b300.48xlarge"] == "the AMI does not support the p6-b300 family"
+    assert "p6-b200.48xlarge" not in excluded and "g6e.48xlarge" not in excluded
+
+
+def test_a_custom_ami_is_not_filtered_by_family_and_offers_says_so(account, spotctl, monkeypatch, tmp_path):
+    ami = register_image("my-training-image", "built by packer")
+    monkeypatch.setattr(
+        context, "aws_prices", lambda cloud: FixedPrices({**MARKET, ("p3dn.24xlarge", "us-east-1c"): 0.01}, ON_DEMAND)
+    )
+    code, out, err = spotctl("offers", job_file(tmp_path, "instance_types: [p3dn.24xlarge, g4dn.xlarge]", ami))
+    assert code == 0, err
+    assert out.splitlines()[3].split()[:2] == ["p3dn.24xlarge", "8"]  # named, so offered: the AMI is the user's
+    assert f"AMI {ami} (my-training-image): supported instance types unknown" in out
+    assert err.splitlines() == [
+        f"warning: compute.ami {ami} (my-training-image) does not say which instance types it supports, so offers "
+        "are not filtered by AMI; make sure its NVIDIA driver runs the GPUs offered"
+    ]
+
+
+def test_launch_warns_about_a_dlami_past_its_end_of_patch_and_goes_on(account, spotctl, tmp_path):
+    ami = register_image(
+        "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.9 (Ubuntu 24.04) 20260317",
+        "Supported EC2 instances: G4dn, G5, G6, Gr6, G6e, P4, P4de, P5, P5e, P5en, P6-B200. PyTorch-2.9. Release notes: x",
+    )
+    code, out, err = spotctl("launch", job_file(tmp_path, ami=ami), "--dry-run")
+    assert code == 0, err
+    assert f"(AMI {ami})" in out
+    assert err.splitlines() == [
+        f"warning: compute.ami {ami} (Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.9 (Ubuntu 24.04) 20260317): "
+        "AWS stopped patching the PyTorch 2.9 DLAMI on 2026-10-15 "
+        "(https://docs.aws.amazon.com/dlami/latest/devguide/dlami-support-policy-table.html, as of 2026-12-01); "
+        "a supported one: ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.12-ubuntu-24.04/latest/ami-id"
+    ]
+
+
 # ------------------------------------------------------------------------------------------- launch
 def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     code, out, err = spotctl("launch", str(EXAMPLE))
@@ -161,7 +269,7 @@ def test_a_missing_ami_parameter_is_named(aws, spotctl, monkeypatch, wheel):
     code, _, err = spotctl("launch", str(EXAMPLE))
     assert code == 1
     assert err.splitlines() == [
-        "error: compute.ami: the SSM parameter /aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id does not exist in us-east-1",
+        "error: compute.ami: the SSM parameter /aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.12-ubuntu-24.04/latest/ami-id does not exist in us-east-1",
         "hint: check the region, or set compute.ami to an AMI id (ami-...)",
     ]
 

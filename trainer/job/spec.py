@@ -24,12 +24,16 @@ from pydantic_core import PydanticCustomError
 
 from trainer.job import catalog as model_catalog
 
-DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.9-ubuntu-24.04/latest/ami-id"
-"""The AWS Deep Learning AMI (PyTorch, Ubuntu 24.04), resolved per region through its SSM public parameter."""
+DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.12-ubuntu-24.04/latest/ami-id"
+"""The AWS Deep Learning AMI (OSS NVIDIA driver, PyTorch 2.12, Ubuntu 24.04), resolved per region through
+its SSM public parameter. Bump it before its end of patch (orchestrator/aws/amis.py PYTORCH_END_OF_PATCH)."""
 
 STORAGE_SCHEMES = ("s3", "file")
 DATA_SCHEMES = ("s3", "file", "gs", "gcs", "az", "abfs", "http", "https")
 GPU_MODELS = ("T4", "T4g", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200", "V100", "K80", "M60")
+LEGACY_GPU_MODELS = ("V100", "K80", "M60")
+"""Pre-Turing GPUs: the open-source NVIDIA driver (the default AMI's) cannot drive them. A GPU
+requirement matches them only when `models` names them (for an AMI with NVIDIA's proprietary driver)."""
 LOSS_METRICS = ("val_loss", "train_loss")
 
 
@@ -132,7 +136,8 @@ class GpuRequirement(Section):
     min_memory_gib: float | None = Field(None, gt=0, le=1024, examples=[16, 24])
     """Minimum memory of each GPU, in GiB; any if omitted."""
     models: list[GpuModel] | None = Field(None, min_length=1, examples=[["A10G", "L4"]])
-    """Acceptable GPU models as EC2 names them (T4, A10G, L4, L40S, A100, H100, ...); any if omitted."""
+    """Acceptable GPU models as EC2 names them (T4, A10G, L4, L40S, A100, H100, ...). If omitted, any
+    but the pre-Turing V100, K80 and M60, which the default AMI's open-source driver cannot drive."""
 
 
 class ComputeSpec(Section):
