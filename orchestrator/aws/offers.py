@@ -42,6 +42,8 @@ class InstanceType:
     """The smallest share of a full GPU the type has (GpuDeviceInfo.GpuPartitionSize): 1 for whole GPUs."""
     spot: bool = True
     """EC2 sells it as spot (SupportedUsageClasses)."""
+    network_gbps: float | None = None
+    """Baseline network bandwidth (NetworkCards' BaselineBandwidthInGbps; "up to" is only a burst)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ def _instance_type(entry: dict) -> InstanceType:
         gpu_partition=min((g.get("GpuPartitionSize", 1.0) for g in gpus), default=1.0),
         # Absent: assume spot; a pool EC2 has no spot price for is dropped later anyway.
         spot="spot" in entry.get("SupportedUsageClasses", ["spot"]),
+        network_gbps=sum(
+            c.get("BaselineBandwidthInGbps", 0.0) for c in entry.get("NetworkInfo", {}).get("NetworkCards", [])
+        )
+        or None,
     )
 
 

@@ -32,7 +32,7 @@ from orchestrator.jobs.state import stale_claim
 from orchestrator.jobs.trust import check_launch_inputs
 from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
-from trainer.job import layout
+from trainer.job import catalog, layout
 from trainer.job.documents import Attempt, JobRecord, JobState, now_iso
 from trainer.job.spec import ComputeSpec, JobSpec, is_weights_name
 from trainer.job.spec_file import dump_spec
@@ -92,11 +92,46 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
         log.warning("warning: %s", warning)
 
 
+SPOT_NOTICE_S = 120.0  # EC2's two-minute warning: the save on the notice must be up before it ends
+
+
+def checkpoint_bytes(spec: JobSpec) -> int | None:
+    """About what one checkpoint of the job weighs: fp32 weights, plus the optimizer's state per
+    weight (SGD momentum 1, AdamW 2). None: a model the catalog does not know."""
+    info = catalog.load().get(spec.train.model.name)
+    if info is None:
+        return None
+    optimizer = spec.train.optimizer
+    slots = 2 if optimizer.name == "adamw" else (0 if optimizer.momentum == 0 else 1)
+    return info.num_params * 4 * (1 + slots)
+
+
+def save_time_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
+    """A warning for each instance type whose baseline bandwidth would take more than half the spot
+    notice to upload the checkpoint: the save on the notice could then be cut off."""
+    size = checkpoint_bytes(spec)
+    notes, seen = [], set()
+    for offer in offers:
+        gbps, name = offer.instance.network_gbps, offer.instance.name
+        if size is None or not gbps or name in seen:
+            continue
+        seen.add(name)
+        seconds = size * 8 / (gbps * 1e9)
+        if seconds > SPOT_NOTICE_S / 2:
+            notes.append(
+                f"{name}: a checkpoint of {spec.train.model.name} (~{size / 1e9:.1f} GB) takes ~{seconds:.0f}s to upload "
+                f"at its {gbps:g} Gbit/s baseline, more than half the {SPOT_NOTICE_S:.0f}s spot notice: the save on "
+                "the notice may not finish; checkpoint more often (train.checkpoint.every_seconds) or choose a type with more bandwidth"
+            )
+    return notes
+
+
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
     check_reachable_from_instance(spec)
     job_id = job_id or new_job_id(spec.name)
     image = describe_image(cloud, spec.compute.ami)
     offers = find_offers(cloud, spec.compute, prices, image)
+    offers.notes.extend(save_time_notes(spec, offers.ranked))
     if not offers.ranked:
         cap = (
             f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""

@@ -193,6 +193,12 @@ if [ -z "${{SPOTCTL_SKIP_INSTALL:-}}" ]; then
   fi
 fi
 
+# GPUs the image's driver cannot drive (a family the AMI does not support) still boot: torch would then
+# train on the CPU, slowly and at GPU prices. Where the image has nvidia-smi, it must see them.
+if command -v nvidia-smi >/dev/null 2>&1 && ! nvidia-smi -L >"$WORK/gpus" 2>&1; then
+  report_failure "this $(imds instance-type || echo instance)'s GPUs are not usable with the AMI's driver: $(head -c 300 "$WORK/gpus" | tr '\n' ' ')(choose instance types the AMI supports: \`spotctl offers\` lists them)"
+  finish 1
+fi
 export SPOTCTL_INSTANCE_ID
 SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
 "$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID"

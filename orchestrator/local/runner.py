@@ -8,6 +8,8 @@ disk (a folder). The package install is skipped: this environment already is spo
 - The process ends (the trainer finished, failed, or was interrupted) -> the instance shuts down:
   terminated in EC2 with Client.InstanceInitiatedShutdown, as the bootstrap's `shutdown` does.
 - The instance is terminated through EC2 (spotctl stop, the console) -> the process group is killed.
+- A GPU type gets an `nvidia-smi` that works only when the AMI supports the type's family (EC2 boots
+  an unsupported one all the same, and the image's driver cannot drive its GPUs).
 - `interrupt(instance, notice_s)` -> the spot notice on its IMDS, `notice_s` seconds (AWS: 120), then
   the machine goes: SIGTERM, SIGKILL, and EC2's Server.SpotInstanceTermination.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from orchestrator.aws.amis import families_in, family
 from orchestrator.aws.instances import TAG_ATTEMPT, TAG_JOB
 from orchestrator.local.aws import SELF_SHUTDOWN, end_instance, spot_interrupt
 from orchestrator.local.imds import Imds
@@ -196,9 +199,12 @@ class InstanceRunner:
         zone = entry["Placement"]["AvailabilityZone"]
         imds = Imds(instance_id, entry["InstanceType"], zone)
         python_dir = str(Path(sys.executable).parent)
+        tools = folder / "bin"
+        self._install_driver(tools, entry)
         environment = {
             **self.environment,
-            "PATH": f"{python_dir}:/usr/bin:/bin",  # this environment's python; the AWS CLI only if the system has one
+            # The machine's tools (nvidia-smi), this environment's python; the AWS CLI only if the system has one.
+            "PATH": f"{tools}:{python_dir}:/usr/bin:/bin",
             "HOME": str(folder),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint,
             "SPOTCTL_SKIP_INSTALL": "1",
@@ -239,6 +245,28 @@ class InstanceRunner:
             zone,
             process.pid,
         )
+
+    def _install_driver(self, tools: Path, entry: dict) -> None:
+        """What a GPU instance's image has: an `nvidia-smi` that lists the GPUs when the AMI's driver
+        supports the instance's family, and fails as NVIDIA's does when it does not (the instance
+        boots all the same, as on EC2). A CPU type gets none."""
+        described = self.ec2.describe_instance_types(InstanceTypes=[entry["InstanceType"]])["InstanceTypes"]
+        gpus = [g for t in described for g in t.get("GpuInfo", {}).get("Gpus", []) for _ in range(g.get("Count", 0))]
+        if not gpus:
+            return
+        images = self.ec2.describe_images(ImageIds=[entry["ImageId"]])["Images"]
+        supported = families_in(images[0].get("Description", "")) if images else None
+        tools.mkdir(parents=True, exist_ok=True)
+        if supported is None or family(entry["InstanceType"]) in supported:
+            listing = "".join(f"echo 'GPU {i}: NVIDIA {g.get('Name', 'GPU')} (local)'\n" for i, g in enumerate(gpus))
+            body = f"#!/bin/bash\n{listing}"
+        else:
+            body = (
+                "#!/bin/bash\necho 'NVIDIA-SMI has failed because it couldn'\\''t communicate with the NVIDIA driver. "
+                "Make sure that the latest NVIDIA driver is installed and running.'\nexit 9\n"
+            )
+        (tools / "nvidia-smi").write_text(body)
+        (tools / "nvidia-smi").chmod(0o755)
 
     def _step_of(self, machine: Machine) -> int | None:
         """The step the machine's trainer last reported (its heartbeat in the job's prefix)."""

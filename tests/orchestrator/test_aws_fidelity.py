@@ -256,3 +256,25 @@ def test_doctor_names_each_problem_of_a_fresh_account_with_its_fix(account, aws,
     assert checks["instance role"]["verdict"] == "ok" and checks["spot quota"]["detail"].endswith(
         "64 vCPUs; g4dn.xlarge needs 4"
     )
+
+
+# ------------------------------------------------------------------------------------------- AMIs
+@pytest.mark.parametrize(
+    ("instance_type", "usable"), [("g4dn.xlarge", True), ("p3dn.24xlarge", False), ("m5.large", None)]
+)
+def test_a_local_machine_of_a_family_the_ami_does_not_support_has_no_usable_gpu(
+    account, tmp_path, instance_type, usable
+):
+    import subprocess
+
+    from orchestrator.local.runner import InstanceRunner
+
+    runner = InstanceRunner(boto3.client("ec2"), "us-east-1", tmp_path, {})
+    runner._install_driver(tmp_path / "bin", {"InstanceType": instance_type, "ImageId": account})
+    smi = tmp_path / "bin" / "nvidia-smi"
+    if usable is None:  # no GPU, no driver tools
+        assert not smi.exists()
+        return
+    done = subprocess.run([str(smi), "-L"], capture_output=True, text=True)
+    assert (done.returncode == 0) is usable
+    assert ("GPU 0: NVIDIA" in done.stdout) is usable

@@ -23,7 +23,7 @@ from testbed import REPO
 from testbed.harness import FakeImds
 from testbed.trainer_runs import trainer_env
 from trainer.job import layout
-from trainer.job.storage import file_sha256
+from trainer.job.storage import Storage, file_sha256
 
 BUCKET = "boot-bucket"
 STORAGE = f"s3://{BUCKET}/spotctl"
@@ -99,11 +99,10 @@ class Instance:
         return path.read_text().splitlines() if path.exists() else []
 
     def final(self) -> dict | None:
-        try:
-            body = self.s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{JOB}/{layout.FINAL}")["Body"].read()
-        except self.s3.exceptions.NoSuchKey:
+        try:  # through Storage: S3 (the strict local cloud) answers 403 for a missing key
+            return json.loads(Storage(PREFIX).read_bytes(layout.FINAL))
+        except FileNotFoundError:
             return None
-        return json.loads(body)
 
     def log(self) -> str:
         key = f"spotctl/jobs/{JOB}/{layout.bootstrap_log(1)}"
@@ -266,3 +265,20 @@ def test_a_killed_trainer_is_a_failure_unless_a_spot_notice_explains_it(instance
         assert "spotctl: killed after the spot notice {" in instance.log()
     else:
         assert final["outcome"] == "failed" and final["error"] == error
+
+
+def test_gpus_the_amis_driver_cannot_drive_fail_the_boot_before_training(instance, wheel, tmp_path):
+    url, digest = wheel_url_of(wheel)
+    instance.s3.upload_file(str(wheel), BUCKET, url.split(f"{BUCKET}/", 1)[1])
+    smi = instance.bin / "nvidia-smi"  # what the OSS-driver DLAMI says on a pre-Turing GPU
+    smi.write_text(
+        '#!/bin/bash\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+    )
+    smi.chmod(0o755)
+    code = instance.run(url, digest, SPOTCTL_CACHE_DIR=str(tmp_path / "cache"))
+    assert code == 1
+    assert instance.final()["error"] == (
+        "this instance's GPUs are not usable with the AMI's driver: NVIDIA-SMI has failed because it couldn't "
+        "communicate with the NVIDIA driver. (choose instance types the AMI supports: `spotctl offers` lists them)"
+    )
+    assert not [c for c in instance.recorded("calls") if c.startswith("trainer ")]

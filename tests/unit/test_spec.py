@@ -164,3 +164,24 @@ def test_a_resolved_example_reads_back_as_itself():
     for path in EXAMPLES:
         text = dump_spec(load_spec(path))
         assert dump_spec(parse_spec(text)) == text, path.name
+
+
+def test_launch_warns_when_a_checkpoint_cannot_be_uploaded_in_half_the_spot_notice():
+    from orchestrator.aws.offers import InstanceType, Offer
+    from orchestrator.jobs.launch import checkpoint_bytes, save_time_notes
+
+    spec = parse_spec(
+        "name: big\nstorage: s3://bucket/p\ntrain:\n  model: {name: vit_h_14}\n  data: {train: s3://bucket/d/train, image_size: 518}\n"
+        "  optimizer: {name: adamw, lr: 0.001}\n"
+    )
+    assert checkpoint_bytes(spec) == 633_470_440 * 4 * 3  # weights and AdamW's two moments, fp32
+
+    def offer(name: str, gbps: float) -> Offer:
+        return Offer(InstanceType(name, 1, "A10G", 24.0, 4, 16.0, network_gbps=gbps), "us-east-1a", 0.4, 1.0, None)
+
+    notes = save_time_notes(spec, [offer("slow.xlarge", 0.75), offer("fast.xlarge", 5.0)])
+    assert notes == [
+        "slow.xlarge: a checkpoint of vit_h_14 (~7.6 GB) takes ~81s to upload at its 0.75 Gbit/s baseline, more "
+        "than half the 120s spot notice: the save on the notice may not finish; checkpoint more often "
+        "(train.checkpoint.every_seconds) or choose a type with more bandwidth"
+    ]
