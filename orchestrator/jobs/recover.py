@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from orchestrator.aws.clients import Cloud
-from orchestrator.aws.ec2 import describe_image
+from orchestrator.aws.ec2 import describe_image, resolve_ami
 from orchestrator.aws.offers import find_offers
 from orchestrator.aws.prices import Pool, PriceSource
 from orchestrator.errors import UserError
@@ -17,6 +17,7 @@ from orchestrator.jobs.launch import NoCapacity, start_attempt
 from orchestrator.jobs.policy import failover_order
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView, settle, unfinished_claim
+from orchestrator.jobs.trust import check_launch_inputs
 from trainer.job import layout
 from trainer.job.documents import Attempt, Final, JobRecord, JobState
 from trainer.job.spec import JobSpec
@@ -41,7 +42,10 @@ def start_next(
 ) -> Attempt | None:
     """Start the job's next attempt on the best pool by failover order; None if another orchestrator
     claimed it first. Raises launch.NoCapacity when EC2 refuses every offer."""
-    # Filtered by the AMI the attempt will boot: the one recorded at launch, not what compute.ami resolves to now.
+    # record.json is in the bucket: the AMI and wheel it names are checked, not trusted, before anything
+    # reads them. Offers are then filtered by that AMI (the one the attempt boots), not by what
+    # compute.ami resolves to now.
+    check_launch_inputs(cloud, spec, view.record, resolve_ami)
     offers = find_offers(cloud, spec.compute, prices, describe_image(cloud, view.record.ami))
     if not offers.ranked:  # e.g. every pool's price is above max_price_per_hour now: it may come down
         raise NoCapacity(

@@ -55,7 +55,7 @@ def statements_of(iam, role: str) -> dict[str, dict]:
 def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(deployed, spotctl):
     out, err = deployed
     assert err.splitlines()[:2] == [
-        "service-linked role AWSServiceRoleForEC2Spot: created",
+        "service-linked role AWSServiceRoleForEC2Spot: present",  # the account fixture has it already
         f"creating stack spotctl in us-east-1 (bucket {BUCKET})",
     ]
     assert "spotctl: CREATE_COMPLETE" in err
@@ -378,3 +378,16 @@ def test_the_trainer_role_writes_exactly_the_trainer_owned_paths_of_layout():
         for s in by_sid.values()
         if writes & set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
     ] == ["WriteWhatTheTrainerOwns"]
+
+
+def test_an_account_without_a_default_vpc_deploys_into_the_vpc_it_names(account, spotctl):
+    from tests.orchestrator.test_aws_fidelity import remove_default_vpc
+
+    ec2 = boto3.client("ec2")
+    remove_default_vpc(ec2)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    code, out, err = spotctl("infra", "deploy", "--region", "us-east-1", "--vpc", vpc, "--json")
+    assert code == 0, err
+    group = json.loads(out)["security_group"]
+    assert ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["VpcId"] == vpc
+    assert json.loads(out)["vpc"] == vpc

@@ -207,7 +207,7 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     assert (
         f"JOB_URL={STORAGE}/jobs/{job_id}/job.yaml" in script and '"$PYTHON" -m trainer run --job "$JOB_URL"' in script
     )
-    assert re.search(r"pip install .*\"\$WHEEL\[trainer\]\"", script)
+    assert re.search(r'"\$\{INSTALL\[@\]\}" -c "\$WORK/constraints.txt" "\$WHEEL\[trainer\]"', script)
     assert "testing" not in script and not re.search(
         r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET", script
     )  # no credentials

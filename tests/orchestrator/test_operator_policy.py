@@ -24,6 +24,12 @@ from tests.cloud import EXAMPLE, STORAGE, launched_id
 
 POLICY = REPO / "infra" / "operator-policy.json"
 FREE = {"sts:GetCallerIdentity"}  # needs no permission
+BUCKET_READS = {
+    "publicAccessBlock": "s3:GetBucketPublicAccessBlock",
+    "encryption": "s3:GetEncryptionConfiguration",
+    "policy": "s3:GetBucketPolicy",
+    "lifecycle": "s3:GetLifecycleConfiguration",
+}
 # EC2 creates the Spot service-linked role at an account's first spot request, with the caller's
 # rights (AuthFailure.ServiceLinkedRoleCreationNotPermitted without them); `infra deploy` creates it too.
 IMPLIED_BY = {"ec2:RunInstances": {"iam:CreateServiceLinkedRole"}}
@@ -63,6 +69,9 @@ def iam_actions(entry: dict) -> set[str]:
     if not has_key:
         if "delete" in query:
             return {"s3:DeleteObject"}
+        for subresource, action in BUCKET_READS.items():  # doctor's look at the bucket's protections
+            if subresource in query and method == "GET":
+                return {action}
         return {"s3:ListBucket"} if method in ("GET", "HEAD") else {f"s3:{method} bucket {url.query}"}
     if method in ("GET", "HEAD"):
         return {"s3:GetObject"}

@@ -5,6 +5,7 @@ stop must read "missing" as missing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import boto3
@@ -41,9 +42,10 @@ def test_the_record_and_documents_of_a_job_read_under_403(account, s3_denies_mis
     assert store.read_bytes("demo-261201-abcd", layout.FINAL) is None
     wheel = tmp_path / "spotctl-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"wheel")
-    url = store.upload_wheel(wheel, "ab" * 32)
-    assert url == f"{STORAGE}/wheels/{'ab' * 32}/{wheel.name}"
-    wheel.write_bytes(b"changed")  # content-addressed: the same digest is not uploaded again
-    store.upload_wheel(wheel, "ab" * 32)
-    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/wheels/{'ab' * 32}/{wheel.name}")["Body"].read()
+    digest = hashlib.sha256(b"wheel").hexdigest()
+    url = store.upload_wheel(wheel, digest)
+    assert url == f"{STORAGE}/wheels/{digest}/{wheel.name}"
+    wheel.write_bytes(b"changed")  # content-addressed: what is stored under its digest is not uploaded again
+    store.upload_wheel(wheel, digest)
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"spotctl/wheels/{digest}/{wheel.name}")["Body"].read()
     assert body == b"wheel"

@@ -102,7 +102,7 @@ def test_an_s3_folder_is_downloaded_to_the_cache_and_synced(s3_bucket, image_fol
 
 
 def test_missing_s3_data_names_the_field(s3_bucket, tmp_path):
-    with pytest.raises(DataError, match=f"^train.data.train: s3://{s3_bucket}/nothing/here holds no files"):
+    with pytest.raises(DataError, match=f"^train.data.train: s3://{s3_bucket}/nothing/here does not exist"):
         fetch(f"s3://{s3_bucket}/nothing/here", "train.data.train", tmp_path / "cache")
 
 

@@ -119,8 +119,11 @@ def _read_text(location: str, local: Path | None) -> str:
         else:
             import fsspec
 
-            with fsspec.open(location, "rb") as handle:
-                raw = handle.read()
+            from trainer.job.storage import reading
+
+            fs, path = fsspec.core.url_to_fs(location)
+            # S3 answers a missing key 403 to a role without an unconditioned ListBucket: settled by a listing.
+            raw = reading(fs, path, lambda: fs.cat_file(path)) if location.startswith("s3://") else fs.cat_file(path)
     except FileNotFoundError:
         raise fail("no such file; check the path (examples/ has job files to start from)") from None
     except PermissionError:

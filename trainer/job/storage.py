@@ -315,36 +315,9 @@ class Storage:
 
     def _reading(self, relative: str, call: Callable[[], T]) -> T:
         """call(), a read of `relative`; a 403 from S3 becomes what it means (see the module docstring)."""
-        try:
+        if self.is_local:
             return call()
-        except Exception as exc:
-            if self.is_local or not _is_denial(exc):
-                raise
-            settled = self._absent_or_denied(relative)
-        raise settled from None
-
-    def _absent_or_denied(self, relative: str) -> Exception:
-        """After a 403 on reading `relative`: FileNotFoundError if a listing of the key as a prefix does
-        not show it, else PermissionError (the object is there and may not be read). A listing refused
-        too is a PermissionError naming both permissions. Transient errors of the listing are raised (the
-        caller's retry repeats the read)."""
-        url = self.url_of(relative)
-        bucket, key = self.path(relative).split("/", 1)
-        try:
-            listed = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
-        except Exception as exc:
-            if not _is_denial(exc):
-                raise
-            return PermissionError(
-                f"access denied reading {url}, and listing s3://{bucket} under {key} to tell whether it exists "
-                "was denied too: this identity needs s3:GetObject on the object and s3:ListBucket for that prefix"
-            )
-        # The key itself sorts before every longer key it prefixes: if it exists, it is the first listed.
-        if any(entry.get("Key") == key for entry in listed.get("Contents", [])):
-            return PermissionError(
-                f"access denied reading {url}: the object exists, and this identity may not read it (s3:GetObject)"
-            )
-        return FileNotFoundError(url)
+        return reading(self.fs, self.path(relative), call)
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         for attempt in range(1, self._attempts + 1):
@@ -365,6 +338,43 @@ class Storage:
                 )
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+def reading(fs, path: str, call: Callable[[], T]) -> T:
+    """call(), a read of the object at `path` ("bucket/key") on the s3fs filesystem `fs`, with S3's 403
+    for a missing key made a FileNotFoundError (see the module docstring). For reads outside a
+    Storage: a job file, a dataset."""
+    try:
+        return call()
+    except Exception as exc:
+        if not _is_denial(exc):
+            raise
+        settled = absent_or_denied(fs, path)
+    raise settled from None
+
+
+def absent_or_denied(fs, path: str) -> Exception:
+    """After a 403 on reading `path` ("bucket/key"): FileNotFoundError if a listing of the key as a
+    prefix does not show it, else PermissionError (the object is there and may not be read). A listing
+    refused too is a PermissionError naming both permissions. Transient errors of the listing are
+    raised (the caller's retry repeats the read)."""
+    bucket, _, key = path.partition("/")
+    url = f"s3://{path}"
+    try:
+        listed = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+    except Exception as exc:
+        if not _is_denial(exc):
+            raise
+        return PermissionError(
+            f"access denied reading {url}, and listing s3://{bucket} under {key} to tell whether it exists "
+            "was denied too: this identity needs s3:GetObject on the object and s3:ListBucket for that prefix"
+        )
+    # The key itself sorts before every longer key it prefixes: if it exists, it is the first listed.
+    if any(entry.get("Key") == key for entry in listed.get("Contents", [])):
+        return PermissionError(
+            f"access denied reading {url}: the object exists, and this identity may not read it (s3:GetObject)"
+        )
+    return FileNotFoundError(url)
 
 
 def file_sha256(path: str | Path) -> str:
