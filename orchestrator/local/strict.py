@@ -2,7 +2,10 @@
 where moto is kinder. Every client (spotctl, the trainer, the tests) talks to the proxy; requests
 it has no rule for pass through to moto unchanged.
 
-What it adds, each as AWS documents it (README "The strict local cloud" lists the sources):
+What it adds, each as AWS documents it (sources: the S3 API reference, GetObject/HeadObject
+"Permissions"; the EC2 API reference's error codes, "Request throttling" and "Eventual consistency";
+the EC2 user guide's "Service-linked role for Spot Instance requests" and "Spot Instance quotas";
+the IAM user guide on eventual consistency; the EC2 API reference's StateReason):
 
 - S3: a GET or HEAD of a missing key is **403 AccessDenied**, not 404, for a principal without an
   unconditioned s3:ListBucket (spotctl's roles: theirs is conditioned on s3:prefix).
@@ -75,7 +78,7 @@ class Strictness:
     denied_keys: list[str] = field(default_factory=list)  # "bucket/key" GET/HEAD refused although it exists
     denied_listings: list[str] = field(default_factory=list)  # "bucket/prefix": listings under it refused
     refused_pools: list[str] = field(default_factory=list)  # "type/zone" (or "type/*") without spot capacity
-    spot_vcpu_quotas: dict[str, int] = field(default_factory=dict)  # quota code -> vCPUs; absent: DEFAULT_QUOTA
+    spot_vcpu_quotas: dict[str, int] = field(default_factory=dict)  # quota code -> vCPUs; absent: default_quota
     default_quota: int = 1024  # vCPUs of a bucket not named above (an account that has used Spot a while)
     throttle: bool = True  # EC2's request-rate buckets
     throttled_run_instances: int = 0  # the next N RunInstances are throttled (a bucket other callers emptied)
