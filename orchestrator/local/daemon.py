@@ -6,7 +6,7 @@
 It runs a moto server on 127.0.0.1 (EC2, SSM, IAM, S3) behind the strict proxy (orchestrator.local.strict:
 AWS's answers where moto's are kinder; `--lenient` leaves it out), seeds it with what a spotctl account
 has (the Deep Learning AMI parameter, the `spotctl-local` bucket, the `spotctl-trainer` instance
-profile, the Spot service-linked role), runs the instance runner, and answers a small control API on
+profile with its trainer role, the Spot service-linked role), runs the instance runner, and answers a small control API on
 127.0.0.1:
 
     GET  /status                          the cloud and its running machines
@@ -57,6 +57,42 @@ def client_environment(endpoint: str) -> dict[str, str]:
     }
 
 
+def seed_trainer_role(iam) -> None:
+    """The instance profile with a trainer role in it that grants what the stack's does
+    (infra/spotctl.yaml): read under the storage prefix, write only the trainer's own objects. The
+    instances use the local credentials, not the role, but `spotctl doctor --local` reads its reach
+    as on AWS, and a profile without a role is a problem there."""
+    from orchestrator.aws.infra import DEFAULT_PREFIX, trainer_write_arns
+
+    bucket = f"arn:aws:s3:::{BUCKET}"
+    trust = {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    grants = [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/{DEFAULT_PREFIX}/*"},
+        {
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": [DEFAULT_PREFIX, f"{DEFAULT_PREFIX}/*"]}},
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:DeleteObject"],
+            "Resource": trainer_write_arns(bucket, DEFAULT_PREFIX),
+        },
+    ]
+    iam.create_role(
+        RoleName=INSTANCE_PROFILE,
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [trust]}),
+    )
+    iam.put_role_policy(
+        RoleName=INSTANCE_PROFILE,
+        PolicyName="spotctl-storage",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": grants}),
+    )
+    iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+    iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+
+
 def serve(
     home: Path,
     seed: int,
@@ -93,7 +129,7 @@ def serve(
     ami = seed_deep_learning_ami(ec2, REGION)
     route_default_vpc_to_the_internet(ec2)  # as in AWS: instances without a public IP are then refused
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    boto3.client("iam").create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+    seed_trainer_role(boto3.client("iam"))
     ensure_spot_service_linked_role(
         Cloud(REGION, endpoint=Endpoint(endpoint, *CREDENTIALS.values()))
     )  # as `infra deploy` does
