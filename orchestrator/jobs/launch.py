@@ -243,7 +243,11 @@ def start_attempt(
     for offer in offers:
         if refusals.quota_of(offer) is not None:
             continue  # its quota bucket refused already: every pool of the bucket would
-        token = hashlib.sha256(f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}".encode()).hexdigest()[:40]
+        # The version is in it because the user-data names it: a takeover by another spotctl sends other
+        # parameters, which under the same token EC2 would refuse (IdempotentParameterMismatch).
+        token = hashlib.sha256(
+            f"{record.job_id}/{number}/{offer.instance.name}/{offer.zone}/{__version__}".encode()
+        ).hexdigest()[:40]
         if (
             store.update_record(
                 record.job_id,
