@@ -165,3 +165,18 @@ def test_the_writing_client_reaches_what_the_storage_options_name(s3_bucket, aws
     s3 = boto3.client("s3", endpoint_url=aws.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing")
     read = lambda name: s3.get_object(Bucket=s3_bucket, Key=f"{ROOT}/{name}")["Body"].read()  # noqa: E731
     assert (read("checkpoints/step-1/state.pt"), read("record.json")) == (b"state", b"[]")
+
+
+def test_an_object_written_between_the_403_and_the_listing_is_read(storage, s3_bucket, monkeypatch):
+    """S3's 403 for a key not there yet, then the key appears before the listing (a checkpoint finishing
+    its upload): the object is read, not reported as denied."""
+    from trainer.job import storage as storage_module
+
+    real = storage_module.absent_or_denied
+
+    def written_meanwhile(fs, path):
+        boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"{ROOT}/status/final.json", Body=b"{}")
+        return real(fs, path)
+
+    monkeypatch.setattr(storage_module, "absent_or_denied", written_meanwhile)
+    assert storage.read_bytes("status/final.json") == b"{}"

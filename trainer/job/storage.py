@@ -350,7 +350,19 @@ def reading(fs, path: str, call: Callable[[], T]) -> T:
         if not _is_denial(exc):
             raise
         settled = absent_or_denied(fs, path)
+    if isinstance(settled, ObjectDenied):
+        # Listed after all: it may have been written between the read and the listing (a checkpoint
+        # finishing its upload). One more read tells a new object from a real refusal.
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_denial(exc):
+                raise
     raise settled from None
+
+
+class ObjectDenied(PermissionError):
+    """The object exists and this identity may not read it."""
 
 
 def absent_or_denied(fs, path: str) -> Exception:
@@ -371,7 +383,7 @@ def absent_or_denied(fs, path: str) -> Exception:
         )
     # The key itself sorts before every longer key it prefixes: if it exists, it is the first listed.
     if any(entry.get("Key") == key for entry in listed.get("Contents", [])):
-        return PermissionError(
+        return ObjectDenied(
             f"access denied reading {url}: the object exists, and this identity may not read it (s3:GetObject)"
         )
     return FileNotFoundError(url)
