@@ -44,6 +44,7 @@ import http.server
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -170,6 +171,9 @@ class StrictProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: botocore and s3fs reuse connections
+            # Headers and body go out as two writes: with Nagle's algorithm and the client's delayed ACK
+            # each answer would wait ~40 ms for nothing (48 ms a request instead of 5).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -248,7 +252,7 @@ class StrictProxy:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             parts = urlsplit(self.upstream)
-            connection = self._local.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+            connection = self._local.connection = _Upstream(parts.hostname, parts.port, timeout=120)
         sent = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
         sent["Content-Length"] = str(len(body))
         for attempt in (1, 2):  # a kept-alive connection moto closed meanwhile: once more on a new one
@@ -561,6 +565,14 @@ class StrictProxy:
             for i in live
             if i.get("InstanceLifecycle") == "spot" and quotas.spot_quota_of(i["InstanceType"]) == quota
         )
+
+
+class _Upstream(http.client.HTTPConnection):
+    """A connection to moto without Nagle's delay (a large body's last segment would wait for an ACK)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te", "upgrade"}
