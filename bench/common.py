@@ -113,3 +113,49 @@ def _aws_pointed_at(endpoint: str, bucket: str) -> Iterator[str]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def running_job(store, spec_text: str, ami: str, job_id: str) -> str:
+    """A job as `spotctl launch` leaves it: its job file, a record, and attempt 1 running on a tagged
+    g4dn.xlarge spot instance in us-east-1a (the moto server the environment points at). Returns the
+    instance id. `store` is an orchestrator.jobs.record.JobStore."""
+    import time
+
+    import boto3
+
+    from orchestrator.aws.instances import TAG_ATTEMPT, TAG_JOB
+    from trainer.job import layout
+    from trainer.job.documents import Attempt, JobRecord
+
+    ec2 = boto3.client("ec2")
+    subnet = ec2.describe_subnets(
+        Filters=[
+            {"Name": "availability-zone", "Values": ["us-east-1a"]},
+            {"Name": "default-for-az", "Values": ["true"]},
+        ]
+    )["Subnets"][0]["SubnetId"]
+    tags = [{"Key": TAG_JOB, "Value": job_id}, {"Key": TAG_ATTEMPT, "Value": "1"}]
+    instance = ec2.run_instances(
+        ImageId=ami,
+        InstanceType="g4dn.xlarge",
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=subnet,
+        InstanceMarketOptions={"MarketType": "spot"},
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"][0]["InstanceId"]
+    store.write(job_id, layout.JOB_FILE, spec_text.encode())
+    launched = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    store.write_record(
+        JobRecord(
+            job_id,
+            "bench",
+            "us-east-1",
+            store.root,
+            store.url(job_id, layout.JOB_FILE),
+            f"{store.root}/{layout.wheel_key('0' * 64, 'spotctl-0-py3-none-any.whl')}",  # the shape jobs/trust.py checks
+            ami,
+            attempts=[Attempt(1, "g4dn.xlarge", "us-east-1a", 0.21, 0.526, "t1", instance, launched)],
+        )
+    )
+    return instance

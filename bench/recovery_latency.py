@@ -25,12 +25,11 @@ import time
 
 import boto3
 
-from bench.common import moto_process_bucket, parser, print_table, quiet_logging, write_json
+from bench.common import moto_process_bucket, parser, print_table, quiet_logging, running_job, write_json
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.prices import FixedPrices
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.watch import Watcher, WatchOptions
-from trainer.job.documents import Attempt, JobRecord
 from trainer.job.spec_file import dump_spec, load_spec
 
 MARKET = {
@@ -42,42 +41,9 @@ MARKET = {
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
 
 
-def make_job(store: JobStore, spec_text: str, ami: str, n: int) -> tuple[str, str]:
-    """A launched job: its files, a record and attempt 1's running spot instance. (job id, instance id)"""
-    ec2 = boto3.client("ec2")
-    job_id = f"bench-{n:03d}"
-    subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0][
-        "SubnetId"
-    ]
-    tags = [{"Key": "spotctl:job", "Value": job_id}, {"Key": "spotctl:attempt", "Value": "1"}]
-    instance = ec2.run_instances(
-        ImageId=ami,
-        InstanceType="g4dn.xlarge",
-        MinCount=1,
-        MaxCount=1,
-        SubnetId=subnet,
-        InstanceMarketOptions={"MarketType": "spot"},
-        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
-    )["Instances"][0]["InstanceId"]
-    store.write(job_id, "job.yaml", spec_text.encode())
-    launched = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    store.write_record(
-        JobRecord(
-            job_id,
-            "bench",
-            "us-east-1",
-            store.root,
-            store.url(job_id, "job.yaml"),
-            f"{store.root}/wheels/{'0' * 64}/spotctl-0-py3-none-any.whl",  # the shape launch checks (jobs/trust.py)
-            ami,
-            attempts=[Attempt(1, "g4dn.xlarge", "us-east-1a", 0.21, 0.526, "t1", instance, launched)],
-        )
-    )
-    return job_id, instance
-
-
 def measure(store: JobStore, spec_text: str, ami: str, n: int, how: str) -> float:
-    job_id, instance = make_job(store, spec_text, ami, n)
+    job_id = f"bench-{n:03d}"
+    instance = running_job(store, spec_text, ami, job_id)
     sent = []
     made = {}
 

@@ -77,6 +77,8 @@ class Image:
     description: str = ""
     parameter: str | None = None
     """The SSM parameter it was resolved from, if any."""
+    root_gib: int | None = None
+    """The size of its root volume's snapshot: the smallest root volume it boots with."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import botocore.loaders
 import botocore.session
 from botocore.config import Config
 
+from orchestrator.aws.instances import CREATE_SPOT_ROLE
 from orchestrator.errors import UserError
 
 
@@ -153,7 +154,7 @@ def as_user_error(error: BaseException, doing: str) -> UserError:
         return UserError(
             f"AWS refused {doing}: the account has no Spot service-linked role (AWSServiceRoleForEC2Spot) "
             "and these credentials may not create it",
-            "run `spotctl infra deploy` once (it creates the role), or `aws iam create-service-linked-role --aws-service-name spot.amazonaws.com`",
+            f"run `spotctl infra deploy` once (it creates the role), or `{CREATE_SPOT_ROLE}`",
         )
     if kind is ErrorKind.AUTH:
         hint = "check the credentials and that they allow this call (infra/ has the policy spotctl needs)"

@@ -17,8 +17,8 @@ import botocore.exceptions
 
 from orchestrator.aws import quotas
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
-from orchestrator.aws.ec2 import describe_image, require_private_egress, resolve_ami, subnet_for
-from orchestrator.aws.instances import SPOT_SERVICE_LINKED_ROLE
+from orchestrator.aws.ec2 import describe_image, require_private_egress, subnet_for
+from orchestrator.aws.instances import CREATE_SPOT_ROLE, SPOT_SERVICE_LINKED_ROLE
 from orchestrator.aws.offers import Offer, Offers, find_offers
 from orchestrator.aws.policy_check import Request, allows, role_policies
 from orchestrator.aws.prices import PriceSource
@@ -64,14 +64,11 @@ def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
     if checks[-1].verdict is not Verdict.OK:
         return checks  # nothing else can be asked
     attempt("spot role", lambda: [_spot_role(cloud)])
-    offers: list[Offer] = []
-
-    found_offers = []
+    found = Offers([])  # filled in by the offers check; the later checks read it
 
     def offers_check() -> list[Check]:
+        nonlocal found
         found = find_offers(cloud, spec.compute, prices, describe_image(cloud, spec.compute.ami))
-        found_offers.append(found)
-        offers.extend(found.ranked)
         if not found.ranked:
             return [
                 Check(
@@ -90,13 +87,13 @@ def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
         ]
 
     attempt("offers", offers_check)
-    attempt("spot quotas", lambda: _quotas(cloud, offers))
+    attempt("spot quotas", lambda: _quotas(cloud, found.ranked))
     vpcs: dict[str, list[str]] = {}
-    attempt("network", lambda: _network(cloud, spec, offers, vpcs))
+    attempt("network", lambda: _network(cloud, spec, found.ranked, vpcs))
     attempt("s3 endpoint", lambda: _s3_endpoints(cloud, vpcs))
     attempt("bucket", lambda: [_bucket(cloud, spec)])
     attempt("instance role", lambda: _instance_role(cloud, spec))
-    attempt("ami", lambda: _ami(cloud, spec, found_offers[0] if found_offers else None))
+    attempt("ami", lambda: _ami(cloud, spec, found))
     return checks
 
 
@@ -116,7 +113,7 @@ def _spot_role(cloud: Cloud) -> Check:
             "spot role",
             Verdict.PROBLEM,
             f"{SPOT_SERVICE_LINKED_ROLE} does not exist: the first spot launch of the account would have to create it",
-            "`spotctl infra deploy` creates it (or `aws iam create-service-linked-role --aws-service-name spot.amazonaws.com`)",
+            f"`spotctl infra deploy` creates it (or `{CREATE_SPOT_ROLE}`)",
         )
     return Check("spot role", Verdict.OK, f"{SPOT_SERVICE_LINKED_ROLE} exists")
 
@@ -259,15 +256,13 @@ def _instance_role(cloud: Cloud, spec: JobSpec) -> list[Check]:
     return [Check("instance role", Verdict.OK, f"{roles[0]['RoleName']} may {', '.join(w for w, _ in wanted)}")]
 
 
-def _ami(cloud: Cloud, spec: JobSpec, offers: Offers | None) -> list[Check]:
+def _ami(cloud: Cloud, spec: JobSpec, offers: Offers) -> list[Check]:
     """The AMI: what it runs on (offers are already held to it), its patches, its disk."""
-    ami, _ = resolve_ami(cloud, spec.compute.ami)
-    [image] = cloud.client("ec2").describe_images(ImageIds=[ami])["Images"]
-    support = offers.ami if offers is not None else None
-    checks = [Check("ami", Verdict.OK, support.describe() if support else f"{ami} ({image.get('Name', '?')})")]
-    for note in offers.notes if offers is not None else []:
+    image = offers.ami.image if offers.ami else describe_image(cloud, spec.compute.ami)  # the offers check failed
+    checks = [Check("ami", Verdict.OK, offers.ami.describe() if offers.ami else f"{image.id} ({image.name or '?'})")]
+    for note in offers.notes:
         checks.append(Check("ami", Verdict.WARNING, note))
-    unusable = {t: why for t, why in (offers.excluded if offers is not None else {}).items() if "AMI" in why}
+    unusable = {t: why for t, why in offers.excluded.items() if "AMI" in why}
     if unusable and spec.compute.instance_types:
         checks.append(
             Check(
@@ -277,10 +272,7 @@ def _ami(cloud: Cloud, spec: JobSpec, offers: Offers | None) -> list[Check]:
                 "choose instance types the AMI supports, or another compute.ami",
             )
         )
-    root = next(
-        (m for m in image.get("BlockDeviceMappings", []) if m.get("DeviceName") == image.get("RootDeviceName")), None
-    )
-    snapshot_gib = (root or {}).get("Ebs", {}).get("VolumeSize")
+    snapshot_gib = image.root_gib
     if snapshot_gib and spec.compute.disk_gib < snapshot_gib:
         checks.append(
             Check(

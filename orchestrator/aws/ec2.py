@@ -119,12 +119,15 @@ def describe_image(cloud: Cloud, ami: str) -> Image:
     if not images:
         raise UserError(f"compute.ami: {ami} does not exist in {cloud.region}", "use an AMI of this region")
     found = images[0]
+    root = found.get("RootDeviceName", "/dev/xvda")
+    mapping = next((m for m in found.get("BlockDeviceMappings", []) if m.get("DeviceName") == root), {})
     return Image(
         ami,
-        found.get("RootDeviceName", "/dev/xvda"),
+        root,
         found.get("Name") or "",
         found.get("Description") or "",
         parameter,
+        mapping.get("Ebs", {}).get("VolumeSize"),
     )
 
 
@@ -212,42 +215,28 @@ def _run(cloud: Cloud, request: dict, profile: str | None) -> str:
     """RunInstances on a client that never retries by itself: a refused pool (InsufficientInstanceCapacity
     is HTTP 500, which botocore would repeat four times) goes straight back to the launcher, which
     moves to the next offer. What *is* worth repeating is repeated here, with the same ClientToken (so
-    never a second instance): throttling and other 5xx a few times, and a profile EC2 cannot see yet
-    for up to PROFILE_PROPAGATION_S."""
+    never a second instance): throttling and other 5xx RUN_RETRIES times, and a profile EC2 cannot see
+    yet for up to PROFILE_PROPAGATION_S."""
     ec2 = cloud.client("ec2", retries="once")
-    tries = {"left": RUN_RETRIES}
+    failures = 0
 
-    def passing(error: BaseException) -> bool:
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    def worth_repeating(error: BaseException) -> bool:
+        nonlocal failures
+        if profile_not_propagated(error):
+            return not request.get("DryRun")  # bounded by PROFILE_PROPAGATION_S
         kind = classify(error)
-        if kind in (ErrorKind.THROTTLE, ErrorKind.OTHER) and (kind is ErrorKind.THROTTLE or status >= 500):
-            tries["left"] -= 1
-            return tries["left"] >= 0
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if kind is ErrorKind.THROTTLE or (kind is ErrorKind.OTHER and status >= 500):
+            failures += 1
+            return failures <= RUN_RETRIES
         return False
 
-    def attempt() -> str:
-        try:
-            return ec2.run_instances(**request)["Instances"][0]["InstanceId"]
-        except botocore.exceptions.ClientError as exc:
-            if profile_not_propagated(exc) and not request.get("DryRun"):
-                raise _NotYet(exc) from None
-            raise
-
-    def launch() -> str:
-        return _until(attempt, passing, 60.0, f"RunInstances {request['InstanceType']}")
-
-    try:
-        return _until(launch, lambda e: isinstance(e, _NotYet), PROFILE_PROPAGATION_S, f"instance profile {profile}")
-    except _NotYet as exc:
-        raise exc.error from None
-
-
-class _NotYet(botocore.exceptions.ClientError):
-    """An instance profile EC2 does not see yet (IAM's eventual consistency)."""
-
-    def __init__(self, error: botocore.exceptions.ClientError):
-        super().__init__(error.response, error.operation_name)
-        self.error = error
+    return _until(
+        lambda: ec2.run_instances(**request)["Instances"][0]["InstanceId"],
+        worth_repeating,
+        PROFILE_PROPAGATION_S,
+        f"RunInstances {request['InstanceType']} (profile {profile})",
+    )
 
 
 def subnet_for(cloud: Cloud, zone: str, subnets: dict[str, str] | None = None) -> tuple[str, str]:

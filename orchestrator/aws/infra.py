@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import botocore.exceptions
 
 from orchestrator.aws.clients import Cloud, as_user_error, describe, error_code
-from orchestrator.aws.instances import SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE, TAG_JOB
+from orchestrator.aws.instances import CREATE_SPOT_ROLE, SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE, TAG_JOB
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.settings import Settings
@@ -284,8 +284,7 @@ def ensure_spot_service_linked_role(cloud: Cloud) -> str:
         if code in ("AccessDenied", "AccessDeniedException"):
             error = UserError(
                 error.message,
-                "someone allowed to create it runs, once per account: "
-                f"aws iam create-service-linked-role --aws-service-name {SPOT_SERVICE}",
+                f"someone allowed to create it runs, once per account: {CREATE_SPOT_ROLE}",
             )
         raise error from None
 

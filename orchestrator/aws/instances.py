@@ -11,6 +11,7 @@ TAG_JOB, TAG_ATTEMPT = "spotctl:job", "spotctl:attempt"
 # EC2 Spot's service-linked role: the first spot launch of an account creates it with the caller's
 # rights, which an operator held to spotctl's policy lacks (`infra deploy` creates it).
 SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE = "spot.amazonaws.com", "AWSServiceRoleForEC2Spot"
+CREATE_SPOT_ROLE = f"aws iam create-service-linked-role --aws-service-name {SPOT_SERVICE}"
 LIVE = ("pending", "running")
 GONE = ("shutting-down", "terminated", "stopping", "stopped")
 # EC2's state reason codes spotctl reads.

@@ -21,6 +21,7 @@ import botocore.exceptions
 
 from orchestrator import __version__
 from orchestrator.aws import infra
+from orchestrator.aws.amis import Image
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
 from orchestrator.aws.ec2 import describe_image, describe_instance, live_instances, resolve_ami, run_instance, terminate
 from orchestrator.aws.offers import Offer, Offers, find_offers
@@ -220,7 +221,13 @@ def next_attempt_number(record: JobRecord) -> int:
 
 
 def start_attempt(
-    record: JobRecord, spec: JobSpec, offers: list[Offer], cloud: Cloud, store: JobStore, user_data: str | None = None
+    record: JobRecord,
+    spec: JobSpec,
+    offers: list[Offer],
+    cloud: Cloud,
+    store: JobStore,
+    user_data: str | None = None,
+    image: Image | None = None,
 ) -> Attempt | None:
     """Start the next attempt on the first offer EC2 grants; capacity and price refusals move on.
 
@@ -238,7 +245,8 @@ def start_attempt(
             return adopted
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
-    ami, root_device = resolve_ami(cloud, record.ami)
+    image = image or describe_image(cloud, record.ami)  # the caller's, if it has described it already
+    ami, root_device = image.id, image.root_device
     refusals = Refusals()
     for offer in offers:
         if refusals.quota_of(offer) is not None:

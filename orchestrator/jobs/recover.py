@@ -46,12 +46,15 @@ def start_next(
     # reads them. Offers are then filtered by that AMI (the one the attempt boots), not by what
     # compute.ami resolves to now.
     check_launch_inputs(cloud, spec, view.record, resolve_ami)
-    offers = find_offers(cloud, spec.compute, prices, describe_image(cloud, view.record.ami))
+    image = describe_image(cloud, view.record.ami)
+    offers = find_offers(cloud, spec.compute, prices, image)
     if not offers.ranked:  # e.g. every pool's price is above max_price_per_hour now: it may come down
         raise NoCapacity(
             f"no spot offer matches the job's compute section now ({len(offers.dropped)} pools dropped; `spotctl offers` on its job.yaml shows why)"
         )
-    return start_attempt(view.record, spec, failover_order(offers.ranked, view.record, avoid), cloud, store)
+    return start_attempt(
+        view.record, spec, failover_order(offers.ranked, view.record, avoid), cloud, store, image=image
+    )
 
 
 def set_aside_final(store: JobStore, view: JobView) -> None:

@@ -58,39 +58,37 @@ class LocalCloud:
 
     def strict(self, changes: dict) -> dict:
         """Change what its strict proxy refuses (orchestrator.local.strict.Strictness); its settings."""
-        return _strict_call(self.endpoint, changes)
+        try:
+            return _request(f"{self.endpoint}/_strict/config", "POST", changes, 10.0)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # moto's own answer: no proxy in front of it
+                raise UserError(
+                    "the local cloud runs without the strict proxy (started with --lenient)",
+                    "`spotctl local down`, then `spotctl local up`",
+                ) from None
+            raise _refused(exc) from None
 
     def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> dict:
-        request = urllib.request.Request(
-            f"{self.control}{path}",
-            method=method,
-            data=json.dumps(body or {}).encode() if method == "POST" else None,
-            headers={"Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+            return _request(f"{self.control}{path}", method, body, timeout)
         except urllib.error.HTTPError as exc:
-            raise UserError(f"local cloud: {json.loads(exc.read()).get('error', exc.reason)}") from None
+            raise _refused(exc) from None
 
 
-def _strict_call(endpoint: str, changes: dict) -> dict:
+def _request(url: str, method: str, body: dict | None, timeout: float) -> dict:
+    """One JSON request to the local cloud (its control API, or its strict proxy's)."""
     request = urllib.request.Request(
-        f"{endpoint}/_strict/config",
-        method="POST",
-        data=json.dumps(changes).encode(),
+        url,
+        method=method,
+        data=json.dumps(body or {}).encode() if method == "POST" else None,
         headers={"Content-Type": "application/json"},
     )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise UserError(
-                "the local cloud runs without the strict proxy (started with --lenient)",
-                "`spotctl local down`, then `spotctl local up`",
-            ) from None
-        raise UserError(f"local cloud: {json.loads(exc.read()).get('error', exc.reason)}") from None
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _refused(exc: urllib.error.HTTPError) -> UserError:
+    return UserError(f"local cloud: {json.loads(exc.read()).get('error', exc.reason)}")
 
 
 def find() -> LocalCloud | None:

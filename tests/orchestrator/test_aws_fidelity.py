@@ -102,13 +102,7 @@ def test_a_profile_that_does_not_exist_is_a_clear_error(account, aws, spotctl, t
 # ------------------------------------------------------------------------------------- networks
 def test_a_zone_without_a_default_subnet_is_skipped_and_no_claim_is_left(account, aws, spotctl):
     ec2 = boto3.client("ec2")
-    [subnet] = ec2.describe_subnets(
-        Filters=[
-            {"Name": "availability-zone", "Values": ["us-east-1a"]},
-            {"Name": "default-for-az", "Values": ["true"]},
-        ]
-    )["Subnets"]
-    ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    remove_default_subnet(ec2, "us-east-1a")
     code, out, err = spotctl("launch", str(EXAMPLE))
     assert code == 0, err
     assert "g4dn.xlarge in us-east-1b" in out  # the cheapest pool outside us-east-1a
@@ -137,6 +131,14 @@ def test_an_account_without_a_default_vpc_launches_into_the_subnets_it_names(acc
     assert code == 0, err
     [instance] = live(launched_id(out))
     assert instance["SubnetId"] == subnet and instance["Placement"]["AvailabilityZone"] == "us-east-1b"
+
+
+def remove_default_subnet(ec2, zone: str) -> None:
+    """A default VPC without a subnet in `zone` (deleted, or the zone came later)."""
+    [subnet] = ec2.describe_subnets(
+        Filters=[{"Name": "availability-zone", "Values": [zone]}, {"Name": "default-for-az", "Values": ["true"]}]
+    )["Subnets"]
+    ec2.delete_subnet(SubnetId=subnet["SubnetId"])
 
 
 def remove_default_vpc(ec2) -> None:
@@ -220,13 +222,7 @@ def test_doctor_names_each_problem_of_a_fresh_account_with_its_fix(account, aws,
     iam.delete_role(RoleName="AWSServiceRoleForEC2Spot")
     iam.remove_role_from_instance_profile(InstanceProfileName="spotctl-trainer", RoleName="spotctl-trainer")
     aws.be_strict(spot_vcpu_quotas={"L-3819A6DF": 0})
-    [subnet] = ec2.describe_subnets(
-        Filters=[
-            {"Name": "availability-zone", "Values": ["us-east-1a"]},
-            {"Name": "default-for-az", "Values": ["true"]},
-        ]
-    )["Subnets"]
-    ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    remove_default_subnet(ec2, "us-east-1a")
     code, out, err = spotctl("doctor", str(EXAMPLE))
     assert code == 1, err
     lines = out.splitlines()
