@@ -25,7 +25,7 @@ from trainer.fetch import DataError, fetch
 from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
 from trainer.job.storage import Storage
-from trainer.metrics import EarlyStopping, Meter
+from trainer.metrics import EarlyStopping, Meter, Throughput
 from trainer.model import build_model, build_optimizer
 from trainer.preemption import InterruptionWatcher
 from trainer.reporting import Reporter
@@ -169,6 +169,7 @@ class Trainer:
         self.history: list[dict] = []
         self.bad_images: set[str] = set()
         self.sample_every = sample_every or max(1, self.data.steps_per_epoch // 20)
+        self.throughput = Throughput()
         self._restore()
         marks["restore"] = time.monotonic()
         self.startup = {
@@ -478,18 +479,18 @@ class Trainer:
             raise FloatingPointError(
                 f"the training loss became {values['loss']} at step {self.position.step}; lower optimizer.lr or set grad_clip_norm"
             )
-        elapsed = max(now - window.started, 1e-9)
+        self.throughput.add(now, max(now - window.started, 1e-9), window.images, window.steps, window.waited)
+        images_per_sec, data_wait, seconds_per_step = self.throughput.read()
         fields = {
             "step": self.position.step,
             "epoch": self.position.epoch + 1,  # 1-based in everything a person reads
             "batch": self.position.batch,
             "lr": self.optimizer.param_groups[-1]["lr"],
-            "images_per_sec": window.images / elapsed,
-            "data_wait_fraction": min(1.0, window.waited / elapsed),
-            # Training steps left at this window's pace (validation and saves not included).
-            "eta_s": round(
-                (self.data.steps_per_epoch * self.train.epochs - self.position.step) * elapsed / max(1, window.steps), 1
-            ),
+            # One measure for the log line, the heartbeat and the metrics: the last minute of training.
+            "images_per_sec": images_per_sec,
+            "data_wait_fraction": data_wait,
+            # Training steps left at that pace (validation and saves not included).
+            "eta_s": round((self.data.steps_per_epoch * self.train.epochs - self.position.step) * seconds_per_step, 1),
             **values,
         }
         self.reporter.update(**fields)

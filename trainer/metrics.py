@@ -1,10 +1,11 @@
-"""What the loop measures: losses and top-k accuracy, the best-model / early-stopping tracker, and the
-metrics stream (JSON lines, appended in batches as new objects, never one object rewritten per step)."""
+"""What the loop measures: losses and top-k accuracy, throughput, the best-model / early-stopping
+tracker, and the metrics stream (JSON lines, appended in batches as new objects, never one object rewritten per step)."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,36 @@ class Meter:
             return {}
         loss, acc1, acc5 = (self.sums / self.count).tolist()
         return {f"{prefix}loss": loss, f"{prefix}acc1": acc1, f"{prefix}acc5": acc5}
+
+
+# img/s, data wait and the ETA are measured over the last minute of training, not over the steps since
+# the previous report: with few steps per report (sample_every is an epoch's 1/20) one step that found
+# its batch prefetched read 179 img/s and the next, which waited for it, 4; the log line and the
+# heartbeat, written at different moments, then disagreed by 40x about one attempt.
+RATE_WINDOW_S = 60.0
+
+
+class Throughput:
+    """Images per second, the share of time spent waiting for batches and seconds per step, over the
+    report windows that ended in the last `span_s` seconds (the latest always counts). A window's time
+    runs from the previous report to this one, so data waits are inside it; validation is not."""
+
+    def __init__(self, span_s: float = RATE_WINDOW_S):
+        self.span_s = span_s
+        self._windows: deque[tuple[float, float, int, int, float]] = deque()  # (ended, seconds, images, steps, waited)
+
+    def add(self, ended: float, seconds: float, images: int, steps: int, waited: float) -> None:
+        self._windows.append((ended, seconds, images, steps, waited))
+        while len(self._windows) > 1 and self._windows[0][0] < ended - self.span_s:
+            self._windows.popleft()
+
+    def read(self) -> tuple[float, float, float]:
+        """(images per second, data wait fraction, seconds per step) over the span."""
+        seconds = max(sum(w[1] for w in self._windows), 1e-9)
+        images = sum(w[2] for w in self._windows)
+        steps = sum(w[3] for w in self._windows)
+        waited = sum(w[4] for w in self._windows)
+        return images / seconds, min(1.0, waited / seconds), seconds / max(1, steps)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def command(
             )
         )
         out.print(
-            f"would launch {plan.job_id} on {best.instance.name} in {best.zone} at {render.money(best.spot_price)}/h (AMI {plan.ami})"
+            f"would launch {plan.job_id} on {best.instance.name} in {best.zone} at {render.rate(best.spot_price)} (AMI {plan.ami})"
         )
         out.print("user-data:")
         out.print(plan.user_data, markup=False, highlight=False)
@@ -114,7 +114,7 @@ def command(
     )
     if not as_json:
         click.echo(
-            f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h spot{saving} ({attempt.instance_id})"
+            f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.rate(attempt.spot_price)} spot{saving} ({attempt.instance_id})"
         )
     if then_watch:
         from orchestrator.cli.watch import follow

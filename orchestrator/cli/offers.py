@@ -20,8 +20,8 @@ def offer_rows(offers: list[Offer]) -> list[list]:
             o.instance.gpu_model,
             f"{o.instance.gpu_memory_gib:g} GiB",
             o.zone,
-            render.money(o.spot_price),
-            render.money(o.on_demand_price),
+            render.price(o.spot_price),
+            render.price(o.on_demand_price),
             "-" if o.saving is None else f"{o.saving:.0%}",
         ]
         for o in offers

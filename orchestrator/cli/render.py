@@ -10,6 +10,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from orchestrator.jobs.health import duration as health_duration
+from orchestrator.jobs.state import age_s
+from trainer.job.units import amounts, money, plural, price, rate
+
+__all__ = ["age", "amounts", "console", "duration", "money", "plural", "price", "rate", "spec_tree", "table"]
 
 
 def console() -> Console:
@@ -53,22 +57,39 @@ def _format(value) -> str:
     return str(value)
 
 
-def table(headers: list[str], rows: list[list], title: str | None = None):
-    """A plain table (no box-drawing), right-aligned numbers; cells are text, never markup."""
+def table(
+    headers: list[str],
+    rows: list[list],
+    title: str | None = None,
+    ids: tuple[str, ...] = (),
+    min_widths: dict[str, int] | None = None,
+):
+    """A plain table (no box-drawing); cells are text, never markup. Columns named in `ids` are never
+    wrapped, cut or shrunk (an id is copied into the next command: half of one is useless); the others
+    give way. `min_widths` keeps a column from narrowing as its values change (a live table)."""
     from rich import box
     from rich.table import Table
 
-    grid = Table(*headers, box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False)
+    grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False)
+    for header in headers:
+        is_id = header in ids
+        grid.add_column(
+            header,
+            no_wrap=is_id,
+            overflow="ignore" if is_id else "fold",
+            min_width=max((min_widths or {}).get(header, 0), 0) or None,
+        )
     for row in rows:
         grid.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
     return grid
 
 
-def money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"${value:.4f}" if value >= 0.01 or value == 0 else f"${value:.2g}"
-
-
 def duration(seconds: float | None) -> str:
     return "-" if seconds is None else health_duration(seconds)
+
+
+def age(iso: str | None, now=None) -> str:
+    """How long ago an ISO time was, as a person says it: `3m ago` (`--json` keeps the ISO time)."""
+    if not iso:
+        return "-"
+    return f"{health_duration(max(0.0, age_s(iso, now)))} ago"

@@ -50,7 +50,7 @@ def command(
         click.echo(json.dumps({"job_id": job_id, "attempt": asdict(attempt)}, indent=2))
         return 0
     click.echo(
-        f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.money(attempt.spot_price)}/h ({attempt.instance_id})"
+        f"resumed {job_id}: attempt {attempt.number} on {attempt.instance_type} in {attempt.zone} at {render.rate(attempt.spot_price)} ({attempt.instance_id})"
     )
     if then_watch:
         from orchestrator.cli.watch import follow

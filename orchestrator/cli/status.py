@@ -7,15 +7,20 @@ Schema, every field described).
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import click
 
+from orchestrator.aws.instances import LIVE
+from orchestrator.aws.prices import PriceSource
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.jobs import artifacts
 from orchestrator.jobs.cost import cost_of
+from orchestrator.jobs.state import JobView
 from orchestrator.jobs.status import schema, status_document
 from orchestrator.jobs.views import find_job, read_views
+from trainer.job.documents import JobState
 
 
 @click.command("status")
@@ -45,42 +50,82 @@ def command(
         else:
             render.console().print(job_panel(view))
         return 0
-    views = [status_document(v) for v in read_views(store, store.job_ids(), clouds)]
+    views = documents(app, clouds, read_views(store, store.job_ids(), clouds))
     views.sort(key=lambda v: v["created_at"] or "", reverse=True)
     if as_json:
         click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))
         return 0
-    rows = [
-        [
-            v["job_id"],
-            v["state"] + "".join(f", {f['name']}" for f in v["health"]),
-            len(v["attempts"]),
-            _where(v),
-            _progress(v),
-            _metric(v),
-        ]
-        for v in views
-    ]
     render.console().print(
         render.table(
-            ["job", "state", "attempts", "instance", "progress", "val acc"],
-            rows,
-            title=f"{len(views)} jobs under {store.root}",
+            LIST_HEADERS,
+            [list_row(v) for v in views],
+            title=f"{render.plural(len(views), 'job')} under {store.root}",
+            ids=("job",),
         )
     )
     return 0
 
 
+LIST_HEADERS = ["job", "state", "attempts", "instance", "progress", "val acc", "cost", "created"]
+PRICING_THREADS = 8
+
+
+def documents(app: App, clouds, views: list[JobView]) -> list[dict]:
+    """Each job's status document with its cost (the list's cost column is the detail's figure), priced
+    in parallel, one price source per region."""
+    sources: dict[str, PriceSource] = {}
+
+    def priced(view: JobView) -> dict:
+        if view.record is None:
+            return status_document(view, with_cost=True)
+        return status_document(view, cost_of(view, sources[view.record.region]), with_cost=True)
+
+    # A region's source is built once, before the pool (AwsPrices reads its cache file when created).
+    for view in views:
+        if view.record is not None and view.record.region not in sources:
+            sources[view.record.region] = app.prices(clouds(view.record.region))
+    with ThreadPoolExecutor(max_workers=PRICING_THREADS) as pool:
+        return list(pool.map(priced, views))
+
+
+def list_row(view: dict) -> list:
+    """One job in the list, in LIST_HEADERS' order."""
+    cost = view.get("cost")
+    return [
+        view["job_id"],
+        view["state"] + "".join(f", {f['name']}" for f in view["health"]),
+        len(view["attempts"]),
+        _where(view),
+        progress_text(view),
+        _metric(view),
+        cost_text(cost) if cost else None,
+        render.age(view["created_at"]),
+    ]
+
+
 def _where(view: dict) -> str | None:
+    """The current attempt's pool, with its $/h only while its instance is live: a finished job pays none."""
     if not view["attempts"]:
         return None
     last = view["attempts"][-1]
-    return f"{last['instance_type']} {last['zone']} {render.money(last['spot_price'])}/h"
+    where = f"{last['instance_type']} {last['zone']}"
+    live = last.get("instance_state") in LIVE and not last.get("ended_at")
+    return f"{where} {render.rate(last['spot_price'])}" if live else where
 
 
-def _progress(view: dict) -> str | None:
-    p = view["progress"]
-    if not p or p.get("step") is None:
+def progress_text(view: dict) -> str | None:
+    """Where training is: `epoch 3/20 step 250/2000, ETA 29m 10s`; while the next attempt starts (its
+    trainer has no step yet, or only the previous attempt has reported), from where it resumes."""
+    p = view["progress"] or {}
+    current = view["attempts"][-1]["number"] if view["attempts"] else None
+    mine = p.get("attempt") is None or p.get("attempt") == current
+    if current is not None and (not mine or p.get("step") is None) and not JobState(view["state"]).terminal:
+        if mine and p.get("resumed_from_step") is not None:
+            at = p["resumed_from_step"]
+        else:
+            at = (view.get("last_checkpoint") or {}).get("step") if not mine else None
+        return f"starting attempt {current}" + (f" at step {at}" if at is not None else "")
+    if p.get("step") is None:
         return None
     eta = f", ETA {render.duration(p['eta_s'])}" if p.get("eta_s") and view["state"] == "running" else ""
     return f"epoch {p.get('epoch')}/{p.get('epochs')} step {p['step']}/{p.get('total_steps')}{eta}"
@@ -91,13 +136,20 @@ def _metric(view: dict) -> str | None:
     return f"{metrics['val_acc1']:.1%}" if metrics.get("val_acc1") is not None else None
 
 
+def cost_text(cost: dict) -> str:
+    """The cost so far, and what the first-hour rule waived: the two together never fall."""
+    total = render.money(cost["total_usd"]) if cost["total_usd"] else "no charge yet"
+    waived = cost.get("waived_usd") or 0
+    return total + (f" ({render.money(waived)} waived)" if waived else "")
+
+
 def job_panel(view: dict):
     from rich.console import Group
     from rich.text import Text
 
     lines = [
         Text(f"{view['job_id']}  {view['state']}", style="bold"),
-        Text(f"region {view['region']}, created {view['created_at']}"),
+        Text(f"region {view['region']}, created {render.age(view['created_at'])}"),
     ]
     if view.get("outcome_reason"):
         lines.append(Text(f"why: {view['outcome_reason']}"))
@@ -105,7 +157,7 @@ def job_panel(view: dict):
         p, gpu = view["progress"], view["gpu"] or {}
         lines.append(
             Text(
-                f"progress: {_progress(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"
+                f"progress: {progress_text(view) or '-'} ({p.get('phase')}), {p.get('images_per_sec') or 0:,.0f} img/s, data wait {(p.get('data_wait_fraction') or 0):.0%}"
             )
         )
         util = (
@@ -135,33 +187,7 @@ def job_panel(view: dict):
         )
     cost = view.get("cost")
     if cost:
-        saving = (
-            f", {cost['savings']:.0%} below on-demand ({render.money(cost['on_demand_usd'])})"
-            if cost["savings"] is not None
-            else ""
-        )
-        now = (
-            f"; now {render.money(cost['current_usd_per_hour'])}/h" if cost["current_usd_per_hour"] is not None else ""
-        )
-        projected = (
-            f", projected total {render.money(cost['projected_total_usd'])}"
-            if cost["projected_total_usd"] is not None
-            else ""
-        )
-        lines.append(Text(f"cost: {render.money(cost['total_usd'])} so far{saving}{now}{projected}"))
-        lines.append(
-            Text(
-                f"  instance {render.money(cost['instance_usd'])}, root volume {render.money(cost['ebs_usd'])}, "
-                f"public IPv4 {render.money(cost['public_ipv4_usd'])}"
-            )
-        )
-        if cost.get("savings_unknown"):
-            lines.append(Text(f"savings unknown: {cost['savings_unknown']}"))
-        lines += [Text(f"  note: {note}") for note in cost.get("notes") or ()]
-        if cost["lost_steps"]:
-            lines.append(
-                Text(f"work lost to interruptions: {cost['lost_steps']} steps redone, {render.money(cost['lost_usd'])}")
-            )
+        lines += _cost_lines(cost)
     if view["final"]:
         final = view["final"]
         lines.append(Text(f"outcome: {final.get('outcome')}" + (f": {final['error']}" if final.get("error") else "")))
@@ -169,25 +195,70 @@ def job_panel(view: dict):
         lines.append(Text(f"artifacts: {artifacts.summary(view['artifacts'])}"))
     for flag in view["health"]:
         lines.append(Text(f"! {flag['message']}" + (f" ({flag['hint']})" if flag["hint"] else "")))
+    per_attempt = {a["number"]: a for a in (cost or {}).get("attempts") or ()}
     rows = [
         [
             a["number"],
             a["instance_type"],
             a["zone"],
-            render.money(a["spot_price"]),
+            render.price(a["spot_price"]),
             a["instance_id"],
-            a["launched_at"],
-            a.get("ended_at"),
+            render.age(a["launched_at"]) if a["launched_at"] else None,
+            render.age(a["ended_at"]) if a.get("ended_at") else None,
+            render.money(per_attempt[a["number"]]["usd"]) if a["number"] in per_attempt else None,
             _ended(a),
         ]
         for a in view["attempts"]
     ]
-    return Group(
-        *lines,
-        render.table(
-            ["#", "type", "zone", "spot $/h", "instance", "started", "ended", "end / state"], rows, title="attempts"
-        ),
+    return Group(*lines, render.table(ATTEMPT_HEADERS, rows, title="attempts", ids=("instance",)))
+
+
+ATTEMPT_HEADERS = ["#", "type", "zone", "spot $/h", "instance", "started", "ended", "cost", "end / state"]
+
+
+def _cost_lines(cost: dict) -> list:
+    """The panel's cost: the total and its line items, what was waived, notes, the work lost."""
+    from rich.text import Text
+
+    total = cost["total_usd"]
+    if total:
+        saving = (
+            f", {cost['savings']:.0%} below on-demand ({render.money(cost['on_demand_usd'])})"
+            if cost["savings"] is not None
+            else ""
+        )
+        head = f"cost: {render.money(total)} so far{saving}"
+    else:  # nothing charged yet: "100% below on-demand" of nothing says nothing
+        head = "cost: no charge yet"
+    now = f"; now {render.rate(cost['current_usd_per_hour'])}" if cost["current_usd_per_hour"] is not None else ""
+    projected = (
+        f", projected total {render.money(cost['projected_total_usd'])}"
+        if cost["projected_total_usd"] is not None
+        else ""
     )
+    lines = [
+        Text(f"{head}{now}{projected}"),
+        Text(
+            f"  instance {render.money(cost['instance_usd'])}, root volume {render.money(cost['ebs_usd'])}, "
+            f"public IPv4 {render.money(cost['public_ipv4_usd'])}"
+        ),
+    ]
+    if cost.get("waived_usd"):
+        lines.append(
+            Text(
+                f"  not charged: {render.money(cost['waived_usd'])} of instance time EC2 interrupted within its first hour"
+            )
+        )
+    if cost.get("savings_unknown"):
+        lines.append(Text(f"savings unknown: {cost['savings_unknown']}"))
+    lines += [Text(f"  note: {note}") for note in cost.get("notes") or ()]
+    if cost["lost_steps"]:
+        lines.append(
+            Text(
+                f"work lost to interruptions: {render.plural(cost['lost_steps'], 'step')} redone, {render.money(cost['lost_usd'])}"
+            )
+        )
+    return lines
 
 
 def _ended(attempt: dict) -> str | None:

@@ -18,6 +18,7 @@ import click
 from orchestrator.aws.clients import Cloud
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
+from orchestrator.cli.status import cost_text, job_panel, progress_text
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.status import status_document
@@ -66,7 +67,8 @@ def command(
         job_ids = tuple(v.job_id for v in unfinished if every_job or not v.state.idle)
         if idle and not every_job:
             click.echo(
-                f"not recovering {len(idle)} idle job(s) ({', '.join(idle[:5])}); name them, or pass --all", err=True
+                f"not recovering {render.plural(len(idle), 'idle job')} ({', '.join(idle[:5])}); name them, or pass --all",
+                err=True,
             )
         if not job_ids:
             click.echo(f"no running job under {store.root}")
@@ -110,8 +112,6 @@ def follow(
 
 def _summary(out, store, watcher: Watcher) -> None:
     """Each job as `spotctl status JOB` shows it: attempts and why they ended, cost, savings, artifacts."""
-    from orchestrator.cli.status import job_panel
-
     for view in read_views(store, list(watcher.rows), watcher.clouds, details=True):
         if view.record is None:
             continue
@@ -120,31 +120,44 @@ def _summary(out, store, watcher: Watcher) -> None:
         )
 
 
+WATCH_HEADERS = ["job", "state", "attempt", "progress", "cost", "health"]
+# Columns keep these widths as their values change from poll to poll (a live table that jumps about is
+# unreadable): the longest state, an attempt on a long type and zone, a progress line with its GPU.
+WATCH_WIDTHS = {
+    "state": len("budget_exceeded"),
+    "attempt": len("#2 g4dn.12xlarge us-east-1d"),
+    "progress": len("step 1000/2000 ep 10/20, GPU 100%"),
+    "cost": len("$0.0123 ($0.0123 waived)"),
+}
+
+
 def table(rows: dict[str, JobRow]):
     body = []
     for job_id, row in rows.items():
-        view = status_document(row.view)
+        view = status_document(row.view, row.cost, with_cost=True)
         last = view["attempts"][-1] if view["attempts"] else None
         where = f"#{last['number']} {last['instance_type']} {last['zone']}" if last else None
         state = view["state"] + (
             f" (no capacity for {render.duration(row.waiting_for_capacity_s)})" if row.waiting_for_capacity_s else ""
         )
-        cost = row.cost.as_dict() if row.cost else {}
+        cost = view["cost"]
         money = (
-            f"{render.money(cost['total_usd'])}"
-            + (f" ({cost['savings']:.0%} saved)" if cost.get("savings") is not None else "")
+            cost_text(cost)
+            + (f" ({cost['savings']:.0%} saved)" if cost["total_usd"] and cost["savings"] is not None else "")
             if cost
             else None
         )
         health = "; ".join(f"{f['name']}: {f['hint']}" if f["hint"] else f["name"] for f in view["health"]) or None
         body.append([job_id, state, where, _progress(view), money, health])
-    return render.table(["job", "state", "attempt", "progress", "cost", "health"], body)
+    return render.table(WATCH_HEADERS, body, ids=("job",), min_widths=WATCH_WIDTHS)
 
 
 def _progress(view: dict) -> str | None:
-    p = view["progress"]
-    if not p or p.get("step") is None:
-        return None
+    """The status list's progress (the same words while the next attempt starts), with the GPU."""
+    p = view["progress"] or {}
+    text = progress_text(view)
+    if text is None or text.startswith("starting"):
+        return text
     gpu = (view["gpu"] or {}).get("gpu_util_pct")
     return f"step {p['step']}/{p.get('total_steps')} ep {p.get('epoch')}/{p.get('epochs')}" + (
         f", GPU {gpu:.0f}%" if gpu is not None else ""

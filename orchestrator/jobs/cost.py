@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 
 from orchestrator.aws.instances import LIVE, SPOT_TERMINATION
 from orchestrator.aws.prices import PricePoint, ebs_gp3_rate, public_ipv4_rate
+from orchestrator.jobs.state import eta_left_s, settled
 from trainer.job.documents import EndReason
+from trainer.job.units import money
 
 if TYPE_CHECKING:
     from orchestrator.aws.prices import PriceSource
@@ -64,6 +66,7 @@ class AttemptCost:
     instance_usd: float
     ebs_usd: float | None  # None: unknown (recorded before spotctl priced the volume)
     public_ipv4_usd: float
+    waived_usd: float = 0.0  # the instance usage the first-hour rule waived (what it would have cost)
 
 
 def integrate(prices: Sequence[PricePoint], start: datetime, end: datetime) -> float:
@@ -109,14 +112,12 @@ def attempt_cost(
         else max(seconds, MINIMUM_BILLED_S) * on_demand_usd_per_hour / 3600 + besides
     )
     free = interrupted_by_ec2 and seconds < FREE_IF_INTERRUPTED_WITHIN_S
-    if free:
-        instance = 0.0
-    else:
-        billed_until = max(
-            end, start + timedelta(seconds=MINIMUM_BILLED_S)
-        )  # a started instance bills a minute at least
-        instance = integrate(prices, start, billed_until)
-    return AttemptCost(number, seconds, instance + besides, on_demand, free, instance, ebs, ipv4)
+    billed_until = max(end, start + timedelta(seconds=MINIMUM_BILLED_S))  # a started instance bills a minute at least
+    usage = integrate(prices, start, billed_until)
+    instance = 0.0 if free else usage
+    return AttemptCost(
+        number, seconds, instance + besides, on_demand, free, instance, ebs, ipv4, waived_usd=usage if free else 0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,11 @@ class JobCost:
     instance_usd: float = 0.0  # the line items of total_usd
     ebs_usd: float = 0.0
     public_ipv4_usd: float = 0.0
+    # The instance usage the first-hour rule waived. While an attempt runs, its usage is counted (a stop
+    # or a failure pays it); when EC2 then interrupts it within its first hour, that usage moves here,
+    # so total_usd falls by it and total_usd + waived_usd never falls: a view shows both, never a
+    # total that drops without a word.
+    waived_usd: float = 0.0
     savings_unknown: str | None = (
         None  # why there is no savings figure, e.g. "no on-demand price for g5.xlarge in eu-west-1"
     )
@@ -151,6 +157,7 @@ class JobCost:
             "savings_unknown": self.savings_unknown,
             "lost_steps": self.lost_steps,
             "lost_usd": round(self.lost_usd, 6),
+            "waived_usd": round(self.waived_usd, 6),
             "attempts": [
                 {
                     "number": a.number,
@@ -161,6 +168,7 @@ class JobCost:
                     "public_ipv4_usd": round(a.public_ipv4_usd, 6),
                     "on_demand_usd": money(a.on_demand_usd),
                     "free_by_first_hour_rule": a.free_by_first_hour_rule,
+                    "waived_usd": round(a.waived_usd, 6),
                 }
                 for a in self.attempts
             ],
@@ -204,6 +212,7 @@ def job_cost(
         instance_usd=sum(a.instance_usd for a in attempts),
         ebs_usd=sum(a.ebs_usd or 0.0 for a in attempts),
         public_ipv4_usd=sum(a.public_ipv4_usd for a in attempts),
+        waived_usd=sum(a.waived_usd for a in attempts),
     )
 
 
@@ -215,7 +224,7 @@ def extras_of(attempt: Attempt, region: str) -> tuple[Extras, list[str]]:
     if rate is None:
         rate = ebs_gp3_rate(EBS_FALLBACK_REGION)
         notes.append(
-            f"root volumes priced at {EBS_FALLBACK_REGION}'s gp3 rate (${rate.usd:g}/GiB-month, {rate.as_of}): "
+            f"root volumes priced at {EBS_FALLBACK_REGION}'s gp3 rate ({money(rate.usd)}/GiB-month, {rate.as_of}): "
             f"spotctl has no rate for {region}"
         )
     if attempt.disk_gib is None:
@@ -226,10 +235,13 @@ def extras_of(attempt: Attempt, region: str) -> tuple[Extras, list[str]]:
 
 
 def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> JobCost | None:
-    record = view.record
-    if record is None or not record.attempts:
+    if view.record is None or not view.record.attempts:
         return None
     now = now or datetime.now(timezone.utc)
+    # Attempts closed as settle would close them (a no-op after watch's own settle): an ended attempt
+    # nobody recorded yet has its end from EC2, instead of dropping out of the sum.
+    view = settled(view, now)
+    record = view.record
     instances = view.instances or ({record.attempts[-1].number: view.instance} if view.instance else {})
     costs, counted, notes, savings_unknown = [], [], [], None
     for attempt in record.attempts:
@@ -267,7 +279,7 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
             (current.instance_type, current.zone), current.spot_price
         )
         rate = spot + extras_of(current, record.region)[0].usd_per_hour
-    eta = view.heartbeat.eta_s if view.heartbeat else None
+    eta = eta_left_s(view.heartbeat, now) if view.heartbeat else None
     projected = total.total_usd + eta / 3600 * rate if running and eta is not None and rate is not None else None
     return replace(
         total,

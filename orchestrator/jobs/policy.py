@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from orchestrator.aws.instances import GONE
 from orchestrator.jobs.state import JobView, age_s, derive_state, unfinished_claim
 from trainer.job.documents import INTERRUPTION_ENDS, RECOVERABLE_ENDS, EndReason, JobRecord, JobState
+from trainer.job.units import amounts, plural
 
 if TYPE_CHECKING:
     from orchestrator.aws.offers import Offer
@@ -85,12 +86,13 @@ def decide(
         if interruptions > spec.recovery.max_interruptions:
             return Decision(
                 Action.GIVE_UP,
-                f"interrupted {interruptions} times; recovery.max_interruptions is {spec.recovery.max_interruptions}",
+                f"interrupted {plural(interruptions, 'time')}; recovery.max_interruptions is {spec.recovery.max_interruptions}",
                 JobState.FAILED,
             )
         if budget is not None and spent >= budget:
+            spent_text, budget_text = amounts(spent, budget)
             return Decision(
-                Action.GIVE_UP, f"cost ${spent:.2f} has reached the budget ${budget:.2f}", JobState.BUDGET_EXCEEDED
+                Action.GIVE_UP, f"cost {spent_text} has reached the budget {budget_text}", JobState.BUDGET_EXCEEDED
             )
         return Decision(Action.START, "resuming from the latest checkpoint" if record.attempts else "starting")
     if (
@@ -102,9 +104,10 @@ def decide(
         horizon = max(_to_next_checkpoint_s(view, spec, now), poll_s)
         projected = spent + cost.current_usd_per_hour * horizon / 3600
         if projected > budget:
+            spent_text, more_text, budget_text = amounts(spent, projected - spent, budget)
             return Decision(
                 Action.STOP,
-                f"cost ${spent:.2f} + ${projected - spent:.2f} to the next checkpoint would pass the budget ${budget:.2f}",
+                f"cost {spent_text} + {more_text} to the next checkpoint would pass the budget {budget_text}",
                 JobState.BUDGET_EXCEEDED,
             )
     if state.terminal:

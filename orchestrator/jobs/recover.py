@@ -22,6 +22,7 @@ from trainer.job import layout
 from trainer.job.documents import Attempt, Final, JobRecord, JobState
 from trainer.job.spec import JobSpec
 from trainer.job.spec_file import parse_spec
+from trainer.job.units import amounts, plural
 
 
 def job_spec(store: JobStore, job_id: str) -> JobSpec:
@@ -50,7 +51,7 @@ def start_next(
     offers = find_offers(cloud, spec.compute, prices, image)
     if not offers.ranked:  # e.g. every pool's price is above max_price_per_hour now: it may come down
         raise NoCapacity(
-            f"no spot offer matches the job's compute section now ({len(offers.dropped)} pools dropped; `spotctl offers` on its job.yaml shows why)"
+            f"no spot offer matches the job's compute section now ({plural(len(offers.dropped), 'pool')} dropped; `spotctl offers` on its job.yaml shows why)"
         )
     return start_attempt(
         view.record, spec, failover_order(offers.ranked, view.record, avoid), cloud, store, image=image
@@ -109,9 +110,10 @@ def resume(
         cost = cost_of(view, prices)
         spent = cost.total_usd if cost else 0.0
         if budget is None or budget <= spent:
+            spent_text, budget_text = amounts(spent, view.record.budget_usd or 0.0)
             raise UserError(
-                f"job {job_id}: not resumed, it has spent ${spent:.2f} of its budget ${view.record.budget_usd or 0:.2f}",
-                f"`spotctl resume JOB --budget NEW` with NEW above ${spent:.2f}",
+                f"job {job_id}: not resumed, it has spent {spent_text} of its budget {budget_text}",
+                f"`spotctl resume JOB --budget NEW` with NEW above {spent_text}",
             )
     spec = job_spec(store, job_id)
 

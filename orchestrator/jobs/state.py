@@ -19,8 +19,9 @@ transition time, when billing stopped (`ended_at`, which the cost uses).
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from orchestrator.aws.instances import GONE, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance, launch_failure
@@ -111,6 +112,15 @@ def heartbeat_age(beat: Heartbeat, plus: float | None = 0.0, now: datetime | Non
     return round(age_s(beat.updated_at, now) + plus, 1)
 
 
+def eta_left_s(beat: Heartbeat, now: datetime | None = None) -> float | None:
+    """The trainer's ETA as of now: what it said at `updated_at`, less the time since (the one ETA every
+    view shows; the list and the detail read a second apart must not disagree by a heartbeat's age)."""
+    if beat.eta_s is None:
+        return None
+    since = age_s(beat.updated_at, now) if beat.updated_at else 0.0
+    return round(max(0.0, beat.eta_s - max(0.0, since)), 1)
+
+
 def stale_claim(attempt: Attempt, now: datetime | None = None) -> bool:
     """A claim older than STALE_CLAIM_S: its orchestrator is taken to have died."""
     return attempt.requested_at is None or age_s(attempt.requested_at, now) > STALE_CLAIM_S
@@ -123,6 +133,18 @@ def unfinished_claim(record: JobRecord, now: datetime | None = None) -> bool:
 
 
 # ------------------------------------------------------------------------------- closing attempts
+def settled(view: JobView, now: datetime | None = None) -> JobView:
+    """The view with its ended attempts closed as `settle` would record them, on a copy: what
+    `spotctl status` shows of a job nobody watches (an interrupted or failed attempt reads as ended,
+    with EC2's reason and end time, not as a stale `ended -`), writing nothing."""
+    if view.record is None or view.instances is None:  # EC2 was not asked (a cancelled job): nothing to go by
+        return view
+    record = copy.deepcopy(view.record)
+    if not settle(record, view.instances or {}, view.final, view.heartbeat, now):
+        return view
+    return replace(view, record=record)
+
+
 def settle(
     record: JobRecord,
     instances: dict[int, Instance],

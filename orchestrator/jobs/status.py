@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.jobs.cost import JobCost
 from orchestrator.jobs.health import job_health
-from orchestrator.jobs.state import JobView, heartbeat_age
+from orchestrator.jobs.state import JobView, eta_left_s, heartbeat_age, settled
 from trainer.job.documents import GPU_FIELDS, METRIC_FIELDS, PROGRESS_FIELDS
 
 
@@ -49,6 +49,8 @@ class AttemptStatus(_Part):
 
 
 class Progress(_Part):
+    """The trainer's last heartbeat: its attempt's progress (an earlier attempt's while the next one starts)."""
+
     phase: str | None
     epoch: int | None
     epochs: int | None
@@ -56,8 +58,14 @@ class Progress(_Part):
     total_steps: int | None
     steps_per_epoch: int | None
     eta_s: float | None
+    """training time left, in seconds, as of now: the trainer's ETA less the heartbeat's age"""
     images_per_sec: float | None
+    """over the trainer's last minute of training, batch waits included (its log line prints the same)"""
     data_wait_fraction: float | None
+    attempt: int | None = None
+    """the attempt that wrote the heartbeat"""
+    resumed_from_step: int | None = None
+    """the checkpoint step that attempt started from (0: the beginning)"""
 
 
 class Metrics(_Part):
@@ -109,6 +117,8 @@ class AttemptCostStatus(_Part):
     """the same attempt with an on-demand instance (same volume and address)"""
     free_by_first_hour_rule: bool
     """EC2 interrupted it within its first hour: its instance usage is not charged"""
+    waived_usd: float = 0.0
+    """the instance usage the first-hour rule waived"""
 
 
 class CostStatus(_Part):
@@ -124,6 +134,9 @@ class CostStatus(_Part):
     """why savings is null, e.g. no on-demand price for g5.xlarge in eu-west-1"""
     lost_steps: int
     lost_usd: float
+    waived_usd: float = 0.0
+    """instance usage not charged under the first-hour rule: total_usd + waived_usd never falls, while total_usd
+    falls when EC2 interrupts a running attempt within its first hour"""
     attempts: list[AttemptCostStatus]
     current_usd_per_hour: float | None
     """what the running attempt costs an hour now: its spot price, root volume and public address"""
@@ -133,7 +146,10 @@ class CostStatus(_Part):
 
 
 class JobStatus(_Part):
-    """A job as `spotctl status JOB --json` prints it (`spotctl status --json` lists these, without cost)."""
+    """A job as `spotctl status JOB --json` prints it (`spotctl status --json` lists these).
+
+    Attempts read as settled: an attempt that has ended shows how and when (jobs.state.settle, from EC2
+    and the trainer's documents) even if no `watch` recorded it yet; status writes nothing."""
 
     job_id: str
     name: str | None
@@ -156,11 +172,12 @@ class JobStatus(_Part):
     artifacts: dict[str, Any] | None
     """artifacts/manifest.json as the trainer wrote it (only for one job)"""
     cost: CostStatus | None = None
-    """what the job cost (only for one job, and in `spotctl watch --json`)"""
+    """what the job cost (null when nothing ran yet)"""
 
 
 def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool = False) -> dict:
     """The job's `status --json` document; `with_cost` adds `cost` (null when nothing ran yet)."""
+    view = settled(view)
     beat, record = view.heartbeat, view.record
     attempts = (
         [
@@ -186,7 +203,14 @@ def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool 
         outcome_reason=record.outcome_reason if record else None,
         budget_usd=record.budget_usd if record else None,
         attempts=attempts,
-        progress={k: getattr(beat, k) for k in PROGRESS_FIELDS} if beat else None,
+        progress={
+            **{k: getattr(beat, k) for k in PROGRESS_FIELDS},
+            "eta_s": eta_left_s(beat),
+            "attempt": beat.attempt,
+            "resumed_from_step": beat.resumed_from_step,
+        }
+        if beat
+        else None,
         metrics={k: getattr(beat, k) for k in METRIC_FIELDS} if beat else None,
         gpu={k: getattr(beat, k) for k in GPU_FIELDS} if beat else None,
         last_checkpoint={"step": beat.last_checkpoint_step, "age_s": heartbeat_age(beat, beat.last_checkpoint_age_s)}

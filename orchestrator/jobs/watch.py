@@ -36,6 +36,7 @@ from orchestrator.jobs.stop import request_stop
 from orchestrator.jobs.views import read_views
 from trainer.job.documents import EndReason, JobRecord, JobState
 from trainer.job.spec import JobSpec
+from trainer.job.units import rate
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ class Watcher:
             return
         self._emit(
             job_id,
-            f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at ${attempt.spot_price:.4f}/h ({attempt.instance_id})",
+            f"{why}: attempt {attempt.number} on {attempt.instance_type} {attempt.zone} at {rate(attempt.spot_price)} ({attempt.instance_id})",
         )
 
     def _cannot_start(self, job_id: str, reason: str, outcome: JobState, expected: int) -> None:

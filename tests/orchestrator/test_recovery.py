@@ -689,5 +689,5 @@ def test_watch_without_jobs_follows_running_ones_and_names_idle_ones(account, aw
     aws.interrupt(live(idle)[0]["InstanceId"])
     code, out, err = spotctl("watch", "--storage", STORAGE, "--poll", "0.1")
     assert (code, out) == (0, f"no running job under {STORAGE}\n")
-    assert err == f"not recovering 1 idle job(s) ({idle}); name them, or pass --all\n"
+    assert err == f"not recovering 1 idle job ({idle}); name them, or pass --all\n"
     assert live(idle) == []  # nothing was relaunched behind the user's back

@@ -77,6 +77,7 @@ def test_several_attempts_savings_and_lost_work():
         "public_ipv4_usd": 0.0,
         "on_demand_usd": pytest.approx(0.666667),
         "free_by_first_hour_rule": True,
+        "waived_usd": 0.333333,  # 40 min at $0.50/h
     }
 
 
@@ -121,6 +122,7 @@ def test_an_attempt_ec2_interrupts_in_its_first_hour_costs_its_volume_and_addres
             "public_ipv4_usd": 0.0025,
             "on_demand_usd": pytest.approx(1740 / 3600 * 1.0 + 0.007979, abs=1e-6),
             "free_by_first_hour_rule": True,
+            "waived_usd": 0.193333,  # 29 min at $0.40/h
         }
     ]
     assert (cost["total_usd"], cost["instance_usd"], cost["ebs_usd"], cost["public_ipv4_usd"]) == (
@@ -147,6 +149,7 @@ def test_an_attempt_its_user_terminates_pays_its_instance_from_running_and_its_v
         "public_ipv4_usd": 0.005083,
         "on_demand_usd": 1.016225,  # the same hour on demand ($1.00/h), with the same volume and address
         "free_by_first_hour_rule": False,
+        "waived_usd": 0.0,
     }
     assert cost.total_usd == pytest.approx(0.4 + 3660 / 3600 * (EBS_PER_HOUR + IPV4_PER_HOUR))
     assert cost.savings == pytest.approx(1 - 0.416225 / 1.016225, abs=1e-6)

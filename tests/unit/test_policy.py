@@ -50,7 +50,7 @@ TABLE = [
     ("running, no budget", view(record(attempt()), instance(), beat()), cost(1.0, 3.6), "running", Action.WAIT, None, ""),
     ("running, the budget far off", view(record(attempt(), budget=50.0), instance(), beat(last_checkpoint_age_s=100)), cost(4.9, 3.6), "running", Action.WAIT, None, ""),
     ("running, the next checkpoint would pass the budget", view(record(attempt(), budget=5.0), instance(), beat(last_checkpoint_age_s=100)), cost(4.9, 3.6),
-     "running", Action.STOP, "budget_exceeded", "cost $4.90 + $0.20 to the next checkpoint would pass the budget $5.00"),
+     "running", Action.STOP, "budget_exceeded", "cost $4.90 + $0.195 to the next checkpoint would pass the budget $5.00"),
     ("running, a checkpoint is due within a poll: the poll is the horizon", view(record(attempt(), budget=5.0), instance(), beat(last_checkpoint_age_s=290)),
      cost(4.9, 3.6), "running", Action.WAIT, None, ""),
     ("running, no price known now", view(record(attempt(), budget=5.0), instance(), beat()), cost(4.99, None), "running", Action.WAIT, None, ""),

@@ -285,7 +285,9 @@ class Heartbeat(Document):
     batch: int | None = None
     steps_per_epoch: int | None = None
     total_steps: int | None = None
-    eta_s: float | None = None  # training steps left at the current pace, in seconds
+    eta_s: float | None = None  # training steps left at the current pace, in seconds, as of updated_at
+    # The pace: over the last minute of training (trainer.metrics.RATE_WINDOW_S), batch waits included;
+    # the trainer's log line prints the same figure.
     images_per_sec: float | None = None
     data_wait_fraction: float | None = None
     batch_size: int | None = None

@@ -310,7 +310,7 @@ class ModelSpec(Section):
                 found.append(
                     Problem(
                         ("weights",),
-                        f"'{self.weights}' are not weights of {self.name}{did_you_mean(self.weights, known)} (known: {', '.join(known)})",
+                        f"'{self.weights}' is not one of {self.name}'s weights{did_you_mean(self.weights, known)} (known: {', '.join(known)})",
                     )
                 )
         if isinstance(self.freeze, list):
