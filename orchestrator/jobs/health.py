@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from orchestrator.jobs.state import age_s, heartbeat_age
@@ -40,14 +41,14 @@ class Flag:
         return asdict(self)
 
 
-def job_health(view: JobView) -> list[Flag]:
-    """The flags of a job while it runs (nothing to say otherwise)."""
+def job_health(view: JobView, now: datetime | None = None) -> list[Flag]:
+    """The flags of a job while it runs (nothing to say otherwise), as of `now` (default: now)."""
     current = view.record.current if view.record else None
     if view.state not in (JobState.RUNNING, JobState.EXPORTING) or current is None:
         return []
-    age = heartbeat_age(view.heartbeat) if view.heartbeat else None
+    age = heartbeat_age(view.heartbeat, now=now) if view.heartbeat else None
     return health_flags(
-        view.heartbeat, True, age, age_s(current.launched_at) if current.launched_at else 0.0, current.number
+        view.heartbeat, True, age, age_s(current.launched_at, now) if current.launched_at else 0.0, current.number
     )
 
 

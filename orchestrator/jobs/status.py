@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -175,9 +176,12 @@ class JobStatus(_Part):
     """what the job cost (null when nothing ran yet)"""
 
 
-def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool = False) -> dict:
-    """The job's `status --json` document; `with_cost` adds `cost` (null when nothing ran yet)."""
-    view = settled(view)
+def status_document(
+    view: JobView, cost: JobCost | None = None, with_cost: bool = False, now: datetime | None = None
+) -> dict:
+    """The job's `status --json` document as of `now` (default: now); `with_cost` adds `cost` (null when
+    nothing ran yet)."""
+    view = settled(view, now)
     beat, record = view.heartbeat, view.record
     attempts = (
         [
@@ -193,7 +197,7 @@ def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool 
             "instance_state": view.instance.state,
             "state_reason": view.instance.reason_code,
         }
-    health = job_health(view)
+    health = job_health(view, now)
     document = JobStatus(
         job_id=view.job_id,
         name=record.name if record else None,
@@ -205,7 +209,7 @@ def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool 
         attempts=attempts,
         progress={
             **{k: getattr(beat, k) for k in PROGRESS_FIELDS},
-            "eta_s": eta_left_s(beat),
+            "eta_s": eta_left_s(beat, now),
             "attempt": beat.attempt,
             "resumed_from_step": beat.resumed_from_step,
         }
@@ -213,10 +217,13 @@ def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool 
         else None,
         metrics={k: getattr(beat, k) for k in METRIC_FIELDS} if beat else None,
         gpu={k: getattr(beat, k) for k in GPU_FIELDS} if beat else None,
-        last_checkpoint={"step": beat.last_checkpoint_step, "age_s": heartbeat_age(beat, beat.last_checkpoint_age_s)}
+        last_checkpoint={
+            "step": beat.last_checkpoint_step,
+            "age_s": heartbeat_age(beat, beat.last_checkpoint_age_s, now),
+        }
         if beat
         else None,
-        heartbeat_age_s=heartbeat_age(beat) if beat else None,
+        heartbeat_age_s=heartbeat_age(beat, now=now) if beat else None,
         health=[flag.as_dict() for flag in health],
         stalled=any(flag.name == "stalled" for flag in health),
         final={k: v for k, v in view.final.written().items() if k != "history"} if view.final else None,

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
@@ -335,7 +336,7 @@ def test_status_stop_and_logs(account, spotctl):
         "gpu_mem_used_gib": 11.2,
         "gpu_mem_total_gib": 15.0,
         "gpu_power_w": 61.0,
-        "updated_at": "2026-11-24T10:00:00+00:00",
+        "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # the ETA is counted from it
     }
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/status/heartbeat.json", Body=json.dumps(heartbeat).encode())
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/logs/attempt-1.log", Body=b"epoch 1/20 done\n")
@@ -343,22 +344,27 @@ def test_status_stop_and_logs(account, spotctl):
     code, out, err = spotctl("status", "--storage", STORAGE)
     assert code == 0, err
     row = next(line for line in out.splitlines() if line.startswith(job_id))
-    assert row.split() == [
-        job_id,
-        "running",
-        "1",
-        "g4dn.xlarge",
-        "us-east-1a",
-        "$0.2100/h",
-        "epoch",
-        "3/20",
-        "step",
-        "250/2000,",
-        "ETA",
-        "29m",
-        "10s",
-        "87.5%",
-    ]
+    assert (
+        row.split()
+        == [
+            job_id,
+            "running",
+            "1",
+            "g4dn.xlarge",
+            "us-east-1a",
+            "$0.2100/h",
+            "epoch",
+            "3/20",
+            "step",
+            "250/2000,",
+            "ETA",
+            "29m",
+            row.split()[12],  # 1750 s at the heartbeat, less the seconds since: 10s, 9s, ...
+            "87.5%",
+            *row.split()[-3:],  # the cost so far (a minute's minimum and seconds of volume) and the age: "0s ago"
+        ]
+    )
+    assert re.fullmatch(r"\d+s", row.split()[12]) and row.split()[-3].startswith("$") and row.split()[-1] == "ago"
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
     view = json.loads(out)
     assert view["state"] == "running" and view["attempts"][0]["instance_state"] == "running"
@@ -381,7 +387,8 @@ def test_status_stop_and_logs(account, spotctl):
     assert cost["savings"] == pytest.approx(1 - cost["total_usd"] / cost["on_demand_usd"], abs=1e-3)
     assert cost["current_usd_per_hour"] == pytest.approx(0.21 + extras, abs=1e-6) and cost[
         "projected_total_usd"
-    ] == pytest.approx(cost["total_usd"] + 1750 / 3600 * (0.21 + extras), abs=1e-5)
+    ] == pytest.approx(cost["total_usd"] + view["progress"]["eta_s"] / 3600 * (0.21 + extras), abs=1e-4)
+    assert 1740 <= view["progress"]["eta_s"] <= 1750  # the heartbeat's ETA, as of now
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
     assert "GPU 94%, 11.2/15 GiB, 61 W" in out and "last checkpoint: step 200" in out
 

@@ -500,8 +500,8 @@ def test_status_cost_matches_hand_computed_figures_across_three_attempts(account
     lost = 40 / 60 * besides * 50 / 400 + (0.42 + 90 / 60 * besides) * 100 / 1150
     assert cost["lost_steps"] == 150 and cost["lost_usd"] == pytest.approx(lost, abs=1e-6)
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
-    assert "cost: $0.7378 so far" in out and "work lost to interruptions: 150 steps redone, $0.0404" in out
-    assert "  instance $0.6840, root volume $0.0390, public IPv4 $0.0148" in out
+    assert "cost: $0.738 so far" in out and "work lost to interruptions: 150 steps redone, $0.0404" in out
+    assert "  instance $0.684, root volume $0.039, public IPv4 $0.0148" in out
 
 
 def test_launch_watch_json_reports_events_and_the_final_state(account, aws, spotctl):

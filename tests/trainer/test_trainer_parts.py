@@ -18,7 +18,7 @@ from trainer.job.layout import CONTROL_STOP, HEARTBEAT
 from trainer.job.spec import EarlyStoppingSpec, TrainSpec
 from trainer.job.storage import Storage
 from trainer.loop import amp_dtype, train_fingerprint
-from trainer.metrics import EarlyStopping, Meter, MetricsLog
+from trainer.metrics import RATE_WINDOW_S, EarlyStopping, Meter, MetricsLog, Throughput
 from trainer.preemption import InterruptionWatcher
 from trainer.reporting import Reporter
 from trainer.schedule import build_scheduler, lr_multiplier
@@ -120,6 +120,22 @@ def test_metrics_are_appended_as_new_objects(tmp_path):
         {"kind": "step", "attempt": 2, "step": 1, "loss": 0.5},
         {"kind": "epoch", "attempt": 2, "epoch": 1, "val_acc1": 0.9},
     ]
+
+
+def test_the_pace_is_the_last_minute_of_training_with_its_batch_waits():
+    # One step per report: a step whose batch was prefetched took 0.2 s, one that waited for it 8 s.
+    # Reported window by window that read 160 and 4 img/s for one attempt (the log and the heartbeat,
+    # written at different moments, disagreed by 40x); over the minute it is one figure.
+    pace = Throughput()
+    at = 0.0
+    for seconds, waited in [(8.0, 7.8), (0.2, 0.0)] * 5:
+        at += seconds
+        pace.add(at, seconds, 32, 1, waited)
+    images_per_sec, data_wait, seconds_per_step = pace.read()
+    assert images_per_sec == pytest.approx(320 / 41) and data_wait == pytest.approx(39 / 41)
+    assert seconds_per_step == pytest.approx(4.1)
+    pace.add(at + RATE_WINDOW_S + 1, 1.0, 32, 1, 0.0)  # after a long validation: the old minute is gone
+    assert pace.read()[0] == pytest.approx(32.0)
 
 
 def test_amp_is_off_on_cpu_unless_bf16_is_asked_for():
