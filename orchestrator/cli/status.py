@@ -1,4 +1,5 @@
-"""`spotctl status [JOB]`: every job under the storage root, or one job in detail.
+"""`spotctl status [JOB]`: the jobs of every context (orchestrator.jobs.contexts; live ones and those
+that ended within 24 h, `--all` every one, `--state` some states), or one job in detail.
 
 `--json` prints the documents of orchestrator.jobs.status (stable; `--schema` prints their JSON
 Schema, every field described).
@@ -12,14 +13,44 @@ import click
 
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
+from orchestrator.errors import UserError
 from orchestrator.jobs import artifacts
+from orchestrator.jobs.contexts import Context
 from orchestrator.jobs.cost import cost_of
+from orchestrator.jobs.state import JobView
 from orchestrator.jobs.status import schema, status_document
-from orchestrator.jobs.views import find_job, read_views
+from orchestrator.jobs.views import find_job, listed, read_views
+from trainer.job.documents import JobState
+from trainer.job.spec import did_you_mean
+
+
+def _states(ctx: click.Context, param, value: str | None) -> frozenset[JobState] | None:
+    """`--state running,failed`: JobStates, each checked."""
+    if not value:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    valid = [state.value for state in JobState]
+    wrong = [name for name in names if name not in valid]
+    if wrong:
+        raise click.BadParameter(
+            f"{', '.join(repr(w) for w in wrong)} {'is not a state' if len(wrong) == 1 else 'are not states'}"
+            f"{did_you_mean(wrong[0], valid)} (states: {', '.join(valid)})"
+        )
+    return frozenset(JobState(name) for name in names)
 
 
 @click.command("status")
 @click.argument("job_id", metavar="[JOB]", required=False)
+@click.option(
+    "--all", "every_job", is_flag=True, help="Also list jobs that ended more than 24 h ago (default: live and recent)."
+)
+@click.option(
+    "--state",
+    "states",
+    metavar="STATE[,STATE...]",
+    callback=_states,
+    help="List only jobs in these states, e.g. running,failed.",
+)
 @click.option("--schema", "print_schema", is_flag=True, help="Print the JSON Schema of the --json documents and exit.")
 @options.storage_option
 @options.local_option
@@ -27,32 +58,65 @@ from orchestrator.jobs.views import find_job, read_views
 @options.json_option
 @click.pass_obj
 def command(
-    app: App, job_id: str | None, print_schema: bool, storage: str | None, profile: str | None, as_json: bool
+    app: App,
+    job_id: str | None,
+    every_job: bool,
+    states: frozenset[JobState] | None,
+    print_schema: bool,
+    storage: str | None,
+    profile: str | None,
+    as_json: bool,
 ) -> int:
-    """Show the jobs under the storage root, or JOB in detail."""
+    """Show the jobs (live, and ended within 24 h), or JOB (its id or a unique prefix) in detail."""
     if print_schema:
         click.echo(json.dumps(schema(), indent=2))
         return 0
-    store = app.store(storage, profile)
-    clouds = app.clouds(profile)
     if job_id:
-        found = find_job(store, job_id, clouds)
+        context, job_id = app.locate(job_id, storage, profile)
+        found = find_job(context.store, job_id, context.clouds)
         view = status_document(
-            found, cost_of(found, app.prices(clouds(found.record.region))) if found.record else None, with_cost=True
+            found,
+            cost_of(found, context.prices(context.clouds(found.record.region))) if found.record else None,
+            with_cost=True,
         )
+        view["context"] = context.name
         if as_json:
             click.echo(json.dumps(view, indent=2))
         else:
             render.console().print(job_panel(view))
         return 0
-    views = [status_document(v) for v in read_views(store, store.job_ids(), clouds)]
+    found, unreachable = app.contexts(storage, profile)
+    if not found:  # every root failed: nothing to list
+        raise UserError(
+            "; ".join(f"{u.name}: {u.error}" for u in unreachable),
+            "check the credentials, or name the jobs' storage: --storage URL or --local",
+        )
+    listing: list[tuple[str, JobView]] = [
+        (context.name, view) for context in found for view in read_views(context.store, context.job_ids, context.clouds)
+    ]
+    shown, hidden = listed([view for _, view in listing], states, every_job)
+    chosen = {id(view) for view in shown}
+    views = [{**status_document(view), "context": name} for name, view in listing if id(view) in chosen]
     views.sort(key=lambda v: v["created_at"] or "", reverse=True)
     if as_json:
-        click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "storage": found[0].store.root if len(found) == 1 and not unreachable else None,
+                    "contexts": [{"name": c.name, "storage": c.store.root} for c in found],
+                    "unreachable": [{"context": u.name, "error": u.error} for u in unreachable],
+                    "hidden": hidden,
+                    "jobs": views,
+                },
+                indent=2,
+            )
+        )
         return 0
+    several = len(found) + len(unreachable) > 1
     rows = [
         [
             v["job_id"],
+            *([v["context"]] if several else []),
             v["state"] + "".join(f", {f['name']}" for f in v["health"]),
             len(v["attempts"]),
             _where(v),
@@ -61,14 +125,34 @@ def command(
         ]
         for v in views
     ]
-    render.console().print(
+    jobs = f"{len(views)} job{'' if len(views) == 1 else 's'}"
+    title = (
+        f"{jobs} in {len(found)} context{'' if len(found) == 1 else 's'}"
+        if several
+        else f"{jobs} under {_name(found[0])}"
+    )
+    out = render.console()
+    out.print(
         render.table(
-            ["job", "state", "attempts", "instance", "progress", "val acc"],
+            ["job", *(["context"] if several else []), "state", "attempts", "instance", "progress", "val acc"],
             rows,
-            title=f"{len(views)} jobs under {store.root}",
+            title=title,
         )
     )
+    for u in unreachable:
+        out.print(f"! {u.name}: {u.error}", markup=False, highlight=False)
+    if hidden:
+        out.print(
+            f"{hidden} job{' that' if hidden == 1 else 's that'} ended more than 24 h ago "
+            f"{'is' if hidden == 1 else 'are'} hidden; `spotctl status --all` shows {'it' if hidden == 1 else 'them'}",
+            markup=False,
+            highlight=False,
+        )
     return 0
+
+
+def _name(context: Context) -> str:
+    return f"{context.store.root} (local cloud)" if context.local else context.store.root
 
 
 def _where(view: dict) -> str | None:

@@ -157,6 +157,8 @@ class JobStatus(_Part):
     """artifacts/manifest.json as the trainer wrote it (only for one job)"""
     cost: CostStatus | None = None
     """what the job cost (only for one job, and in `spotctl watch --json`)"""
+    context: str | None = None
+    """where spotctl found the job: `local` (the local cloud) or its storage root (`spotctl status`)"""
 
 
 def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool = False) -> dict:

@@ -178,7 +178,11 @@ def test_launch_starts_a_spot_instance_as_ec2_and_s3_see_it(account, spotctl):
     job_id = launched_id(out)
     assert re.fullmatch(r"flowers-resnet50-\d{6}-[0-9a-f]{4}", job_id)
     assert f"launched {job_id}: g4dn.xlarge in us-east-1a at $0.2100/h spot, 60% below on-demand" in out
-    assert f"spotctl status {job_id} --storage {STORAGE}" in out
+    assert out.splitlines()[1:] == [  # the launch remembered the root: no flags needed
+        f"follow it:  spotctl watch {job_id}   (recovers interruptions)",
+        f"            spotctl status {job_id}",
+        f"            spotctl logs {job_id} --follow",
+    ]
 
     ec2 = settled_ec2()
     [instance] = [
@@ -423,11 +427,13 @@ def test_a_missing_bucket_is_one_message(aws, spotctl):
 
 
 def test_status_needs_a_storage_root(spotctl, monkeypatch):
+    """Bug 2 of issue 16: the message names every way to a context, the local cloud's too."""
     monkeypatch.delenv("SPOTCTL_STORAGE", raising=False)
     code, _, err = spotctl("status")
     assert code == 1 and err.splitlines() == [
-        "error: no storage root given",
-        "hint: pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE",
+        "error: no storage root given, none launched into from this machine or deployed, and no local cloud runs",
+        "hint: pass --storage s3://bucket/prefix (the job file's `storage`) or set SPOTCTL_STORAGE; "
+        "for the local cloud, --local (`spotctl local up` starts it)",
     ]
 
 

@@ -299,6 +299,41 @@ class Storage:
 
         return self._retry(f"list {relative}", names)
 
+    def find(self, relative: str) -> list[str]:
+        """Every object under the folder `relative`, at any depth, as paths relative to the root
+        (one paginated listing on S3); empty if there is none."""
+        base = self.path(relative).rstrip("/")
+
+        def names() -> list[str]:
+            self.fs.invalidate_cache(base)
+            try:
+                found = self.fs.find(base + "/")
+            except FileNotFoundError:
+                return []
+            return sorted(entry.removeprefix(self._root.rstrip("/") + "/") for entry in found)
+
+        return self._retry(f"list {relative}/", names)
+
+    def delete_all(self, relatives: list[str]) -> None:
+        """Delete these objects (S3: DeleteObjects, a thousand a call); one already gone is not an error.
+        Locally, folders left empty go too."""
+        if not relatives:
+            return
+        paths = [self.path(r) for r in relatives]
+        if not self.is_local:
+            self._retry(f"delete {len(paths)} objects", lambda: self.fs.rm(paths))
+        else:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            for folder in sorted({os.path.dirname(p) for p in paths}, key=len, reverse=True):
+                while folder.startswith(self._root.rstrip("/") + "/"):
+                    try:
+                        os.rmdir(folder)  # only if empty
+                    except OSError:
+                        break
+                    folder = os.path.dirname(folder)
+
     def delete(self, relative: str, recursive: bool = False) -> None:
         def remove() -> None:
             with contextlib.suppress(FileNotFoundError):  # already gone: what was asked for
