@@ -111,8 +111,11 @@ class App:
         return JobStore(root, **(storage_options(_endpoint(local), profile) if root.startswith("s3://") else {}))
 
     def _context(self, root: str, local: LocalCloud | None, profile: str | None) -> Context:
+        name = root.rstrip("/")
+        if local is not None:
+            name = LOCAL if name == local.storage else f"{LOCAL} {name}"
         return Context(
-            LOCAL if local is not None else root.rstrip("/"),
+            name,
             self._store(root, local, profile),
             _clouds(local, profile),
             _prices(local),
@@ -133,9 +136,9 @@ class App:
         if self.settings.storage:
             found.append((self.settings.storage, None, profile))
         for entry in contexts.remembered():
-            if entry.local:
+            if entry.local:  # read through the local cloud, and only while one runs
                 if running is not None:
-                    found.append((running.storage, running, None))
+                    found.append((entry.storage, running, None))
             else:
                 found.append((entry.storage, None, profile or entry.profile))
         deployed = infra.read_profile()

@@ -34,11 +34,10 @@ class Removed:
 
 def live_reason(view: JobView, live: list[str]) -> str | None:
     """Why the job counts as live (None: it may be removed)."""
-    if live:
-        return f"its instance {', '.join(live)} is still live"
-    if not view.state.terminal and view.record is not None:
-        return f"it is {view.state}"
-    return None
+    unfinished = not view.state.terminal and view.record is not None
+    if unfinished:
+        return f"it is {view.state}" + (f" on {', '.join(live)}" if live else "")
+    return f"its instance {', '.join(live)} is still live" if live else None
 
 
 def remove_job(

@@ -81,10 +81,49 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether another try may succeed: throttling, a 5xx, a dropped or timed-out connection."""
+# What AWS answers to credentials it does not accept: another try gets the same answer.
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "UnrecognizedClientException",
+        "AuthFailure",
+    }
+)
+
+
+def bad_credentials(error: BaseException) -> bool:
+    """Credentials missing (none found, half of a pair, a provider that failed) or refused as invalid,
+    anywhere in the error's chain (a wrapper's cause included): never worth another try."""
     import botocore.exceptions
 
+    missing = (
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.PartialCredentialsError,
+        botocore.exceptions.CredentialRetrievalError,
+        botocore.exceptions.NoAuthTokenError,
+    )
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, missing) or _code(error) in CREDENTIAL_CODES:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether another try may succeed: throttling, a 5xx, a dropped or timed-out connection; never
+    bad credentials (`bad_credentials`), whatever they arrive wrapped in."""
+    import botocore.exceptions
+
+    if bad_credentials(error):
+        return False
     if isinstance(
         error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, Conflict)
     ):
