@@ -78,8 +78,8 @@ def command(
             found,
             cost_of(found, context.prices(context.clouds(found.record.region))) if found.record else None,
             with_cost=True,
+            context=context.name,
         )
-        view["context"] = context.name
         if as_json:
             click.echo(json.dumps(view, indent=2))
         else:
@@ -96,7 +96,7 @@ def command(
     ]
     shown, hidden = listed([view for _, view in listing], states, every_job)
     chosen = {id(view) for view in shown}
-    views = [{**status_document(view), "context": name} for name, view in listing if id(view) in chosen]
+    views = [status_document(view, context=name) for name, view in listing if id(view) in chosen]
     views.sort(key=lambda v: v["created_at"] or "", reverse=True)
     if as_json:
         click.echo(

@@ -161,8 +161,11 @@ class JobStatus(_Part):
     """where spotctl found the job: `local` (the local cloud) or its storage root (`spotctl status`)"""
 
 
-def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool = False) -> dict:
-    """The job's `status --json` document; `with_cost` adds `cost` (null when nothing ran yet)."""
+def status_document(
+    view: JobView, cost: JobCost | None = None, with_cost: bool = False, context: str | None = None
+) -> dict:
+    """The job's `status --json` document; `with_cost` adds `cost` (null when nothing ran yet), `context`
+    where the job was found."""
     beat, record = view.heartbeat, view.record
     attempts = (
         [
@@ -200,6 +203,7 @@ def status_document(view: JobView, cost: JobCost | None = None, with_cost: bool 
         final={k: v for k, v in view.final.written().items() if k != "history"} if view.final else None,
         artifacts=view.artifacts.written() if view.artifacts else None,
         **({"cost": cost.as_dict() if cost else None} if with_cost else {}),
+        **({"context": context} if context else {}),
     )
     return document.model_dump(mode="json", exclude_unset=True)
 
