@@ -124,7 +124,7 @@ def locate(contexts: list[Context], job_id: str, unreachable: list[Unreachable] 
             f"'{job_id}' names {len(found)} jobs: {names}",
             "give more of the id" + ("; --storage URL or --local picks one context" if exact else ""),
         )
-    where = " or ".join(c.name if c.local else c.store.root for c in contexts)
+    where = " or ".join(f"{c.store.root} (the local cloud)" if c.local else c.store.root for c in contexts)
     missing = "; ".join(f"{u.name} could not be read ({u.error})" for u in unreachable)
     raise UserError(
         f"no job '{job_id}' under {where or 'any storage root'}"
