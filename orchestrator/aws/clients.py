@@ -29,6 +29,7 @@ from botocore.config import Config
 
 from orchestrator.aws.instances import CREATE_SPOT_ROLE
 from orchestrator.errors import UserError
+from trainer.job.storage import bad_credentials
 
 
 class ErrorKind(enum.Enum):
@@ -101,7 +102,7 @@ def error_code(error: BaseException) -> str:
 
 def classify(error: BaseException) -> ErrorKind:
     code = error_code(error)
-    if isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+    if bad_credentials(error):  # missing or refused credentials: stop with the hint, never retried
         return ErrorKind.AUTH
     if code in CAPACITY_CODES:
         return ErrorKind.CAPACITY

@@ -28,7 +28,8 @@ from orchestrator.jobs.artifacts import describe, download, manifest_of
 @click.pass_obj
 def command(app: App, job_id: str, folder: Path | None, storage: str | None, profile: str | None, as_json: bool) -> int:
     """List JOB's exported artifacts, or download and verify them."""
-    store = app.store(storage, profile)
+    context, job_id = app.locate(job_id, storage, profile)  # "no job" when there is none, as status says
+    store = context.store
     if folder is not None:
         fetched = download(store, job_id, folder)
         if as_json:

@@ -12,6 +12,7 @@ from orchestrator.cli.context import App
 from orchestrator.cli.doctor import render_checks
 from orchestrator.cli.offers import OFFER_HEADERS, offer_rows, warn
 from orchestrator.errors import ExitCode
+from orchestrator.jobs.contexts import remember
 from orchestrator.jobs.launch import check_permissions, launch, plan_launch
 from orchestrator.jobs.record import JobStore
 
@@ -92,6 +93,8 @@ def command(
         return ExitCode.OK if ready else ExitCode.FAILED
     store = JobStore(spec.storage, **cloud.storage_options)
     record = launch(plan, cloud, store)
+    # The follow-up commands find the job with no flags: this root is one of the contexts now.
+    remembered = remember(spec.storage, local=app.local is not None, profile=profile)
     attempt = record.attempts[-1]
     if as_json and not then_watch:
         click.echo(
@@ -121,7 +124,18 @@ def command(
         from orchestrator.jobs.watch import WatchOptions
 
         return follow(app, store, [record.job_id], app.clouds(profile), WatchOptions(poll_s=poll_s), as_json=as_json)
-    click.echo(f"follow it:  spotctl watch {record.job_id} --storage {spec.storage}   (recovers interruptions)")
-    click.echo(f"            spotctl status {record.job_id} --storage {spec.storage}")
-    click.echo(f"            spotctl logs {record.job_id} --storage {spec.storage} --follow")
+    flags = _follow_up_flags(app, spec.storage, profile, remembered)
+    click.echo(f"follow it:  spotctl watch {record.job_id}{flags}   (recovers interruptions)")
+    click.echo(f"            spotctl status {record.job_id}{flags}")
+    click.echo(f"            spotctl logs {record.job_id}{flags} --follow")
     return 0
+
+
+def _follow_up_flags(app: App, storage: str, profile: str | None, remembered: bool) -> str:
+    """What the printed follow-up commands need to find the job: nothing, when a command without flags
+    looks where it is (orchestrator.jobs.contexts); else the root (and the profile) to read."""
+    if remembered and app.would_find(storage):
+        return ""
+    if app.local is not None:
+        return " --local"
+    return f" --storage {storage}" + (f" --profile {profile}" if profile else "")

@@ -42,8 +42,9 @@ def command(
     storage: str | None,
     profile: str | None,
 ) -> int:
-    """Print JOB's log as last shipped (every minute and at exit)."""
-    store, clouds = app.store(storage, profile), app.clouds(profile)
+    """Print JOB's log (its id or a unique prefix) as last shipped (every minute and at exit)."""
+    context, job_id = app.locate(job_id, storage, profile)
+    store, clouds = context.store, context.clouds
     view = find_job(store, job_id, clouds)
     shown, showing = 0, None
     while True:

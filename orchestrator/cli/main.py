@@ -18,6 +18,7 @@ from orchestrator.cli import (
     logs,
     offers,
     resume,
+    rm,
     schema,
     status,
     stop,
@@ -51,7 +52,22 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 # A job's life: write its file (schema for the editor), check it and the account, see what it would run on, launch,
 # follow, stop or resume, fetch its models; then the one-time AWS setup and the local cloud.
-for module in (schema, validate, doctor, offers, launch, watch, status, logs, stop, resume, artifacts, infra, local):
+for module in (
+    schema,
+    validate,
+    doctor,
+    offers,
+    launch,
+    watch,
+    status,
+    logs,
+    stop,
+    resume,
+    artifacts,
+    rm,
+    infra,
+    local,
+):
     cli.add_command(module.command)
 
 
@@ -101,6 +117,7 @@ DOING = {
     "watch": "watching the jobs",
     "resume": "resuming the job",
     "artifacts": "reading the artifacts",
+    "rm": "removing the job",
     "infra": "setting up the AWS resources",
 }
 

@@ -11,7 +11,7 @@ import click
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.jobs.recover import resume
-from orchestrator.jobs.views import find_job
+from orchestrator.jobs.views import find_job, launched
 
 
 @click.command("resume")
@@ -42,10 +42,11 @@ def command(
     as_json: bool,
 ) -> int:
     """Start attempt k+1 of JOB on the best pool not interrupted lately; it resumes from the latest checkpoint."""
-    store, clouds = app.store(storage, profile), app.clouds(profile)
-    view = find_job(store, job_id, clouds)
+    context, job_id = app.locate(job_id, storage, profile)
+    store, clouds = context.store, context.clouds
+    view = launched(find_job(store, job_id, clouds), "resume")
     cloud = clouds(view.record.region)
-    attempt = resume(store, view, cloud, app.prices(cloud), force=force, budget=budget)
+    attempt = resume(store, view, cloud, context.prices(cloud), force=force, budget=budget)
     if as_json and not then_watch:
         click.echo(json.dumps({"job_id": job_id, "attempt": asdict(attempt)}, indent=2))
         return 0

@@ -1,4 +1,5 @@
-"""`spotctl status [JOB]`: every job under the storage root, or one job in detail.
+"""`spotctl status [JOB]`: the jobs of every context (orchestrator.jobs.contexts; live ones and those
+that ended within 24 h, `--all` every one, `--state` some states), or one job in detail.
 
 `--json` prints the documents of orchestrator.jobs.status (stable; `--schema` prints their JSON
 Schema, every field described).
@@ -15,16 +16,44 @@ from orchestrator.aws.instances import LIVE
 from orchestrator.aws.prices import PriceSource
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
+from orchestrator.errors import UserError
 from orchestrator.jobs import artifacts
+from orchestrator.jobs.contexts import Context
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.state import JobView
 from orchestrator.jobs.status import schema, status_document
-from orchestrator.jobs.views import find_job, read_views
+from orchestrator.jobs.views import find_job, listed, read_views
 from trainer.job.documents import JobState
+from trainer.job.spec import did_you_mean
+
+
+def _states(ctx: click.Context, param, value: str | None) -> frozenset[JobState] | None:
+    """`--state running,failed`: JobStates, each checked."""
+    if not value:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    valid = [state.value for state in JobState]
+    wrong = [name for name in names if name not in valid]
+    if wrong:
+        raise click.BadParameter(
+            f"{', '.join(repr(w) for w in wrong)} {'is not a state' if len(wrong) == 1 else 'are not states'}"
+            f"{did_you_mean(wrong[0], valid)} (states: {', '.join(valid)})"
+        )
+    return frozenset(JobState(name) for name in names)
 
 
 @click.command("status")
 @click.argument("job_id", metavar="[JOB]", required=False)
+@click.option(
+    "--all", "every_job", is_flag=True, help="Also list jobs that ended more than 24 h ago (default: live and recent)."
+)
+@click.option(
+    "--state",
+    "states",
+    metavar="STATE[,STATE...]",
+    callback=_states,
+    help="List only jobs in these states, e.g. running,failed.",
+)
 @click.option("--schema", "print_schema", is_flag=True, help="Print the JSON Schema of the --json documents and exit.")
 @options.storage_option
 @options.local_option
@@ -32,66 +61,118 @@ from trainer.job.documents import JobState
 @options.json_option
 @click.pass_obj
 def command(
-    app: App, job_id: str | None, print_schema: bool, storage: str | None, profile: str | None, as_json: bool
+    app: App,
+    job_id: str | None,
+    every_job: bool,
+    states: frozenset[JobState] | None,
+    print_schema: bool,
+    storage: str | None,
+    profile: str | None,
+    as_json: bool,
 ) -> int:
-    """Show the jobs under the storage root, or JOB in detail."""
+    """Show the jobs (live, and ended within 24 h), or JOB (its id or a unique prefix) in detail."""
     if print_schema:
         click.echo(json.dumps(schema(), indent=2))
         return 0
-    store = app.store(storage, profile)
-    clouds = app.clouds(profile)
     if job_id:
-        found = find_job(store, job_id, clouds)
+        context, job_id = app.locate(job_id, storage, profile)
+        found = find_job(context.store, job_id, context.clouds)
         view = status_document(
-            found, cost_of(found, app.prices(clouds(found.record.region))) if found.record else None, with_cost=True
+            found,
+            cost_of(found, context.prices(context.clouds(found.record.region))) if found.record else None,
+            with_cost=True,
+            context=context.name,
         )
         if as_json:
             click.echo(json.dumps(view, indent=2))
         else:
             render.console().print(job_panel(view))
         return 0
-    views = documents(app, clouds, read_views(store, store.job_ids(), clouds))
+    found, unreachable = app.contexts(storage, profile)
+    if not found:  # every root failed: nothing to list
+        raise UserError(
+            "; ".join(f"{u.name}: {u.error}" for u in unreachable),
+            "check the credentials, or name the jobs' storage: --storage URL or --local",
+        )
+    listing: list[tuple[Context, JobView]] = [
+        (context, view) for context in found for view in read_views(context.store, context.job_ids, context.clouds)
+    ]
+    shown, hidden = listed([view for _, view in listing], states, every_job)
+    chosen = {id(view) for view in shown}
+    views = documents([(context, view) for context, view in listing if id(view) in chosen])
     views.sort(key=lambda v: v["created_at"] or "", reverse=True)
     if as_json:
-        click.echo(json.dumps({"storage": store.root, "jobs": views}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "storage": found[0].store.root if len(found) == 1 and not unreachable else None,
+                    "contexts": [{"name": c.name, "storage": c.store.root} for c in found],
+                    "unreachable": [{"context": u.name, "error": u.error} for u in unreachable],
+                    "hidden": hidden,
+                    "jobs": views,
+                },
+                indent=2,
+            )
+        )
         return 0
-    render.console().print(
+    several = len(found) + len(unreachable) > 1
+    jobs = render.plural(len(views), "job")
+    title = f"{jobs} in {render.plural(len(found), 'context')}" if several else f"{jobs} under {_name(found[0])}"
+    out = render.console()
+    out.print(
         render.table(
-            LIST_HEADERS,
-            [list_row(v) for v in views],
-            title=f"{render.plural(len(views), 'job')} under {store.root}",
+            list_headers(several),
+            [list_row(v, several) for v in views],
+            title=title,
             ids=("job",),
         )
     )
+    for u in unreachable:
+        out.print(f"! {u.name}: {u.error}", markup=False, highlight=False)
+    if hidden:
+        out.print(
+            f"{hidden} job{' that' if hidden == 1 else 's that'} ended more than 24 h ago "
+            f"{'is' if hidden == 1 else 'are'} hidden; `spotctl status --all` shows {'it' if hidden == 1 else 'them'}",
+            markup=False,
+            highlight=False,
+        )
     return 0
 
 
-LIST_HEADERS = ["job", "state", "attempts", "instance", "progress", "val acc", "cost", "created"]
+def list_headers(with_context: bool) -> list[str]:
+    """The list's columns; `context` only when jobs come from several."""
+    headers = ["job", "state", "attempts", "instance", "progress", "val acc", "cost", "created"]
+    return [headers[0], "context", *headers[1:]] if with_context else headers
+
+
 PRICING_THREADS = 8
 
 
-def documents(app: App, clouds, views: list[JobView]) -> list[dict]:
-    """Each job's status document with its cost (the list's cost column is the detail's figure), priced
-    in parallel, one price source per region."""
-    sources: dict[str, PriceSource] = {}
+def documents(listing: list[tuple[Context, JobView]]) -> list[dict]:
+    """Each job's status document with its cost (the list's cost column is the detail's figure) and its
+    context, priced in parallel, one price source per (context, region)."""
+    sources: dict[tuple[str, str], PriceSource] = {}
 
-    def priced(view: JobView) -> dict:
+    def priced(item: tuple[Context, JobView]) -> dict:
+        context, view = item
         if view.record is None:
-            return status_document(view, with_cost=True)
-        return status_document(view, cost_of(view, sources[view.record.region]), with_cost=True)
+            return status_document(view, with_cost=True, context=context.name)
+        cost = cost_of(view, sources[context.name, view.record.region])
+        return status_document(view, cost, with_cost=True, context=context.name)
 
     # A region's source is built once, before the pool (AwsPrices reads its cache file when created).
-    for view in views:
-        if view.record is not None and view.record.region not in sources:
-            sources[view.record.region] = app.prices(clouds(view.record.region))
+    for context, view in listing:
+        key = (context.name, view.record.region) if view.record is not None else None
+        if key and key not in sources:
+            sources[key] = context.prices(context.clouds(view.record.region))
     with ThreadPoolExecutor(max_workers=PRICING_THREADS) as pool:
-        return list(pool.map(priced, views))
+        return list(pool.map(priced, listing))
 
 
-def list_row(view: dict) -> list:
-    """One job in the list, in LIST_HEADERS' order."""
+def list_row(view: dict, with_context: bool = False) -> list:
+    """One job in the list, in list_headers' order."""
     cost = view.get("cost")
-    return [
+    row = [
         view["job_id"],
         view["state"] + "".join(f", {f['name']}" for f in view["health"]),
         len(view["attempts"]),
@@ -101,6 +182,11 @@ def list_row(view: dict) -> list:
         cost_text(cost) if cost else None,
         render.age(view["created_at"]),
     ]
+    return [row[0], view.get("context"), *row[1:]] if with_context else row
+
+
+def _name(context: Context) -> str:
+    return f"{context.store.root} (local cloud)" if context.local else context.store.root
 
 
 def _where(view: dict) -> str | None:

@@ -28,7 +28,8 @@ from orchestrator.jobs.stop import stop_job
 @click.pass_obj
 def command(app: App, job_id: str, wait_s: float, storage: str | None, profile: str | None, as_json: bool) -> int:
     """Ask JOB's trainer to checkpoint and exit, then terminate the instance; the job becomes cancelled."""
-    result = stop_job(app.store(storage, profile), job_id, app.clouds(profile), wait_s=wait_s)
+    context, job_id = app.locate(job_id, storage, profile)
+    result = stop_job(context.store, job_id, context.clouds, wait_s=wait_s)
     if as_json:
         click.echo(json.dumps(vars(result), indent=2))
         return 0

@@ -4,6 +4,9 @@ when every job succeeded, 1 otherwise.
 
 `--json` prints one JSON object per event (`{"at", "job_id", "level", "message"}`) and, at the end,
 `{"jobs": [status --json documents, with cost]}`.
+
+Ctrl-C ends the watch, never the jobs: it says they keep running and who, if anyone, recovers them now
+(orchestrator.jobs.caretaker), and exits 130.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -19,6 +23,9 @@ from orchestrator.aws.clients import Cloud
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.cli.status import cost_text, job_panel, progress_text
+from orchestrator.errors import ExitCode
+from orchestrator.jobs.caretaker import left_alone
+from orchestrator.jobs.contexts import Context
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.status import status_document
@@ -58,24 +65,35 @@ def command(
     profile: str | None,
     as_json: bool,
 ) -> int:
-    """Follow JOBs (default: every job under the storage root running now) until each ends."""
-    store, clouds = app.store(storage, profile), app.clouds(profile)
-    if not job_ids:
+    """Follow JOBs (ids or unique prefixes; default: every job running now) until each ends."""
+    watch_options = WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s)
+    if job_ids:
+        groups: dict[str, tuple[Context, list[str]]] = {}
+        for named in job_ids:
+            context, job_id = app.locate(named, storage, profile)
+            groups.setdefault(context.name, (context, []))[1].append(job_id)
+        return follow_contexts(list(groups.values()), watch_options, as_json)
+    found, unreachable = app.contexts(storage, profile)
+    for u in unreachable:
+        click.echo(f"! {u.name}: {u.error}", err=True)
+    chosen, idle = [], []
+    for context in found:
         # Jobs left interrupted long ago are not relaunched behind the user's back: they are named.
-        unfinished = [v for v in read_views(store, store.job_ids(), clouds) if not v.state.terminal]
-        idle = [v.job_id for v in unfinished if v.state.idle]
-        job_ids = tuple(v.job_id for v in unfinished if every_job or not v.state.idle)
-        if idle and not every_job:
-            click.echo(
-                f"not recovering {render.plural(len(idle), 'idle job')} ({', '.join(idle[:5])}); name them, or pass --all",
-                err=True,
-            )
-        if not job_ids:
-            click.echo(f"no running job under {store.root}")
-            return 0
-    return follow(
-        app, store, list(job_ids), clouds, WatchOptions(poll_s=poll_s, capacity_deadline_s=deadline_s), as_json
-    )
+        unfinished = [v for v in read_views(context.store, context.job_ids, context.clouds) if not v.state.terminal]
+        unfinished = [v for v in unfinished if v.record is not None]  # the trainer alone: nothing to recover
+        idle += [v.job_id for v in unfinished if v.state.idle]
+        ids = [v.job_id for v in unfinished if every_job or not v.state.idle]
+        if ids:
+            chosen.append((context, ids))
+    if idle and not every_job:
+        click.echo(
+            f"not recovering {render.plural(len(idle), 'idle job')} ({', '.join(idle[:5])}); name them, or pass --all",
+            err=True,
+        )
+    if not chosen:
+        click.echo(f"no running job under {' or '.join(c.store.root for c in found) or 'any storage root'}")
+        return 0
+    return follow_contexts(chosen, watch_options, as_json)
 
 
 def follow(
@@ -87,27 +105,72 @@ def follow(
     as_json: bool = False,
 ) -> int:
     """Run a Watcher with the live view (launch --watch and resume --watch use it too)."""
+    context = Context(store.root, store, clouds, app.prices, local=app.local is not None)
+    return follow_contexts([(context, job_ids)], watch_options, as_json)
 
-    def watcher_telling(on_event) -> Watcher:
-        return Watcher(store, job_ids, clouds, app.prices, watch_options, on_event=on_event)
 
-    if as_json:
-        watcher = watcher_telling(_json_event)
-        code = watcher.run()
-        click.echo(json.dumps({"jobs": [_document(row) for row in watcher.rows.values()]}, indent=2))
-        return code
-    out = render.console()
-    if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
-        watcher = watcher_telling(lambda e: out.print(_event_line(e), markup=False))
-        code = watcher.run()
-    else:
-        from rich.live import Live
+def follow_contexts(
+    groups: list[tuple[Context, list[str]]], watch_options: WatchOptions | None = None, as_json: bool = False
+) -> int:
+    """One Watcher per context, polled in turn, with one live view. Ctrl-C ends the watch, not the jobs."""
+    watchers: list[Watcher] = []
 
-        with Live(console=out, refresh_per_second=2, transient=True) as live:
-            watcher = watcher_telling(lambda e: live.console.print(_event_line(e), markup=False))
-            code = watcher.run(after_poll=lambda rows: live.update(table(rows)))
-    _summary(out, store, watcher)
+    def watchers_telling(on_event) -> list[Watcher]:
+        watchers[:] = [
+            Watcher(context.store, ids, context.clouds, context.prices, watch_options, on_event=on_event)
+            for context, ids in groups
+        ]
+        return watchers
+
+    try:
+        if as_json:
+            code = _run(watchers_telling(_json_event))
+            click.echo(json.dumps({"jobs": [_document(row) for w in watchers for row in w.rows.values()]}, indent=2))
+            return code
+        out = render.console()
+        if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
+            code = _run(watchers_telling(lambda e: out.print(_event_line(e), markup=False)))
+        else:
+            from rich.live import Live
+
+            with Live(console=out, refresh_per_second=2, transient=True) as live:
+                code = _run(
+                    watchers_telling(lambda e: live.console.print(_event_line(e), markup=False)),
+                    after_poll=lambda rows: live.update(table(rows)),
+                )
+    except KeyboardInterrupt:
+        left = [j for w in watchers for j in w.job_ids if not (j in w.rows and w.rows[j].view.state.terminal)]
+        click.echo(interrupted_message(left or [j for _, ids in groups for j in ids]), err=True)
+        return ExitCode.ABORTED
+    for watcher in watchers:
+        _summary(out, watcher.store, watcher)
     return code
+
+
+def interrupted_message(job_ids: list[str]) -> str:
+    """What Ctrl-C in watch leaves behind: the jobs go on, and who (if anyone) recovers them now."""
+    jobs = ", ".join(job_ids)
+    return (
+        f"stopped watching; {'the job keeps' if len(job_ids) == 1 else 'the jobs keep'} running ({jobs}): "
+        f"{left_alone(job_ids)}. `spotctl stop JOB` stops one."
+    )
+
+
+def _run(watchers: list[Watcher], sleep: Callable[[float], None] = time.sleep, after_poll=None) -> int:
+    """Watcher.run over several watchers (one per context): every poll, each in turn."""
+    if len(watchers) == 1:
+        return watchers[0].run(sleep=sleep, after_poll=after_poll)
+    poll_s = watchers[0].options.poll_s
+    while True:
+        started = time.monotonic()
+        rows: dict[str, JobRow] = {}
+        for watcher in watchers:
+            rows.update(watcher.poll())
+        if after_poll:
+            after_poll(rows)
+        if all(w.done() for w in watchers):
+            return max(w.exit_code() for w in watchers)
+        sleep(max(0.0, poll_s - (time.monotonic() - started)))
 
 
 def _summary(out, store, watcher: Watcher) -> None:

@@ -106,6 +106,15 @@ class JobStore:
     def delete(self, job_id: str, relative: str) -> None:
         self.storage.delete(layout.in_job(job_id, relative))
 
+    def objects(self, job_id: str) -> list[str]:
+        """Every object of the job, as paths relative to its prefix."""
+        prefix = layout.in_job(job_id) + "/"
+        return [key.removeprefix(prefix) for key in self.storage.find(layout.in_job(job_id))]
+
+    def delete_objects(self, job_id: str, relatives: list[str]) -> None:
+        """Delete these objects of the job (S3: in batches)."""
+        self.storage.delete_all([layout.in_job(job_id, relative) for relative in relatives])
+
     def download(self, job_id: str, relative: str, local_file: str | Path) -> None:
         """Copy one object of the job to a local file (FileNotFoundError if it is missing)."""
         self.storage.download(layout.in_job(job_id, relative), str(local_file))

@@ -64,8 +64,12 @@ def derive_state(
     instance: Instance | None,
     now: datetime | None = None,
 ) -> JobState:
-    if record is None:
-        return JobState.UNKNOWN
+    if record is None:  # the trainer ran alone (`python -m trainer run`): only its own documents tell
+        if final and (final.finished or final.is_(Outcome.STOPPED)):
+            return JobState.CANCELLED if final.is_(Outcome.STOPPED) else JobState.of(final.outcome)
+        if heartbeat and heartbeat.in_phase(Phase.INTERRUPTED):
+            return JobState.INTERRUPTED
+        return JobState.UNKNOWN  # running, or gone without a word: no machine to ask, so no guess
     if final and final.finished:
         return JobState.of(final.outcome)  # what the trainer (or its bootstrap) said is final, even after a stop
     if record.cancelled_at:

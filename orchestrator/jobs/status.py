@@ -174,13 +174,19 @@ class JobStatus(_Part):
     """artifacts/manifest.json as the trainer wrote it (only for one job)"""
     cost: CostStatus | None = None
     """what the job cost (null when nothing ran yet)"""
+    context: str | None = None
+    """where spotctl found the job: `local` (the local cloud) or its storage root (`spotctl status`)"""
 
 
 def status_document(
-    view: JobView, cost: JobCost | None = None, with_cost: bool = False, now: datetime | None = None
+    view: JobView,
+    cost: JobCost | None = None,
+    with_cost: bool = False,
+    now: datetime | None = None,
+    context: str | None = None,
 ) -> dict:
     """The job's `status --json` document as of `now` (default: now); `with_cost` adds `cost` (null when
-    nothing ran yet)."""
+    nothing ran yet), `context` where the job was found."""
     view = settled(view, now)
     beat, record = view.heartbeat, view.record
     attempts = (
@@ -229,6 +235,7 @@ def status_document(
         final={k: v for k, v in view.final.written().items() if k != "history"} if view.final else None,
         artifacts=view.artifacts.written() if view.artifacts else None,
         **({"cost": cost.as_dict() if cost else None} if with_cost else {}),
+        **({"context": context} if context else {}),
     )
     return document.model_dump(mode="json", exclude_unset=True)
 

@@ -20,7 +20,7 @@ from orchestrator.aws.ec2 import live_instances, terminate
 from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView, heartbeat_age, settle
-from orchestrator.jobs.views import find_job
+from orchestrator.jobs.views import find_job, launched
 from trainer.job import layout
 from trainer.job.documents import EndReason, Final, JobRecord, JobState, Outcome, StopRequest, now_iso
 
@@ -47,6 +47,7 @@ def stop_job(
     view = find_job(store, job_id, cloud_for_region)
     if view.state.terminal:
         raise UserError(f"job {job_id} is already {view.state}; nothing to stop")
+    launched(view, "stop")
     request_stop(store, job_id, "stopped by spotctl stop")
     age = heartbeat_age(view.heartbeat) if view.heartbeat else None
     alive = view.instance is not None and view.instance.state == "running" and age is not None and age < 60

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.ec2 import instances_of
@@ -13,7 +14,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView
 from trainer.job import layout
-from trainer.job.documents import WORKING_PHASES, Final, Heartbeat, Manifest
+from trainer.job.documents import WORKING_PHASES, Final, Heartbeat, JobState, Manifest
 from trainer.job.spec import did_you_mean
 
 
@@ -46,7 +47,8 @@ def read_views(
                 view.instances = instances.get(view.job_id, {})
                 # Only the current attempt's instance tells about now; older ones are history.
                 view.instance = view.instances.get(view.record.attempts[-1].number)
-        maybe_ended = [v for v in views if v.record and not _certainly_running(v)]
+        # A job without a record (the trainer alone, `python -m trainer run`) is told by its final word too.
+        maybe_ended = [v for v in views if not v.record or not _certainly_running(v)]
         for view, final in zip(
             maybe_ended, pool.map(lambda v: store.read(v.job_id, Final, layout.FINAL), maybe_ended), strict=True
         ):
@@ -72,11 +74,24 @@ def _certainly_running(view: JobView) -> bool:
 
 
 def find_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Cloud]) -> JobView:
+    """The job `job_id` under the root, in detail. A job is whatever is listed under jobs/: also one
+    the trainer ran alone, without spotctl's record (its view has no record)."""
     view = read_views(store, [job_id], cloud_for_region, details=True)[0]
-    if view.record is None:
+    if view.record is None and job_id not in store.job_ids():
         raise UserError(
             f"no job '{job_id}' under {store.root}{did_you_mean(job_id, store.job_ids())}",
             "`spotctl status` lists the jobs there",
+        )
+    return view
+
+
+def launched(view: JobView, doing: str) -> JobView:
+    """The view, when spotctl launched the job (it has a record); else what `doing` cannot do."""
+    if view.record is None:
+        raise UserError(
+            f"job {view.job_id} has no record.json: the trainer ran it alone (`python -m trainer run`), "
+            f"so spotctl cannot {doing} it",
+            "`spotctl status JOB` and `spotctl logs JOB` read it; `spotctl launch JOB.yaml` runs a job spotctl follows",
         )
     return view
 
@@ -96,3 +111,39 @@ def log_text(
         if content is not None:
             return number, name, content
     return number, names[0], None
+
+
+# ------------------------------------------------------------------------------- which jobs a list shows
+RECENT_S = 24 * 3600.0  # `spotctl status` lists ended jobs this long after they ended (`--all`: every one)
+
+
+def ended_at(view: JobView) -> str | None:
+    """When a terminal job ended: the latest time its record or the trainer's documents name (None
+    while it is not terminal)."""
+    if not view.state.terminal:
+        return None
+    record, final, beat = view.record, view.final, view.heartbeat
+    times = [
+        *((record.cancelled_at, record.created_at, *(a.ended_at for a in record.attempts)) if record else ()),
+        final.finished_at if final else None,
+        beat.updated_at if beat else None,
+    ]
+    known = [datetime.fromisoformat(t) for t in times if t]
+    return max(known).isoformat(timespec="seconds") if known else None
+
+
+def listed(
+    views: list[JobView], states: frozenset[JobState] | None = None, every: bool = False, now: datetime | None = None
+) -> tuple[list[JobView], int]:
+    """(the views a list shows, how many older ended ones it hides): those in `states` (default: any),
+    of which, unless `every`, the live ones and those that ended within RECENT_S."""
+    now = now or datetime.now(timezone.utc)
+    chosen = [v for v in views if states is None or v.state in states]
+    if every:
+        return chosen, 0
+    shown = [
+        v
+        for v in chosen
+        if (end := ended_at(v)) is None or (now - datetime.fromisoformat(end)).total_seconds() <= RECENT_S
+    ]
+    return shown, len(chosen) - len(shown)

@@ -36,6 +36,7 @@ from orchestrator.jobs.stop import request_stop
 from orchestrator.jobs.views import read_views
 from trainer.job.documents import EndReason, JobRecord, JobState
 from trainer.job.spec import JobSpec
+from trainer.job.storage import bad_credentials
 from trainer.job.units import rate
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Watcher:
             try:
                 self.rows[view.job_id] = self._follow(view)
             except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+                _unless_credentials(exc, "following the job")
                 # One job's trouble (a refused call, a vanished spec, S3 failing) stops only it, this poll.
                 message = exc.message if isinstance(exc, UserError) else as_user_error(exc, "following the job").message
                 self._emit(view.job_id, message, logging.ERROR)
@@ -215,6 +217,7 @@ class Watcher:
             self._give_up(job_id, JobState.FAILED, f"{exc.reason} ({exc.hint})", expected)
             return
         except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            _unless_credentials(exc, "starting the next attempt")
             # A refused permission, a throttled API...: may pass, so retried like capacity, then failed.
             message = (
                 exc.message if isinstance(exc, UserError) else as_user_error(exc, "starting the next attempt").message
@@ -293,3 +296,10 @@ class Watcher:
 
     def _emit(self, job_id: str, message: str, level: int = logging.INFO) -> None:
         self.on_event(Event(datetime.now(timezone.utc), job_id, message, level))
+
+
+def _unless_credentials(exc: Exception, doing: str) -> None:
+    """Missing or invalid credentials end the watch at once with the hint: no later poll or backoff
+    would get another answer (every other error stops only its job's turn)."""
+    if bad_credentials(exc):
+        raise (exc if isinstance(exc, UserError) else as_user_error(exc, doing)) from None

@@ -53,3 +53,34 @@ def test_a_recorded_end_is_kept():
 @pytest.mark.parametrize(("requested", "stale"), [(None, True), (10, False), (299, False), (301, True)])
 def test_a_claim_is_stale_after_five_minutes(requested, stale):
     assert stale_claim(attempt(instance_id=None, requested=requested), NOW) is stale
+
+
+@pytest.mark.parametrize(
+    ("said", "heartbeat", "expected"),
+    [
+        (final("succeeded"), beat(phase="done"), "succeeded"),  # bug 7 of issue 16: it read `unknown`
+        (final("failed"), None, "failed"),
+        (final("stopped"), beat(phase="stopped"), "cancelled"),
+        (None, beat(phase="interrupted"), "interrupted"),
+        (None, beat(phase="training"), "unknown"),  # no machine to ask whether it still runs: no guess
+        (None, None, "unknown"),
+    ],
+)
+def test_a_job_the_trainer_ran_alone_reads_its_state_from_the_trainers_documents(said, heartbeat, expected):
+    from orchestrator.jobs.state import derive_state
+
+    assert derive_state(None, said, heartbeat, None, NOW) == expected
+
+
+def test_a_list_shows_live_jobs_and_those_ended_within_a_day():
+    from orchestrator.jobs.views import listed
+    from tests.unit.jobs import view
+    from trainer.job.documents import JobState
+
+    running = view(record(attempt()), instance("running"), beat())
+    recent = view(record(attempt(end="succeeded", ended=3600)), instance("terminated"), None, final("succeeded"))
+    old = view(record(attempt(end="failed", ended=2 * 86400)), instance("terminated"), None, final("failed"))
+    old.record.created_at = ago(3 * 86400)
+    assert listed([running, recent, old], now=NOW) == ([running, recent], 1)
+    assert listed([running, recent, old], every=True, now=NOW) == ([running, recent, old], 0)
+    assert listed([running, recent, old], frozenset({JobState.FAILED}), now=NOW) == ([], 1)

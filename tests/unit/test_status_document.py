@@ -46,7 +46,7 @@ def documents() -> list[dict]:
     spent = JobCost([AttemptCost(1, 600.0, 0.0, 0.16, True, 0.0, 0.0, 0.0)], 0.0, 0.16, 1.0, 0, 0.0, 0.4, 0.01)
     return [
         status_document(running),
-        status_document(running, spent, with_cost=True),
+        status_document(running, spent, with_cost=True, context="local"),
         status_document(done, None, with_cost=True),
         status_document(view(record())),
     ]

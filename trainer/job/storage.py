@@ -81,10 +81,49 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether another try may succeed: throttling, a 5xx, a dropped or timed-out connection."""
+# What AWS answers to credentials it does not accept: another try gets the same answer.
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "UnrecognizedClientException",
+        "AuthFailure",
+    }
+)
+
+
+def bad_credentials(error: BaseException) -> bool:
+    """Credentials missing (none found, half of a pair, a provider that failed) or refused as invalid,
+    anywhere in the error's chain (a wrapper's cause included): never worth another try."""
     import botocore.exceptions
 
+    missing = (
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.PartialCredentialsError,
+        botocore.exceptions.CredentialRetrievalError,
+        botocore.exceptions.NoAuthTokenError,
+    )
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, missing) or _code(error) in CREDENTIAL_CODES:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether another try may succeed: throttling, a 5xx, a dropped or timed-out connection; never
+    bad credentials (`bad_credentials`), whatever they arrive wrapped in."""
+    import botocore.exceptions
+
+    if bad_credentials(error):
+        return False
     if isinstance(
         error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, Conflict)
     ):
@@ -298,6 +337,41 @@ class Storage:
                 return []
 
         return self._retry(f"list {relative}", names)
+
+    def find(self, relative: str) -> list[str]:
+        """Every object under the folder `relative`, at any depth, as paths relative to the root
+        (one paginated listing on S3); empty if there is none."""
+        base = self.path(relative).rstrip("/")
+
+        def names() -> list[str]:
+            self.fs.invalidate_cache(base)
+            try:
+                found = self.fs.find(base + "/")
+            except FileNotFoundError:
+                return []
+            return sorted(entry.removeprefix(self._root.rstrip("/") + "/") for entry in found)
+
+        return self._retry(f"list {relative}/", names)
+
+    def delete_all(self, relatives: list[str]) -> None:
+        """Delete these objects (S3: DeleteObjects, a thousand a call); one already gone is not an error.
+        Locally, folders left empty go too."""
+        if not relatives:
+            return
+        paths = [self.path(r) for r in relatives]
+        if not self.is_local:
+            self._retry(f"delete {len(paths)} objects", lambda: self.fs.rm(paths))
+        else:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            for folder in sorted({os.path.dirname(p) for p in paths}, key=len, reverse=True):
+                while folder.startswith(self._root.rstrip("/") + "/"):
+                    try:
+                        os.rmdir(folder)  # only if empty
+                    except OSError:
+                        break
+                    folder = os.path.dirname(folder)
 
     def delete(self, relative: str, recursive: bool = False) -> None:
         def remove() -> None:
