@@ -44,6 +44,17 @@ MARKET = {
     ("g4dn.xlarge", "us-east-1b"): 0.24,
 }
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
+EXAMPLE_DATA = f"s3://{BUCKET}/spotctl/datasets/flowers"  # the example's train/ and val/
+EXAMPLE_CLASSES = ("daisy", "rose")
+
+
+def seed_example_data(s3) -> None:
+    """The example's ImageFolders as `launch` checks them before a boot: class folders with image
+    names (the bytes are never decoded here; tests that train write real images)."""
+    key = EXAMPLE_DATA.removeprefix(f"s3://{BUCKET}/")
+    for split in ("train", "val"):
+        for name in EXAMPLE_CLASSES:
+            s3.put_object(Bucket=BUCKET, Key=f"{key}/{split}/{name}/1.jpg", Body=b"not decoded")
 
 
 def settled_ec2():

@@ -491,6 +491,22 @@ class CheckpointSpec(Section):
     keep: int = Field(3, ge=1, le=1000)
     """Committed checkpoints kept, besides best/ and the one a run resumed from."""
 
+    def seconds_to_next(
+        self, since_save_s: float = 0.0, step: int | None = None, seconds_per_step: float | None = None
+    ) -> float | None:
+        """Seconds until the next periodic save: the sooner of `every_seconds` (counted from the last
+        save, `since_save_s` ago) and `every_steps` (the trainer saves at each multiple of it; `step`:
+        the step reached, None: a save just happened) at `seconds_per_step` when the pace is known.
+        With the defaults, the interval between two saves. None: no periodic save is known to come
+        (epoch ends only, or steps at a pace not measured yet)."""
+        due = []
+        if self.every_seconds:
+            due.append(max(0.0, self.every_seconds - since_save_s))
+        if self.every_steps and seconds_per_step:
+            left = self.every_steps - (step % self.every_steps if step is not None else 0)
+            due.append(left * seconds_per_step)
+        return min(due) if due else None
+
 
 EXPORT_FORMATS = ("state_dict", "torchscript", "exported", "onnx", "int8")
 
