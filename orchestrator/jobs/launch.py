@@ -24,7 +24,7 @@ from orchestrator.aws import infra
 from orchestrator.aws.amis import Image
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
 from orchestrator.aws.ec2 import describe_image, describe_instance, live_instances, resolve_ami, run_instance, terminate
-from orchestrator.aws.offers import Offer, Offers, find_offers
+from orchestrator.aws.offers import Offer, Offers, find_offers, summarize_drops
 from orchestrator.aws.prices import PriceSource
 from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
@@ -140,8 +140,13 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
         if offers.over_cap:
             (name, zone), price = min(offers.over_cap.items(), key=lambda item: item[1])
             cheapest = f"; the cheapest is {name} in {zone} at ${price:.4f}/h"
+        unmatched = (
+            f"; compute.gpu dropped {len(offers.unmatched)} more types: {summarize_drops(offers.unmatched)}"
+            if offers.unmatched
+            else ""
+        )
         raise UserError(
-            f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest})",
+            f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest}){unmatched}",
             "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them",
         )
     wheel = build_wheel()

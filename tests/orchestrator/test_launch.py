@@ -52,6 +52,8 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
         "GPU",
         "GPU",
         "memory",
+        "vCPUs",
+        "memory",
         "zone",
         "spot",
         "$/h",
@@ -59,7 +61,9 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
         "$/h",
         "saving",
     ]
-    assert lines[3].split() == ["g4dn.xlarge", "1", "T4", "16", "GiB", "us-east-1a", "$0.2100", "$0.5260", "60%"]
+    assert lines[3].split() == [
+        "g4dn.xlarge", "1", "T4", "16", "GiB", "4", "16", "GiB", "us-east-1a", "$0.2100", "$0.5260", "60%"
+    ]  # fmt: skip
     assert "2 pools dropped, e.g. g4dn.xlarge in us-east-1c: no spot price (no spot capacity offered)" in out
 
 
@@ -505,7 +509,7 @@ def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
     from orchestrator.aws.offers import instance_types
     from trainer.job.spec import ComputeSpec
 
-    found = instance_types(Cloud("us-east-1"), ComputeSpec(gpu={"count": 1}))
+    found, _ = instance_types(Cloud("us-east-1"), ComputeSpec(gpu={"count": 1}))
     names = {t.name for t in found}
     assert {"g4dn.xlarge", "g5.xlarge", "g6.xlarge"} <= names and "g5g.xlarge" not in names  # g5g: arm64
     assert all(t.gpu_model and t.nvidia and t.x86_64 and t.gpus == 1 for t in found)
@@ -702,3 +706,54 @@ def test_a_budget_below_the_first_checkpoint_is_refused_with_the_smallest_that_w
     code, out, err = spotctl("launch", job, "--dry-run")
     assert code == 0, err
     assert "ok       budget: budget.max_cost_usd $0.0229 covers one 60 s minimum charge" in out
+
+
+# ------------------------------------------------------------------------------------------- offers
+def test_offers_say_which_gpu_requirement_dropped_which_types(account, spotctl, tmp_path):
+    """EC2 reports the "24 GB" A10G and L4 at 22.4 GiB (22888 MiB): min_memory_gib 24 drops them, and says so."""
+    gpu = "gpu:\n    count: 1\n    min_memory_gib: {}\n    models: [A10G, L4, L40S]"
+    code, out, err = spotctl("offers", job_file(tmp_path, gpu.format(24)), "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert {o["instance_type"] for o in found["offers"]} == set()  # the fixed market prices no L40S
+    unmatched = {u["instance_type"]: u["reason"] for u in found["unmatched"]}
+    assert unmatched["g5.xlarge"] == "A10G has 22.4 GiB < min_memory_gib 24"
+    assert unmatched["g6.xlarge"] == "L4 has 22.4 GiB < min_memory_gib 24"
+    assert "g5.12xlarge" not in unmatched  # 4 GPUs as well: more than one requirement dropped it
+    code, out, err = spotctl("offers", job_file(tmp_path, gpu.format(24)))
+    assert "  g5.xlarge: A10G has 22.4 GiB < min_memory_gib 24" in out.splitlines()
+    code, out, err = spotctl("launch", job_file(tmp_path, gpu.format(24)))
+    assert code == 1 and "; compute.gpu dropped " in err and "A10G has 22.4 GiB < min_memory_gib 24: g5." in err
+    code, out, err = spotctl("offers", job_file(tmp_path, gpu.format(22)), "--json")
+    assert code == 0, err
+    assert {o["instance_type"] for o in json.loads(out)["offers"]} == {"g5.xlarge", "g6.xlarge"}
+
+
+def test_a_gpu_requirement_nothing_meets_says_what_dropped_what(account, spotctl, tmp_path):
+    job = job_file(tmp_path, "gpu:\n    count: 1\n    min_memory_gib: 24\n    models: [A10G, L4]")
+    code, _, err = spotctl("offers", job)
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith(
+        "error: compute.gpu: no instance type in us-east-1 has 1 GPU(s) of >= 24 GiB, model A10G/L4 "
+        "(A10G has 22.4 GiB < min_memory_gib 24: g5."
+    )
+    assert "L4 has 22.4 GiB < min_memory_gib 24: g6." in lines[0]
+    assert lines[1].startswith("hint: EC2 reports") and "set compute.gpu.min_memory_gib to 22" in lines[1]
+
+
+def test_offers_top_n_and_every_unknown_type_at_once(account, spotctl, tmp_path):
+    code, out, err = spotctl("offers", str(EXAMPLE), "--top", "2")
+    assert code == 0, err
+    assert out.splitlines()[0].rstrip() == "7 offers in us-east-1, the 2 cheapest shown"
+    assert [line.split()[0] for line in out.splitlines()[3:5]] == ["g4dn.xlarge", "g4dn.xlarge"]
+    assert "g6.xlarge" not in out.split("AMI")[0]
+    code, out, _ = spotctl("offers", str(EXAMPLE), "--top", "1", "--json")
+    assert (len(json.loads(out)["offers"]), json.loads(out)["count"]) == (1, 7)
+    code, _, err = spotctl("offers", job_file(tmp_path, "instance_types: [g5.xlarge, g5.xlarg, g9.huge, g4dn.xlarge]"))
+    assert code == 1
+    assert err.splitlines() == [
+        "error: compute.instance_types: 2 of 4 are not instance types in us-east-1: 'g5.xlarg'; did you mean "
+        "'g5.xlarge'?; 'g9.huge'",
+        "hint: fix or remove them (`aws ec2 describe-instance-types` lists the region's)",
+    ]

@@ -133,8 +133,9 @@ AvailabilityZone = Annotated[str, AfterValidator(_zone)]
 class GpuRequirement(Section):
     count: int = Field(1, ge=1, le=16)
     """GPUs per instance."""
-    min_memory_gib: float | None = Field(None, gt=0, le=1024, examples=[16, 24])
-    """Minimum memory of each GPU, in GiB; any if omitted."""
+    min_memory_gib: float | None = Field(None, gt=0, le=1024, examples=[16, 22])
+    """Minimum memory of each GPU, in GiB as EC2 reports it (a "24 GB" A10G or L4 has 22.4 GiB); any if
+    omitted. `spotctl offers` names the types it drops."""
     models: list[GpuModel] | None = Field(None, min_length=1, examples=[["A10G", "L4"]])
     """Acceptable GPU models as EC2 names them (T4, A10G, L4, L40S, A100, H100, ...). If omitted, any
     but the pre-Turing V100, K80 and M60, which the default AMI's open-source driver cannot drive."""
