@@ -62,8 +62,9 @@ def new_job_id(name: str) -> str:
     return f"{name}-{datetime.now(timezone.utc):%y%m%d}-{secrets.token_hex(2)}"
 
 
-def check_reachable_from_instance(spec: JobSpec) -> None:
-    """Everything the instance reads must be a URL it can reach, not a path on this machine."""
+def check_reachable_from_instance(spec: JobSpec, deployed: infra.Deployed | None = None) -> None:
+    """Everything the instance reads must be a URL it can reach, not a path on this machine; and, for a
+    job run with the `deployed` stack's role, under what that role may read."""
     if spec.is_local:
         raise UserError(
             f"storage is a local folder ({spec.storage}); an instance cannot write there",
@@ -88,7 +89,7 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
                 f"{field} is a local path ({value}); the instance cannot read it",
                 "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL",
             )
-    for warning in infra.data_outside_role(spec, infra.read_profile()):
+    for warning in infra.data_outside_role(spec, deployed):
         log.warning("warning: %s", warning)
 
 
@@ -127,7 +128,8 @@ def save_time_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
 
 
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
-    check_reachable_from_instance(spec)
+    # The deployed stack describes an AWS account; a cloud at an endpoint (the local one) is another.
+    check_reachable_from_instance(spec, None if cloud.endpoint else infra.read_profile())
     job_id = job_id or new_job_id(spec.name)
     image = describe_image(cloud, spec.compute.ami)
     offers = find_offers(cloud, spec.compute, prices, image)
