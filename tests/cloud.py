@@ -48,13 +48,20 @@ EXAMPLE_DATA = f"s3://{BUCKET}/spotctl/datasets/flowers"  # the example's train/
 EXAMPLE_CLASSES = ("daisy", "rose")
 
 
-def seed_example_data(s3) -> None:
-    """The example's ImageFolders as `launch` checks them before a boot: class folders with image
+def seed_image_folder(url: str, classes: tuple[str, ...] = EXAMPLE_CLASSES) -> None:
+    """An ImageFolder at an s3:// URL as `launch` checks it before a boot: class folders with image
     names (the bytes are never decoded here; tests that train write real images)."""
-    key = EXAMPLE_DATA.removeprefix(f"s3://{BUCKET}/")
+    import boto3
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    for name in classes:
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"{key.strip('/')}/{name}/1.jpg", Body=b"not decoded")
+
+
+def seed_example_data() -> None:
+    """The example's train/ and val/ (the `account` fixture's)."""
     for split in ("train", "val"):
-        for name in EXAMPLE_CLASSES:
-            s3.put_object(Bucket=BUCKET, Key=f"{key}/{split}/{name}/1.jpg", Body=b"not decoded")
+        seed_image_folder(f"{EXAMPLE_DATA}/{split}")
 
 
 def settled_ec2():

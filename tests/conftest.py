@@ -210,7 +210,7 @@ def account(aws, monkeypatch, wheel, tmp_path):
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
     monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    seed_example_data(boto3.client("s3"))  # what launch checks before a boot
+    seed_example_data()  # what launch checks before a boot
     iam = boto3.client("iam")
     iam.create_instance_profile(InstanceProfileName="spotctl-trainer")
     iam.create_role(RoleName="spotctl-trainer", AssumeRolePolicyDocument=json.dumps(TRUST_EC2))
