@@ -44,6 +44,24 @@ MARKET = {
     ("g4dn.xlarge", "us-east-1b"): 0.24,
 }
 ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
+EXAMPLE_DATA = f"s3://{BUCKET}/spotctl/datasets/flowers"  # the example's train/ and val/
+EXAMPLE_CLASSES = ("daisy", "rose")
+
+
+def seed_image_folder(url: str, classes: tuple[str, ...] = EXAMPLE_CLASSES) -> None:
+    """An ImageFolder at an s3:// URL as `launch` checks it before a boot: class folders with image
+    names (the bytes are never decoded here; tests that train write real images)."""
+    import boto3
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    for name in classes:
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"{key.strip('/')}/{name}/1.jpg", Body=b"not decoded")
+
+
+def seed_example_data() -> None:
+    """The example's train/ and val/ (the `account` fixture's)."""
+    for split in ("train", "val"):
+        seed_image_folder(f"{EXAMPLE_DATA}/{split}")
 
 
 def settled_ec2():

@@ -205,11 +205,12 @@ def account(aws, monkeypatch, wheel, tmp_path):
     from orchestrator.aws.infra import ensure_spot_service_linked_role
     from orchestrator.aws.prices import FixedPrices
     from orchestrator.cli import context
-    from tests.cloud import BUCKET, MARKET, ON_DEMAND
+    from tests.cloud import BUCKET, MARKET, ON_DEMAND, seed_example_data
 
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
     monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(tmp_path / "cache"))
     boto3.client("s3").create_bucket(Bucket=BUCKET)
+    seed_example_data()  # what launch checks before a boot
     iam = boto3.client("iam")
     iam.create_instance_profile(InstanceProfileName="spotctl-trainer")
     iam.create_role(RoleName="spotctl-trainer", AssumeRolePolicyDocument=json.dumps(TRUST_EC2))

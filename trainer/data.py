@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import models, transforms
 
 from trainer.fetch import DataError
+from trainer.job.imagefolder import IMAGE_EXTENSIONS
 from trainer.job.spec import DataSpec, ModelSpec, is_weights_name
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

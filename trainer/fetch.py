@@ -24,11 +24,11 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from trainer.job.imagefolder import ARCHIVE_SUFFIXES
 from trainer.job.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 COMPLETE_MARKER = ".spotctl-complete"
 
 Progress = Callable[[int, int], None]  # (files done, files total)

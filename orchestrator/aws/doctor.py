@@ -2,20 +2,19 @@
 line: ok, or the problem and its fix. What a first launch in a real account meets, in the order
 it meets it: credentials, the Spot service-linked role, the Spot vCPU quotas of the job's instance
 types, a subnet (with a way out) in each zone, the S3 gateway endpoint, the bucket's protections,
-the instance role's reach (data read, job prefix written), and the AMI (its families, its disk).
+the data and weights at their URLs (orchestrator.aws.datasets), the instance role's reach (data read, job prefix written), and the AMI (its families, its disk).
 Read-only: nothing is created or changed.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
 import botocore.exceptions
 
-from orchestrator.aws import quotas
+from orchestrator.aws import datasets, quotas
+from orchestrator.aws.checks import Check, Verdict
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
 from orchestrator.aws.ec2 import describe_image, require_private_egress, subnet_for
 from orchestrator.aws.instances import CREATE_SPOT_ROLE, SPOT_SERVICE_LINKED_ROLE
@@ -27,26 +26,11 @@ from trainer.job import layout
 from trainer.job.spec import JobSpec
 
 
-class Verdict(str, enum.Enum):
-    OK = "ok"
-    PROBLEM = "problem"  # the launch (or the run) would fail: fix it first
-    WARNING = "warning"  # works, at a cost or a risk worth knowing
-    UNKNOWN = "unknown"  # could not be checked with these credentials
-
-
-@dataclass
-class Check:
-    name: str
-    verdict: Verdict
-    detail: str
-    fix: str | None = None
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "verdict": self.verdict.value}
-
-
-def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
-    """Every check, in order; one that cannot run says why instead of stopping the rest."""
+def run_checks(
+    spec: JobSpec, cloud: Cloud, prices: PriceSource, with_offers: Callable[[Offers], list[Check]] | None = None
+) -> list[Check]:
+    """Every check, in order; one that cannot run says why instead of stopping the rest. `with_offers`
+    adds the checks that need the offers found (the budget's, orchestrator.jobs.preflight)."""
     checks: list[Check] = []
 
     def attempt(name: str, check: Callable[[], list[Check]]) -> None:
@@ -87,11 +71,15 @@ def run_checks(spec: JobSpec, cloud: Cloud, prices: PriceSource) -> list[Check]:
         ]
 
     attempt("offers", offers_check)
+    if with_offers is not None:
+        attempt("budget", lambda: with_offers(found))
     attempt("spot quotas", lambda: _quotas(cloud, found.ranked))
     vpcs: dict[str, list[str]] = {}
     attempt("network", lambda: _network(cloud, spec, found.ranked, vpcs))
     attempt("s3 endpoint", lambda: _s3_endpoints(cloud, vpcs))
     attempt("bucket", lambda: [_bucket(cloud, spec)])
+    attempt("data", lambda: datasets.data_checks(cloud, spec))
+    attempt("weights", lambda: datasets.weights_checks(cloud, spec))
     attempt("instance role", lambda: _instance_role(cloud, spec))
     attempt("ami", lambda: _ami(cloud, spec, found))
     return checks

@@ -1,6 +1,8 @@
 """Offers: the pools (instance type x availability zone) a job may run in, priced and ranked.
 
-Instance types come from the spec's list or its GPU requirement (`describe_instance_types` GpuInfo).
+Instance types come from the spec's list or its GPU requirement (`describe_instance_types` GpuInfo);
+a type that only one requirement dropped is kept with the reason (`Offers.unmatched`), so a
+requirement that leaves few types says why ("A10G has 22.4 GiB < min_memory_gib 24").
 A type is excluded, with its reason, when the job's AMI cannot drive it (orchestrator.aws.amis), when
 it has only a fraction of a GPU, when EC2 does not sell it as spot, or (for a GPU requirement that
 names no models) when its GPU is pre-Turing. Where the rest are offered comes from
@@ -25,7 +27,7 @@ from trainer.job.spec import LEGACY_GPU_MODELS, did_you_mean
 
 if TYPE_CHECKING:
     from orchestrator.aws.prices import Pool, PriceSource
-    from trainer.job.spec import ComputeSpec
+    from trainer.job.spec import ComputeSpec, GpuRequirement
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Offers:
     excluded: dict[str, str] = field(default_factory=dict)  # instance type -> why it is not considered
     ami: AmiSupport | None = None  # the job's AMI and what it runs on
     notes: list[str] = field(default_factory=list)  # what the user should know (AMI not filtered, past its patches)
+    unmatched: dict[str, str] = field(default_factory=dict)  # type -> the one GPU requirement that dropped it
 
 
 def _instance_type(entry: dict) -> InstanceType:
@@ -132,45 +135,86 @@ def exclusion(t: InstanceType, ami: AmiSupport, any_model: bool) -> str | None:
     return None
 
 
-def instance_types(cloud: Cloud, compute: ComputeSpec) -> list[InstanceType]:
-    """The spec's instance types, or every GPU type that meets its GPU requirement."""
+def instance_types(cloud: Cloud, compute: ComputeSpec) -> tuple[list[InstanceType], dict[str, str]]:
+    """The spec's instance types, or every GPU type that meets its GPU requirement; and the types one
+    requirement alone dropped (type -> which and why: "A10G has 22.4 GiB < min_memory_gib 24")."""
     ec2 = cloud.client("ec2", retries="adaptive")
     if compute.instance_types:
-        all_names = None
-        found = []
-        for name in compute.instance_types:
-            try:
-                found += [_instance_type(t) for t in ec2.describe_instance_types(InstanceTypes=[name])["InstanceTypes"]]
-            except botocore.exceptions.ClientError as exc:
-                if error_code(exc) != "InvalidInstanceType":
-                    raise
-                if all_names is None:
-                    all_names = [t.name for t in _all_types(ec2)]
-                raise UserError(
-                    f"compute.instance_types: '{name}' is not an instance type in {cloud.region}{did_you_mean(name, all_names)}"
-                ) from None
-        return found
+        return _named_types(cloud, ec2, compute.instance_types), {}
     gpu = compute.gpu
-    matching = [
-        t
-        for t in _all_types(ec2)
-        if t.gpus == gpu.count
-        and t.nvidia
-        and t.x86_64  # what the default (x86_64, CUDA) AMI runs
-        and (gpu.min_memory_gib is None or t.gpu_memory_gib >= gpu.min_memory_gib)
-        and (gpu.models is None or (t.gpu_model or "").lower() in {m.lower() for m in gpu.models})
-    ]
+    matching, dropped = [], {}
+    for t in _all_types(ec2):
+        if not (t.nvidia and t.x86_64):  # what the default (x86_64, CUDA) AMI runs: no requirement of the job's
+            continue
+        unmet = unmet_requirements(t, gpu)
+        if not unmet:
+            matching.append(t)
+        elif len(unmet) == 1 and not unmet[0].startswith("models"):
+            dropped[t.name] = unmet[0]  # a near miss: the one requirement that dropped it is worth saying
     if not matching:
         wanted = (
             f"{gpu.count} GPU(s)"
             + (f" of >= {gpu.min_memory_gib:g} GiB" if gpu.min_memory_gib else "")
             + (f", model {'/'.join(gpu.models)}" if gpu.models else "")
         )
+        said = f" ({summarize_drops(dropped)})" if dropped else ""
         raise UserError(
-            f"compute.gpu: no instance type in {cloud.region} has {wanted}",
-            "relax the GPU requirement, or list compute.instance_types",
+            f"compute.gpu: no instance type in {cloud.region} has {wanted}{said}",
+            _relax_hint(dropped, gpu) or "relax the GPU requirement, or list compute.instance_types",
         )
-    return sorted(matching, key=lambda t: t.name)
+    return sorted(matching, key=lambda t: t.name), dict(sorted(dropped.items()))
+
+
+def unmet_requirements(t: InstanceType, gpu: GpuRequirement) -> list[str]:
+    """Each requirement of `gpu` that `t` does not meet, said as the field and the type's value."""
+    unmet = []
+    if gpu.models is not None and (t.gpu_model or "").lower() not in {m.lower() for m in gpu.models}:
+        unmet.append(f"models: {t.gpu_model} is not one of {', '.join(gpu.models)}")
+    if t.gpus != gpu.count:
+        unmet.append(f"{t.gpus} {t.gpu_model} GPUs, not count {gpu.count}")
+    if gpu.min_memory_gib is not None and t.gpu_memory_gib < gpu.min_memory_gib:
+        unmet.append(f"{t.gpu_model} has {t.gpu_memory_gib:g} GiB < min_memory_gib {gpu.min_memory_gib:g}")
+    return unmet
+
+
+def summarize_drops(dropped: dict[str, str], shown: int = 3) -> str:
+    """The dropped types by reason, a few names each: "A10G has 22.4 GiB < min_memory_gib 24: g5.xlarge, ..."."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in dropped.items():
+        by_reason.setdefault(why, []).append(name)
+    return "; ".join(
+        f"{why}: {', '.join(names[:shown])}{f' and {len(names) - shown} more' if len(names) > shown else ''}"
+        for why, names in by_reason.items()
+    )
+
+
+def _relax_hint(dropped: dict[str, str], gpu: GpuRequirement) -> str | None:
+    """How far min_memory_gib must come down to take the types it dropped."""
+    floors = [float(why.split(" has ")[1].split(" GiB")[0]) for why in dropped.values() if "min_memory_gib" in why]
+    if not floors:
+        return None
+    below = int(max(floors))  # EC2 reports GPU memory in MiB: a "24 GB" A10G is 22.4 GiB
+    return f"EC2 reports their GPU memory in MiB (22888 MiB = 22.4 GiB for a 24 GB A10G): set compute.gpu.min_memory_gib to {below} to take them"
+
+
+def _named_types(cloud: Cloud, ec2, names: list[str]) -> list[InstanceType]:
+    """The listed types, described; every name EC2 does not know is reported at once."""
+    found, unknown = [], []
+    for name in names:
+        try:
+            found += [_instance_type(t) for t in ec2.describe_instance_types(InstanceTypes=[name])["InstanceTypes"]]
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "InvalidInstanceType":
+                raise
+            unknown.append(name)
+    if unknown:
+        all_names = [t.name for t in _all_types(ec2)]
+        said = "; ".join(f"'{name}'{did_you_mean(name, all_names)}" for name in unknown)
+        raise UserError(
+            f"compute.instance_types: {len(unknown)} of {len(names)} are not instance types in {cloud.region}: {said}",
+            "fix or remove them (`aws ec2 describe-instance-types` lists the region's)",
+        )
+    return found
 
 
 def _all_types(ec2) -> list[InstanceType]:
@@ -204,7 +248,8 @@ def find_offers(
     ami = support_of(image)
     any_model = compute.instance_types is None and (compute.gpu is None or compute.gpu.models is None)
     types, excluded = {}, {}
-    for t in instance_types(cloud, compute):
+    candidates, unmatched = instance_types(cloud, compute)
+    for t in candidates:
         why = exclusion(t, ami, any_model)
         if why:
             excluded[t.name] = why
@@ -241,4 +286,4 @@ def find_offers(
             Offer(types[name], zone, spot[pool], price.usd_per_hour if price else None, price.source if price else None)
         )
     offers.sort(key=lambda o: (o.spot_price, -o.instance.gpu_memory_gib, o.instance.name, o.zone))
-    return Offers(offers, dropped, over_cap, excluded, ami, ami.notes(today or date.today()))
+    return Offers(offers, dropped, over_cap, excluded, ami, ami.notes(today or date.today()), unmatched)

@@ -11,7 +11,7 @@ stack's, and the local cloud when one runs (found, never started).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.aws.clients import Cloud, Endpoint, as_user_error, storage_options
 from orchestrator.aws.prices import AwsPrices, PriceSource
@@ -82,6 +82,8 @@ class App:
     settings: Settings
     local: LocalCloud | None = None  # set by --local: the running local cloud, used instead of AWS
     running: LocalCloud | None = None  # the local cloud found running without --local (contexts)
+    filled_in: dict[str, str] = field(default_factory=dict)  # by load_job: dotted path -> where its value came from
+    job_warnings: list = field(default_factory=list)  # by load_job: the file's LocatedProblem warnings
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -191,17 +193,39 @@ class App:
     def load_job(self, job_file: str, region: str | None = None) -> JobSpec:
         """The job file, validated, with what it leaves out taken from the local cloud (under --local) or
         from the stack `spotctl infra deploy` recorded: storage, instance profile, security group.
-        `region` (--region) replaces the file's before those are chosen: they are regional."""
-        from trainer.job.spec_file import load_spec
+        `region` (--region) replaces the file's before those are chosen: they are regional. What was
+        filled in, and from where, is kept in `filled_in`; the file's warnings in `job_warnings`."""
+        from trainer.job.spec_file import load_checked
 
-        spec = load_spec(
-            job_file, defaults=lambda data: self.job_defaults({**data, "region": region} if region else data)
-        )
+        def defaults(data: dict) -> dict:
+            found, source = self.job_defaults({**data, "region": region} if region else data)
+            self.filled_in = {path: source for path in _missing_paths(data, found)}
+            return found
+
+        spec, self.job_warnings = load_checked(job_file, defaults=defaults)
         return spec.model_copy(update={"region": region}) if region else spec
 
-    def job_defaults(self, data: dict) -> dict:
+    def job_defaults(self, data: dict) -> tuple[dict, str]:
+        """(what a job file may leave out, where it comes from). Under --local the local cloud's values
+        only: never the deployed stack's (its security group is in another account's VPC)."""
         if self.local is not None:
-            return {"storage": self.local.storage, "compute": {"instance_profile": self.local.instance_profile}}
+            return (
+                {"storage": self.local.storage, "compute": {"instance_profile": self.local.instance_profile}},
+                "the local cloud",
+            )
         from orchestrator.aws import infra
 
-        return infra.job_defaults(data)
+        deployed = infra.read_profile()
+        return infra.job_defaults(data), f"the deployed stack {deployed.stack}" if deployed else ""
+
+
+def _missing_paths(data: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """The dotted paths of `defaults` that `data` leaves out (null included): the ones filled in."""
+    paths = []
+    for key, value in defaults.items():
+        given = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, dict) and isinstance(given or {}, dict):
+            paths += _missing_paths(given or {}, value, f"{prefix}{key}.")
+        elif given is None:
+            paths.append(f"{prefix}{key}")
+    return paths

@@ -11,6 +11,7 @@ from orchestrator.aws.doctor import Check, Verdict, run_checks
 from orchestrator.cli import options
 from orchestrator.cli.context import App
 from orchestrator.errors import ExitCode
+from orchestrator.jobs.preflight import budget_checks
 
 MARKS = {Verdict.OK: "ok", Verdict.PROBLEM: "PROBLEM", Verdict.WARNING: "warning", Verdict.UNKNOWN: "unknown"}
 
@@ -33,10 +34,10 @@ def render_checks(checks: list[Check]) -> list[str]:
 @click.pass_obj
 def command(app: App, job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
     """Check the account before the first job: credentials, Spot role and quotas, subnets, S3 endpoint,
-    bucket, instance role and AMI; each problem with its fix. Changes nothing."""
+    bucket, data and weights, budget, instance role and AMI; each problem with its fix. Changes nothing."""
     spec = app.load_job(job_file, region)
     cloud = app.cloud(spec.region, profile)
-    checks = run_checks(spec, cloud, app.prices(cloud))
+    checks = run_checks(spec, cloud, app.prices(cloud), with_offers=lambda found: budget_checks(spec, found))
     problems = sum(c.verdict is Verdict.PROBLEM for c in checks)
     if as_json:
         click.echo(json.dumps({"ready": not problems, "checks": [c.as_dict() for c in checks]}, indent=2))

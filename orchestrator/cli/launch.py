@@ -14,6 +14,7 @@ from orchestrator.cli.offers import OFFER_HEADERS, offer_rows, warn
 from orchestrator.errors import ExitCode
 from orchestrator.jobs.contexts import remember
 from orchestrator.jobs.launch import check_permissions, launch, plan_launch
+from orchestrator.jobs.preflight import before_boot, budget_checks, refuse_problems
 from orchestrator.jobs.record import JobStore
 
 
@@ -22,7 +23,7 @@ from orchestrator.jobs.record import JobStore
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Show the plan (offers, AMI, user-data, price), check permissions and the account (`spotctl doctor`); start nothing, write nothing.",
+    help="Show the plan (offers, AMI, user-data, price), check permissions, the account (`spotctl doctor`), the data, weights and budget; start nothing, write nothing.",
 )
 @click.option(
     "--watch",
@@ -54,7 +55,8 @@ def command(
     best = plan.best
     if dry_run:
         verdict = check_permissions(plan, cloud)
-        checks = run_checks(spec, cloud, app.prices(cloud))  # what `spotctl doctor` says of the account
+        # what `spotctl doctor` says of the account, with the checks before a boot (data, weights, budget)
+        checks = run_checks(spec, cloud, app.prices(cloud), with_offers=lambda found: budget_checks(spec, found))
         ready = not any(c.verdict is Verdict.PROBLEM for c in checks)
         if as_json:
             click.echo(
@@ -91,6 +93,11 @@ def command(
         for line in render_checks(checks):
             out.print(line, markup=False, highlight=False)
         return ExitCode.OK if ready else ExitCode.FAILED
+    checks = before_boot(spec, cloud, plan.offers)
+    for check in checks:
+        if check.verdict in (Verdict.WARNING, Verdict.UNKNOWN):
+            click.echo(f"warning: {check.name}: {check.detail}", err=True)
+    refuse_problems(checks)  # what the boot would find out after paying for it: nothing started
     store = JobStore(spec.storage, **cloud.storage_options)
     record = launch(plan, cloud, store)
     # The follow-up commands find the job with no flags: this root is one of the contexts now.

@@ -7,7 +7,7 @@ import json
 import click
 
 from orchestrator.aws.ec2 import describe_image
-from orchestrator.aws.offers import Offer, Offers, find_offers
+from orchestrator.aws.offers import Offer, Offers, find_offers, summarize_drops
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 
@@ -19,6 +19,8 @@ def offer_rows(offers: list[Offer]) -> list[list]:
             o.instance.gpus,
             o.instance.gpu_model,
             f"{o.instance.gpu_memory_gib:g} GiB",
+            o.instance.vcpus,
+            f"{o.instance.memory_gib:g} GiB",
             o.zone,
             render.price(o.spot_price),
             render.price(o.on_demand_price),
@@ -28,13 +30,20 @@ def offer_rows(offers: list[Offer]) -> list[list]:
     ]
 
 
-OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "zone", "spot $/h", "on-demand $/h", "saving"]
+OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "vCPUs", "memory", "zone", "spot $/h", "on-demand $/h", "saving"]
 
 
 def warn(found: Offers) -> None:
-    """The notes about the job's AMI (not filtered by it, or past its end of patch), on stderr."""
+    """The notes about the job's AMI (not filtered by it, or past its end of patch), and the types the
+    GPU requirement dropped, on stderr."""
     for note in found.notes:
         click.echo(f"warning: {note}", err=True)
+    if found.unmatched:
+        click.echo(
+            f"note: compute.gpu dropped {len(found.unmatched)} instance type{'s' * (len(found.unmatched) != 1)} "
+            f"that meet the rest of it: {summarize_drops(found.unmatched)}",
+            err=True,
+        )
 
 
 @click.command("offers")
@@ -42,22 +51,27 @@ def warn(found: Offers) -> None:
 @options.region_option
 @options.local_option
 @options.profile_option
+@click.option("--top", type=click.IntRange(min=1), metavar="N", help="Show only the N cheapest offers.")
 @options.json_option
 @click.pass_obj
-def command(app: App, job_file: str, region: str | None, profile: str | None, as_json: bool) -> int:
+def command(app: App, job_file: str, region: str | None, profile: str | None, top: int | None, as_json: bool) -> int:
     """List the spot offers (instance type x zone) JOB.yaml may run on, cheapest first."""
     spec = app.load_job(job_file, region)
     cloud = app.cloud(spec.region, profile)
     found = find_offers(cloud, spec.compute, app.prices(cloud), describe_image(cloud, spec.compute.ami))
-    warn(found)
+    shown = found.ranked[:top] if top else found.ranked
     if as_json:
         ami = found.ami
+        for note in found.notes:
+            click.echo(f"warning: {note}", err=True)
         click.echo(
             json.dumps(
                 {
-                    "offers": [o.as_dict() for o in found.ranked],
+                    "offers": [o.as_dict() for o in shown],
+                    "count": len(found.ranked),
                     "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped],
                     "excluded": [{"instance_type": t, "reason": why} for t, why in found.excluded.items()],
+                    "unmatched": [{"instance_type": t, "reason": why} for t, why in found.unmatched.items()],
                     "ami": {
                         "id": ami.image.id,
                         "name": ami.image.name,
@@ -72,14 +86,23 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, as
             )
         )
         return 0
+    for note in found.notes:
+        click.echo(f"warning: {note}", err=True)
     out = render.console()
-    out.print(
-        render.table(OFFER_HEADERS, offer_rows(found.ranked), title=f"{len(found.ranked)} offers in {cloud.region}")
+    title = f"{len(found.ranked)} offers in {cloud.region}" + (
+        f", the {len(shown)} cheapest shown" if len(shown) < len(found.ranked) else ""
     )
+    out.print(render.table(OFFER_HEADERS, offer_rows(shown), title=title))
     out.print(found.ami.describe(), markup=False)
     if found.excluded:
         out.print(f"{len(found.excluded)} instance types not considered:", markup=False)
         for name, why in found.excluded.items():
+            out.print(f"  {name}: {why}", markup=False)
+    if found.unmatched:
+        out.print(
+            f"{len(found.unmatched)} instance types dropped by compute.gpu (they meet the rest of it):", markup=False
+        )
+        for name, why in found.unmatched.items():
             out.print(f"  {name}: {why}", markup=False)
     if found.dropped:
         out.print(

@@ -14,6 +14,7 @@ from orchestrator.jobs.state import age_s
 from trainer.job.units import amounts, money, plural, price, rate
 
 __all__ = ["age", "amounts", "console", "duration", "money", "plural", "price", "rate", "spec_tree", "table"]
+from trainer.job.spec import applies_when
 
 
 def console() -> Console:
@@ -22,28 +23,39 @@ def console() -> Console:
     return Console(highlight=False, width=width)
 
 
-def spec_tree(spec: BaseModel, title: str) -> Tree:
-    """The resolved spec as a tree; values the file set are bold, defaults are dim."""
+def spec_tree(spec: BaseModel, title: str, filled_in: dict[str, str] | None = None) -> Tree:
+    """The resolved spec as a tree; values the file set are bold, defaults are dim, and values filled
+    in from elsewhere (the deployed stack, the local cloud: `filled_in`, dotted path -> source) say
+    where from. A field that does not apply where it is (gamma with a cosine schedule) is left out;
+    set anyway, it is marked."""
     tree = Tree(Text(title, style="bold green"))
-    _add_fields(tree, spec)
+    _add_fields(tree, spec, filled_in or {}, "")
     return tree
 
 
-def _add_fields(branch: Tree, model: BaseModel) -> None:
+def _add_fields(branch: Tree, model: BaseModel, filled_in: dict[str, str], prefix: str) -> None:
     for name in type(model).model_fields:
-        value = getattr(model, name)
+        value, path = getattr(model, name), f"{prefix}{name}"
+        explicit = name in model.model_fields_set and path not in filled_in
+        condition = applies_when(type(model), name)
+        applies = condition is None or condition.holds(model)
+        if not applies and not explicit:
+            continue  # e.g. momentum for adamw: not part of the spec as it runs
         if isinstance(value, BaseModel):
-            _add_fields(branch.add(Text(name, style="bold")), value)
+            _add_fields(branch.add(Text(name, style="bold")), value, filled_in, f"{path}.")
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
             section = branch.add(Text(name, style="bold"))
             for i, item in enumerate(value):
-                _add_fields(section.add(Text(f"[{i}]")), item)
+                _add_fields(section.add(Text(f"[{i}]")), item, filled_in, f"{path}[{i}].")
         else:
-            explicit = name in model.model_fields_set
             label = Text(f"{name}: ")
             label.append(_format(value), style="bold" if explicit else "dim")
-            if not explicit:
+            if path in filled_in:
+                label.append(f"  (from {filled_in[path]})", style="dim italic")
+            elif not explicit:
                 label.append("  (default)", style="dim italic")
+            if not applies:
+                label.append(f"  (no effect: applies only {condition.describe()})", style="yellow")
             branch.add(label)
 
 

@@ -6,20 +6,22 @@ import json
 
 import click
 
-from orchestrator.cli import render
+from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from trainer.job.spec_file import SpecError
 
 
 @click.command("validate")
 @click.argument("job_file", metavar="JOB.yaml")
+@options.local_option
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved spec (or the problems) as JSON.")
 @click.pass_obj
 def command(app: App, job_file: str, as_json: bool) -> int:
-    """Check JOB.yaml and print the resolved spec, defaults filled in.
+    """Check JOB.yaml and print the resolved spec, defaults filled in (those of the deployed stack, or of
+    the local cloud under --local, marked as such); fields that do not apply are left out.
 
     Every problem is reported on its own line as FILE:LINE: FIELD: MESSAGE; the exit code is 2
-    when there is any.
+    when there is any. A field set where it has no effect is a warning (FILE:LINE: warning: ...), exit 0.
     """
     try:
         spec = app.load_job(job_file)
@@ -29,8 +31,16 @@ def command(app: App, job_file: str, as_json: bool) -> int:
         problems = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in exc.problems]
         click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
         return exc.exit_code
+    warnings = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in app.job_warnings]
     if as_json:
-        click.echo(json.dumps({"valid": True, "spec": spec.model_dump(mode="json")}, indent=2))
-    else:
-        render.console().print(render.spec_tree(spec, title=f"{job_file}: valid"))
+        click.echo(
+            json.dumps(
+                {"valid": True, "spec": spec.model_dump(mode="json"), "filled_in": app.filled_in, "warnings": warnings},
+                indent=2,
+            )
+        )
+        return 0
+    for warning in app.job_warnings:
+        click.echo(warning.as_warning(), err=True)
+    render.console().print(render.spec_tree(spec, title=f"{job_file}: valid", filled_in=app.filled_in))
     return 0

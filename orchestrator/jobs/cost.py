@@ -230,8 +230,19 @@ def extras_of(attempt: Attempt, region: str) -> tuple[Extras, list[str]]:
     if attempt.disk_gib is None:
         notes.append(f"attempt {attempt.number}: its root volume and public address are not counted (not recorded)")
         return Extras(None, 0.0), notes
-    ipv4 = public_ipv4_rate().usd if attempt.public_ip else 0.0
-    return Extras(attempt.disk_gib * rate.usd / HOURS_PER_MONTH, ipv4), notes
+    return extras_for(attempt.disk_gib, bool(attempt.public_ip), rate.usd), notes
+
+
+def extras_for(disk_gib: int, public_ip: bool, gp3_usd_per_gib_month: float) -> Extras:
+    """The hourly charges of a root volume of `disk_gib` and, if asked for, a public IPv4 address."""
+    ipv4 = public_ipv4_rate().usd if public_ip else 0.0
+    return Extras(disk_gib * gp3_usd_per_gib_month / HOURS_PER_MONTH, ipv4)
+
+
+def spec_extras(disk_gib: int, public_ip: bool, region: str) -> Extras:
+    """What a new attempt will pay besides its instance (the launch's compute section), before it starts."""
+    rate = ebs_gp3_rate(region) or ebs_gp3_rate(EBS_FALLBACK_REGION)
+    return extras_for(disk_gib, public_ip, rate.usd)
 
 
 def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> JobCost | None:

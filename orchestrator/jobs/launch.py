@@ -24,7 +24,7 @@ from orchestrator.aws import infra
 from orchestrator.aws.amis import Image
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
 from orchestrator.aws.ec2 import describe_image, describe_instance, live_instances, resolve_ami, run_instance, terminate
-from orchestrator.aws.offers import Offer, Offers, find_offers
+from orchestrator.aws.offers import Offer, Offers, find_offers, summarize_drops
 from orchestrator.aws.prices import PriceSource
 from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
@@ -62,8 +62,9 @@ def new_job_id(name: str) -> str:
     return f"{name}-{datetime.now(timezone.utc):%y%m%d}-{secrets.token_hex(2)}"
 
 
-def check_reachable_from_instance(spec: JobSpec) -> None:
-    """Everything the instance reads must be a URL it can reach, not a path on this machine."""
+def check_reachable_from_instance(spec: JobSpec, deployed: infra.Deployed | None = None) -> None:
+    """Everything the instance reads must be a URL it can reach, not a path on this machine; and, for a
+    job run with the `deployed` stack's role, under what that role may read."""
     if spec.is_local:
         raise UserError(
             f"storage is a local folder ({spec.storage}); an instance cannot write there",
@@ -88,7 +89,7 @@ def check_reachable_from_instance(spec: JobSpec) -> None:
                 f"{field} is a local path ({value}); the instance cannot read it",
                 "upload it (e.g. `aws s3 sync DIR s3://bucket/datasets/NAME`) and give its s3:// URL",
             )
-    for warning in infra.data_outside_role(spec, infra.read_profile()):
+    for warning in infra.data_outside_role(spec, deployed):
         log.warning("warning: %s", warning)
 
 
@@ -127,7 +128,8 @@ def save_time_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
 
 
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
-    check_reachable_from_instance(spec)
+    # The deployed stack describes an AWS account; a cloud at an endpoint (the local one) is another.
+    check_reachable_from_instance(spec, None if cloud.endpoint else infra.read_profile())
     job_id = job_id or new_job_id(spec.name)
     image = describe_image(cloud, spec.compute.ami)
     offers = find_offers(cloud, spec.compute, prices, image)
@@ -140,8 +142,13 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
         if offers.over_cap:
             (name, zone), price = min(offers.over_cap.items(), key=lambda item: item[1])
             cheapest = f"; the cheapest is {name} in {zone} at ${price:.4f}/h"
+        unmatched = (
+            f"; compute.gpu dropped {len(offers.unmatched)} more types: {summarize_drops(offers.unmatched)}"
+            if offers.unmatched
+            else ""
+        )
         raise UserError(
-            f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest})",
+            f"no spot offer{cap} for this job ({len(offers.dropped)} pools dropped{cheapest}){unmatched}",
             "raise compute.max_price_per_hour or allow more instance types or zones; `spotctl offers JOB.yaml` lists them",
         )
     wheel = build_wheel()

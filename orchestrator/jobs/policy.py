@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.aws.instances import GONE
 from orchestrator.jobs.state import JobView, age_s, derive_state, unfinished_claim
-from trainer.job.documents import INTERRUPTION_ENDS, RECOVERABLE_ENDS, EndReason, JobRecord, JobState
+from trainer.job.documents import INTERRUPTION_ENDS, RECOVERABLE_ENDS, EndReason, Heartbeat, JobRecord, JobState
 from trainer.job.units import amounts, plural
 
 if TYPE_CHECKING:
@@ -116,15 +116,25 @@ def decide(
 
 
 def _to_next_checkpoint_s(view: JobView, spec: JobSpec, now: datetime) -> float:
-    """Seconds until the trainer's next periodic checkpoint (0 when it only saves at epoch ends: then
-    one poll is the horizon)."""
-    every = spec.train.checkpoint.every_seconds
-    if not every:
-        return 0.0
-    beat = view.heartbeat
-    if beat is None or beat.last_checkpoint_age_s is None:
-        return every
-    return max(0.0, every - beat.last_checkpoint_age_s - age_s(beat.updated_at, now))
+    """Seconds until the trainer's next periodic checkpoint (CheckpointSpec.seconds_to_next: the sooner
+    of every_seconds and every_steps at the heartbeat's measured pace), counted from the heartbeat;
+    0 when none is known to come (epoch ends only: then one poll is the horizon)."""
+    checkpoint, beat = spec.train.checkpoint, view.heartbeat
+    if beat is None:
+        return checkpoint.seconds_to_next() or 0.0
+    left = checkpoint.seconds_to_next(
+        since_save_s=beat.last_checkpoint_age_s or 0.0,
+        step=beat.step,
+        seconds_per_step=seconds_per_step(beat),
+    )
+    return 0.0 if left is None else max(0.0, left - age_s(beat.updated_at, now))
+
+
+def seconds_per_step(beat: Heartbeat | None) -> float | None:
+    """The trainer's measured pace: a batch at its images per second (None before it has one)."""
+    if beat is None or not beat.images_per_sec or not beat.batch_size:
+        return None
+    return beat.batch_size / beat.images_per_sec
 
 
 def failover_order(

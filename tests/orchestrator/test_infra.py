@@ -18,7 +18,7 @@ from orchestrator.aws import infra
 from orchestrator.aws.clients import Cloud
 from orchestrator.errors import UserError
 from testbed import REPO
-from tests.cloud import EXAMPLE_AS_WRITTEN, launched_id
+from tests.cloud import EXAMPLE_AS_WRITTEN, launched_id, seed_image_folder
 
 ACCOUNT = "123456789012"  # moto's
 BUCKET = f"spotctl-{ACCOUNT}-us-east-1"
@@ -160,6 +160,8 @@ def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed,
     job.write_text(EXAMPLE_AS_WRITTEN.read_text().replace("my-spotctl-bucket", BUCKET))
     spec = yaml.safe_load(job.read_text())
     assert "instance_profile" not in spec["compute"] and "security_group" not in spec["compute"]
+    for split in ("train", "val"):
+        seed_image_folder(f"s3://{BUCKET}/spotctl/datasets/flowers/{split}")  # uploaded, as the README says
     stored = infra.read_profile()
 
     with caplog.at_level(logging.WARNING):
@@ -347,6 +349,8 @@ def test_data_outside_the_stacks_prefix_and_grants_is_warned_about(deployed, spo
     ]
     # launch says so on the way, and still launches (the role may have rights granted elsewhere).
     warnings_for(f"s3://{BUCKET}/datasets/flowers/train", f"s3://{BUCKET}/spotctl/datasets/flowers/val")
+    seed_image_folder(f"s3://{BUCKET}/datasets/flowers/train")
+    seed_image_folder(f"s3://{BUCKET}/spotctl/datasets/flowers/val")
     with caplog.at_level(logging.WARNING):
         code, _, err = spotctl("launch", str(job), "--dry-run")
     assert code == 0, err

@@ -53,6 +53,8 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
         "GPU",
         "GPU",
         "memory",
+        "vCPUs",
+        "memory",
         "zone",
         "spot",
         "$/h",
@@ -60,7 +62,9 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
         "$/h",
         "saving",
     ]
-    assert lines[3].split() == ["g4dn.xlarge", "1", "T4", "16", "GiB", "us-east-1a", "$0.2100", "$0.5260", "60%"]
+    assert lines[3].split() == [
+        "g4dn.xlarge", "1", "T4", "16", "GiB", "4", "16", "GiB", "us-east-1a", "$0.2100", "$0.5260", "60%"
+    ]  # fmt: skip
     assert "2 pools dropped, e.g. g4dn.xlarge in us-east-1c: no spot price (no spot capacity offered)" in out
 
 
@@ -309,7 +313,8 @@ def test_dry_run_shows_the_plan_and_starts_nothing(account, spotctl):
     assert checks[0].startswith("ok       credentials: ") and checks[-1].startswith("ok       disk: 120 GiB")
     assert not [line for line in checks if line.startswith("PROBLEM")]
     assert boto3.client("ec2").describe_instances()["Reservations"] == []
-    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=BUCKET)  # nothing written
+    written = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert [k for k in written if not k.startswith("spotctl/datasets/")] == []  # nothing written besides the data
 
 
 # ------------------------------------------------------------------------------- status, stop, logs
@@ -521,7 +526,7 @@ def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
     from orchestrator.aws.offers import instance_types
     from trainer.job.spec import ComputeSpec
 
-    found = instance_types(Cloud("us-east-1"), ComputeSpec(gpu={"count": 1}))
+    found, _ = instance_types(Cloud("us-east-1"), ComputeSpec(gpu={"count": 1}))
     names = {t.name for t in found}
     assert {"g4dn.xlarge", "g5.xlarge", "g6.xlarge"} <= names and "g5g.xlarge" not in names  # g5g: arm64
     assert all(t.gpu_model and t.nvidia and t.x86_64 and t.gpus == 1 for t in found)
@@ -582,3 +587,190 @@ def test_aws_prices_read_the_spot_history_and_fall_back_to_the_dated_table(aws):
     ]
     on_demand = prices.on_demand("g5.xlarge")  # moto has no Pricing API
     assert on_demand.usd_per_hour == 1.006 and on_demand.source == f"table {on_demand_table('us-east-1')[0]}"
+
+
+# ------------------------------------------------------------------------------ checks before a boot
+def run_instances_calls(aws) -> int:
+    return sum(n for call, n in aws.calls().items() if call.startswith("ec2:RunInstances:"))
+
+
+def edited_example(tmp_path, *replacements: tuple[str, str]) -> str:
+    text = EXAMPLE.read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+DATA = "s3://my-spotctl-bucket/spotctl/datasets/flowers"
+
+
+def test_a_mistyped_data_path_is_refused_before_any_instance_starts(account, aws, spotctl, tmp_path):
+    job = edited_example(tmp_path, (f"{DATA}/train", f"{DATA}/trian"))
+    code, out, err = spotctl("launch", job)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"error: not launched (nothing started): train.data.train {DATA}/trian: no such prefix (nothing is stored "
+        f"under {DATA}/trian/); did you mean {DATA}/train?",
+        f"hint: check the path; upload the ImageFolder with `aws s3 sync DIR {DATA}/trian/`",
+    ]
+    assert run_instances_calls(aws) == 0
+    assert [
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="spotctl/jobs/").get("Contents", [])
+    ] == []
+    # The dry run lists it with the account's checks, and exits 1.
+    code, out, _ = spotctl("launch", job, "--dry-run")
+    assert code == 1
+    assert f"PROBLEM  data: train.data.train {DATA}/trian: no such prefix" in out
+    assert f"ok       data: train.data.val {DATA}/val: 2 class folders (daisy, rose), images in each" in out
+    assert settled_ec2().describe_instances()["Reservations"] == []  # its RunInstances was a DryRun
+
+
+def put(key: str) -> None:
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"spotctl/datasets/{key}", Body=b"x")
+
+
+@pytest.mark.parametrize(
+    "keys, train, problem",
+    [
+        (["pets/train/a.jpg", "pets/train/b.jpg"], "pets/train", "no class folders: its 2 files lie directly under it"),
+        (
+            ["pets/train/cat/1.jpg", "pets/train/dog/notes.txt"],
+            "pets/train",
+            "class folder 'dog' has no images (.jpg, ",
+        ),
+        (["pets/train/cat/1.jpg"], "pets/train", "only the class folder 'cat'"),
+        ([], "pets/train.tar", "no such object"),
+        (["pets/train.tar"], "pets/train.tar", None),
+    ],
+)
+def test_data_that_is_no_image_folder_is_refused_naming_what_is_wrong(
+    account, aws, spotctl, tmp_path, keys, train, problem
+):
+    for key in keys:
+        put(key)
+    job = edited_example(
+        tmp_path, (f"{DATA}/train", f"s3://{BUCKET}/spotctl/datasets/{train}"), (f"    val: {DATA}/val\n", "")
+    )
+    code, _, err = spotctl("launch", job)
+    if problem is None:
+        assert code == 0, err
+        assert run_instances_calls(aws) == 1
+        return
+    assert code == 1
+    assert err.startswith(
+        f"error: not launched (nothing started): train.data.train s3://{BUCKET}/spotctl/datasets/{train}: {problem}"
+    )
+    assert run_instances_calls(aws) == 0
+
+
+def test_val_classes_that_differ_from_train_are_refused(account, aws, spotctl):
+    put("flowers/val/tulip/1.jpg")
+    code, _, err = spotctl("launch", str(EXAMPLE))
+    assert code == 1
+    assert err.splitlines()[0] == (
+        f"error: not launched (nothing started): train.data.val {DATA}/val: val classes differ from train's (only in val: tulip)"
+    )
+    assert run_instances_calls(aws) == 0
+
+
+def test_data_the_operator_may_not_list_is_a_warning_not_a_refusal(account, aws, spotctl):
+    aws.be_strict(denied_listings=[f"{BUCKET}/spotctl/datasets/"])
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0, err
+    assert err.splitlines()[:2] == [
+        f"warning: data: train.data.train {DATA}/train: cannot check: these credentials lack s3:ListBucket on "
+        f"arn:aws:s3:::{BUCKET} for the prefix 'spotctl/datasets/flowers/train/'",
+        f"warning: data: train.data.val {DATA}/val: cannot check: these credentials lack s3:ListBucket on "
+        f"arn:aws:s3:::{BUCKET} for the prefix 'spotctl/datasets/flowers/val/'",
+    ]
+    assert run_instances_calls(aws) == 1
+
+
+def test_missing_weights_at_a_url_are_refused(account, aws, spotctl, tmp_path):
+    weights = f"s3://{BUCKET}/spotctl/weights/resnet50.pt"
+    job = edited_example(tmp_path, ("    weights: IMAGENET1K_V2\n", f"    weights: {weights}\n"))
+    code, _, err = spotctl("launch", job)
+    assert code == 1
+    assert (
+        err.splitlines()[0] == f"error: not launched (nothing started): train.model.weights {weights}: no such object"
+    )
+    assert run_instances_calls(aws) == 0
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="spotctl/weights/resnet50.pt", Body=b"0" * 10)
+    code, out, err = spotctl("launch", job, "--dry-run")
+    assert code == 0, err
+    assert f"ok       weights: train.model.weights {weights}: exists (10 bytes)" in out
+
+
+def test_a_budget_below_the_first_checkpoint_is_refused_with_the_smallest_that_would_do(
+    account, aws, spotctl, tmp_path
+):
+    # g4dn.xlarge at $0.21/h spot, 120 GiB of gp3 ($0.08/GiB-month) and a public IPv4 address ($0.005/h):
+    # 60 s + 300 s (every_seconds) at $0.21 + $0.013151 + $0.005 = $0.022815
+    job = edited_example(tmp_path, ("  max_cost_usd: 15\n", "  max_cost_usd: 0.02\n"))
+    code, _, err = spotctl("launch", job)
+    assert code == 1
+    assert err.splitlines() == [
+        "error: not launched (nothing started): budget.max_cost_usd $0.02 does not cover one 60 s minimum charge plus "
+        "one checkpoint interval (300 s) on g4dn.xlarge ($0.2100/h spot + $0.0182/h volume and address): $0.0228: "
+        "the job would stop before its first checkpoint",
+        "hint: set budget.max_cost_usd to 0.0229 or more, or checkpoint more often (train.checkpoint)",
+    ]
+    assert run_instances_calls(aws) == 0
+    job = edited_example(tmp_path, ("  max_cost_usd: 15\n", "  max_cost_usd: 0.0229\n"))
+    code, out, err = spotctl("launch", job, "--dry-run")
+    assert code == 0, err
+    assert "ok       budget: budget.max_cost_usd $0.0229 covers one 60 s minimum charge" in out
+
+
+# ------------------------------------------------------------------------------------------- offers
+def test_offers_say_which_gpu_requirement_dropped_which_types(account, spotctl, tmp_path):
+    """EC2 reports the "24 GB" A10G and L4 at 22.4 GiB (22888 MiB): min_memory_gib 24 drops them, and says so."""
+    gpu = "gpu:\n    count: 1\n    min_memory_gib: {}\n    models: [A10G, L4, L40S]"
+    code, out, err = spotctl("offers", job_file(tmp_path, gpu.format(24)), "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert {o["instance_type"] for o in found["offers"]} == set()  # the fixed market prices no L40S
+    unmatched = {u["instance_type"]: u["reason"] for u in found["unmatched"]}
+    assert unmatched["g5.xlarge"] == "A10G has 22.4 GiB < min_memory_gib 24"
+    assert unmatched["g6.xlarge"] == "L4 has 22.4 GiB < min_memory_gib 24"
+    assert "g5.12xlarge" not in unmatched  # 4 GPUs as well: more than one requirement dropped it
+    code, out, err = spotctl("offers", job_file(tmp_path, gpu.format(24)))
+    assert "  g5.xlarge: A10G has 22.4 GiB < min_memory_gib 24" in out.splitlines()
+    code, out, err = spotctl("launch", job_file(tmp_path, gpu.format(24)))
+    assert code == 1 and "; compute.gpu dropped " in err and "A10G has 22.4 GiB < min_memory_gib 24: g5." in err
+    code, out, err = spotctl("offers", job_file(tmp_path, gpu.format(22)), "--json")
+    assert code == 0, err
+    assert {o["instance_type"] for o in json.loads(out)["offers"]} == {"g5.xlarge", "g6.xlarge"}
+
+
+def test_a_gpu_requirement_nothing_meets_says_what_dropped_what(account, spotctl, tmp_path):
+    job = job_file(tmp_path, "gpu:\n    count: 1\n    min_memory_gib: 24\n    models: [A10G, L4]")
+    code, _, err = spotctl("offers", job)
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith(
+        "error: compute.gpu: no instance type in us-east-1 has 1 GPU(s) of >= 24 GiB, model A10G/L4 "
+        "(A10G has 22.4 GiB < min_memory_gib 24: g5."
+    )
+    assert "L4 has 22.4 GiB < min_memory_gib 24: g6." in lines[0]
+    assert lines[1].startswith("hint: EC2 reports") and "set compute.gpu.min_memory_gib to 22" in lines[1]
+
+
+def test_offers_top_n_and_every_unknown_type_at_once(account, spotctl, tmp_path):
+    code, out, err = spotctl("offers", str(EXAMPLE), "--top", "2")
+    assert code == 0, err
+    assert out.splitlines()[0].rstrip() == "7 offers in us-east-1, the 2 cheapest shown"
+    assert [line.split()[0] for line in out.splitlines()[3:5]] == ["g4dn.xlarge", "g4dn.xlarge"]
+    assert "g6.xlarge" not in out.split("AMI")[0]
+    code, out, _ = spotctl("offers", str(EXAMPLE), "--top", "1", "--json")
+    assert (len(json.loads(out)["offers"]), json.loads(out)["count"]) == (1, 7)
+    code, _, err = spotctl("offers", job_file(tmp_path, "instance_types: [g5.xlarge, g5.xlarg, g9.huge, g4dn.xlarge]"))
+    assert code == 1
+    assert err.splitlines() == [
+        "error: compute.instance_types: 2 of 4 are not instance types in us-east-1: 'g5.xlarg'; did you mean "
+        "'g5.xlarge'?; 'g9.huge'",
+        "hint: fix or remove them (`aws ec2 describe-instance-types` lists the region's)",
+    ]

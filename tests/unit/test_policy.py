@@ -122,3 +122,31 @@ OFFERS = [
 # fmt: on
 def test_failover_order(attempts, avoid, expected):
     assert [o.instance.name for o in failover_order(OFFERS, record(*attempts), avoid, NOW)] == expected
+
+
+# ------------------------------------------------------------------------------ budget look-ahead
+STEPS_SPEC = SPEC.model_copy(
+    update={
+        "train": SPEC.train.model_copy(
+            update={"checkpoint": SPEC.train.checkpoint.model_copy(update={"every_seconds": 600, "every_steps": 10})}
+        )
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "heartbeat, action",
+    [
+        # 0.5 s a step (32 images at 64/s): step 10 comes in 4.5 s, long before every_seconds' 600 s
+        (beat(step=1, last_checkpoint_age_s=5, images_per_sec=64.0, batch_size=32), Action.WAIT),
+        # 60 s a step: the 600 s save comes first (595 s away at $0.25/h: $0.041 more)
+        (beat(step=1, last_checkpoint_age_s=5, images_per_sec=32 / 60, batch_size=32), Action.STOP),
+        # the pace not measured yet: every_seconds is all that is known
+        (beat(step=1, last_checkpoint_age_s=5), Action.STOP),
+    ],
+)
+def test_the_budget_look_ahead_takes_the_sooner_of_every_seconds_and_every_steps(heartbeat, action):
+    """Bug: `resume --budget 0.02` of a job saving every 10 steps trained one step and stopped again,
+    the look-ahead pricing 600 s (every_seconds) to a checkpoint 10 steps (seconds) away."""
+    job = view(record(attempt(), budget=0.02), instance(), heartbeat)
+    assert decide(job, STEPS_SPEC, cost(0.015, 0.25), poll_s=10.0, now=NOW).action is action

@@ -185,3 +185,57 @@ def test_launch_warns_when_a_checkpoint_cannot_be_uploaded_in_half_the_spot_noti
         "than half the 120s spot notice: the save on the notice may not finish; checkpoint more often "
         "(train.checkpoint.every_seconds) or choose a type with more bandwidth"
     ]
+
+
+# ----------------------------------------------------------------------------- fields that apply
+def test_validate_shows_only_the_fields_that_apply(tmp_path, spotctl):
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL + "  optimizer: {name: adamw}\n  scheduler: {name: cosine}\n")
+    code, out, err = spotctl("validate", str(job))
+    assert (code, err) == (0, "")
+    shown = {line.lstrip("│├└─ ").split(":")[0] for line in out.splitlines()}
+    assert {"betas", "min_lr", "warmup_epochs"} <= shown
+    assert not {"momentum", "nesterov", "gamma", "step_epochs", "pct_start", "hard_max_price"} & shown
+    assert not {"calibration_images", "agreement_images"} & shown  # export formats without int8
+    job.write_text(MINIMAL + "  scheduler: {name: step}\n  export: {formats: [int8]}\n")
+    code, out, _ = spotctl("validate", str(job))
+    shown = {line.lstrip("│├└─ ").split(":")[0] for line in out.splitlines()}
+    assert {"momentum", "nesterov", "gamma", "step_epochs", "calibration_images"} <= shown
+    assert not {"betas", "min_lr", "pct_start"} & shown
+
+
+def test_a_field_set_where_it_has_no_effect_is_a_warning_with_its_line(tmp_path, spotctl):
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        MINIMAL.replace(
+            "    train: s3://bucket-a/data/train\n",
+            "    train: s3://bucket-a/data/train\n    val: s3://bucket-a/data/val\n    val_fraction: 0.2\n",
+        )
+        + "  scheduler:\n    name: cosine\n    pct_start: 0.2\n"
+    )
+    code, out, err = spotctl("validate", str(job))
+    assert code == 0
+    assert err.splitlines() == [
+        f"{job}:9: warning: train.data.val_fraction: has no effect with val: s3://bucket-a/data/val (it applies "
+        "only with val: null); remove it",
+        f"{job}:12: warning: train.scheduler.pct_start: has no effect with name: cosine (it applies only with "
+        "name: onecycle); remove it",
+    ]
+    assert "    │   └── pct_start: 0.2  (no effect: applies only with name: onecycle)" in out.splitlines()
+    code, out, _ = spotctl("validate", "--json", str(job))
+    document = json.loads(out)
+    assert code == 0 and document["valid"] is True
+    assert [(w["line"], w["field"]) for w in document["warnings"]] == [
+        (9, "train.data.val_fraction"),
+        (12, "train.scheduler.pct_start"),
+    ]
+
+
+def test_the_interval_to_the_next_checkpoint_is_the_sooner_of_seconds_and_steps():
+    checkpoint = parse_spec(MINIMAL + "  checkpoint: {every_seconds: 300, every_steps: 50}\n").train.checkpoint
+    assert checkpoint.seconds_to_next() == 300  # the pace is not known: every_seconds alone
+    assert checkpoint.seconds_to_next(seconds_per_step=2.0) == 100
+    assert checkpoint.seconds_to_next(since_save_s=280, step=10, seconds_per_step=2.0) == 20
+    assert checkpoint.seconds_to_next(since_save_s=10, step=140, seconds_per_step=2.0) == 20  # step 150 next
+    steps_only = parse_spec(MINIMAL + "  checkpoint: {every_seconds: null, every_steps: 50}\n").train.checkpoint
+    assert steps_only.seconds_to_next() is None and steps_only.seconds_to_next(seconds_per_step=0.5) == 25

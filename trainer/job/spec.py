@@ -45,6 +45,72 @@ class Problem:
     message: str
 
 
+@dataclass(frozen=True)
+class AppliesWhen:
+    """Field metadata (`Annotated[type, AppliesWhen(...)]`): the field has an effect only when its
+    sibling `field` is one of `values`, or holds `contains`, or (`given`) is not null. `spotctl
+    validate` leaves a field out where it does not apply, and warns when the file sets it there."""
+
+    field: str
+    values: tuple = ()
+    contains: str | None = None
+    given: bool = False
+
+    def holds(self, section: BaseModel) -> bool:
+        value = getattr(section, self.field)
+        if self.given:
+            return value is not None
+        if self.contains is not None:
+            return self.contains in (value or ())
+        return value in self.values
+
+    def describe(self) -> str:
+        """Where the field applies: "with name: onecycle", "when formats lists int8"."""
+        if self.given:
+            return f"when {self.field} is set"
+        if self.contains is not None:
+            return f"when {self.field} lists {self.contains}"
+        return f"with {self.field}: {' or '.join(_plain(v) for v in self.values)}"
+
+
+def applies_when(section: type[BaseModel], name: str) -> AppliesWhen | None:
+    """The field's condition, if it has one."""
+    return next((m for m in section.model_fields[name].metadata if isinstance(m, AppliesWhen)), None)
+
+
+def inapplicable(section: BaseModel, loc: tuple = ()) -> list[Problem]:
+    """Fields the file set that have no effect where they are (pct_start with a cosine schedule),
+    in this section and the sections inside it."""
+    found = []
+    for name in type(section).model_fields:
+        value, condition = getattr(section, name), applies_when(type(section), name)
+        if condition is not None and name in section.model_fields_set and not condition.holds(section):
+            current = getattr(section, condition.field)
+            found.append(
+                Problem(
+                    (*loc, name),
+                    f"has no effect with {condition.field}: {_plain(current)} (it applies only {condition.describe()}); remove it",
+                )
+            )
+        if isinstance(value, BaseModel):
+            found += inapplicable(value, (*loc, name))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found += inapplicable(item, (*loc, name, i))
+    return found
+
+
+def _plain(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
 def close_match(value: str, choices, cutoff: float = 0.6) -> str | None:
     """The choice `value` was most likely meant to be, for "did you mean" hints."""
     choices = list(choices)
@@ -133,8 +199,9 @@ AvailabilityZone = Annotated[str, AfterValidator(_zone)]
 class GpuRequirement(Section):
     count: int = Field(1, ge=1, le=16)
     """GPUs per instance."""
-    min_memory_gib: float | None = Field(None, gt=0, le=1024, examples=[16, 24])
-    """Minimum memory of each GPU, in GiB; any if omitted."""
+    min_memory_gib: float | None = Field(None, gt=0, le=1024, examples=[16, 22])
+    """Minimum memory of each GPU, in GiB as EC2 reports it (a "24 GB" A10G or L4 has 22.4 GiB); any if
+    omitted. `spotctl offers` names the types it drops."""
     models: list[GpuModel] | None = Field(None, min_length=1, examples=[["A10G", "L4"]])
     """Acceptable GPU models as EC2 names them (T4, A10G, L4, L40S, A100, H100, ...). If omitted, any
     but the pre-Turing V100, K80 and M60, which the default AMI's open-source driver cannot drive."""
@@ -152,7 +219,7 @@ class ComputeSpec(Section):
     """Zones to launch in, all inside `region`; every zone of the region if omitted."""
     max_price_per_hour: float | None = Field(None, gt=0, le=1000, examples=[1.5])
     """Highest spot price to pay, in USD per instance-hour; offers above it are never used."""
-    hard_max_price: bool = False
+    hard_max_price: Annotated[bool, AppliesWhen("max_price_per_hour", given=True)] = False
     """Also send `max_price_per_hour` to EC2 as the instance's MaxPrice. Off by default: AWS then
     interrupts the instance whenever the pool's price crosses it (interrupted more often); without
     it a running instance pays the spot price, never above on-demand."""
@@ -345,7 +412,7 @@ def _prefix_problems(prefixes: list[str], info: model_catalog.ModelInfo, loc: tu
 class AugmentationSpec(Section):
     random_resized_crop: bool = True
     """Random-resized-crop training images (else resize and center-crop them like validation)."""
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_scale: Annotated[tuple[float, float], AppliesWhen("random_resized_crop", (True,))] = (0.08, 1.0)
     """Area range of the random crop, as fractions of the image."""
     horizontal_flip: bool = True
     """Flip training images left-right at random."""
@@ -366,7 +433,7 @@ class DataSpec(Section):
     """Training images: an ImageFolder (one folder per class) or a .tar of one, at a URL or local path."""
     val: str | None = Field(None, examples=["s3://my-bucket/datasets/flowers/val"])
     """Validation images, same layout; default: a seeded `val_fraction` split of the training images."""
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: Annotated[float, AppliesWhen("val", (None,))] = Field(0.1, gt=0, lt=1)
     """Share of the training images held out for validation when `val` is not given."""
     image_size: int = Field(224, ge=16, le=1024)
     """Side of the square images fed to the model."""
@@ -399,11 +466,11 @@ class OptimizerSpec(Section):
     """sgd (with momentum) or adamw."""
     lr: float = Field(0.01, gt=0, le=10)
     """Peak learning rate of parameters in no `param_groups` entry."""
-    momentum: float | None = Field(None, ge=0, lt=1)
+    momentum: Annotated[float | None, AppliesWhen("name", ("sgd",))] = Field(None, ge=0, lt=1)
     """SGD momentum; default 0.9. sgd only."""
-    nesterov: bool = False
+    nesterov: Annotated[bool, AppliesWhen("name", ("sgd",))] = False
     """Nesterov momentum. sgd only."""
-    betas: tuple[float, float] | None = None
+    betas: Annotated[tuple[float, float] | None, AppliesWhen("name", ("adamw",))] = None
     """AdamW betas; default [0.9, 0.999]. adamw only."""
     weight_decay: float = Field(1e-4, ge=0, le=1)
     """Weight decay (decoupled for adamw)."""
@@ -458,15 +525,15 @@ class OptimizerSpec(Section):
 class SchedulerSpec(Section):
     name: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
     """Learning-rate schedule after warm-up."""
-    warmup_epochs: float = Field(0.0, ge=0, le=1000)
+    warmup_epochs: Annotated[float, AppliesWhen("name", ("cosine", "step", "constant"))] = Field(0.0, ge=0, le=1000)
     """Linear warm-up from lr/100, in epochs (fractions allowed). Not for onecycle, which warms up itself."""
-    step_epochs: int = Field(30, ge=1, le=10000)
+    step_epochs: Annotated[int, AppliesWhen("name", ("step",))] = Field(30, ge=1, le=10000)
     """step: multiply the lr by `gamma` every this many epochs."""
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: Annotated[float, AppliesWhen("name", ("step",))] = Field(0.1, gt=0, le=1)
     """step: the factor applied every `step_epochs`."""
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: Annotated[float, AppliesWhen("name", ("cosine",))] = Field(0.0, ge=0)
     """cosine: the lr reached at the last step."""
-    pct_start: float = Field(0.3, gt=0, lt=1)
+    pct_start: Annotated[float, AppliesWhen("name", ("onecycle",))] = Field(0.3, gt=0, lt=1)
     """onecycle: share of the run spent increasing the lr."""
 
 
@@ -491,6 +558,22 @@ class CheckpointSpec(Section):
     keep: int = Field(3, ge=1, le=1000)
     """Committed checkpoints kept, besides best/ and the one a run resumed from."""
 
+    def seconds_to_next(
+        self, since_save_s: float = 0.0, step: int | None = None, seconds_per_step: float | None = None
+    ) -> float | None:
+        """Seconds until the next periodic save: the sooner of `every_seconds` (counted from the last
+        save, `since_save_s` ago) and `every_steps` (the trainer saves at each multiple of it; `step`:
+        the step reached, None: a save just happened) at `seconds_per_step` when the pace is known.
+        With the defaults, the interval between two saves. None: no periodic save is known to come
+        (epoch ends only, or steps at a pace not measured yet)."""
+        due = []
+        if self.every_seconds:
+            due.append(max(0.0, self.every_seconds - since_save_s))
+        if self.every_steps and seconds_per_step:
+            left = self.every_steps - (step % self.every_steps if step is not None else 0)
+            due.append(left * seconds_per_step)
+        return min(due) if due else None
+
 
 EXPORT_FORMATS = ("state_dict", "torchscript", "exported", "onnx", "int8")
 
@@ -500,9 +583,9 @@ class ExportSpec(Section):
     """Artifacts exported from the best model when training ends: `state_dict` (safetensors + model.json),
     `torchscript` (traced), `exported` (torch.export .pt2), `onnx` (one file, dynamic batch), `int8`
     (statically quantized for CPU inference). Each is loaded back and checked against the model."""
-    calibration_images: int = Field(256, ge=1, le=100_000)
+    calibration_images: Annotated[int, AppliesWhen("formats", contains="int8")] = Field(256, ge=1, le=100_000)
     """Training images (a seeded choice, without augmentation) that int8 quantization is calibrated on."""
-    agreement_images: int = Field(1000, ge=1, le=1_000_000)
+    agreement_images: Annotated[int, AppliesWhen("formats", contains="int8")] = Field(1000, ge=1, le=1_000_000)
     """Validation images int8's agreement with the fp32 model (SQNR, top-1) is measured on: the first N."""
 
     @field_validator("formats")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from trainer.job import layout
-from trainer.job.spec import JobSpec, Problem, did_you_mean
+from trainer.job.spec import JobSpec, Problem, did_you_mean, inapplicable
 
 Loc = tuple[str | int, ...]
 
@@ -35,6 +35,11 @@ class LocatedProblem:
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line else self.source
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def as_warning(self) -> str:
+        """`file:line: warning: path: message`, as compilers print a warning."""
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: warning: {self.path}: {self.message}" if self.path else f"{where}: warning: {self.message}"
 
 
 class SpecError(ValueError):
@@ -58,9 +63,14 @@ Defaults = Callable[[dict], dict]
 
 def load_spec(location: str | Path, defaults: Defaults | None = None) -> JobSpec:
     """Load and fully validate a job file from a local path or any fsspec URL (s3://...)."""
+    return load_checked(location, defaults)[0]
+
+
+def load_checked(location: str | Path, defaults: Defaults | None = None) -> tuple[JobSpec, list[LocatedProblem]]:
+    """`load_spec`, and the warnings: fields the file sets that have no effect there (`spec.inapplicable`)."""
     location = str(location)
     local = _local_path(location)
-    return parse_spec(
+    return parse_checked(
         _read_text(location, local), source=location, base_dir=local.parent if local else None, defaults=defaults
     )
 
@@ -70,6 +80,13 @@ def parse_spec(
 ) -> JobSpec:
     """Validate job.yaml text. Relative local paths in it are resolved against `base_dir`.
     `defaults(data)` gives values for keys the file leaves out (the deployed stack's storage...)."""
+    return parse_checked(text, source, base_dir, defaults)[0]
+
+
+def parse_checked(
+    text: str, source: str = layout.JOB_FILE, base_dir: Path | None = None, defaults: Defaults | None = None
+) -> tuple[JobSpec, list[LocatedProblem]]:
+    """`parse_spec`, and the warnings, each with its line (a warning never makes a spec invalid)."""
     data, lines = _parse_yaml(text, source)
     if defaults is not None and isinstance(data, dict):
         data = _fill_missing(data, defaults(data))
@@ -80,7 +97,8 @@ def parse_spec(
     problems = spec.problems()
     if problems:
         raise SpecError(source, [_locate(p, lines, source, key_line=False) for p in problems])
-    return spec
+    warnings = [_locate(p, lines, source, key_line=True) for p in inapplicable(spec)]
+    return spec, sorted(warnings, key=lambda p: (p.line or 0, p.path))
 
 
 def _fill_missing(data: dict, defaults: dict) -> dict:
