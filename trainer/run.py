@@ -102,7 +102,7 @@ def run(
     reporter = Reporter(storage, attempt, log_file, interval=interval).start()
     watcher = InterruptionWatcher().start()
     display = ConsoleProgress(console, live=console.is_terminal)
-    outcome = None
+    outcome = trainer = None
     try:
         trainer = Trainer(spec, job_id, storage, reporter, watcher, display, default_cache_dir(), attempt)
         outcome = trainer.fit()
@@ -122,6 +122,8 @@ def run(
         _record_failure(storage, reporter, attempt, exc)
         return EXIT_FAILED
     finally:
+        if trainer is not None:
+            trainer.close()  # its data workers ignore SIGTERM: they are ended here, not at exit
         display.close()
         watcher.close()
 
