@@ -27,7 +27,7 @@ from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
 from trainer.job.storage import Storage
 from trainer.metrics import EarlyStopping, Meter
-from trainer.model import build_model, build_optimizer
+from trainer.model import build_model, build_optimizer, setup_lines
 from trainer.preemption import InterruptionWatcher
 from trainer.reporting import Reporter
 from trainer.schedule import build_scheduler
@@ -50,6 +50,8 @@ class Outcome:
     reason: str | None = None
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    num_classes: int = 0
+    val_images: int = 0
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -150,6 +152,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        for line in setup_lines(self.train, self.model, self.optimizer, self.amp, self.device):
+            log.info("%s", line)
 
         marks["model"] = time.monotonic()
         identity = checkpoint_identity(self.train, self.classes)
@@ -558,7 +562,16 @@ class Trainer:
                 "value": self.stopper.best,
                 "epoch": self.stopper.best_epoch + 1,
             }
-        return Outcome(status, self.position.step, self.position.epoch, reason, self.history, best)
+        return Outcome(
+            status,
+            self.position.step,
+            self.position.epoch,
+            reason,
+            self.history,
+            best,
+            len(self.classes),
+            self.data.val_size,
+        )
 
 
 _DATA_LOST = object()  # _next_batch: the data went with the machine after a stop request

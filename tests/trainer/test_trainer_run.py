@@ -10,6 +10,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+import torch
+import torchvision
 
 from testbed.harness import FakeImds
 from testbed.trainer_runs import (
@@ -75,6 +77,15 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
         and final["epochs_completed"] == 3
     )
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3] and final["best"]["metric"] == "val_acc1"
+    # 3 epochs of 32-pixel shapes from random weights learn nothing yet: 3 of 9 right, as guessing does.
+    assert final["warnings"] == [
+        {
+            "name": "chance_level",
+            "message": "validation accuracy 33.3% (best epoch) is chance level for 3 classes (33.3%): at most 1.5x chance",
+            "hint": "check that the class folders hold the right images, lower or raise optimizer.lr, train longer, "
+            "or give more validation images",
+        }
+    ]
     beat = json.loads((prefix / "status/heartbeat.json").read_text())
     assert beat["phase"] == "done" and beat["step"] == 18 and beat["steps_per_epoch"] == 6 and beat["total_steps"] == 18
     assert beat["images_per_sec"] > 0 and 0 <= beat["data_wait_fraction"] <= 1 and beat["last_checkpoint_step"] == 18
@@ -84,7 +95,24 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
     records = lines(prefix, "metrics")
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]  # every epoch
     assert {"loss", "acc1", "lr", "images_per_sec"} <= set(next(r for r in records if r["kind"] == "step"))
-    assert "succeeded after 18 steps" in (prefix / "logs/attempt-1.log").read_text()
+    log = (prefix / "logs/attempt-1.log").read_text()
+    assert "succeeded after 18 steps" in log and "WARNING validation accuracy 33.3% (best epoch) is chance level" in log
+    setup = [
+        line.split(" INFO ", 1)[1]
+        for line in log.splitlines()
+        if " INFO model: " in line or " INFO optimizer: " in line or " INFO training: " in line
+    ]
+    assert setup == [
+        "model: mobilenet_v3_small, weights none (random init)",
+        "model: head classifier.3 replaced by a new Linear 1024 -> 3 features",
+        f"model: {sum(p.numel() for p in torchvision.models.mobilenet_v3_small(num_classes=3).parameters()):,} trainable and 0 frozen parameters (freeze: none)",
+        setup[3],
+        setup[4],
+    ]
+    assert setup[4].startswith("training: batch size 6, AMP ") and setup[4].endswith(
+        ", 0 data workers, on cuda" if torch.cuda.is_available() else " off (fp32), 0 data workers, on cpu"
+    )
+    assert setup[3].startswith("optimizer: sgd, 1 param group(s): default lr 0.05 (weight decay 0.0001, ")
 
     committed = sorted(p.parent.name for p in (prefix / "checkpoints").glob("step-*/MANIFEST.json"))
     assert committed == ["step-16", "step-18"]  # keep: 2
