@@ -106,6 +106,7 @@ def real_data(amp: str, root: Path) -> float:
         sample_every=5,
     )
     trainer.fit()
+    trainer.close()  # ends the data workers (they ignore SIGTERM, so exit would wait for them)
     reporter.close("done")
     rates = [
         json.loads(line)["images_per_sec"]

@@ -140,6 +140,8 @@ def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dic
         # Instrumentation only: fit() iterates over data.train_loader, a plain attribute.
         stamped = fitter.data.train_loader = Stamped(fitter.data.train_loader)
         outcome = fitter.fit()
+        fitter.data.train_loader = stamped.loader
+        fitter.close()  # ends the data workers (they ignore SIGTERM, so exit would wait for them)
     finally:
         display.close()
         watcher.close()

@@ -57,10 +57,17 @@ def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_trainer(job: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+def start_trainer(job: str, env: dict[str, str], log: Path | None = None, own_group: bool = False) -> subprocess.Popen:
+    """`own_group`: in a new session, so the test can signal its whole process group (data workers
+    included), as `timeout`, systemd at shutdown and Slurm do."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child writes to it after we return
     return subprocess.Popen(
-        [sys.executable, "-m", "trainer", "run", "--job", job], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "trainer", "run", "--job", job],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=own_group,
     )
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -136,6 +138,64 @@ def val_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
 
 
 # ------------------------------------------------------------------------------------------ loading
+def leave_signals_to_the_trainer(worker_id: int) -> None:
+    """Every data worker's init: SIGTERM and SIGINT are the training process's to act on.
+
+    `timeout`, systemd at shutdown, Slurm, `kill -TERM -- -PGID` and a terminal's Ctrl-C signal the
+    whole process group. A worker that died of it would take the step in flight with it before the
+    loop reached its boundary, so no final checkpoint. Ignoring them here (after torch's own worker
+    handlers, which end a worker on SIGTERM) lets the trainer save and shut its workers down itself.
+    Worker seeding is untouched: each sample seeds its own augmentation (`sample_seed`).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def quiet_worker_exits_after_a_stop(stopping: Callable[[], bool]) -> Callable[[], None]:
+    """Once a stop is requested, a data worker that dies no longer raises in the training process.
+    Returns what undoes it (the trainer's close).
+
+    torch's SIGCHLD handler (installed by a loader's first multi-worker iterator) raises "DataLoader
+    worker ... killed by signal" wherever the main thread happens to be: inside an optimizer step or
+    the final checkpoint's state copy, which would turn the graceful save into a failure. After a
+    stop the loop needs no more data, and a loader asked for data still reports a dead worker where
+    it is asked (the loop handles it there). Call after the first `iter()` of a loader with workers;
+    only the main thread may set signal handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGCHLD)
+    if not callable(previous):  # no workers, so no torch handler
+        return lambda: None
+
+    def on_child_exit(signum, frame):
+        if not stopping():
+            previous(signum, frame)
+
+    signal.signal(signal.SIGCHLD, on_child_exit)
+    return lambda: signal.signal(signal.SIGCHLD, previous)
+
+
+def shut_down_workers(loader: DataLoader) -> None:
+    """End a loader's persistent workers now; kill one that does not leave when asked.
+
+    The trainer must do it before it exits: its workers ignore SIGTERM, and at interpreter exit
+    multiprocessing terminates its daemonic children (with SIGTERM) and then joins them without a
+    timeout, before or after torch's own clean-up depending on import order: that would wait forever.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None:
+        return
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()  # done event, then a None to each worker; joins them (5 s each)
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():  # stuck: SIGTERM is ignored, so torch's terminate() did nothing
+            worker.kill()
+            worker.join(timeout=5)
+
+
 class BadImage(NamedTuple):
     """An image that failed to decode: skipped, counted, and reported by path."""
 
@@ -217,6 +277,11 @@ class TrainingData:
     calibration_set: ImageDataset  # the training images with the validation transform (see calibration_batches)
     seed: int
 
+    def close(self) -> None:
+        """End the loaders' data workers (see shut_down_workers)."""
+        for loader in (self.train_loader, self.val_loader):
+            shut_down_workers(loader)
+
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_sampler)
@@ -276,6 +341,7 @@ def build(
             collate_fn=collate,
             pin_memory=pin_memory,
             persistent_workers=spec.workers > 0,
+            worker_init_fn=leave_signals_to_the_trainer if spec.workers > 0 else None,
             # Our own generator: otherwise every new iterator draws its workers' base seed from the
             # global generator, and a resumed run (which starts iterating mid-epoch) would drift from
             # the uninterrupted one in everything else that uses it (dropout).

@@ -14,7 +14,9 @@ to. A file that misses its tolerance is not uploaded: a deployable artifact is a
 - `onnx`: one self-contained file (weights embedded) with a dynamic batch dimension, passing
   `onnx.checker`, run back through onnxruntime;
 - `int8`: statically quantized for CPU (trainer.quantize), also measured on up to
-  `agreement_images` validation images (SQNR, top-1), for size and for CPU latency against fp32.
+  `agreement_images` validation images (SQNR, top-1), for size and for CPU latency against fp32
+  (interleaved pairs; the speed-up is their median ratio, or None with a note when the spread
+  cannot tell: trainer.quantize.speedup_estimate).
 
 A format that fails is recorded with its reason; it never loses the others, and never fails the run.
 
@@ -334,7 +336,7 @@ def _int8(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # TorchScript's deprecation, as above
         loaded = torch.jit.load(str(path))
-    fp32_ms, int8_ms = quantize.latency_ms(model, data.sample), quantize.latency_ms(loaded, data.sample)
+    timed = quantize.compare_latency(model, loaded, data.sample)
     fp32_bytes = quantize.size_bytes(model)
     figures = {
         "method": quantize.METHOD,
@@ -347,8 +349,8 @@ def _int8(model: nn.Module, info: dict, folder: Path, data: ExportData) -> Built
             "int8_bytes": path.stat().st_size,
             "ratio": round(fp32_bytes / path.stat().st_size, 2),
         },
-        "cpu_latency_ms": {"fp32": fp32_ms, "int8": int8_ms, "threads": torch.get_num_threads()},
-        "speedup": {size: round(fp32_ms[size] / int8_ms[size], 2) for size in fp32_ms},
+        "cpu_latency_ms": {**timed["cpu_latency_ms"], "threads": torch.get_num_threads()},
+        **{key: timed[key] for key in ("speedup", "speedup_spread", "speedup_note")},
     }
     return Built([path], loaded, figures)
 

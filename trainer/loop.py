@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
 from trainer.job.storage import Storage
 from trainer.metrics import EarlyStopping, Meter, Throughput
-from trainer.model import build_model, build_optimizer
+from trainer.model import build_model, build_optimizer, setup_lines
 from trainer.preemption import InterruptionWatcher
 from trainer.reporting import Reporter
 from trainer.schedule import build_scheduler
@@ -49,6 +50,8 @@ class Outcome:
     reason: str | None = None
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    num_classes: int = 0
+    val_images: int = 0
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -149,6 +152,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        for line in setup_lines(self.train, self.model, self.optimizer, self.amp, self.device):
+            log.info("%s", line)
 
         marks["model"] = time.monotonic()
         identity = checkpoint_identity(self.train, self.classes)
@@ -170,6 +175,7 @@ class Trainer:
         self.bad_images: set[str] = set()
         self.sample_every = sample_every or max(1, self.data.steps_per_epoch // 20)
         self.throughput = Throughput()
+        self._loud_worker_exits: Callable[[], None] | None = None  # undoes quiet_worker_exits_after_a_stop
         self._restore()
         marks["restore"] = time.monotonic()
         self.startup = {
@@ -200,9 +206,13 @@ class Trainer:
             )
             window = _Window(self.device)
             batches = iter(self.data.train_loader)
+            if self._loud_worker_exits is None:  # torch's SIGCHLD handler exists from the first iter()
+                self._loud_worker_exits = data_mod.quiet_worker_exits_after_a_stop(self._stop_requested)
             while True:
                 started = time.perf_counter()
-                batch = next(batches, None)
+                batch = self._next_batch(batches)
+                if batch is _DATA_LOST:
+                    return self._stop_now()
                 if batch is None:
                     break
                 window.waited += time.perf_counter() - started
@@ -247,6 +257,13 @@ class Trainer:
                 )
         return self._outcome("succeeded")
 
+    def close(self) -> None:
+        """End the data workers and give back the SIGCHLD handler; the run's objects stay readable."""
+        self.data.close()
+        if self._loud_worker_exits is not None:
+            self._loud_worker_exits()
+            self._loud_worker_exits = None
+
     def export(self, formats: list[str] | None = None) -> dict:
         """The best model (else the final one) in `formats` (default: the spec's), under artifacts/
         (trainer.export); returns the manifest. Run again after an interruption here, it exports
@@ -289,6 +306,17 @@ class Trainer:
         self.scheduler.step()
         meter.add(loss, logits, targets)
         self.epoch_meter.add(loss, logits, targets)
+
+    def _next_batch(self, batches):
+        """The loader's next batch; None at its end; _DATA_LOST when a data worker died after a stop
+        was requested (the machine going away took it): the loop then saves the step it reached."""
+        try:
+            return next(batches, None)
+        except RuntimeError as exc:
+            if not self._stop_requested():
+                raise
+            log.warning("data: %s after the stop request; saving the step reached", str(exc).strip())
+            return _DATA_LOST
 
     def _stop_requested(self) -> bool:
         return self.watcher.interrupt.is_set() or self.reporter.stop_requested.is_set()
@@ -360,13 +388,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, stop_early: bool = False) -> dict[str, float] | None:
-        """Validation loss and accuracy; None if `stop_early` and a stop arrived meanwhile."""
+        """Validation loss and accuracy; None if `stop_early` and a stop arrived meanwhile, or if the
+        data workers went with the machine after a stop."""
         self.model.eval()
         meter = Meter(self.device)
-        for images, targets, bad in self.data.val_loader:
-            if stop_early and self._stop_requested():
+        batches = iter(self.data.val_loader)
+        while (batch := self._next_batch(batches)) is not None:
+            if batch is _DATA_LOST or (stop_early and self._stop_requested()):
                 self.model.train()
                 return None
+            images, targets, bad = batch
             self._count_bad(bad)
             if images is None:
                 continue
@@ -532,7 +563,19 @@ class Trainer:
                 "value": self.stopper.best,
                 "epoch": self.stopper.best_epoch + 1,
             }
-        return Outcome(status, self.position.step, self.position.epoch, reason, self.history, best)
+        return Outcome(
+            status,
+            self.position.step,
+            self.position.epoch,
+            reason,
+            self.history,
+            best,
+            len(self.classes),
+            self.data.val_size,
+        )
+
+
+_DATA_LOST = object()  # _next_batch: the data went with the machine after a stop request
 
 
 class _Window:

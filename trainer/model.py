@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from trainer.job.spec import ModelSpec, OptimizerSpec, is_weights_name
+from trainer.job.spec import ModelSpec, OptimizerSpec, TrainSpec, is_weights_name
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +173,40 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimi
     if spec.name == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum or 0.0, nesterov=spec.nesterov)
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
+
+
+def setup_lines(
+    train: TrainSpec, model: nn.Module, optimizer: torch.optim.Optimizer, amp: torch.dtype | None, device: torch.device
+) -> list[str]:
+    """What the trainer built, for the log at start: architecture and weights, the new head,
+    trainable and frozen parameters, the optimizer's groups with their lrs, batch, AMP, workers."""
+    spec = train.model
+    if spec.weights is None:
+        weights = "none (random init)"
+    elif is_weights_name(spec.weights):
+        weights = f"torchvision {spec.weights}"
+    else:
+        weights = spec.weights + (f" (sha256 {spec.weights_sha256[:12]}...)" if spec.weights_sha256 else "")
+    head_name, head = find_head(model)
+    shape = (
+        f"Linear {head.in_features} -> {head.out_features} features"
+        if isinstance(head, nn.Linear)
+        else f"1x1 Conv2d {head.in_channels} -> {head.out_channels} channels"
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    freeze = spec.freeze if isinstance(spec.freeze, str) else ", ".join(spec.freeze)
+    groups = "; ".join(
+        # initial_lr: the schedule's base (a warm-up has already scaled `lr` down)
+        f"{group['name']} lr {group.get('initial_lr', group['lr']):g} "
+        f"(weight decay {group['weight_decay']:g}, {sum(p.numel() for p in group['params']):,} parameters)"
+        for group in optimizer.param_groups
+    )
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16 with a grad scaler", None: "off (fp32)"}[amp]
+    return [
+        f"model: {spec.name}, weights {weights}",
+        f"model: head {head_name} replaced by a new {shape}",
+        f"model: {trainable:,} trainable and {frozen:,} frozen parameters (freeze: {freeze})",
+        f"optimizer: {train.optimizer.name}, {len(optimizer.param_groups)} param group(s): {groups}",
+        f"training: batch size {train.batch_size}, AMP {precision}, {train.data.workers} data workers, on {device}",
+    ]

@@ -88,23 +88,97 @@ def agreement(reference: nn.Module | Callable, quantized: Callable, images: Iter
     return {"images": total, "sqnr_db": round(sqnr, 2), "top1_agreement": same / total}
 
 
-def latency_ms(
-    model: Callable, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 10
-) -> dict[str, float]:
-    """Median CPU milliseconds per call at each batch size (after two warm-up calls)."""
-    timings = {}
+# The int8 speed-up is measured in pairs: one fp32 call and one int8 call back to back (their order
+# alternating), so both meet the same CPU load; a shared or throttled CPU slows a whole pair, not
+# one side. The figure is the median of the per-pair ratios, with their interquartile range.
+WARMUP_CALLS = 3  # per model and batch size: lazy init, allocator and oneDNN's kernel choice
+MAX_PAIRS = 15
+MIN_PAIRS = 6  # fewer and the quartiles say nothing
+PAIRS_BUDGET_S = 3.0  # per batch size: pairs stop (after MIN_PAIRS) once this much time went into them
+# Interquartile range over median above this: the CPU was too busy to tell (five runs of one model
+# on a shared machine gave 28.4x, 1.0x, 0.7x, 1.3x, 5.1x with single timings).
+MAX_RELATIVE_SPREAD = 0.5
+
+
+def paired_timings(
+    fp32: Callable,
+    int8: Callable,
+    batch: torch.Tensor,
+    max_pairs: int = MAX_PAIRS,
+    budget_s: float = PAIRS_BUDGET_S,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of each model on `batch`, interleaved after a warm-up: (fp32, int8), one of
+    each per pair. At least MIN_PAIRS, at most `max_pairs`, and no more once `budget_s` is spent."""
+    fp32_s: list[float] = []
+    int8_s: list[float] = []
     with torch.no_grad():
-        for size in batch_sizes:
-            batch = example.repeat(math.ceil(size / len(example)), 1, 1, 1)[:size]
-            for _ in range(2):
+        for _ in range(WARMUP_CALLS):
+            fp32(batch)
+            int8(batch)
+        started = clock()
+        for pair in range(max_pairs):
+            if pair >= MIN_PAIRS and clock() - started > budget_s:
+                break
+            order = ((fp32, fp32_s), (int8, int8_s)) if pair % 2 == 0 else ((int8, int8_s), (fp32, fp32_s))
+            for model, samples in order:
+                began = clock()
                 model(batch)
-            samples = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                model(batch)
-                samples.append(time.perf_counter() - started)
-            timings[str(size)] = round(statistics.median(samples) * 1000, 3)
-    return timings
+                samples.append(clock() - began)
+    return fp32_s, int8_s
+
+
+def speedup_estimate(fp32_s: list[float], int8_s: list[float]) -> dict:
+    """How much faster int8 is than fp32 from paired timings (pure): the median per-pair ratio
+    fp32/int8 (above 1: faster, below: slower) and the spread of those ratios, or `ratio` None with
+    a `note` when they cannot tell (too few pairs, a spread that reaches both sides of 1, or one
+    wider than MAX_RELATIVE_SPREAD of the median)."""
+    ratios = sorted(f / i for f, i in zip(fp32_s, int8_s, strict=True) if i > 0)
+    figures: dict = {"pairs": len(ratios), "ratio": None, "note": None}
+    if len(ratios) < MIN_PAIRS:
+        figures["note"] = f"too few timings ({len(ratios)} pairs, {MIN_PAIRS} needed)"
+        return figures
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    figures.update(
+        {
+            "iqr": [round(q1, 2), round(q3, 2)],
+            "range": [round(ratios[0], 2), round(ratios[-1], 2)],
+        }
+    )
+    spread = (q3 - q1) / median
+    if q1 < 1 < q3:
+        figures["note"] = f"per-pair ratios {q1:.2f}x to {q3:.2f}x (interquartile) lie on both sides of 1"
+    elif spread > MAX_RELATIVE_SPREAD:
+        figures["note"] = (
+            f"per-pair ratios {q1:.2f}x to {q3:.2f}x (interquartile) spread {spread:.0%} of their median, "
+            f"more than {MAX_RELATIVE_SPREAD:.0%}: the CPU was too busy to tell"
+        )
+    else:
+        figures["ratio"] = round(median, 2)
+    return figures
+
+
+def compare_latency(
+    fp32: Callable, int8: Callable, example: torch.Tensor, batch_sizes: tuple[int, ...] = (1, 8), **options
+) -> dict:
+    """The manifest's latency fields, per batch size, from interleaved timings: `cpu_latency_ms`
+    (median ms per call of each model), `speedup` (speedup_estimate's ratio: None when it could not
+    be measured reliably), `speedup_spread` (its iqr, range and pairs) and `speedup_note` (why a
+    ratio is None; None when every one was measured)."""
+    latency: dict = {"fp32": {}, "int8": {}}
+    speedup, spread, notes = {}, {}, []
+    for size in batch_sizes:
+        batch = example.repeat(math.ceil(size / len(example)), 1, 1, 1)[:size]
+        fp32_s, int8_s = paired_timings(fp32, int8, batch, **options)
+        latency["fp32"][str(size)] = round(statistics.median(fp32_s) * 1000, 3)
+        latency["int8"][str(size)] = round(statistics.median(int8_s) * 1000, 3)
+        estimate = speedup_estimate(fp32_s, int8_s)
+        speedup[str(size)] = estimate.pop("ratio")
+        if (note := estimate.pop("note")) is not None:
+            notes.append(f"batch {size}: {note}")
+        spread[str(size)] = estimate
+    note = f"not measured reliably ({'; '.join(notes)})" if notes else None
+    return {"cpu_latency_ms": latency, "speedup": speedup, "speedup_spread": spread, "speedup_note": note}
 
 
 def size_bytes(module: nn.Module | torch.jit.ScriptModule) -> int:

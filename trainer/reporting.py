@@ -12,6 +12,7 @@ waits on S3 for it:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -30,6 +31,51 @@ from trainer.telemetry import GpuMonitor
 log = logging.getLogger(__name__)
 
 HEALTH_WINDOW_S = 300.0
+
+# A validation accuracy is "at chance" when it is at most CHANCE_MARGIN times what guessing scores
+# (1/classes), or when the validation set is too small for it to differ from guessing: a one-sided
+# binomial test at CHANCE_P (9 images of 3 classes: even 5 right, 56 %, could be luck).
+CHANCE_MARGIN = 1.5
+CHANCE_P = 0.05
+
+
+def chance_level(history: list[dict], num_classes: int, val_images: int) -> dict | None:
+    """The final.json warning (a FinalWarning's fields) when the run's best validation top-1 is no
+    better than guessing; None otherwise, or when there is no validation accuracy to judge."""
+    accuracies = [record["val_acc1"] for record in history if isinstance(record.get("val_acc1"), int | float)]
+    if not accuracies or num_classes < 2 or val_images < 1:
+        return None
+    best, chance = max(accuracies), 1 / num_classes
+    p_value = binomial_tail(round(best * val_images), val_images, chance)
+    if best > CHANCE_MARGIN * chance and p_value <= CHANCE_P:
+        return None
+    why = (
+        f"at most {CHANCE_MARGIN:g}x chance"
+        if best <= CHANCE_MARGIN * chance
+        else f"guessing scores as well {p_value:.0%} of the time on {val_images} images"
+    )
+    return {
+        "name": "chance_level",
+        "message": f"validation accuracy {best:.1%} (best epoch) is chance level for {num_classes} classes "
+        f"({chance:.1%}): {why}",
+        "hint": "check that the class folders hold the right images, lower or raise optimizer.lr, "
+        "train longer, or give more validation images",
+    }
+
+
+def binomial_tail(successes: int, trials: int, p: float) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, p), summed in log space (no overflow for big sets)."""
+    if successes <= 0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    lgamma_n = math.lgamma(trials + 1)
+    return min(
+        1.0,
+        sum(
+            math.exp(lgamma_n - math.lgamma(k + 1) - math.lgamma(trials - k + 1) + k * log_p + (trials - k) * log_q)
+            for k in range(successes, trials + 1)
+        ),
+    )
 
 
 class Reporter:

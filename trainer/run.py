@@ -27,7 +27,7 @@ from trainer.job.spec import JobSpec
 from trainer.job.spec_file import SpecError, load_spec
 from trainer.job.storage import Storage
 from trainer.model import WeightsError
-from trainer.reporting import Reporter
+from trainer.reporting import Reporter, chance_level
 
 log = logging.getLogger("trainer")
 
@@ -102,7 +102,7 @@ def run(
     reporter = Reporter(storage, attempt, log_file, interval=interval).start()
     watcher = InterruptionWatcher().start()
     display = ConsoleProgress(console, live=console.is_terminal)
-    outcome = None
+    outcome = trainer = None
     try:
         trainer = Trainer(spec, job_id, storage, reporter, watcher, display, default_cache_dir(), attempt)
         outcome = trainer.fit()
@@ -122,6 +122,8 @@ def run(
         _record_failure(storage, reporter, attempt, exc)
         return EXIT_FAILED
     finally:
+        if trainer is not None:
+            trainer.close()  # its data workers ignore SIGTERM: they are ended here, not at exit
         display.close()
         watcher.close()
 
@@ -154,8 +156,12 @@ def read_final(storage: Storage) -> Final | None:
 
 
 def _summary(outcome, attempt: int) -> dict:
+    warnings = [w for w in (chance_level(outcome.history, outcome.num_classes, outcome.val_images),) if w]
+    for warning in warnings:
+        log.warning("%s (%s)", warning["message"], warning["hint"])
     return {
         "attempt": attempt,
+        "warnings": warnings,
         "step": outcome.step,
         "epochs_completed": outcome.epoch,
         "best": outcome.best,

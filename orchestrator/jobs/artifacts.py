@@ -74,16 +74,28 @@ def download(store: JobStore, job_id: str, folder: Path) -> list[Downloaded]:
     return done
 
 
+def speed(entry: dict, size: str) -> str:
+    """int8's speed against fp32 at one batch size, in words: "5.0x faster", "1.4x slower", or
+    that it was not measured reliably (the manifest's ratio is None; trainer.quantize)."""
+    ratio = (entry.get("speedup") or {}).get(size)
+    if not isinstance(ratio, int | float) or ratio <= 0:
+        return "speed not measured reliably"
+    if round(ratio, 1) == 1.0:
+        return "as fast as fp32"
+    return f"{ratio:.1f}x faster" if ratio > 1 else f"{1 / ratio:.1f}x slower"
+
+
 def describe(name: str, entry: dict) -> str:
     """One line on how one format came out: its validation, or why it failed."""
     if entry.get("status") != "ok":
         return f"{name}: not exported ({entry.get('reason')})"
     if name == "int8" and "validation_set" in entry:
-        agreed, size, speedup = entry["validation_set"], entry["size"], entry["speedup"]
+        agreed, size = entry["validation_set"], entry["size"]
+        note = f"; speed {entry['speedup_note']}" if entry.get("speedup_note") else ""
         return (
-            f"int8: {size['ratio']:.1f}x smaller and {speedup.get('8', 0):.1f}x faster than fp32 at batch 8 ({speedup.get('1', 0):.1f}x at batch 1) "
+            f"int8: {size['ratio']:.1f}x smaller than fp32, {speed(entry, '8')} at batch 8, {speed(entry, '1')} at batch 1 "
             f"on {entry['cpu_latency_ms'].get('threads')} CPU threads; top-1 agreement {agreed['top1_agreement']:.1%}, SQNR {agreed['sqnr_db']} dB "
-            f"on {agreed['images']} validation images"
+            f"on {agreed['images']} validation images{note}"
         )
     checked = entry.get("validation") or {}
     return f"{name}: matches the model on {checked.get('batch')} validation images (max abs diff {checked.get('max_abs_diff', 0):.2g}, top-1 agreement {checked.get('top1_agreement', 0):.0%})"
@@ -95,7 +107,7 @@ def summary(manifest: dict) -> str:
     done = [
         name
         if name != "int8" or "size" not in entry
-        else f"int8 ({entry['size']['ratio']:.1f}x smaller, {entry['speedup'].get('8', 0):.1f}x faster, top-1 {entry['validation_set']['top1_agreement']:.0%})"
+        else f"int8 ({entry['size']['ratio']:.1f}x smaller, {speed(entry, '8')}, top-1 {entry['validation_set']['top1_agreement']:.0%})"
         for name, entry in formats.items()
         if entry.get("status") == "ok"
     ]

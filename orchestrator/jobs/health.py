@@ -7,6 +7,9 @@
   the job pays for a GPU it barely uses. The heartbeat's window averages (trainer.reporting) say why
   when they can: the loop waits for batches (data-bound) or most GPU memory is unused (small batch).
   Without GPU telemetry (nulls) nothing is flagged: no figure, no verdict.
+
+A finished run's own warnings (final.json `warnings`, e.g. `chance_level`: validation accuracy no
+better than guessing) are flags too: a warning on the result, never a failure of the job.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ class Flag:
 
 
 def job_health(view: JobView, now: datetime | None = None) -> list[Flag]:
-    """The flags of a job while it runs (nothing to say otherwise), as of `now` (default: now)."""
+    """The flags of a job while it runs, and the warnings its final word gives, as of `now` (default: now)."""
+    if view.final is not None and view.final.warnings:
+        return [Flag(warning.name, warning.message, warning.hint) for warning in view.final.warnings]
     current = view.record.current if view.record else None
     if view.state not in (JobState.RUNNING, JobState.EXPORTING) or current is None:
         return []

@@ -97,7 +97,7 @@ class LastCheckpoint(_Part):
 
 class HealthFlag(_Part):
     name: str
-    """stalled or low_gpu_util"""
+    """stalled or low_gpu_util; or a warning of the final word (chance_level)"""
     message: str
     hint: str | None
 

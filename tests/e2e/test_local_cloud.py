@@ -169,9 +169,10 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
         )
         code, out, _ = spotctl("status", job_id, "--local")
         assert "interrupted (Server.SpotInstanceTermination)" in out and "below on-demand" in out
-        assert re.search(r"artifacts: state_dict, onnx, int8 \(\d\.\dx smaller, \d+\.\dx faster, top-1 \d+%\)", out), (
-            out
-        )
+        assert re.search(
+            r"artifacts: state_dict, onnx, int8 \(\d\.\dx smaller, (\d+\.\dx faster|\d+\.\dx slower|as fast as fp32|speed not measured reliably), top-1 \d+%\)",
+            out,
+        ), out
         code, out, err = spotctl("artifacts", job_id, "--local", "--download", str(tmp_path / "model"))
         assert code == 0, err
         assert (

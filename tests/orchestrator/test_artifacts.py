@@ -19,6 +19,11 @@ INT8 = {
     "size": {"fp32_bytes": 44_800_000, "int8_bytes": 11_400_000, "ratio": 3.93},
     "cpu_latency_ms": {"fp32": {"1": 4.8, "8": 14.6}, "int8": {"1": 0.8, "8": 2.9}, "threads": 2},
     "speedup": {"1": 6.0, "8": 5.03},
+    "speedup_spread": {
+        "1": {"pairs": 15, "iqr": [5.7, 6.3], "range": [4.9, 6.6]},
+        "8": {"pairs": 15, "iqr": [4.8, 5.2], "range": [4.1, 5.6]},
+    },
+    "speedup_note": None,
     "tolerance": {"min_top1_agreement": 0.9},
 }
 
@@ -89,7 +94,7 @@ def test_artifacts_are_listed_downloaded_verified_and_a_corrupted_one_is_refused
     assert lines[-3:] == [
         "state_dict: matches the model on 8 validation images (max abs diff 0, top-1 agreement 100%)",
         "onnx: not exported (ModuleNotFoundError: No module named 'onnxscript')",
-        "int8: 3.9x smaller and 5.0x faster than fp32 at batch 8 (6.0x at batch 1) on 2 CPU threads; top-1 agreement 99.2%, SQNR 31.4 dB on 400 "
+        "int8: 3.9x smaller than fp32, 5.0x faster at batch 8, 6.0x faster at batch 1 on 2 CPU threads; top-1 agreement 99.2%, SQNR 31.4 dB on 400 "
         "validation images",
     ]
     code, out, _ = spotctl("artifacts", "j1", "--storage", storage, "--json")
@@ -133,3 +138,24 @@ def test_status_sums_up_the_formats_in_one_line():
         == "state_dict, int8 (3.9x smaller, 5.0x faster, top-1 99%); failed: onnx (`spotctl artifacts JOB` says why)"
     )
     assert summary({"formats": {"state_dict": manifest["formats"]["state_dict"]}}) == "state_dict"
+
+
+def test_an_int8_speed_that_could_not_be_measured_is_not_given_as_a_number():
+    """trainer.quantize leaves the ratio None when its interleaved timings cannot tell; a slowdown
+    reads as slower, never as "0.7x faster"."""
+    from orchestrator.jobs.artifacts import describe, summary
+
+    noisy = {
+        **INT8,
+        "speedup": {"1": 0.7, "8": None},
+        "speedup_note": "not measured reliably (batch 8: per-pair ratios 0.90x to 5.10x (interquartile) lie on both sides of 1)",
+    }
+    assert summary({"formats": {"int8": noisy}}) == "int8 (3.9x smaller, speed not measured reliably, top-1 99%)"
+    assert describe("int8", noisy) == (
+        "int8: 3.9x smaller than fp32, speed not measured reliably at batch 8, 1.4x slower at batch 1 on 2 CPU threads; "
+        "top-1 agreement 99.2%, SQNR 31.4 dB on 400 validation images; speed not measured reliably (batch 8: per-pair "
+        "ratios 0.90x to 5.10x (interquartile) lie on both sides of 1)"
+    )
+    assert summary({"formats": {"int8": {**INT8, "speedup": {"8": 1.02}}}}) == (
+        "int8 (3.9x smaller, as fast as fp32, top-1 99%)"
+    )

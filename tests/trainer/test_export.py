@@ -15,7 +15,7 @@ import torchvision
 
 from testbed.trainer_runs import write_job
 from trainer import data as data_mod
-from trainer import export
+from trainer import export, quantize
 from trainer.__main__ import main as trainer_main
 from trainer.checkpoint import Checkpointer
 from trainer.job.spec_file import load_spec
@@ -166,8 +166,18 @@ def test_every_format_is_exported_and_each_loads_back_with_its_own_runtime_agree
         set(quantized["cpu_latency_ms"]["fp32"])
         == set(quantized["cpu_latency_ms"]["int8"])
         == set(quantized["speedup"])
+        == set(quantized["speedup_spread"])
         == {"1", "8"}
     )
+    # A median of interleaved pairs, or None with the reason (a shared CPU may not tell).
+    for size, ratio in quantized["speedup"].items():
+        spread = quantized["speedup_spread"][size]
+        assert quantize.MIN_PAIRS <= spread["pairs"] <= quantize.MAX_PAIRS
+        if ratio is None:
+            assert f"batch {size}: " in quantized["speedup_note"]
+        else:
+            assert spread["iqr"][0] <= ratio <= spread["iqr"][1]
+    assert (quantized["speedup_note"] is None) == (None not in quantized["speedup"].values())
 
 
 def test_export_again_without_training_adds_formats_and_keeps_the_rest(trained, capsys):

@@ -126,3 +126,42 @@ def test_replace_head_on_squeezenet_keeps_the_conv_form():
     model = models.squeezenet1_1()
     replace_head(model, 4)
     assert isinstance(model.classifier[1], nn.Conv2d) and model.classifier[1].out_channels == 4
+
+
+def test_the_setup_lines_say_what_was_built():
+    import torch
+
+    from trainer.job.spec import TrainSpec
+    from trainer.model import setup_lines
+    from trainer.schedule import build_scheduler
+
+    train = TrainSpec.model_validate(
+        {
+            "model": {"name": "resnet18", "weights": None, "freeze": ["conv1", "bn1", "layer1"]},
+            "data": {"train": "./d", "workers": 2},
+            "optimizer": {"name": "sgd", "lr": 0.1, "param_groups": [{"prefixes": ["layer4"], "lr": 0.01}]},
+            "scheduler": {"name": "cosine", "warmup_epochs": 1},
+            "batch_size": 16,
+        }
+    )
+    model = build_model(train.model, num_classes=3)
+    optimizer = build_optimizer(model, train.optimizer)
+    build_scheduler(optimizer, train, steps_per_epoch=10)  # the warm-up lowers each group's lr
+    layer4 = sum(p.numel() for name, p in model.named_parameters() if name.startswith("layer4"))
+    frozen = sum(p.numel() for name, p in model.named_parameters() if name.startswith(("conv1", "bn1", "layer1")))
+    rest = sum(p.numel() for p in model.parameters()) - layer4 - frozen
+    assert setup_lines(train, model, optimizer, None, torch.device("cpu")) == [
+        "model: resnet18, weights none (random init)",
+        "model: head fc replaced by a new Linear 512 -> 3 features",
+        f"model: {layer4 + rest:,} trainable and {frozen:,} frozen parameters (freeze: conv1, bn1, layer1)",
+        f"optimizer: sgd, 2 param group(s): group0:layer4 lr 0.01 (weight decay 0.0001, {layer4:,} parameters); "
+        f"default lr 0.1 (weight decay 0.0001, {rest:,} parameters)",
+        "training: batch size 16, AMP off (fp32), 2 data workers, on cpu",
+    ]
+    named = train.model.model_copy(update={"weights": "IMAGENET1K_V1", "freeze": "backbone"})
+    assert setup_lines(
+        train.model_copy(update={"model": named}), model, optimizer, torch.bfloat16, torch.device("cuda")
+    )[::4] == [
+        "model: resnet18, weights torchvision IMAGENET1K_V1",
+        "training: batch size 16, AMP bf16, 2 data workers, on cuda",
+    ]

@@ -4,11 +4,14 @@ and on S3 (moto server), how it stops (spot notice, rebalance, control/stop), an
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
 import boto3
 import pytest
+import torch
+import torchvision
 
 from testbed.harness import FakeImds
 from testbed.trainer_runs import (
@@ -74,6 +77,15 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
         and final["epochs_completed"] == 3
     )
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3] and final["best"]["metric"] == "val_acc1"
+    # 3 epochs of 32-pixel shapes from random weights learn nothing yet: 3 of 9 right, as guessing does.
+    assert final["warnings"] == [
+        {
+            "name": "chance_level",
+            "message": "validation accuracy 33.3% (best epoch) is chance level for 3 classes (33.3%): at most 1.5x chance",
+            "hint": "check that the class folders hold the right images, lower or raise optimizer.lr, train longer, "
+            "or give more validation images",
+        }
+    ]
     beat = json.loads((prefix / "status/heartbeat.json").read_text())
     assert beat["phase"] == "done" and beat["step"] == 18 and beat["steps_per_epoch"] == 6 and beat["total_steps"] == 18
     assert beat["images_per_sec"] > 0 and 0 <= beat["data_wait_fraction"] <= 1 and beat["last_checkpoint_step"] == 18
@@ -83,7 +95,24 @@ def test_a_local_run_writes_what_the_orchestrator_reads(tmp_path, dataset, in_pr
     records = lines(prefix, "metrics")
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]  # every epoch
     assert {"loss", "acc1", "lr", "images_per_sec"} <= set(next(r for r in records if r["kind"] == "step"))
-    assert "succeeded after 18 steps" in (prefix / "logs/attempt-1.log").read_text()
+    log = (prefix / "logs/attempt-1.log").read_text()
+    assert "succeeded after 18 steps" in log and "WARNING validation accuracy 33.3% (best epoch) is chance level" in log
+    setup = [
+        line.split(" INFO ", 1)[1]
+        for line in log.splitlines()
+        if " INFO model: " in line or " INFO optimizer: " in line or " INFO training: " in line
+    ]
+    assert setup == [
+        "model: mobilenet_v3_small, weights none (random init)",
+        "model: head classifier.3 replaced by a new Linear 1024 -> 3 features",
+        f"model: {sum(p.numel() for p in torchvision.models.mobilenet_v3_small(num_classes=3).parameters()):,} trainable and 0 frozen parameters (freeze: none)",
+        setup[3],
+        setup[4],
+    ]
+    assert setup[4].startswith("training: batch size 6, AMP ") and setup[4].endswith(
+        ", 0 data workers, on cuda" if torch.cuda.is_available() else " off (fp32), 0 data workers, on cpu"
+    )
+    assert setup[3].startswith("optimizer: sgd, 1 param group(s): default lr 0.05 (weight decay 0.0001, ")
 
     committed = sorted(p.parent.name for p in (prefix / "checkpoints").glob("step-*/MANIFEST.json"))
     assert committed == ["step-16", "step-18"]  # keep: 2
@@ -356,3 +385,83 @@ def test_an_error_after_the_machine_starts_going_away_is_an_interruption(tmp_pat
     prefix = tmp_path / "runs" / "jobs" / "going-away"
     assert not (prefix / "status/final.json").exists()
     assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
+
+
+def test_sigterm_to_the_whole_process_group_commits_the_step_and_resumes(tmp_path, dataset):
+    """`timeout`, systemd at shutdown and Slurm signal the process group: the data workers get the
+    SIGTERM too. They leave it to the trainer, which commits the step it is at and exits 75, quietly."""
+    job = write_job(
+        tmp_path / "job.yaml",
+        str(tmp_path / "runs"),
+        dataset.split("train"),
+        dataset.split("val"),
+        name="group",
+        train__data__workers=2,
+        train__checkpoint={"every_steps": None, "every_seconds": None, "keep": 2},
+    )
+    prefix = tmp_path / "runs/jobs/group"
+    env = trainer_env({"SPOTCTL_CACHE_DIR": str(tmp_path / "cache"), "SPOTCTL_HEARTBEAT_SECONDS": "0.1"})
+    process = start_trainer(str(job), env, log=tmp_path / "out.log", own_group=True)
+
+    def past_a_few_steps() -> bool:
+        try:
+            return json.loads((prefix / "status/heartbeat.json").read_text()).get("step", 0) >= 2
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    assert wait_for(lambda: past_a_few_steps() or process.poll() is not None, timeout=120)
+    assert process.poll() is None, (tmp_path / "out.log").read_text()
+    os.killpg(process.pid, signal.SIGTERM)
+    code = process.wait(timeout=120)
+    out = (tmp_path / "out.log").read_text()
+    assert code == EXIT_INTERRUPTED, out
+    assert "Traceback" not in out and "killed by signal" not in out, out
+    stopped_at = int(out.split("interrupted (SIGTERM received) at step ")[1].split(";")[0])
+    assert 2 <= stopped_at < 18
+    assert json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"] == stopped_at
+    assert json.loads((prefix / "status/heartbeat.json").read_text())["phase"] == "interrupted"
+
+    assert run_trainer(str(job), env, log=tmp_path / "resumed.log") == EXIT_SUCCEEDED
+    assert f"resumed from checkpoint step {stopped_at}" in (tmp_path / "resumed.log").read_text()
+
+
+def test_a_data_worker_dying_after_the_stop_request_still_commits_the_step(tmp_path, dataset, trainer_in_process):
+    """SIGTERM, then the data workers are killed outright (SIGKILL: the OOM killer, a shutdown's
+    last word): their deaths come after the stop request, so the trainer still commits the step
+    it reached instead of failing on "DataLoader worker ... killed by signal"."""
+    import multiprocessing
+    import threading
+
+    from testbed.trainer_runs import wait_for
+
+    job = write_job(
+        tmp_path / "job.yaml",
+        "./runs",
+        dataset.split("train"),
+        dataset.split("val"),
+        name="workers-die",
+        train__data__workers=2,
+        train__checkpoint={"every_steps": None, "every_seconds": None, "keep": 2},
+    )
+    prefix = tmp_path / "runs/jobs/workers-die"
+
+    def stop_then_kill_the_workers():
+        def stepped() -> bool:
+            try:
+                return json.loads((prefix / "status/heartbeat.json").read_text()).get("step", 0) >= 2
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+
+        if wait_for(stepped, timeout=120):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=stop_then_kill_the_workers, daemon=True)
+    killer.start()
+    assert run(str(job), heartbeat_seconds=0.1) == EXIT_INTERRUPTED
+    killer.join(timeout=10)
+    log = (prefix / "logs/attempt-1.log").read_text()
+    assert "Traceback" not in log, log
+    stopped_at = int(log.split("interrupted (SIGTERM received) at step ")[1].split(";")[0])
+    assert json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"] == stopped_at >= 2

@@ -3,6 +3,8 @@ window that feeds them (trainer.reporting.Reporter)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestrator.jobs.health import LOGS_HINT, Flag, duration, health_flags
@@ -212,3 +214,53 @@ def test_reporter_window_without_a_gpu(tmp_path):
     )
     assert heartbeat["data_wait_window"] == 0.5
     assert health_flags(Heartbeat.model_validate(heartbeat), True, 5.0, 3600.0) == []
+
+
+# ------------------------------------------------------------------------------------- chance level
+def test_a_run_no_better_than_guessing_is_at_chance_level():
+    from trainer.reporting import chance_level
+
+    history = [{"epoch": 1, "val_acc1": 0.30}, {"epoch": 2, "val_acc1": 0.3333}, {"epoch": 3, "val_acc1": 0.31}]
+    assert chance_level(history, num_classes=3, val_images=900) == {
+        "name": "chance_level",
+        "message": "validation accuracy 33.3% (best epoch) is chance level for 3 classes (33.3%): at most 1.5x chance",
+        "hint": "check that the class folders hold the right images, lower or raise optimizer.lr, train longer, "
+        "or give more validation images",
+    }
+
+
+def test_above_the_margin_a_small_validation_set_can_still_be_luck():
+    from trainer.reporting import binomial_tail, chance_level
+
+    # 5 of 9 right with 3 classes (56 %, 1.7x chance): guessing does that 14.5 % of the time.
+    assert round(binomial_tail(5, 9, 1 / 3), 3) == 0.145
+    warning = chance_level([{"val_acc1": 5 / 9}], num_classes=3, val_images=9)
+    assert warning["message"] == (
+        "validation accuracy 55.6% (best epoch) is chance level for 3 classes (33.3%): "
+        "guessing scores as well 14% of the time on 9 images"
+    )
+    assert chance_level([{"val_acc1": 7 / 9}], num_classes=3, val_images=9) is None  # p 0.8 %: learned
+    assert chance_level([{"val_acc1": 0.55}], num_classes=3, val_images=900) is None  # significant, above 1.5x
+
+
+def test_nothing_to_judge_without_a_validation_accuracy():
+    from trainer.reporting import chance_level
+
+    assert chance_level([], 3, 9) is None and chance_level([{"val_loss": 1.1}], 3, 9) is None
+
+
+def test_a_final_warning_is_a_health_flag_of_a_finished_job_not_a_failure():
+    from orchestrator.jobs.health import job_health
+    from orchestrator.jobs.status import status_document
+    from tests.unit.jobs import attempt, final, record, view
+    from trainer.job.documents import Final, JobState
+
+    warned = {"name": "chance_level", "message": "validation accuracy 33.3% ...", "hint": "check the data"}
+    said = Final.parse(json.dumps({"outcome": "succeeded", "attempt": 1, "step": 18, "warnings": [warned]}))
+    done = view(record(attempt(end="succeeded")), said=said)
+    assert done.state == JobState.SUCCEEDED
+    assert job_health(done) == [Flag("chance_level", "validation accuracy 33.3% ...", "check the data")]
+    document = status_document(done)
+    assert document["state"] == "succeeded" and document["health"] == [warned] and not document["stalled"]
+    assert document["final"]["warnings"] == [warned]
+    assert job_health(view(record(attempt(end="succeeded")), said=final("succeeded"))) == []

@@ -356,6 +356,15 @@ GPU_FIELDS = (
 )
 
 
+class FinalWarning(Document):
+    """Something about a finished run a person should look at, though it did not fail (`spotctl
+    status` shows each as a health flag): e.g. `chance_level` (trainer.reporting.chance_level)."""
+
+    name: str
+    message: str
+    hint: str | None = None
+
+
 class Final(Document):
     """status/final.json: the trainer's (or, when it could not, the bootstrap's) last word."""
 
@@ -369,6 +378,7 @@ class Final(Document):
     history: list[dict[str, Any]] | None = None
     error: str | None = None
     traceback: list[str] | None = None
+    warnings: list[FinalWarning] | None = None  # the run's result is suspect (a stopped or succeeded run)
     finished_at: str | None = None
 
     def is_(self, outcome: Outcome) -> bool:
