@@ -155,7 +155,7 @@ def _setting(value) -> str:
         return ",".join(map(str, value))
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
 
 
 def _strictness(refused_pools: tuple[str, ...], spot_quotas: tuple[str, ...]) -> dict:
@@ -287,25 +287,19 @@ def down(keep: bool) -> int:
     if done is None:
         click.echo("no local cloud was running")
         return 0
-    if done.contents is None:
-        click.echo("local cloud stopped; it did not answer, so what its bucket held is gone")
-    elif done.contents.empty:
-        click.echo("local cloud stopped; its bucket was empty")
-    elif done.kept:
+    held = done.contents.describe() if done.contents else "its bucket"
+    if done.kept:
         click.echo(
-            f"local cloud stopped; kept {done.contents.describe()} in {client.kept_folder()}: "
-            "the next `spotctl local up` puts them back"
+            f"local cloud stopped; kept {held} in {client.kept_folder()}: the next `spotctl local up` puts them back"
         )
     elif keep:
-        raise UserError(
-            f"the local cloud stopped without keeping its bucket ({done.contents.describe()})",
-            f"see {client.home() / 'daemon.log'}",
-        )
+        raise UserError(f"the local cloud stopped without keeping {held}", f"see {client.home() / 'daemon.log'}")
+    elif done.contents is None:
+        click.echo("local cloud stopped; what its bucket held is gone")
+    elif done.contents.empty:
+        click.echo("local cloud stopped; its bucket was empty")
     else:
-        click.echo(
-            f"local cloud stopped; deleted {done.contents.describe()} "
-            "(`spotctl local down --keep` keeps them for the next `up`)"
-        )
+        click.echo(f"local cloud stopped; deleted {held} (`spotctl local down --keep` keeps them for the next `up`)")
     return 0
 
 

@@ -216,7 +216,7 @@ class Down(NamedTuple):
     """What `down` did: the cloud it stopped, what its bucket held, and whether that was kept."""
 
     cloud: LocalCloud
-    contents: bucket.Contents | None  # None: the cloud did not answer (stopped by signal)
+    contents: bucket.Contents | None  # None: the cloud did not say
     kept: bool
 
 
@@ -228,9 +228,12 @@ def down(keep: bool = False) -> Down | None:
         return None
     try:
         contents = cloud.contents()
+    except (OSError, UserError):  # a daemon that does not answer it: stopped all the same
+        contents = None
+    try:
         cloud.call("POST", "/shutdown", {"keep": keep})
     except OSError:
-        contents, keep = None, False
+        keep = False
         os.kill(cloud.pid, signal.SIGTERM)
     deadline = time.monotonic() + (KEEP_TIMEOUT_S if keep else STOP_TIMEOUT_S)
     while _alive(cloud.pid) and time.monotonic() < deadline:
