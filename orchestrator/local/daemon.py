@@ -39,6 +39,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  
 STATE_FILE = "local.json"
 LOCAL_MAX_ATTEMPTS = 3  # botocore's attempts per call: a local endpoint that fails is not busy, it is down
 STORAGE_PREFIX = "spotctl"  # the local storage root is s3://BUCKET/STORAGE_PREFIX
+DATASETS = "datasets"  # s3://BUCKET/DATASETS/<name>: the sample datasets (orchestrator.local.datasets)
 # The user's own AWS set-up, which must not reach the local cloud's processes (a profile named in the
 # shell would win over the local credentials, or name one that does not exist).
 USER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
@@ -66,10 +67,11 @@ def client_environment(endpoint: str) -> dict[str, str]:
 
 def seed_trainer_role(iam) -> None:
     """The instance profile with a trainer role in it that grants what the stack's does
-    (infra/spotctl.yaml): read under the storage prefix, write only the trainer's own objects. The
+    (infra/spotctl.yaml): read under the storage prefix, write only the trainer's own objects, and
+    read the sample datasets, as a stack deployed with `--data-read s3://BUCKET/DATASETS/`. The
     instances use the local credentials, not the role, but `spotctl doctor --local` reads its reach
     as on AWS, and a profile without a role is a problem there."""
-    from orchestrator.aws.infra import DEFAULT_PREFIX, trainer_write_arns
+    from orchestrator.aws.infra import DEFAULT_PREFIX, data_arns, trainer_write_arns
 
     bucket = f"arn:aws:s3:::{BUCKET}"
     trust = {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
@@ -85,6 +87,11 @@ def seed_trainer_role(iam) -> None:
             "Effect": "Allow",
             "Action": ["s3:PutObject", "s3:DeleteObject"],
             "Resource": trainer_write_arns(bucket, DEFAULT_PREFIX),
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:ListBucket"],
+            "Resource": data_arns(f"s3://{BUCKET}/{DATASETS}/"),
         },
     ]
     iam.create_role(

@@ -18,13 +18,12 @@ from orchestrator.errors import UserError
 from orchestrator.local.daemon import (
     BUCKET,
     CREDENTIALS,
+    DATASETS,
     LOCAL_MAX_ATTEMPTS,
     REGION,
     USER_AWS_SETTINGS,
     client_environment,
 )
-
-DATASETS = "datasets"  # the bucket's folder of sample datasets
 
 
 @dataclass(frozen=True)

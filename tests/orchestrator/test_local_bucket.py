@@ -113,3 +113,19 @@ def test_local_status_of_a_stopped_cloud_says_what_was_kept(spotctl, tmp_path, m
     )
     code, out, _ = spotctl("local", "status", "--json")
     assert json.loads(out) == {"running": False, "kept": {"seed": 7}}
+
+
+def test_the_local_trainer_role_reads_the_sample_datasets_and_writes_only_its_own(aws):
+    """As a stack deployed with `--data-read s3://spotctl-local/datasets/`: `doctor --local` and
+    `launch --local --dry-run` of the quickstart found its data out of the role's reach before."""
+    from orchestrator.aws.policy_check import Request, allows, role_policies
+    from orchestrator.local.daemon import INSTANCE_PROFILE, seed_trainer_role
+
+    iam = boto3.client("iam")
+    seed_trainer_role(iam)
+    documents = role_policies(iam, INSTANCE_PROFILE)
+    image = f"arn:aws:s3:::{BUCKET}/datasets/shapes/train/circle/0000.png"
+    assert allows(documents, Request("s3:GetObject", image))
+    assert allows(documents, Request("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", "datasets/shapes/train/"))
+    assert not allows(documents, Request("s3:PutObject", image))
+    assert not allows(documents, Request("s3:GetObject", f"arn:aws:s3:::{BUCKET}/elsewhere/x"))
