@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test reference constraints clean
+.PHONY: demo readme-demo test reference constraints clean
 
-demo: $(STAMP)  ## the main job: the quickstart on the local cloud (launch, spot interruption, recovery, cost)
+demo: $(STAMP)  ## the main job: the quickstart on the local cloud (launch, spot interruption, recovery, cost); transcript in runs/demo.txt
 	bash scripts/demo.sh
+
+readme-demo:  ## copy the last `make demo` transcript's launch-and-watch step into README.md's quickstart
+	$(PYTHON) scripts/update_readme_demo.py
 
 test: $(STAMP)  ## lint and format checks, then the whole test suite
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,5 @@
-"""`spotctl local up|status|down|interrupt`: the local cloud (orchestrator.local), the whole product on
-one machine with no AWS account. Other commands use it with `--local`."""
+"""`spotctl local up|status|data|down|interrupt|env`: the local cloud (orchestrator.local), the whole
+product on one machine with no AWS account. Other commands use it with `--local`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,19 @@ import click
 from orchestrator.aws import quotas
 from orchestrator.cli import options, render
 from orchestrator.errors import UserError
-from orchestrator.local import client
+from orchestrator.local import client, datasets
+from orchestrator.local.daemon import BUCKET
+
+# The options of `up` a running cloud can take, by the name its settings use.
+FLAGS = {
+    "seed": "--seed",
+    "interrupt_rate": "--interrupt-rate",
+    "interrupt_at_step": "--interrupt-at-step",
+    "notice_s": "--notice",
+    "lenient": "--lenient",
+    "refused_pools": "--refuse-pool",
+    "spot_vcpu_quotas": "--spot-quota",
+}
 
 
 @click.group("local")
@@ -24,9 +36,7 @@ def command() -> None:
 @click.option(
     "--seed",
     type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the simulated spot market (prices, random interruptions).",
+    help=f"Seed of the simulated spot market (prices, random interruptions); default {client.DEFAULT_SEED}, or the one of the cloud `local down --keep` kept.",
 )
 @click.option(
     "--interrupt-rate",
@@ -37,9 +47,7 @@ def command() -> None:
     "--notice",
     "notice_s",
     type=click.FloatRange(0, 600),
-    default=5.0,
-    show_default=True,
-    help="Seconds between a spot notice and the machine going (AWS: 120).",
+    help=f"Seconds between a spot notice and the machine going (AWS: 120); default {client.DEFAULT_NOTICE_S:g}. Also changes a running cloud.",
 )
 @click.option(
     "--interrupt-at-step",
@@ -49,52 +57,105 @@ def command() -> None:
 @click.option(
     "--lenient",
     is_flag=True,
-    help="Without the strict proxy: moto's own answers, kinder than AWS's (a missing key is 404, nothing is ever refused).",
+    help="Without the strict proxy: moto's own answers, kinder than AWS's (a missing key is 404, nothing is ever refused). Only for a cloud started now.",
 )
 @click.option(
     "--refuse-pool",
     "refused_pools",
     multiple=True,
     metavar="TYPE/ZONE",
-    help="A spot pool without capacity (InsufficientInstanceCapacity, as EC2 says it), e.g. g5.xlarge/us-east-1a or g5.xlarge/*. Repeatable.",
+    help="A spot pool without capacity (InsufficientInstanceCapacity, as EC2 says it), e.g. g5.xlarge/us-east-1a or g5.xlarge/*. Repeatable; also changes a running cloud.",
 )
 @click.option(
     "--spot-quota",
     "spot_quotas",
     multiple=True,
     metavar="CODE=VCPUS",
-    help="A Spot vCPU quota of the account, e.g. L-3819A6DF=0 (All G and VT: a new account). Repeatable.",
+    help="A Spot vCPU quota of the account, e.g. L-3819A6DF=0 (All G and VT: a new account). Repeatable; also changes a running cloud.",
 )
 @options.json_option
 def up(
-    seed: int,
+    seed: int | None,
     interrupt_rate: float | None,
-    notice_s: float,
+    notice_s: float | None,
     interrupt_at_step: int | None,
     lenient: bool,
     refused_pools: tuple[str, ...],
     spot_quotas: tuple[str, ...],
     as_json: bool,
 ) -> int:
-    """Start the local cloud in the background (nothing happens if it is running); print its endpoint.
+    """Start the local cloud in the background, or change the running one; print its endpoint.
 
     It answers like AWS where moto would be kinder (the strict proxy: S3's 403 for missing keys, EC2's
-    capacity, quota and throttling refusals, IAM's delays, eventual consistency); `--lenient` for moto alone."""
+    capacity, quota and throttling refusals, IAM's delays, eventual consistency); `--lenient` for moto alone.
+    On a running cloud the interruption and strictness options apply at once; --seed and --lenient
+    need a new one (`spotctl local down` first)."""
     strictness = _strictness(refused_pools, spot_quotas)
     if lenient and strictness:
         raise UserError("--refuse-pool and --spot-quota need the strict proxy", "leave out --lenient")
-    cloud, started = client.up(seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient)
+    done = client.up(seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient)
+    cloud = done.cloud
+    contents = done.cloud.contents() if done.started else None
     if as_json:
-        click.echo(json.dumps({**vars(cloud), "started": started}, indent=2))
-    else:
+        document = {**vars(cloud), "started": done.started, "changed": done.changed, "ignored": done.ignored}
+        if contents is not None:
+            document["contents"] = contents.as_dict()
+        click.echo(json.dumps(document, indent=2))
+        return 0
+    click.echo(
+        f"local cloud {'started' if done.started else 'already running'}: {cloud.endpoint} (pid {cloud.pid}, market seed {cloud.seed}"
+        f"{', lenient: moto alone' if lenient and done.started else ''})"
+    )
+    if contents is not None:
+        click.echo(describe_contents(cloud, contents))
+    if done.changed:
         click.echo(
-            f"local cloud {'started' if started else 'already running'}: {cloud.endpoint} (pid {cloud.pid}, market seed {cloud.seed}"
-            f"{', lenient: moto alone' if lenient and started else ''})"
+            "changed: "
+            + "; ".join(
+                f"{FLAGS[k]} {_setting(before)} -> {_setting(after)}" for k, (before, after) in done.changed.items()
+            )
         )
+    if done.ignored:
+        why = {
+            "seed": f"it keeps market seed {cloud.seed}, which priced its jobs",
+            "lenient": "it runs the strict proxy",
+        }
+        asked = ", ".join(f"{FLAGS[k]}{'' if v is True else f' {v}'} ({why[k]})" for k, v in done.ignored.items())
         click.echo(
-            f"use it with --local, e.g. `spotctl launch examples/quickstart.yaml --local --watch`; storage {client.LOCAL_STORAGE}"
+            f"not changed while it runs: {asked}; `spotctl local down --keep`, then `spotctl local up` with them, "
+            "starts a new one with its jobs and data"
         )
+    click.echo(
+        f"use it with --local, e.g. `spotctl launch examples/quickstart.yaml --local --watch`; storage {client.LOCAL_STORAGE}"
+    )
     return 0
+
+
+def describe_contents(cloud: client.LocalCloud, contents) -> str:
+    """What a cloud started now holds: nothing, or what `local down --keep` kept (`launch --local` says it too)."""
+    if contents.empty:
+        return (
+            f"the local cloud is new: bucket {BUCKET} holds no data; "
+            f"`spotctl local data {datasets.QUICKSTART.name}` uploads the quickstart's"
+        )
+    restored = cloud.call("GET", "/status").get("restored_objects") or 0
+    where = "restored from `spotctl local down --keep`" if restored else f"bucket {BUCKET} holds"
+    missing = (
+        ""
+        if datasets.QUICKSTART.url.removeprefix(f"s3://{BUCKET}/") in contents.data
+        else (f"; no quickstart data (`spotctl local data {datasets.QUICKSTART.name}` uploads it)")
+    )
+    return f"{where}: {contents.describe()}{missing}"
+
+
+def _setting(value) -> str:
+    if value is None or value == [] or value == {}:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
 
 
 def _strictness(refused_pools: tuple[str, ...], spot_quotas: tuple[str, ...]) -> dict:
@@ -129,13 +190,15 @@ def env() -> int:
 @command.command("status")
 @options.json_option
 def status(as_json: bool) -> int:
-    """Describe the local cloud: endpoint, market seed and the machines it runs."""
+    """Describe the local cloud: endpoint, market seed, interruption and strictness settings, and the machines it runs."""
     cloud = client.find()
     if cloud is None:
         if as_json:
-            click.echo(json.dumps({"running": False}))
+            click.echo(json.dumps({"running": False, "kept": client.kept()}))
         else:
             click.echo(f"no local cloud running (home {client.home()}); start one with `spotctl local up`")
+            if client.kept():
+                click.echo("`spotctl local down --keep` kept its jobs and data: `spotctl local up` puts them back")
         return 1
     described = cloud.call("GET", "/status")
     if as_json:
@@ -144,6 +207,8 @@ def status(as_json: bool) -> int:
     click.echo(
         f"local cloud: {described['endpoint']} (pid {described['pid']}, up since {described['started_at']}, market seed {described['seed']})"
     )
+    click.echo(f"interruptions: {_interruptions(described['interruptions'])}")
+    click.echo(f"strictness: {_strictness_line(described)}")
     rows = [
         [
             m["instance_id"],
@@ -162,11 +227,79 @@ def status(as_json: bool) -> int:
     return 0
 
 
+def _interruptions(settings: dict) -> str:
+    """'each job's first attempt at step 40; at random 0 per instance-hour; notice 5s'."""
+    step = settings["interrupt_at_step"]
+    scheduled = f"each job's first attempt at step {step}" if step else "none scheduled"
+    return (
+        f"{scheduled} ({FLAGS['interrupt_at_step']}); at random {_setting(settings['interrupt_rate'])} per instance-hour "
+        f"({FLAGS['interrupt_rate']}); notice {_setting(settings['notice_s'])}s ({FLAGS['notice_s']})"
+    )
+
+
+def _strictness_line(described: dict) -> str:
+    if not described["strict"]:
+        return "lenient: moto's own answers, no strict proxy (--lenient)"
+    changed = described["strictness_changed"]
+    if not changed:
+        return "AWS's answers, the strict proxy's defaults"
+    return "AWS's answers, changed from the defaults: " + "; ".join(f"{k} {_setting(v)}" for k, v in changed.items())
+
+
+@command.command("data")
+@click.argument("name", type=click.Choice(sorted(datasets.SAMPLES)))
+@click.option(
+    "--per-class", type=click.IntRange(1), help="Training images per class (validation gets a quarter); default 80."
+)
+@click.option("--size", type=click.IntRange(8, 1024), help="Image side in pixels; default 64.")
+@click.option("--seed", type=int, help="Seed of the drawing; default 0.")
+@options.json_option
+def data(name: str, per_class: int | None, size: int | None, seed: int | None, as_json: bool) -> int:
+    """Upload a sample dataset to the local cloud's bucket: `shapes` is the quickstart's (examples/quickstart.yaml).
+
+    Drawn on this machine, no network needed; what was there before under its folder is replaced."""
+    cloud = client.require()
+    asked = {"per_class": per_class, "size": size, "seed": seed}
+    done = datasets.upload(cloud.endpoint, name, {k: v for k, v in asked.items() if v is not None})
+    if as_json:
+        click.echo(json.dumps(done.as_dict(), indent=2))
+        return 0
+    sample = datasets.SAMPLES[name]
+    splits = ", ".join(
+        f"{split}/ {count}" for split, count in sorted(done.images.items(), key=lambda i: i[0] != "train")
+    )
+    click.echo(
+        f"uploaded {sum(done.images.values())} images of {done.classes} classes ({sample.description}) to {done.url}: {splits}"
+    )
+    click.echo(f"{sample.used_by} reads it: `spotctl launch {sample.used_by} --local --watch`")
+    return 0
+
+
 @command.command("down")
-def down() -> int:
-    """Stop the local cloud and every machine it runs."""
-    cloud = client.down()
-    click.echo("local cloud stopped" if cloud else "no local cloud was running")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the bucket's jobs and data for the next `spotctl local up` (copied to $SPOTCTL_HOME/local/kept/).",
+)
+def down(keep: bool) -> int:
+    """Stop the local cloud and every machine it runs; its bucket (jobs, data) goes with it unless --keep."""
+    done = client.down(keep)
+    if done is None:
+        click.echo("no local cloud was running")
+        return 0
+    held = done.contents.describe() if done.contents else "its bucket"
+    if done.kept:
+        click.echo(
+            f"local cloud stopped; kept {held} in {client.kept_folder()}: the next `spotctl local up` puts them back"
+        )
+    elif keep:
+        raise UserError(f"the local cloud stopped without keeping {held}", f"see {client.home() / 'daemon.log'}")
+    elif done.contents is None:
+        click.echo("local cloud stopped; what its bucket held is gone")
+    elif done.contents.empty:
+        click.echo("local cloud stopped; its bucket was empty")
+    else:
+        click.echo(f"local cloud stopped; deleted {held} (`spotctl local down --keep` keeps them for the next `up`)")
     return 0
 
 

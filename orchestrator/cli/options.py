@@ -28,7 +28,16 @@ def _use_local(start: bool):
             return
         from orchestrator.local import client
 
-        ctx.find_object(App).local = client.up()[0] if start else client.require()
+        if not start:
+            ctx.find_object(App).local = client.require()
+            return
+        done = client.up()
+        if done.started:  # say so: a fresh cloud holds no data, a kept one what `local down --keep` kept
+            from orchestrator.cli.local import describe_contents
+
+            click.echo(f"no local cloud was running: started one at {done.cloud.endpoint}", err=True)
+            click.echo(describe_contents(done.cloud, done.cloud.contents()), err=True)
+        ctx.find_object(App).local = done.cloud
 
     return callback
 

@@ -13,20 +13,27 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from orchestrator.errors import UserError
+from orchestrator.local import bucket
 from orchestrator.local.daemon import (
     BUCKET,
     CREDENTIALS,
     INSTANCE_PROFILE,
     LOCAL_MAX_ATTEMPTS,
     STATE_FILE,
+    STORAGE_PREFIX,
     client_environment,
 )
 from trainer.job.settings import Settings
 
-START_TIMEOUT_S = 60.0
-LOCAL_STORAGE = f"s3://{BUCKET}/spotctl"
+START_TIMEOUT_S = 60.0  # the daemon's start, a kept bucket's restore included
+STOP_TIMEOUT_S = 30.0
+KEEP_TIMEOUT_S = 300.0  # a stop that first copies the bucket out (checkpoints: tens of MB each)
+LOCAL_STORAGE = f"s3://{BUCKET}/{STORAGE_PREFIX}"
+DEFAULT_SEED = 0
+DEFAULT_NOTICE_S = 5.0
 
 
 def home() -> Path:
@@ -74,6 +81,20 @@ class LocalCloud:
         except urllib.error.HTTPError as exc:
             raise _refused(exc) from None
 
+    def contents(self) -> bucket.Contents:
+        """What its bucket holds: jobs, wheels, data."""
+        return bucket.Contents(**self.call("GET", "/contents", timeout=60.0))
+
+
+class Up(NamedTuple):
+    """What `up` did: the cloud, whether it was started now, and on a running one, the settings
+    changed live ({name: (before, after)}) and those it cannot change while it runs ({name: asked})."""
+
+    cloud: LocalCloud
+    started: bool
+    changed: dict
+    ignored: dict
+
 
 def _request(url: str, method: str, body: dict | None, timeout: float) -> dict:
     """One JSON request to the local cloud (its control API, or its strict proxy's)."""
@@ -108,31 +129,26 @@ def find() -> LocalCloud | None:
 
 
 def up(
-    seed: int = 0,
+    seed: int | None = None,
     interrupt_rate: float | None = None,
-    notice_s: float = 5.0,
+    notice_s: float | None = None,
     interrupt_at_step: int | None = None,
     strictness: dict | None = None,
     lenient: bool = False,
-) -> tuple[LocalCloud, bool]:
-    """(the cloud, whether it was started now). Idempotent: a running one is returned as it is, with
-    the interruptions asked for (rate, scheduled step) and the strictness changes applied to it.
-    `strictness`: changes to the strict proxy's settings (orchestrator.local.strict.Strictness);
-    `lenient`: no strict proxy (moto's own answers), for a cloud started now."""
+) -> Up:
+    """Start the local cloud, or change the running one. None (or False): not asked for. A new cloud
+    takes the defaults for those (its seed: the kept cloud's, else DEFAULT_SEED) and puts back the
+    bucket `down(keep=True)` kept. A running one gets the interruptions (rate, scheduled step, notice)
+    and `strictness` (changes to its strict proxy's settings, orchestrator.local.strict.Strictness)
+    applied live; a seed other than its own and `lenient` need a new cloud, so they are ignored, and
+    said so in `Up.ignored`."""
     running = find()
     if running:
-        changes = {
-            k: v
-            for k, v in (("interrupt_at_step", interrupt_at_step), ("interrupt_rate", interrupt_rate))
-            if v is not None
-        }
-        if changes:
-            running.call("POST", "/config", changes)
-        if strictness:
-            running.strict(strictness)
-        return running, False
+        return _change(running, seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient)
     folder = home()
     folder.mkdir(parents=True, exist_ok=True)
+    if seed is None:  # the kept jobs' attempts were priced by that market
+        seed = (kept() or {}).get("seed", DEFAULT_SEED)
     with open(folder / "daemon.log", "ab") as log:
         process = subprocess.Popen(
             [
@@ -146,7 +162,7 @@ def up(
                 "--interrupt-rate",
                 str(interrupt_rate or 0.0),
                 "--notice",
-                str(notice_s),
+                str(DEFAULT_NOTICE_S if notice_s is None else notice_s),
                 *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else []),
                 *(["--lenient"] if lenient else ["--strictness", json.dumps(strictness or {})]),
             ],
@@ -163,28 +179,78 @@ def up(
             )
         cloud = find()
         if cloud and cloud.pid == process.pid:
-            return cloud, True
+            return Up(cloud, True, {}, {})
         time.sleep(0.2)
     process.kill()
     raise UserError(f"the local cloud did not start within {START_TIMEOUT_S:.0f}s", f"see {folder / 'daemon.log'}")
 
 
-def down(timeout_s: float = 30.0) -> LocalCloud | None:
-    """Stop the local cloud and everything it started; None if none was running."""
+def _change(
+    cloud: LocalCloud,
+    seed: int | None,
+    interrupt_rate: float | None,
+    notice_s: float | None,
+    interrupt_at_step: int | None,
+    strictness: dict | None,
+    lenient: bool,
+) -> Up:
+    described = cloud.call("GET", "/status")
+    ignored = {}
+    if seed is not None and seed != cloud.seed:  # its prices are what the jobs' attempts were charged
+        ignored["seed"] = seed
+    if lenient and described["strict"]:
+        ignored["lenient"] = True
+    asked = {"interrupt_at_step": interrupt_at_step, "interrupt_rate": interrupt_rate, "notice_s": notice_s}
+    asked = {k: v for k, v in asked.items() if v is not None}
+    before = described["interruptions"]
+    after = cloud.call("POST", "/config", asked) if asked else before
+    changed = {k: (before[k], after[k]) for k in asked if before[k] != after[k]}
+    if strictness:
+        was = cloud.strict({})  # no change: its settings as they are
+        now = cloud.strict(strictness)
+        changed.update({k: (was[k], now[k]) for k in strictness if was[k] != now[k]})
+    return Up(cloud, False, changed, ignored)
+
+
+class Down(NamedTuple):
+    """What `down` did: the cloud it stopped, what its bucket held, and whether that was kept."""
+
+    cloud: LocalCloud
+    contents: bucket.Contents | None  # None: the cloud did not say
+    kept: bool
+
+
+def down(keep: bool = False) -> Down | None:
+    """Stop the local cloud and everything it started; None if none was running. `keep`: its bucket
+    is copied to `home()/kept/` first, for the next `up` to put back."""
     cloud = find()
     if cloud is None:
         return None
     try:
-        cloud.call("POST", "/shutdown")
+        contents = cloud.contents()
+    except (OSError, UserError):  # a daemon that does not answer it: stopped all the same
+        contents = None
+    try:
+        cloud.call("POST", "/shutdown", {"keep": keep})
     except OSError:
+        keep = False
         os.kill(cloud.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + (KEEP_TIMEOUT_S if keep else STOP_TIMEOUT_S)
     while _alive(cloud.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if _alive(cloud.pid):
         os.kill(cloud.pid, signal.SIGKILL)
     (home() / STATE_FILE).unlink(missing_ok=True)
-    return cloud
+    return Down(cloud, contents, keep and kept() is not None)
+
+
+def kept_folder() -> Path:
+    return home() / bucket.KEPT
+
+
+def kept() -> dict | None:
+    """The settings of a cloud `down(keep=True)` kept for the next `up`, or None."""
+    return bucket.kept_settings(kept_folder())
 
 
 def require() -> LocalCloud:

@@ -9,12 +9,15 @@ has (the Deep Learning AMI parameter, the `spotctl-local` bucket, the `spotctl-t
 profile with its trainer role, the Spot service-linked role), runs the instance runner, and answers a small control API on
 127.0.0.1:
 
-    GET  /status                          the cloud and its running machines
+    GET  /status                          the cloud, its settings and its running machines
+    GET  /contents                        what its bucket holds (orchestrator.local.bucket.Contents)
     POST /interrupt {"instance_id", "notice_s"}   a spot interruption
-    POST /config {"interrupt_at_step", "interrupt_rate"}   change the interruptions to come
-    POST /shutdown                        stop everything it started, then exit
+    POST /config {"interrupt_at_step", "interrupt_rate", "notice_s"}   change the interruptions to come
+    POST /shutdown {"keep": bool}         stop everything it started (keep: the bucket's objects to
+                                          DIR/kept/, which the next start puts back), then exit
 
-Its address, pid and seed go to DIR/local.json once it is ready; the file is removed at exit.
+Its address, pid and seed go to DIR/local.json once it is ready (after a kept bucket is restored); the
+file is removed at exit.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ INSTANCE_PROFILE = "spotctl-trainer"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # moto accepts any; not secrets
 STATE_FILE = "local.json"
 LOCAL_MAX_ATTEMPTS = 3  # botocore's attempts per call: a local endpoint that fails is not busy, it is down
+STORAGE_PREFIX = "spotctl"  # the local storage root is s3://BUCKET/STORAGE_PREFIX
+DATASETS = "datasets"  # s3://BUCKET/DATASETS/<name>: the sample datasets (orchestrator.local.datasets)
+# The user's own AWS set-up, which must not reach the local cloud's processes (a profile named in the
+# shell would win over the local credentials, or name one that does not exist).
+USER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
 
 
 def free_port() -> int:
@@ -59,10 +67,11 @@ def client_environment(endpoint: str) -> dict[str, str]:
 
 def seed_trainer_role(iam) -> None:
     """The instance profile with a trainer role in it that grants what the stack's does
-    (infra/spotctl.yaml): read under the storage prefix, write only the trainer's own objects. The
+    (infra/spotctl.yaml): read under the storage prefix, write only the trainer's own objects, and
+    read the sample datasets, as a stack deployed with `--data-read s3://BUCKET/DATASETS/`. The
     instances use the local credentials, not the role, but `spotctl doctor --local` reads its reach
     as on AWS, and a profile without a role is a problem there."""
-    from orchestrator.aws.infra import DEFAULT_PREFIX, trainer_write_arns
+    from orchestrator.aws.infra import DEFAULT_PREFIX, data_arns, trainer_write_arns
 
     bucket = f"arn:aws:s3:::{BUCKET}"
     trust = {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
@@ -78,6 +87,11 @@ def seed_trainer_role(iam) -> None:
             "Effect": "Allow",
             "Action": ["s3:PutObject", "s3:DeleteObject"],
             "Resource": trainer_write_arns(bucket, DEFAULT_PREFIX),
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:ListBucket"],
+            "Resource": data_arns(f"s3://{BUCKET}/{DATASETS}/"),
         },
     ]
     iam.create_role(
@@ -108,6 +122,7 @@ def serve(
 
     from orchestrator.aws.clients import Cloud, Endpoint
     from orchestrator.aws.infra import ensure_spot_service_linked_role
+    from orchestrator.local import bucket
     from orchestrator.local.aws import route_default_vpc_to_the_internet, seed_deep_learning_ami
     from orchestrator.local.runner import InstanceRunner
     from orchestrator.local.strict import Strictness, StrictProxy
@@ -117,18 +132,21 @@ def serve(
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     endpoint, proxy = f"http://127.0.0.1:{port}", None
+    moto_endpoint = endpoint  # the bucket is copied past the proxy: none of its rules applies to that
     if strictness is not None:  # every client, the instances' included, meets AWS's answers
         settings = Strictness()
         settings.update(strictness)
         proxy = StrictProxy(endpoint, settings).start()
         endpoint = proxy.endpoint
     os.environ.update(client_environment(endpoint))
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+    for name in USER_AWS_SETTINGS:
         os.environ.pop(name, None)
     ec2 = boto3.client("ec2")
     ami = seed_deep_learning_ami(ec2, REGION)
     route_default_vpc_to_the_internet(ec2)  # as in AWS: instances without a public IP are then refused
     boto3.client("s3").create_bucket(Bucket=BUCKET)
+    moto_s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    restored = bucket.restore(moto_s3, BUCKET, home / bucket.KEPT)  # what `local down --keep` kept
     seed_trainer_role(boto3.client("iam"))
     ensure_spot_service_linked_role(
         Cloud(REGION, endpoint=Endpoint(endpoint, *CREDENTIALS.values()))
@@ -145,6 +163,7 @@ def serve(
         s3=boto3.client("s3"),
     ).start()
     finished = threading.Event()
+    keep = threading.Event()  # /shutdown {"keep": true}: the bucket is copied out once the machines stopped
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     class Control(http.server.BaseHTTPRequestHandler):
@@ -160,6 +179,8 @@ def serve(
             self.wfile.write(body)
 
         def do_GET(self):
+            if self.path == "/contents":
+                return self._reply(200, bucket.contents(moto_s3, BUCKET, STORAGE_PREFIX).as_dict())
             if self.path != "/status":
                 return self._reply(404, {"error": f"no {self.path}"})
             self._reply(
@@ -173,6 +194,9 @@ def serve(
                     "bucket": BUCKET,
                     "ami": ami,
                     "strict": proxy is not None,
+                    "strictness_changed": _changed(proxy.strictness) if proxy else {},
+                    "interruptions": interruptions(),
+                    "restored_objects": restored,
                     "machines": runner.snapshot(),
                 },
             )
@@ -191,15 +215,23 @@ def serve(
                     runner.interrupt_at_step = request["interrupt_at_step"] or None
                 if "interrupt_rate" in request:
                     runner.interrupt_rate_per_hour = float(request["interrupt_rate"])
-                return self._reply(
-                    200,
-                    {"interrupt_at_step": runner.interrupt_at_step, "interrupt_rate": runner.interrupt_rate_per_hour},
-                )
+                if "notice_s" in request:
+                    runner.notice_s = float(request["notice_s"])
+                return self._reply(200, interruptions())
             if self.path == "/shutdown":
-                self._reply(200, {"stopping": True})
+                self._reply(200, {"stopping": True, "keep": bool(request.get("keep"))})
+                if request.get("keep"):
+                    keep.set()
                 finished.set()
                 return None
             return self._reply(404, {"error": f"no {self.path}"})
+
+    def interruptions() -> dict:
+        return {
+            "interrupt_at_step": runner.interrupt_at_step,
+            "interrupt_rate": runner.interrupt_rate_per_hour,
+            "notice_s": runner.notice_s,
+        }
 
     control = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Control)
     threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
@@ -227,6 +259,9 @@ def serve(
         finished.wait()
     finally:
         runner.stop()
+        if keep.is_set():  # after the machines stopped: nothing writes to the bucket any more
+            kept = bucket.save(moto_s3, BUCKET, home / bucket.KEPT, {"seed": seed})
+            logging.info("kept %d objects of the bucket in %s", kept, home / bucket.KEPT)
         control.shutdown()
         control.server_close()
         if proxy is not None:
@@ -234,6 +269,14 @@ def serve(
         moto.stop()
         state.unlink(missing_ok=True)
         logging.info("local cloud down")
+
+
+def _changed(strictness) -> dict:
+    """The strict proxy's settings that differ from its defaults (what `local up` or a test changed)."""
+    import dataclasses
+
+    default = dataclasses.asdict(type(strictness)())
+    return {k: v for k, v in dataclasses.asdict(strictness).items() if v != default[k]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """The local cloud end to end: the quickstart path of `make demo` (smaller), through the same CLI,
 orchestrator and trainer code as on AWS: launch, a spot interruption part-way, recovery on another
-pool from the notice's checkpoint, success, cost from the simulated market; `local down` leaves
-nothing behind."""
+pool from the notice's checkpoint, success, cost from the simulated market; the README's transcript
+has the shapes of what the commands print; `local down --keep` and `up` keep the job; `local down`
+leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 
 from orchestrator.jobs.cost import attempt_cost
 from orchestrator.local.market import SimulatedMarket
-from testbed import REPO
+from testbed import REPO, transcript
 from testbed.harness import AWS_VARIABLES_TO_CLEAR
 
 
@@ -96,17 +97,32 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
     assert code == 0, err
     cloud = json.loads(out)
     assert cloud["started"] and cloud["endpoint"].startswith("http://127.0.0.1:")
+    assert cloud["contents"]["objects"] == 0
     code, out, _ = spotctl("local", "up")
     assert (code, out.splitlines()[0]) == (
         0,
         f"local cloud already running: {cloud['endpoint']} (pid {cloud['pid']}, market seed 3)",
     )
+    code, out, _ = spotctl("local", "up", "--seed", "5", "--notice", "10", "--interrupt-at-step", "8")
+    assert code == 0 and out.splitlines()[1] == (  # the same interruptions: nothing changed, no "changed:" line
+        "not changed while it runs: --seed 5 (it keeps market seed 3, which priced its jobs); "
+        "`spotctl local down --keep`, then `spotctl local up` with them, starts a new one with its jobs and data"
+    )
+    code, out, _ = spotctl("local", "status")
+    assert out.splitlines()[1:3] == [
+        "interruptions: each job's first attempt at step 8 (--interrupt-at-step); "
+        "at random 0 per instance-hour (--interrupt-rate); notice 10s (--notice)",
+        "strictness: AWS's answers, the strict proxy's defaults",
+    ]
     assert listening_addresses(cloud["pid"]) == {"127.0.0.1"}  # moto, the control API, every IMDS: loopback only
     try:
         point_aws_tools_at_the_local_cloud(spotctl, monkeypatch)
-        from trainer.sample_data import render
-
-        render("s3://spotctl-local/datasets/shapes", per_split={"train": 40, "val": 8})
+        code, out, err = spotctl("local", "data", "shapes", "--per-class", "40")
+        assert (code, out.splitlines()[0]) == (
+            0,
+            "uploaded 250 images of 5 classes (coloured shapes, one class per shape) to "
+            "s3://spotctl-local/datasets/shapes: train/ 200, val/ 50",
+        ), err
         spec = yaml.safe_load((REPO / "examples/quickstart.yaml").read_text())
         spec["train"]["epochs"] = 8
         spec["train"]["checkpoint"] = {"every_steps": 5, "keep": 2}
@@ -116,6 +132,11 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
         code, out, err = spotctl("launch", str(job), "--local", "--watch", "--poll", "1")
         assert code == 0, err + out[-3000:]
         job_id = out.split()[1].rstrip(":")
+        # The README shows the demo's run of this command: the same lines, whatever the numbers
+        # (`make demo`, then `make readme-demo`, rewrites it after a change of format).
+        readme = transcript.shapes(transcript.readme_block((REPO / "README.md").read_text()))
+        printed = transcript.shapes(out)
+        assert (sorted(printed - readme), sorted(readme - printed)) == ([], []), "printed now / only in the README"
         assert re.search(
             r"attempt 1 on \S+ \S+ ended: interrupted( \(Server.SpotInstanceTermination\))? at step \d+", out
         ), out
@@ -181,14 +202,44 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
             == ["model.int8.pt", "model.json", "model.onnx", "model.safetensors"]
         )
         assert len(out.splitlines()) == 4 and all(line.endswith("... verified") for line in out.splitlines())
+
+        # Kept across a restart: the job reads the same, priced by the same market (the kept seed).
+        code, out, _ = spotctl("local", "down", "--keep")
+        assert code == 0 and re.fullmatch(
+            rf"local cloud stopped; kept 1 job, 1 wheel and 250 objects of data \(datasets/shapes\); \d+ objects, "
+            rf"[\d.]+ MiB in all in {re.escape(str(local_home / 'local' / 'kept'))}: the next `spotctl local up` puts them back\n",
+            out,
+        ), out
+        assert refused(cloud["endpoint"])
+        code, out, err = spotctl("local", "up")
+        assert code == 0 and out.splitlines()[0].endswith(", market seed 3)"), err  # the kept cloud's seed
+        assert out.splitlines()[1].startswith(
+            "restored from `spotctl local down --keep`: 1 job, 1 wheel and 250 objects of data (datasets/shapes); "
+        )
+        cloud = json.loads((local_home / "local" / "local.json").read_text())  # endpoint, control
+        code, out, _ = spotctl("status", job_id, "--local", "--json")
+        kept = json.loads(out)
+
+        def recorded(attempts):  # without EC2's live view of the last instance: a new EC2 no longer lists it
+            return [{k: v for k, v in a.items() if k != "instance_state"} for a in attempts]
+
+        assert (kept["state"], recorded(kept["attempts"]), kept["cost"]["total_usd"]) == (
+            "succeeded",
+            recorded(view["attempts"]),
+            cost["total_usd"],
+        )
     finally:
         code, out, _ = spotctl("local", "down")
-    assert (code, out) == (0, "local cloud stopped\n")
+    assert code == 0 and re.fullmatch(
+        r"local cloud stopped; deleted 1 job, 1 wheel and 250 objects of data \(datasets/shapes\); \d+ objects, "
+        r"[\d.]+ MiB in all \(`spotctl local down --keep` keeps them for the next `up`\)\n",
+        out,
+    ), out
     assert refused(cloud["endpoint"]) and refused(cloud["control"])
     assert processes_mentioning(str(local_home)) == []
     assert not os.path.exists(local_home / "local" / "local.json")
     code, out, _ = spotctl("local", "status")
-    assert code == 1 and out.startswith("no local cloud running")
+    assert code == 1 and out.startswith("no local cloud running") and len(out.splitlines()) == 1  # nothing kept
 
 
 def test_the_market_is_reproducible_from_its_seed_and_priced_like_spot():
@@ -218,9 +269,12 @@ def test_the_market_is_reproducible_from_its_seed_and_priced_like_spot():
 
 @pytest.mark.slow
 def test_a_machine_terminated_through_ec2_takes_its_process_with_it(local_home, tmp_path, spotctl, monkeypatch):
-    code, out, err = spotctl("local", "up", "--json")
+    code, out, err = spotctl("local", "up")
     assert code == 0, err
-    cloud = json.loads(out)
+    assert out.splitlines()[1] == (
+        "the local cloud is new: bucket spotctl-local holds no data; `spotctl local data shapes` uploads the quickstart's"
+    )
+    cloud = json.loads((local_home / "local" / "local.json").read_text())  # endpoint, control
     try:
         point_aws_tools_at_the_local_cloud(spotctl, monkeypatch)
         from trainer.sample_data import render
@@ -243,7 +297,13 @@ def test_a_machine_terminated_through_ec2_takes_its_process_with_it(local_home, 
         assert json.loads(out)["state"] == "cancelled"
 
         # The market's own interruptions: at this rate the next machine is taken back within a poll.
-        assert spotctl("local", "up", "--interrupt-rate", "1000000")[0] == 0
+        code, out, _ = spotctl("local", "up", "--interrupt-rate", "1000000", "--refuse-pool", "p3.2xlarge/*")
+        assert code == 0 and out.splitlines()[1] == (
+            "changed: --interrupt-rate 0 -> 1000000; --refuse-pool none -> p3.2xlarge/*"
+        )
+        lines = spotctl("local", "status")[1].splitlines()
+        assert "at random 1000000 per instance-hour" in lines[1]
+        assert lines[2] == "strictness: AWS's answers, changed from the defaults: refused_pools p3.2xlarge/*"
         code, out, err = spotctl("launch", str(job), "--local")
         assert code == 0, err
         taken = out.split()[1].rstrip(":")
