@@ -175,7 +175,7 @@ def list_row(view: dict, with_context: bool = False) -> list:
     row = [
         view["job_id"],
         view["state"] + "".join(f", {f['name']}" for f in view["health"]),
-        len(view["attempts"]),
+        _attempts(view),
         _where(view),
         progress_text(view),
         _metric(view),
@@ -183,6 +183,14 @@ def list_row(view: dict, with_context: bool = False) -> list:
         render.age(view["created_at"]),
     ]
     return [row[0], view.get("context"), *row[1:]] if with_context else row
+
+
+def _attempts(view: dict) -> int:
+    """The attempts made: the record's, or for a job the trainer ran alone (no record), the number its
+    own documents carry (each run of `python -m trainer run` is an attempt)."""
+    if view["attempts"]:
+        return len(view["attempts"])
+    return max((view["progress"] or {}).get("attempt") or 0, (view["final"] or {}).get("attempt") or 0)
 
 
 def _name(context: Context) -> str:

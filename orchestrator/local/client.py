@@ -194,14 +194,16 @@ def _change(
     strictness: dict | None,
     lenient: bool,
 ) -> Up:
-    described = cloud.call("GET", "/status")
+    asked = {"interrupt_at_step": interrupt_at_step, "interrupt_rate": interrupt_rate, "notice_s": notice_s}
+    asked = {k: v for k, v in asked.items() if v is not None}
     ignored = {}
     if seed is not None and seed != cloud.seed:  # its prices are what the jobs' attempts were charged
         ignored["seed"] = seed
+    if not (asked or strictness or lenient):  # nothing to change (`launch --local` on a running cloud)
+        return Up(cloud, False, {}, ignored)
+    described = cloud.call("GET", "/status")
     if lenient and described["strict"]:
         ignored["lenient"] = True
-    asked = {"interrupt_at_step": interrupt_at_step, "interrupt_rate": interrupt_rate, "notice_s": notice_s}
-    asked = {k: v for k, v in asked.items() if v is not None}
     before = described["interruptions"]
     after = cloud.call("POST", "/config", asked) if asked else before
     changed = {k: (before[k], after[k]) for k in asked if before[k] != after[k]}

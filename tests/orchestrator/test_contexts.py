@@ -226,6 +226,8 @@ def test_a_job_the_trainer_ran_alone_is_listed_with_its_outcome_and_found_by_id(
     code, out, err = spotctl("status", "--storage", "./runs", "--json")
     assert code == 0, err
     assert [(j["job_id"], j["state"]) for j in json.loads(out)["jobs"]] == [("quickstart", "succeeded")]
+    code, out, err = spotctl("status", "--storage", "./runs")
+    assert code == 0 and out.splitlines()[-1].split()[:3] == ["quickstart", "succeeded", "1"]  # its one attempt
     code, out, err = spotctl("status", "quickstart", "--storage", "./runs", "--json")
     assert code == 0, err
     assert (json.loads(out)["state"], json.loads(out)["final"]["outcome"]) == ("succeeded", "succeeded")
