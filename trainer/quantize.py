@@ -164,7 +164,7 @@ def compare_latency(
     """The manifest's latency fields, per batch size, from interleaved timings: `cpu_latency_ms`
     (median ms per call of each model), `speedup` (speedup_estimate's ratio: None when it could not
     be measured reliably), `speedup_spread` (its iqr, range and pairs) and `speedup_note` (why a
-    ratio is None; None when every one was measured)."""
+    ratio is None, per batch size; None when every one was measured)."""
     latency: dict = {"fp32": {}, "int8": {}}
     speedup, spread, notes = {}, {}, []
     for size in batch_sizes:
@@ -177,7 +177,7 @@ def compare_latency(
         if (note := estimate.pop("note")) is not None:
             notes.append(f"batch {size}: {note}")
         spread[str(size)] = estimate
-    note = f"not measured reliably ({'; '.join(notes)})" if notes else None
+    note = "; ".join(notes) or None  # e.g. "batch 1: per-pair ratios … lie on both sides of 1"
     return {"cpu_latency_ms": latency, "speedup": speedup, "speedup_spread": spread, "speedup_note": note}
 
 

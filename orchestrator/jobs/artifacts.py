@@ -91,7 +91,7 @@ def describe(name: str, entry: dict) -> str:
         return f"{name}: not exported ({entry.get('reason')})"
     if name == "int8" and "validation_set" in entry:
         agreed, size = entry["validation_set"], entry["size"]
-        note = f"; speed {entry['speedup_note']}" if entry.get("speedup_note") else ""
+        note = f"; why the speed is unknown: {entry['speedup_note']}" if entry.get("speedup_note") else ""
         return (
             f"int8: {size['ratio']:.1f}x smaller than fp32, {speed(entry, '8')} at batch 8, {speed(entry, '1')} at batch 1 "
             f"on {entry['cpu_latency_ms'].get('threads')} CPU threads; top-1 agreement {agreed['top1_agreement']:.1%}, SQNR {agreed['sqnr_db']} dB "

@@ -148,13 +148,13 @@ def test_an_int8_speed_that_could_not_be_measured_is_not_given_as_a_number():
     noisy = {
         **INT8,
         "speedup": {"1": 0.7, "8": None},
-        "speedup_note": "not measured reliably (batch 8: per-pair ratios 0.90x to 5.10x (interquartile) lie on both sides of 1)",
+        "speedup_note": "batch 8: per-pair ratios 0.90x to 5.10x (interquartile) lie on both sides of 1",
     }
     assert summary({"formats": {"int8": noisy}}) == "int8 (3.9x smaller, speed not measured reliably, top-1 99%)"
     assert describe("int8", noisy) == (
         "int8: 3.9x smaller than fp32, speed not measured reliably at batch 8, 1.4x slower at batch 1 on 2 CPU threads; "
-        "top-1 agreement 99.2%, SQNR 31.4 dB on 400 validation images; speed not measured reliably (batch 8: per-pair "
-        "ratios 0.90x to 5.10x (interquartile) lie on both sides of 1)"
+        "top-1 agreement 99.2%, SQNR 31.4 dB on 400 validation images; why the speed is unknown: batch 8: per-pair "
+        "ratios 0.90x to 5.10x (interquartile) lie on both sides of 1"
     )
     assert summary({"formats": {"int8": {**INT8, "speedup": {"8": 1.02}}}}) == (
         "int8 (3.9x smaller, as fast as fp32, top-1 99%)"
