@@ -12,6 +12,7 @@ class ExitCode(enum.IntEnum):
     OK = 0  # done; `watch`: every job succeeded
     FAILED = 1  # an error (one message says what and how to fix it); `watch`: a job did not succeed
     USAGE = 2  # bad arguments or an invalid job file
+    GAVE_UP = 4  # `watch`: a job could not be followed (its record.json or job.yaml unreadable) and was given up
     ABORTED = 130  # Ctrl-C
 
 

@@ -3,6 +3,10 @@ that ended within 24 h, `--all` every one, `--state` some states), or one job in
 
 `--json` prints the documents of orchestrator.jobs.status (stable; `--schema` prints their JSON
 Schema, every field described).
+
+A job whose record.json cannot be read is listed as `unreadable`, and each object that could not be read
+(record.json, or a trainer's document: then the job's other parts are shown and a health flag names it)
+is one line under the list, `! URL: what is wrong`; every other job is listed as usual.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from orchestrator.errors import UserError
 from orchestrator.jobs import artifacts
 from orchestrator.jobs.contexts import Context
 from orchestrator.jobs.cost import cost_of
+from orchestrator.jobs.record import repair_hint
 from orchestrator.jobs.state import JobView
 from orchestrator.jobs.status import schema, status_document
 from orchestrator.jobs.views import find_job, listed, read_views
+from trainer.job import layout
 from trainer.job.documents import JobState
 from trainer.job.spec import did_you_mean
 
@@ -129,6 +135,8 @@ def command(
     )
     for u in unreachable:
         out.print(f"! {u.name}: {u.error}", markup=False, highlight=False)
+    for line in unreadable_lines(views):
+        out.print(line, markup=False, highlight=False)
     if hidden:
         out.print(
             f"{hidden} job{' that' if hidden == 1 else 's that'} ended more than 24 h ago "
@@ -137,6 +145,16 @@ def command(
             highlight=False,
         )
     return 0
+
+
+def unreadable_lines(views: list[dict]) -> list[str]:
+    """One line per object of the listed jobs that could not be read: `! URL: what is wrong`."""
+    return [f"! {u['url']}: {u['problem']}" for view in views for u in view.get("unreadable") or ()]
+
+
+def _record_problem(view: dict) -> dict | None:
+    """The unreadable record.json of an `unreadable` job (the document names it among its objects)."""
+    return next((u for u in view.get("unreadable") or () if u["url"].endswith("/" + layout.RECORD)), None)
 
 
 def list_headers(with_context: bool) -> list[str]:
@@ -185,11 +203,13 @@ def list_row(view: dict, with_context: bool = False) -> list:
     return [row[0], view.get("context"), *row[1:]] if with_context else row
 
 
-def _attempts(view: dict) -> int:
+def _attempts(view: dict) -> int | None:
     """The attempts made: the record's, or for a job the trainer ran alone (no record), the number its
     own documents carry (each run of `python -m trainer run` is an attempt)."""
     if view["attempts"]:
         return len(view["attempts"])
+    if _record_problem(view):
+        return None  # the record says how many, and it cannot be read
     return max((view["progress"] or {}).get("attempt") or 0, (view["final"] or {}).get("attempt") or 0)
 
 
@@ -241,10 +261,12 @@ def job_panel(view: dict):
     from rich.console import Group
     from rich.text import Text
 
-    lines = [
-        Text(f"{view['job_id']}  {view['state']}", style="bold"),
-        Text(f"region {view['region']}, created {render.age(view['created_at'])}"),
-    ]
+    lines = [Text(f"{view['job_id']}  {view['state']}", style="bold")]
+    broken = _record_problem(view)
+    if broken:  # nothing the record says is known: not even where the job runs
+        lines += [Text(f"! {broken['url']}: {broken['problem']}"), Text(f"  {repair_hint(view['job_id'])}")]
+    else:
+        lines.append(Text(f"region {view['region']}, created {render.age(view['created_at'])}"))
     if view.get("outcome_reason"):
         lines.append(Text(f"why: {view['outcome_reason']}"))
     if view["progress"]:
@@ -289,6 +311,8 @@ def job_panel(view: dict):
         lines.append(Text(f"artifacts: {artifacts.summary(view['artifacts'])}"))
     for flag in view["health"]:
         lines.append(Text(f"! {flag['message']}" + (f" ({flag['hint']})" if flag["hint"] else "")))
+    if broken:
+        return Group(*lines)
     per_attempt = {a["number"]: a for a in (cost or {}).get("attempts") or ()}
     rows = [
         [

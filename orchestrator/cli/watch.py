@@ -1,9 +1,10 @@
 """`spotctl watch [JOB...]`: follow jobs until each is terminal, recovering interruptions as they come
 (orchestrator.jobs.watch), with a live table on a terminal and one line per event elsewhere. Exit code 0
-when every job succeeded, 1 otherwise.
+when every job succeeded, 4 when one could not be followed (its record.json or job.yaml unreadable: given
+up after a few polls, the others followed to their end), 1 otherwise.
 
 `--json` prints one JSON object per event (`{"at", "job_id", "level", "message"}`) and, at the end,
-`{"jobs": [status --json documents, with cost]}`.
+`{"jobs": [status --json documents, with cost], "given_up": [{"job_id", "reason"}]}`.
 
 Ctrl-C ends the watch, never the jobs: it says they keep running and who, if anyone, recovers them now
 (orchestrator.jobs.caretaker), and exits 130.
@@ -76,10 +77,11 @@ def command(
     found, unreachable = app.contexts(storage, profile)
     for u in unreachable:
         click.echo(f"! {u.name}: {u.error}", err=True)
-    chosen, idle = [], []
+    chosen, idle, unreadable = [], [], []
     for context in found:
         # Jobs left interrupted long ago are not relaunched behind the user's back: they are named.
         unfinished = [v for v in read_views(context.store, context.job_ids, context.clouds) if not v.state.terminal]
+        unreadable += [v.job_id for v in unfinished if v.unreadable is not None]
         unfinished = [v for v in unfinished if v.record is not None]  # the trainer alone: nothing to recover
         idle += [v.job_id for v in unfinished if v.state.idle]
         ids = [v.job_id for v in unfinished if every_job or not v.state.idle]
@@ -88,6 +90,12 @@ def command(
     if idle and not every_job:
         click.echo(
             f"not recovering {render.plural(len(idle), 'idle job')} ({', '.join(idle[:5])}); name them, or pass --all",
+            err=True,
+        )
+    if unreadable:
+        click.echo(
+            f"not following {render.plural(len(unreadable), 'unreadable job')} ({', '.join(unreadable[:5])}); "
+            "`spotctl status` says what is wrong with each",
             err=True,
         )
     if not chosen:
@@ -125,7 +133,19 @@ def follow_contexts(
     try:
         if as_json:
             code = _run(watchers_telling(_json_event))
-            click.echo(json.dumps({"jobs": [_document(row) for w in watchers for row in w.rows.values()]}, indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "jobs": [_document(row) for w in watchers for row in w.rows.values()],
+                        "given_up": [
+                            {"job_id": job_id, "reason": reason}
+                            for w in watchers
+                            for job_id, reason in w.given_up.items()
+                        ],
+                    },
+                    indent=2,
+                )
+            )
             return code
         out = render.console()
         if not sys.stdout.isatty():  # a log, a CI job: one line per event, the jobs in full at the end
@@ -175,6 +195,8 @@ def _run(watchers: list[Watcher], sleep: Callable[[float], None] = time.sleep, a
 
 def _summary(out, store, watcher: Watcher) -> None:
     """Each job as `spotctl status JOB` shows it: attempts and why they ended, cost, savings, artifacts."""
+    for job_id, reason in watcher.given_up.items():
+        out.print(f"x {job_id}: not followed to its end: {reason}", markup=False, highlight=False)
     for view in read_views(store, list(watcher.rows), watcher.clouds, details=True):
         if view.record is None:
             continue

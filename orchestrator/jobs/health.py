@@ -8,6 +8,10 @@
   when they can: the loop waits for batches (data-bound) or most GPU memory is unused (small batch).
   Without GPU telemetry (nulls) nothing is flagged: no figure, no verdict.
 
+A trainer's document that cannot be read whole (a heartbeat that is no JSON object, a final word with
+a field of the wrong type: jobs.views) is a flag `unreadable` naming the object's URL and what is
+wrong with it; what it would have said is shown as unknown.
+
 A finished run's own warnings (final.json `warnings`, e.g. `chance_level`: validation accuracy no
 better than guessing) are flags too: a warning on the result, never a failure of the job.
 """
@@ -32,6 +36,8 @@ SMALL_BATCH_MEM = 0.5  # fraction of GPU memory in use
 WINDOW_SLACK = 0.95  # heartbeats are ~15 s apart, so a full window can read a little short
 
 LOGS_HINT = "`spotctl logs JOB --bootstrap` shows what the instance is doing"
+UNREADABLE = "unreadable"
+UNREADABLE_HINT = "what it says is shown as unknown until it is rewritten, restored or deleted"
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,13 @@ class Flag:
 
 
 def job_health(view: JobView, now: datetime | None = None) -> list[Flag]:
-    """The flags of a job while it runs, and the warnings its final word gives, as of `now` (default: now)."""
+    """The flags of a job while it runs, and the warnings its final word gives, as of `now` (default: now),
+    after one for each of its documents that could not be read."""
+    told = [Flag(UNREADABLE, str(problem), UNREADABLE_HINT) for problem in view.problems]
+    return told + _running_flags(view, now)
+
+
+def _running_flags(view: JobView, now: datetime | None) -> list[Flag]:
     if view.final is not None and view.final.warnings:
         return [Flag(warning.name, warning.message, warning.hint) for warning in view.final.warnings]
     current = view.record.current if view.record else None

@@ -66,6 +66,8 @@ def decide(
     """What to do about this job now. `cost` is jobs.cost.cost_of(view) (needed for the budget only)."""
     now = now or datetime.now(timezone.utc)
     record = view.record
+    if view.unreadable is not None:  # nothing can be told of it: jobs.watch gives it up after a few polls
+        return Decision(Action.WAIT, f"its record cannot be read: {view.unreadable}")
     if record is None:
         return Decision(Action.DONE, "no record")
     state = derive_state(record, view.final, view.heartbeat, view.instance, now)

@@ -8,6 +8,10 @@ rest. Any machine with access to the bucket can rebuild the full picture.
 Several orchestrators may act on one job at once (two `spotctl watch`, a watch and a `resume`), so
 every change after creation is a read-modify-write guarded by the object's version (S3 If-Match):
 `JobStore.update_record` re-reads and re-applies the change when someone else wrote in between.
+
+Every document is read against its model (trainer.job.documents). A record that fails is `Unreadable`,
+naming its URL and what is wrong: that job cannot be told or acted on, every other one still can. A
+trainer's document that fails (`read_checked`) is read as far as it can be, with its `Problem`s.
 """
 
 from __future__ import annotations
@@ -22,10 +26,26 @@ from typing import TypeVar
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.documents import Document, JobRecord
+from trainer.job.problems import Problem, io_problem
 from trainer.job.s3 import OutdatedLibrary
 from trainer.job.storage import Conflict, Storage
 
 D = TypeVar("D", bound=Document)
+
+
+class Unreadable(UserError):
+    """An object of a job that must be read whole (record.json, job.yaml) and cannot be."""
+
+    def __init__(self, job_id: str, found: Problem):
+        super().__init__(str(found), repair_hint(job_id))
+        self.job_id, self.found = job_id, found
+
+
+def repair_hint(job_id: str) -> str:
+    return (
+        "restore the object (an earlier version, if the bucket keeps them), "
+        f"or delete the job with `spotctl rm {job_id} --force`"
+    )
 
 
 class JobStore:
@@ -58,10 +78,27 @@ class JobStore:
 
     # ------------------------------------------------------------------------------- the record
     def read_record(self, job_id: str) -> JobRecord | None:
+        """The job's record; None when it has none (the trainer ran it alone); `Unreadable` when it
+        cannot be read as one."""
+        body = self.object_of(job_id, layout.RECORD)
+        return None if body is None else self._record(job_id, body)
+
+    def _record(self, job_id: str, body: bytes) -> JobRecord:
         try:
-            return JobRecord.from_json(self.storage.read_bytes(layout.in_job(job_id, layout.RECORD)))
-        except FileNotFoundError:
-            return None
+            return JobRecord.from_json(body)
+        except ValueError as exc:
+            raise Unreadable(job_id, Problem(self.url(job_id, layout.RECORD), str(exc))) from None
+
+    def object_of(self, job_id: str, relative: str) -> bytes | None:
+        """The object's bytes (None: absent); `Unreadable` when what is there is no object to read (a
+        folder, one this identity may not read). Other errors (S3 failing, credentials) are raised."""
+        try:
+            return self.read_bytes(job_id, relative)
+        except OSError as exc:
+            problem = io_problem(exc)
+            if problem is None:
+                raise
+            raise Unreadable(job_id, Problem(self.url(job_id, relative), problem)) from None
 
     def write_record(self, record: JobRecord, create: bool = False) -> None:
         """Create the record (create=True), or overwrite it: only for a job nobody else acts on yet."""
@@ -76,7 +113,7 @@ class JobStore:
         key = layout.in_job(job_id, layout.RECORD)
         for attempt in range(tries):
             body, version = self.storage.read_versioned(key)
-            record = JobRecord.from_json(body)
+            record = self._record(job_id, body)
             if change(record) is False:
                 return None
             try:
@@ -92,7 +129,19 @@ class JobStore:
     # ------------------------------------------------------------------------ the job's objects
     def read(self, job_id: str, kind: type[D], relative: str) -> D | None:
         """A document of the job (the heartbeat, the final word...), None if absent or unreadable."""
-        return kind.parse(self.read_bytes(job_id, relative))
+        return self.read_checked(job_id, kind, relative)[0]
+
+    def read_checked(self, job_id: str, kind: type[D], relative: str) -> tuple[D | None, list[Problem]]:
+        """(a document of the job as far as it can be read, what is wrong with it): a field that fails its
+        model is left out (unknown), a body that is no JSON object reads as None; each named with the
+        object's URL."""
+        try:
+            body = self.object_of(job_id, relative)
+        except Unreadable as exc:
+            return None, [exc.found]
+        found, wrong = kind.read(body)
+        url = self.url(job_id, relative)
+        return found, [Problem(url, what) for what in wrong]
 
     def read_bytes(self, job_id: str, relative: str) -> bytes | None:
         try:

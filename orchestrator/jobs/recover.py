@@ -15,22 +15,34 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.launch import NoCapacity, start_attempt
 from orchestrator.jobs.policy import failover_order
-from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.record import JobStore, Unreadable
 from orchestrator.jobs.state import JobView, settle, unfinished_claim
 from orchestrator.jobs.trust import check_launch_inputs
 from trainer.job import layout
 from trainer.job.documents import Attempt, Final, JobRecord, JobState
+from trainer.job.problems import Problem
 from trainer.job.spec import JobSpec
-from trainer.job.spec_file import parse_spec
+from trainer.job.spec_file import SpecError, parse_spec
 from trainer.job.units import amounts, plural
 
 
 def job_spec(store: JobStore, job_id: str) -> JobSpec:
-    """The spec the job was launched with (jobs/<id>/job.yaml)."""
-    body = store.read_bytes(job_id, layout.JOB_FILE)
+    """The spec the job was launched with (jobs/<id>/job.yaml); `Unreadable` when it is gone or is no
+    valid job file (nothing of the job can be started without it)."""
+    url = store.url(job_id, layout.JOB_FILE)
+    body = store.object_of(job_id, layout.JOB_FILE)
     if body is None:
-        raise UserError(f"job {job_id} has no job.yaml under {store.root}", "was it launched with spotctl?")
-    return parse_spec(body.decode(), source=store.url(job_id, layout.JOB_FILE))
+        raise Unreadable(job_id, Problem(url, "missing: the job file spotctl launch wrote is gone"))
+    try:
+        return parse_spec(body.decode("utf-8"), source=url)
+    except UnicodeDecodeError as exc:
+        raise Unreadable(job_id, Problem(url, f"not UTF-8 text (at byte {exc.start})")) from None
+    except SpecError as exc:
+        first = exc.problems[0] if exc.problems else None
+        said = f"line {first.line}: " if first and first.line else ""
+        said += f"{first.path}: {first.message}" if first and first.path else (first.message if first else "")
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        raise Unreadable(job_id, Problem(url, " ".join(f"not a valid job file: {said}{more}".split()))) from None
 
 
 def start_next(

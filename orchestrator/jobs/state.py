@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from orchestrator.aws.instances import GONE, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance, launch_failure
 from trainer.job.documents import Attempt, EndReason, Final, Heartbeat, JobRecord, JobState, Manifest, Outcome, Phase
+from trainer.job.problems import Problem
 
 # describe_instances is eventually consistent: a just-started instance may not be listed yet.
 NOT_LISTED_GRACE_S = 300.0
@@ -51,9 +52,13 @@ class JobView:
     instance: Instance | None  # the current attempt's
     artifacts: Manifest | None = None
     instances: dict[int, Instance] | None = None  # every attempt's, by attempt number
+    unreadable: Problem | None = None  # record.json is there and cannot be read: the job is `unreadable`
+    problems: list[Problem] = field(default_factory=list)  # the trainer's documents that failed: parts unknown
 
     @property
     def state(self) -> JobState:
+        if self.unreadable is not None:
+            return JobState.UNREADABLE
         return derive_state(self.record, self.final, self.heartbeat, self.instance)
 
 

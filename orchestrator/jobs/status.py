@@ -102,6 +102,14 @@ class HealthFlag(_Part):
     hint: str | None
 
 
+class UnreadableObject(_Part):
+    """A stored object of the job that could not be read as its model says (trainer.job.problems)."""
+
+    url: str
+    problem: str
+    """what is wrong with it, e.g. `not JSON (garbage at byte 0)`, `launched_at: "yesterday" is not a date-time`"""
+
+
 class AttemptCostStatus(_Part):
     number: int
     seconds: float
@@ -155,7 +163,8 @@ class JobStatus(_Part):
     job_id: str
     name: str | None
     state: str
-    """pending, launching, running, interrupted, stopping, exporting, succeeded, failed, cancelled, budget_exceeded, no_capacity or unknown"""
+    """pending, launching, running, interrupted, stopping, exporting, succeeded, failed, cancelled, budget_exceeded,
+    no_capacity, unknown, or unreadable (record.json cannot be read: `unreadable` says why; nothing else is known)"""
     region: str | None
     created_at: str | None
     outcome_reason: str | None
@@ -168,6 +177,9 @@ class JobStatus(_Part):
     heartbeat_age_s: float | None
     health: list[HealthFlag]
     stalled: bool
+    unreadable: list[UnreadableObject] = []
+    """the job's objects that could not be read: record.json (the job is `unreadable`), or a trainer's document
+    (the heartbeat, final.json, the manifest: what it would say is null, and a health flag names it)"""
     final: dict[str, Any] | None
     """status/final.json as the trainer wrote it, without its history"""
     artifacts: dict[str, Any] | None
@@ -232,6 +244,7 @@ def status_document(
         heartbeat_age_s=heartbeat_age(beat, now=now) if beat else None,
         health=[flag.as_dict() for flag in health],
         stalled=any(flag.name == "stalled" for flag in health),
+        unreadable=[p.as_dict() for p in ([view.unreadable] if view.unreadable else []) + view.problems],
         final={k: v for k, v in view.final.written().items() if k != "history"} if view.final else None,
         artifacts=view.artifacts.written() if view.artifacts else None,
         **({"cost": cost.as_dict() if cost else None} if with_cost else {}),

@@ -11,7 +11,7 @@ from orchestrator.aws.clients import Cloud
 from orchestrator.aws.ec2 import instances_of
 from orchestrator.aws.instances import LIVE
 from orchestrator.errors import UserError
-from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.record import JobStore, Unreadable, repair_hint
 from orchestrator.jobs.state import JobView
 from trainer.job import layout
 from trainer.job.documents import WORKING_PHASES, Final, Heartbeat, JobState, Manifest
@@ -27,16 +27,26 @@ def read_views(
 ) -> list[JobView]:
     """Every job's state with as few reads as are safe, in parallel: record and heartbeat; one EC2
     call per region; then final.json only where the job may have ended (a running instance whose
-    trainer reports a running phase has not). `details` adds the artifacts manifest."""
+    trainer reports a running phase has not). `details` adds the artifacts manifest.
+
+    A job whose record cannot be read is `unreadable` (JobView.unreadable says where and why); a trainer's
+    document that fails its model is read as far as it can be, the rest unknown (JobView.problems). Either
+    way every other job is read as usual."""
+
+    def first_reads(job_id: str) -> JobView:
+        beat, problems = store.read_checked(job_id, Heartbeat, layout.HEARTBEAT)
+        try:
+            return JobView(job_id, store.read_record(job_id), beat, None, None, problems=problems)
+        except Unreadable as exc:
+            return JobView(job_id, None, beat, None, None, unreadable=exc.found, problems=problems)
+
+    def read_into(view: JobView, kind, relative: str):
+        found, problems = store.read_checked(view.job_id, kind, relative)
+        view.problems += problems
+        return found
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        views = list(
-            pool.map(
-                lambda job_id: JobView(
-                    job_id, store.read_record(job_id), store.read(job_id, Heartbeat, layout.HEARTBEAT), None, None
-                ),
-                job_ids,
-            )
-        )
+        views = list(pool.map(first_reads, job_ids))
         by_region: dict[str, list[JobView]] = {}
         for view in views:
             if view.record and view.record.attempts and not view.record.cancelled_at:
@@ -50,12 +60,12 @@ def read_views(
         # A job without a record (the trainer alone, `python -m trainer run`) is told by its final word too.
         maybe_ended = [v for v in views if not v.record or not _certainly_running(v)]
         for view, final in zip(
-            maybe_ended, pool.map(lambda v: store.read(v.job_id, Final, layout.FINAL), maybe_ended), strict=True
+            maybe_ended, pool.map(lambda v: read_into(v, Final, layout.FINAL), maybe_ended), strict=True
         ):
             view.final = final
         if details:
             for view, manifest in zip(
-                views, pool.map(lambda v: store.read(v.job_id, Manifest, layout.MANIFEST), views), strict=True
+                views, pool.map(lambda v: read_into(v, Manifest, layout.MANIFEST), views), strict=True
             ):
                 view.artifacts = manifest
     return views
@@ -87,6 +97,11 @@ def find_job(store: JobStore, job_id: str, cloud_for_region: Callable[[str], Clo
 
 def launched(view: JobView, doing: str) -> JobView:
     """The view, when spotctl launched the job (it has a record); else what `doing` cannot do."""
+    if view.unreadable is not None:
+        raise UserError(
+            f"job {view.job_id}: cannot {doing} it, its record cannot be read: {view.unreadable}",
+            repair_hint(view.job_id),
+        )
     if view.record is None:
         raise UserError(
             f"job {view.job_id} has no record.json: the trainer ran it alone (`python -m trainer run`), "

@@ -9,6 +9,10 @@ writes, so two watchers (or a watcher and `spotctl resume`) never start two inst
 
 When EC2 refuses every offer, the job waits with exponential backoff and is given up as
 `no_capacity` after `capacity_deadline_s`.
+
+A job that cannot be followed at all (its record.json or job.yaml unreadable or gone: jobs.record.Unreadable)
+is said once, and given up after `unfollowable_polls` polls in a row, with that reason; the watch then
+exits `ExitCode.GAVE_UP`. The other jobs are followed to their end meanwhile.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import botocore.exceptions
 from orchestrator.aws.clients import Cloud, as_user_error
 from orchestrator.aws.ec2 import live_instances, terminate
 from orchestrator.aws.prices import Pool, PriceSource
-from orchestrator.errors import UserError
+from orchestrator.errors import ExitCode, UserError
 from orchestrator.jobs.cost import JobCost, cost_of
 from orchestrator.jobs.health import Flag, job_health
 from orchestrator.jobs.launch import NoCapacity, QuotaExceeded
 from orchestrator.jobs.policy import Action, decide
-from orchestrator.jobs.record import JobStore
+from orchestrator.jobs.record import JobStore, Unreadable, repair_hint
 from orchestrator.jobs.recover import job_spec, set_aside_final, settle_view, start_next
 from orchestrator.jobs.state import JobView
 from orchestrator.jobs.stop import request_stop
@@ -40,6 +44,10 @@ from trainer.job.storage import bad_credentials
 from trainer.job.units import rate
 
 log = logging.getLogger(__name__)
+
+# A record or job.yaml that cannot be read is rarely fixed between two polls (a hand edit being undone is the
+# exception), and a deleted one never comes back by itself: this many polls in a row, then the job is given up.
+UNFOLLOWABLE_POLLS = 3
 
 
 @dataclass
@@ -54,6 +62,8 @@ class WatchOptions:
     settle_grace_s: float = 120.0
     """After a job ends, how long to keep polling until EC2 says its machine is gone (the end of billing
     is then recorded from EC2); the bootstrap shuts it down within seconds of the trainer's exit."""
+    unfollowable_polls: int = UNFOLLOWABLE_POLLS
+    """Polls in a row a job's record.json or job.yaml may be unreadable before the watch gives up on it."""
 
 
 @dataclass(frozen=True)
@@ -105,12 +115,17 @@ class Watcher:
         self._waiting: dict[str, _Waiting] = {}
         self._avoid: dict[Pool, datetime] = {}  # pools seen interrupted, shared by every job watched here
         self._price_sources: dict[str, PriceSource] = {}
+        self._unfollowable: dict[str, int] = {}  # polls in a row each job could not be followed
+        self.given_up: dict[str, str] = {}  # the jobs the watch gave up on, and why
 
     # ------------------------------------------------------------------------------------ polling
     def poll(self) -> dict[str, JobRow]:
         """One round over every job not yet terminal; returns the rows for display."""
         active = [j for j in self.job_ids if j not in self._finished]
         for view in read_views(self.store, active, self.clouds):
+            if view.unreadable is not None:
+                self._cannot_follow(view, Unreadable(view.job_id, view.unreadable))
+                continue
             if view.record is None:
                 self._emit(view.job_id, f"no job {view.job_id} under {self.store.root}", logging.ERROR)
                 self.rows[view.job_id] = JobRow(view)
@@ -118,6 +133,10 @@ class Watcher:
                 continue
             try:
                 self.rows[view.job_id] = self._follow(view)
+                self._unfollowable.pop(view.job_id, None)
+            except Unreadable as exc:  # job.yaml, or the record since the first read: nothing to act on
+                self._cannot_follow(view, exc)
+                continue
             except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
                 _unless_credentials(exc, "following the job")
                 # One job's trouble (a refused call, a vanished spec, S3 failing) stops only it, this poll.
@@ -126,6 +145,18 @@ class Watcher:
                 self.rows[view.job_id] = JobRow(view)
             self._note_finished(self.rows[view.job_id].view)
         return self.rows
+
+    def _cannot_follow(self, view: JobView, exc: Unreadable) -> None:
+        """Say once why the job cannot be followed; give it up after `unfollowable_polls` polls in a row."""
+        job_id, limit = view.job_id, self.options.unfollowable_polls
+        polls = self._unfollowable[job_id] = self._unfollowable.get(job_id, 0) + 1
+        self.rows[job_id] = JobRow(view)
+        if polls == 1 and limit > 1:
+            self._emit(job_id, f"cannot follow it: {exc.found}; giving up after {limit} polls", logging.ERROR)
+        if polls >= limit:
+            self.given_up[job_id] = str(exc.found)
+            self._finished.add(job_id)
+            self._emit(job_id, f"gave up: {exc.found} ({repair_hint(job_id)})", logging.ERROR)
 
     def _note_finished(self, view: JobView) -> None:
         """A terminal job is followed until every attempt's end is recorded (or the grace is over)."""
@@ -141,7 +172,9 @@ class Watcher:
         return all(j in self._finished for j in self.job_ids)
 
     def exit_code(self) -> int:
-        """0 when every job succeeded, 1 otherwise."""
+        """0 when every job succeeded; GAVE_UP (4) when a job could not be followed; 1 otherwise."""
+        if self.given_up:
+            return ExitCode.GAVE_UP
         return 0 if all(j in self.rows and self.rows[j].view.state is JobState.SUCCEEDED for j in self.job_ids) else 1
 
     def run(

@@ -3,6 +3,7 @@ budget, time), gives one action. jobs.policy.decide and failover_order are pure:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from orchestrator.aws.offers import InstanceType, Offer
 from orchestrator.jobs.policy import Action, decide, failover_order
 from orchestrator.jobs.state import derive_state
 from tests.unit.jobs import NOW, SPEC, attempt, beat, cost, final, instance, record, view
+from trainer.job.problems import Problem
 
 SPOT, SELF, USER = "Server.SpotInstanceTermination", "Client.InstanceInitiatedShutdown", "Client.UserInitiatedShutdown"
 GONE_BY_SPOT = instance("terminated", SPOT)
@@ -19,6 +21,8 @@ GONE_BY_SPOT = instance("terminated", SPOT)
 # fmt: off
 TABLE = [
     ("no record", view(None), None, "unknown", Action.DONE, None, "no record"),
+    ("record.json unreadable", replace(view(None), unreadable=Problem("s3://b/p/jobs/j/record.json", "a JSON list, not an object")), None, "unreadable",
+     Action.WAIT, None, "s3://b/p/jobs/j/record.json: a JSON list, not an object"),
     # pending and launching
     ("pending: nothing started yet", view(record()), None, "pending", Action.START, None, "starting"),
     ("launching: a fresh claim, EC2 still answering", view(record(attempt(instance_id=None, requested=10))), None, "launching", Action.WAIT, None, ""),
@@ -79,6 +83,8 @@ TABLE = [
     ("case", "job", "spent", "state", "action", "outcome", "reason"), TABLE, ids=[row[0] for row in TABLE]
 )
 def test_decide(case, job, spent, state, action, outcome, reason):
+    if job.unreadable is not None:
+        assert job.state == state
     if job.record is not None:
         assert derive_state(job.record, job.final, job.heartbeat, job.instance, NOW) == state
     decision = decide(job, SPEC, spent, poll_s=10.0, now=NOW)

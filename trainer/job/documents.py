@@ -11,6 +11,7 @@ States (`JobState`), as `spotctl status` derives them (orchestrator.jobs.state):
     pending -> launching -> running -> (interrupted -> launching -> running)* -> exporting -> succeeded
     stopping: asked to stop (spotctl stop, the budget) while the machine still runs
     terminal: succeeded, failed, cancelled, budget_exceeded, no_capacity
+    unreadable: record.json cannot be read (a view state: no record holds it)
 
 The string enums compare and serialise as their values: every JSON document stays as it was.
 """
@@ -19,16 +20,44 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import asdict, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
-from trainer.job import layout
+from trainer.job import layout, problems
 
-_LENIENT = ConfigDict(extra="ignore")
+# Unknown fields are ignored (another version's); a number must be finite: JSON's `1e999` reads as
+# infinity, which no cost, age or step count survives (and `json.dumps` would write as invalid JSON).
+_LENIENT = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+def _timestamp(value: str) -> str:
+    """An ISO 8601 time with its zone, as every reader computes ages and costs from them."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("timestamp", "is not a date-time") from None
+    if parsed.tzinfo is None:
+        raise PydanticCustomError("timestamp", "is a date-time without a time zone")
+    return value
+
+
+def _region(value: str) -> str:
+    """A region as EC2 spells them: a record's chooses the endpoint every call of the job goes to."""
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", value):
+        raise PydanticCustomError("region", "is not an AWS region")
+    return value
+
+
+Timestamp = Annotated[str, AfterValidator(_timestamp)]
+"""A stored time: a string (as written) that is an ISO 8601 date-time with a zone."""
+Count = Annotated[int, Field(ge=0)]
+Price = Annotated[float, Field(ge=0)]
 
 
 def now_iso() -> str:
@@ -58,14 +87,19 @@ class JobState(_Values):
     CANCELLED = "cancelled"  # stopped by spotctl stop
     BUDGET_EXCEEDED = "budget_exceeded"
     NO_CAPACITY = "no_capacity"
+    # record.json is there and cannot be read (trainer.job.problems says why): nothing about the job can be
+    # told or done until it is restored or the job removed. Not terminal: it may still run.
+    UNREADABLE = "unreadable"
 
     @classmethod
     def of(cls, value: str) -> JobState:
-        """The state a record names; one this version does not know (a newer spotctl's) is unknown."""
+        """The state a record names; one this version does not know (a newer spotctl's) is unknown, and
+        so is `unreadable`, which only a view of the job can be, never a record's word."""
         try:
-            return cls(value)
+            state = cls(value)
         except ValueError:
             return cls.UNKNOWN
+        return cls.UNKNOWN if state is cls.UNREADABLE else state
 
     @property
     def terminal(self) -> bool:
@@ -164,24 +198,24 @@ def _is(value: Any, member: enum.Enum) -> bool:
 class Attempt:
     """One instance started for the job (record.json's attempts[])."""
 
-    number: int
+    number: Annotated[int, Field(ge=1)]
     instance_type: str
     zone: str
-    spot_price: float
-    on_demand_price: float | None
+    spot_price: Price
+    on_demand_price: Price | None
     client_token: str  # EC2's idempotency token: a retried run_instances returns the same instance
     instance_id: str | None = None  # None while the attempt is claimed but EC2 has not answered yet
-    launched_at: str | None = None
-    ended_at: str | None = None  # when EC2 says the instance stopped running (billing ends)
+    launched_at: Timestamp | None = None
+    ended_at: Timestamp | None = None  # when EC2 says the instance stopped running (billing ends)
     end_reason: str | None = None  # an EndReason
     state_reason: str | None = None  # EC2's own code, e.g. Server.SpotInstanceTermination
-    requested_at: str | None = None  # when this attempt was claimed
+    requested_at: Timestamp | None = None  # when this attempt was claimed
     claimed_by: str | None = None  # the orchestrator process that claimed it (jobs.launch)
-    start_step: int | None = None  # the step the trainer resumed from
-    end_step: int | None = None  # the last step it reported
+    start_step: Count | None = None  # the step the trainer resumed from
+    end_step: Count | None = None  # the last step it reported
     # Billing (orchestrator.jobs.cost). None in records written before spotctl recorded them.
-    running_at: str | None = None  # first seen `running` (EC2 bills the instance from then; jobs.state.settle)
-    disk_gib: int | None = None  # its root gp3 volume (compute.disk_gib at launch)
+    running_at: Timestamp | None = None  # first seen `running` (EC2 bills the instance from then; jobs.state.settle)
+    disk_gib: Count | None = None  # its root gp3 volume (compute.disk_gib at launch)
     public_ip: bool | None = None  # whether it had a public IPv4 address (compute.public_ip at launch)
 
 
@@ -191,17 +225,17 @@ class JobRecord:
 
     job_id: str
     name: str
-    region: str
+    region: Annotated[str, AfterValidator(_region)]
     storage: str
     job_url: str
     wheel_url: str
     ami: str
-    created_at: str = field(default_factory=now_iso)
-    cancelled_at: str | None = None
+    created_at: Timestamp = field(default_factory=now_iso)
+    cancelled_at: Timestamp | None = None
     outcome: str | None = None  # a terminal JobState the orchestrator decided (no_capacity, budget_exceeded, failed)
     outcome_reason: str | None = None
-    budget_usd: float | None = None  # budget.max_cost_usd, raised by `resume --budget`
-    stop_requested_at: str | None = None  # control/stop written (by spotctl stop or the budget)
+    budget_usd: Price | None = None  # budget.max_cost_usd, raised by `resume --budget`
+    stop_requested_at: Timestamp | None = None  # control/stop written (by spotctl stop or the budget)
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -217,7 +251,15 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, body: bytes) -> JobRecord:
-        return _RECORD.validate_json(body)
+        """The record `body` holds, read strictly (ValueError: what is wrong with it, in one line). Unlike
+        the trainer's documents no field is left out: the orchestrator writes the record back, and a
+        record read with a field dropped would be written back without it."""
+        data = problems.json_object(body)
+        try:
+            return _RECORD.validate_python(data)
+        except ValidationError as exc:
+            wrong = problems.field_problems(exc.errors())
+            raise ValueError("; ".join(f"{where}: {what}" for where, what in wrong.items())) from None
 
 
 _RECORD = TypeAdapter(JobRecord)
@@ -229,7 +271,7 @@ class Document(BaseModel):
     value it cannot read, is left out and the rest still counts (a newer or older writer, a hand edit).
     Written strictly (`of`, `dump`): a field the model does not define is a bug in the writer, not data."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _LENIENT
     _as_written: dict[str, Any] | None = PrivateAttr(default=None)
 
     @classmethod
@@ -249,24 +291,38 @@ class Document(BaseModel):
     @classmethod
     def parse(cls, body: bytes | str | None):
         """The document; None when absent, not a JSON object, or empty (a torn write, another program's file)."""
+        return cls.read(body)[0]
+
+    @classmethod
+    def read(cls, body: bytes | str | None) -> tuple[Any, list[str]]:
+        """(the document as `parse` reads it, what is wrong with what was stored: one line each). A
+        field whose value cannot be read is left out (unknown) and named; a body that is no JSON
+        object at all is None and its one problem."""
         if body is None:
-            return None
+            return None, []
         try:
-            data = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(data, dict) or not data:
-            return None
+            data = problems.json_object(body)
+        except ValueError as exc:
+            return None, [str(exc)]
+        if not data:
+            return None, ["an empty JSON object"]
+        wrong: dict[str, str] = {}
         try:
             found = cls.model_validate(data)
         except ValidationError as exc:  # keep what can be read: one odd field must not hide the rest
-            unreadable = {error["loc"][0] for error in exc.errors() if error["loc"]}
+            errors = exc.errors()
+            wrong = problems.field_problems(errors)
+            unreadable = {error["loc"][0] for error in errors if error["loc"]}
             try:
                 found = cls.model_validate({key: value for key, value in data.items() if key not in unreadable})
             except ValidationError:
-                return None
+                return None, [f"{where}: {what}" for where, what in wrong.items()]
         found._as_written = data
-        return found
+        told = [f"{where}: {what}" for where, what in wrong.items()]
+        if not set(data) & set(cls.model_fields):
+            names = ", ".join(problems.shown(key) for key in list(data)[:3])
+            told.append(f"no field a {cls.__name__} has (it holds {names}{', ...' if len(data) > 3 else ''})")
+        return found, told
 
     def written(self) -> dict:
         """The document as its file holds it (every field, known or not), for showing it as it is."""
@@ -321,8 +377,8 @@ class Heartbeat(Document):
     host: str | None = None
     pid: int | None = None
     instance_id: str | None = None
-    started_at: str | None = None
-    updated_at: str | None = None
+    started_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
 
     def of_attempt(self, number: int | None) -> bool:
         return self.attempt == number
@@ -379,7 +435,7 @@ class Final(Document):
     error: str | None = None
     traceback: list[str] | None = None
     warnings: list[FinalWarning] | None = None  # the run's result is suspect (a stopped or succeeded run)
-    finished_at: str | None = None
+    finished_at: Timestamp | None = None
 
     def is_(self, outcome: Outcome) -> bool:
         return _is(self.outcome, outcome)
@@ -394,7 +450,7 @@ class StopRequest(Document):
     """control/stop: the trainer checkpoints and exits when it finds one."""
 
     reason: str | None = None
-    requested_at: str | None = None
+    requested_at: Timestamp | None = None
 
 
 class ArtifactFile(Document):
@@ -409,7 +465,7 @@ class Manifest(Document):
     """artifacts/manifest.json, written last: a file counts as exported once the manifest names it."""
 
     job_id: str | None = None
-    created_at: str | None = None
+    created_at: Timestamp | None = None
     export_id: str | None = None
     checkpoint_step: int | None = None
     source: str | None = None
