@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from trainer.job import layout
+from trainer.job import layout, problems
 from trainer.job.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -282,8 +282,11 @@ class Checkpointer:
             log.warning(
                 "checkpoint: %s/%s is stale or points at a missing manifest; listing instead", self.prefix, POINTER
             )
-        steps = self.committed_steps()
-        return self._read_manifest(steps[-1]) if steps else None
+        for step in reversed(self.committed_steps()):  # a manifest that cannot be read is no commit
+            found = self._read_manifest(step)
+            if found is not None:
+                return found
+        return None
 
     def load_latest(
         self, map_location: str | torch.device = "cpu", repair: bool = True
@@ -359,23 +362,46 @@ class Checkpointer:
 
     def _read_pointer(self) -> dict | None:
         try:
-            pointer = json.loads(self.storage.read_bytes(f"{self.prefix}/{POINTER}"))
-        except FileNotFoundError:
+            pointer = problems.json_object(self.storage.read_bytes(f"{self.prefix}/{POINTER}"))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except ValueError:
             return None  # a torn or garbled pointer is only a hint: fall back to listing
-        return pointer if isinstance(pointer, dict) and isinstance(pointer.get("step"), int) else None
+        step = pointer.get("step")
+        return pointer if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
     def _read_manifest(self, step: int) -> Committed | None:
+        """The commit of `step`; None when it has no manifest, or one that is not a checkpoint's (logged:
+        that step is ignored, as if uncommitted, and an older one is used)."""
+        path = f"{self.prefix}/{step_folder(step)}/{MANIFEST}"
         try:
-            body = self.storage.read_bytes(f"{self.prefix}/{step_folder(step)}/{MANIFEST}")
-            manifest = json.loads(body)
-        except FileNotFoundError:
+            body = self.storage.read_bytes(path)
+            manifest = problems.json_object(body)
+            _check_manifest(manifest)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        except ValueError:
-            log.warning("checkpoint: manifest of step %d is not valid JSON; ignoring that step", step)
+        except ValueError as exc:
+            log.warning("checkpoint: %s: %s; ignoring step %d", self.storage.url_of(path), exc, step)
             return None
         return Committed(step, manifest, _sha256(body))
+
+
+def _check_manifest(manifest: dict) -> None:
+    """ValueError unless `manifest` has what loading reads: the state file's size and sha256, a time."""
+    entry = (manifest.get("files") or {}).get(STATE_FILE) if isinstance(manifest.get("files"), dict) else None
+    if not isinstance(entry, dict):
+        raise ValueError(f"files.{STATE_FILE}: missing")
+    size, digest = entry.get("size"), entry.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"files.{STATE_FILE}.size: {problems.shown(size)} is not a size")
+    if not isinstance(digest, str):
+        raise ValueError(f"files.{STATE_FILE}.sha256: {problems.shown(digest)} is not a string")
+    created = manifest.get("created")
+    if created is not None:
+        try:
+            datetime.fromisoformat(created)
+        except (TypeError, ValueError):
+            raise ValueError(f"created: {problems.shown(created)} is not a date-time") from None
 
 
 def _differences(found: dict, expected: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:

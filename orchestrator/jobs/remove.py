@@ -34,6 +34,8 @@ class Removed:
 
 def live_reason(view: JobView, live: list[str]) -> str | None:
     """Why the job counts as live (None: it may be removed)."""
+    if view.unreadable is not None:  # no region, no attempts: whether a machine of it runs cannot be told
+        return f"its record cannot be read ({view.unreadable}), so whether it runs cannot be told"
     unfinished = not view.state.terminal and view.record is not None
     if unfinished:
         return f"it is {view.state}" + (f" on {', '.join(live)}" if live else "")
@@ -48,12 +50,17 @@ def remove_job(
     live = live_instances(clouds(view.record.region), job_id) if view.record else []
     why = live_reason(view, live)
     removed = Removed(job_id, store.url(job_id))
+    if why and not force and view.unreadable is not None:
+        raise UserError(
+            f"job {job_id}: not removed, {why}",
+            f"`spotctl rm {job_id} --force` removes it anyway; an instance of it would carry the tag spotctl:job={job_id}",
+        )
     if why and not force:
         raise UserError(
             f"job {job_id} is live: {why}; not removed",
             f"`spotctl stop {job_id}` first, or `spotctl rm {job_id} --force` (stops it, terminates its instance, removes it)",
         )
-    if why:
+    if why and view.unreadable is None:
         if not view.state.terminal:
             removed.stopped = True
             stop_job(store, job_id, clouds, wait_s=stop_wait_s)  # the record says why it ended

@@ -259,7 +259,12 @@ class JobRecord:
             return _RECORD.validate_python(data)
         except ValidationError as exc:
             wrong = problems.field_problems(exc.errors())
-            raise ValueError("; ".join(f"{where}: {what}" for where, what in wrong.items())) from None
+            missing = [where for where, what in wrong.items() if what == "missing"]
+            told = [f"{where}: {what}" for where, what in wrong.items() if what != "missing"]
+            if missing:
+                held = ", ".join(problems.shown(key) for key in list(data)[:3]) + (", ..." if len(data) > 3 else "")
+                told.append(f"missing {', '.join(missing)}" + (f" (it holds {held})" if held else ""))
+            raise ValueError("; ".join(told)) from None
 
 
 _RECORD = TypeAdapter(JobRecord)

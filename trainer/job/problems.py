@@ -48,8 +48,8 @@ def json_object(body: bytes | str) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         at = len(text[: exc.pos].encode())
-        if exc.pos >= len(text.rstrip()):
-            raise ValueError(f"not JSON (cut short: it ends at byte {at})") from None
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+            raise ValueError(f"not JSON (cut short: it ends at byte {len(text.encode())})") from None
         what = "garbage" if exc.msg == "Expecting value" else exc.msg[0].lower() + exc.msg[1:]
         raise ValueError(f"not JSON ({what} at byte {at})") from None
     except RecursionError:
