@@ -321,3 +321,35 @@ def test_checkpoint_objects_are_tagged_for_the_buckets_expiry_rule(s3_bucket):
         "TagSet"
     ]
     assert pointer == []  # the pointer is tiny and tells where the newest is: never expired by age
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b"[1, 2]",
+        b"\x89PNG",
+        json.dumps({"files": {STATE_FILE: {"size": "big", "sha256": "x"}}}).encode(),
+        b"",
+        "folder",
+    ],
+)
+@pytest.mark.parametrize("pointer", [b'{"step": true}', b'{"step": "8"}', b"[8]", "folder", None])
+def test_an_unreadable_manifest_or_pointer_falls_back_to_the_previous_checkpoint(tmp_path, manifest, pointer):
+    """Bug: a newest manifest that was JSON but no checkpoint's (a list, a wrong type) raised in
+    load; one that was no JSON made the run start from step 0 although step 4 was committed."""
+    storage = Storage(str(tmp_path / "job"))
+    ckpt = Checkpointer(storage, keep=5)
+    for step in (4, 8):
+        ckpt.save(step, lambda step=step: make_state(step), force=True)
+        ckpt.wait()
+    path = tmp_path / "job" / "checkpoints" / "step-8" / MANIFEST
+    path.unlink()
+    path.mkdir() if manifest == "folder" else path.write_bytes(manifest)
+    target = tmp_path / "job" / "checkpoints" / POINTER
+    if pointer == "folder":
+        target.unlink()
+        target.mkdir()
+    elif pointer is not None:
+        target.write_bytes(pointer)
+    committed, loaded = Checkpointer(storage).load_latest()
+    assert (committed.step, loaded["step"]) == (4, 4)

@@ -123,8 +123,10 @@ def _what(error: dict) -> str:
     if kind in ("int_from_float",):
         return f"{value} is not an integer"
     stem = kind.split("_", 1)[0]
-    if stem in _TYPES and kind.endswith(("_type", "_parsing")):
+    if stem in _TYPES and (kind.endswith("_type") or "_parsing" in kind):
         return f"{value} {_TYPES[stem]}"
+    if kind == "greater_than_equal":
+        return f"{value} is below {error.get('ctx', {}).get('ge')}"
     message = _one_line(str(error.get("msg", "is not valid")))
     message = message.removeprefix("Value error, ")
     return f"{value} {message[0].lower() + message[1:] if message else 'is not valid'}"
