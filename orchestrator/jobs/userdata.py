@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from orchestrator.errors import UserError
 from orchestrator.jobs.wheel import CONSTRAINTS_MEMBER, IMAGE_STACK
 from trainer.job import layout
-from trainer.job.documents import Final, Outcome
+from trainer.job.documents import Final, Outcome, now_iso
 
 # Filled in by the script when it reports a failure (they stand for values only it knows).
 ERROR_MARK, TIME_MARK = "@error@", "@now@"
@@ -268,9 +268,12 @@ def render(boot: Bootstrap) -> str:
         bootstrap_log=layout.bootstrap_log(boot.attempt),
         trainer_log=layout.trainer_log(boot.attempt),
         failure=shlex.quote(
+            # Checked with a real time (finished_at must be a date-time), then given the mark the instance replaces.
             Final.of(
-                outcome=Outcome.FAILED, attempt=boot.attempt, error=ERROR_MARK, traceback=[], finished_at=TIME_MARK
-            ).model_dump_json(exclude_unset=True)
+                outcome=Outcome.FAILED, attempt=boot.attempt, error=ERROR_MARK, traceback=[], finished_at=now_iso()
+            )
+            .model_copy(update={"finished_at": TIME_MARK})
+            .model_dump_json(exclude_unset=True)
         ),
         error_mark=ERROR_MARK,
         time_mark=TIME_MARK,

@@ -262,7 +262,7 @@ def test_status_hides_jobs_that_ended_a_day_ago_unless_all_and_filters_by_state(
     assert (
         "Invalid value for '--state': 'runnin' is not a state; did you mean 'running'? (states: unknown, pending, "
         "launching, running, interrupted, stopping, exporting, succeeded, failed, cancelled, budget_exceeded, "
-        "no_capacity)"
+        "no_capacity, unreadable)"
     ) in err
 
 
