@@ -37,6 +37,7 @@ MAX_NUMBER_CHARS = 100  # an int or float as written: int() of 4300+ digits rais
 
 YAML_TAGS = "tag:yaml.org,2002:"  # written !! in a file
 INT_TAG, FLOAT_TAG = f"{YAML_TAGS}int", f"{YAML_TAGS}float"
+KEY_TAGS = (f"{YAML_TAGS}merge", f"{YAML_TAGS}value")  # `<<` and `=`: the constructor reads them as keys
 _UNICODE_BOMS = {
     codecs.BOM_UTF32_LE: "UTF-32",
     codecs.BOM_UTF32_BE: "UTF-32",
@@ -204,7 +205,7 @@ class Loader(yaml.SafeLoader):
         finally:
             self.depth -= 1
             self._open.discard(anchor)
-        if node.tag not in self.yaml_constructors:  # !!python/object and friends: never built, said where
+        if node.tag not in self.yaml_constructors and node.tag not in KEY_TAGS:  # !!python/object and friends
             tag = clip(node.tag.replace(YAML_TAGS, "!!"))
             message = f"the tag {tag} is not allowed in a job file; remove it: values are plain strings, numbers"
             raise Refused(f"{message}, lists and mappings", line)
