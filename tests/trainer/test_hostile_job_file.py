@@ -56,3 +56,16 @@ def test_the_trainer_refuses_a_hostile_job_file_in_one_line(case, tmp_path):
     assert lines[1] == f"error: {job} is not a valid job spec (1 problem)"
     assert all(line.isprintable() for line in lines)
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_loader_bug_is_still_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """The last guard: were the loader to raise something other than SpecError (a bug), the trainer
+    still says so in one escaped line and exits 2, starting nothing; no traceback."""
+    import trainer.run
+
+    def broken(url):
+        raise RuntimeError("a bug\n\x1b[31m")
+
+    monkeypatch.setattr(trainer.run, "load_spec", broken)
+    assert trainer.run.run(str(tmp_path / "job.yaml")) == EXIT_BAD_SPEC
+    assert capsys.readouterr().err == f"error: {tmp_path / 'job.yaml'}: unexpected RuntimeError: a bug\\n\\x1b[31m\n"

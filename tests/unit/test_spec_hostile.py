@@ -363,3 +363,21 @@ def test_spotctl_validate_as_a_child_process(case, tmp_path):
     assert (answer.returncode, answer.stdout) == (2, b"")
     assert "Traceback" not in err and all(line.isprintable() for line in err.splitlines())
     assert err.splitlines()[0].startswith(first) and len(err.splitlines()) == 2
+
+
+@pytest.mark.parametrize("command", ["launch", "doctor", "offers"])
+def test_every_command_that_loads_a_job_file_answers_the_same(command, tmp_path, spotctl):
+    bomb = write(tmp_path, "name: lol\n" + laughs(), name="bomb.yaml")
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop.name)
+    control = write(tmp_path, VALID + '  "\\e[2J": 1\n', name="control.yaml")
+    for job, first in (
+        (bomb, f"{bomb}:6: more than {bounded_yaml.MAX_VALUES} keys and values, aliases expanded"),
+        (loop, f"{loop}: cannot be read (Too many levels of symbolic links)"),
+        (control, f"{control}:6: '\\x1b[2J' holds the control character \\x1b"),
+    ):
+        code, out, err = spotctl(command, str(job))
+        assert (code, out) == (2, "")
+        lines = err.splitlines()
+        assert len(lines) == 2 and lines[0].startswith(first), lines
+        assert lines[1] == f"error: {job} is not a valid job spec (1 problem)"
