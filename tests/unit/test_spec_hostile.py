@@ -168,6 +168,10 @@ def test_a_file_name_with_escapes_is_shown_escaped(tmp_path, spotctl):
     job = write(tmp_path, VALID + "bogus: 1\n", name="job\x1b[31m\nred.yaml")
     line = refused(spotctl, job, 6, "unknown key 'bogus'", source=printable(str(job)))
     assert "job\\x1b[31m\\nred.yaml:6: " in line
+    valid = write(tmp_path, VALID, name="ok\x1b]0;title\x07.yaml")
+    code, out, err = spotctl("validate", str(valid))
+    assert (code, err) == (0, "")
+    assert "ok\\x1b]0;title\\x07.yaml: valid" in out and "\x1b" not in out and "\x07" not in out
 
 
 def test_printable_escapes_what_a_terminal_would_act_on():
