@@ -23,6 +23,7 @@ from trainer.fetch import DataError, default_cache_dir
 from trainer.job import layout
 from trainer.job.documents import Final, Outcome, now_iso
 from trainer.job.settings import BootEnv, Settings
+from trainer.job.shown import clip, printable
 from trainer.job.spec import JobSpec
 from trainer.job.spec_file import SpecError, load_spec
 from trainer.job.storage import Storage
@@ -63,6 +64,9 @@ def load_or_report(job_url: str) -> JobSpec | None:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"error: {exc.summary}", file=sys.stderr)
+        return None
+    except Exception as exc:  # a bug in the loader: still one line and exit 2, never a traceback for a file
+        print(printable(f"error: {job_url}: unexpected {type(exc).__name__}: {clip(str(exc), 200)}"), file=sys.stderr)
         return None
 
 

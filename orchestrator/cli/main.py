@@ -28,6 +28,7 @@ from orchestrator.cli import (
 from orchestrator.cli.context import App
 from orchestrator.errors import ExitCode, UserError
 from trainer.job.settings import Settings
+from trainer.job.shown import printable
 from trainer.job.spec_file import SpecError
 
 
@@ -96,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         error = exc if isinstance(exc, UserError) else cloud_error(exc, args)
-        click.echo(f"error: {error.message}", err=True)
+        click.echo(printable(f"error: {error.message}"), err=True)  # it may quote a name from a file or a flag
         if error.hint:
-            click.echo(f"hint: {error.hint}", err=True)
+            click.echo(printable(f"hint: {error.hint}"), err=True)
         return error.exit_code
     except Exception as exc:
         if debug:
             raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo(printable(f"error: unexpected {type(exc).__name__}: {exc}"), err=True)
         click.echo("hint: run again with --debug for the traceback, and report it if it is a bug", err=True)
         return ExitCode.FAILED
 

@@ -8,6 +8,7 @@ import click
 
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
+from trainer.job.shown import printable
 from trainer.job.spec_file import SpecError
 
 
@@ -42,5 +43,6 @@ def command(app: App, job_file: str, as_json: bool) -> int:
         return 0
     for warning in app.job_warnings:
         click.echo(warning.as_warning(), err=True)
-    render.console().print(render.spec_tree(spec, title=f"{job_file}: valid", filled_in=app.filled_in))
+    title = f"{printable(job_file)}: valid"  # a file name may hold a terminal escape
+    render.console().print(render.spec_tree(spec, title=title, filled_in=app.filled_in))
     return 0

@@ -95,7 +95,7 @@ def test_binary_file(tmp_path, spotctl):
     job.write_bytes(b"name: \xff\xfe\n")
     code, _, err = spotctl("validate", str(job))
     assert code == 2
-    assert err.splitlines()[0] == f"{job}: is not UTF-8 text (byte 6); save the job file as UTF-8"
+    assert err.splitlines()[0] == f"{job}:1: is not UTF-8 text (byte 0xff at column 7); save the job file as UTF-8"
 
 
 def test_debug_shows_the_traceback(tmp_path, spotctl):

@@ -3,6 +3,9 @@
 Every problem is reported as `file:line: dotted.path: what is wrong; how to fix it`, the line being
 where the YAML parser saw the key or value. Both halves load specs through here: `spotctl validate`
 on a laptop and `python -m trainer run` on the instance.
+
+Any file, however hostile, ends in a JobSpec or a SpecError, quickly: `bounded_yaml` reads and parses
+within fixed limits, and every problem is printed as one line with the user's text escaped (`shown`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from trainer.job import layout
+from trainer.job import bounded_yaml, layout
+from trainer.job.bounded_yaml import Refused
+from trainer.job.shown import clip, printable
 from trainer.job.spec import JobSpec, Problem, did_you_mean, inapplicable
 
 Loc = tuple[str | int, ...]
@@ -33,13 +38,18 @@ class LocatedProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return self._line("")
 
     def as_warning(self) -> str:
         """`file:line: warning: path: message`, as compilers print a warning."""
+        return self._line("warning: ")
+
+    def _line(self, kind: str) -> str:
+        # Escaped whole: the file name, a key or a value may hold a newline or a terminal escape.
         where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where}: warning: {self.path}: {self.message}" if self.path else f"{where}: warning: {self.message}"
+        return printable(
+            f"{where}: {kind}{self.path}: {self.message}" if self.path else f"{where}: {kind}{self.message}"
+        )
 
 
 class SpecError(ValueError):
@@ -55,7 +65,7 @@ class SpecError(ValueError):
     @property
     def summary(self) -> str:
         count = len(self.problems)
-        return f"{self.source} is not a valid job spec ({count} problem{'s' * (count != 1)})"
+        return printable(f"{self.source} is not a valid job spec ({count} problem{'s' * (count != 1)})")
 
 
 Defaults = Callable[[dict], dict]
@@ -87,6 +97,10 @@ def parse_checked(
     text: str, source: str = layout.JOB_FILE, base_dir: Path | None = None, defaults: Defaults | None = None
 ) -> tuple[JobSpec, list[LocatedProblem]]:
     """`parse_spec`, and the warnings, each with its line (a warning never makes a spec invalid)."""
+    try:
+        bounded_yaml.check_text(text)
+    except Refused as exc:
+        raise _refused(source, exc) from None
     data, lines = _parse_yaml(text, source)
     if defaults is not None and isinstance(data, dict):
         data = _fill_missing(data, defaults(data))
@@ -126,38 +140,42 @@ def _local_path(location: str) -> Path | None:
 
 
 def _read_text(location: str, local: Path | None) -> str:
-    def fail(message: str) -> SpecError:
-        return SpecError(location, [LocatedProblem(location, None, "", message)])
-
     try:
-        if local is not None:
-            if local.is_dir():
-                raise fail("is a folder; give the path of a job .yaml file inside it")
-            raw = local.read_bytes()
-        else:
-            import fsspec
+        return bounded_yaml.decode(bounded_yaml.read_local(local) if local is not None else _read_remote(location))
+    except Refused as exc:
+        raise _refused(location, exc) from None
 
-            from trainer.job.storage import reading
 
-            fs, path = fsspec.core.url_to_fs(location)
-            # S3 answers a missing key 403 to a role without an unconditioned ListBucket: settled by a listing.
-            raw = reading(fs, path, lambda: fs.cat_file(path)) if location.startswith("s3://") else fs.cat_file(path)
+def _read_remote(location: str) -> bytes:
+    """At most MAX_BYTES + 1 bytes of the object (enough to tell a file over the limit)."""
+    try:
+        import fsspec
+
+        from trainer.job.storage import reading
+
+        fs, path = fsspec.core.url_to_fs(location)
+
+        def read() -> bytes:
+            return fs.cat_file(path, start=0, end=bounded_yaml.MAX_BYTES + 1)
+
+        # S3 answers a missing key 403 to a role without an unconditioned ListBucket: settled by a listing.
+        return bounded_yaml.check_size(reading(fs, path, read) if location.startswith("s3://") else read())
     except FileNotFoundError:
-        raise fail("no such file; check the path (examples/ has job files to start from)") from None
+        raise Refused("no such file; check the path (examples/ has job files to start from)") from None
+    except IsADirectoryError:
+        raise Refused("is a folder; give the URL of a job .yaml file inside it") from None
     except PermissionError:
-        raise fail("cannot be read (permission denied)") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise fail(f"is not UTF-8 text (byte {exc.start}); save the job file as UTF-8") from None
+        raise Refused("cannot be read (permission denied)") from None
+    except (OSError, ValueError, ImportError) as exc:  # a network error; a URL scheme fsspec does not know
+        raise Refused(f"cannot be read ({type(exc).__name__}: {clip(str(exc), 200)}); check the URL") from None
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps each key's and value's line, and refuses duplicate keys."""
+def _refused(source: str, exc: Refused) -> SpecError:
+    return SpecError(source, [LocatedProblem(source, exc.line, "", exc.message)])
 
 
 def _parse_yaml(text: str, source: str) -> tuple[dict, dict[Loc, tuple[int, int]]]:
-    loader = _Loader(text)
+    loader = bounded_yaml.Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -170,9 +188,11 @@ def _parse_yaml(text: str, source: str) -> tuple[dict, dict[Loc, tuple[int, int]
         if duplicates:
             raise SpecError(source, duplicates)
         data = loader.construct_document(node)
+    except Refused as exc:
+        raise _refused(source, exc) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = clip(getattr(exc, "problem", None) or str(exc), 200)  # it may quote a whole tag or token
         where = f" (column {mark.column + 1})" if mark else ""
         hint = "; YAML indents with spaces, not tabs" if "\\t" in problem else "; check the indentation and quoting"
         raise SpecError(
@@ -198,8 +218,11 @@ def _index_lines(node, path: Loc, lines: dict, duplicates: list, source: str) ->
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
+                raise Refused(f"a key must be a name, not {kind}; write it as key: value", line)
+            key = key_node.value
             if key in seen and key != "<<":
                 dotted = _dotted((*path, key))
                 duplicates.append(
@@ -220,7 +243,8 @@ def _index_lines(node, path: Loc, lines: dict, duplicates: list, source: str) ->
 def _dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        part = part if isinstance(part, int) else clip(str(part))  # a key may be as long as a value
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
 
 
@@ -232,16 +256,26 @@ def _locate(problem: Problem, lines: dict, source: str, key_line: bool) -> Locat
     return LocatedProblem(source, line, _dotted(problem.loc), problem.message)
 
 
-def _is_union_tag(part) -> bool:
-    # pydantic names union branches in locations, e.g. "literal['none','backbone']" or "list[str]".
-    return isinstance(part, str) and ("[" in part or "'" in part)
+def _union_tag_at(loc: Loc, data) -> int | None:
+    """Where pydantic named a union branch in a location ("literal['none','backbone']", "list[str]"):
+    the first part that looks like one and is not a key of the data there (a key may hold `[` too)."""
+    here = data
+    for i, part in enumerate(loc):
+        in_list = isinstance(here, list) and isinstance(part, int) and 0 <= part < len(here)
+        if in_list or (isinstance(here, dict) and part in here):
+            here = here[part]
+        elif isinstance(part, str) and ("[" in part or "'" in part):
+            return i
+        else:
+            here = None
+    return None
 
 
 def _locate_pydantic(exc: ValidationError, data: dict, lines: dict, source: str) -> list[LocatedProblem]:
     plain, unions = [], {}
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
-        tag_at = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        tag_at = _union_tag_at(loc, data)
         if tag_at is None:
             plain.append(error)
         else:
@@ -292,8 +326,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return f"'{value}'"
-    return str(value)
+        return f"'{clip(value)}'"
+    return clip(str(value))
 
 
 _TYPE_NAMES = {
@@ -328,7 +362,7 @@ def _message(error: dict) -> str:
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         hint = did_you_mean(str(loc[-1]), allowed) or f"; valid keys here: {', '.join(allowed)}"
-        return f"unknown key '{loc[-1]}'{hint}"
+        return f"unknown key '{clip(str(loc[-1]))}'{hint}"
     if kind == "missing":
         example = _example(field)
         deployed = (
