@@ -13,8 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainer.job.shown import clip, printable
+
 MAX_DEPTH = 64  # nesting a document may have: ours have 4; deeper is not ours (and would exhaust a reader's stack)
-SHOWN_CHARS = 40  # of a bad value, in a problem: enough to recognise it, one line whatever it holds
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ def field_problems(errors: list[dict]) -> dict[str, str]:
 def shown(value: Any) -> str:
     """A stored value as a problem quotes it: JSON (so a string reads "like this"), escaped and cut."""
     try:
-        text = json.dumps(value, ensure_ascii=True)
+        text = json.dumps(value, ensure_ascii=False)  # JSON escapes control characters; printable the rest
     except (TypeError, ValueError, RecursionError):
-        text = ascii(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+        text = repr(value)
+    return clip(printable(text))
 
 
 def io_problem(exc: OSError) -> str | None:
@@ -158,4 +159,4 @@ def _depth(data: Any) -> int:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split()).encode("ascii", "backslashreplace").decode()
+    return printable(" ".join(text.split()))
