@@ -8,10 +8,15 @@ Exit codes (the bootstrap script and `spotctl watch` act on them):
     2   the job file is invalid (nothing was started)
     3   stopped on request (control/stop): final checkpoint committed, resumable
     75  interrupted (spot notice, SIGTERM, Ctrl-C): final checkpoint committed, run again to resume
+
+Killed by a signal (128+N to the shell: the OOM killer's SIGKILL, a native SIGSEGV), it says nothing:
+the bootstrap reports the crash for it (orchestrator.jobs.userdata).
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
 import sys
 import tempfile
@@ -69,6 +74,11 @@ def load_or_report(job_url: str) -> JobSpec | None:
 def run(
     job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None
 ) -> int:
+    # A native crash (SIGSEGV, SIGABRT, SIGBUS... in CUDA, the driver, a data-loading library) kills the
+    # process with no final word: the bootstrap reports the signal (status/crash-attempt-<k>.json), and
+    # this leaves every thread's Python stack on stderr, which the bootstrap log keeps.
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a stderr with no file (a test's capture)
+        faulthandler.enable()
     spec = load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
