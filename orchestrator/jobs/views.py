@@ -56,7 +56,8 @@ def read_views(
         # The bootstrap's crash report: only where the current attempt may have ended without a word.
         silent = [v for v in maybe_ended if v.record and v.record.attempts and not _said(v)]
         for view, crash in zip(
-            silent, pool.map(lambda v: store.read(v.job_id, Crash, layout.crash_of(v.record.current.number)), silent),
+            silent,
+            pool.map(lambda v: store.read(v.job_id, Crash, layout.crash_of(v.record.current.number)), silent),
             strict=True,
         ):
             view.crash = crash
