@@ -241,6 +241,9 @@ class InstanceRunner:
             "HOME": str(folder),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint,
             "SPOTCTL_SKIP_INSTALL": "1",
+            # This environment's code, also where PYTHONPATH puts it (a checkout): the trainer must be
+            # the one whose orchestrator launched it, or a job file it wrote may hold fields it lacks.
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
             "SPOTCTL_NO_SHUTDOWN": "1",  # the runner plays the shutdown
             "SPOTCTL_LOG_DIR": str(folder / "logs"),
             "SPOTCTL_CACHE_DIR": str(folder / "cache"),
