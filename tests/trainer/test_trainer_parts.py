@@ -7,6 +7,7 @@ import io
 import json
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,7 +266,7 @@ def test_the_hosts_memory_in_use_is_kept_at_its_highest_and_the_trainers_peak_is
     meminfo(info, 16 * 2**20, 10 * 2**20)  # down again: the high-water mark stays
     assert memory.read()["host_mem_used_peak_gib"] == 15.0
     # The trainer's peak is the kernel's own high-water mark (VmHWM), in GiB whatever unit getrusage uses.
-    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     assert memory.read()["mem_rss_peak_gib"] == pytest.approx(int(status["VmHWM"].split()[0]) / 2**20, abs=0.02)
 
 
