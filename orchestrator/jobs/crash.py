@@ -15,6 +15,7 @@ from __future__ import annotations
 from trainer.job.documents import Crash, Heartbeat
 from trainer.job.units import plural
 
+WORKER = "data worker"  # Crash.process of a report the trainer wrote (trainer.run)
 # Memory in use at the last heartbeat at or above this fraction of the machine's: a SIGKILL is then
 # most likely the OOM killer's. The heartbeat comes every 15 s, so the figure at the kill was higher
 # still; the kernel log, when the bootstrap could read it, says it for certain.
@@ -37,7 +38,9 @@ def describe(crash: Crash | None, beat: Heartbeat | None) -> str:
     """How the trainer died, with the memory figures when its heartbeat had them."""
     if crash is None:
         return SILENT
-    if crash.signal:
+    if crash.process == WORKER:
+        how = f"a data worker was killed by {crash.signal or 'a signal'}"
+    elif crash.signal:
         how = f"killed by {crash.signal}" + (f" (exit {crash.exit_code})" if crash.exit_code is not None else "")
     elif crash.exit_code is not None:
         how = f"exited with code {crash.exit_code} and no final.json (not a code the trainer gives)"

@@ -12,7 +12,7 @@ tells each end from the others:
   `final.json`: a `final.json` "failed" (create-only: the trainer's own word stands);
 - a trainer that died without a final word: killed by a signal with no spot notice (the OOM killer's
   SIGKILL, a SIGSEGV or SIGABRT in a native library, a SIGTERM before it could checkpoint) or an exit
-  code the trainer never gives: the crash report `status/crash-attempt-<k>.json` (documents.Crash:
+  code the trainer never gives (EXIT_CRASHED: it wrote the report itself, a data worker was killed): the crash report `status/crash-attempt-<k>.json` (documents.Crash:
   exit code, signal, and the kernel log's lines about the trainer's pid, which say whether the OOM
   killer took it). No final.json: the orchestrator recovers it from the last checkpoint like an
   interruption without notice, up to recovery.max_crashes.
@@ -149,7 +149,7 @@ except ValueError:
     name = f"signal {{code - 128}}"
 lines = open(kernel, errors="replace").read().splitlines() if readable else None
 report = {{  # a Crash document (trainer.job.documents)
-    "attempt": attempt, "exit_code": code, "signal": name,
+    "attempt": attempt, "process": "trainer", "exit_code": code, "signal": name,
     "oom_killed": None if lines is None else any("out of memory" in line.lower() or "oom-kill" in line for line in lines),
     "kernel_log": lines or [],
     "reported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

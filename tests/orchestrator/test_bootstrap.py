@@ -50,6 +50,9 @@ if [ "$1 $2" = "-m trainer" ]; then
   if [ -n "${FAKE_TRAINER_FINAL:-}" ]; then  # a trainer that raised: its own final.json first
     @python@ -c 'import boto3, os, sys; boto3.client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=os.environ["FAKE_TRAINER_FINAL"].encode())' @bucket@ @final_key@
   fi
+  if [ -n "${FAKE_TRAINER_CRASH:-}" ]; then  # a trainer whose data worker was killed: its own crash report
+    @python@ -c 'import boto3, os, sys; boto3.client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=os.environ["FAKE_TRAINER_CRASH"].encode())' @bucket@ @crash_key@
+  fi
   if [ -n "${FAKE_TRAINER_SIGNAL:-}" ]; then kill -s "$FAKE_TRAINER_SIGNAL" $$; fi  # killed, as the OOM killer or a segfault does
   exit "${FAKE_TRAINER_EXIT:-0}"
 fi
@@ -85,7 +88,8 @@ class Instance:
                 "python3",
                 FAKE_PYTHON.replace("@python@", shlex.quote(sys.executable))
                 .replace("@bucket@", BUCKET)
-                .replace("@final_key@", f"spotctl/jobs/{JOB}/{layout.FINAL}"),
+                .replace("@final_key@", f"spotctl/jobs/{JOB}/{layout.FINAL}")
+                .replace("@crash_key@", f"spotctl/jobs/{JOB}/{layout.crash_of(1)}"),
             ),
             ("sleep", FAKE_SLEEP.replace("@sleep@", shutil.which("sleep"))),
             ("dmesg", FAKE_DMESG),
@@ -281,6 +285,7 @@ def run_trainer(instance, tmp_path, notice: bool = False, **env: str) -> int:
         ({"FAKE_TRAINER_SIGNAL": "ABRT"}, 134, "SIGABRT"),  # a C++ library's abort()
         ({"FAKE_TRAINER_SIGNAL": "TERM"}, 143, "SIGTERM"),  # ended before it could checkpoint, with no notice
         ({"FAKE_TRAINER_EXIT": "120"}, 120, None),  # an exit code the trainer never gives (Python's own fatal error)
+        ({"FAKE_TRAINER_EXIT": "70"}, 70, None),  # EXIT_CRASHED, had the trainer not written its own report
     ],
 )
 def test_a_trainer_that_dies_without_a_word_is_reported_as_a_crash_not_a_failure(instance, tmp_path, how, code, signal):
@@ -290,6 +295,7 @@ def test_a_trainer_that_dies_without_a_word_is_reported_as_a_crash_not_a_failure
     assert report["reported_at"].endswith("+00:00")
     assert {k: v for k, v in report.items() if k != "reported_at"} == {
         "attempt": 1,
+        "process": "trainer",
         "exit_code": code,
         "signal": signal,
         "oom_killed": None,  # the kernel log could not be read
@@ -323,6 +329,12 @@ def test_the_kernel_log_tells_an_oom_kill_of_the_trainer_from_anyone_elses(insta
         == 137
     )
     assert (instance.crash()["oom_killed"], instance.crash()["kernel_log"]) == (False, [])
+
+
+def test_the_trainers_own_crash_report_of_a_killed_data_worker_stands(instance, tmp_path):
+    said = {"attempt": 1, "process": "data worker", "signal": "SIGKILL", "reported_at": "2026-12-01T10:00:00+00:00"}
+    assert run_trainer(instance, tmp_path, FAKE_TRAINER_EXIT="70", FAKE_TRAINER_CRASH=json.dumps(said)) == 70
+    assert instance.crash() == said and instance.final() is None
 
 
 @pytest.mark.parametrize("signal, code", [("KILL", 137), ("TERM", 143), ("SEGV", 139)])

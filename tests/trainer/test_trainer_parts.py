@@ -314,3 +314,46 @@ def test_the_heartbeat_carries_the_memory_high_water_marks(tmp_path):
     beat = reporter.heartbeat()
     assert beat["mem_rss_peak_gib"] > 0 and beat["host_mem_total_gib"] > 0
     assert {"host_mem_used_peak_gib", "gpu_mem_peak_gib"} <= set(beat)
+
+
+# ------------------------------------------------------------------------------ a data worker killed
+@pytest.mark.parametrize(
+    ("error", "died"),
+    [
+        (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "), "SIGKILL"),  # the OOM killer
+        (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Segmentation fault. "), "SIGSEGV"),
+        (RuntimeError("DataLoader worker (pid(s) 4242, 4243) exited unexpectedly"), ""),  # torch does not say how
+        (ValueError("bad image"), None),  # the job's own error: a failure
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), None),  # raised, with a traceback: a failure
+    ],
+)
+def test_a_killed_data_worker_is_told_from_the_jobs_own_errors(error, died):
+    from trainer.run import worker_death
+
+    assert worker_death(error) == died
+    try:  # as it reaches the trainer: raised again from another error
+        try:
+            raise error
+        except Exception as inner:
+            raise StopIteration("next batch") from inner
+    except StopIteration as outer:
+        assert worker_death(outer) == died
+
+
+def test_a_killed_data_worker_leaves_a_crash_report_and_no_final_word(tmp_path):
+    from trainer.job.documents import Crash
+    from trainer.run import _record_crash
+
+    storage = Storage(str(tmp_path))
+    reporter = Reporter(storage, attempt=2, interval=60).start()
+    _record_crash(
+        storage, reporter, 2, RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed."), "SIGKILL"
+    )
+    report = json.loads(storage.read_bytes("status/crash-attempt-2.json"))
+    assert Crash.dump(report) and {k: v for k, v in report.items() if k != "reported_at"} == {
+        "attempt": 2,
+        "process": "data worker",
+        "signal": "SIGKILL",
+    }
+    assert not storage.exists("status/final.json")
+    assert json.loads(storage.read_bytes(HEARTBEAT))["error"].startswith("RuntimeError: DataLoader worker (pid 7)")

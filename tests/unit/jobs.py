@@ -95,7 +95,7 @@ def final(outcome: str, attempt: int = 1, **fields) -> Final:
     return Final(outcome=outcome, attempt=attempt, **fields)
 
 
-def crash(signal: str | None = "SIGKILL", code: int = 137, attempt: int = 1, **fields) -> Crash:
+def crash(signal: str | None = "SIGKILL", code: int | None = 137, attempt: int = 1, **fields) -> Crash:
     """The bootstrap's crash report (orchestrator.jobs.userdata)."""
     return Crash(attempt=attempt, exit_code=code, signal=signal, **fields)
 

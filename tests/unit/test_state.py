@@ -61,6 +61,9 @@ GIB = {"host_mem_total_gib": 15.5}
          instance("terminated", SELF), beat(host_mem_used_peak_gib=3.0, mem_rss_peak_gib=2.0, **GIB), None, crash(oom_killed=False), "crashed", NOW.isoformat(),
          "killed by SIGKILL (exit 137): not near the machine's memory at the last heartbeat: something on the machine killed it "
          "(host memory 3.0 of 15.5 GiB, trainer peak 2.0 GiB at the last heartbeat)"),
+        ("a data worker the OOM killer took: the trainer's own report",
+         instance("terminated", SELF), beat(host_mem_used_peak_gib=15.0, **GIB), None, crash(code=None, process="data worker"), "crashed", NOW.isoformat(),
+         "a data worker was killed by SIGKILL: probably out of memory (host memory 15.0 of 15.5 GiB at the last heartbeat)"),
         ("a native crash in a CUDA or data-loading library",
          instance("terminated", SELF), None, None, crash("SIGSEGV", 139), "crashed", NOW.isoformat(),
          "killed by SIGSEGV (exit 139): a native crash (CUDA, the driver or a data-loading library; the bootstrap log has its stack)"),

@@ -413,9 +413,12 @@ class Final(Document):
 class Crash(Document):
     """status/crash-attempt-<k>.json: the bootstrap's report of a trainer that died without a final word
     (orchestrator.jobs.userdata), written before the machine shuts down, so the orchestrator can tell a
-    crash (recovered, up to recovery.max_crashes) from a trainer that raised (final.json, failed)."""
+    crash (recovered, up to recovery.max_crashes) from a trainer that raised (final.json, failed). The
+    trainer writes one itself when a data worker was killed (trainer.run: the OOM killer picks the
+    largest process, often a worker), and exits EXIT_CRASHED; the bootstrap's then does not replace it."""
 
     attempt: int | None = None
+    process: str | None = None  # whose death: "trainer" (the bootstrap's report) or "data worker" (the trainer's own)
     exit_code: int | None = None  # as the shell saw it: 128 + N when signal N killed the trainer
     signal: str | None = None  # e.g. SIGKILL, SIGSEGV; None when it exited by itself
     oom_killed: bool | None = None  # the kernel log says its OOM killer killed the trainer; None: log unreadable
