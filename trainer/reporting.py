@@ -2,7 +2,8 @@
 waits on S3 for it:
 
 - `status/heartbeat.json` every `interval` seconds (phase, progress, throughput, metrics, last
-  checkpoint, data-wait fraction, GPU telemetry averaged over the interval, timestamps) and the
+  checkpoint, data-wait fraction, GPU telemetry averaged over the interval, the memory high-water
+  marks of the trainer, the host and the GPUs, timestamps) and the
   same figures averaged over the last HEALTH_WINDOW_S seconds of training (orchestrator.jobs.health);
 - metric records, flushed as new JSON-lines objects (trainer.metrics.MetricsLog);
 - the log file, shipped to `logs/attempt-<k>.log` every few heartbeats;
@@ -26,7 +27,7 @@ from trainer.job.documents import Heartbeat, StopRequest, now_iso
 from trainer.job.settings import BootEnv
 from trainer.job.storage import Storage
 from trainer.metrics import MetricsLog
-from trainer.telemetry import GpuMonitor
+from trainer.telemetry import GpuMonitor, HostMemory
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Reporter:
         self.storage, self.attempt, self.log_file = storage, attempt, log_file
         self.metrics = MetricsLog(storage, attempt)
         self.gpu = gpu or GpuMonitor()
+        self.memory = HostMemory()
         self.interval, self.ship_log_every = interval, ship_log_every
         self.stop_requested = threading.Event()
         self.stop_reason: str | None = None
@@ -143,6 +145,7 @@ class Reporter:
             "last_checkpoint_age_s": round(time.time() - checkpoint_time, 1) if checkpoint_time else None,
             **gpu,
             **self._health_window(status, gpu),
+            **self.memory.read(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "instance_id": BootEnv.from_env().instance_id,

@@ -7,12 +7,21 @@ Exit codes (the bootstrap script and `spotctl watch` act on them):
     1   failed: the error is in status/final.json and the log
     2   the job file is invalid (nothing was started)
     3   stopped on request (control/stop): final checkpoint committed, resumable
+    70  crashed: a data worker was killed (the OOM killer, a native crash); status/crash-attempt-<k>.json
+        says how, no final.json: resumable from the last checkpoint
     75  interrupted (spot notice, SIGTERM, Ctrl-C): final checkpoint committed, run again to resume
+
+Killed by a signal (128+N to the shell: the OOM killer's SIGKILL, a native SIGSEGV), it says nothing:
+the bootstrap reports the crash for it (orchestrator.jobs.userdata).
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
+import re
+import signal
 import sys
 import tempfile
 import traceback
@@ -21,7 +30,7 @@ from pathlib import Path
 from trainer.checkpoint import CheckpointMismatch
 from trainer.fetch import DataError, default_cache_dir
 from trainer.job import layout
-from trainer.job.documents import Final, Outcome, now_iso
+from trainer.job.documents import Crash, Final, Outcome, now_iso
 from trainer.job.settings import BootEnv, Settings
 from trainer.job.shown import clip, printable
 from trainer.job.spec import JobSpec
@@ -33,6 +42,14 @@ from trainer.reporting import Reporter, chance_level
 log = logging.getLogger("trainer")
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
+# A data worker was killed (its crash report written): not a failure of the job, a crash (sysexits' EX_SOFTWARE).
+EXIT_CRASHED = 70
+# torch's words for a data worker that died under the loader (torch/csrc/DataLoader.cpp, utils/data/dataloader.py):
+# "DataLoader worker (pid 123) is killed by signal: Killed." / "... (pid(s) 123, 124) exited unexpectedly".
+WORKER_DIED = re.compile(
+    r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) (?:is killed by signal: ([^.]+)|exited unexpectedly)"
+)
+SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
 
 # Errors whose message says all a user needs: no traceback in the log or final.json.
 USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError)
@@ -73,6 +90,11 @@ def load_or_report(job_url: str) -> JobSpec | None:
 def run(
     job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None
 ) -> int:
+    # A native crash (SIGSEGV, SIGABRT, SIGBUS... in CUDA, the driver, a data-loading library) kills the
+    # process with no final word: the bootstrap reports the signal (status/crash-attempt-<k>.json), and
+    # this leaves every thread's Python stack on stderr, which the bootstrap log keeps.
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a stderr with no file (a test's capture)
+        faulthandler.enable()
     spec = load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
@@ -123,6 +145,10 @@ def run(
             )
             reporter.close("interrupted")
             return EXIT_INTERRUPTED
+        died = worker_death(exc)
+        if died is not None:
+            _record_crash(storage, reporter, attempt, exc, died)
+            return EXIT_CRASHED
         _record_failure(storage, reporter, attempt, exc)
         return EXIT_FAILED
     finally:
@@ -173,6 +199,38 @@ def _summary(outcome, attempt: int) -> dict:
         "history": outcome.history,
         "finished_at": now_iso(),
     }
+
+
+def worker_death(exc: BaseException) -> str | None:
+    """The signal's name ("SIGKILL"; "" when torch does not say) when `exc`, or what caused it, is torch
+    telling that a data worker died under the loader; None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        match = WORKER_DIED.search(str(exc))
+        if match:
+            return SIGNAL_NAMES.get(match.group(1) or "", "")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _record_crash(storage: Storage, reporter: Reporter, attempt: int, exc: Exception, signal_name: str) -> None:
+    """A data worker was killed (most often by the OOM killer, which picks the largest process): no
+    final.json, but the crash report the bootstrap would write for the trainer itself, create-only."""
+    message = f"{type(exc).__name__}: {exc}"
+    log.error("crashed: %s; resumable from the last checkpoint", message)
+    report = {
+        "attempt": attempt,
+        "process": "data worker",
+        "signal": signal_name or None,
+        "reported_at": now_iso(),
+    }
+    try:
+        storage.write_bytes(layout.crash_of(attempt), Crash.dump(report), create_only=True)
+    except Exception as write_error:
+        log.error("could not write %s: %s", storage.url_of(layout.crash_of(attempt)), write_error)
+    reporter.update(error=message)
+    reporter.close("failed")
 
 
 def _record_failure(storage: Storage, reporter: Reporter, attempt: int, exc: Exception) -> None:

@@ -1,4 +1,4 @@
-"""`spotctl local up|status|data|down|interrupt|env`: the local cloud (orchestrator.local), the whole
+"""`spotctl local up|status|data|down|interrupt|crash|env`: the local cloud (orchestrator.local), the whole
 product on one machine with no AWS account. Other commands use it with `--local`."""
 
 from __future__ import annotations
@@ -316,14 +316,50 @@ def down(keep: bool) -> int:
 def interrupt(target: str, notice_s: float) -> int:
     """A spot interruption: the notice on the instance's metadata service, then EC2 takes it."""
     cloud = client.require()
+    chosen = _machine_of(cloud, target)
+    machine = cloud.call("POST", "/interrupt", {"instance_id": chosen["instance_id"], "notice_s": notice_s})
+    click.echo(
+        f"spot notice served to {machine['instance_id']} (job {machine['job_id']} attempt {machine['attempt']}); it goes in {notice_s:g}s"
+    )
+    return 0
+
+
+# What kills a trainer on a real machine: the OOM killer (KILL), a native crash (SEGV, ABRT, BUS), a stop
+# before it could checkpoint (TERM, INT).
+CRASH_SIGNALS = ("KILL", "SEGV", "ABRT", "BUS", "TERM", "INT")
+
+
+@command.command("crash")
+@click.argument("target", metavar="JOB|INSTANCE")
+@click.option(
+    "--signal",
+    "signal_name",
+    type=click.Choice(CRASH_SIGNALS, case_sensitive=False),
+    default="KILL",
+    show_default=True,
+    help="The signal: KILL as the OOM killer sends it, SEGV or ABRT as a native crash raises it.",
+)
+def crash(target: str, signal_name: str) -> int:
+    """Kill the trainer on an instance with a signal, no spot notice: what the OOM killer or a native crash does.
+
+    The bootstrap reports the crash and shuts the machine down; `spotctl watch` recovers the job from
+    its last checkpoint (within recovery.max_crashes). The trainer must have sent a heartbeat (its pid)."""
+    cloud = client.require()
+    chosen = _machine_of(cloud, target)
+    machine = cloud.call("POST", "/crash", {"instance_id": chosen["instance_id"], "signal": signal_name})
+    click.echo(
+        f"{machine['signal']} sent to the trainer of {machine['instance_id']} (job {machine['job_id']} attempt "
+        f"{machine['attempt']}, pid {machine['trainer_pid']})"
+    )
+    return 0
+
+
+def _machine_of(cloud: client.LocalCloud, target: str) -> dict:
+    """The running machine of an instance id, or a job's latest one."""
     machines = cloud.call("GET", "/status")["machines"]
     chosen = [m for m in machines if m["instance_id"] == target] or sorted(
         (m for m in machines if m["job_id"] == target), key=lambda m: m["attempt"]
     )[-1:]
     if not chosen:
         raise UserError(f"no running local instance of '{target}'", "`spotctl local status` lists them")
-    machine = cloud.call("POST", "/interrupt", {"instance_id": chosen[0]["instance_id"], "notice_s": notice_s})
-    click.echo(
-        f"spot notice served to {machine['instance_id']} (job {machine['job_id']} attempt {machine['attempt']}); it goes in {notice_s:g}s"
-    )
-    return 0
+    return chosen[0]

@@ -380,7 +380,9 @@ def _cost_lines(cost: dict) -> list:
 
 
 def _ended(attempt: dict) -> str | None:
-    """Why an attempt ended, with EC2's own reason: `interrupted (Server.SpotInstanceTermination)`."""
+    """Why an attempt ended, with EC2's own reason: `interrupted (Server.SpotInstanceTermination)`; a
+    crash with how the trainer died: `crashed: killed by SIGKILL (exit 137): probably out of memory (...)`."""
     if attempt.get("end_reason"):
-        return attempt["end_reason"] + (f" ({attempt['state_reason']})" if attempt.get("state_reason") else "")
+        detail = f": {attempt['end_detail']}" if attempt.get("end_detail") else ""
+        return attempt["end_reason"] + (f" ({attempt['state_reason']})" if attempt.get("state_reason") else "") + detail
     return attempt.get("instance_state") or ("launching" if not attempt.get("instance_id") else None)

@@ -2,10 +2,12 @@
 the pools for its next attempt (`failover_order`). Pure functions of the job's view (settled first,
 jobs.state.settle), its spec, its cost and the time: tests/unit/test_policy.py is their table.
 
-    interrupted (EC2 took the machine, or the trainer checkpointed on the spot notice)
-        -> START the next attempt, unless recovery.max_interruptions is used up -> GIVE_UP (failed),
+    interrupted (EC2 took the machine, the trainer checkpointed on the spot notice, or the trainer
+                 crashed: killed by a signal, or the machine shut down with no final word)
+        -> START the next attempt, unless recovery.max_crashes (crashed attempts) or
+           recovery.max_interruptions (the rest) is used up -> GIVE_UP (failed),
            or the budget is spent -> GIVE_UP (budget_exceeded)
-    failed (the trainer's error, or a silent self-shutdown)
+    failed (the trainer raised: its final.json says so, with the traceback's tail)
         -> RETRY while recovery.retries_on_error allows, else DONE
     running, exporting
         -> STOP when the cost so far plus the cost of reaching the next checkpoint would pass the
@@ -29,6 +31,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from orchestrator.aws.instances import GONE
+from orchestrator.jobs.crash import give_up_reason
 from orchestrator.jobs.state import JobView, age_s, derive_state, unfinished_claim
 from trainer.job.documents import INTERRUPTION_ENDS, RECOVERABLE_ENDS, EndReason, Heartbeat, JobRecord, JobState
 from trainer.job.units import amounts, plural
@@ -84,6 +87,13 @@ def decide(
             return Decision(Action.RETRY, f"the trainer failed (retry {failures} of {spec.recovery.retries_on_error})")
         return Decision(Action.DONE, "failed")
     if state.idle or (state is JobState.LAUNCHING and unfinished_claim(record, now)):
+        crashed = [a for a in record.attempts if a.end_reason == EndReason.CRASHED]
+        if len(crashed) > spec.recovery.max_crashes:
+            return Decision(
+                Action.GIVE_UP,
+                give_up_reason(len(crashed), spec.recovery.max_crashes, crashed[-1].end_detail),
+                JobState.FAILED,
+            )
         interruptions = sum(a.end_reason in INTERRUPTION_ENDS for a in record.attempts)
         if interruptions > spec.recovery.max_interruptions:
             return Decision(

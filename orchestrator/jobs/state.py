@@ -9,10 +9,13 @@ documents and EC2's own view of the instance (`derive_state`), and how each ende
 An instance that is gone with no final.json is *interrupted*, never done; so is a running instance
 whose trainer reported `interrupted` (it checkpointed on the spot notice and EC2 is about to take the
 machine): recovery starts the next attempt then, without waiting for EC2 to finish the termination.
+An instance that shut itself down with no final.json is interrupted too: its trainer crashed (the
+bootstrap's crash report says how) or the bootstrap itself died; its attempt ends `crashed`.
 
 Closing an attempt (`settle`) takes the best witness available, in this order: the trainer's final
-word for that attempt (succeeded, failed, stopped), its `interrupted` heartbeat, then EC2's state
-reason (Server.SpotInstanceTermination, Client.UserInitiatedShutdown, ...). The trainer's word comes
+word for that attempt (succeeded, failed, stopped), its `interrupted` heartbeat, the bootstrap's crash
+report for that attempt (crashed), then EC2's state reason (Server.SpotInstanceTermination,
+Client.UserInitiatedShutdown, ...). The trainer's word comes
 first because it knows whether the work was saved; EC2's says who pulled the plug and, with the
 transition time, when billing stopped (`ended_at`, which the cost uses).
 """
@@ -25,7 +28,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from orchestrator.aws.instances import GONE, SELF_SHUTDOWN, SPOT_TERMINATION, USER_SHUTDOWN, Instance, launch_failure
-from trainer.job.documents import Attempt, EndReason, Final, Heartbeat, JobRecord, JobState, Manifest, Outcome, Phase
+from orchestrator.jobs import crash as crashes
+from trainer.job.documents import (
+    Attempt,
+    Crash,
+    EndReason,
+    Final,
+    Heartbeat,
+    JobRecord,
+    JobState,
+    Manifest,
+    Outcome,
+    Phase,
+)
 from trainer.job.problems import Problem
 
 # describe_instances is eventually consistent: a just-started instance may not be listed yet.
@@ -54,6 +69,7 @@ class JobView:
     instances: dict[int, Instance] | None = None  # every attempt's, by attempt number
     unreadable: Problem | None = None  # record.json is there and cannot be read: the job is `unreadable`
     problems: list[Problem] = field(default_factory=list)  # the trainer's documents that failed: parts unknown
+    crash: Crash | None = None  # the current attempt's crash report, read where it may have ended (jobs.views)
 
     @property
     def state(self) -> JobState:
@@ -97,8 +113,8 @@ def derive_state(
     if instance is None and age_s(current.launched_at, now) < NOT_LISTED_GRACE_S:
         return JobState.LAUNCHING
     if instance is None or instance.state in GONE:
-        if instance is not None and instance.reason_code == SELF_SHUTDOWN:
-            return JobState.FAILED  # it shut itself down without a word: the bootstrap could not even report
+        # Shut itself down without a final word (SELF_SHUTDOWN): the trainer crashed, or the bootstrap
+        # died; recoverable like the rest below, and settle ends the attempt `crashed`.
         if instance is not None and launch_failure(instance.reason_code) == "client":
             return JobState.FAILED  # EC2 could not start it, for a reason the same request meets again
         return JobState.INTERRUPTED  # gone without a final outcome: recoverable
@@ -149,7 +165,7 @@ def settled(view: JobView, now: datetime | None = None) -> JobView:
     if view.record is None or view.instances is None:  # EC2 was not asked (a cancelled job): nothing to go by
         return view
     record = copy.deepcopy(view.record)
-    if not settle(record, view.instances or {}, view.final, view.heartbeat, now):
+    if not settle(record, view.instances or {}, view.final, view.heartbeat, now, view.crash):
         return view
     return replace(view, record=record)
 
@@ -160,10 +176,12 @@ def settle(
     final: Final | None,
     heartbeat: Heartbeat | None,
     now: datetime | None = None,
+    crash: Crash | None = None,
 ) -> bool:
-    """Fill in end_reason / ended_at / state_reason / steps of attempts that have ended, and running_at
-    of those seen running for the first time. Returns whether anything changed (then the caller
-    writes the record). Idempotent: run it every poll."""
+    """Fill in end_reason / end_detail / ended_at / state_reason / steps of attempts that have ended,
+    and running_at of those seen running for the first time. `crash` is the bootstrap's crash report
+    (of whichever attempt it names). Returns whether anything changed (then the caller writes the
+    record). Idempotent: run it every poll."""
     now = now or datetime.now(timezone.utc)
     changed = False
     for attempt in record.attempts:
@@ -176,7 +194,8 @@ def settle(
             changed = True
         beat = heartbeat if heartbeat and heartbeat.of_attempt(attempt.number) else None
         said = final if final and final.attempt == attempt.number else None
-        reason = _trainer_reason(said, beat)
+        reported = crash if crash and crash.attempt == attempt.number else None
+        reason = _trainer_reason(said, beat) or (EndReason.CRASHED if reported else None)
         if instance is not None and instance.state in GONE:
             attempt.ended_at = _transition_time(instance) or now.isoformat(timespec="seconds")
             attempt.state_reason = instance.reason_code
@@ -191,6 +210,8 @@ def settle(
             attempt.end_reason = reason  # the machine still runs (EC2 takes it soon): ended_at follows
         else:
             continue
+        if attempt.end_reason == EndReason.CRASHED and attempt.end_detail is None:
+            attempt.end_detail = crashes.describe(reported, beat)
         if beat:  # the steps it trained: what an interruption costs in repeated work
             attempt.start_step = beat.resumed_from_step if beat.resumed_from_step is not None else attempt.start_step
             attempt.end_step = beat.step if beat.step is not None else attempt.end_step
@@ -212,7 +233,10 @@ def _ec2_reason(code: str | None) -> EndReason:
     if code == USER_SHUTDOWN:
         return EndReason.TERMINATED
     if code == SELF_SHUTDOWN:
-        return EndReason.FAILED  # shut itself down without final.json: the bootstrap could not even report
+        # Shut itself down with neither final.json nor a crash report: the bootstrap reports every end
+        # it sees, so it was itself killed (or could not reach storage). Nothing says the job is at
+        # fault: a crash, recovered within recovery.max_crashes.
+        return EndReason.CRASHED
     failure = launch_failure(code)
     if failure == "client":
         return EndReason.FAILED  # e.g. Client.InternalError (a KMS key it may not use): not an interruption

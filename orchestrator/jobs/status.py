@@ -32,7 +32,7 @@ class AttemptStatus(_Part):
     launched_at: str | None
     ended_at: str | None
     end_reason: str | None
-    """interrupted, succeeded, failed, stopped, terminated or lost"""
+    """interrupted, crashed, succeeded, failed, stopped, terminated, lost or not_started"""
     state_reason: str | None
     """EC2's state reason code, e.g. Server.SpotInstanceTermination"""
     requested_at: str | None
@@ -45,6 +45,8 @@ class AttemptStatus(_Part):
     """the root gp3 volume's size, billed from launch to end (null: not recorded, not counted)"""
     public_ip: bool | None = None
     """whether it had a public IPv4 address, billed by the hour (null: not recorded, not counted)"""
+    end_detail: str | None = None
+    """why it ended, in words, where the end reason alone does not say: for `crashed`, the signal, a probable out-of-memory kill and the memory high-water marks"""
     instance_state: str | None = None
     """EC2's state of the current attempt's instance (only on the current attempt)"""
 

@@ -4,8 +4,18 @@ It logs everything to a file shipped to the attempt's bootstrap log (trainer.job
 minute and at exit, installs the spotctl wheel, runs `python -m trainer run` with the job's id, and
 shuts the instance down when the trainer is done. Not at once when it was interrupted (exit 75, or
 killed after a spot notice): EC2 is taking the instance, and the next attempt resumes from the
-checkpoint. Any failure the trainer could not report itself (install, a crash, the OOM killer) gets a
-`final.json` from the script, so it is never mistaken for an interruption.
+checkpoint. What the script reports itself, before the machine shuts down, so that the orchestrator
+tells each end from the others:
+
+- a failure before the trainer ran (no python, download, sha256, install, unusable GPUs), and a
+  trainer that exited 1 or 2 (its own verdict: failed, an invalid job file) without writing its
+  `final.json`: a `final.json` "failed" (create-only: the trainer's own word stands);
+- a trainer that died without a final word: killed by a signal with no spot notice (the OOM killer's
+  SIGKILL, a SIGSEGV or SIGABRT in a native library, a SIGTERM before it could checkpoint) or an exit
+  code the trainer never gives (EXIT_CRASHED: it wrote the report itself, a data worker was killed): the crash report `status/crash-attempt-<k>.json` (documents.Crash:
+  exit code, signal, and the kernel log's lines about the trainer's pid, which say whether the OOM
+  killer took it). No final.json: the orchestrator recovers it from the last checkpoint like an
+  interruption without notice, up to recovery.max_crashes.
 
 The install: into the Deep Learning AMI's PyTorch environment, else into a venv of the image's
 python3 that sees its packages (a system python may be externally managed, PEP 668). The download
@@ -54,6 +64,7 @@ WHEEL_SHA256={wheel_sha256}
 export SPOTCTL_JOB_URL="$JOB_URL" SPOTCTL_JOB_ID={job_id} SPOTCTL_ATTEMPT={attempt} AWS_DEFAULT_REGION={region} AWS_REGION={region}
 BOOTSTRAP_LOG_URL={bootstrap_log_url}
 FINAL_URL={final_url}
+CRASH_URL={crash_url}
 export AWS_EC2_METADATA_SERVICE_ENDPOINT="${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}}"
 LOG_DIR="${{SPOTCTL_LOG_DIR:-/var/log/spotctl}}"
 mkdir -p "$LOG_DIR"
@@ -97,16 +108,8 @@ finish() {{  # CODE: ship the log last (no older copy can land after it), then l
   fi
   exit "$1"
 }}
-report_failure() {{  # MESSAGE: a final.json, unless the trainer wrote one, so nobody mistakes this for an interruption
-  echo "spotctl: $1"
-  "${{PYTHON:-python3}}" - "$1" {failure} "$WORK/final.json" <<'PY' || {{ echo "spotctl: could not write final.json"; return; }}
-import json, sys, datetime
-message, failure, out = sys.argv[1:4]
-now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-with open(out, "w") as f:  # a Final document (trainer.job.documents)
-    f.write(failure.replace('"{error_mark}"', json.dumps(message)).replace('"{time_mark}"', json.dumps(now)))
-PY
-  "${{PYTHON:-python3}}" - "$WORK/final.json" "$FINAL_URL" <<'PY' && return
+put_once() {{  # FILE URL: a create-only upload (If-None-Match: *): what is there already stands
+  "${{PYTHON:-python3}}" - "$1" "$2" <<'PY' && return
 import sys, boto3
 body, url = open(sys.argv[1], "rb").read(), sys.argv[2]
 bucket, _, key = url[5:].partition("/")
@@ -116,9 +119,46 @@ except Exception as exc:
     if "PreconditionFailed" not in str(exc):
         raise
 PY
-  local where="${{FINAL_URL#s3://}}"  # no boto3 (a bare image): the AWS CLI, if any
-  command -v aws >/dev/null 2>&1 && aws s3api put-object --bucket "${{where%%/*}}" --key "${{where#*/}}" --body "$WORK/final.json" --if-none-match '*' >/dev/null && return
-  echo "spotctl: could not write final.json"
+  local where="${{2#s3://}}"  # no boto3 (a bare image): the AWS CLI, if any
+  command -v aws >/dev/null 2>&1 && aws s3api put-object --bucket "${{where%%/*}}" --key "${{where#*/}}" --body "$1" --if-none-match '*' >/dev/null
+}}
+report_failure() {{  # MESSAGE: a final.json, unless the trainer wrote one, so nobody mistakes this for an interruption
+  echo "spotctl: $1"
+  "${{PYTHON:-python3}}" - "$1" {failure} "$WORK/final.json" <<'PY' || {{ echo "spotctl: could not write final.json"; return; }}
+import json, sys, datetime
+message, failure, out = sys.argv[1:4]
+now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+with open(out, "w") as f:  # a Final document (trainer.job.documents)
+    f.write(failure.replace('"{error_mark}"', json.dumps(message)).replace('"{time_mark}"', json.dumps(now)))
+PY
+  put_once "$WORK/final.json" "$FINAL_URL" || echo "spotctl: could not write final.json"
+}}
+report_crash() {{  # CODE: the trainer died without a final word; the crash report (a Crash document) says how
+  local pid dmesg_ok=""
+  pid="$(cat "$WORK/trainer.pid" 2>/dev/null)"
+  # The kernel's lines about the trainer's own pid only: on a shared host (the local cloud) others' OOM kills are not ours.
+  if [ -n "$pid" ] && dmesg >"$WORK/dmesg" 2>/dev/null; then
+    dmesg_ok=1; grep -E "(Killed process |pid=)$pid[^0-9]" "$WORK/dmesg" | tail -n 5 >"$WORK/kernel.log"
+  fi
+  "${{PYTHON:-python3}}" - "$1" "$SPOTCTL_ATTEMPT" "$dmesg_ok" "$WORK/kernel.log" "$WORK/crash.json" <<'PY' || {{ echo "spotctl: could not write the crash report"; return; }}
+import datetime, json, signal, sys
+code, attempt, readable, kernel, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+try:
+    name = signal.Signals(code - 128).name if code > 128 else None
+except ValueError:
+    name = f"signal {{code - 128}}"
+lines = open(kernel, errors="replace").read().splitlines() if readable else None
+report = {{  # a Crash document (trainer.job.documents)
+    "attempt": attempt, "process": "trainer", "exit_code": code, "signal": name,
+    "oom_killed": None if lines is None else any("out of memory" in line.lower() or "oom-kill" in line for line in lines),
+    "kernel_log": lines or [],
+    "reported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+}}
+json.dump(report, open(out, "w"))
+how = f"killed by {{name}}" if name else f"exited with code {{code}}"
+print(f"spotctl: the trainer {{how}} with no spot notice and no final word: a crash; the orchestrator resumes it from the last checkpoint")
+PY
+  put_once "$WORK/crash.json" "$CRASH_URL" || echo "spotctl: could not write the crash report"
 }}
 imds() {{  # PATH: one instance-metadata value (IMDSv2); fails when there is none
   local token
@@ -201,21 +241,20 @@ if command -v nvidia-smi >/dev/null 2>&1 && ! nvidia-smi -L >"$WORK/gpus" 2>&1; 
 fi
 export SPOTCTL_INSTANCE_ID
 SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
-"$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID"
+# In a subshell that becomes the trainer (exec): its pid, which the kernel log names if it kills it.
+( echo "$BASHPID" >"$WORK/trainer.pid"; exec "$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID" )
 CODE=$?
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
   0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself
-  137|143)  # killed: by the machine going away after a spot notice, or by something on it
-    if NOTICE="$(imds spot/instance-action)"; then
+  1|2) report_failure "the trainer exited with code $CODE (see {trainer_log})" ;;  # its verdict; final.json has it unless it could not write one
+  *)  # died without a final word: a signal (128+N) or a code the trainer never gives
+    if [ "$CODE" -gt 128 ] && NOTICE="$(imds spot/instance-action)"; then
       echo "spotctl: killed after the spot notice $NOTICE: an interruption"; INTERRUPTED=1
-    elif [ "$CODE" -eq 137 ]; then
-      dmesg 2>/dev/null | grep -iE 'out of memory|oom-kill|killed process' | tail -n 5
-      report_failure "the trainer was killed (SIGKILL, exit 137) with no spot notice: probably out of memory, by the kernel's OOM killer (see {bootstrap_log})"
     else
-      report_failure "the trainer was terminated (SIGTERM, exit 143) with no spot notice, before it could checkpoint and exit (see {bootstrap_log})"
+      dmesg 2>/dev/null | grep -iE 'out of memory|oom-kill|killed process' | tail -n 5  # into the bootstrap log, for a person
+      report_crash "$CODE"
     fi ;;
-  *) report_failure "the trainer exited with code $CODE (see {trainer_log})" ;;
 esac
 finish "$CODE"
 """
@@ -265,6 +304,7 @@ def render(boot: Bootstrap) -> str:
         image_stack=shlex.quote(IMAGE_STACK),
         bootstrap_log_url=shlex.quote(f"{boot.job_prefix}/{layout.bootstrap_log(boot.attempt)}"),
         final_url=shlex.quote(f"{boot.job_prefix}/{layout.FINAL}"),
+        crash_url=shlex.quote(f"{boot.job_prefix}/{layout.crash_of(boot.attempt)}"),
         bootstrap_log=layout.bootstrap_log(boot.attempt),
         trainer_log=layout.trainer_log(boot.attempt),
         failure=shlex.quote(

@@ -14,7 +14,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore, Unreadable, repair_hint
 from orchestrator.jobs.state import JobView
 from trainer.job import layout
-from trainer.job.documents import WORKING_PHASES, Final, Heartbeat, JobState, Manifest
+from trainer.job.documents import WORKING_PHASES, Crash, Final, Heartbeat, JobState, Manifest
 from trainer.job.spec import did_you_mean
 
 
@@ -63,12 +63,25 @@ def read_views(
             maybe_ended, pool.map(lambda v: read_into(v, Final, layout.FINAL), maybe_ended), strict=True
         ):
             view.final = final
+        # The bootstrap's crash report: only where the current attempt may have ended without a word.
+        silent = [v for v in maybe_ended if v.record and v.record.attempts and not _said(v)]
+        for view, crash in zip(
+            silent,
+            pool.map(lambda v: store.read(v.job_id, Crash, layout.crash_of(v.record.current.number)), silent),
+            strict=True,
+        ):
+            view.crash = crash
         if details:
             for view, manifest in zip(
                 views, pool.map(lambda v: read_into(v, Manifest, layout.MANIFEST), views), strict=True
             ):
                 view.artifacts = manifest
     return views
+
+
+def _said(view: JobView) -> bool:
+    """The trainer left its final word for the current attempt (then no crash report can matter)."""
+    return view.final is not None and view.final.attempt == view.record.current.number
 
 
 def _certainly_running(view: JobView) -> bool:

@@ -198,9 +198,10 @@ class Watcher:
             if attempt.end_reason and before.get(attempt.number) is None:
                 steps = f" at step {attempt.end_step}" if attempt.end_step is not None else ""
                 why = f" ({attempt.state_reason})" if attempt.state_reason else ""
+                detail = f": {attempt.end_detail}" if attempt.end_detail else ""  # a crash: how the trainer died
                 self._emit(
                     job_id,
-                    f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}",
+                    f"attempt {attempt.number} on {attempt.instance_type} {attempt.zone} ended: {attempt.end_reason}{why}{steps}{detail}",
                 )
                 if attempt.end_reason in (EndReason.INTERRUPTED, EndReason.NOT_STARTED):
                     self._avoid[(attempt.instance_type, attempt.zone)] = datetime.now(timezone.utc)

@@ -12,6 +12,7 @@ profile with its trainer role, the Spot service-linked role), runs the instance 
     GET  /status                          the cloud, its settings and its running machines
     GET  /contents                        what its bucket holds (orchestrator.local.bucket.Contents)
     POST /interrupt {"instance_id", "notice_s"}   a spot interruption
+    POST /crash {"instance_id", "signal"}   a signal (a name: KILL, SEGV...) to the instance's trainer alone
     POST /config {"interrupt_at_step", "interrupt_rate", "notice_s"}   change the interruptions to come
     POST /shutdown {"keep": bool}         stop everything it started (keep: the bucket's objects to
                                           DIR/kept/, which the next start puts back), then exit
@@ -210,6 +211,18 @@ def serve(
                 except KeyError:
                     return self._reply(404, {"error": f"no running local instance {request.get('instance_id')}"})
                 return self._reply(200, machine.as_dict())
+            if self.path == "/crash":
+                try:
+                    sig = signal.Signals[f"SIG{str(request.get('signal', 'KILL')).upper().removeprefix('SIG')}"]
+                except KeyError:
+                    return self._reply(400, {"error": f"no signal {request.get('signal')!r}"})
+                try:
+                    machine, pid = runner.crash(request["instance_id"], sig)
+                except KeyError:
+                    return self._reply(404, {"error": f"no running local instance {request.get('instance_id')}"})
+                except LookupError as exc:
+                    return self._reply(409, {"error": str(exc)})
+                return self._reply(200, {**machine.as_dict(), "signal": sig.name, "trainer_pid": pid})
             if self.path == "/config":  # `spotctl local up` on a running cloud: the new schedule applies
                 if "interrupt_at_step" in request:
                     runner.interrupt_at_step = request["interrupt_at_step"] or None

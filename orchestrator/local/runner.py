@@ -12,6 +12,9 @@ disk (a folder). The package install is skipped: this environment already is spo
   an unsupported one all the same, and the image's driver cannot drive its GPUs).
 - `interrupt(instance, notice_s)` -> the spot notice on its IMDS, `notice_s` seconds (AWS: 120), then
   the machine goes: SIGTERM, SIGKILL, and EC2's Server.SpotInstanceTermination.
+- `crash(instance, signal)` -> the signal to the machine's trainer alone (the OOM killer's SIGKILL, a
+  native SIGSEGV...), as the kernel would send it: the bootstrap sees it die, reports the crash and
+  shuts the machine down (Client.InstanceInitiatedShutdown).
 """
 
 from __future__ import annotations
@@ -176,6 +179,36 @@ class InstanceRunner:
         timer.start()
         return machine
 
+    def crash(self, instance_id: str, sig: signal.Signals) -> tuple[Machine, int]:
+        """Send `sig` to the trainer process of the machine (the pid its heartbeat names, checked to be
+        in the machine's process group, so no other process can be hit). KeyError: no such machine;
+        LookupError: its trainer cannot be found (not started, already gone)."""
+        with self._lock:
+            machine = self.machines.get(instance_id)
+            if machine is None:
+                raise KeyError(instance_id)
+            beat = self._heartbeat_of(machine)
+            pid = beat.pid if beat and beat.of_attempt(machine.attempt) else None
+            if not pid:
+                raise LookupError(
+                    f"the trainer of {instance_id} has not reported its pid yet (no heartbeat of attempt {machine.attempt})"
+                )
+            try:
+                if os.getpgid(pid) != machine.process.pid:  # the bootstrap leads the machine's process group
+                    raise LookupError(f"process {pid} (its heartbeat's) is not on {instance_id}")
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                raise LookupError(f"the trainer of {instance_id} (pid {pid}) is not running") from None
+        log.info(
+            "runner: %s to the trainer of %s (job %s #%d, pid %d)",
+            sig.name,
+            instance_id,
+            machine.job_id,
+            machine.attempt,
+            pid,
+        )
+        return machine, pid
+
     def _reclaim(self, machine: Machine) -> None:
         with self._lock:
             if machine.instance_id not in self.machines:
@@ -208,6 +241,9 @@ class InstanceRunner:
             "HOME": str(folder),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint,
             "SPOTCTL_SKIP_INSTALL": "1",
+            # This environment's code, also where PYTHONPATH puts it (a checkout): the trainer must be
+            # the one whose orchestrator launched it, or a job file it wrote may hold fields it lacks.
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
             "SPOTCTL_NO_SHUTDOWN": "1",  # the runner plays the shutdown
             "SPOTCTL_LOG_DIR": str(folder / "logs"),
             "SPOTCTL_CACHE_DIR": str(folder / "cache"),
@@ -269,15 +305,19 @@ class InstanceRunner:
         (tools / "nvidia-smi").chmod(0o755)
 
     def _step_of(self, machine: Machine) -> int | None:
-        """The step the machine's trainer last reported (its heartbeat in the job's prefix)."""
+        """The step the machine's trainer last reported."""
+        beat = self._heartbeat_of(machine)
+        return beat.step if beat and beat.of_attempt(machine.attempt) else None
+
+    def _heartbeat_of(self, machine: Machine) -> Heartbeat | None:
+        """The heartbeat in the machine's job prefix (any attempt's: the caller checks)."""
         if not machine.prefix or not machine.prefix.startswith("s3://") or self.s3 is None:
             return None
         bucket, _, key = machine.prefix[5:].partition("/")
         try:
-            beat = Heartbeat.parse(self.s3.get_object(Bucket=bucket, Key=f"{key}/{layout.HEARTBEAT}")["Body"].read())
+            return Heartbeat.parse(self.s3.get_object(Bucket=bucket, Key=f"{key}/{layout.HEARTBEAT}")["Body"].read())
         except Exception:
             return None
-        return beat.step if beat and beat.of_attempt(machine.attempt) else None
 
     def _retire(self, machine: Machine) -> None:
         self._kill(machine)

@@ -23,6 +23,7 @@ from testbed import REPO
 from testbed.harness import FakeImds
 from testbed.trainer_runs import trainer_env
 from trainer.job import layout
+from trainer.job.documents import Crash
 from trainer.job.storage import Storage, file_sha256
 
 BUCKET = "boot-bucket"
@@ -45,7 +46,15 @@ if [ "$1 $2" = "-m pip" ]; then
 fi
 if [ "$1 $2" = "-c import boto3" ] && [ -n "${FAKE_NO_BOTO3:-}" ]; then exit 1; fi  # a bare image
 if [ "$1 $2" = "-m trainer" ]; then
-  echo "trainer $0 ${*:3} cache=${SPOTCTL_CACHE_DIR:-}" >>"$FAKE_STATE/calls"; exit "${FAKE_TRAINER_EXIT:-0}"
+  echo "trainer $0 ${*:3} cache=${SPOTCTL_CACHE_DIR:-}" >>"$FAKE_STATE/calls"; echo "$$" >"$FAKE_STATE/trainer-pid"
+  if [ -n "${FAKE_TRAINER_FINAL:-}" ]; then  # a trainer that raised: its own final.json first
+    @python@ -c 'import boto3, os, sys; boto3.client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=os.environ["FAKE_TRAINER_FINAL"].encode())' @bucket@ @final_key@
+  fi
+  if [ -n "${FAKE_TRAINER_CRASH:-}" ]; then  # a trainer whose data worker was killed: its own crash report
+    @python@ -c 'import boto3, os, sys; boto3.client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=os.environ["FAKE_TRAINER_CRASH"].encode())' @bucket@ @crash_key@
+  fi
+  if [ -n "${FAKE_TRAINER_SIGNAL:-}" ]; then kill -s "$FAKE_TRAINER_SIGNAL" $$; fi  # killed, as the OOM killer or a segfault does
+  exit "${FAKE_TRAINER_EXIT:-0}"
 fi
 exec @python@ "$@"
 """
@@ -59,6 +68,13 @@ exit 0
 """
 
 
+FAKE_DMESG = r"""#!/bin/bash
+# The kernel log: unreadable (as to a user without CAP_SYSLOG) unless a test gives its lines; @pid@ is the trainer's.
+if [ -z "${FAKE_DMESG:-}" ]; then echo "dmesg: read kernel buffer failed: Operation not permitted" >&2; exit 1; fi
+echo "${FAKE_DMESG//@pid@/$(cat "$FAKE_STATE/trainer-pid")}"
+"""
+
+
 class Instance:
     """One boot: its folder, its script, its stand-ins, what they recorded."""
 
@@ -68,8 +84,15 @@ class Instance:
         self.bin.mkdir()
         self.state.mkdir()
         for name, text in (
-            ("python3", FAKE_PYTHON.replace("@python@", shlex.quote(sys.executable))),
+            (
+                "python3",
+                FAKE_PYTHON.replace("@python@", shlex.quote(sys.executable))
+                .replace("@bucket@", BUCKET)
+                .replace("@final_key@", f"spotctl/jobs/{JOB}/{layout.FINAL}")
+                .replace("@crash_key@", f"spotctl/jobs/{JOB}/{layout.crash_of(1)}"),
+            ),
             ("sleep", FAKE_SLEEP.replace("@sleep@", shutil.which("sleep"))),
+            ("dmesg", FAKE_DMESG),
         ):
             (self.bin / name).write_text(text)
             (self.bin / name).chmod(0o755)
@@ -103,6 +126,16 @@ class Instance:
             return json.loads(Storage(PREFIX).read_bytes(layout.FINAL))
         except FileNotFoundError:
             return None
+
+    def crash(self) -> dict | None:
+        """The crash report, held to its model as strictly as a writer is (Crash.dump)."""
+        try:
+            body = Storage(PREFIX).read_bytes(layout.crash_of(1))
+        except FileNotFoundError:
+            return None
+        document = json.loads(body)
+        Crash.dump(document)  # no field the model does not define
+        return document
 
     def log(self) -> str:
         key = f"spotctl/jobs/{JOB}/{layout.bootstrap_log(1)}"
@@ -226,45 +259,113 @@ def test_the_data_cache_and_the_venv_go_on_the_instance_store_on_a_bare_image(in
     assert calls[-1].endswith(f"cache={tmp_path}/nvme/spotctl")
 
 
-@pytest.mark.parametrize(
-    "code, notice, error",
-    [
-        (
-            137,
-            False,
-            "the trainer was killed (SIGKILL, exit 137) with no spot notice: probably out of memory, by the kernel's OOM killer (see logs/attempt-1.bootstrap.log)",
-        ),
-        (
-            143,
-            False,
-            "the trainer was terminated (SIGTERM, exit 143) with no spot notice, before it could checkpoint and exit (see logs/attempt-1.bootstrap.log)",
-        ),
-        (137, True, None),
-        (143, True, None),
-    ],
-)
-def test_a_killed_trainer_is_a_failure_unless_a_spot_notice_explains_it(instance, tmp_path, code, notice, error):
+def run_trainer(instance, tmp_path, notice: bool = False, **env: str) -> int:
+    """The bootstrap with the install skipped: only the trainer's run and what follows it."""
     imds = FakeImds("i-0123456789abcdef0")
     if notice:
         imds.instance_action = {"action": "terminate", "time": "2026-12-01T10:00:00Z"}
     try:
-        exit_code = instance.run(
+        return instance.run(
             f"{STORAGE}/{layout.wheel_key('ab' * 32, 'spotctl-0.1.0-py3-none-any.whl')}",
             "ab" * 32,
             SPOTCTL_SKIP_INSTALL="1",
             SPOTCTL_CACHE_DIR=str(tmp_path / "cache"),
             AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.endpoint,
-            FAKE_TRAINER_EXIT=str(code),
+            **env,
         )
     finally:
         imds.stop()
-    assert exit_code == code
+
+
+@pytest.mark.parametrize(
+    "how, code, signal",
+    [
+        ({"FAKE_TRAINER_SIGNAL": "KILL"}, 137, "SIGKILL"),  # the OOM killer, a person's kill -9
+        ({"FAKE_TRAINER_SIGNAL": "SEGV"}, 139, "SIGSEGV"),  # a native crash: CUDA, the driver, a data-loading library
+        ({"FAKE_TRAINER_SIGNAL": "ABRT"}, 134, "SIGABRT"),  # a C++ library's abort()
+        ({"FAKE_TRAINER_SIGNAL": "TERM"}, 143, "SIGTERM"),  # ended before it could checkpoint, with no notice
+        ({"FAKE_TRAINER_EXIT": "120"}, 120, None),  # an exit code the trainer never gives (Python's own fatal error)
+        ({"FAKE_TRAINER_EXIT": "70"}, 70, None),  # EXIT_CRASHED, had the trainer not written its own report
+    ],
+)
+def test_a_trainer_that_dies_without_a_word_is_reported_as_a_crash_not_a_failure(instance, tmp_path, how, code, signal):
+    assert run_trainer(instance, tmp_path, **how) == code
+    assert instance.final() is None  # no final word: the orchestrator recovers it from the last checkpoint
+    report = instance.crash()
+    assert report["reported_at"].endswith("+00:00")
+    assert {k: v for k, v in report.items() if k != "reported_at"} == {
+        "attempt": 1,
+        "process": "trainer",
+        "exit_code": code,
+        "signal": signal,
+        "oom_killed": None,  # the kernel log could not be read
+        "kernel_log": [],
+    }
+    how_it_died = f"killed by {signal}" if signal else f"exited with code {code}"
+    assert f"spotctl: the trainer {how_it_died} with no spot notice and no final word: a crash" in instance.log()
+
+
+def test_the_kernel_log_tells_an_oom_kill_of_the_trainer_from_anyone_elses(instance, tmp_path):
+    lines = (
+        "[10.0] Out of memory: Killed process 4242424 (chrome) total-vm:100kB\n"  # another process on the host
+        "[12.5] oom-kill:constraint=CONSTRAINT_NONE,task=python,pid=@pid@,uid=0\n"
+        "[12.5] Out of memory: Killed process @pid@ (python) total-vm:16000000kB, anon-rss:15000000kB"
+    )
+    assert run_trainer(instance, tmp_path, FAKE_TRAINER_SIGNAL="KILL", FAKE_DMESG=lines) == 137
+    report, pid = instance.crash(), instance.recorded("trainer-pid")[0]
+    assert report["oom_killed"] is True and report["kernel_log"] == [
+        f"[12.5] oom-kill:constraint=CONSTRAINT_NONE,task=python,pid={pid},uid=0",
+        f"[12.5] Out of memory: Killed process {pid} (python) total-vm:16000000kB, anon-rss:15000000kB",
+    ]
+    # Killed by something else while the host's OOM killer took another process: not an OOM kill.
+    instance.s3.delete_object(Bucket=BUCKET, Key=f"spotctl/jobs/{JOB}/{layout.crash_of(1)}")
+    assert (
+        run_trainer(
+            instance,
+            tmp_path,
+            FAKE_TRAINER_SIGNAL="KILL",
+            FAKE_DMESG="[10.0] Out of memory: Killed process 4242424 (chrome)",
+        )
+        == 137
+    )
+    assert (instance.crash()["oom_killed"], instance.crash()["kernel_log"]) == (False, [])
+
+
+def test_the_trainers_own_crash_report_of_a_killed_data_worker_stands(instance, tmp_path):
+    said = {"attempt": 1, "process": "data worker", "signal": "SIGKILL", "reported_at": "2026-12-01T10:00:00+00:00"}
+    assert run_trainer(instance, tmp_path, FAKE_TRAINER_EXIT="70", FAKE_TRAINER_CRASH=json.dumps(said)) == 70
+    assert instance.crash() == said and instance.final() is None
+
+
+@pytest.mark.parametrize("signal, code", [("KILL", 137), ("TERM", 143), ("SEGV", 139)])
+def test_a_trainer_killed_after_a_spot_notice_is_an_interruption(instance, tmp_path, signal, code):
+    assert run_trainer(instance, tmp_path, notice=True, FAKE_TRAINER_SIGNAL=signal) == code
+    assert instance.final() is None and instance.crash() is None  # EC2's reason tells
+    assert "spotctl: killed after the spot notice {" in instance.log()
+
+
+def test_a_trainer_that_raised_is_a_failure_with_its_own_final_word(instance, tmp_path):
+    said = {
+        "outcome": "failed",
+        "attempt": 1,
+        "error": "ValueError: bad",
+        "traceback": ["Traceback ...", "ValueError: bad"],
+    }
+    assert run_trainer(instance, tmp_path, FAKE_TRAINER_EXIT="1", FAKE_TRAINER_FINAL=json.dumps(said)) == 1
+    assert instance.final() == said and instance.crash() is None  # the trainer's word stands, traceback and all
+
+
+@pytest.mark.parametrize("code", [1, 2])
+def test_a_trainer_that_failed_without_writing_its_final_word_gets_one(instance, tmp_path, code):
+    """Exit 1 and 2 are the trainer's verdict (failed, an invalid job file), even when the storage it
+    reports to refused it: a failure, not a crash to be retried."""
+    assert run_trainer(instance, tmp_path, FAKE_TRAINER_EXIT=str(code)) == code
     final = instance.final()
-    if error is None:
-        assert final is None  # an interruption: EC2's reason tells
-        assert "spotctl: killed after the spot notice {" in instance.log()
-    else:
-        assert final["outcome"] == "failed" and final["error"] == error
+    assert (
+        final["outcome"] == "failed"
+        and final["error"] == f"the trainer exited with code {code} (see {layout.trainer_log(1)})"
+    )
+    assert instance.crash() is None
 
 
 def test_gpus_the_amis_driver_cannot_drive_fail_the_boot_before_training(instance, wheel, tmp_path):

@@ -539,7 +539,12 @@ def test_a_gpu_requirement_picks_only_nvidia_x86_types(aws):
         (None, ("pending", None), False, "launching"),
         (None, ("terminated", "Server.SpotInstanceTermination"), False, "interrupted"),
         (None, None, False, "interrupted"),  # gone from EC2's view entirely
-        (None, ("terminated", "Client.InstanceInitiatedShutdown"), False, "failed"),  # shut itself down, said nothing
+        (
+            None,
+            ("terminated", "Client.InstanceInitiatedShutdown"),
+            False,
+            "interrupted",
+        ),  # shut itself down, said nothing: a crash
         ({"outcome": "succeeded"}, ("terminated", "Client.InstanceInitiatedShutdown"), False, "succeeded"),
         ({"outcome": "failed"}, None, True, "failed"),  # failed before the stop took effect
         ({"outcome": "stopped"}, None, False, "cancelled"),

@@ -381,7 +381,7 @@ def test_resume_refuses_what_it_must_and_continues_what_it_can(account, aws, spo
     "reason, expected",
     [
         ("Client.UserInitiatedShutdown", "terminated"),
-        ("Client.InstanceInitiatedShutdown", "failed"),
+        ("Client.InstanceInitiatedShutdown", "crashed"),  # no final word, no crash report: the bootstrap died
     ],
 )
 def test_end_reasons_come_from_ec2s_state_reason(account, aws, spotctl, reason, expected):
@@ -396,6 +396,55 @@ def test_end_reasons_come_from_ec2s_state_reason(account, aws, spotctl, reason, 
     watcher([job_id]).poll()
     assert record_of(job_id)["attempts"][0]["end_reason"] == expected
     assert record_of(job_id)["attempts"][0]["state_reason"] == reason
+
+
+def test_a_crashed_trainer_is_recovered_with_how_it_died_on_its_attempt(account, aws, spotctl):
+    from orchestrator.local.aws import SELF_SHUTDOWN, end_instance
+
+    job_id = launch(spotctl)
+    events = []
+    watch = watcher([job_id], events)
+    watch.poll()
+    beat(job_id, 1, step=40, resumed_from_step=0, host_mem_used_peak_gib=15.2, host_mem_total_gib=15.5)
+    report = {"attempt": 1, "process": "trainer", "exit_code": 137, "signal": "SIGKILL", "oom_killed": None}
+    put(job_id, "status/crash-attempt-1.json", report)  # the bootstrap's, then it shuts the machine down
+    end_instance(live(job_id)[0]["InstanceId"], "us-east-1", SELF_SHUTDOWN, service=False)
+    watch.poll()  # the poll that sees it starts the next attempt
+    detail = "killed by SIGKILL (exit 137): probably out of memory (host memory 15.2 of 15.5 GiB at the last heartbeat)"
+    first, second = record_of(job_id)["attempts"]
+    assert (first["end_reason"], first["end_detail"], first["end_step"]) == ("crashed", detail, 40)
+    assert second["instance_id"] and [i["attempt"] for i in live(job_id)] == [2]
+    assert (first["instance_type"], first["zone"]) != (second["instance_type"], second["zone"])  # another machine
+    messages = [e.message for e in events]
+    assert (
+        f"attempt 1 on {first['instance_type']} {first['zone']} ended: crashed (Client.InstanceInitiatedShutdown) at step 40: {detail}"
+        in messages
+    )
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
+    assert code == 0 and json.loads(out)["attempts"][0]["end_detail"] == detail
+
+
+def test_a_job_that_crashes_past_max_crashes_fails_with_the_fix(account, aws, spotctl, tmp_path):
+    from orchestrator.local.aws import SELF_SHUTDOWN, end_instance
+
+    job_id = launch(spotctl, job_file(tmp_path, **{"max_interruptions: 10": "max_interruptions: 10\n  max_crashes: 1"}))
+    watch = watcher([job_id])
+    watch.poll()
+    for number in (1, 2):  # each attempt SIGKILLed, said nothing, its machine shut itself down
+        put(
+            job_id,
+            f"status/crash-attempt-{number}.json",
+            {"attempt": number, "exit_code": 137, "signal": "SIGKILL", "oom_killed": True},
+        )
+        end_instance(live(job_id)[0]["InstanceId"], "us-east-1", SELF_SHUTDOWN, service=False)
+        watch.poll()
+    record = record_of(job_id)
+    assert [a["end_reason"] for a in record["attempts"]] == ["crashed", "crashed"] and live(job_id) == []
+    assert record["outcome"] == "failed" and record["outcome_reason"] == (
+        "the trainer crashed 2 times (last: killed by SIGKILL (exit 137): out of memory, the kernel's OOM killer says); "
+        "recovery.max_crashes is 1: it ran out of memory: a smaller train.batch_size (or fewer train.data.workers), "
+        "or instance types with more memory in compute.instance_types"
+    )
 
 
 def test_watch_cli_follows_a_job_to_the_end(account, aws, spotctl):

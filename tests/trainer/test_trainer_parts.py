@@ -7,6 +7,7 @@ import io
 import json
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,114 @@ def test_the_next_attempt_counts_every_trace_of_earlier_ones(tmp_path, monkeypat
     assert next_attempt(storage) == 5
     monkeypatch.setenv("SPOTCTL_ATTEMPT", "9")
     assert next_attempt(storage) == 9
+
+
+# ------------------------------------------------------------------------------ memory high-water marks
+def meminfo(path, total_kib: int, available_kib: int):
+    path.write_text(f"MemTotal:       {total_kib} kB\nMemFree:        1 kB\nMemAvailable:   {available_kib} kB\n")
+    return path
+
+
+def test_the_hosts_memory_in_use_is_kept_at_its_highest_and_the_trainers_peak_is_the_kernels(tmp_path):
+    from trainer.telemetry import HostMemory
+
+    info = meminfo(tmp_path / "meminfo", 16 * 2**20, 12 * 2**20)  # 16 GiB, 4 in use
+    memory = HostMemory(info)
+    first = memory.read()
+    assert (first["host_mem_total_gib"], first["host_mem_used_peak_gib"]) == (16.0, 4.0)
+    meminfo(info, 16 * 2**20, 1 * 2**20)  # 15 in use: the OOM killer is near
+    assert memory.read()["host_mem_used_peak_gib"] == 15.0
+    meminfo(info, 16 * 2**20, 10 * 2**20)  # down again: the high-water mark stays
+    assert memory.read()["host_mem_used_peak_gib"] == 15.0
+    # The trainer's peak is the kernel's own high-water mark (VmHWM), in GiB whatever unit getrusage uses.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    assert memory.read()["mem_rss_peak_gib"] == pytest.approx(int(status["VmHWM"].split()[0]) / 2**20, abs=0.02)
+
+
+def test_without_proc_meminfo_the_total_still_comes_from_sysconf(tmp_path):
+    import os
+
+    from trainer.telemetry import HostMemory
+
+    read = HostMemory(tmp_path / "absent").read()
+    assert read["host_mem_used_peak_gib"] is None
+    assert read["host_mem_total_gib"] == round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 2)
+
+
+def test_the_gpu_memory_peak_outlives_the_interval_it_was_seen_in():
+    class Nvml:  # two GPUs whose memory in use is set by the test
+        used = [0, 0]
+
+        @staticmethod
+        def nvmlDeviceGetUtilizationRates(handle):
+            return type("U", (), {"gpu": 50})
+
+        @classmethod
+        def nvmlDeviceGetMemoryInfo(cls, handle):
+            return type("M", (), {"used": cls.used[handle], "total": 24 * 2**30})
+
+        @staticmethod
+        def nvmlDeviceGetPowerUsage(handle):
+            return 100_000
+
+    monitor = GpuMonitor()
+    monitor._nvml, monitor._handles, monitor._total_gib = Nvml, [0, 1], 48.0
+    Nvml.used = [20 * 2**30, 22 * 2**30]
+    monitor.sample()
+    Nvml.used = [2 * 2**30, 2 * 2**30]
+    monitor.sample()
+    first = monitor.read_and_reset()
+    assert (first["gpu_mem_used_gib"], first["gpu_mem_peak_gib"]) == (23.0, 42.0)  # the average, the peak
+    monitor.sample()
+    assert monitor.read_and_reset()["gpu_mem_peak_gib"] == 42.0
+    assert monitor.read_and_reset()["gpu_mem_peak_gib"] == 42.0  # an interval without samples keeps it too
+
+
+def test_the_heartbeat_carries_the_memory_high_water_marks(tmp_path):
+    reporter = Reporter(Storage(str(tmp_path)), attempt=1)
+    beat = reporter.heartbeat()
+    assert beat["mem_rss_peak_gib"] > 0 and beat["host_mem_total_gib"] > 0
+    assert {"host_mem_used_peak_gib", "gpu_mem_peak_gib"} <= set(beat)
+
+
+# ------------------------------------------------------------------------------ a data worker killed
+@pytest.mark.parametrize(
+    ("error", "died"),
+    [
+        (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "), "SIGKILL"),  # the OOM killer
+        (RuntimeError("DataLoader worker (pid 4242) is killed by signal: Segmentation fault. "), "SIGSEGV"),
+        (RuntimeError("DataLoader worker (pid(s) 4242, 4243) exited unexpectedly"), ""),  # torch does not say how
+        (ValueError("bad image"), None),  # the job's own error: a failure
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), None),  # raised, with a traceback: a failure
+    ],
+)
+def test_a_killed_data_worker_is_told_from_the_jobs_own_errors(error, died):
+    from trainer.run import worker_death
+
+    assert worker_death(error) == died
+    try:  # as it reaches the trainer: raised again from another error
+        try:
+            raise error
+        except Exception as inner:
+            raise StopIteration("next batch") from inner
+    except StopIteration as outer:
+        assert worker_death(outer) == died
+
+
+def test_a_killed_data_worker_leaves_a_crash_report_and_no_final_word(tmp_path):
+    from trainer.job.documents import Crash
+    from trainer.run import _record_crash
+
+    storage = Storage(str(tmp_path))
+    reporter = Reporter(storage, attempt=2, interval=60).start()
+    _record_crash(
+        storage, reporter, 2, RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed."), "SIGKILL"
+    )
+    report = json.loads(storage.read_bytes("status/crash-attempt-2.json"))
+    assert Crash.dump(report) and {k: v for k, v in report.items() if k != "reported_at"} == {
+        "attempt": 2,
+        "process": "data worker",
+        "signal": "SIGKILL",
+    }
+    assert not storage.exists("status/final.json")
+    assert json.loads(storage.read_bytes(HEARTBEAT))["error"].startswith("RuntimeError: DataLoader worker (pid 7)")

@@ -465,3 +465,48 @@ def test_a_data_worker_dying_after_the_stop_request_still_commits_the_step(tmp_p
     assert "Traceback" not in log, log
     stopped_at = int(log.split("interrupted (SIGTERM received) at step ")[1].split(";")[0])
     assert json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"] == stopped_at >= 2
+
+
+def test_a_data_worker_killed_mid_training_is_a_crash_reported_then_resumed(tmp_path, dataset, trainer_in_process):
+    """The OOM killer picks the largest process, often a data worker: torch then raises "DataLoader
+    worker ... is killed by signal: Killed" in the trainer. That is a crash, not the job's failure: a
+    crash report, no final.json, exit 70; run again, it resumes from the last checkpoint."""
+    import multiprocessing
+    import threading
+
+    from trainer.run import EXIT_CRASHED
+
+    job = write_job(
+        tmp_path / "job.yaml",
+        "./runs",
+        dataset.split("train"),
+        dataset.split("val"),
+        name="worker-killed",
+        train__data__workers=2,
+        train__checkpoint={"every_steps": 1, "every_seconds": None, "keep": 2},
+    )
+    prefix = tmp_path / "runs/jobs/worker-killed"
+
+    def kill_a_worker():
+        def checkpointed() -> bool:
+            try:
+                return (
+                    json.loads((prefix / "status/heartbeat.json").read_text()).get("last_checkpoint_step") or 0
+                ) >= 2
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+
+        if wait_for(checkpointed, timeout=120):
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    assert run(str(job), heartbeat_seconds=0.1, attempt=1) == EXIT_CRASHED
+    killer.join(timeout=10)
+    report = json.loads((prefix / "status/crash-attempt-1.json").read_text())
+    assert (report["attempt"], report["process"], report["signal"]) == (1, "data worker", "SIGKILL")
+    assert not (prefix / "status/final.json").exists()
+    assert "crashed: RuntimeError: DataLoader worker (pid " in (prefix / "logs/attempt-1.log").read_text()
+    saved = json.loads((prefix / "checkpoints/LATEST.json").read_text())["step"]
+    assert run(str(job), heartbeat_seconds=0.1, attempt=2) == EXIT_SUCCEEDED
+    assert json.loads((prefix / "status/heartbeat.json").read_text())["resumed_from_step"] == saved

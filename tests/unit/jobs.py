@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from orchestrator.aws.instances import Instance
 from orchestrator.jobs.cost import JobCost
 from orchestrator.jobs.state import JobView
-from trainer.job.documents import Attempt, Final, Heartbeat, JobRecord
+from trainer.job.documents import Attempt, Crash, Final, Heartbeat, JobRecord
 from trainer.job.spec_file import parse_spec
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -17,7 +17,7 @@ SPEC = parse_spec("""
 name: table
 storage: s3://bucket/spotctl
 compute: {instance_types: [g5.xlarge], instance_profile: spotctl-trainer}
-recovery: {max_interruptions: 2, retries_on_error: 1}
+recovery: {max_interruptions: 2, retries_on_error: 1, max_crashes: 2}
 train:
   model: {name: resnet18, weights: null}
   data: {train: s3://bucket/data/train}
@@ -37,9 +37,10 @@ def attempt(
     end: str | None = None,
     ended: float | None = None,
     requested: float | None = 960,
+    detail: str | None = None,
 ) -> Attempt:
     """An attempt launched `launched` seconds ago (None: claimed, no instance yet)."""
-    return Attempt(
+    made = Attempt(
         number,
         pool[0],
         pool[1],
@@ -52,6 +53,8 @@ def attempt(
         end,
         requested_at=ago(requested) if requested is not None else None,
     )
+    made.end_detail = detail
+    return made
 
 
 def record(
@@ -90,6 +93,11 @@ def beat(attempt: int = 1, phase: str = "training", **fields) -> Heartbeat:
 
 def final(outcome: str, attempt: int = 1, **fields) -> Final:
     return Final(outcome=outcome, attempt=attempt, **fields)
+
+
+def crash(signal: str | None = "SIGKILL", code: int | None = 137, attempt: int = 1, **fields) -> Crash:
+    """The bootstrap's crash report (orchestrator.jobs.userdata)."""
+    return Crash(attempt=attempt, exit_code=code, signal=signal, **fields)
 
 
 def view(

@@ -16,6 +16,8 @@ from trainer.job.problems import Problem
 
 SPOT, SELF, USER = "Server.SpotInstanceTermination", "Client.InstanceInitiatedShutdown", "Client.UserInitiatedShutdown"
 GONE_BY_SPOT = instance("terminated", SPOT)
+OOM = "killed by SIGKILL (exit 137): probably out of memory (host memory 15.2 of 15.5 GiB at the last heartbeat)"
+SEGV = "killed by SIGSEGV (exit 139): a native crash (CUDA, the driver or a data-loading library; the bootstrap log has its stack)"
 
 # (case, view, cost, expected state, action, outcome, reason contains); one row a line, as a table reads
 # fmt: off
@@ -43,10 +45,34 @@ TABLE = [
     ("interrupted: the budget is spent", view(record(attempt(), budget=5.0), GONE_BY_SPOT), cost(5.0), "interrupted", Action.GIVE_UP, "budget_exceeded",
      "cost $5.00 has reached the budget $5.00"),
     ("interrupted: budget left", view(record(attempt(), budget=5.0), GONE_BY_SPOT), cost(4.99), "interrupted", Action.START, None, "resuming"),
+    # crashed: the trainer died without a final word (jobs.state.settle ends the attempt `crashed`)
+    ("crashed: a SIGKILLed trainer's machine shut itself down; its crash report says how",
+     view(record(attempt(end="crashed", ended=30, detail=OOM)), instance("terminated", SELF)), None, "interrupted", Action.START, None,
+     "resuming from the latest checkpoint"),
+    ("crashed: a silent self-shutdown (no final word, no crash report: the bootstrap died) is recovered too",
+     view(record(attempt()), instance("terminated", SELF)), None, "interrupted", Action.START, None, "resuming"),
+    ("crashed: the second of max_crashes 2 is still recovered",
+     view(record(attempt(1, end="crashed"), attempt(2, end="crashed", ended=30)), instance("terminated", SELF, 2)), None, "interrupted", Action.START,
+     None, "resuming"),
+    ("crashed: the third is past recovery.max_crashes, and the reason says why and what to change",
+     view(record(attempt(1, end="crashed"), attempt(2, end="crashed"), attempt(3, end="crashed", ended=30, detail=OOM)), instance("terminated", SELF, 3)),
+     None, "interrupted", Action.GIVE_UP, "failed",
+     f"the trainer crashed 3 times (last: {OOM}); recovery.max_crashes is 2: it ran out of memory: a smaller train.batch_size"),
+    ("crashed: past max_crashes by a native crash, the fix is looked for in the log",
+     view(record(attempt(1, end="crashed"), attempt(2, end="crashed"), attempt(3, end="crashed", ended=30, detail=SEGV)), instance("terminated", SELF, 3)),
+     None, "interrupted", Action.GIVE_UP, "failed", "if it runs out of memory: a smaller train.batch_size (or fewer train.data.workers), or instance types "
+     "with more memory in compute.instance_types; `spotctl logs JOB --bootstrap` shows how it died"),
+    ("crashed: crashes do not use up max_interruptions",
+     view(record(attempt(1, end="interrupted"), attempt(2, end="interrupted"), attempt(3, end="crashed", ended=30)), instance("terminated", SELF, 3)),
+     None, "interrupted", Action.START, None, "resuming"),
+    ("crashed: interruptions do not use up max_crashes",
+     view(record(attempt(1, end="crashed"), attempt(2, end="crashed"), attempt(3, end="interrupted", ended=30)), instance("terminated", SPOT, 3)),
+     None, "interrupted", Action.START, None, "resuming"),
+    ("crashed: the budget still ends it", view(record(attempt(end="crashed"), budget=5.0), instance("terminated", SELF)), cost(5.0), "interrupted",
+     Action.GIVE_UP, "budget_exceeded", "has reached the budget"),
     # failed
     ("failed: the trainer's error, a retry left", view(record(attempt(end="failed")), instance("terminated", SELF), None, final("failed")), None, "failed",
      Action.RETRY, None, "the trainer failed (retry 1 of 1)"),
-    ("failed: a silent self-shutdown counts as a failure", view(record(attempt()), instance("terminated", SELF)), None, "failed", Action.RETRY, None, "retry 0 of 1"),
     ("failed: retries used up", view(record(attempt(1, end="failed"), attempt(2, end="failed")), instance("terminated", SELF, 2), None, final("failed", 2)),
      None, "failed", Action.DONE, None, "failed"),
     ("failed: decided by the orchestrator", view(record(attempt(end="interrupted"), outcome="failed")), None, "failed", Action.DONE, None, "failed"),

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.jobs.state import settle, stale_claim
-from tests.unit.jobs import NOW, ago, attempt, beat, final, instance, record
+from tests.unit.jobs import NOW, ago, attempt, beat, crash, final, instance, record
 
 SPOT, SELF, USER = "Server.SpotInstanceTermination", "Client.InstanceInitiatedShutdown", "Client.UserInitiatedShutdown"
 TRANSITION = "Service initiated (2026-12-01 11:58:00 GMT)"
@@ -26,7 +26,7 @@ TRANSITION = "Service initiated (2026-12-01 11:58:00 GMT)"
         ("the trainer's word beats EC2's", instance("terminated", SELF), None, final("succeeded"), True, "succeeded", NOW.isoformat(), (None, None)),
         ("stopped on request", instance("terminated", SELF), None, final("stopped"), True, "stopped", NOW.isoformat(), (None, None)),
         ("terminated by a person", instance("terminated", USER), None, None, True, "terminated", NOW.isoformat(), (None, None)),
-        ("shut itself down without a word", instance("terminated", SELF), None, None, True, "failed", NOW.isoformat(), (None, None)),
+        ("shut itself down without a word: a crash (the bootstrap died)", instance("terminated", SELF), None, None, True, "crashed", NOW.isoformat(), (None, None)),
         ("gone with a reason nobody knows", instance("terminated", "Server.SomethingNew"), None, None, True, "lost", NOW.isoformat(), (None, None)),
         ("EC2 could not start it: another pool", instance("terminated", "Server.InsufficientInstanceCapacity"), None, None, True, "not_started", NOW.isoformat(), (None, None)),
         ("the request's own fault: failed, not interrupted", instance("terminated", "Client.InternalError"), None, None, True, "failed", NOW.isoformat(), (None, None)),
@@ -42,6 +42,59 @@ def test_settle(case, ec2, heartbeat, said, changed, end_reason, ended_at, steps
     [closed] = job.attempts
     assert (closed.end_reason, closed.ended_at, (closed.start_step, closed.end_step)) == (end_reason, ended_at, steps)
     assert settle(job, {1: ec2} if ec2 else {}, said, heartbeat, NOW) is False  # idempotent: run it every poll
+
+
+GIB = {"host_mem_total_gib": 15.5}
+
+
+# fmt: off
+@pytest.mark.parametrize(
+    ("case", "ec2", "heartbeat", "said", "report", "end_reason", "ended_at", "detail"),
+    [
+        ("SIGKILLed near the machine's memory: probably out of memory, with the figures",
+         instance("terminated", SELF), beat(step=12, host_mem_used_peak_gib=15.1, mem_rss_peak_gib=11.0, **GIB), None, crash(), "crashed", NOW.isoformat(),
+         "killed by SIGKILL (exit 137): probably out of memory (host memory 15.1 of 15.5 GiB, trainer peak 11.0 GiB at the last heartbeat)"),
+        ("the kernel log names the trainer's pid: out of memory for certain",
+         instance("terminated", SELF), beat(host_mem_used_peak_gib=9.0, **GIB), None, crash(oom_killed=True, kernel_log=["Out of memory: Killed process 7"]),
+         "crashed", NOW.isoformat(), "killed by SIGKILL (exit 137): out of memory, the kernel's OOM killer says (host memory 9.0 of 15.5 GiB at the last heartbeat)"),
+        ("SIGKILLed far from the machine's memory: something else killed it",
+         instance("terminated", SELF), beat(host_mem_used_peak_gib=3.0, mem_rss_peak_gib=2.0, **GIB), None, crash(oom_killed=False), "crashed", NOW.isoformat(),
+         "killed by SIGKILL (exit 137): not near the machine's memory at the last heartbeat: something on the machine killed it "
+         "(host memory 3.0 of 15.5 GiB, trainer peak 2.0 GiB at the last heartbeat)"),
+        ("a data worker the OOM killer took: the trainer's own report",
+         instance("terminated", SELF), beat(host_mem_used_peak_gib=15.0, **GIB), None, crash(code=None, process="data worker"), "crashed", NOW.isoformat(),
+         "a data worker was killed by SIGKILL: probably out of memory (host memory 15.0 of 15.5 GiB at the last heartbeat)"),
+        ("a native crash in a CUDA or data-loading library",
+         instance("terminated", SELF), None, None, crash("SIGSEGV", 139), "crashed", NOW.isoformat(),
+         "killed by SIGSEGV (exit 139): a native crash (CUDA, the driver or a data-loading library; the bootstrap log has its stack)"),
+        ("an abort, with the GPU's peak",
+         instance("terminated", SELF), beat(gpu_mem_peak_gib=23.5, gpu_mem_total_gib=24.0), None, crash("SIGABRT", 134), "crashed", NOW.isoformat(),
+         "killed by SIGABRT (exit 134): a native crash (CUDA, the driver or a data-loading library; the bootstrap log has its stack) "
+         "(GPU peak 23.5 of 24.0 GiB at the last heartbeat)"),
+        ("a SIGTERM with no spot notice", instance("terminated", SELF), None, None, crash("SIGTERM", 143), "crashed", NOW.isoformat(),
+         "killed by SIGTERM (exit 143): stopped by something on the machine, with no spot notice, before it could checkpoint"),
+        ("an exit code the trainer never gives", instance("terminated", SELF), None, None, crash(None, 120), "crashed", NOW.isoformat(),
+         "exited with code 120 and no final.json (not a code the trainer gives)"),
+        ("no crash report: the bootstrap itself died", instance("terminated", SELF), beat(step=3), None, None, "crashed", NOW.isoformat(),
+         "the instance shut itself down with no word from the trainer or its bootstrap (the bootstrap itself was killed, or could not reach storage to report)"),
+        ("another attempt's crash report is not this one's", instance("terminated", SPOT), None, None, crash(attempt=2), "interrupted", NOW.isoformat(), None),
+        ("the trainer raised: its final word wins over any report", instance("terminated", SELF), None, final("failed", error="ValueError: x"), crash(),
+         "failed", NOW.isoformat(), None),
+        ("checkpointed on the notice, then killed: an interruption", instance("terminated", SPOT), beat(phase="interrupted"), None, crash(), "interrupted",
+         NOW.isoformat(), None),
+        ("reported while the machine still shuts down: crashed, the end time follows", instance(), None, None, crash(), "crashed", None,
+         "killed by SIGKILL (exit 137): perhaps out of memory (the OOM killer's signal; no memory figures to tell)"),
+        ("EC2 forgot it, its crash report remains", None, beat(step=7), None, crash(oom_killed=False), "crashed", ago(5),
+         "killed by SIGKILL (exit 137): not by the kernel's OOM killer, its log says: something on the machine killed it"),
+    ],
+)
+# fmt: on
+def test_settle_a_trainer_that_died_without_a_word(case, ec2, heartbeat, said, report, end_reason, ended_at, detail):
+    job = record(replace(attempt(launched=900), running_at=ago(880)))
+    assert settle(job, {1: ec2} if ec2 else {}, said, heartbeat, NOW, report) is True
+    [closed] = job.attempts
+    assert (closed.end_reason, closed.ended_at, closed.end_detail) == (end_reason, ended_at, detail)
+    assert settle(job, {1: ec2} if ec2 else {}, said, heartbeat, NOW, report) is False  # idempotent
 
 
 def test_a_recorded_end_is_kept():

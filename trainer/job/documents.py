@@ -141,16 +141,27 @@ class EndReason(_Values):
     NOT_STARTED = (
         "not_started"  # EC2 could not start it (pending -> terminated: Server.InsufficientInstanceCapacity...)
     )
+    # The trainer died without a final word: killed by a signal (the OOM killer's SIGKILL, a native
+    # SIGSEGV/SIGABRT), an exit code it never gives, or the instance shut itself down with no word at
+    # all. Recovered like an interruption without notice, up to recovery.max_crashes (Crash says how).
+    CRASHED = "crashed"
 
     @property
     def recoverable(self) -> bool:
         """Ended without the trainer's final word: the next attempt continues from the checkpoint."""
-        return self in (EndReason.INTERRUPTED, EndReason.LOST, EndReason.TERMINATED, EndReason.NOT_STARTED)
+        return self in (
+            EndReason.INTERRUPTED,
+            EndReason.LOST,
+            EndReason.TERMINATED,
+            EndReason.NOT_STARTED,
+            EndReason.CRASHED,
+        )
 
     @property
     def counts_as_interruption(self) -> bool:
-        """Counted against recovery.max_interruptions: a machine that never started was not interrupted."""
-        return self.recoverable and self is not EndReason.NOT_STARTED
+        """Counted against recovery.max_interruptions: a machine that never started was not interrupted,
+        and a crash counts against recovery.max_crashes instead."""
+        return self.recoverable and self not in (EndReason.NOT_STARTED, EndReason.CRASHED)
 
 
 RECOVERABLE_ENDS = frozenset(reason for reason in EndReason if reason.recoverable)
@@ -217,6 +228,9 @@ class Attempt:
     running_at: Timestamp | None = None  # first seen `running` (EC2 bills the instance from then; jobs.state.settle)
     disk_gib: Count | None = None  # its root gp3 volume (compute.disk_gib at launch)
     public_ip: bool | None = None  # whether it had a public IPv4 address (compute.public_ip at launch)
+    # Why it ended, in words, where the end reason alone does not say (a crash: the signal, a probable
+    # out-of-memory kill and the memory figures; orchestrator.jobs.crash). None: nothing more to say.
+    end_detail: str | None = None
 
 
 @dataclass(config=_LENIENT)
@@ -372,10 +386,16 @@ class Heartbeat(Document):
     gpu_mem_used_gib: float | None = None
     gpu_mem_total_gib: float | None = None
     gpu_power_w: float | None = None
+    gpu_mem_peak_gib: float | None = None  # the most GPU memory NVML saw in use this attempt (all GPUs)
     health_window_s: float | None = None
     gpu_util_window_pct: float | None = None
     gpu_mem_window_fraction: float | None = None
     data_wait_window: float | None = None
+    # Memory high-water marks this attempt (trainer.telemetry.HostMemory): what tells an out-of-memory
+    # kill from another crash (orchestrator.jobs.crash), since a killed trainer says nothing after.
+    mem_rss_peak_gib: float | None = None  # the trainer process's peak resident memory (getrusage ru_maxrss)
+    host_mem_used_peak_gib: float | None = None  # the machine's memory in use at its highest heartbeat (all processes)
+    host_mem_total_gib: float | None = None  # the machine's memory
     # the process
     startup: dict[str, Any] | None = None  # seconds from start to the first step, by part
     error: str | None = None
@@ -449,6 +469,22 @@ class Final(Document):
     def finished(self) -> bool:
         """Succeeded or failed: over, whatever anyone asked since."""
         return self.is_(Outcome.SUCCEEDED) or self.is_(Outcome.FAILED)
+
+
+class Crash(Document):
+    """status/crash-attempt-<k>.json: the bootstrap's report of a trainer that died without a final word
+    (orchestrator.jobs.userdata), written before the machine shuts down, so the orchestrator can tell a
+    crash (recovered, up to recovery.max_crashes) from a trainer that raised (final.json, failed). The
+    trainer writes one itself when a data worker was killed (trainer.run: the OOM killer picks the
+    largest process, often a worker), and exits EXIT_CRASHED; the bootstrap's then does not replace it."""
+
+    attempt: int | None = None
+    process: str | None = None  # whose death: "trainer" (the bootstrap's report) or "data worker" (the trainer's own)
+    exit_code: int | None = None  # as the shell saw it: 128 + N when signal N killed the trainer
+    signal: str | None = None  # e.g. SIGKILL, SIGSEGV; None when it exited by itself
+    oom_killed: bool | None = None  # the kernel log says its OOM killer killed the trainer; None: log unreadable
+    kernel_log: list[str] | None = None  # the kernel's lines about the trainer's process, if any
+    reported_at: str | None = None
 
 
 class StopRequest(Document):

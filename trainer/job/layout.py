@@ -6,6 +6,7 @@
         status/heartbeat.json               the trainer's heartbeat
         status/final.json                   the trainer's final word (succeeded, failed, stopped)
         status/final-attempt-<k>.json       attempt k's final word, set aside when the job resumed
+        status/crash-attempt-<k>.json       attempt k's crash report: how its trainer died without a final word
         control/stop                        a stop request
         metrics/a<kkk>-<nnnnnn>.jsonl       metric records, in parts
         logs/attempt-<k>.log                the trainer's log
@@ -68,6 +69,12 @@ def in_job(job_id: str, relative: str = "") -> str:
 def final_of(attempt: int) -> str:
     """Where attempt k's final word is kept once the job resumed."""
     return f"status/final-attempt-{attempt}.json"
+
+
+def crash_of(attempt: int) -> str:
+    """Attempt k's crash report (the bootstrap's, trainer.job.documents.Crash): one per attempt, never
+    set aside or overwritten, so the next attempt cannot be mistaken for the one that crashed."""
+    return f"status/crash-attempt-{attempt}.json"
 
 
 def trainer_log(attempt: int) -> str:

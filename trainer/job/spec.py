@@ -309,6 +309,10 @@ class RecoverySpec(Section):
     """Spot interruptions to recover from before the job is given up."""
     retries_on_error: int = Field(0, ge=0, le=10)
     """Times to relaunch after the trainer itself fails (a bug rarely fixes itself: default 0)."""
+    max_crashes: int = Field(3, ge=0, le=100)
+    """Times to recover, from the last checkpoint, a trainer that died without a word (killed by the
+    out-of-memory killer or another signal, a native crash) before the job is given up: a model that
+    runs out of memory every time must not loop."""
 
 
 class BudgetSpec(Section):
