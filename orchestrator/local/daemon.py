@@ -353,7 +353,8 @@ def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: s
     except (ImportError, AttributeError) as exc:
         logging.warning("controller not deployed: %s", exc)
         return Controller(None, None, f"{type(exc).__name__}: {exc}")
-    os.environ["SPOTCTL_STORAGE"] = f"s3://{BUCKET}/{STORAGE_PREFIX}"  # what the stack's function is given
+    function_environment = {"SPOTCTL_STORAGE": f"s3://{BUCKET}/{STORAGE_PREFIX}"}  # what the stack's function is given
+    os.environ.update(function_environment)  # written for the handler; it reads it through Settings
     to_file = logging.FileHandler(home / CONTROLLER_LOG)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     for name in ("orchestrator.controller", "orchestrator.local.functions", "orchestrator.local.eventbus"):
