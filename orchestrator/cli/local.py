@@ -24,6 +24,9 @@ FLAGS = {
     "lenient": "--lenient",
     "refused_pools": "--refuse-pool",
     "spot_vcpu_quotas": "--spot-quota",
+    "controller": "--no-controller",
+    "events": "--events",
+    "tick_s": "--tick",
 }
 
 
@@ -73,6 +76,22 @@ def command() -> None:
     metavar="CODE=VCPUS",
     help="A Spot vCPU quota of the account, e.g. L-3819A6DF=0 (All G and VT: a new account). Repeatable; also changes a running cloud.",
 )
+@click.option(
+    "--no-controller",
+    is_flag=True,
+    help="Deploy no controller (by default the local cloud runs it as the stack does on AWS: EC2's events and a schedule to its handler). Only for a cloud started now.",
+)
+@click.option(
+    "--events/--no-events",
+    default=None,
+    help="Deliver EC2's events to the controller (default) or lose them all, as best-effort events may be: the schedule's tick still recovers jobs. Also changes a running cloud.",
+)
+@click.option(
+    "--tick",
+    "tick_s",
+    type=click.FloatRange(0.5),
+    help="Seconds between the controller's schedule ticks (AWS: 60, rate(1 minute)); default 60. Also changes a running cloud.",
+)
 @options.json_option
 def up(
     seed: int | None,
@@ -82,6 +101,9 @@ def up(
     lenient: bool,
     refused_pools: tuple[str, ...],
     spot_quotas: tuple[str, ...],
+    no_controller: bool,
+    events: bool | None,
+    tick_s: float | None,
     as_json: bool,
 ) -> int:
     """Start the local cloud in the background, or change the running one; print its endpoint.
@@ -93,7 +115,9 @@ def up(
     strictness = _strictness(refused_pools, spot_quotas)
     if lenient and strictness:
         raise UserError("--refuse-pool and --spot-quota need the strict proxy", "leave out --lenient")
-    done = client.up(seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient)
+    done = client.up(
+        seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient, not no_controller, events, tick_s
+    )
     cloud = done.cloud
     contents = done.cloud.contents() if done.started else None
     if as_json:
@@ -119,6 +143,7 @@ def up(
         why = {
             "seed": f"it keeps market seed {cloud.seed}, which priced its jobs",
             "lenient": "it runs the strict proxy",
+            "controller": "it runs the controller",
         }
         asked = ", ".join(f"{FLAGS[k]}{'' if v is True else f' {v}'} ({why[k]})" for k, v in done.ignored.items())
         click.echo(
@@ -149,6 +174,8 @@ def describe_contents(cloud: client.LocalCloud, contents) -> str:
 
 
 def _setting(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if value is None or value == [] or value == {}:
         return "none"
     if isinstance(value, list):
@@ -209,6 +236,7 @@ def status(as_json: bool) -> int:
     )
     click.echo(f"interruptions: {_interruptions(described['interruptions'])}")
     click.echo(f"strictness: {_strictness_line(described)}")
+    click.echo(f"controller: {_controller_line(described.get('controller') or {})}")
     rows = [
         [
             m["instance_id"],
@@ -234,6 +262,23 @@ def _interruptions(settings: dict) -> str:
     return (
         f"{scheduled} ({FLAGS['interrupt_at_step']}); at random {_setting(settings['interrupt_rate'])} per instance-hour "
         f"({FLAGS['interrupt_rate']}); notice {_setting(settings['notice_s'])}s ({FLAGS['notice_s']})"
+    )
+
+
+def _controller_line(controller: dict) -> str:
+    """'orchestrator.controller.handler:handler; events on (--events): 12 published, 0 lost; 15 messages
+    delivered in 9 invocations; tick every 60s (--tick), last 2026-...; 0 handler errors, 0 dead letters'."""
+    if not controller.get("deployed"):
+        return f"not deployed ({controller.get('why_not') or '--no-controller'})"
+    tick = f"tick every {_setting(controller['tick_s'])}s ({FLAGS['tick_s']}), last {controller['last_tick'] or 'none yet'}"
+    errors = f"{controller['handler_errors']} handler errors"
+    if controller["last_error"]:
+        errors += f" (last: {controller['last_error']})"
+    return (
+        f"{controller['handler']}; events {_setting(controller['events'])} ({FLAGS['events']}): "
+        f"{controller['published']} published, {controller['suppressed']} lost; "
+        f"{controller['delivered']} messages delivered in {controller['invocations']} invocations; {tick}; "
+        f"{errors}, {controller['dead_letters']} dead letters"
     )
 
 

@@ -135,16 +135,22 @@ def up(
     interrupt_at_step: int | None = None,
     strictness: dict | None = None,
     lenient: bool = False,
+    controller: bool = True,
+    events: bool | None = None,
+    tick_s: float | None = None,
 ) -> Up:
     """Start the local cloud, or change the running one. None (or False): not asked for. A new cloud
     takes the defaults for those (its seed: the kept cloud's, else DEFAULT_SEED) and puts back the
     bucket `down(keep=True)` kept. A running one gets the interruptions (rate, scheduled step, notice)
     and `strictness` (changes to its strict proxy's settings, orchestrator.local.strict.Strictness)
     applied live; a seed other than its own and `lenient` need a new cloud, so they are ignored, and
-    said so in `Up.ignored`."""
+    said so in `Up.ignored`. `controller` False: a new cloud deploys none; `events` (EC2's events
+    delivered to it) and `tick_s` (its schedule) apply to a running one too."""
     running = find()
     if running:
-        return _change(running, seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient)
+        return _change(
+            running, seed, interrupt_rate, notice_s, interrupt_at_step, strictness, lenient, controller, events, tick_s
+        )
     folder = home()
     folder.mkdir(parents=True, exist_ok=True)
     if seed is None:  # the kept jobs' attempts were priced by that market
@@ -165,6 +171,9 @@ def up(
                 str(DEFAULT_NOTICE_S if notice_s is None else notice_s),
                 *(["--interrupt-at-step", str(interrupt_at_step)] if interrupt_at_step is not None else []),
                 *(["--lenient"] if lenient else ["--strictness", json.dumps(strictness or {})]),
+                *([] if controller else ["--no-controller"]),
+                *(["--no-events"] if events is False else []),
+                *(["--tick", str(tick_s)] if tick_s is not None else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -193,18 +202,30 @@ def _change(
     interrupt_at_step: int | None,
     strictness: dict | None,
     lenient: bool,
+    controller: bool = True,
+    events: bool | None = None,
+    tick_s: float | None = None,
 ) -> Up:
     asked = {"interrupt_at_step": interrupt_at_step, "interrupt_rate": interrupt_rate, "notice_s": notice_s}
     asked = {k: v for k, v in asked.items() if v is not None}
+    live = {k: v for k, v in {"events": events, "tick_s": tick_s}.items() if v is not None}
     ignored = {}
     if seed is not None and seed != cloud.seed:  # its prices are what the jobs' attempts were charged
         ignored["seed"] = seed
-    if not (asked or strictness or lenient):  # nothing to change (`launch --local` on a running cloud)
+    if not (asked or live or strictness or lenient or not controller):  # nothing to change (`launch --local`)
         return Up(cloud, False, {}, ignored)
     described = cloud.call("GET", "/status")
     if lenient and described["strict"]:
         ignored["lenient"] = True
-    before = described["interruptions"]
+    deployed = (described.get("controller") or {}).get("deployed")
+    if not controller and deployed:
+        ignored["controller"] = True
+    if deployed:
+        before_live = {"events": described["controller"]["events"], "tick_s": described["controller"]["tick_s"]}
+        asked.update(live)
+    else:
+        before_live = {}
+    before = {**described["interruptions"], **before_live}
     after = cloud.call("POST", "/config", asked) if asked else before
     changed = {k: (before[k], after[k]) for k in asked if before[k] != after[k]}
     if strictness:

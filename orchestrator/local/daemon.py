@@ -2,18 +2,24 @@
 
     python -m orchestrator.local.daemon --home DIR [--seed N] [--interrupt-rate R] [--notice S] [--interrupt-at-step N]
                                        [--strictness JSON | --lenient]
+                                       [--no-controller] [--no-events] [--tick S] [--controller-handler MODULE:NAME]
+                                       [--controller-events MODULE] [--visibility-timeout S] [--max-receives N]
 
 It runs a moto server on 127.0.0.1 (EC2, SSM, IAM, S3) behind the strict proxy (orchestrator.local.strict:
 AWS's answers where moto's are kinder; `--lenient` leaves it out), seeds it with what a spotctl account
 has (the Deep Learning AMI parameter, the `spotctl-local` bucket, the `spotctl-trainer` instance
-profile with its trainer role, the Spot service-linked role), runs the instance runner, and answers a small control API on
+profile with its trainer role, the Spot service-linked role), runs the instance runner, deploys the
+controller as the stack does on AWS (unless --no-controller: EC2's events and the schedule's tick to
+an SQS queue, orchestrator.local.eventbus; the function runner calling the handler,
+orchestrator.local.functions; its log in DIR/controller.log), and answers a small control API on
 127.0.0.1:
 
     GET  /status                          the cloud, its settings and its running machines
     GET  /contents                        what its bucket holds (orchestrator.local.bucket.Contents)
     POST /interrupt {"instance_id", "notice_s"}   a spot interruption
     POST /crash {"instance_id", "signal"}   a signal (a name: KILL, SEGV...) to the instance's trainer alone
-    POST /config {"interrupt_at_step", "interrupt_rate", "notice_s"}   change the interruptions to come
+    POST /config {"interrupt_at_step", "interrupt_rate", "notice_s", "events", "tick_s"}   change the
+                                          interruptions to come, EC2 events' delivery, the schedule
     POST /shutdown {"keep": bool}         stop everything it started (keep: the bucket's objects to
                                           DIR/kept/, which the next start puts back), then exit
 
@@ -30,14 +36,18 @@ import logging
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from orchestrator.local import eventbus, functions
 
 REGION = "us-east-1"
 BUCKET = "spotctl-local"
 INSTANCE_PROFILE = "spotctl-trainer"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # moto accepts any; not secrets
 STATE_FILE = "local.json"
+CONTROLLER_LOG = "controller.log"
 LOCAL_MAX_ATTEMPTS = 3  # botocore's attempts per call: a local endpoint that fails is not busy, it is down
 STORAGE_PREFIX = "spotctl"  # the local storage root is s3://BUCKET/STORAGE_PREFIX
 DATASETS = "datasets"  # s3://BUCKET/DATASETS/<name>: the sample datasets (orchestrator.local.datasets)
@@ -115,9 +125,10 @@ def serve(
     notice_s: float,
     interrupt_at_step: int | None = None,
     strictness: dict | None = None,
+    controller: ControllerSettings | None = None,
 ) -> None:
     """`strictness`: None for moto as it is (lenient), else the strict proxy's settings to change
-    (orchestrator.local.strict.Strictness; {} for its defaults)."""
+    (orchestrator.local.strict.Strictness; {} for its defaults). `controller`: None for none."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -152,6 +163,9 @@ def serve(
     ensure_spot_service_linked_role(
         Cloud(REGION, endpoint=Endpoint(endpoint, *CREDENTIALS.values()))
     )  # as `infra deploy` does
+    deployed = (
+        deploy_controller(home, controller, moto_endpoint) if controller else Controller(None, None, "--no-controller")
+    )
     runner = InstanceRunner(
         ec2,
         REGION,
@@ -162,6 +176,7 @@ def serve(
         seed=seed,
         interrupt_at_step=interrupt_at_step,
         s3=boto3.client("s3"),
+        events=deployed.bus,
     ).start()
     finished = threading.Event()
     keep = threading.Event()  # /shutdown {"keep": true}: the bucket is copied out once the machines stopped
@@ -199,6 +214,7 @@ def serve(
                     "interruptions": interruptions(),
                     "restored_objects": restored,
                     "machines": runner.snapshot(),
+                    "controller": deployed.snapshot(),
                 },
             )
 
@@ -230,7 +246,11 @@ def serve(
                     runner.interrupt_rate_per_hour = float(request["interrupt_rate"])
                 if "notice_s" in request:
                     runner.notice_s = float(request["notice_s"])
-                return self._reply(200, interruptions())
+                if deployed.bus is not None and "events" in request:
+                    deployed.bus.deliver = bool(request["events"])
+                if deployed.bus is not None and request.get("tick_s"):
+                    deployed.bus.tick_s = float(request["tick_s"])  # from the next tick on
+                return self._reply(200, {**interruptions(), **deployed.settings()})
             if self.path == "/shutdown":
                 self._reply(200, {"stopping": True, "keep": bool(request.get("keep"))})
                 if request.get("keep"):
@@ -271,6 +291,7 @@ def serve(
     try:
         finished.wait()
     finally:
+        deployed.stop()
         runner.stop()
         if keep.is_set():  # after the machines stopped: nothing writes to the bucket any more
             kept = bucket.save(moto_s3, BUCKET, home / bucket.KEPT, {"seed": seed})
@@ -282,6 +303,90 @@ def serve(
         moto.stop()
         state.unlink(missing_ok=True)
         logging.info("local cloud down")
+
+
+@dataclass
+class ControllerSettings:
+    """How the local cloud deploys the controller (`spotctl local up`'s options, the daemon's flags)."""
+
+    handler: str = functions.DEFAULT_HANDLER  # module:function, Lambda's entry point
+    events_module: str = eventbus.DEFAULT_EVENTS_MODULE  # EVENT_PATTERNS, SCHEDULE_EXPRESSION, TICK_DETAIL_TYPE
+    events: bool = True  # deliver EC2's events (False: lost, as best-effort events may be; the tick still runs)
+    tick_s: float = eventbus.DEFAULT_TICK_S  # seconds between the schedule's ticks (the stack's rate(1 minute))
+    visibility_s: float = eventbus.DEFAULT_VISIBILITY_S  # a failed message comes again after this long
+    max_receives: int = eventbus.DEFAULT_MAX_RECEIVES  # deliveries of a message before the dead-letter queue
+
+
+@dataclass
+class Controller:
+    """The deployed controller: its bus (EC2's events, the schedule) and its function runner, or
+    neither and why not."""
+
+    bus: object | None
+    functions: object | None
+    why_not: str | None = None
+
+    def snapshot(self) -> dict:
+        if self.bus is None:
+            return {"deployed": False, "why_not": self.why_not}
+        return {
+            "deployed": True,
+            **self.bus.snapshot(),
+            **self.functions.snapshot(),
+            "dead_letters": _quietly(self.bus.dead_letters),
+        }
+
+    def settings(self) -> dict:
+        return {"events": self.bus.deliver, "tick_s": self.bus.tick_s} if self.bus else {}
+
+    def stop(self) -> None:
+        if self.bus is not None:
+            self.bus.stop()
+            self.functions.stop()
+
+
+def _quietly(read):
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: str) -> Controller:
+    """The controller as the stack deploys it on AWS: rules feeding a queue, a function consuming it.
+    Its parts that play AWS (the events' source, the queue's consumer) talk to moto itself; the
+    handler runs in this process, whose environment is the function's: SPOTCTL_STORAGE and the
+    endpoint of the strict proxy. A handler or events module that cannot be imported deploys nothing
+    (`local status` says why)."""
+    import boto3
+
+    try:
+        module = eventbus.load_events_module(settings.events_module)
+        handler = functions.load_handler(settings.handler)
+    except (ImportError, AttributeError) as exc:
+        logging.warning("controller not deployed: %s", exc)
+        return Controller(None, None, f"{type(exc).__name__}: {exc}")
+    function_environment = {"SPOTCTL_STORAGE": f"s3://{BUCKET}/{STORAGE_PREFIX}"}  # what the stack's function is given
+    os.environ.update(function_environment)  # written for the handler; it reads it through Settings
+    to_file = logging.FileHandler(home / CONTROLLER_LOG)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("orchestrator.controller", "orchestrator.local.functions", "orchestrator.local.eventbus"):
+        logging.getLogger(name).addHandler(to_file)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
+    bus = eventbus.EventBus(
+        boto3.client("events", endpoint_url=moto_endpoint),
+        sqs,
+        boto3.client("sts", endpoint_url=moto_endpoint),
+        REGION,
+        module,
+        tick_s=settings.tick_s,
+        deliver=settings.events,
+        visibility_s=settings.visibility_s,
+        max_receives=settings.max_receives,
+    ).deploy()
+    runner = functions.FunctionRunner(sqs, bus.queue_url, bus.queue_arn, REGION, bus.account, handler, settings.handler)
+    logging.info("controller deployed: %s, queue %s, tick every %gs", settings.handler, bus.queue_url, settings.tick_s)
+    return Controller(bus.start(), runner.start())
 
 
 def _changed(strictness) -> dict:
@@ -315,6 +420,16 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON of the strict proxy's settings to change (orchestrator.local.strict.Strictness)",
     )
     parser.add_argument("--lenient", action="store_true", help="no strict proxy: moto's own answers")
+    defaults = ControllerSettings()
+    parser.add_argument("--no-controller", action="store_true", help="deploy no controller (no events, no schedule)")
+    parser.add_argument("--no-events", action="store_true", help="deliver none of EC2's events (the tick still runs)")
+    parser.add_argument("--tick", type=float, default=defaults.tick_s, help="seconds between the schedule's ticks")
+    parser.add_argument(
+        "--controller-handler", default=defaults.handler, help="the function's handler, module:function"
+    )
+    parser.add_argument("--controller-events", default=defaults.events_module, help="the module of EVENT_PATTERNS")
+    parser.add_argument("--visibility-timeout", type=float, default=defaults.visibility_s)
+    parser.add_argument("--max-receives", type=int, default=defaults.max_receives)
     args = parser.parse_args(argv)
     args.home.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -325,6 +440,16 @@ def main(argv: list[str] | None = None) -> None:
         args.notice,
         args.interrupt_at_step,
         None if args.lenient else args.strictness,
+        None
+        if args.no_controller
+        else ControllerSettings(
+            args.controller_handler,
+            args.controller_events,
+            not args.no_events,
+            args.tick,
+            args.visibility_timeout,
+            args.max_receives,
+        ),
     )
 
 

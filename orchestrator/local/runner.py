@@ -15,6 +15,9 @@ disk (a folder). The package install is skipped: this environment already is spo
 - `crash(instance, signal)` -> the signal to the machine's trainer alone (the OOM killer's SIGKILL, a
   native SIGSEGV...), as the kernel would send it: the bootstrap sees it die, reports the crash and
   shuts the machine down (Client.InstanceInitiatedShutdown).
+- With an event bus (orchestrator.local.eventbus), EC2's events go out as they happen: the
+  interruption warning with the notice, and a state-change notification for each state a spotctl
+  instance passes through, whoever changed it (the runner, or a call to EC2's API it sees in a poll).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class InstanceRunner:
         seed: int = 0,
         interrupt_at_step: int | None = None,
         s3=None,
+        events=None,
     ):
         self.ec2, self.region, self.home = ec2, region, home
         self.environment = environment  # what every instance's processes get: endpoint, credentials
@@ -94,6 +98,8 @@ class InstanceRunner:
         self.interrupt_rate_per_hour = interrupt_rate_per_hour
         self.interrupt_at_step, self.s3 = interrupt_at_step, s3  # a scheduled interruption of each job's first attempt
         self._last_look = 0.0
+        self.events = events  # an EventBus, or None: no events
+        self._states: dict[str, str] = {}  # the last state each instance's events told
         self.machines: dict[str, Machine] = {}
         self._done: set[str] = set()
         self._lock = threading.RLock()
@@ -129,6 +135,7 @@ class InstanceRunner:
         with self._lock:
             for entry in described:
                 instance_id, state = entry["InstanceId"], entry["State"]["Name"]
+                self._announce(instance_id, state)
                 machine = self.machines.get(instance_id)
                 if machine is None and state in ("pending", "running") and instance_id not in self._done:
                     self._boot(entry)
@@ -145,6 +152,7 @@ class InstanceRunner:
                         machine.process.returncode,
                     )
                     end_instance(machine.instance_id, self.region, SELF_SHUTDOWN, service=False)
+                    self._announce(machine.instance_id, "terminated")
                     self._retire(machine)
                 elif (
                     self.interrupt_rate_per_hour
@@ -167,6 +175,8 @@ class InstanceRunner:
             machine.interrupting = True
             at = datetime.now(timezone.utc) + timedelta(seconds=notice_s)
             machine.imds.instance_action = {"action": "terminate", "time": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if self.events is not None:  # EC2 sends the warning when it serves the notice
+                self._tell(self.events.interruption_warning, instance_id, "terminate")
         log.info(
             "runner: spot notice for %s (job %s #%d); it goes in %.0fs",
             instance_id,
@@ -215,7 +225,24 @@ class InstanceRunner:
                 return
             self._kill(machine)  # the power goes: whatever was still running stops
             spot_interrupt(machine.instance_id, self.region)
+            self._announce(machine.instance_id, "terminated")
             self._retire(machine)
+
+    def _announce(self, instance_id: str, state: str) -> None:
+        """EC2's state-change notifications from the last state told to `state` (each state between)."""
+        if self.events is None:
+            return
+        from orchestrator.local.eventbus import state_path
+
+        for passed in state_path(self._states.get(instance_id), state):
+            self._tell(self.events.state_change, instance_id, passed)
+        self._states[instance_id] = state
+
+    def _tell(self, publish, *args) -> None:
+        try:
+            publish(*args)
+        except Exception as exc:  # the events are best effort; the machines go on
+            log.warning("runner: event not published: %s: %s", type(exc).__name__, exc)
 
     def _boot(self, entry: dict) -> None:
         instance_id = entry["InstanceId"]
