@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from trainer.job.spec import EXPORT_FORMATS as FORMATS
+from trainer.job.spec_file import EXIT_BAD_SPEC, load_or_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,15 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    # The job file first, before torch is imported (seconds): a bad file is refused at once.
+    spec = load_or_report(args.job)
+    if spec is None:
+        return EXIT_BAD_SPEC
     if args.command == "export":
         from trainer.reexport import export_job
 
-        return export_job(
-            args.job, job_id=args.job_id, formats=list(dict.fromkeys(args.formats)) if args.formats else None
-        )
+        formats = list(dict.fromkeys(args.formats)) if args.formats else None
+        return export_job(args.job, job_id=args.job_id, formats=formats, spec=spec)
     from trainer.run import run as run_job
 
-    return run_job(args.job, job_id=args.job_id, attempt=args.attempt)
+    return run_job(args.job, job_id=args.job_id, attempt=args.attempt, spec=spec)
 
 
 if __name__ == "__main__":

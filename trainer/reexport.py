@@ -14,23 +14,20 @@ import sys
 
 from trainer.fetch import default_cache_dir
 from trainer.job import layout
+from trainer.job.spec import JobSpec
+from trainer.job.spec_file import EXIT_BAD_SPEC, load_or_report
 from trainer.job.storage import Storage
-from trainer.run import (
-    EXIT_BAD_SPEC,
-    EXIT_FAILED,
-    EXIT_SUCCEEDED,
-    USER_ERRORS,
-    job_prefix,
-    load_or_report,
-    setup_logging,
-)
+from trainer.run import EXIT_FAILED, EXIT_SUCCEEDED, USER_ERRORS, job_prefix, setup_logging
 
 log = logging.getLogger("trainer")
 
 
-def export_job(job_url: str, job_id: str | None = None, formats: list[str] | None = None) -> int:
-    """0 when every format exported and validated, 1 otherwise (each failure says why), 2 bad job file."""
-    spec = load_or_report(job_url)
+def export_job(
+    job_url: str, job_id: str | None = None, formats: list[str] | None = None, spec: JobSpec | None = None
+) -> int:
+    """0 when every format exported and validated, 1 otherwise (each failure says why), 2 bad job file
+    (`spec`: the file, already loaded by the entry point)."""
+    spec = spec or load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
     job_id, prefix = job_prefix(spec, job_url, job_id)

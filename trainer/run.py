@@ -32,16 +32,15 @@ from trainer.fetch import DataError, default_cache_dir
 from trainer.job import layout
 from trainer.job.documents import Crash, Final, Outcome, now_iso
 from trainer.job.settings import BootEnv, Settings
-from trainer.job.shown import clip, printable
 from trainer.job.spec import JobSpec
-from trainer.job.spec_file import SpecError, load_spec
+from trainer.job.spec_file import EXIT_BAD_SPEC, load_or_report
 from trainer.job.storage import Storage
 from trainer.model import WeightsError
 from trainer.reporting import Reporter, chance_level
 
 log = logging.getLogger("trainer")
 
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 3, 75  # 2: EXIT_BAD_SPEC
 # A data worker was killed (its crash report written): not a failure of the job, a crash (sysexits' EX_SOFTWARE).
 EXIT_CRASHED = 70
 # torch's words for a data worker that died under the loader (torch/csrc/DataLoader.cpp, utils/data/dataloader.py):
@@ -73,29 +72,20 @@ def next_attempt(storage: Storage) -> int:
     return max(numbers, default=0) + 1
 
 
-def load_or_report(job_url: str) -> JobSpec | None:
-    """The job file's spec; None after printing its problems (the caller exits with EXIT_BAD_SPEC)."""
-    try:
-        return load_spec(job_url)
-    except SpecError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"error: {exc.summary}", file=sys.stderr)
-        return None
-    except Exception as exc:  # a bug in the loader: still one line and exit 2, never a traceback for a file
-        print(printable(f"error: {job_url}: unexpected {type(exc).__name__}: {clip(str(exc), 200)}"), file=sys.stderr)
-        return None
-
-
 def run(
-    job_url: str, job_id: str | None = None, attempt: int | None = None, heartbeat_seconds: float | None = None
+    job_url: str,
+    job_id: str | None = None,
+    attempt: int | None = None,
+    heartbeat_seconds: float | None = None,
+    spec: JobSpec | None = None,
 ) -> int:
+    """One attempt of the job at `job_url` (`spec`: that file, already loaded by the entry point)."""
     # A native crash (SIGSEGV, SIGABRT, SIGBUS... in CUDA, the driver, a data-loading library) kills the
     # process with no final word: the bootstrap reports the signal (status/crash-attempt-<k>.json), and
     # this leaves every thread's Python stack on stderr, which the bootstrap log keeps.
     with contextlib.suppress(OSError, ValueError, AttributeError):  # a stderr with no file (a test's capture)
         faulthandler.enable()
-    spec = load_or_report(job_url)
+    spec = spec or load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
     job_id, prefix = job_prefix(spec, job_url, job_id)

@@ -58,14 +58,33 @@ def test_the_trainer_refuses_a_hostile_job_file_in_one_line(case, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_a_bad_job_file_is_refused_before_torch_is_imported(tmp_path):
+    """Refusing a file takes the parse, not torch's import (seconds): the entry point loads the job
+    file first. Here torch cannot be imported at all, and the answer is still the one line and exit 2."""
+    job = tmp_path / "job.yaml"
+    job.write_text(laughs())
+    block_torch = "import sys; sys.modules['torch'] = None; from trainer.__main__ import main; sys.exit(main())"
+    answer = subprocess.run(
+        [sys.executable, "-c", block_torch, "run", "--job", str(job)],
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**trainer_env(), "PYTHONPATH": str(REPO)},
+    )
+    err = answer.stderr.decode()
+    assert answer.returncode == EXIT_BAD_SPEC and "Traceback" not in err, err
+    assert err.splitlines()[-1] == f"error: {job} is not a valid job spec (1 problem)"
+
+
 def test_a_loader_bug_is_still_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     """The last guard: were the loader to raise something other than SpecError (a bug), the trainer
     still says so in one escaped line and exits 2, starting nothing; no traceback."""
-    import trainer.run
+    import trainer.job.spec_file
+    from trainer.__main__ import main
 
     def broken(url):
         raise RuntimeError("a bug\n\x1b[31m")
 
-    monkeypatch.setattr(trainer.run, "load_spec", broken)
-    assert trainer.run.run(str(tmp_path / "job.yaml")) == EXIT_BAD_SPEC
+    monkeypatch.setattr(trainer.job.spec_file, "load_spec", broken)
+    assert main(["run", "--job", str(tmp_path / "job.yaml")]) == EXIT_BAD_SPEC
     assert capsys.readouterr().err == f"error: {tmp_path / 'job.yaml'}: unexpected RuntimeError: a bug\\n\\x1b[31m\n"

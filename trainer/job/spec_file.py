@@ -70,6 +70,25 @@ class SpecError(ValueError):
 
 Defaults = Callable[[dict], dict]
 
+EXIT_BAD_SPEC = 2  # `python -m trainer`'s exit code for an invalid job file (trainer.run lists them all)
+
+
+def load_or_report(location: str) -> JobSpec | None:
+    """The job file's spec; None after printing its problems to stderr (the caller exits with
+    EXIT_BAD_SPEC). Torch-free, so `python -m trainer` refuses a bad file before importing the trainer."""
+    import sys
+
+    try:
+        return load_spec(location)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"error: {exc.summary}", file=sys.stderr)
+        return None
+    except Exception as exc:  # a bug in the loader: still one line and exit 2, never a traceback for a file
+        print(printable(f"error: {location}: unexpected {type(exc).__name__}: {clip(str(exc), 200)}"), file=sys.stderr)
+        return None
+
 
 def load_spec(location: str | Path, defaults: Defaults | None = None) -> JobSpec:
     """Load and fully validate a job file from a local path or any fsspec URL (s3://...)."""
