@@ -851,8 +851,13 @@ def _read_tick(cloud: Cloud, outputs: dict[str, str]) -> dict | None:
     """The tick document as a dict; None when there is none yet (or it is not a JSON object)."""
     storage = outputs.get("Storage", "")
     bucket, prefix = outputs.get("BucketName", ""), prefix_of(storage)
+    key = f"{prefix}/{layout.CONTROLLER_TICK}"
+    s3 = cloud.client("s3")
     try:
-        body = cloud.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/{layout.CONTROLLER_TICK}")["Body"].read()
+        # Listed first: S3 answers a missing key with 403, not 404, to a principal held to a prefix.
+        if not s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"):
+            return None
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             return None
