@@ -302,7 +302,7 @@ def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed,
             "hint: stop the jobs first (`spotctl stop JOB`), or pass --terminate-instances to terminate them before deleting",
         ]
     assert boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]["StackStatus"] == (
-        "CREATE_COMPLETE"
+        "UPDATE_COMPLETE"  # created, then updated with the controller
     )
     spec = yaml.safe_load(job.read_text())
     del spec["storage"]
@@ -344,7 +344,9 @@ def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed,
     code, _, err = spotctl(
         "infra", "deploy"
     )  # the kept bucket's name is taken: said before CloudFormation fails half-way
-    assert code == 1 and err.startswith(f"error: bucket {BUCKET} already exists (kept from an earlier stack")
+    assert code == 1 and err.splitlines()[1].startswith(
+        f"error: bucket {BUCKET} already exists (kept from an earlier stack"
+    )
     assert (
         "hint: pass --bucket NEW-NAME" in err
         and boto3.client("cloudformation").list_stacks()["StackSummaries"][-1]["StackStatus"] == "DELETE_COMPLETE"
