@@ -99,6 +99,23 @@ class Deployed:
     vpc: str = ""
     # The S3 ARNs `--data-read` granted the role (the stack's DataReadArns parameter).
     data_read: list[str] = field(default_factory=list)
+    # The controller (empty: left out with --no-controller, or a profile written before it existed):
+    # its function, queue, dead-letter queue, log group, and the spotctl version and code it runs.
+    controller_function: str = ""
+    controller_queue: str = ""
+    controller_dead_letters: str = ""
+    controller_log_group: str = ""
+    controller_version: str = ""
+    controller_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ControllerCode:
+    """The controller's Lambda zip (built by orchestrator.jobs.lambda_package)."""
+
+    path: Path
+    sha256: str
+    version: str  # spotctl's
 
 
 # --------------------------------------------------------------------------------------- the profile
@@ -189,11 +206,15 @@ def deploy(
     data_read: tuple[str, ...] | None = None,
     on_event: Callable[[str], None] = lambda line: None,
     vpc: str | None = None,
+    controller: ControllerCode | None = None,
 ) -> tuple[Deployed, list[str]]:
     """Create or update the stack, wait for it, secure the bucket, record the profile. Returns the
     outputs and what `secure_bucket` had to set. On an update, what is not given (None) keeps its
-    value from the stack: a re-deploy never moves the bucket or drops a dataset grant by omission."""
-    cf = cloud.client("cloudformation")
+    value from the stack: a re-deploy never moves the bucket or drops a dataset grant by omission.
+
+    With `controller` the stack gets the controller running that code; without it, the controller is
+    left out (removed from a stack that had it). The code lives in the stack's own bucket, so a new
+    stack is created without it first, then updated once the code is uploaded."""
     current = stack_of(cloud, stack)
     given = {
         "BucketName": bucket,
@@ -217,6 +238,49 @@ def deploy(
         given = {key: "" if value is None and key not in known else value for key, value in given.items()}
     # Account-wide, not the stack's: CloudFormation's AWS::IAM::ServiceLinkedRole fails where it exists.
     on_event(f"service-linked role {SPOT_SERVICE_LINKED_ROLE}: {ensure_spot_service_linked_role(cloud)}")
+    bucket_known = outputs_of(current).get("BucketName")
+    if controller is not None and bucket_known:
+        given.update(_controller_parameters(cloud, stack, current, bucket_known, given, controller, on_event))
+    else:  # left out; or a new stack, whose bucket must exist before the code can be uploaded
+        given.update(dict.fromkeys(CONTROLLER_PARAMETERS, ""))
+    final = _apply(cloud, stack, current, given, on_event)
+    if controller is not None and not bucket_known:
+        given = {
+            **{k: None for k in given},
+            **_controller_parameters(cloud, stack, final, None, given, controller, on_event),
+        }
+        final = _apply(cloud, stack, final, given, on_event)
+    outputs = outputs_of(final)
+    deployed = Deployed(
+        stack=stack,
+        region=cloud.region,
+        bucket=outputs["BucketName"],
+        storage=outputs["Storage"],
+        instance_profile=outputs["InstanceProfile"],
+        security_group=outputs["SecurityGroup"],
+        role_arn=outputs["TrainerRoleArn"],
+        deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        vpc=_vpc_of(cloud, outputs["SecurityGroup"]),
+        data_read=_listed(_parameters(final).get("DataReadArns", "")),
+        controller_function=outputs.get("ControllerFunction", ""),
+        controller_queue=outputs.get("ControllerQueueUrl", ""),
+        controller_dead_letters=outputs.get("ControllerDeadLetterQueueUrl", ""),
+        controller_log_group=outputs.get("ControllerLogGroup", ""),
+        controller_version=outputs.get("SpotctlVersion", ""),
+        controller_sha256=outputs.get("ControllerCodeSha256", ""),
+    )
+    repaired = secure_bucket(cloud, deployed.bucket)
+    _write_profile(deployed)
+    return deployed, repaired
+
+
+CONTROLLER_PARAMETERS = ("ControllerCodeKey", "ControllerCodeSha256", "SpotctlVersion", "ControllerVpc")
+
+
+def _apply(cloud: Cloud, stack: str, current: dict | None, given: dict[str, str | None], on_event) -> dict:
+    """create_stack or update_stack with these parameters (None: keep the previous value), wait, and
+    refuse an end other than *_COMPLETE; the final description."""
+    cf = cloud.client("cloudformation")
     parameters = [
         {"ParameterKey": k, "ParameterValue": v} if v is not None else {"ParameterKey": k, "UsePreviousValue": True}
         for k, v in given.items()
@@ -249,22 +313,51 @@ def deploy(
             f"stack {stack} ended in {final['StackStatus']}: {_failure(cloud, stack) or final.get('StackStatusReason') or 'no reason given'}",
             "fix the cause, then deploy again (a stack that failed to create must be deleted first)",
         )
-    outputs = outputs_of(final)
-    deployed = Deployed(
-        stack=stack,
-        region=cloud.region,
-        bucket=outputs["BucketName"],
-        storage=outputs["Storage"],
-        instance_profile=outputs["InstanceProfile"],
-        security_group=outputs["SecurityGroup"],
-        role_arn=outputs["TrainerRoleArn"],
-        deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        vpc=_vpc_of(cloud, outputs["SecurityGroup"]),
-        data_read=_listed(_parameters(final).get("DataReadArns", "")),
+    return final
+
+
+def _controller_parameters(
+    cloud: Cloud,
+    stack: str,
+    current: dict,
+    bucket: str | None,
+    given: dict[str, str | None],
+    code: ControllerCode,
+    on_event: Callable[[str], None],
+) -> dict[str, str]:
+    """Upload the controller's code to the stack's bucket (once per sha256) and the parameters that
+    name it. The VPC it may launch in is the security group's (the default VPC unless --vpc)."""
+    outputs = outputs_of(current)
+    bucket = bucket or outputs["BucketName"]
+    prefix = given.get("Prefix") or _parameters(current).get("Prefix") or DEFAULT_PREFIX
+    key = f"{prefix}/{layout.lambda_code(code.sha256, code.path.name)}"
+    on_event(
+        f"controller: spotctl {code.version}, code sha256 {code.sha256[:12]}: {upload_code(cloud, bucket, key, code)}"
     )
-    repaired = secure_bucket(cloud, deployed.bucket)
-    _write_profile(deployed)
-    return deployed, repaired
+    return {
+        "ControllerCodeKey": key,
+        "ControllerCodeSha256": code.sha256,
+        "SpotctlVersion": code.version,
+        "ControllerVpc": given.get("VpcId") or _vpc_of(cloud, outputs["SecurityGroup"]),
+    }
+
+
+def upload_code(cloud: Cloud, bucket: str, key: str, code: ControllerCode) -> str:
+    """Put the zip at its content-addressed key unless it is there; "uploaded" or "already uploaded"."""
+    s3 = cloud.client("s3")
+    try:
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=code.path.read_bytes(),
+            IfNoneMatch="*",  # the key names the content: one there already is this code
+            ChecksumAlgorithm="SHA256",
+        )
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return "already uploaded"
+        raise as_user_error(exc, f"uploading the controller's code to s3://{bucket}/{key}") from None
+    return "uploaded"
 
 
 def ensure_spot_service_linked_role(cloud: Cloud) -> str:
@@ -687,3 +780,122 @@ def _drop_bucket_if_empty(cloud: Cloud, bucket: str) -> str:
         return f"bucket {bucket} kept with its objects (delete it yourself when you no longer need them: aws s3 rb s3://{bucket} --force)"
     s3.delete_bucket(Bucket=bucket)
     return f"bucket {bucket} was empty and is deleted"
+
+
+# --------------------------------------------------------------------------------- the controller
+# A tick older than this (five missed schedules) means the controller is not running.
+TICK_LATE_S = 300
+HEALTHY = ("ok", "waiting for the first tick")
+ERRORS_WINDOW_S = 3600
+
+
+def controller_health(
+    cloud: Cloud, outputs: dict[str, str], since: datetime | None = None, now: datetime | None = None
+) -> dict | None:
+    """The controller's health, from AWS and its tick document: None when the stack has none.
+
+    tick            the last tick document (controller/tick.json under the storage root), as written,
+                    or None; read leniently, field by field as a dict
+    tick_age_s      seconds since its `time`
+    queue           messages waiting, and in flight (received, not yet deleted)
+    dead_letters    messages that failed maxReceiveCount times (or EventBridge could not deliver)
+    errors_last_hour  log events with ERROR in the function's log group over the last hour
+    health          ok | waiting for the first tick | late | failing (`since`: when the stack was last
+                    deployed; no tick TICK_LATE_S after it is late)
+    """
+    if "ControllerFunction" not in outputs:
+        return None
+    now = now or datetime.now(timezone.utc)
+    tick = _read_tick(cloud, outputs)
+    age = _age_s(tick.get("time") if tick else None, now)
+    sqs = cloud.client("sqs")
+
+    def depth(url: str) -> dict[str, int]:
+        try:
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+            )["Attributes"]
+        except botocore.exceptions.ClientError as exc:
+            raise as_user_error(exc, f"reading queue {url}") from None
+        return {
+            "waiting": int(attributes.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        }
+
+    queue = depth(outputs["ControllerQueueUrl"])
+    dead = depth(outputs["ControllerDeadLetterQueueUrl"])["waiting"]
+    errors = _errors_since(cloud, outputs["ControllerLogGroup"], now)
+    if dead or errors:
+        health = "failing"
+    elif age is None:
+        waited = (now - since).total_seconds() if since else 0
+        health = "late" if waited > TICK_LATE_S else "waiting for the first tick"
+    elif age > TICK_LATE_S:
+        health = "late"
+    else:
+        health = "ok"
+    return {
+        "function": outputs["ControllerFunction"],
+        "version": outputs.get("SpotctlVersion", ""),
+        "code_sha256": outputs.get("ControllerCodeSha256", ""),
+        "tick": tick,
+        "tick_age_s": age,
+        "queue": queue,
+        "dead_letters": dead,
+        "errors_last_hour": errors,
+        "health": health,
+    }
+
+
+def _read_tick(cloud: Cloud, outputs: dict[str, str]) -> dict | None:
+    """The tick document as a dict; None when there is none yet (or it is not a JSON object)."""
+    storage = outputs.get("Storage", "")
+    bucket, prefix = outputs.get("BucketName", ""), prefix_of(storage)
+    key = f"{prefix}/{layout.CONTROLLER_TICK}"
+    s3 = cloud.client("s3")
+    try:
+        # Listed first: S3 answers a missing key with 403, not 404, to a principal held to a prefix.
+        if not s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"):
+            return None
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise as_user_error(exc, f"reading {storage}/{layout.CONTROLLER_TICK}") from None
+    try:
+        tick = json.loads(body)
+    except ValueError:
+        return None
+    return tick if isinstance(tick, dict) else None
+
+
+def _age_s(value, now: datetime) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return max(0.0, (now - at).total_seconds())
+
+
+def _errors_since(cloud: Cloud, group: str, now: datetime) -> int:
+    """Log events with ERROR (Python logging's level name, and Lambda's own errors) in the last hour."""
+    logs = cloud.client("logs")
+    start = int((now.timestamp() - ERRORS_WINDOW_S) * 1000)
+    count, token = 0, None
+    try:
+        while True:
+            page = logs.filter_log_events(
+                logGroupName=group, startTime=start, filterPattern='"ERROR"', **({"nextToken": token} if token else {})
+            )
+            count += len(page.get("events", []))
+            token = page.get("nextToken")
+            if not token or count >= 10_000:
+                return count
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return 0
+        raise as_user_error(exc, f"reading log group {group}") from None

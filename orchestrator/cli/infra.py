@@ -66,6 +66,11 @@ def command() -> None:
     metavar="VPC_ID",
     help="The VPC for the security group, for an account without a default VPC (jobs then name their subnets in compute.subnets).",
 )
+@click.option(
+    "--no-controller",
+    is_flag=True,
+    help="Leave out the controller (EC2's events and a one-minute tick to a Lambda function that recovers jobs nobody watches); removes it from a stack that has it.",
+)
 @options.profile_option
 @options.json_option
 @click.pass_obj
@@ -78,15 +83,30 @@ def deploy(
     expire_checkpoints_days: int | None,
     data_read: tuple[str, ...],
     vpc: str | None,
+    no_controller: bool,
     profile: str | None,
     as_json: bool,
 ) -> int:
     """Create or update the stack, wait for it, and remember its outputs for job files. On an update,
-    options left out keep the stack's current values."""
+    options left out keep the stack's current values (the controller is there unless --no-controller)."""
     cloud = app.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    code = None
+    if not no_controller:
+        from orchestrator.jobs import lambda_package
+
+        events("building the controller's code (spotctl without torch, for Lambda)")
+        code = lambda_package.build()
     deployed, repaired = infra.deploy(
-        cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events, vpc=vpc
+        cloud,
+        stack,
+        bucket,
+        prefix,
+        expire_checkpoints_days,
+        data_read or None,
+        on_event=events,
+        vpc=vpc,
+        controller=code,
     )
     if as_json:
         click.echo(
@@ -100,6 +120,12 @@ def deploy(
         ("storage", deployed.storage),
         ("instance profile", deployed.instance_profile),
         ("security group", deployed.security_group),
+        (
+            "controller",
+            f"{deployed.controller_function} (spotctl {deployed.controller_version})"
+            if deployed.controller_function
+            else "left out (jobs launched without --watch are recovered by nobody)",
+        ),
     ):
         click.echo(f"  {label:<17} {value}")
     click.echo(
@@ -120,6 +146,11 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
     current = infra.stack_of(cloud, stack)
     outputs = infra.outputs_of(current)
     checks = infra.bucket_checks(cloud, outputs["BucketName"]) if "BucketName" in outputs else {}
+    controller = (
+        infra.controller_health(cloud, outputs, since=current.get("LastUpdatedTime") or current.get("CreationTime"))
+        if current
+        else None
+    )
     deployed = infra.read_profile()
     if as_json:
         click.echo(
@@ -130,12 +161,13 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
                     "status": current["StackStatus"] if current else None,
                     "outputs": outputs,
                     "bucket_checks": checks,
+                    "controller": controller,
                     "profile": asdict(deployed) if deployed else None,
                 },
                 indent=2,
             )
         )
-        return 0 if current else 1
+        return 0 if current and _healthy(checks, controller) else 1
     if current is None:
         click.echo(f"no stack {stack} in {cloud.region}; `spotctl infra deploy` creates it")
         return 1
@@ -146,6 +178,8 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
         mark = {True: "ok  ", False: "MISSING", None: "n/a "}[ok]
         reason = f" (plain-HTTP endpoint {infra.plain_http_endpoint(cloud)})" if ok is None else ""
         out.print(f"  {mark} {name.replace('_', ' ')}{reason}", markup=False)
+    for line in _controller_lines(controller):
+        out.print(line, markup=False)
     in_use = deployed and (deployed.stack, deployed.region) == (stack, cloud.region)
     out.print(
         f"job files default to this stack's outputs ({infra.profile_path()})"
@@ -153,7 +187,34 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
         else "not the stack job files default to",
         markup=False,
     )
-    return 1 if False in checks.values() else 0
+    return 0 if _healthy(checks, controller) else 1
+
+
+def _healthy(checks: dict, controller: dict | None) -> bool:
+    """No bucket protection missing, and a controller (if any) not late or failing."""
+    return False not in checks.values() and (controller is None or controller["health"] in infra.HEALTHY)
+
+
+def _controller_lines(controller: dict | None) -> list[str]:
+    if controller is None:
+        return ["controller: not deployed (`spotctl infra deploy` adds it; --no-controller left it out)"]
+    tick, age = controller["tick"], controller["tick_age_s"]
+    if tick is None:
+        last = "none yet"
+    else:
+        errors = tick.get("errors")
+        count = len(errors) if isinstance(errors, list) else errors if isinstance(errors, int) else None
+        last = f"{tick.get('time', '?')}" + (f" ({age:.0f} s ago)" if age is not None else "")
+        last += f", {count} error{'s' if count != 1 else ''}" if count is not None else ""
+    queue = controller["queue"]
+    return [
+        f"controller {controller['function']}: spotctl {controller['version'] or '?'}, code sha256 {controller['code_sha256'][:12] or '?'}",
+        f"  last tick          {last}",
+        f"  queue              {queue['waiting']} waiting, {queue['in_flight']} in flight",
+        f"  dead letters       {controller['dead_letters']}",
+        f"  errors, last hour  {controller['errors_last_hour']}",
+        f"  health             {controller['health']}",
+    ]
 
 
 @command.command("delete")

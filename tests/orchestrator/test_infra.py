@@ -6,6 +6,8 @@ jobs exist; the trainer role's writable paths held to trainer/job/layout.py; cfn
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
 import json
 import logging
 
@@ -25,7 +27,13 @@ BUCKET = f"spotctl-{ACCOUNT}-us-east-1"
 
 
 @pytest.fixture
-def deployed(account, spotctl):
+def controller_cache(account, request, monkeypatch):
+    """A cache kept between test runs (pytest's), so the controller's zip is built once, not per test."""
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(request.config.cache.mkdir("spotctl-cache")))
+
+
+@pytest.fixture
+def deployed(account, controller_cache, spotctl):
     code, out, err = spotctl(
         "infra",
         "deploy",
@@ -54,11 +62,33 @@ def statements_of(iam, role: str) -> dict[str, dict]:
 
 def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(deployed, spotctl):
     out, err = deployed
-    assert err.splitlines()[:2] == [
-        "service-linked role AWSServiceRoleForEC2Spot: present",  # the account fixture has it already
-        f"creating stack spotctl in us-east-1 (bucket {BUCKET})",
-    ]
-    assert "spotctl: CREATE_COMPLETE" in err
+    from orchestrator.jobs import lambda_package
+
+    code_zip = lambda_package.build()  # cached: the zip deploy uploaded
+    key = f"spotctl/lambda/{code_zip.sha256}/spotctl-controller-0.1.0.zip"
+    assert (
+        err.splitlines()
+        == [
+            "building the controller's code (spotctl without torch, for Lambda)",
+            "service-linked role AWSServiceRoleForEC2Spot: present",  # the account fixture has it already
+            f"creating stack spotctl in us-east-1 (bucket {BUCKET})",
+            "spotctl: CREATE_COMPLETE",  # moto's CloudFormation creates at once
+            # the code lives in the stack's bucket: uploaded once the bucket exists, then the stack updated
+            f"controller: spotctl 0.1.0, code sha256 {code_zip.sha256[:12]}: uploaded",
+            "updating stack spotctl in us-east-1",
+            "spotctl: UPDATE_COMPLETE",
+        ]
+    )
+    uploaded = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert hashlib.sha256(uploaded).hexdigest() == code_zip.sha256
+    function = boto3.client("lambda").get_function(FunctionName="spotctl-controller")["Configuration"]
+    assert (function["Runtime"], function["Handler"], function["Timeout"], function["Environment"]) == (
+        "python3.12",
+        "orchestrator.controller.handler.handler",
+        60,
+        {"Variables": {"SPOTCTL_STORAGE": f"s3://{BUCKET}/spotctl"}},
+    )
+    assert function["CodeSha256"] == base64.b64encode(bytes.fromhex(code_zip.sha256)).decode()  # Lambda's own digest
     [spot_role] = boto3.client("iam").list_roles(PathPrefix="/aws-service-role/spot.amazonaws.com/")["Roles"]
     assert json.dumps(spot_role["AssumeRolePolicyDocument"]).count("spot.amazonaws.com") == 1
     stack = boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]
@@ -136,14 +166,26 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     }
     boto3.client("iam").create_policy(PolicyName="spotctl-operator", PolicyDocument=out)  # IAM accepts it as a policy
 
-    code, out, _ = spotctl("infra", "status")
-    assert code == 0 and out.splitlines()[0] == "stack spotctl in us-east-1: CREATE_COMPLETE"
+    code, out, err = spotctl("infra", "status")
+    assert code == 0 and out.splitlines()[0] == "stack spotctl in us-east-1: UPDATE_COMPLETE"
+    assert [
+        "controller spotctl-controller: spotctl 0.1.0, code sha256 " + code_zip.sha256[:12],
+        "  last tick          none yet",
+        "  queue              0 waiting, 0 in flight",
+        "  dead letters       0",
+        "  errors, last hour  0",
+        "  health             waiting for the first tick",
+    ] == [
+        line
+        for line in out.splitlines()
+        if line.startswith(("controller", "  last", "  queue", "  dead", "  errors", "  health"))
+    ]
     for check in ("public access blocked", "encrypted at rest", "aborts incomplete uploads"):
         assert f"  ok   {check}" in out
     assert f"  n/a  tls only (plain-HTTP endpoint {boto3.client('s3').meta.endpoint_url})" in out
     code, out, err = spotctl("infra", "deploy")  # again, no options: an update that keeps every earlier choice
     assert code == 0, err
-    assert err.splitlines()[0] == "service-linked role AWSServiceRoleForEC2Spot: present"
+    assert err.splitlines()[1] == "service-linked role AWSServiceRoleForEC2Spot: present"
     assert "updating stack spotctl in us-east-1" in err and infra.read_profile().storage == outputs["Storage"]
     parameters = {
         p["ParameterKey"]: p["ParameterValue"]
@@ -151,6 +193,69 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     }
     assert (parameters["BucketName"], parameters["CheckpointExpirationDays"]) == (BUCKET, "30")
     assert "ReadDatasets" in statements_of(iam, role["RoleName"])  # the dataset grant survived
+
+
+def test_infra_status_reports_the_controllers_tick_queue_dead_letters_and_errors(deployed, spotctl):
+    from datetime import datetime, timedelta, timezone
+
+    outputs = infra.outputs_of(boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0])
+    tick = (datetime.now(timezone.utc) - timedelta(seconds=30)).isoformat(timespec="seconds")
+    s3, sqs, logs = boto3.client("s3"), boto3.client("sqs"), boto3.client("logs")
+    s3.put_object(Bucket=BUCKET, Key="spotctl/controller/tick.json", Body=json.dumps({"time": tick, "errors": []}))
+    sqs.send_message(QueueUrl=outputs["ControllerQueueUrl"], MessageBody="{}")
+    code, out, _ = spotctl("infra", "status", "--json")
+    controller = json.loads(out)["controller"]
+    assert code == 0 and (controller["queue"], controller["dead_letters"], controller["health"]) == (
+        {"waiting": 1, "in_flight": 0},
+        0,
+        "ok",
+    )
+    assert controller["tick"] == {"time": tick, "errors": []} and 29 <= controller["tick_age_s"] < 120
+
+    # A message that failed its five receives, and an error logged: failing, exit 1.
+    sqs.send_message(QueueUrl=outputs["ControllerDeadLetterQueueUrl"], MessageBody="{}")
+    logs.create_log_stream(logGroupName=outputs["ControllerLogGroup"], logStreamName="s")
+    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+    logs.put_log_events(
+        logGroupName=outputs["ControllerLogGroup"],
+        logStreamName="s",
+        logEvents=[
+            {"timestamp": now_ms - 7_200_000, "message": "[ERROR] two hours ago: not counted"},
+            {"timestamp": now_ms - 1000, "message": "[ERROR] RunInstances refused"},
+            {"timestamp": now_ms, "message": "[INFO] tick"},
+        ],
+    )
+    code, out, _ = spotctl("infra", "status")
+    assert code == 1
+    assert "  dead letters       1" in out.splitlines() and "  errors, last hour  1" in out.splitlines()
+    assert "  health             failing" in out.splitlines()
+
+    # --no-controller takes it out of the stack again.
+    code, out, err = spotctl("infra", "deploy", "--no-controller")
+    assert code == 0, err
+    assert "  controller        left out (jobs launched without --watch are recovered by nobody)" in out.splitlines()
+    assert "ControllerFunction" not in infra.outputs_of(
+        boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]
+    )
+    # (moto's CloudFormation keeps the resources a condition drops on an update; AWS deletes them.)
+    code, out, _ = spotctl("infra", "status")
+    assert "controller: not deployed (`spotctl infra deploy` adds it; --no-controller left it out)" in out.splitlines()
+
+
+def test_the_templates_rules_are_the_controllers_event_patterns():
+    from cfnlint.decode import decode_str
+
+    template, _ = decode_str((REPO / "infra" / "spotctl.yaml").read_text())
+    rules = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
+    patterns = sorted(json.dumps(r["EventPattern"], sort_keys=True) for r in rules if "EventPattern" in r)
+    schedules = [r["ScheduleExpression"] for r in rules if "ScheduleExpression" in r]
+    queue = {"Fn::GetAtt": ["ControllerQueue", "Arn"]}
+    assert all([t["Arn"] for t in r["Targets"]] == [queue] for r in rules)
+    events = pytest.importorskip(
+        "orchestrator.controller.events", reason="the controller's branch (EVENT_PATTERNS) is not merged yet"
+    )
+    assert patterns == sorted(json.dumps(p, sort_keys=True) for p in events.EVENT_PATTERNS.values())
+    assert schedules == [events.SCHEDULE_EXPRESSION]
 
 
 def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed, spotctl, tmp_path, caplog):
@@ -197,7 +302,7 @@ def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed,
             "hint: stop the jobs first (`spotctl stop JOB`), or pass --terminate-instances to terminate them before deleting",
         ]
     assert boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0]["StackStatus"] == (
-        "CREATE_COMPLETE"
+        "UPDATE_COMPLETE"  # created, then updated with the controller
     )
     spec = yaml.safe_load(job.read_text())
     del spec["storage"]
@@ -239,7 +344,9 @@ def test_the_readme_example_launches_with_the_stacks_profile_and_group(deployed,
     code, _, err = spotctl(
         "infra", "deploy"
     )  # the kept bucket's name is taken: said before CloudFormation fails half-way
-    assert code == 1 and err.startswith(f"error: bucket {BUCKET} already exists (kept from an earlier stack")
+    assert code == 1 and err.splitlines()[1].startswith(
+        f"error: bucket {BUCKET} already exists (kept from an earlier stack"
+    )
     assert (
         "hint: pass --bucket NEW-NAME" in err
         and boto3.client("cloudformation").list_stacks()["StackSummaries"][-1]["StackStatus"] == "DELETE_COMPLETE"

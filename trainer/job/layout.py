@@ -16,6 +16,8 @@
         artifacts/manifest.json             the exported models, described (written last)
         artifacts/<export id>/<file>        the exported models
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
+    <storage>/lambda/<sha256>/<file>.zip    the controller's code (the wheel without torch, and its dependencies)
+    <storage>/controller/tick.json          the controller's last tick
 
 Paths of a job's objects are relative to its prefix (the trainer's storage root); `in_job` gives the
 same path relative to the storage root (the orchestrator's).
@@ -38,6 +40,9 @@ BEST = "best"
 ARTIFACTS = "artifacts"
 MANIFEST = f"{ARTIFACTS}/manifest.json"
 WHEELS = "wheels"
+LAMBDA_CODE = "lambda"
+CONTROLLER = "controller"
+CONTROLLER_TICK = f"{CONTROLLER}/tick.json"
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
@@ -115,3 +120,9 @@ def wheel_sha256(url: str) -> str | None:
     """The sha256 a wheel's key or URL names (wheel_key's), None if it names none."""
     match = _WHEEL.search(url)
     return match.group(1) if match else None
+
+
+def lambda_code(sha256: str, name: str) -> str:
+    """Where the controller's code is kept, relative to the storage root: content-addressed, so a
+    deploy of unchanged code uploads nothing and CloudFormation sees a new key for new code."""
+    return f"{LAMBDA_CODE}/{sha256}/{name}"
