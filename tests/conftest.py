@@ -149,6 +149,15 @@ def spotctl(capsys):
 
 
 @pytest.fixture(scope="session")
+def kept_cache_dir(request, tmp_path_factory) -> Path:
+    """A SPOTCTL_CACHE_DIR kept between test runs (pytest's cache), so what is slow to build (the
+    controller's Lambda zip: a pip download) is built once; a fresh folder when the cache is off
+    (`-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("spotctl-cache") if cache is not None else tmp_path_factory.mktemp("spotctl-cache")
+
+
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory):
     """spotctl's wheel, built once for the session (launch ships it to the instance)."""
     import os

@@ -27,9 +27,9 @@ BUCKET = f"spotctl-{ACCOUNT}-us-east-1"
 
 
 @pytest.fixture
-def controller_cache(account, request, monkeypatch):
-    """A cache kept between test runs (pytest's), so the controller's zip is built once, not per test."""
-    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(request.config.cache.mkdir("spotctl-cache")))
+def controller_cache(account, kept_cache_dir, monkeypatch):
+    """The controller's zip built once, not per test."""
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(kept_cache_dir))
 
 
 @pytest.fixture

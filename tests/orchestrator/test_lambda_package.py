@@ -16,10 +16,10 @@ from orchestrator.jobs import lambda_package
 
 
 @pytest.fixture
-def cache(wheel, request, monkeypatch):
-    """pytest's cache, kept between runs: the zip is built (pip download) once, then reused."""
+def cache(wheel, kept_cache_dir, monkeypatch):
+    """The zip built (pip download) once, then reused."""
     monkeypatch.setenv("SPOTCTL_WHEEL", str(wheel))
-    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(request.config.cache.mkdir("spotctl-cache")))
+    monkeypatch.setenv("SPOTCTL_CACHE_DIR", str(kept_cache_dir))
 
 
 def _python(version: str) -> str | None:
