@@ -15,6 +15,8 @@
         artifacts/manifest.json             the exported models, described (written last)
         artifacts/<export id>/<file>        the exported models
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
+    <storage>/secrets/<job id>/notify.json  the job's notify targets (webhook URLs): the operator and the
+                                            controller read it, the trainer role is denied it
 
 Paths of a job's objects are relative to its prefix (the trainer's storage root); `in_job` gives the
 same path relative to the storage root (the orchestrator's).
@@ -37,6 +39,7 @@ BEST = "best"
 ARTIFACTS = "artifacts"
 MANIFEST = f"{ARTIFACTS}/manifest.json"
 WHEELS = "wheels"
+SECRETS = "secrets"  # outside every job's prefix; infra/spotctl.yaml denies the trainer role all of it
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
@@ -97,6 +100,11 @@ def attempt_of_metrics(name: str) -> int | None:
 def artifact(export_id: str, name: str) -> str:
     """An exported file; the manifest names it by `export_id/name`, relative to artifacts/."""
     return f"{ARTIFACTS}/{export_id}/{name}"
+
+
+def notify_targets(job_id: str) -> str:
+    """The job's notify targets, relative to the storage root (never under the job's own prefix)."""
+    return f"{SECRETS}/{job_id}/notify.json"
 
 
 def wheel_key(sha256: str, name: str) -> str:
