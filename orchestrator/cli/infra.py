@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import click
 
@@ -66,6 +65,13 @@ def command() -> None:
     metavar="VPC_ID",
     help="The VPC for the security group, for an account without a default VPC (jobs then name their subnets in compute.subnets).",
 )
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="KIND=ADDRESS",
+    help="Where jobs without a notify section send notifications: webhook=URL, slack=URL, discord=URL or sns=TOPIC_ARN (repeatable; --notify none clears).",
+)
 @options.profile_option
 @options.json_option
 @click.pass_obj
@@ -78,19 +84,29 @@ def deploy(
     expire_checkpoints_days: int | None,
     data_read: tuple[str, ...],
     vpc: str | None,
+    notify: tuple[str, ...],
     profile: str | None,
     as_json: bool,
 ) -> int:
     """Create or update the stack, wait for it, and remember its outputs for job files. On an update,
     options left out keep the stack's current values."""
+    targets = None if not notify else [] if notify == ("none",) else infra.notify_targets(notify)
     cloud = app.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     deployed, repaired = infra.deploy(
-        cloud, stack, bucket, prefix, expire_checkpoints_days, data_read or None, on_event=events, vpc=vpc
+        cloud,
+        stack,
+        bucket,
+        prefix,
+        expire_checkpoints_days,
+        data_read or None,
+        on_event=events,
+        vpc=vpc,
+        notify=targets,
     )
     if as_json:
         click.echo(
-            json.dumps({**asdict(deployed), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2)
+            json.dumps({**deployed.shown(), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2)
         )
         return 0
     if repaired:
@@ -130,7 +146,7 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
                     "status": current["StackStatus"] if current else None,
                     "outputs": outputs,
                     "bucket_checks": checks,
-                    "profile": asdict(deployed) if deployed else None,
+                    "profile": deployed.shown() if deployed else None,
                 },
                 indent=2,
             )

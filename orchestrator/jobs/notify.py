@@ -111,6 +111,12 @@ class Notifier:
         self.on_note = on_note or (lambda job_id, text, level: log.log(level, "%s: %s", job_id, text))
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._targets: dict[str, NotifySpec | None] = {}
+        self._owed: set[str] = set()  # jobs whose last step left a notification failed (to try again)
+
+    def owes(self, job_id: str) -> bool:
+        """Whether a notification of the job failed at the last step and is to be tried again: a
+        driver keeps looking at an ended job until it is sent or given up."""
+        return job_id in self._owed
 
     def step(self, view: JobView, cost: Callable[[], JobCost | None] | JobCost | None = None) -> list[str]:
         """Send what is due and not yet sent; the keys sent. Never raises: a notification must not
@@ -217,7 +223,7 @@ class Notifier:
         return list(taken)
 
     def _finish(self, job_id: str, results: dict[str, tuple[str, str | None]]) -> None:
-        given_up: list[str] = []
+        given_up: dict[str, str | None] = {}
 
         def mark(record: JobRecord) -> bool:
             given_up.clear()
@@ -231,17 +237,22 @@ class Notifier:
                     tries -= 1  # the target failed on another message: this one does not count a try
                 if state == FAILED and tries >= MAX_TRIES:
                     state = GAVE_UP
-                    given_up.append(f"{slot}: {error}")
+                    given_up[slot] = error
                 record.notified[slot] = Notified(state, now_iso(), self.owner, tries, error)
                 changed = True
             return changed
 
         self.store.update_record(job_id, mark)
-        for line in given_up:
-            self.on_note(job_id, f"notification {line}; gave up after {MAX_TRIES} tries", logging.ERROR)
-        for slot, (state, error) in results.items():
-            if state == FAILED and not any(line.startswith(f"{slot}:") for line in given_up):
-                self.on_note(job_id, f"notification {slot} failed ({error}); trying again next time", logging.WARNING)
+        retried = [slot for slot, (state, _) in results.items() if state == FAILED and slot not in given_up]
+        if retried:
+            self._owed.add(job_id)
+        else:
+            self._owed.discard(job_id)
+        for slot, error in given_up.items():
+            self.on_note(job_id, f"notification {slot}: {error}; gave up after {MAX_TRIES} tries", logging.ERROR)
+        for slot in retried:
+            error = results[slot][1]
+            self.on_note(job_id, f"notification {slot} failed ({error}); trying again next time", logging.WARNING)
 
 
 def _open(mark: Notified | None, now: datetime | None = None) -> bool:

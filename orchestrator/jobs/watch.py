@@ -170,7 +170,9 @@ class Watcher:
             return
         first = self._ended_at.setdefault(view.job_id, self.clock())
         unsettled = any(a.instance_id and a.ended_at is None for a in view.record.attempts)
-        if not unsettled or self.clock() - first >= self.options.settle_grace_s:
+        # A notification that failed is tried at the next polls (until sent or given up: bounded).
+        owed = self.notifier.owes(view.job_id)
+        if (not unsettled or self.clock() - first >= self.options.settle_grace_s) and not owed:
             self._finished.add(view.job_id)
 
     def done(self) -> bool:
