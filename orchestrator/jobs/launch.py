@@ -28,9 +28,9 @@ from orchestrator.aws.offers import Offer, Offers, find_offers, summarize_drops
 from orchestrator.aws.prices import PriceSource
 from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
-from orchestrator.jobs.notify import store_targets
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import stale_claim
+from orchestrator.jobs.targets import store_targets
 from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import catalog, layout

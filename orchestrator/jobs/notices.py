@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from orchestrator.jobs.cost import JobCost
 from orchestrator.jobs.state import JobView, age_s
 from trainer.job.documents import EndReason, JobState, Manifest, Phase
 from trainer.job.shown import clip, printable
 from trainer.job.units import money, rate
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.cost import JobCost
 
 FENCE = "```"  # a code block in Slack and Discord
 DETAIL_CHARS = 1500  # of a log tail: inside Slack's 3,000-character section and Discord's 4,096 description

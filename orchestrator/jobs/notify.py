@@ -33,10 +33,10 @@ from orchestrator.jobs.cost import JobCost
 from orchestrator.jobs.notices import Message, due, message, payload
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView, age_s
+from orchestrator.jobs.targets import read_targets
 from orchestrator.jobs.views import log_text
 from trainer.job import layout
 from trainer.job.documents import JobRecord, Manifest, Notified, now_iso
-from trainer.job.secret import REVEAL
 from trainer.job.spec import NotifySpec, NotifyTarget
 
 log = logging.getLogger(__name__)
@@ -51,28 +51,6 @@ SENT, CLAIMED, FAILED, GAVE_UP = "sent", "claimed", "failed", "gave_up"
 
 class SendFailed(Exception):
     """One send that did not go through; the message names the target masked, never its URL."""
-
-
-# --------------------------------------------------------------------------------------- targets
-def store_targets(store: JobStore, job_id: str, notify: NotifySpec) -> None:
-    """Keep the job's notify section where the trainer cannot read it (nothing when it has no targets)."""
-    if notify.targets:
-        body = json.dumps(notify.model_dump(mode="json", context={REVEAL: True}), indent=1).encode()
-        store.storage.write_bytes(layout.notify_targets(job_id), body)
-
-
-def read_targets(store: JobStore, job_id: str) -> NotifySpec | None:
-    """The job's stored notify section; None when it has none."""
-    try:
-        body = store.storage.read_bytes(layout.notify_targets(job_id))
-    except FileNotFoundError:
-        return None
-    return NotifySpec.model_validate(json.loads(body))
-
-
-def delete_targets(store: JobStore, job_id: str) -> None:
-    """Forget the job's targets (`spotctl rm`); nothing when it has none."""
-    store.storage.delete(layout.notify_targets(job_id))
 
 
 # ---------------------------------------------------------------------------------------- sending

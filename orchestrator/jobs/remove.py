@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.ec2 import live_instances, terminate
 from orchestrator.errors import UserError
-from orchestrator.jobs.notify import delete_targets
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView
 from orchestrator.jobs.stop import stop_job
+from orchestrator.jobs.targets import delete_targets
 from orchestrator.jobs.views import find_job
 from trainer.job import layout
 
