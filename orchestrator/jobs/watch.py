@@ -32,7 +32,7 @@ from orchestrator.errors import ExitCode, UserError
 from orchestrator.jobs.cost import JobCost, cost_of
 from orchestrator.jobs.health import Flag, job_health
 from orchestrator.jobs.launch import NoCapacity, QuotaExceeded
-from orchestrator.jobs.notify import Notifier
+from orchestrator.jobs.notify import SEND_TIMEOUT_S, Notifier
 from orchestrator.jobs.policy import Action, decide
 from orchestrator.jobs.record import JobStore, Unreadable, repair_hint
 from orchestrator.jobs.recover import job_spec, set_aside_final, settle_view, start_next
@@ -120,7 +120,9 @@ class Watcher:
         self._unfollowable: dict[str, int] = {}  # polls in a row each job could not be followed
         self.given_up: dict[str, str] = {}  # the jobs the watch gave up on, and why
         self.notifier = notifier or Notifier(
-            store, lambda region: self.clouds(region).client("sns", retries="once"), on_note=self._emit
+            store,
+            lambda region: self.clouds(region).client("sns", retries="once", timeout_s=SEND_TIMEOUT_S),
+            on_note=self._emit,
         )
 
     # ------------------------------------------------------------------------------------ polling
