@@ -2,7 +2,7 @@
 poll, the controller's tick or event): `Notifier.step(view, cost)`, called after the driver acted.
 
 Where the targets live: `spotctl launch` stores the job's `notify:` section (webhook URLs are bearer
-credentials) at layout.notify_targets(job id), under the storage root but outside the job's prefix; the
+credentials) through orchestrator.jobs.targets at layout.notify_targets(job id), outside the job's prefix; the
 trainer role is denied that path (infra/spotctl.yaml) and the job.yaml stored for the trainer leaves the
 section out (spec_file.dump_spec). Only the operator and the controller read it.
 
