@@ -180,7 +180,7 @@ TRUST_EC2 = {
 def trainer_policy() -> dict:
     """The stack's trainer role, as infra/spotctl.yaml grants it: read the prefix, write its jobs'
     trainer-owned objects."""
-    from orchestrator.aws.infra import trainer_write_arns
+    from orchestrator.aws.infra import trainer_denied_arns, trainer_write_arns
     from tests.cloud import BUCKET
 
     bucket = f"arn:aws:s3:::{BUCKET}"
@@ -199,6 +199,7 @@ def trainer_policy() -> dict:
                 "Action": ["s3:PutObject", "s3:DeleteObject"],
                 "Resource": trainer_write_arns(bucket, "spotctl"),
             },
+            {"Effect": "Deny", "Action": "s3:*", "Resource": trainer_denied_arns(bucket, "spotctl")},
         ],
     }
 

@@ -189,19 +189,20 @@ class Cloud:
         except botocore.exceptions.ProfileNotFound as exc:
             raise as_user_error(exc, "reading the AWS configuration") from None
         self._attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", 5))
-        self._clients: dict[tuple[str, str | None, str], object] = {}
+        self._clients: dict[tuple[str, str | None, str, float], object] = {}
 
-    def client(self, service: str, region: str | None = None, retries: Retries = "standard"):
-        """A client of `service`; `retries`: "standard", "adaptive" (describe bursts), "once" (run_instances)."""
-        key = (service, region, retries)
+    def client(self, service: str, region: str | None = None, retries: Retries = "standard", timeout_s: float = 0):
+        """A client of `service`; `retries`: "standard", "adaptive" (describe bursts), "once" (run_instances);
+        `timeout_s`: connect and read timeouts for calls that must not hold their caller (a notification)."""
+        key = (service, region, retries, timeout_s)
         if key not in self._clients:
             # total_max_attempts counts the first try (AWS_MAX_ATTEMPTS does too); botocore's
             # "max_attempts" here would count retries only, one more call than meant.
             attempts = 1 if retries == "once" else self._attempts
             config = Config(
                 retries={"mode": "standard" if retries == "once" else retries, "total_max_attempts": attempts},
-                connect_timeout=10,
-                read_timeout=60,
+                connect_timeout=timeout_s or 10,
+                read_timeout=timeout_s or 60,
             )
             extra = {"endpoint_url": self.endpoint.url} if self.endpoint else {}
             self._clients[key] = self._session.client(

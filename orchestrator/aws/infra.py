@@ -38,6 +38,7 @@ from orchestrator.aws.instances import CREATE_SPOT_ROLE, SPOT_SERVICE, SPOT_SERV
 from orchestrator.errors import UserError
 from trainer.job import layout
 from trainer.job.settings import Settings
+from trainer.job.spec import NotifyTarget
 
 if TYPE_CHECKING:
     from trainer.job.spec import JobSpec
@@ -76,6 +77,9 @@ TRAINER_WRITES = (
     layout.HEARTBEAT,
     layout.FINAL,
 )
+# What the trainer role is denied outright, relative to the storage prefix (its ReadUnderThePrefix grant
+# would reach it): the jobs' notify targets, whose webhook URLs are credentials.
+TRAINER_DENIED = (f"{layout.SECRETS}/*",)
 
 
 def profile_path() -> Path:
@@ -107,6 +111,16 @@ class Deployed:
     controller_log_group: str = ""
     controller_version: str = ""
     controller_sha256: str = ""
+    # `--notify`: the notify targets (e.g. {"slack": URL}) a job file without its own gets. Webhook URLs
+    # are credentials: the profile is written readable by its owner only, and `shown()` masks them.
+    notify: list[dict[str, str]] = field(default_factory=list)
+
+    def shown(self) -> dict:
+        """The profile entry as it may be printed: notify targets masked (trainer.job.secret)."""
+        return {
+            **asdict(self),
+            "notify": [NotifyTarget.model_validate(t).model_dump(mode="json", exclude_none=True) for t in self.notify],
+        }
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,7 @@ def _write_profile(deployed: Deployed | None, forget: tuple[str, str] | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(data, indent=1))
+    os.chmod(temporary, 0o600)  # it may hold webhook URLs (`--notify`): the operator's alone
     os.replace(temporary, path)
 
 
@@ -162,12 +177,40 @@ def job_defaults(data: dict) -> dict:
     }
     if data.get("storage") in (None, deployed.storage):  # the role reaches the stack's bucket prefix only
         defaults["compute"]["instance_profile"] = deployed.instance_profile
+    if deployed.notify:
+        defaults["notify"] = {"targets": [dict(target) for target in deployed.notify]}
     return defaults
+
+
+def notify_targets(given: tuple[str, ...]) -> list[dict[str, str]]:
+    """`--notify KIND=ADDRESS` values (slack=https://hooks.slack.com/..., sns=arn:aws:sns:...) as
+    profile entries, each checked as a job file's notify target would be."""
+    from pydantic import ValidationError
+
+    targets = []
+    for item in given:
+        kind, _, address = item.partition("=")
+        try:
+            NotifyTarget.model_validate({kind.strip(): address.strip()})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            what = error["msg"] if error["type"] != "extra_forbidden" else f"'{kind.strip()[:20]}' is no kind of target"
+            raise UserError(
+                f"--notify {kind.strip()[:20]}=...: {what}",
+                "write --notify KIND=ADDRESS, KIND one of webhook, slack, discord, sns",
+            ) from None
+        targets.append({kind.strip(): address.strip()})
+    return targets
 
 
 def trainer_write_arns(bucket_arn: str, prefix: str) -> list[str]:
     """The object ARNs the trainer role may write: TRAINER_WRITES under every job of the prefix."""
     return [f"{bucket_arn}/{prefix}/{layout.JOBS}/*/{path}" for path in TRAINER_WRITES]
+
+
+def trainer_denied_arns(bucket_arn: str, prefix: str) -> list[str]:
+    """The object ARNs the trainer role is denied every S3 action on: TRAINER_DENIED under the prefix."""
+    return [f"{bucket_arn}/{prefix}/{path}" for path in TRAINER_DENIED]
 
 
 def operator_policy(deployed: Deployed) -> dict:
@@ -207,6 +250,7 @@ def deploy(
     on_event: Callable[[str], None] = lambda line: None,
     vpc: str | None = None,
     controller: ControllerCode | None = None,
+    notify: list[dict[str, str]] | None = None,
 ) -> tuple[Deployed, list[str]]:
     """Create or update the stack, wait for it, secure the bucket, record the profile. Returns the
     outputs and what `secure_bucket` had to set. On an update, what is not given (None) keeps its
@@ -251,6 +295,9 @@ def deploy(
         }
         final = _apply(cloud, stack, final, given, on_event)
     outputs = outputs_of(final)
+    before = read_profile()
+    if notify is None:  # not given: the profile's targets for this stack stay
+        notify = before.notify if before and (before.stack, before.region) == (stack, cloud.region) else []
     deployed = Deployed(
         stack=stack,
         region=cloud.region,
@@ -268,6 +315,7 @@ def deploy(
         controller_log_group=outputs.get("ControllerLogGroup", ""),
         controller_version=outputs.get("SpotctlVersion", ""),
         controller_sha256=outputs.get("ControllerCodeSha256", ""),
+        notify=notify,
     )
     repaired = secure_bucket(cloud, deployed.bucket)
     _write_profile(deployed)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import click
 
@@ -71,6 +70,13 @@ def command() -> None:
     is_flag=True,
     help="Leave out the controller (EC2's events and a one-minute tick to a Lambda function that recovers jobs nobody watches); removes it from a stack that has it.",
 )
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="KIND=ADDRESS",
+    help="Where jobs without a notify section send notifications: webhook=URL, slack=URL, discord=URL or sns=TOPIC_ARN (repeatable; --notify none clears).",
+)
 @options.profile_option
 @options.json_option
 @click.pass_obj
@@ -84,11 +90,13 @@ def deploy(
     data_read: tuple[str, ...],
     vpc: str | None,
     no_controller: bool,
+    notify: tuple[str, ...],
     profile: str | None,
     as_json: bool,
 ) -> int:
     """Create or update the stack, wait for it, and remember its outputs for job files. On an update,
     options left out keep the stack's current values (the controller is there unless --no-controller)."""
+    targets = None if not notify else [] if notify == ("none",) else infra.notify_targets(notify)
     cloud = app.cloud(_region(region), profile)
     events = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     code = None
@@ -107,10 +115,11 @@ def deploy(
         on_event=events,
         vpc=vpc,
         controller=code,
+        notify=targets,
     )
     if as_json:
         click.echo(
-            json.dumps({**asdict(deployed), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2)
+            json.dumps({**deployed.shown(), "repaired": repaired, "profile": str(infra.profile_path())}, indent=2)
         )
         return 0
     if repaired:
@@ -162,7 +171,7 @@ def status(app: App, stack: str, region: str | None, profile: str | None, as_jso
                     "outputs": outputs,
                     "bucket_checks": checks,
                     "controller": controller,
-                    "profile": asdict(deployed) if deployed else None,
+                    "profile": deployed.shown() if deployed else None,
                 },
                 indent=2,
             )

@@ -44,7 +44,10 @@ def _add_fields(branch: Tree, model: BaseModel, filled_in: dict[str, str], prefi
         if isinstance(value, BaseModel):
             _add_fields(branch.add(Text(name, style="bold")), value, filled_in, f"{path}.")
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
-            section = branch.add(Text(name, style="bold"))
+            heading = Text(name, style="bold")
+            if path in filled_in:  # a whole list filled in (the stack's notify targets)
+                heading.append(f"  (from {filled_in[path]})", style="dim italic")
+            section = branch.add(heading)
             for i, item in enumerate(value):
                 _add_fields(section.add(Text(f"[{i}]")), item, filled_in, f"{path}[{i}].")
         else:

@@ -30,6 +30,7 @@ from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import stale_claim
+from orchestrator.jobs.targets import store_targets
 from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import catalog, layout
@@ -193,6 +194,7 @@ def launch(plan: Plan, cloud: Cloud, store: JobStore) -> JobRecord:
             f"job {plan.job_id} already exists under {store.root}",
             "launch again for a new job id, or `spotctl resume` it",
         ) from None
+    store_targets(store, plan.job_id, plan.spec.notify)  # before the record: no driver sees the job without them
     store.write_record(record, create=True)
     try:
         start_attempt(record, plan.spec, plan.offers.ranked, cloud, store, plan.user_data)

@@ -17,6 +17,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import JobView
 from orchestrator.jobs.stop import stop_job
+from orchestrator.jobs.targets import delete_targets
 from orchestrator.jobs.views import find_job
 from trainer.job import layout
 
@@ -69,6 +70,7 @@ def remove_job(
             terminate(clouds(view.record.region), left)
         removed.terminated = sorted(set(live) | set(left))
     objects = store.objects(job_id)
+    delete_targets(store, job_id)  # outside the job's prefix: its webhook URLs go with it
     store.delete_objects(job_id, [o for o in objects if o not in LAST])
     store.delete_objects(job_id, [o for o in objects if o in LAST])
     removed.objects = objects

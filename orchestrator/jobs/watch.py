@@ -32,6 +32,7 @@ from orchestrator.errors import ExitCode, UserError
 from orchestrator.jobs.cost import JobCost, cost_of
 from orchestrator.jobs.health import Flag, job_health
 from orchestrator.jobs.launch import NoCapacity, QuotaExceeded
+from orchestrator.jobs.notify import SEND_TIMEOUT_S, Notifier
 from orchestrator.jobs.policy import Action, decide
 from orchestrator.jobs.record import JobStore, Unreadable, repair_hint
 from orchestrator.jobs.recover import job_spec, set_aside_final, settle_view, start_next
@@ -101,6 +102,7 @@ class Watcher:
         options: WatchOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[Event], None] | None = None,
+        notifier: Notifier | None = None,
     ):
         self.store, self.job_ids, self.clouds, self.prices = store, list(job_ids), clouds, prices
         self.options = options or WatchOptions()
@@ -117,6 +119,11 @@ class Watcher:
         self._price_sources: dict[str, PriceSource] = {}
         self._unfollowable: dict[str, int] = {}  # polls in a row each job could not be followed
         self.given_up: dict[str, str] = {}  # the jobs the watch gave up on, and why
+        self.notifier = notifier or Notifier(
+            store,
+            lambda region: self.clouds(region).client("sns", retries="once", timeout_s=SEND_TIMEOUT_S),
+            on_note=self._emit,
+        )
 
     # ------------------------------------------------------------------------------------ polling
     def poll(self) -> dict[str, JobRow]:
@@ -165,7 +172,9 @@ class Watcher:
             return
         first = self._ended_at.setdefault(view.job_id, self.clock())
         unsettled = any(a.instance_id and a.ended_at is None for a in view.record.attempts)
-        if not unsettled or self.clock() - first >= self.options.settle_grace_s:
+        # A notification that failed is tried at the next polls (until sent or given up: bounded).
+        owed = self.notifier.owes(view.job_id)
+        if (not unsettled or self.clock() - first >= self.options.settle_grace_s) and not owed:
             self._finished.add(view.job_id)
 
     def done(self) -> bool:
@@ -229,6 +238,8 @@ class Watcher:
             fresh = self._reread(view)
             settle_view(self.store, fresh)  # e.g. the machine a stop just terminated: its end is known now
         self._note_state(fresh)
+        # After the action, never before it: a slow or dead webhook must not delay the next attempt.
+        self.notifier.step(fresh, lambda: cost_of(fresh, prices) if fresh.record.attempts else None)
         health = job_health(fresh)
         self._note_health(job_id, health)
         waiting = self._waiting.get(job_id)

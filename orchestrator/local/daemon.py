@@ -82,7 +82,7 @@ def seed_trainer_role(iam) -> None:
     read the sample datasets, as a stack deployed with `--data-read s3://BUCKET/DATASETS/`. The
     instances use the local credentials, not the role, but `spotctl doctor --local` reads its reach
     as on AWS, and a profile without a role is a problem there."""
-    from orchestrator.aws.infra import DEFAULT_PREFIX, data_arns, trainer_write_arns
+    from orchestrator.aws.infra import DEFAULT_PREFIX, data_arns, trainer_denied_arns, trainer_write_arns
 
     bucket = f"arn:aws:s3:::{BUCKET}"
     trust = {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
@@ -104,6 +104,7 @@ def seed_trainer_role(iam) -> None:
             "Action": ["s3:GetObject", "s3:ListBucket"],
             "Resource": data_arns(f"s3://{BUCKET}/{DATASETS}/"),
         },
+        {"Effect": "Deny", "Action": "s3:*", "Resource": trainer_denied_arns(bucket, DEFAULT_PREFIX)},
     ]
     iam.create_role(
         RoleName=INSTANCE_PROFILE,

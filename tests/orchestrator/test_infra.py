@@ -137,6 +137,7 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
         ],
         "ListThePrefix": f"arn:aws:s3:::{BUCKET}",
         "ReadDatasets": ["arn:aws:s3:::my-datasets", "arn:aws:s3:::my-datasets/imagenet/*"],
+        "DenyTheSecrets": [f"arn:aws:s3:::{BUCKET}/spotctl/secrets/*"],  # the jobs' notify targets
     }  # --data-read, read-only
     assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     [group] = boto3.client("ec2").describe_security_groups(GroupIds=[outputs["SecurityGroup"]])["SecurityGroups"]

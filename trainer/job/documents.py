@@ -234,6 +234,18 @@ class Attempt:
 
 
 @dataclass(config=_LENIENT)
+class Notified:
+    """One notification to one target (record.json's notified[key]; orchestrator.jobs.notify): claimed by
+    the driver about to send it, then sent, or failed (retried at a later poll) until given up."""
+
+    state: str  # claimed | sent | failed | gave_up
+    at: Timestamp
+    by: str | None = None  # the orchestrator process that claimed it
+    tries: Count = 0
+    error: str | None = None  # the last failure, with the target masked
+
+
+@dataclass(config=_LENIENT)
 class JobRecord:
     """What only the orchestrator knows of a job (record.json); the trainer's objects hold the rest."""
 
@@ -251,6 +263,8 @@ class JobRecord:
     budget_usd: Price | None = None  # budget.max_cost_usd, raised by `resume --budget`
     stop_requested_at: Timestamp | None = None  # control/stop written (by spotctl stop or the budget)
     attempts: list[Attempt] = field(default_factory=list)
+    # Each notification sent (or being sent) once: "<event key>@<target index>" -> how it went.
+    notified: dict[str, Notified] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:

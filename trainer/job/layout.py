@@ -18,6 +18,8 @@
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
     <storage>/lambda/<sha256>/<file>.zip    the controller's code (the wheel without torch, and its dependencies)
     <storage>/controller/tick.json          the controller's last tick
+    <storage>/secrets/<job id>/notify.json  the job's notify targets (webhook URLs): the operator and the
+                                            controller read it, the trainer role is denied it
 
 Paths of a job's objects are relative to its prefix (the trainer's storage root); `in_job` gives the
 same path relative to the storage root (the orchestrator's).
@@ -43,6 +45,7 @@ WHEELS = "wheels"
 LAMBDA_CODE = "lambda"
 CONTROLLER = "controller"
 CONTROLLER_TICK = f"{CONTROLLER}/tick.json"
+SECRETS = "secrets"  # outside every job's prefix; infra/spotctl.yaml denies the trainer role all of it
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
@@ -109,6 +112,11 @@ def attempt_of_metrics(name: str) -> int | None:
 def artifact(export_id: str, name: str) -> str:
     """An exported file; the manifest names it by `export_id/name`, relative to artifacts/."""
     return f"{ARTIFACTS}/{export_id}/{name}"
+
+
+def notify_targets(job_id: str) -> str:
+    """The job's notify targets, relative to the storage root (never under the job's own prefix)."""
+    return f"{SECRETS}/{job_id}/notify.json"
 
 
 def wheel_key(sha256: str, name: str) -> str:

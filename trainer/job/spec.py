@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic_core import PydanticCustomError
 
 from trainer.job import catalog as model_catalog
+from trainer.job.secret import Secret, masked
 
 DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.12-ubuntu-24.04/latest/ami-id"
 """The AWS Deep Learning AMI (OSS NVIDIA driver, PyTorch 2.12, Ubuntu 24.04), resolved per region through
@@ -686,6 +687,86 @@ class TrainSpec(Section):
         return []
 
 
+# ----------------------------------------------------------------------------------------------- notify
+NOTIFY_EVENTS = ("notice", "checkpoint", "attempt_started", "work_lost", "budget_stop", "failed", "succeeded")
+"""What a job tells its notify targets (orchestrator.jobs.notices builds each message)."""
+NOTIFY_KINDS = ("webhook", "slack", "discord", "sns")
+
+
+def _webhook_url(value: Secret) -> Secret:
+    # The message names the URL masked: a webhook URL is a credential, and validate's output is shared.
+    parts = urlparse(value.reveal().strip())
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise _spec_error(
+            f"'{masked(value.reveal())}' is not a webhook URL; write it like https://hooks.example.com/..."
+        )
+    return Secret(value.reveal().strip())
+
+
+def _sns_topic(value: str) -> str:
+    if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?", value):
+        raise _spec_error(
+            f"'{value[:80]}' is not an SNS topic ARN; write it like arn:aws:sns:us-east-1:123456789012:alerts"
+        )
+    return value
+
+
+WebhookUrl = Annotated[Secret, AfterValidator(_webhook_url)]
+
+
+class NotifyTarget(Section):
+    """One place notifications go: exactly one of `webhook`, `slack`, `discord`, `sns`."""
+
+    webhook: WebhookUrl | None = Field(None, examples=["https://hooks.example.com/spotctl"])
+    """A URL that gets each notification as a JSON POST: `{"event", "job_id", "title", "text", "fields"}`."""
+    slack: WebhookUrl | None = Field(None, examples=["https://hooks.slack.com/services/T000/B000/XXXX"])
+    """A Slack incoming-webhook URL: the message as `text` and `blocks`."""
+    discord: WebhookUrl | None = Field(None, examples=["https://discord.com/api/webhooks/1234/abcd"])
+    """A Discord webhook URL: the message as `content` and one embed."""
+    sns: Annotated[str, AfterValidator(_sns_topic)] | None = Field(
+        None, examples=["arn:aws:sns:us-east-1:123456789012:alerts"]
+    )
+    """An SNS topic ARN: the message published with its title as the subject (the sender needs sns:Publish)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> NotifyTarget:
+        given = [kind for kind in NOTIFY_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise _spec_error(
+                f"a notify target is exactly one of {', '.join(NOTIFY_KINDS)}"
+                + (f"; this one sets {' and '.join(given)}" if given else "; this one sets none")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in NOTIFY_KINDS if getattr(self, kind) is not None)
+
+    @property
+    def address(self) -> str:
+        """Where it goes, in full (a URL or a topic ARN): only for sending, never for showing."""
+        value = getattr(self, self.kind)
+        return value.reveal() if isinstance(value, Secret) else value
+
+    @property
+    def shown(self) -> str:
+        """Where it goes, as it may be shown: `slack https://hooks.slack.com/***`."""
+        return f"{self.kind} {getattr(self, self.kind)}"
+
+
+class NotifySpec(Section):
+    targets: list[NotifyTarget] = Field([], examples=[[{"slack": "https://hooks.slack.com/services/T000/B000/XXXX"}]])
+    """Where to send the job's notifications. Kept out of the job.yaml stored for the trainer: spotctl launch
+    stores them where only the operator and the controller can read them (SECURITY.md)."""
+    events: list[Literal[NOTIFY_EVENTS]] | None = Field(None, min_length=1, examples=[["failed", "succeeded"]])
+    """Which events to send (default: all): notice (spot notice received), checkpoint (saved on the notice),
+    attempt_started (the next attempt, its pool and price), work_lost (steps and cost repeated),
+    budget_stop, failed (reason and log tail), succeeded (metrics, cost, savings, artifacts)."""
+
+    def wants(self, event: str) -> bool:
+        return self.events is None or event in self.events
+
+
 # ----------------------------------------------------------------------------------------------- job
 class JobSpec(Section):
     """A spotctl job: what to train, where its state lives, and on what it may run."""
@@ -705,6 +786,8 @@ class JobSpec(Section):
     """How interruptions and failures are handled."""
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     """Spending limit."""
+    notify: NotifySpec = Field(default_factory=NotifySpec)
+    """Where to tell about interruptions, recoveries and the job's end (webhook, Slack, Discord, SNS)."""
     train: TrainSpec
     """The fine-tuning run."""
 

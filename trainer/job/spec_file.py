@@ -145,8 +145,10 @@ def _fill_missing(data: dict, defaults: dict) -> dict:
 
 
 def dump_spec(spec: JobSpec) -> str:
-    """The resolved spec as YAML (defaults filled in), as written next to a job's state."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved spec as YAML (defaults filled in), as written next to a job's state. Without `notify`:
+    its webhook URLs are credentials, and the stored job.yaml is readable by the trainer's role
+    (orchestrator.jobs.notify keeps them under layout.notify_targets instead)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude={"notify"}), sort_keys=False, allow_unicode=True)
 
 
 # ------------------------------------------------------------------------------------------- reading
