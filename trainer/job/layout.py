@@ -14,7 +14,10 @@
         best/step-<N>/                      the best model so far
         artifacts/manifest.json             the exported models, described (written last)
         artifacts/<export id>/<file>        the exported models
+        care/watch.json                     a running `spotctl watch`'s lease on the job (jobs.caretaker)
+        care/controller.json                what the controller remembers of the job between steps
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
+    <storage>/controller/tick.json          the controller's last schedule tick (time, version, actions)
 
 Paths of a job's objects are relative to its prefix (the trainer's storage root); `in_job` gives the
 same path relative to the storage root (the orchestrator's).
@@ -37,6 +40,9 @@ BEST = "best"
 ARTIFACTS = "artifacts"
 MANIFEST = f"{ARTIFACTS}/manifest.json"
 WHEELS = "wheels"
+WATCH_LEASE = "care/watch.json"
+CONTROLLER_MEMORY = "care/controller.json"
+CONTROLLER_TICK = "controller/tick.json"  # relative to the storage root, not to a job
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
