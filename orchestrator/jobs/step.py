@@ -187,7 +187,7 @@ class Stepper:
             return
         memory.waiting_since = memory.next_try = memory.delay = None
         if attempt is None:
-            self.emit(job_id, "another watcher is starting the next attempt")
+            self.emit(job_id, "another spotctl (a watch, the controller) is starting the next attempt")
             return
         self.emit(
             job_id,

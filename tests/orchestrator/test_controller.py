@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import botocore.exceptions
@@ -12,10 +14,10 @@ import pytest
 
 from orchestrator.aws.prices import FixedPrices
 from orchestrator.controller import handler as controller
-from orchestrator.jobs.caretaker import caretaker, controller_tick
+from orchestrator.jobs.caretaker import DEPLOY_HINT, caretaker, controller_tick
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.step import StepMemory
-from tests.cloud import BUCKET, MARKET, ON_DEMAND, STORAGE, settled_ec2
+from tests.cloud import BUCKET, EXAMPLE, MARKET, ON_DEMAND, STORAGE, launched_id, settled_ec2
 from tests.orchestrator.test_recovery import beat, instances, launch, live, record_of
 from tests.unit.test_controller_events import TICK
 from trainer.job import layout
@@ -174,3 +176,60 @@ def test_capacity_backoff_is_remembered_between_invocations(deployed, spotctl, a
     assert len(refused) == 2 * tried
     assert StepMemory.parse(store.read_bytes(job_id, layout.CONTROLLER_MEMORY)).delay == 60  # doubled
     assert record_of(job_id)["outcome"] is None  # until capacity_deadline_s
+
+
+# ------------------------------------------------------------------------------ who looks after a job
+def test_launch_and_ctrl_c_in_watch_say_whether_the_controller_looks_after_the_job(deployed, spotctl, monkeypatch):
+    from orchestrator.cli.watch import interrupted_message
+
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    job_id = launched_id(out)
+    assert code == 0 and err.endswith(
+        f"warning: no controller looks after {job_id}: nobody recovers an interruption until you run "
+        f"`spotctl watch {job_id}` (`spotctl infra deploy` deploys the controller (the local cloud: `spotctl local up`))\n"
+    )
+    store = JobStore(STORAGE)
+    assert interrupted_message([(store, [job_id])]).endswith(
+        "nothing recovers an interruption until you run `spotctl watch` or `spotctl resume` again. `spotctl stop JOB` stops one."
+    )
+
+    deployed(sqs(TICK), None)
+    code, out, err = spotctl("launch", str(EXAMPLE))
+    assert code == 0 and "warning" not in err
+    assert re.search(
+        r"^the controller \(last tick \d+s ago\) looks after it: interruptions are recovered with no watch running$",
+        out,
+        re.M,
+    )
+    assert re.search(
+        r"running \([\w-]+\): the controller \(last tick \d+s ago\) recovers it\. ",
+        interrupted_message([(store, [job_id])]),
+    )
+
+
+def test_a_watch_holds_a_lease_while_it_follows_and_gives_it_back(deployed, spotctl):
+    from orchestrator.cli import context
+    from orchestrator.jobs.caretaker import Lease
+    from orchestrator.jobs.watch import Watcher, WatchOptions
+    from trainer.job.settings import Settings
+
+    job_id = launch(spotctl)
+    store = JobStore(STORAGE)
+    lease = Lease(poll_s=10, holder="laptop:42")
+    watch = Watcher(
+        store, [job_id], context.App(Settings.from_env()).clouds(None), context.aws_prices, WatchOptions(), lease=lease
+    )
+    watch.poll()
+    care = caretaker(store, job_id)
+    assert (care.by, care.detail, care.fix) == ("watch", "spotctl watch on laptop:42", None)
+    assert caretaker(store, job_id, but="laptop:42").by == "nobody"  # the ending watch does not count itself
+    code, out, _ = spotctl("status", "--storage", STORAGE)
+    assert code == 0 and re.search(rf"{job_id}.*watch", out)
+
+    later = datetime.now(timezone.utc) + timedelta(seconds=61)  # a watch killed without Ctrl-C: it lapses
+    assert caretaker(store, job_id, now=later).by == "nobody"
+    watch.release()
+    care = caretaker(store, job_id)
+    assert (care.by, care.fix) == ("nobody", f"`spotctl watch {job_id}`, or {DEPLOY_HINT}")
+    code, out, _ = spotctl("status", "--storage", STORAGE)
+    assert f"! {job_id}: nobody recovers it: `spotctl watch {job_id}`, or {DEPLOY_HINT}" in out
