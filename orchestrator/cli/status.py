@@ -137,7 +137,7 @@ def command(
     )
     for u in unreachable:
         out.print(f"! {u.name}: {u.error}", markup=False, highlight=False)
-    for line in unreadable_lines(views) + unwatched_lines(views):
+    for line in unreadable_lines(views):
         out.print(line, markup=False, highlight=False)
     if hidden:
         out.print(
@@ -152,15 +152,6 @@ def command(
 def unreadable_lines(views: list[dict]) -> list[str]:
     """One line per object of the listed jobs that could not be read: `! URL: what is wrong`."""
     return [f"! {u['url']}: {u['problem']}" for view in views for u in view.get("unreadable") or ()]
-
-
-def unwatched_lines(views: list[dict]) -> list[str]:
-    """One line per listed job nobody looks after: `! JOB: nobody recovers it: the fix`."""
-    return [
-        f"! {view['job_id']}: nobody recovers it: {view['care']['fix']}"
-        for view in views
-        if view.get("care") and view["care"]["by"] == "nobody"
-    ]
 
 
 def _care(context: Context, view: JobView, tick: ControllerTick | None | object = UNREAD) -> Care | None:

@@ -264,7 +264,15 @@ def from_environment(on_event: Callable[[Event], None] | None = None) -> Control
 
 def handler(event: dict, context: Any = None) -> dict:
     """The Lambda function: an SQS batch in, the SQS partial batch response out."""
-    if not logging.getLogger().handlers:  # outside Lambda (which sets one up), still say what happens
-        logging.basicConfig(level=logging.INFO)
-    logging.getLogger("orchestrator").setLevel(logging.INFO)
+    _say_what_happens()
     return from_environment().handle(event)
+
+
+def _say_what_happens() -> None:
+    """Lambda's runtime logs the root logger's records at WARNING: the controller's INFO lines (what it
+    did, job by job) belong in its CloudWatch log too. A caller that chose a level keeps it."""
+    chosen = logging.getLogger("orchestrator")
+    if chosen.level == logging.NOTSET and logging.getLogger().level > logging.INFO:
+        if not logging.getLogger().handlers:
+            logging.basicConfig()
+        chosen.setLevel(logging.INFO)

@@ -232,4 +232,6 @@ def test_a_watch_holds_a_lease_while_it_follows_and_gives_it_back(deployed, spot
     care = caretaker(store, job_id)
     assert (care.by, care.fix) == ("nobody", f"`spotctl watch {job_id}`, or {DEPLOY_HINT}")
     code, out, _ = spotctl("status", "--storage", STORAGE)
-    assert f"! {job_id}: nobody recovers it: `spotctl watch {job_id}`, or {DEPLOY_HINT}" in out
+    assert code == 0 and re.search(rf"{job_id}.*nobody", out)
+    code, out, _ = spotctl("status", job_id, "--storage", STORAGE)
+    assert f"! looked after by: nobody\n  `spotctl watch {job_id}`, or {DEPLOY_HINT}" in out
