@@ -110,11 +110,12 @@ class Controller:
             message_id = message.get("messageId", "")
             try:
                 self.handle_message(message.get("body") or "")
-            except Transient as exc:
-                log.warning("message %s: will be delivered again: %s", message_id, exc)
-                failures.append({"itemIdentifier": message_id})
-            except Exception:  # noqa: BLE001 - one message's bug must not fail the batch (nor redeliver forever)
-                log.exception("message %s: cannot be handled", message_id)
+            except Exception as exc:  # noqa: BLE001 - one message's trouble must not fail the batch
+                if isinstance(exc, Transient) or transient(exc):  # e.g. S3 throttled listing the jobs
+                    log.warning("message %s: will be delivered again: %s", message_id, exc)
+                    failures.append({"itemIdentifier": message_id})
+                else:  # delivering it again would end the same way: logged, and the tick tries the job again
+                    log.exception("message %s: cannot be handled", message_id)
         return {"batchItemFailures": failures}
 
     def handle_message(self, body: str) -> None:
@@ -226,7 +227,6 @@ class Controller:
                 log.warning("%s: %s (transient)", job_id, message)
                 return Transient(message)
             log.error("%s: %s", job_id, message)
-            self.told.append(TickNote(job_id=job_id, message=message))
             return UserError(message) if not isinstance(exc, UserError) else exc
 
 
