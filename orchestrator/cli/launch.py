@@ -12,6 +12,7 @@ from orchestrator.cli.context import App
 from orchestrator.cli.doctor import render_checks
 from orchestrator.cli.offers import OFFER_HEADERS, offer_rows, warn
 from orchestrator.errors import ExitCode
+from orchestrator.jobs.caretaker import DEPLOY_HINT, caretaker
 from orchestrator.jobs.contexts import remember
 from orchestrator.jobs.launch import check_permissions, launch, plan_launch
 from orchestrator.jobs.preflight import before_boot, budget_checks, refuse_problems
@@ -103,7 +104,10 @@ def command(
     # The follow-up commands find the job with no flags: this root is one of the contexts now.
     remembered = remember(spec.storage, local=app.local is not None, profile=profile)
     attempt = record.attempts[-1]
+    care = None if then_watch else caretaker(store, record.job_id)
     if as_json and not then_watch:
+        if care.by == "nobody":
+            click.echo(f"warning: {unwatched(record.job_id)}", err=True)
         click.echo(
             json.dumps(
                 {
@@ -114,6 +118,7 @@ def command(
                     "zone": attempt.zone,
                     "spot_price": attempt.spot_price,
                     "job_url": record.job_url,
+                    "care": {"by": care.by, "detail": care.detail, "fix": care.fix},
                 },
                 indent=2,
             )
@@ -135,7 +140,19 @@ def command(
     click.echo(f"follow it:  spotctl watch {record.job_id}{flags}   (recovers interruptions)")
     click.echo(f"            spotctl status {record.job_id}{flags}")
     click.echo(f"            spotctl logs {record.job_id}{flags} --follow")
+    if care.by == "controller":
+        click.echo(f"{care.detail} looks after it: interruptions are recovered with no watch running")
+    else:
+        click.echo(f"warning: {unwatched(record.job_id)}", err=True)
     return 0
+
+
+def unwatched(job_id: str) -> str:
+    """What a launch without --watch says when no controller ticks for the storage root."""
+    return (
+        f"no controller looks after {job_id}: nobody recovers an interruption until you run "
+        f"`spotctl watch {job_id}` ({DEPLOY_HINT})"
+    )
 
 
 def _follow_up_flags(app: App, storage: str, profile: str | None, remembered: bool) -> str:

@@ -22,6 +22,7 @@ from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.errors import UserError
 from orchestrator.jobs import artifacts
+from orchestrator.jobs.caretaker import UNREAD, Care, caretaker, controller_tick
 from orchestrator.jobs.contexts import Context
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.record import repair_hint
@@ -29,7 +30,7 @@ from orchestrator.jobs.state import JobView
 from orchestrator.jobs.status import schema, status_document
 from orchestrator.jobs.views import find_job, listed, read_views
 from trainer.job import layout
-from trainer.job.documents import JobState
+from trainer.job.documents import ControllerTick, JobState
 from trainer.job.spec import did_you_mean
 
 
@@ -88,6 +89,7 @@ def command(
             cost_of(found, context.prices(context.clouds(found.record.region))) if found.record else None,
             with_cost=True,
             context=context.name,
+            care=_care(context, found),
         )
         if as_json:
             click.echo(json.dumps(view, indent=2))
@@ -152,6 +154,13 @@ def unreadable_lines(views: list[dict]) -> list[str]:
     return [f"! {u['url']}: {u['problem']}" for view in views for u in view.get("unreadable") or ()]
 
 
+def _care(context: Context, view: JobView, tick: ControllerTick | None | object = UNREAD) -> Care | None:
+    """Who looks after a job that is not over (None once it is: nobody needs to)."""
+    if view.record is None or view.state.terminal:
+        return None
+    return caretaker(context.store, view.job_id, tick=tick)
+
+
 def _record_problem(view: dict) -> dict | None:
     """The unreadable record.json of an `unreadable` job (the document names it among its objects)."""
     return next((u for u in view.get("unreadable") or () if u["url"].endswith("/" + layout.RECORD)), None)
@@ -159,7 +168,7 @@ def _record_problem(view: dict) -> dict | None:
 
 def list_headers(with_context: bool) -> list[str]:
     """The list's columns; `context` only when jobs come from several."""
-    headers = ["job", "state", "attempts", "instance", "progress", "val acc", "cost", "created"]
+    headers = ["job", "state", "attempts", "instance", "progress", "val acc", "cost", "created", "care"]
     return [headers[0], "context", *headers[1:]] if with_context else headers
 
 
@@ -171,12 +180,19 @@ def documents(listing: list[tuple[Context, JobView]]) -> list[dict]:
     context, priced in parallel, one price source per (context, region)."""
     sources: dict[tuple[str, str], PriceSource] = {}
 
+    # One read of each root's controller tick; then a lease read per live job (in the pool).
+    ticks = {
+        context.name: controller_tick(context.store)
+        for context in {c.name: c for c, v in listing if v.record is not None and not v.state.terminal}.values()
+    }
+
     def priced(item: tuple[Context, JobView]) -> dict:
         context, view = item
         if view.record is None:
             return status_document(view, with_cost=True, context=context.name)
         cost = cost_of(view, sources[context.name, view.record.region])
-        return status_document(view, cost, with_cost=True, context=context.name)
+        care = _care(context, view, ticks.get(context.name))
+        return status_document(view, cost, with_cost=True, context=context.name, care=care)
 
     # A region's source is built once, before the pool (AwsPrices reads its cache file when created).
     for context, view in listing:
@@ -199,6 +215,7 @@ def list_row(view: dict, with_context: bool = False) -> list:
         _metric(view),
         cost_text(cost) if cost else None,
         render.age(view["created_at"]),
+        (view.get("care") or {}).get("by"),
     ]
     return [row[0], view.get("context"), *row[1:]] if with_context else row
 
@@ -311,6 +328,11 @@ def job_panel(view: dict):
         lines.append(Text(f"artifacts: {artifacts.summary(view['artifacts'])}"))
     for flag in view["health"]:
         lines.append(Text(f"! {flag['message']}" + (f" ({flag['hint']})" if flag["hint"] else "")))
+    care = view.get("care")
+    if care:
+        lines.append(Text(f"{'! ' if care['by'] == 'nobody' else ''}looked after by: {care['detail']}"))
+        if care["fix"]:
+            lines.append(Text(f"  {care['fix']}"))
     if broken:
         return Group(*lines)
     per_attempt = {a["number"]: a for a in (cost or {}).get("attempts") or ()}

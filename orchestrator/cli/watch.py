@@ -25,7 +25,7 @@ from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.cli.status import cost_text, job_panel, progress_text
 from orchestrator.errors import ExitCode
-from orchestrator.jobs.caretaker import left_alone
+from orchestrator.jobs.caretaker import Lease, left_alone
 from orchestrator.jobs.contexts import Context
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.record import JobStore
@@ -122,10 +122,11 @@ def follow_contexts(
 ) -> int:
     """One Watcher per context, polled in turn, with one live view. Ctrl-C ends the watch, not the jobs."""
     watchers: list[Watcher] = []
+    lease = Lease((watch_options or WatchOptions()).poll_s)  # `spotctl status` shows this watch looks after them
 
     def watchers_telling(on_event) -> list[Watcher]:
         watchers[:] = [
-            Watcher(context.store, ids, context.clouds, context.prices, watch_options, on_event=on_event)
+            Watcher(context.store, ids, context.clouds, context.prices, watch_options, on_event=on_event, lease=lease)
             for context, ids in groups
         ]
         return watchers
@@ -159,20 +160,31 @@ def follow_contexts(
                     after_poll=lambda rows: live.update(table(rows)),
                 )
     except KeyboardInterrupt:
-        left = [j for w in watchers for j in w.job_ids if not (j in w.rows and w.rows[j].view.state.terminal)]
-        click.echo(interrupted_message(left or [j for _, ids in groups for j in ids]), err=True)
+        for watcher in watchers:
+            watcher.release()
+        left = [
+            (w.store, [j for j in w.job_ids if not (j in w.rows and w.rows[j].view.state.terminal)] or w.job_ids)
+            for w in watchers
+        ] or [(context.store, ids) for context, ids in groups]
+        click.echo(interrupted_message(left, lease.holder), err=True)
         return ExitCode.ABORTED
+    finally:
+        for watcher in watchers:
+            watcher.release()  # a second time after Ctrl-C: nothing left to release
     for watcher in watchers:
         _summary(out, watcher.store, watcher)
     return code
 
 
-def interrupted_message(job_ids: list[str]) -> str:
-    """What Ctrl-C in watch leaves behind: the jobs go on, and who (if anyone) recovers them now."""
+def interrupted_message(groups: list[tuple[JobStore, list[str]]], holder: str | None = None) -> str:
+    """What Ctrl-C in watch leaves behind: the jobs go on, and who (if anyone) recovers them now (this
+    watch, lease `holder`, no longer)."""
+    job_ids = [job_id for _, ids in groups for job_id in ids]
     jobs = ", ".join(job_ids)
+    who = "; ".join(left_alone(store, ids, but=holder) for store, ids in groups if ids)
     return (
         f"stopped watching; {'the job keeps' if len(job_ids) == 1 else 'the jobs keep'} running ({jobs}): "
-        f"{left_alone(job_ids)}. `spotctl stop JOB` stops one."
+        f"{who}. `spotctl stop JOB` stops one."
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from orchestrator.jobs.caretaker import Care
 from orchestrator.jobs.cost import JobCost
 from orchestrator.jobs.health import job_health
 from orchestrator.jobs.state import JobView, eta_left_s, heartbeat_age, settled
@@ -156,6 +157,17 @@ class CostStatus(_Part):
     """figures that are estimates or leave something out"""
 
 
+class CareStatus(_Part):
+    """Who looks after the job (jobs.caretaker): recovers its next interruption, stops it at its budget."""
+
+    by: str
+    """controller (a deployed controller ticked within 3 minutes), watch (a running `spotctl watch` holds its lease) or nobody"""
+    detail: str
+    """in words, e.g. the controller (last tick 40s ago)"""
+    fix: str | None
+    """nobody: the command that makes someone look after it"""
+
+
 class JobStatus(_Part):
     """A job as `spotctl status JOB --json` prints it (`spotctl status --json` lists these).
 
@@ -190,6 +202,8 @@ class JobStatus(_Part):
     """what the job cost (null when nothing ran yet)"""
     context: str | None = None
     """where spotctl found the job: `local` (the local cloud) or its storage root (`spotctl status`)"""
+    care: CareStatus | None = None
+    """who looks after the job while it is not over (null once it is)"""
 
 
 def status_document(
@@ -198,9 +212,10 @@ def status_document(
     with_cost: bool = False,
     now: datetime | None = None,
     context: str | None = None,
+    care: Care | None = None,
 ) -> dict:
     """The job's `status --json` document as of `now` (default: now); `with_cost` adds `cost` (null when
-    nothing ran yet), `context` where the job was found."""
+    nothing ran yet), `context` where the job was found, `care` who looks after it (jobs.caretaker)."""
     view = settled(view, now)
     beat, record = view.heartbeat, view.record
     attempts = (
@@ -251,6 +266,7 @@ def status_document(
         artifacts=view.artifacts.written() if view.artifacts else None,
         **({"cost": cost.as_dict() if cost else None} if with_cost else {}),
         **({"context": context} if context else {}),
+        **({"care": {"by": care.by, "detail": care.detail, "fix": care.fix}} if care else {}),
     )
     return document.model_dump(mode="json", exclude_unset=True)
 

@@ -370,10 +370,11 @@ def test_status_stop_and_logs(account, spotctl):
             "29m",
             row.split()[12],  # 1750 s at the heartbeat, less the seconds since: 10s, 9s, ...
             "87.5%",
-            *row.split()[-3:],  # the cost so far (a minute's minimum and seconds of volume) and the age: "0s ago"
+            *row.split()[-4:-1],  # the cost so far (a minute's minimum and seconds of volume) and the age: "0s ago"
+            "nobody",  # no controller ticks and no watch runs: who looks after it
         ]
     )
-    assert re.fullmatch(r"\d+s", row.split()[12]) and row.split()[-3].startswith("$") and row.split()[-1] == "ago"
+    assert re.fullmatch(r"\d+s", row.split()[12]) and row.split()[-4].startswith("$") and row.split()[-2] == "ago"
     code, out, _ = spotctl("status", job_id, "--storage", STORAGE, "--json")
     view = json.loads(out)
     assert view["state"] == "running" and view["attempts"][0]["instance_state"] == "running"

@@ -87,3 +87,10 @@ def test_no_module_of_the_control_plane_imports_torch():
             if path.name == "catalog.py" and node.col_offset > 0:
                 continue
             assert not any(n.split(".")[0] in ("torch", "torchvision") for n in names), f"{path}:{node.lineno}"
+
+
+def test_the_controller_handler_imports_without_torch(no_torch_env):
+    """The Lambda package is built without torch: its entry and what it runs must import without it."""
+    code = "import orchestrator.controller.handler as h; assert callable(h.handler)"
+    result = subprocess.run([sys.executable, "-c", code], env=no_torch_env, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

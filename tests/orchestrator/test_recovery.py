@@ -176,31 +176,44 @@ def test_the_trainers_interrupted_marker_starts_the_next_attempt_before_ec2_term
     assert len(instances(job_id)) == 2
 
 
-def test_two_concurrent_watchers_start_exactly_one_instance_per_attempt(account, aws, spotctl):
+def test_two_concurrent_watchers_and_the_controller_start_exactly_one_instance_per_attempt(
+    account, aws, spotctl, monkeypatch
+):
+    from orchestrator.controller import handler as controller
+    from tests.orchestrator.test_controller import sqs, terminated
+
+    monkeypatch.setenv("SPOTCTL_STORAGE", STORAGE)
+    monkeypatch.setattr(controller, "prices_for", lambda cloud: FixedPrices(MARKET, ON_DEMAND))
+    monkeypatch.setattr(controller, "_clouds", {})
     job_id = launch(spotctl)
     watchers = [watcher([job_id]), watcher([job_id])]
     for number in range(1, 4):
-        aws.interrupt(live(job_id)[0]["InstanceId"])
-        barrier = threading.Barrier(2)
-        errors = []
+        interrupted = live(job_id)[0]["InstanceId"]
+        aws.interrupt(interrupted)
+        racers = [w.poll for w in watchers] + [lambda gone=interrupted: controller.handler(sqs(terminated(gone)), None)]
+        barrier = threading.Barrier(len(racers))
+        errors, answers = [], []
 
-        def poll(w, barrier=barrier, errors=errors):
+        def race(act, barrier=barrier, errors=errors, answers=answers):
             barrier.wait()
             try:
-                w.poll()
+                answers.append(act())
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=poll, args=(w,)) for w in watchers]
+        threads = [threading.Thread(target=race, args=(act,)) for act in racers]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         assert not errors
+        assert {"batchItemFailures": []} in answers  # the controller's batch went through
         assert [i["attempt"] for i in instances(job_id)] == list(
             range(1, number + 2)
         )  # one instance per attempt, never two
     assert [a["number"] for a in record_of(job_id)["attempts"]] == [1, 2, 3, 4]
+    runs = {call: n for call, n in aws.calls().items() if call.startswith("ec2:RunInstances")}
+    assert runs == {"ec2:RunInstances:sent": 4}  # launch's, then only the racer whose claim won sends one
 
 
 def test_max_interruptions_gives_the_job_up(account, aws, spotctl, tmp_path):

@@ -14,7 +14,9 @@ from testbed import REPO
 from trainer.job import layout
 
 MAX_PACKAGE_DEPTH = 6  # __main__ -> cli -> jobs -> aws -> errors today: 5
-MAX_MODULE_DEPTH = 8  # __main__ -> cli -> jobs.watch -> jobs.recover -> jobs.launch -> aws.ec2 -> aws.clients -> errors
+# __main__ -> cli -> jobs.watch -> jobs.step (the decision step the controller runs too) -> jobs.recover ->
+# jobs.launch -> aws.ec2 -> aws.clients -> errors
+MAX_MODULE_DEPTH = 9
 
 
 def module_name(path: Path) -> str:

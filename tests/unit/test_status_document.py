@@ -7,6 +7,7 @@ import json
 
 import jsonschema
 
+from orchestrator.jobs.caretaker import Care
 from orchestrator.jobs.cost import AttemptCost, JobCost
 from orchestrator.jobs.status import JobStatus, schema, status_document
 from tests.unit.jobs import attempt, beat, final, instance, record, view
@@ -46,7 +47,13 @@ def documents() -> list[dict]:
     spent = JobCost([AttemptCost(1, 600.0, 0.0, 0.16, True, 0.0, 0.0, 0.0)], 0.0, 0.16, 1.0, 0, 0.0, 0.4, 0.01)
     return [
         status_document(running),
-        status_document(running, spent, with_cost=True, context="local"),
+        status_document(
+            running,
+            spent,
+            with_cost=True,
+            context="local",
+            care=Care("nobody", "nobody", "`spotctl watch j`, or deploy the controller"),
+        ),
         status_document(done, None, with_cost=True),
         status_document(view(record())),
     ]
@@ -67,6 +74,12 @@ def test_every_field_is_described_and_nothing_printed_is_undocumented():
 
 def test_the_documents_read_as_before():
     running, with_cost, done, pending = documents()
+    assert with_cost["care"] == {
+        "by": "nobody",
+        "detail": "nobody",
+        "fix": "`spotctl watch j`, or deploy the controller",
+    }
+    assert "care" not in running and "care" not in done
     assert "cost" not in running and with_cost["cost"]["current_usd_per_hour"] == 0.4 and done["cost"] is None
     assert [a.get("instance_state") for a in running["attempts"]] == [
         None,

@@ -529,3 +529,29 @@ class Manifest(Document):
     torchvision: str | None = None
     formats: dict[str, dict[str, Any]] = {}
     files: dict[str, ArtifactFile] = {}
+
+
+# ----------------------------------------------------------------------- who looks after a job
+class WatchLease(Document):
+    """care/watch.json: a `spotctl watch` follows the job, until `expires_at` unless it renews it."""
+
+    holder: str | None = None  # host:pid of the watch
+    updated_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
+
+
+class TickNote(BaseModel):
+    model_config = _LENIENT
+    job_id: str
+    message: str
+
+
+class ControllerTick(Document):
+    """controller/tick.json: the serverless controller's last schedule tick (orchestrator.controller)."""
+
+    at: Timestamp | None = None  # when the tick ended
+    version: str | None = None  # spotctl's version the controller runs
+    took_s: float | None = None
+    jobs_seen: list[str] = []  # the jobs it reconciled (every non-terminal one under the root)
+    actions: list[TickNote] = []  # what it did and told, job by job
+    errors: list[TickNote] = []  # the jobs it could not handle, and why

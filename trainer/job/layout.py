@@ -15,6 +15,8 @@
         best/step-<N>/                      the best model so far
         artifacts/manifest.json             the exported models, described (written last)
         artifacts/<export id>/<file>        the exported models
+        care/watch.json                     a running `spotctl watch`'s lease on the job (jobs.caretaker)
+        care/controller.json                what the controller remembers of the job between steps
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
     <storage>/lambda/<sha256>/<file>.zip    the controller's code (the wheel without torch, and its dependencies)
     <storage>/controller/tick.json          the controller's last tick
@@ -46,6 +48,8 @@ LAMBDA_CODE = "lambda"
 CONTROLLER = "controller"
 CONTROLLER_TICK = f"{CONTROLLER}/tick.json"
 SECRETS = "secrets"  # outside every job's prefix; infra/spotctl.yaml denies the trainer role all of it
+WATCH_LEASE = "care/watch.json"
+CONTROLLER_MEMORY = "care/controller.json"
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")

@@ -82,6 +82,7 @@ class Settings:
     wheel: Path | None
     heartbeat_seconds: float
     imds_poll_seconds: float
+    region: str | None = None  # AWS_REGION (else AWS_DEFAULT_REGION): the controller's own region
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +94,7 @@ class Settings:
             wheel=Path(env["SPOTCTL_WHEEL"]) if env.get("SPOTCTL_WHEEL") else None,
             heartbeat_seconds=float(env.get("SPOTCTL_HEARTBEAT_SECONDS") or 15),
             imds_poll_seconds=float(env.get("SPOTCTL_IMDS_POLL_SECONDS") or 5),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )
 
 
