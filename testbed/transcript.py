@@ -19,6 +19,8 @@ STEP = "== 3. "  # scripts/demo.sh's header of the step the README shows: `spotc
 
 # What varies from run to run, most specific first: (pattern, placeholder).
 _VARYING = [
+    # int8's speed against fp32 is measured on a shared CPU: a figure, or not measurable (jobs.artifacts.speed)
+    (re.compile(r"\d+(\.\d+)?x (faster|slower)|as fast as fp32|speed not measured reliably"), "<speed>"),
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), "<iso>"),
     (re.compile(r"\b\d\d:\d\d:\d\d\b"), "<time>"),
     (re.compile(r"\b[a-z][a-z0-9-]*-\d{6}-[0-9a-f]{4}\b"), "<job>"),
