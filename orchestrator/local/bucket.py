@@ -67,6 +67,8 @@ def contents(s3, bucket: str, storage_prefix: str) -> Contents:
     """Count the bucket's objects: jobs and wheels under the storage prefix (spotctl's), the rest as data."""
     found, jobs = Contents(), set()
     jobs_at, wheels_at = f"{storage_prefix}/{layout.JOBS}/", f"{storage_prefix}/{layout.WHEELS}/"
+    # spotctl's own bookkeeping (the controller's tick, notify secrets, its code): in the total, not data
+    own_at = tuple(f"{storage_prefix}/{folder}/" for folder in (layout.CONTROLLER, layout.SECRETS, layout.LAMBDA_CODE))
     for entry in _keys(s3, bucket):
         key = entry["Key"]
         found.objects += 1
@@ -75,6 +77,8 @@ def contents(s3, bucket: str, storage_prefix: str) -> Contents:
             jobs.add(key[len(jobs_at) :].split("/", 1)[0])
         elif key.startswith(wheels_at):
             found.wheels += key.endswith(".whl")
+        elif key.startswith(own_at):
+            continue
         else:
             folder = "/".join(key.split("/")[:2]) if key.count("/") >= 2 else key.rpartition("/")[0] or key
             found.data[folder] = found.data.get(folder, 0) + 1

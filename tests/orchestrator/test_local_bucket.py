@@ -21,6 +21,7 @@ OBJECTS = {
     WHEEL: b"PK" + bytes(2000),
     "datasets/shapes/train/circle/0000.png": b"\x89PNG",
     "datasets/shapes/val/circle/0000.png": b"\x89PNG",
+    f"{STORAGE_PREFIX}/controller/tick.json": b"{}",  # spotctl's own bookkeeping: counted, not data
 }
 
 
@@ -43,9 +44,9 @@ def test_the_contents_are_told_apart_as_jobs_wheels_and_data(aws):
         ["quickstart-261125-0a1b", "quickstart-261125-fbe7"],
         1,
         {"datasets/shapes": 2},
-        6,
+        7,
     )
-    assert found.describe() == ("2 jobs, 1 wheel and 2 objects of data (datasets/shapes); 6 objects, 2.0 KiB in all")
+    assert found.describe() == ("2 jobs, 1 wheel and 2 objects of data (datasets/shapes); 7 objects, 2.0 KiB in all")
     assert bucket.Contents().describe() == "no objects"
 
 
