@@ -9,6 +9,15 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
+# The recovery benches' spot market ((type, zone) -> $/h) and on-demand list prices ($/h).
+MARKET = {
+    ("g4dn.xlarge", "us-east-1a"): 0.21,
+    ("g4dn.xlarge", "us-east-1b"): 0.24,
+    ("g6.xlarge", "us-east-1a"): 0.33,
+    ("g5.xlarge", "us-east-1b"): 0.38,
+}
+ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
+
 
 def parser(doc: str) -> argparse.ArgumentParser:
     """The options every benchmark takes; the module docstring is the help text."""

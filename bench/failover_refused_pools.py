@@ -26,7 +26,7 @@ import time
 
 import boto3
 
-from bench.common import moto_process_bucket, parser, print_table, quiet_logging, running_job, write_json
+from bench.common import ON_DEMAND, moto_process_bucket, parser, print_table, quiet_logging, running_job, write_json
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.prices import FixedPrices
 from orchestrator.jobs.record import JobStore
@@ -41,7 +41,6 @@ MARKET = {
     ("g5.xlarge", "us-east-1b"): 0.38,  # refused
     ("g5.xlarge", "us-east-1c"): 0.41,  # granted
 }
-ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
 REFUSED = ["g4dn.xlarge/us-east-1b", "g6.xlarge/us-east-1a", "g5.xlarge/us-east-1b"]
 
 

@@ -25,20 +25,21 @@ import time
 
 import boto3
 
-from bench.common import moto_process_bucket, parser, print_table, quiet_logging, running_job, write_json
+from bench.common import (
+    MARKET,
+    ON_DEMAND,
+    moto_process_bucket,
+    parser,
+    print_table,
+    quiet_logging,
+    running_job,
+    write_json,
+)
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.prices import FixedPrices
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.watch import Watcher, WatchOptions
 from trainer.job.spec_file import dump_spec, load_spec
-
-MARKET = {
-    ("g4dn.xlarge", "us-east-1a"): 0.21,
-    ("g4dn.xlarge", "us-east-1b"): 0.24,
-    ("g6.xlarge", "us-east-1a"): 0.33,
-    ("g5.xlarge", "us-east-1b"): 0.38,
-}
-ON_DEMAND = {"g5.xlarge": 1.006, "g6.xlarge": 0.8048, "g4dn.xlarge": 0.526}
 
 
 def measure(store: JobStore, spec_text: str, ami: str, n: int, how: str) -> float:
