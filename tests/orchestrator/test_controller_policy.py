@@ -147,6 +147,10 @@ def test_it_reaches_only_the_prefix_its_queue_and_its_log_group():
     assert not allowed("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/other:log-stream:s")
     assert not allowed("logs:CreateLogGroup", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:x")
     assert not allowed("logs:DeleteLogGroup", stream)
+    # notifications to the account's own SNS topics, not another account's; nothing else of SNS
+    assert allowed("sns:Publish", f"arn:aws:sns:eu-west-1:{ACCOUNT}:alerts")
+    assert not allowed("sns:Publish", "arn:aws:sns:us-east-1:999999999999:alerts")
+    assert not allowed("sns:CreateTopic", f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts")
 
 
 def test_no_statement_grants_everything():
