@@ -121,6 +121,14 @@ def parse_checked(
     except Refused as exc:
         raise _refused(source, exc) from None
     data, lines = _parse_yaml(text, source)
+    return validate_job(data, lines, source, base_dir, defaults)
+
+
+def validate_job(
+    data: dict, lines: dict, source: str, base_dir: Path | None = None, defaults: Defaults | None = None
+) -> tuple[JobSpec, list[LocatedProblem]]:
+    """A parsed job mapping (with its lines, `_parse_yaml`'s) as a JobSpec and its warnings; SpecError.
+    A job inside another file (a sweep's inline `job:`) passes its part of that file's lines."""
     if defaults is not None and isinstance(data, dict):
         data = _fill_missing(data, defaults(data))
     try:
@@ -132,6 +140,34 @@ def parse_checked(
         raise SpecError(source, [_locate(p, lines, source, key_line=False) for p in problems])
     warnings = [_locate(p, lines, source, key_line=True) for p in inapplicable(spec)]
     return spec, sorted(warnings, key=lambda p: (p.line or 0, p.path))
+
+
+def read_mapping(location: str | Path) -> tuple[dict, dict[Loc, tuple[int, int]], Path | None]:
+    """Another YAML file read as job files are (a sweep file: orchestrator.sweeps.spec): within the same
+    bounds, as a mapping, with each key's (key line, value line) by location, and the folder its
+    relative paths are relative to (None: a remote file). SpecError with the file's problems."""
+    location = str(location)
+    local = _local_path(location)
+    text = _read_text(location, local)
+    try:
+        bounded_yaml.check_text(text)
+    except Refused as exc:
+        raise _refused(location, exc) from None
+    data, lines = _parse_yaml(text, location)
+    return data, lines, local.parent if local else None
+
+
+def locate_errors(
+    exc: ValidationError, data: dict, lines: dict, source: str, model: type[BaseModel]
+) -> list[LocatedProblem]:
+    """A pydantic error of `model` (validated from `data`) as one located line per problem."""
+    return _locate_pydantic(exc, data, lines, source, model)
+
+
+def locate(problem: Problem, lines: dict, source: str, key_line: bool = False) -> LocatedProblem:
+    """A problem at a location (`Problem.loc`) of a file read by `read_mapping`, with its line: the
+    value's (key_line: the key's), or the nearest enclosing key's when the location is not in the file."""
+    return _locate(problem, lines, source, key_line)
 
 
 def _fill_missing(data: dict, defaults: dict) -> dict:
@@ -292,7 +328,9 @@ def _union_tag_at(loc: Loc, data) -> int | None:
     return None
 
 
-def _locate_pydantic(exc: ValidationError, data: dict, lines: dict, source: str) -> list[LocatedProblem]:
+def _locate_pydantic(
+    exc: ValidationError, data: dict, lines: dict, source: str, model: type[BaseModel] = JobSpec
+) -> list[LocatedProblem]:
     plain, unions = [], {}
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
@@ -319,7 +357,7 @@ def _locate_pydantic(exc: ValidationError, data: dict, lines: dict, source: str)
             )
     located = []
     for error in plain:
-        message = _message(error)
+        message = _message(error, model)
         key_line = error["type"] in ("extra_forbidden", "missing")
         located.append(_locate(Problem(tuple(error["loc"]), message), lines, source, key_line))
     return sorted(located, key=lambda p: (p.line or 0, p.path))
@@ -375,13 +413,13 @@ _BOUNDS = {
 }
 
 
-def _message(error: dict) -> str:
+def _message(error: dict, model: type[BaseModel] = JobSpec) -> str:
     kind, loc, value = error["type"], error["loc"], error.get("input")
-    field = _field_at(loc)
+    field = _field_at(loc, model)
     if kind == "spec":
         return error["msg"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], model)
         hint = did_you_mean(str(loc[-1]), allowed) or f"; valid keys here: {', '.join(allowed)}"
         return f"unknown key '{clip(str(loc[-1]))}'{hint}"
     if kind == "missing":
@@ -449,8 +487,11 @@ def _model_in(annotation) -> type[BaseModel] | None:
     return None
 
 
-def _field_at(loc: Loc):
-    model, field = JobSpec, None
+model_in = _model_in  # for readers of other files that name job fields by path (orchestrator.sweeps.spec)
+
+
+def _field_at(loc: Loc, model: type[BaseModel] | None = JobSpec):
+    field = None
     for part in loc:
         if isinstance(part, int):
             continue
@@ -461,8 +502,7 @@ def _field_at(loc: Loc):
     return field
 
 
-def _allowed_keys(loc: Loc) -> list[str]:
-    model: type[BaseModel] | None = JobSpec
+def _allowed_keys(loc: Loc, model: type[BaseModel] | None = JobSpec) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
