@@ -22,6 +22,7 @@ from orchestrator.cli import (
     schema,
     status,
     stop,
+    sweep,
     validate,
     watch,
 )
@@ -66,6 +67,7 @@ for module in (
     resume,
     artifacts,
     rm,
+    sweep,
     infra,
     local,
 ):

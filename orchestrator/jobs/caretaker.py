@@ -65,10 +65,25 @@ def watch_lease(store: JobStore, job_id: str, now: datetime | None = None) -> Wa
         lease = WatchLease.parse(store.read_bytes(job_id, layout.WATCH_LEASE))
     except (FileNotFoundError, PermissionError):
         return None
+    return lease if unexpired(lease, now) else None
+
+
+def unexpired(lease: WatchLease | None, now: datetime | None = None) -> bool:
+    """Whether a lease (a watch's on a job, a sweep driver's on its sweep) still holds at `now`."""
     now = now or datetime.now(timezone.utc)
-    if lease is None or lease.expires_at is None or datetime.fromisoformat(lease.expires_at) < now:
-        return None
-    return lease
+    return lease is not None and lease.expires_at is not None and datetime.fromisoformat(lease.expires_at) >= now
+
+
+def lease_body(holder: str, expiry_s: float) -> bytes:
+    """A lease held by `holder` from now for `expiry_s` seconds."""
+    at = datetime.now(timezone.utc)
+    return WatchLease.dump(
+        {
+            "holder": holder,
+            "updated_at": at.isoformat(timespec="seconds"),
+            "expires_at": (at + timedelta(seconds=expiry_s)).isoformat(timespec="seconds"),
+        }
+    )
 
 
 UNREAD = object()  # caretaker's tick not read yet by the caller
@@ -139,15 +154,7 @@ class Lease:
         for job_id in job_ids:
             if job_id in self._written and now - self._written[job_id] < self.expiry_s / 3:
                 continue
-            at = datetime.now(timezone.utc)
-            body = WatchLease.dump(
-                {
-                    "holder": self.holder,
-                    "updated_at": at.isoformat(timespec="seconds"),
-                    "expires_at": (at + timedelta(seconds=self.expiry_s)).isoformat(timespec="seconds"),
-                }
-            )
-            store.write(job_id, layout.WATCH_LEASE, body)
+            store.write(job_id, layout.WATCH_LEASE, lease_body(self.holder, self.expiry_s))
             self._written[job_id] = now
 
     def release(self, store: JobStore, job_ids: list[str]) -> None:

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from trainer.job.problems import field_problems
@@ -24,6 +25,7 @@ from trainer.job.spec_file import (
     locate,
     locate_errors,
     model_in,
+    parse_mapping,
     read_mapping,
     validate_job,
 )
@@ -151,6 +153,25 @@ def load_sweep(location: str | Path, defaults: Defaults | None = None) -> Sweep:
     """The sweep file, its base job and every searched value validated; SpecError with each problem."""
     source = str(location)
     data, lines, base_dir = read_mapping(source)
+    return _validated(data, lines, source, base_dir, defaults)
+
+
+def dump_sweep(sweep: Sweep) -> bytes:
+    """The sweep as stored at launch (sweeps/<id>/sweep.yaml): its settings, the base job resolved inline
+    (without notify: webhook URLs are credentials, kept under secrets/ for each trial's job)."""
+    settings = sweep.settings.model_dump(mode="json", exclude={"job"})
+    settings["name"] = sweep.name
+    settings["job"] = sweep.base.model_dump(mode="json", exclude={"notify"})
+    return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).encode()
+
+
+def stored_sweep(body: bytes, source: str) -> Sweep:
+    """A stored sweep.yaml read back (SpecError when it is not a valid sweep any more)."""
+    data, lines = parse_mapping(body.decode(errors="replace"), source)
+    return _validated(data, lines, source, None, None)
+
+
+def _validated(data: dict, lines: dict, source: str, base_dir: Path | None, defaults: Defaults | None) -> Sweep:
     try:
         settings = SweepFile.model_validate(data)
     except ValidationError as exc:

@@ -17,6 +17,12 @@
         artifacts/<export id>/<file>        the exported models
         care/watch.json                     a running `spotctl watch`'s lease on the job (jobs.caretaker)
         care/controller.json                what the controller remembers of the job between steps
+    <storage>/sweeps/<sweep id>/            a sweep's prefix (sweep_prefix; orchestrator.sweeps)
+        sweep.yaml                          the sweep as launched, its base job resolved
+        study/<nnnnnnnn>.json               the Optuna study's journal: one create-only segment per append
+        driver.json                         the lease of the one driver advancing the sweep
+        stop                                a stop request (`spotctl sweep stop`)
+                                            trial k is the job <sweep id>-t<k> (trial_job)
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
     <storage>/lambda/<sha256>/<file>.zip    the controller's code (the wheel without torch, and its dependencies)
     <storage>/controller/tick.json          the controller's last tick
@@ -50,6 +56,12 @@ CONTROLLER_TICK = f"{CONTROLLER}/tick.json"
 SECRETS = "secrets"  # outside every job's prefix; infra/spotctl.yaml denies the trainer role all of it
 WATCH_LEASE = "care/watch.json"
 CONTROLLER_MEMORY = "care/controller.json"
+
+SWEEPS = "sweeps"
+SWEEP_FILE = "sweep.yaml"
+SWEEP_STUDY = "study"
+SWEEP_DRIVER = "driver.json"
+SWEEP_STOP = "stop"
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
@@ -138,3 +150,24 @@ def lambda_code(sha256: str, name: str) -> str:
     """Where the controller's code is kept, relative to the storage root: content-addressed, so a
     deploy of unchanged code uploads nothing and CloudFormation sees a new key for new code."""
     return f"{LAMBDA_CODE}/{sha256}/{name}"
+
+
+def in_sweep(sweep_id: str, relative: str = "") -> str:
+    """A sweep object's path relative to the storage root."""
+    return f"{SWEEPS}/{sweep_id}/{relative}".rstrip("/")
+
+
+def study_segment(number: int) -> str:
+    """The journal's segment `number` (0, 1, ...), relative to the sweep's prefix."""
+    return f"{SWEEP_STUDY}/{number:08d}.json"
+
+
+def trial_job(sweep_id: str, trial: int) -> str:
+    """The job id of the sweep's trial `trial` (Optuna's trial number): one job per trial, ever."""
+    return f"{sweep_id}-t{trial}"
+
+
+def trial_of(sweep_id: str, job_id: str) -> int | None:
+    """The trial number a job id has in the sweep (trial_job's inverse); None: not one of its trials."""
+    match = re.fullmatch(rf"{re.escape(sweep_id)}-t(\d+)", job_id)
+    return int(match.group(1)) if match else None

@@ -148,13 +148,17 @@ def read_mapping(location: str | Path) -> tuple[dict, dict[Loc, tuple[int, int]]
     relative paths are relative to (None: a remote file). SpecError with the file's problems."""
     location = str(location)
     local = _local_path(location)
-    text = _read_text(location, local)
+    data, lines = parse_mapping(_read_text(location, local), location)
+    return data, lines, local.parent if local else None
+
+
+def parse_mapping(text: str, source: str) -> tuple[dict, dict[Loc, tuple[int, int]]]:
+    """`read_mapping` of text already read."""
     try:
         bounded_yaml.check_text(text)
     except Refused as exc:
-        raise _refused(location, exc) from None
-    data, lines = _parse_yaml(text, location)
-    return data, lines, local.parent if local else None
+        raise _refused(source, exc) from None
+    return _parse_yaml(text, source)
 
 
 def locate_errors(
