@@ -10,6 +10,7 @@ its lease expires and the next driver takes over, losing nothing (the study and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -51,10 +52,8 @@ class DriverLease:
         lease, version = self._read()
         if lease is None or lease.holder != self.holder:
             return
-        try:  # expired now, conditionally: a lease another driver took since stays
+        with contextlib.suppress(Conflict):  # expired now, conditionally: a lease another driver took since stays
             self.storage.write_if(self.key, lease_body(self.holder, -1), version)
-        except Conflict:
-            pass
 
     def _read(self) -> tuple[WatchLease | None, str | None]:
         try:

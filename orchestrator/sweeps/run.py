@@ -15,7 +15,7 @@ from orchestrator.jobs.watch import Watcher, WatchOptions
 from orchestrator.sweeps.driver import Driver, Launcher, Pass
 from orchestrator.sweeps.lease import DriverLease
 from orchestrator.sweeps.spec import Sweep, dump_sweep
-from orchestrator.sweeps.study import SweepStore
+from orchestrator.sweeps.study import SweepStore, open_study
 from trainer.job import layout
 
 
@@ -68,13 +68,13 @@ def drive(
             other = lease.take()
             if other is not None:
                 raise DrivenElsewhere(driver.sweep_id, other.holder, other.expires_at)
-            if driver.study is not None:
-                for trial in driver.study.get_trials(deepcopy=False):
-                    job_id = layout.trial_job(driver.sweep_id, trial.number)
-                    if job_id not in watcher.job_ids and driver.store.jobs.read_record(job_id) is not None:
-                        watcher.job_ids.append(job_id)
-                if watcher.job_ids:
-                    watcher.poll()
+            driver.study = driver.study or open_study(driver.store, driver.sweep_id, driver.sweep)
+            for trial in driver.study.get_trials(deepcopy=False):
+                job_id = layout.trial_job(driver.sweep_id, trial.number)
+                if job_id not in watcher.job_ids and driver.store.jobs.read_record(job_id) is not None:
+                    watcher.job_ids.append(job_id)
+            if watcher.job_ids:
+                watcher.poll()  # the trials' jobs: recovered, retried, stopped like under `spotctl watch`
             result = driver.advance()
             on_pass(result)
             if once or result.done:

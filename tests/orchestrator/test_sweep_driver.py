@@ -1,0 +1,121 @@
+"""The sweep driver against a moto server, with the real launch code: trials are ordinary jobs, the
+study continues on another storage client after the driver died mid-pass, nothing launches twice,
+and a trial the pruner rejects is stopped gracefully. The trainer's side is played by writing what
+it writes (metrics parts, final.json)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from optuna.trial import TrialState
+
+from orchestrator.aws.clients import Cloud
+from orchestrator.aws.prices import FixedPrices
+from orchestrator.jobs.record import JobStore
+from orchestrator.sweeps.driver import Driver
+from orchestrator.sweeps.lease import DriverLease
+from orchestrator.sweeps.run import create_sweep, drive, launcher
+from orchestrator.sweeps.spec import load_sweep
+from orchestrator.sweeps.study import SweepStore
+from tests.cloud import EXAMPLE, MARKET, ON_DEMAND, STORAGE
+from trainer.job import layout
+from trainer.job.documents import Final
+
+
+class Died(BaseException):
+    """The driver's process ends mid-pass (kill -9, a closed laptop)."""
+
+
+def _sweep_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"""name: sw
+job: {EXAMPLE}
+search:
+  train.optimizer.lr: {{float: [0.0001, 0.1], log: true}}
+  train.batch_size: {{choice: [16, 32]}}
+objective: {{metric: val_acc1}}
+trials: 4
+parallel: 2
+sampler: random
+seed: 0
+pruner: {{kind: median, startup_trials: 1}}
+"""
+    )
+    return path
+
+
+def _driver(sweep, sweep_id, launch=None):
+    store = JobStore(STORAGE)  # a new storage client each time: nothing shared in memory
+    clouds = lambda region: Cloud(region)  # noqa: E731
+    prices = lambda cloud: FixedPrices(MARKET, ON_DEMAND)  # noqa: E731
+    return Driver(SweepStore(store), sweep_id, sweep, clouds, prices, launch or launcher(clouds, prices, store))
+
+
+def _trainer_reports(job_id: str, values: list[float], outcome: str | None = None) -> None:
+    store = JobStore(STORAGE)
+    body = "".join(
+        json.dumps({"kind": "epoch", "attempt": 1, "epoch": e + 1, "val_acc1": v}) + "\n" for e, v in enumerate(values)
+    )
+    store.write(job_id, layout.metrics_part(1, 1), body.encode())
+    if outcome:
+        store.write(job_id, layout.FINAL, Final.dump({"outcome": outcome, "attempt": 1}))
+
+
+def _instances_by_job() -> dict[str, int]:
+    found: dict[str, int] = {}
+    for reservation in boto3.client("ec2", region_name="us-east-1").describe_instances()["Reservations"]:
+        for instance in reservation["Instances"]:
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            found[tags.get("spotctl:job")] = found.get(tags.get("spotctl:job"), 0) + 1
+    return found
+
+
+def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path):
+    sweep = load_sweep(_sweep_file(tmp_path))
+    sweep_id = create_sweep(SweepStore(JobStore(STORAGE)), sweep)
+    first = _driver(sweep, sweep_id).advance()
+    assert first.launched == [0, 1]
+    t0, t1 = layout.trial_job(sweep_id, 0), layout.trial_job(sweep_id, 1)
+    assert _instances_by_job() == {t0: 1, t1: 1}
+
+    # t0 finishes; the next driver tells the study, asks trial 2 and dies before its job is written.
+    _trainer_reports(t0, [0.5, 0.8], "succeeded")
+
+    def dies(spec, job_id):
+        raise Died
+
+    with pytest.raises(Died):
+        _driver(sweep, sweep_id, launch=dies).advance()
+
+    # Another driver, another client: the study is the same; trial 2 is launched with its asked values, once.
+    again = _driver(sweep, sweep_id)
+    result = again.advance()
+    trials = again.study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[0].state is TrialState.COMPLETE and trials[0].value == 0.8
+    assert result.launched == [2]
+    t2 = layout.trial_job(sweep_id, 2)
+    assert JobStore(STORAGE).read_record(t2) is not None
+    stored = JobStore(STORAGE).read_bytes(t2, layout.JOB_FILE).decode()
+    assert f"batch_size: {trials[2].params['train.batch_size']}" in stored
+    assert _instances_by_job() == {t0: 1, t1: 1, t2: 1}
+    # A further pass launches nothing new while two trials run.
+    assert _driver(sweep, sweep_id).advance().launched == []
+    assert _instances_by_job() == {t0: 1, t1: 1, t2: 1}
+
+    # t1 is worse than t0 at epoch 1: pruned, asked to stop (control/stop), told PRUNED once it ended.
+    _trainer_reports(t1, [0.1])
+    pruning = _driver(sweep, sweep_id)
+    assert pruning.advance().pruned == [1]
+    assert JobStore(STORAGE).read_bytes(t1, layout.CONTROL_STOP) is not None
+    _trainer_reports(t1, [0.1], "stopped")
+    result = drive(_driver(sweep, sweep_id), DriverLease(JobStore(STORAGE).storage, sweep_id), once=True)
+    study = _driver(sweep, sweep_id)
+    study.advance()
+    states = {t.number: t.state for t in study.study.get_trials()}
+    assert states[1] is TrialState.PRUNED
+    assert 3 in states  # the pruned trial's place went to the next trial
+    assert result is not None
