@@ -104,13 +104,20 @@ def longest_chain(edges: dict[str, set[str]]) -> list[str]:
     return list(max((chain(n) for n in edges), key=len))
 
 
-# Who may import whom inside the orchestrator: the CLI sits on top; jobs use AWS; the local cloud
-# knows EC2, not jobs; AWS knows neither.
+# Who may import whom inside the orchestrator: the CLI sits on top; sweeps drive jobs; jobs use AWS; the
+# local cloud knows EC2, not jobs; AWS knows neither.
 MAY_NOT = {
-    "orchestrator.jobs": {"orchestrator.cli", "orchestrator.local"},
-    "orchestrator.aws": {"orchestrator.cli", "orchestrator.jobs", "orchestrator.local"},
-    "orchestrator.local": {"orchestrator.cli", "orchestrator.jobs"},
-    "orchestrator.errors": {"orchestrator.cli", "orchestrator.jobs", "orchestrator.aws", "orchestrator.local"},
+    "orchestrator.sweeps": {"orchestrator.cli", "orchestrator.local"},
+    "orchestrator.jobs": {"orchestrator.cli", "orchestrator.local", "orchestrator.sweeps"},
+    "orchestrator.aws": {"orchestrator.cli", "orchestrator.jobs", "orchestrator.local", "orchestrator.sweeps"},
+    "orchestrator.local": {"orchestrator.cli", "orchestrator.jobs", "orchestrator.sweeps"},
+    "orchestrator.errors": {
+        "orchestrator.cli",
+        "orchestrator.jobs",
+        "orchestrator.aws",
+        "orchestrator.local",
+        "orchestrator.sweeps",
+    },
 }
 
 
