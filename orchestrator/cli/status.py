@@ -118,23 +118,30 @@ def command(
                     "unreachable": [{"context": u.name, "error": u.error} for u in unreachable],
                     "hidden": hidden,
                     "jobs": views,
+                    "sweeps": _trials_by_sweep(sweep_of_trials(found, [v["job_id"] for v in views])),
                 },
                 indent=2,
             )
         )
         return 0
     several = len(found) + len(unreachable) > 1
-    jobs = render.plural(len(views), "job")
+    trials = sweep_of_trials(found, [v["job_id"] for v in views])
+    alone = [v for v in views if v["job_id"] not in trials]
+    jobs = render.plural(len(alone), "job")
     title = f"{jobs} in {render.plural(len(found), 'context')}" if several else f"{jobs} under {_name(found[0])}"
     out = render.console()
-    out.print(
-        render.table(
-            list_headers(several),
-            [list_row(v, several) for v in views],
-            title=title,
-            ids=("job",),
+    if alone or not trials:
+        out.print(render.table(list_headers(several), [list_row(v, several) for v in alone], title=title, ids=("job",)))
+    for sweep_id in sorted(set(trials.values()), reverse=True):  # each sweep's trials under it
+        rows = [list_row(v, several) for v in views if trials.get(v["job_id"]) == sweep_id]
+        out.print(
+            render.table(
+                list_headers(several),
+                rows,
+                title=f"sweep {sweep_id}: {render.plural(len(rows), 'trial')} (`spotctl sweep status {sweep_id}`)",
+                ids=("job",),
+            )
         )
-    )
     for u in unreachable:
         out.print(f"! {u.name}: {u.error}", markup=False, highlight=False)
     for line in unreadable_lines(views):
@@ -147,6 +154,24 @@ def command(
             highlight=False,
         )
     return 0
+
+
+def sweep_of_trials(contexts: list[Context], job_ids: list[str]) -> dict[str, str]:
+    """{job id: its sweep} for the jobs that are a sweep's trials (layout.trial_job), in these contexts."""
+    sweeps = [s for context in contexts for s in context.store.storage.list(layout.SWEEPS)]
+    found = {}
+    for job_id in job_ids:
+        for sweep_id in sweeps:
+            if layout.trial_of(sweep_id, job_id) is not None:
+                found[job_id] = sweep_id
+    return found
+
+
+def _trials_by_sweep(trials: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for job_id, sweep_id in trials.items():
+        grouped.setdefault(sweep_id, []).append(job_id)
+    return grouped
 
 
 def unreadable_lines(views: list[dict]) -> list[str]:
