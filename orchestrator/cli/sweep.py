@@ -130,9 +130,8 @@ def status_command(app: App, sweep_id: str | None, storage: str | None, profile:
     ]
     rows = []
     for row in status["trials"]:
-        state = row["study_state"] + (
-            f" ({row['job_state']})" if row["study_state"] == "running" and row["job_state"] else ""
-        )
+        # A running trial shows its job's state: interrupted, launching, running, stopping.
+        state = (row["job_state"] or "asked") if row["study_state"] == "running" else row["study_state"]
         rows.append(
             [
                 str(row["trial"]),

@@ -35,7 +35,7 @@ from orchestrator.jobs.state import JobView
 from orchestrator.jobs.stop import request_stop
 from orchestrator.jobs.views import read_views
 from orchestrator.sweeps.spec import Sweep
-from orchestrator.sweeps.study import SweepStore, epoch_values, open_study
+from orchestrator.sweeps.study import SweepStore, epoch_values, open_study, sampler_for
 from trainer.job import layout
 from trainer.job.documents import JobState
 from trainer.job.spec import JobSpec
@@ -135,6 +135,7 @@ class Driver:
             self._launch(study, trial.number, trial.params, done)
             active += 1
         while not stopping and active < self.sweep.settings.parallel and len(study.trials) < self.sweep.settings.trials:
+            study.sampler = sampler_for(self.sweep, len(study.trials))
             trial = study.ask({p.path: p.distribution() for p in self.sweep.params})
             trial.set_user_attr(JOB_ID, layout.trial_job(self.sweep_id, trial.number))
             self._launch(study, trial.number, trial.params, done)

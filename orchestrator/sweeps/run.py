@@ -8,6 +8,7 @@ from collections.abc import Callable
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.prices import PriceSource
 from orchestrator.errors import UserError
+from orchestrator.jobs import caretaker
 from orchestrator.jobs.launch import launch, new_job_id, plan_launch
 from orchestrator.jobs.preflight import before_boot, refuse_problems
 from orchestrator.jobs.record import JobStore
@@ -61,7 +62,10 @@ def drive(
     """Advance the sweep under its lease: once, or (watch) until it is done, stepping its trials' jobs
     (recovery, retries, budget stops) before each pass like `spotctl watch`."""
     options = watch_options or WatchOptions(poll_s=driver.poll_s)
-    watcher = Watcher(driver.store.jobs, [], driver.clouds, driver.prices, options)
+    # The watch's leases on the trials' jobs: `spotctl status` says this driver looks after them.
+    watcher = Watcher(
+        driver.store.jobs, [], driver.clouds, driver.prices, options, lease=caretaker.Lease(options.poll_s)
+    )
     try:
         while True:
             started = time.monotonic()
@@ -81,4 +85,5 @@ def drive(
                 return result
             sleep(max(0.0, driver.poll_s - (time.monotonic() - started)))
     finally:
+        watcher.release()
         lease.release()

@@ -16,6 +16,7 @@ from orchestrator.sweeps.lease import DriverLease
 from orchestrator.sweeps.spec import Sweep
 from orchestrator.sweeps.study import SweepStore, epoch_values, open_study
 from trainer.job import layout
+from trainer.job.documents import RECOVERABLE_ENDS
 
 
 def sweep_status(
@@ -51,7 +52,7 @@ def sweep_status(
                 "study_state": _state(trial),
                 "job_state": str(view.state) if view.record else None,
                 "attempts": len(view.record.attempts) if view.record else 0,
-                "interruptions": sum(1 for a in view.record.attempts if a.end_reason and a.end_reason.recoverable)
+                "interruptions": sum(1 for a in view.record.attempts if a.end_reason in RECOVERABLE_ENDS)
                 if view.record
                 else 0,
                 "value": trial.value if trial.state is TrialState.COMPLETE else None,

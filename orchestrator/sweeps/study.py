@@ -64,13 +64,7 @@ class SweepStore:
 def open_study(store: SweepStore, sweep_id: str, sweep: Sweep) -> optuna.Study:
     """The study, created on first use, else replayed from its journal (any machine, any driver)."""
     settings = sweep.settings
-    seed = settings.seed
-    if settings.sampler == "grid":
-        sampler = optuna.samplers.GridSampler({p.path: p.grid() for p in sweep.params}, seed=seed)
-    elif settings.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = sampler_for(sweep, 0)
     pruner_spec = settings.pruner
     if pruner_spec.kind == "median":
         pruner = optuna.pruners.MedianPruner(
@@ -89,6 +83,19 @@ def open_study(store: SweepStore, sweep_id: str, sweep: Sweep) -> optuna.Study:
         pruner=pruner,
         load_if_exists=True,
     )
+
+
+def sampler_for(sweep: Sweep, trial: int):
+    """The sampler that chooses trial `trial`'s values. Seeded by (the sweep's seed, the trial number), not
+    once per process: a restarted driver with the sweep's seed would otherwise draw the values it drew
+    before (a seeded stream starts over) and repeat trials."""
+    settings = sweep.settings
+    seed = None if settings.seed is None else settings.seed + trial
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler({p.path: p.grid() for p in sweep.params}, seed=seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def max_epochs(sweep: Sweep) -> int:

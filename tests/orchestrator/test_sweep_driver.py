@@ -16,8 +16,10 @@ from orchestrator.aws.prices import FixedPrices
 from orchestrator.jobs.record import JobStore
 from orchestrator.sweeps.driver import Driver
 from orchestrator.sweeps.lease import DriverLease
+from orchestrator.sweeps.plot import sweep_plots
 from orchestrator.sweeps.run import create_sweep, drive, launcher
 from orchestrator.sweeps.spec import load_sweep
+from orchestrator.sweeps.status import sweep_status
 from orchestrator.sweeps.study import SweepStore
 from tests.cloud import EXAMPLE, MARKET, ON_DEMAND, STORAGE
 from trainer.job import layout
@@ -73,7 +75,7 @@ def _instances_by_job() -> dict[str, int]:
     return found
 
 
-def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path):
+def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path, spotctl):
     sweep = load_sweep(_sweep_file(tmp_path))
     sweep_id = create_sweep(SweepStore(JobStore(STORAGE)), sweep)
     first = _driver(sweep, sweep_id).advance()
@@ -101,6 +103,7 @@ def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path):
     assert JobStore(STORAGE).read_record(t2) is not None
     stored = JobStore(STORAGE).read_bytes(t2, layout.JOB_FILE).decode()
     assert f"batch_size: {trials[2].params['train.batch_size']}" in stored
+    assert len({t.params["train.optimizer.lr"] for t in trials}) == 3  # each trial its own draw, restarts or not
     assert _instances_by_job() == {t0: 1, t1: 1, t2: 1}
     # A further pass launches nothing new while two trials run.
     assert _driver(sweep, sweep_id).advance().launched == []
@@ -119,3 +122,24 @@ def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path):
     assert states[1] is TrialState.PRUNED
     assert 3 in states  # the pruned trial's place went to the next trial
     assert result is not None
+
+    # What `spotctl sweep status` shows of it: one row per trial, the best, the cost as the trials' sum.
+    status = sweep_status(SweepStore(JobStore(STORAGE)), sweep_id, sweep, study.clouds, study.prices)
+    assert [(t["trial"], t["study_state"]) for t in status["trials"]][:3] == [
+        (0, "complete"),
+        (1, "pruned"),
+        (2, "running"),
+    ]
+    assert status["trials"][1]["pruned_at_epoch"] == 1 and status["trials"][0]["best_metric"] == 0.8
+    assert status["best"]["trial"] == 0 and status["best"]["job_id"] == t0
+    assert status["cost"]["total_usd"] == pytest.approx(sum(t["cost_usd"] or 0 for t in status["trials"]))
+    assert sweep_plots(status)[0] == "val_acc1 vs trial"
+    code, out, err = spotctl("sweep", "status", sweep_id, "--storage", STORAGE)
+    assert code == 0, err
+    assert f"best: trial 0 ({t0}): val_acc1 0.8 with train.optimizer.lr=" in out and "(the sum of its trials)" in out
+    assert "val_acc1 vs trial" in out and "val_acc1 vs train.optimizer.lr" in out
+    code, out, err = spotctl("sweep", "status", sweep_id, "--storage", STORAGE, "--json")
+    stable = lambda rows: [(r["trial"], r["job_id"], r["study_state"], r["params"]) for r in rows]  # noqa: E731
+    assert code == 0 and stable(json.loads(out)["trials"]) == stable(status["trials"])
+    code, out, err = spotctl("status", "--storage", STORAGE)
+    assert code == 0 and f"sweep {sweep_id}" in out and "trials" in out, err
