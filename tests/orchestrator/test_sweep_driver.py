@@ -17,7 +17,7 @@ from orchestrator.jobs.record import JobStore
 from orchestrator.sweeps.driver import Driver
 from orchestrator.sweeps.lease import DriverLease
 from orchestrator.sweeps.plot import sweep_plots
-from orchestrator.sweeps.run import create_sweep, drive, launcher
+from orchestrator.sweeps.run import DrivenElsewhere, create_sweep, drive, launcher
 from orchestrator.sweeps.spec import load_sweep
 from orchestrator.sweeps.status import sweep_status
 from orchestrator.sweeps.study import SweepStore
@@ -78,6 +78,13 @@ def _instances_by_job() -> dict[str, int]:
 def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path, spotctl):
     sweep = load_sweep(_sweep_file(tmp_path))
     sweep_id = create_sweep(SweepStore(JobStore(STORAGE)), sweep)
+    # Another driver holds the sweep: this one stands aside, launching nothing.
+    other = DriverLease(JobStore(STORAGE).storage, sweep_id, holder="elsewhere")
+    assert other.take() is None
+    with pytest.raises(DrivenElsewhere, match="elsewhere"):
+        drive(_driver(sweep, sweep_id), DriverLease(JobStore(STORAGE).storage, sweep_id), once=True)
+    assert _instances_by_job() == {}
+    other.release()
     first = _driver(sweep, sweep_id).advance()
     assert first.launched == [0, 1]
     t0, t1 = layout.trial_job(sweep_id, 0), layout.trial_job(sweep_id, 1)
@@ -143,3 +150,12 @@ def test_a_driver_killed_mid_pass_is_continued_by_another(account, tmp_path, spo
     assert code == 0 and stable(json.loads(out)["trials"]) == stable(status["trials"])
     code, out, err = spotctl("status", "--storage", STORAGE)
     assert code == 0 and f"sweep {sweep_id}" in out and "trials" in out, err
+
+    # `spotctl sweep stop`: the running trials are asked to stop, and no trial is launched any more.
+    code, out, err = spotctl("sweep", "stop", sweep_id, "--storage", STORAGE)
+    assert code == 0, err
+    assert (
+        out.splitlines()[0]
+        == f"stopping sweep {sweep_id}: no new trials; asked 2 running trial(s) to checkpoint and stop"
+    )
+    assert _driver(sweep, sweep_id).advance().launched == []
