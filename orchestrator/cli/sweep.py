@@ -26,6 +26,14 @@ def command() -> None:
     """Hyper-parameter sweeps: an Optuna study whose trials are spot jobs that resume, never fail, when interrupted."""
 
 
+def _require_optuna() -> None:
+    """Optuna is the `sweep` extra: without it, one line saying how to add it, not an ImportError."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise UserError("spotctl sweep needs Optuna, which is not installed", "pip install 'spotctl[sweep]'")
+
+
 def _driver(app: App, store: JobStore, sweep_id: str, sweep, clouds, prices, poll_s: float):
     from orchestrator.sweeps.driver import Driver
     from orchestrator.sweeps.run import launcher
@@ -48,6 +56,7 @@ def _say(result) -> None:
 @click.pass_obj
 def launch_command(app: App, sweep_file: str, then_watch: bool, poll_s: float, profile: str | None) -> int:
     """Validate SWEEP.yaml, then launch its first trials (each an ordinary job `<sweep>-t<k>`)."""
+    _require_optuna()
     from orchestrator.sweeps.lease import DriverLease
     from orchestrator.sweeps.run import create_sweep, drive
     from orchestrator.sweeps.spec import load_sweep
@@ -102,6 +111,7 @@ def _locate(app: App, sweep_id: str, storage: str | None, profile: str | None):
 @click.pass_obj
 def status_command(app: App, sweep_id: str | None, storage: str | None, profile: str | None, as_json: bool) -> int:
     """The sweep's trials (values, state, attempts, best metric, cost), its best trial and plots; no SWEEP: the sweeps."""
+    _require_optuna()
     from orchestrator.sweeps.plot import sweep_plots
     from orchestrator.sweeps.status import sweep_status
     from orchestrator.sweeps.study import SweepStore
@@ -182,6 +192,7 @@ def _value(value) -> str:
 @click.pass_obj
 def stop_command(app: App, sweep_id: str, storage: str | None, profile: str | None) -> int:
     """Launch no more trials and stop the running ones gracefully (each checkpoints first)."""
+    _require_optuna()
     from orchestrator.sweeps.study import open_study
 
     context, sweeps = _locate(app, sweep_id, storage, profile)
@@ -220,6 +231,7 @@ def resume_command(
     app: App, sweep_id: str, then_watch: bool, poll_s: float, storage: str | None, profile: str | None
 ) -> int:
     """Advance the sweep: record ended trials, prune, launch the next ones (one pass, or --watch to the end)."""
+    _require_optuna()
     from orchestrator.sweeps.lease import DriverLease
     from orchestrator.sweeps.run import drive
 
