@@ -206,6 +206,31 @@ def _is(value: Any, member: enum.Enum) -> bool:
 
 # --------------------------------------------------------------------- the orchestrator's record
 @dataclass(config=_LENIENT)
+class Node:
+    """One machine of a multi-node attempt (Attempt.nodes[], compute.nodes > 1): the node rank it ran
+    as and the instance it was. A node that survived the previous attempt's loss of another is `kept`:
+    the same instance, listed again, billed in this attempt from `since` (the previous attempt's end)."""
+
+    rank: Count
+    instance_type: str
+    zone: str
+    spot_price: Price
+    client_token: str  # this node's RunInstances token (jobs.launch.node_token); a kept node keeps its own
+    instance_id: str | None = None  # None while EC2 has not answered yet
+    launched_at: Timestamp | None = None  # the instance's launch (a kept node's first attempt's)
+    running_at: Timestamp | None = (
+        None  # the instance first seen running (billing starts; the first-hour rule counts from it)
+    )
+    since: Timestamp | None = (
+        None  # when it began serving this attempt: its launch, or the previous attempt's end if kept
+    )
+    ended_at: Timestamp | None = None  # when it stopped serving this attempt (its machine ended, or the attempt did)
+    kept: bool = False  # a survivor of the previous attempt, not launched for this one
+    lost: bool = False  # this node's machine went (interrupted, crashed, gone): the one a next attempt replaces
+    state_reason: str | None = None  # EC2's code for a lost node, e.g. Server.SpotInstanceTermination
+
+
+@dataclass(config=_LENIENT)
 class Attempt:
     """One instance started for the job (record.json's attempts[])."""
 
@@ -231,6 +256,9 @@ class Attempt:
     # Why it ended, in words, where the end reason alone does not say (a crash: the signal, a probable
     # out-of-memory kill and the memory figures; orchestrator.jobs.crash). None: nothing more to say.
     end_detail: str | None = None
+    # compute.nodes > 1: every machine of the attempt by node rank (rank 0's is also instance_id above).
+    # None for a single-instance attempt (and in records written before spotctl ran several nodes).
+    nodes: list[Node] | None = None
 
 
 @dataclass(config=_LENIENT)

@@ -36,6 +36,9 @@ LEGACY_GPU_MODELS = ("V100", "K80", "M60")
 """Pre-Turing GPUs: the open-source NVIDIA driver (the default AMI's) cannot drive them. A GPU
 requirement matches them only when `models` names them (for an AMI with NVIDIA's proprietary driver)."""
 LOSS_METRICS = ("val_loss", "train_loss")
+MAX_NODES = 64
+"""The most instances one job trains on together (compute.nodes): a cluster placement group's
+practical size for one instance type, and the most one RunInstances per node keeps track of."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,11 @@ class ComputeSpec(Section):
     """Give the instance a public IPv4 address. Off by default: the subnet then needs a route to S3
     and to the package index (a NAT gateway, or an S3 gateway endpoint and a mirror). Turn it on in a
     default VPC without one; with no inbound rules the address only carries outbound traffic."""
+    nodes: int = Field(1, ge=1, le=MAX_NODES, examples=[2])
+    """Instances to train on together (multi-node DDP through torchrun): all of one instance type, in
+    one zone, in a cluster placement group where the type supports it. Prices, budgets and costs count
+    every node. When one node is interrupted, only that node is replaced; the others wait for it and
+    every rank resumes from the checkpoint taken on the notice. `train.batch_size` stays the global batch."""
 
     @field_validator("ami")
     @classmethod
