@@ -119,6 +119,7 @@ def command(
                     "zone": attempt.zone,
                     "spot_price": attempt.spot_price,
                     "job_url": record.job_url,
+                    "nodes": [{"rank": n.rank, "instance_id": n.instance_id} for n in attempt.nodes or []],
                     "care": {"by": care.by, "detail": care.detail, "fix": care.fix},
                 },
                 indent=2,
@@ -130,7 +131,9 @@ def command(
     )
     if not as_json:
         click.echo(
-            f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.rate(attempt.spot_price)} spot{saving} ({attempt.instance_id})"
+            f"launched {record.job_id}: {_nodes_of(len(attempt.nodes or []))}{attempt.instance_type} in {attempt.zone} "
+            f"at {render.rate(attempt.spot_price)} spot{_each(len(attempt.nodes or []), attempt.spot_price)}{saving} "
+            f"({', '.join(n.instance_id or '?' for n in attempt.nodes) if attempt.nodes else attempt.instance_id})"
         )
     if then_watch:
         from orchestrator.cli.watch import follow

@@ -62,6 +62,7 @@ JOB_PREFIX={job_prefix}
 WHEEL_URL={wheel_url}
 WHEEL_SHA256={wheel_sha256}
 export SPOTCTL_JOB_URL="$JOB_URL" SPOTCTL_JOB_ID={job_id} SPOTCTL_ATTEMPT={attempt} AWS_DEFAULT_REGION={region} AWS_REGION={region}
+export SPOTCTL_NODES={nodes} SPOTCTL_NODE_RANK={node_rank}
 BOOTSTRAP_LOG_URL={bootstrap_log_url}
 FINAL_URL={final_url}
 CRASH_URL={crash_url}
@@ -270,6 +271,8 @@ class Bootstrap:
     wheel_url: str  # s3://.../wheels/<sha256>/<file>.whl
     version: str
     wheel_sha256: str  # the wheel's digest: the script refuses a wheel with other bytes
+    node_rank: int = 0  # compute.nodes > 1: this machine's node rank
+    nodes: int = 1  # compute.nodes
 
 
 def render(boot: Bootstrap) -> str:
@@ -279,6 +282,8 @@ def render(boot: Bootstrap) -> str:
         raise UserError(f"'{boot.region}' is not an AWS region")
     if not isinstance(boot.attempt, int) or boot.attempt < 1:
         raise UserError(f"attempt must be a positive number, got {boot.attempt!r}")
+    if not (isinstance(boot.nodes, int) and isinstance(boot.node_rank, int) and 0 <= boot.node_rank < boot.nodes):
+        raise UserError(f"node rank {boot.node_rank!r} is not one of {boot.nodes!r} nodes")
     if not SHA256.fullmatch(boot.wheel_sha256):
         raise UserError(
             f"wheel_sha256 must be 64 lower-case hex digits (the sha256 its URL {boot.wheel_url} names), got {boot.wheel_sha256!r}"
@@ -290,6 +295,8 @@ def render(boot: Bootstrap) -> str:
     script = TEMPLATE.format(
         job_id=boot.job_id,
         attempt=boot.attempt,
+        nodes=boot.nodes,
+        node_rank=boot.node_rank,
         region=boot.region,
         version=re.sub(r"[^A-Za-z0-9.+-]", "", boot.version),
         job_url=shlex.quote(boot.job_url),

@@ -53,6 +53,8 @@ VARIABLES = (
     Variable(
         "SPOTCTL_INSTANCE_ID", "", "the instance the trainer runs on, read from IMDS by the user-data", "user-data"
     ),
+    Variable("SPOTCTL_NODES", "1", "the machines the job trains on together (compute.nodes)", "user-data"),
+    Variable("SPOTCTL_NODE_RANK", "0", "this machine's node rank among them (0: the rendezvous' master)", "user-data"),
     Variable("SPOTCTL_LOG_DIR", "/var/log/spotctl", "where the user-data writes the bootstrap log", "local cloud"),
     Variable(
         "SPOTCTL_SKIP_INSTALL",
@@ -106,6 +108,8 @@ class BootEnv:
     job_url: str | None = None
     attempt: int | None = None
     instance_id: str | None = None
+    nodes: int = 1  # compute.nodes: the machines of the job
+    node_rank: int = 0  # this machine's node rank (trainer.job.rendezvous)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BootEnv:
@@ -116,6 +120,8 @@ class BootEnv:
             env.get("SPOTCTL_JOB_URL") or None,
             int(attempt) if attempt else None,
             env.get("SPOTCTL_INSTANCE_ID") or None,
+            int(env.get("SPOTCTL_NODES") or 1),
+            int(env.get("SPOTCTL_NODE_RANK") or 0),
         )
 
 
