@@ -35,6 +35,7 @@ from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import catalog, layout
 from trainer.job.documents import Attempt, JobRecord, JobState, Node, now_iso
+from trainer.job.rendezvous import plan_document, same_plan
 from trainer.job.spec import ComputeSpec, JobSpec, is_weights_name
 from trainer.job.spec_file import dump_spec
 from trainer.job.storage import file_sha256
@@ -128,6 +129,24 @@ def save_time_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
     return notes
 
 
+def nodes_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
+    """compute.nodes > 1: each type that cannot join a cluster placement group (its nodes are then
+    placed anywhere in the zone), and each with EFA that spotctl does not use yet."""
+    nodes, notes, seen = spec.compute.nodes, [], set()
+    for offer in offers:
+        if nodes < 2 or offer.instance.name in seen:
+            continue
+        seen.add(offer.instance.name)
+        if not offer.instance.cluster_placement:
+            notes.append(
+                f"{offer.instance.name} cannot join a cluster placement group: its {nodes} nodes share a zone, not a rack"
+            )
+        efa = placement.efa_note(nodes, offer.instance)
+        if efa:
+            notes.append(efa)
+    return notes
+
+
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
     # The deployed stack describes an AWS account; a cloud at an endpoint (the local one) is another.
     check_reachable_from_instance(spec, None if cloud.endpoint else infra.read_profile())
@@ -135,6 +154,7 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
     image = describe_image(cloud, spec.compute.ami)
     offers = find_offers(cloud, spec.compute, prices, image)
     offers.notes.extend(save_time_notes(spec, offers.ranked))
+    offers.notes.extend(nodes_notes(spec, offers.ranked))
     if not offers.ranked:
         cap = (
             f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""
@@ -417,6 +437,12 @@ def _start_nodes(
             terminate(cloud, started)
             return None
         record.attempts[:] = written.attempts
+        # Each node's bootstrap finds its rank here too: a node kept for the next attempt learns it from its plan.
+        instances = dict(enumerate(started))
+        try:
+            store.write(record.job_id, layout.node_plan(number), plan_document(number, instances), create=True)
+        except FileExistsError:  # written by the call this one repeats
+            same_plan(store.read_bytes(record.job_id, layout.node_plan(number)) or b"", number, instances)
         return written.attempts[-1]
     store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
     raise refusals.error()

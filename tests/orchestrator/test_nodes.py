@@ -9,6 +9,8 @@ import json
 from orchestrator.aws.instances import TAG_ATTEMPT, TAG_JOB, TAG_NODE
 from orchestrator.jobs.record import JobStore
 from tests.cloud import EXAMPLE, STORAGE, hook_run_instances, launched_id, settled_ec2
+from trainer.job import layout
+from trainer.job.documents import NodePlan
 
 
 def nodes_job(tmp_path, nodes: int = 2) -> str:
@@ -47,6 +49,10 @@ def test_two_nodes_start_in_one_pool_and_one_cluster_group_recorded_by_rank(acco
         assert machine["Placement"]["AvailabilityZone"] == "us-east-1a"
         assert aws.strict.placement_groups.group_of("us-east-1", node.instance_id) == f"spotctl-{job}"
     assert aws.calls()["ec2:CreatePlacementGroup"] == 1
+    # The rendezvous' plan: which instance is which node rank (a kept node reads its next rank there).
+    store = JobStore(STORAGE)
+    plan = NodePlan.parse(store.read_bytes(job, layout.node_plan(1)))
+    assert plan.attempt == 1 and plan.nodes == {str(n.rank): n.instance_id for n in attempt.nodes}
 
 
 def test_a_pool_refusing_one_node_ends_the_started_ones_and_the_next_pool_takes_all(

@@ -31,3 +31,18 @@ def test_the_first_checkpoint_of_three_nodes_costs_three_times_one():
     assert three.seconds == one.seconds == 600
     assert "on 3 x g5.xlarge ($0.4000/h spot + $0.0110/h volume and address each)" in _what(three, OFFER)
     assert "on g5.xlarge ($0.4000/h spot + $0.0110/h volume and address)" in _what(one, OFFER)
+
+
+def test_a_multi_node_launch_says_which_types_lack_a_cluster_group_and_which_have_efa():
+    from dataclasses import replace
+
+    from orchestrator.jobs.launch import nodes_notes
+
+    efa = replace(OFFER, instance=replace(OFFER.instance, name="p4d.24xlarge", efa=True))
+    loose = replace(OFFER, instance=replace(OFFER.instance, name="t3.large", cluster_placement=False))
+    assert nodes_notes(parse_spec(JOB.format(nodes=1)), [efa, loose]) == []
+    assert nodes_notes(parse_spec(JOB.format(nodes=2)), [OFFER, efa, efa, loose]) == [
+        "p4d.24xlarge has EFA, but spotctl launches its nodes with ENA only: NCCL between nodes runs over TCP "
+        "(correct, slower for large models)",
+        "t3.large cannot join a cluster placement group: its 2 nodes share a zone, not a rack",
+    ]

@@ -529,6 +529,28 @@ class Crash(Document):
     reported_at: str | None = None
 
 
+class NodeJoin(Document):
+    """rendezvous/attempt-<k>/node-<r>.json: one node of a multi-node attempt, registered create-only
+    (trainer.job.rendezvous) with the address its ranks listen on; node 0's is torchrun's master."""
+
+    attempt: int
+    rank: int  # the node rank
+    host: str  # its private address (on AWS the instance's private IPv4; locally 127.0.0.1)
+    port: int  # node 0's: torchrun's --master-port; the others' are informational
+    instance_id: str | None = None
+    joined_at: Timestamp | None = None
+
+
+class NodePlan(Document):
+    """rendezvous/attempt-<k>/plan.json: which machine is which node rank in attempt k, written
+    create-only by the orchestrator when it starts a multi-node attempt. A survivor of attempt k-1
+    (a kept node) waits for the plan that names its instance to learn its attempt and rank."""
+
+    attempt: int
+    nodes: dict[str, str]  # node rank (as a string: JSON keys) -> instance id
+    written_at: Timestamp | None = None
+
+
 class StopRequest(Document):
     """control/stop: the trainer checkpoints and exits when it finds one."""
 

@@ -17,6 +17,8 @@
         artifacts/<export id>/<file>        the exported models
         care/watch.json                     a running `spotctl watch`'s lease on the job (jobs.caretaker)
         care/controller.json                what the controller remembers of the job between steps
+        rendezvous/attempt-<k>/plan.json    compute.nodes > 1: which instance is which node rank in attempt k
+        rendezvous/attempt-<k>/node-<r>.json  node r's address, registered create-only (trainer.job.rendezvous)
     <storage>/wheels/<sha256>/<file>.whl    the spotctl wheel instances install
     <storage>/lambda/<sha256>/<file>.zip    the controller's code (the wheel without torch, and its dependencies)
     <storage>/controller/tick.json          the controller's last tick
@@ -87,6 +89,22 @@ def crash_of(attempt: int) -> str:
     """Attempt k's crash report (the bootstrap's, trainer.job.documents.Crash): one per attempt, never
     set aside or overwritten, so the next attempt cannot be mistaken for the one that crashed."""
     return f"status/crash-attempt-{attempt}.json"
+
+
+RENDEZVOUS = "rendezvous"
+
+
+def rendezvous_of(attempt: int) -> str:
+    """The folder of attempt k's rendezvous (compute.nodes > 1)."""
+    return f"{RENDEZVOUS}/attempt-{attempt}"
+
+
+def node_join(attempt: int, rank: int) -> str:
+    return f"{rendezvous_of(attempt)}/node-{rank}.json"
+
+
+def node_plan(attempt: int) -> str:
+    return f"{rendezvous_of(attempt)}/plan.json"
 
 
 def trainer_log(attempt: int) -> str:
