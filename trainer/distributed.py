@@ -20,16 +20,18 @@ trainer exits as interrupted (`peer_lost`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from trainer.job.settings import Settings
+
+if TYPE_CHECKING:  # torch is imported where it is used: Ranks and split_batch stay cheap to import
+    import torch
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,50 @@ def _split(items, parts: int) -> list:
     return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
+def loss_share(images: int, world_size: int, global_batch: int) -> float:
+    """What a micro-batch's mean loss is multiplied by so that, DDP averaging over the ranks, the
+    micro-batches' gradients add up to the global batch's mean gradient: its share of the batch,
+    times the world size DDP divides by."""
+    return images * world_size / global_batch
+
+
+def backward_in_micro_batches(
+    model: torch.nn.Module,
+    forward: Callable,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    plan: BatchPlan,
+    world_size: int,
+    global_batch: int,
+    backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward(),
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Forward and backward one rank's share in `plan.accumulation` micro-batches; returns each one's
+    (logits, targets, unscaled mean loss). `forward(model, images, targets)` gives the same triple.
+    Under DDP (`model` a DistributedDataParallel) the gradients are averaged over the ranks once, in
+    the last micro-batch's backward; the others accumulate under `no_sync`. A whole batch on one
+    process is trained exactly as before (no scaling: bit for bit)."""
+    parts = plan.accumulation
+    distributed = hasattr(model, "no_sync")
+    whole = parts == 1 and not distributed
+    done = []
+    for index, (micro_images, micro_targets) in enumerate(
+        zip(images.tensor_split(parts), targets.tensor_split(parts), strict=True)
+    ):
+        if not len(micro_targets):  # fewer images than micro-batches: bad ones left the batch
+            continue
+        last = index == parts - 1
+        with contextlib.nullcontext() if last or not distributed else model.no_sync():
+            logits, micro_targets, loss = forward(model, micro_images, micro_targets)
+            share = 1.0 if whole else loss_share(len(micro_targets), world_size, global_batch)
+            backward(loss if share == 1.0 else loss * share)
+        done.append((logits, micro_targets, loss))
+    return done
+
+
 def peer_lost(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) is a collective failing: a peer died or the timeout passed."""
+    import torch.distributed as dist
+
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -126,6 +170,8 @@ class Group:
     """The process group of a run (a no-op for a single process): set up, collectives, torn down."""
 
     def __init__(self, ranks: Ranks, timeout_s: float | None = None):
+        import torch
+
         self.ranks = ranks
         self.timeout_s = timeout_s if timeout_s is not None else Settings.from_env().collective_timeout_s
         # One GPU per rank (torchrun's LOCAL_RANK); gloo on the CPU where there is none.
@@ -133,9 +179,14 @@ class Group:
 
     @property
     def active(self) -> bool:
+        import torch.distributed as dist
+
         return self.ranks.distributed and dist.is_initialized()
 
     def start(self) -> Group:
+        import torch
+        import torch.distributed as dist
+
         if not self.ranks.distributed:
             return self
         timeout = timedelta(seconds=self.timeout_s)
@@ -148,6 +199,8 @@ class Group:
         return self
 
     def close(self) -> None:
+        import torch.distributed as dist
+
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -156,6 +209,9 @@ class Group:
         """Each flag true on every rank if it is true on any (one small all_reduce)."""
         if not self.active:
             return flags
+        import torch
+        import torch.distributed as dist
+
         names = sorted(flags)
         values = torch.tensor([int(bool(flags[n])) for n in names], dtype=torch.int32, device=self.device)
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
@@ -164,6 +220,8 @@ class Group:
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over the ranks, in place."""
         if self.active:
+            import torch.distributed as dist
+
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
@@ -171,6 +229,8 @@ class Group:
         """Rank 0's buffers (BatchNorm running statistics) on every rank."""
         if not self.active:
             return
+        import torch.distributed as dist
+
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=0)
 
@@ -178,6 +238,8 @@ class Group:
         """Every rank's `value`, in rank order (a list of one for a single process)."""
         if not self.active:
             return [value]
+        import torch.distributed as dist
+
         gathered: list[object] = [None] * self.ranks.world_size
         dist.all_gather_object(gathered, value)
         return gathered
@@ -186,6 +248,8 @@ class Group:
         """Rank 0's `value` on every rank."""
         if not self.active:
             return value
+        import torch.distributed as dist
+
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]

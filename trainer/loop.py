@@ -24,7 +24,7 @@ from trainer import data as data_mod
 from trainer import rng
 from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
-from trainer.distributed import Group, Ranks, split_batch
+from trainer.distributed import Group, Ranks, backward_in_micro_batches, split_batch
 from trainer.fetch import DataError, fetch
 from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
@@ -324,21 +324,17 @@ class Trainer:
             self.scheduler.step()
             return
         self.optimizer.zero_grad(set_to_none=True)
-        parts = self.plan.accumulation
-        whole = parts == 1 and not self.ranks.distributed
-        for index, (micro_images, micro_targets) in enumerate(
-            zip(images.tensor_split(parts), targets.tensor_split(parts), strict=True)
-        ):
-            if not len(micro_targets):  # fewer images than micro-batches (bad ones left the batch)
-                continue
-            last = index == parts - 1
-            # DDP averages gradients over the ranks when the last micro-batch's backward runs; the
-            # others only accumulate (no_sync). Scaled by its share of the global batch, each
-            # micro-batch's mean loss adds up to the global batch's mean gradient.
-            with contextlib.nullcontext() if last or not self.ranks.distributed else self.forward_model.no_sync():
-                logits, micro_targets, loss = self._forward(micro_images, micro_targets, self.forward_model)
-                share = 1.0 if whole else len(micro_targets) * self.ranks.world_size / self.train.batch_size
-                self.scaler.scale(loss if share == 1.0 else loss * share).backward()
+        trained = backward_in_micro_batches(
+            self.forward_model,
+            lambda model, x, y: self._forward(x, y, model),
+            images,
+            targets,
+            self.plan,
+            self.ranks.world_size,
+            self.train.batch_size,
+            backward=lambda loss: self.scaler.scale(loss).backward(),
+        )
+        for logits, micro_targets, loss in trained:
             meter.add(loss, logits, micro_targets)
             self.epoch_meter.add(loss, logits, micro_targets)
         if self.train.grad_clip_norm:
