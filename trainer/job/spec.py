@@ -622,7 +622,7 @@ class TrainSpec(Section):
     epochs: int = Field(10, ge=1, le=10000)
     """Passes over the training data."""
     batch_size: int = Field(32, ge=1, le=65536)
-    """Images per optimizer step."""
+    """Images per optimizer step: the global batch, split across the GPUs of a multi-GPU machine."""
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     """Mixed precision. auto: bf16 on GPUs that support it, else fp16 with a grad scaler; off on CPU."""
     grad_clip_norm: float | None = Field(None, gt=0)
@@ -637,6 +637,10 @@ class TrainSpec(Section):
     """Seed of every random choice: shuffling, augmentation, the val split, the new head's init."""
     export: ExportSpec = Field(default_factory=ExportSpec)
     """Deployable artifacts."""
+    max_batch_per_gpu: int | None = Field(None, ge=1, le=65536)
+    """The most images one GPU processes in one forward; a GPU's share of batch_size above it is
+    trained in micro-batches whose gradients add up to the whole batch's (gradient accumulation).
+    null: a GPU's whole share at once."""
 
     @field_validator("amp", mode="before")
     @classmethod
