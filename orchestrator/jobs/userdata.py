@@ -39,6 +39,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.wheel import CONSTRAINTS_MEMBER, IMAGE_STACK
 from trainer.job import layout
 from trainer.job.documents import Final, Outcome, now_iso
+from trainer.job.rendezvous import DEFAULT_PORT
 
 # Filled in by the script when it reports a failure (they stand for values only it knows).
 ERROR_MARK, TIME_MARK = "@error@", "@now@"
@@ -246,7 +247,25 @@ SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
 # One training process per GPU: torchrun, when the machine has more than one (nvidia-smi's listing).
 GPUS="$(grep -c '^GPU ' "$WORK/gpus" 2>/dev/null)" || GPUS=0
 TRAINER=("$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
-if [ "$GPUS" -gt 1 ]; then
+NPROC=$(( GPUS > 1 ? GPUS : 1 ))
+FIRST_RANK=$(( SPOTCTL_NODE_RANK * NPROC ))  # this node's first global rank (its exit file names it)
+DISTRIBUTED=$(( GPUS > 1 || SPOTCTL_NODES > 1 ))
+if [ "$SPOTCTL_NODES" -gt 1 ]; then
+  # compute.nodes: meet the other nodes in storage (trainer.job.rendezvous); node 0's address is the master.
+  ADDRESS="${{SPOTCTL_NODE_ADDRESS:-$(imds local-ipv4):{master_port}}}"
+  export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
+  rm -f "$SPOTCTL_EXIT_FILE".*
+  if RDZV="$("$PYTHON" -m trainer.job.rendezvous join --storage "$JOB_PREFIX" --attempt "$SPOTCTL_ATTEMPT" \
+      --rank "$SPOTCTL_NODE_RANK" --nodes "$SPOTCTL_NODES" --address "$ADDRESS" --instance-id "$SPOTCTL_INSTANCE_ID")"; then
+    echo "spotctl: node $SPOTCTL_NODE_RANK of $SPOTCTL_NODES met the others: $RDZV"
+    # shellcheck disable=SC2206  # the rendezvous prints four --name=value words
+    TRAINER=("$PYTHON" -m torch.distributed.run $RDZV --nproc-per-node "$NPROC" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+  else
+    # Not the job's fault (a node lost before it joined): a crash report, recovered up to recovery.max_crashes.
+    echo "spotctl: node $SPOTCTL_NODE_RANK could not meet the other nodes; this attempt cannot train"
+    TRAINER=(bash -c 'exit 70')
+  fi
+elif [ "$GPUS" -gt 1 ]; then
   # No restarts: a lost rank ends the attempt and the orchestrator resumes it from the checkpoint.
   export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
   rm -f "$SPOTCTL_EXIT_FILE".*
@@ -255,17 +274,17 @@ fi
 # In a subshell that becomes the trainer (exec): its pid, which the kernel log names if it kills it.
 ( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
 CODE=$?
-if [ "$GPUS" -gt 1 ] && [ "$CODE" -ne 0 ]; then
-  # torchrun exits 1 for any rank's end but 0: rank 0's word is the trainer's (75, 3, 2...) when
-  # every rank left one; a rank without one died without a word (a signal): a crash.
-  for ((RANK_NO = 0; RANK_NO < GPUS; RANK_NO++)); do
+if [ "$DISTRIBUTED" -eq 1 ] && [ "$CODE" -ne 0 ]; then
+  # torchrun exits 1 for any rank's end but 0: this node's first rank's word is the trainer's (75, 3, 2...)
+  # when each of its ranks left one; a rank without one died without a word (a signal): a crash.
+  for ((RANK_NO = FIRST_RANK; RANK_NO < FIRST_RANK + NPROC; RANK_NO++)); do
     if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
       # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
       SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
       echo "spotctl: rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
     fi
   done
-  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.0")}}"
+  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.$FIRST_RANK")}}"
 fi
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
@@ -319,6 +338,7 @@ def render(boot: Bootstrap) -> str:
         attempt=boot.attempt,
         nodes=boot.nodes,
         node_rank=boot.node_rank,
+        master_port=DEFAULT_PORT,
         region=boot.region,
         version=re.sub(r"[^A-Za-z0-9.+-]", "", boot.version),
         job_url=shlex.quote(boot.job_url),

@@ -31,6 +31,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -280,6 +281,8 @@ class InstanceRunner:
             "SPOTCTL_CACHE_DIR": str(folder / "cache"),
             "SPOTCTL_IMDS_POLL_SECONDS": "1",
             "SPOTCTL_HEARTBEAT_SECONDS": "2",  # S3 is local here: a livelier view costs nothing
+            # Every local machine is this computer: each node of a multi-node job listens on a port of its own.
+            "SPOTCTL_NODE_ADDRESS": f"127.0.0.1:{_free_port()}",
         }
         with open(folder / "console.log", "ab") as console:
             process = subprocess.Popen(
@@ -418,3 +421,10 @@ def _group_of(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now (for a local node's torchrun master)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

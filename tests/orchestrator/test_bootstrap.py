@@ -11,6 +11,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -105,11 +107,10 @@ class Instance:
         self.s3 = boto3.client("s3")
         self.s3.create_bucket(Bucket=BUCKET)
 
-    def run(self, wheel_url: str, sha256: str, **env: str) -> int:
-        script = self.root / "user-data.sh"
-        script.write_text(
-            render(Bootstrap(JOB, 1, "us-east-1", f"{PREFIX}/job.yaml", PREFIX, wheel_url, "0.1.0", sha256))
-        )
+    def run(self, wheel_url: str, sha256: str, nodes: int = 1, node_rank: int = 0, **env: str) -> int:
+        script = self.root / f"user-data-{node_rank}.sh"
+        boot = Bootstrap(JOB, 1, "us-east-1", f"{PREFIX}/job.yaml", PREFIX, wheel_url, "0.1.0", sha256)
+        script.write_text(render(replace(boot, nodes=nodes, node_rank=node_rank)))
         environment = trainer_env(
             {
                 **self.aws.environment(),
@@ -429,3 +430,37 @@ def test_a_rank_that_died_without_a_word_is_a_crash_with_torchruns_signal(instan
     assert code == 137
     assert instance.final() is None and instance.crash()["signal"] == "SIGKILL"
     assert "spotctl: rank 1 died without an exit code" in instance.log()
+
+
+# ------------------------------------------------------------------------------ compute.nodes > 1
+def test_two_nodes_meet_in_storage_and_run_torchrun_with_node_0_as_master(instance, tmp_path):
+    codes = {}
+
+    def node(rank: int) -> None:
+        exits = "0" if rank == 0 else "- 0"  # each node's own first rank (global rank = node rank here)
+        codes[rank] = run_trainer(
+            instance, tmp_path, nodes=2, node_rank=rank, FAKE_RANK_EXITS=exits, FAKE_TRAINER_EXIT="1",
+            SPOTCTL_NODE_ADDRESS=f"127.0.0.1:{29600 + rank}",
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == {0: 0, 1: 0}  # torchrun's 1 gives way to each node's own rank's word
+    calls = sorted(c for c in instance.recorded("calls") if c.startswith("torchrun "))
+    assert len(calls) == 2
+    for rank in (0, 1):
+        expected = f"--nnodes=2 --node-rank={rank} --master-addr=127.0.0.1 --master-port=29600 --nproc-per-node 1 --max-restarts 0 -m trainer run"
+        assert any(expected in c for c in calls), calls
+    joined = Storage(PREFIX).list(layout.rendezvous_of(1))
+    assert sorted(joined) == ["node-0.json", "node-1.json"]
+
+
+def test_a_node_the_others_never_meet_gives_up_in_time_as_a_crash_not_a_failure(instance, tmp_path):
+    code = run_trainer(instance, tmp_path, nodes=2, node_rank=0, SPOTCTL_RENDEZVOUS_TIMEOUT_S="1")
+    assert code == 70
+    assert not [c for c in instance.recorded("calls") if c.startswith("torchrun ")]
+    assert "rendezvous: attempt 1: node 1 of 2 did not register within 1 s" in instance.log()
+    assert instance.final() is None and instance.crash()["exit_code"] == 70

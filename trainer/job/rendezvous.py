@@ -30,10 +30,11 @@ from dataclasses import dataclass
 
 from trainer.job import layout
 from trainer.job.documents import NodeJoin, NodePlan, now_iso
+from trainer.job.settings import Settings
 from trainer.job.storage import Storage
 
 DEFAULT_PORT = 29500  # torchrun's own default master port
-JOIN_TIMEOUT_S = 900.0  # a replaced node's boot and install take minutes; then the attempt gives up
+JOIN_TIMEOUT_S = 900.0  # a replaced node's boot and install take minutes (SPOTCTL_RENDEZVOUS_TIMEOUT_S)
 POLL_S = 2.0
 
 
@@ -208,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--nodes", type=int, required=True)
     j.add_argument("--address", required=True, help="HOST[:PORT] this node's ranks listen on")
     j.add_argument("--instance-id")
-    j.add_argument("--timeout", type=float, default=JOIN_TIMEOUT_S)
+    j.add_argument("--timeout", type=float, default=Settings.from_env().rendezvous_timeout_s)
     w = sub.add_parser("plan", help="a kept node: wait for the next attempt naming this instance; print 'ATTEMPT RANK'")
     w.add_argument("--storage", required=True)
     w.add_argument("--instance-id", required=True)
     w.add_argument("--after", type=int, required=True)
-    w.add_argument("--timeout", type=float, default=JOIN_TIMEOUT_S)
+    w.add_argument("--timeout", type=float, default=Settings.from_env().rendezvous_timeout_s)
     args = parser.parse_args(argv)
     storage = Storage(args.storage)
     try:

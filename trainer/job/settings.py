@@ -55,6 +55,18 @@ VARIABLES = (
     ),
     Variable("SPOTCTL_NODES", "1", "the machines the job trains on together (compute.nodes)", "user-data"),
     Variable("SPOTCTL_NODE_RANK", "0", "this machine's node rank among them (0: the rendezvous' master)", "user-data"),
+    Variable(
+        "SPOTCTL_RENDEZVOUS_TIMEOUT_S",
+        "900",
+        "seconds a node of a multi-node job waits for the others to register before its attempt gives up",
+        "you",
+    ),
+    Variable(
+        "SPOTCTL_NODE_ADDRESS",
+        "",
+        "HOST:PORT this machine's ranks listen on for the other nodes (default: its private IPv4 from IMDS, port 29500)",
+        "local cloud",
+    ),
     Variable("SPOTCTL_LOG_DIR", "/var/log/spotctl", "where the user-data writes the bootstrap log", "local cloud"),
     Variable(
         "SPOTCTL_SKIP_INSTALL",
@@ -98,6 +110,7 @@ class Settings:
     imds_poll_seconds: float
     collective_timeout_s: float = 300.0
     exit_file: str | None = None
+    rendezvous_timeout_s: float = 900.0
     region: str | None = None  # AWS_REGION (else AWS_DEFAULT_REGION): the controller's own region
 
     @classmethod
@@ -112,6 +125,7 @@ class Settings:
             imds_poll_seconds=float(env.get("SPOTCTL_IMDS_POLL_SECONDS") or 5),
             collective_timeout_s=float(env.get("SPOTCTL_COLLECTIVE_TIMEOUT_S") or 300),
             exit_file=env.get("SPOTCTL_EXIT_FILE") or None,
+            rendezvous_timeout_s=float(env.get("SPOTCTL_RENDEZVOUS_TIMEOUT_S") or 900),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )
 
