@@ -53,6 +53,16 @@ def test_two_nodes_start_in_one_pool_and_one_cluster_group_recorded_by_rank(acco
     store = JobStore(STORAGE)
     plan = NodePlan.parse(store.read_bytes(job, layout.node_plan(1)))
     assert plan.attempt == 1 and plan.nodes == {str(n.rank): n.instance_id for n in attempt.nodes}
+    # status shows every node, by rank.
+    code, out, err = spotctl("status", job, "--storage", STORAGE, "--json")
+    assert code == 0, err
+    [shown] = json.loads(out)["attempts"]
+    assert [(n["rank"], n["instance_id"], n["kept"], n["lost"]) for n in shown["nodes"]] == [
+        (n.rank, n.instance_id, False, False) for n in attempt.nodes
+    ]
+    code, out, err = spotctl("status", job, "--storage", STORAGE)
+    ids = ", ".join(f"{n.rank} {n.instance_id}" for n in attempt.nodes)
+    assert code == 0 and f"attempt 1 nodes: {ids}" in out
 
 
 def test_a_pool_refusing_one_node_ends_the_started_ones_and_the_next_pool_takes_all(
