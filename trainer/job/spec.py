@@ -245,10 +245,12 @@ class ComputeSpec(Section):
     and to the package index (a NAT gateway, or an S3 gateway endpoint and a mirror). Turn it on in a
     default VPC without one; with no inbound rules the address only carries outbound traffic."""
     nodes: int = Field(1, ge=1, le=MAX_NODES, examples=[2])
-    """Instances to train on together (multi-node DDP through torchrun): all of one instance type, in
-    one zone, in a cluster placement group where the type supports it. Prices, budgets and costs count
-    every node. When one node is interrupted, only that node is replaced; the others wait for it and
-    every rank resumes from the checkpoint taken on the notice. `train.batch_size` stays the global batch."""
+    """Instances to train on together (multi-node DDP through torchrun, met through the job's storage):
+    all of one instance type, in one zone, in a cluster placement group where the type supports it.
+    Prices, budgets and costs count every node; `train.batch_size` stays the global batch. A lost node
+    ends the attempt for all (every rank checkpoints on a notice; without one the others' collective
+    times out) and the next attempt resumes from the checkpoint. Their machines need to reach each
+    other: see the README's multi-node notes."""
 
     @field_validator("ami")
     @classmethod
