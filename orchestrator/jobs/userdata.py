@@ -351,10 +351,10 @@ def render(boot: Bootstrap) -> str:
         most_s=RETRY_MOST_S,
         constraints_member=CONSTRAINTS_MEMBER,
         image_stack=shlex.quote(IMAGE_STACK),
-        bootstrap_log_url=shlex.quote(f"{boot.job_prefix}/{layout.bootstrap_log(boot.attempt)}"),
+        bootstrap_log_url=shlex.quote(f"{boot.job_prefix}/{layout.bootstrap_log(boot.attempt, boot.node_rank)}"),
         final_url=shlex.quote(f"{boot.job_prefix}/{layout.FINAL}"),
         crash_url=shlex.quote(f"{boot.job_prefix}/{layout.crash_of(boot.attempt)}"),
-        bootstrap_log=layout.bootstrap_log(boot.attempt),
+        bootstrap_log=layout.bootstrap_log(boot.attempt, boot.node_rank),
         trainer_log=layout.trainer_log(boot.attempt),
         failure=shlex.quote(
             # Checked with a real time (finished_at must be a date-time), then given the mark the instance replaces.

@@ -111,7 +111,11 @@ def trainer_log(attempt: int) -> str:
     return f"{LOGS}/attempt-{attempt}.log"
 
 
-def bootstrap_log(attempt: int) -> str:
+def bootstrap_log(attempt: int, node: int = 0) -> str:
+    """The instance's bootstrap log; each further node of a multi-node attempt has its own (node 0's
+    keeps the one-instance name, which `spotctl logs` shows)."""
+    if node:
+        return f"{LOGS}/attempt-{attempt}.node-{node}.bootstrap.log"
     return f"{LOGS}/attempt-{attempt}.bootstrap.log"
 
 
