@@ -57,12 +57,28 @@ def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_trainer(job: str, env: dict[str, str], log: Path | None = None, own_group: bool = False) -> subprocess.Popen:
+def start_trainer(
+    job: str, env: dict[str, str], log: Path | None = None, own_group: bool = False, ranks: int = 1
+) -> subprocess.Popen:
     """`own_group`: in a new session, so the test can signal its whole process group (data workers
-    included), as `timeout`, systemd at shutdown and Slurm do."""
+    included), as `timeout`, systemd at shutdown and Slurm do. `ranks` above 1: under torchrun, as
+    the bootstrap runs it on a machine with that many GPUs (gloo ranks on the CPU here)."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child writes to it after we return
+    launcher = [sys.executable]
+    if ranks > 1:
+        # One CPU thread per rank: the ranks share this machine's cores (and a checkpoint records it).
+        env = {"OMP_NUM_THREADS": "1", **env}
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(ranks),
+            "--max-restarts",
+            "0",
+        ]
     return subprocess.Popen(
-        [sys.executable, "-m", "trainer", "run", "--job", job],
+        [*launcher, "-m", "trainer", "run", "--job", job],
         cwd=REPO,
         env=env,
         stdout=out,
@@ -71,9 +87,41 @@ def start_trainer(job: str, env: dict[str, str], log: Path | None = None, own_gr
     )
 
 
-def run_trainer(job: str, env: dict[str, str], timeout: float = 300, log: Path | None = None) -> int:
-    process = start_trainer(job, env, log)
+def run_trainer(job: str, env: dict[str, str], timeout: float = 300, log: Path | None = None, ranks: int = 1) -> int:
+    process = start_trainer(job, env, log, ranks=ranks)
     return process.wait(timeout=timeout)
+
+
+def rank_pids(process: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the training processes a torchrun `process` started (read from /proc)."""
+    from orchestrator.local.runner import machine_processes
+
+    found = {}
+    for pid in machine_processes(process.pid) - {process.pid}:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        values = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if b"RANK" in values and b"TORCHELASTIC_RUN_ID" in values:
+            # A rank's data workers inherit its environment: the rank is the one whose parent is torchrun.
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == process.pid:
+                found[int(values[b"RANK"])] = pid
+    return found
+
+
+def kill_machine(process: subprocess.Popen) -> None:
+    """SIGKILL to a trainer and every process under it, torchrun's ranks (each in a session of its
+    own) and their data workers included: the machine's power going."""
+    from orchestrator.local.runner import machine_processes
+
+    for pid in machine_processes(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    process.wait(timeout=60)
 
 
 def wait_for(predicate, timeout: float = 120, poll: float = 0.01) -> bool:

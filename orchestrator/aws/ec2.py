@@ -24,7 +24,7 @@ from orchestrator.aws.clients import (
     error_code,
     profile_not_propagated,
 )
-from orchestrator.aws.instances import GONE, TAG_ATTEMPT, TAG_JOB, Instance
+from orchestrator.aws.instances import GONE, TAG_ATTEMPT, TAG_JOB, TAG_NODE, Instance
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -154,13 +154,19 @@ def run_instance(
     user_data: str,
     token: str,
     dry_run: bool = False,
+    node: int | None = None,
+    placement_group: str | None = None,
 ) -> str:
+    """Start one spot instance of the job's attempt (one node of it, for compute.nodes > 1: tagged
+    with its node rank, in the job's cluster placement group when given)."""
     subnet, vpc = subnet_for(cloud, offer.zone, spec.compute.subnets)
+    name = f"spotctl {job_id} #{attempt}" + (f" node {node}" if node is not None else "")
     tags = [
         {"Key": TAG_JOB, "Value": job_id},
         {"Key": TAG_ATTEMPT, "Value": str(attempt)},
-        {"Key": "Name", "Value": f"spotctl {job_id} #{attempt}"[:255]},
-    ]
+        {"Key": "Name", "Value": name[:255]},
+    ] + ([{"Key": TAG_NODE, "Value": str(node)}] if node is not None else [])
+    # terminate (never stop or hibernate) on interruption: also what a placement group requires of spot.
     spot_options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
     if spec.compute.hard_max_price and spec.compute.max_price_per_hour:
         # Opt-in only: with a MaxPrice EC2 interrupts the instance whenever the price crosses it. The
@@ -191,6 +197,8 @@ def run_instance(
         "ClientToken": token,  # a retried call returns the same instance instead of starting a second one
         "DryRun": dry_run,
     }
+    if placement_group:
+        request["Placement"] = {"GroupName": placement_group}
     if not spec.compute.public_ip:
         require_private_egress(cloud, subnet, vpc, offer.zone)
     group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TAG_JOB, TAG_ATTEMPT = "spotctl:job", "spotctl:attempt"
+TAG_NODE = "spotctl:node"  # the node rank of one machine of a multi-node job (compute.nodes > 1)
 # EC2 Spot's service-linked role: the first spot launch of an account creates it with the caller's
 # rights, which an operator held to spotctl's policy lacks (`infra deploy` creates it).
 SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE = "spot.amazonaws.com", "AWSServiceRoleForEC2Spot"

@@ -46,6 +46,10 @@ class InstanceType:
     """EC2 sells it as spot (SupportedUsageClasses)."""
     network_gbps: float | None = None
     """Baseline network bandwidth (NetworkCards' BaselineBandwidthInGbps; "up to" is only a burst)."""
+    cluster_placement: bool = True
+    """It can be launched in a cluster placement group (PlacementGroupInfo.SupportedStrategies; absent: assume so)."""
+    efa: bool = False
+    """It has an Elastic Fabric Adapter (NetworkInfo.EfaSupported): NCCL over EFA between nodes."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ def _instance_type(entry: dict) -> InstanceType:
             c.get("BaselineBandwidthInGbps", 0.0) for c in entry.get("NetworkInfo", {}).get("NetworkCards", [])
         )
         or None,
+        cluster_placement="cluster" in entry.get("PlacementGroupInfo", {}).get("SupportedStrategies", ["cluster"]),
+        efa=bool(entry.get("NetworkInfo", {}).get("EfaSupported", False)),
     )
 
 

@@ -10,7 +10,7 @@ from orchestrator.aws.doctor import Verdict, run_checks
 from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 from orchestrator.cli.doctor import render_checks
-from orchestrator.cli.offers import OFFER_HEADERS, offer_rows, warn
+from orchestrator.cli.offers import offer_headers, offer_rows, warn
 from orchestrator.errors import ExitCode
 from orchestrator.jobs.caretaker import DEPLOY_HINT, caretaker
 from orchestrator.jobs.contexts import remember
@@ -79,13 +79,14 @@ def command(
         out = render.console()
         out.print(
             render.table(
-                OFFER_HEADERS,
-                offer_rows(plan.offers.ranked[:10]),
+                offer_headers(plan.spec.compute.nodes),
+                offer_rows(plan.offers.ranked[:10], plan.spec.compute.nodes),
                 title=f"offers ({len(plan.offers.ranked)}, cheapest first)",
             )
         )
         out.print(
-            f"would launch {plan.job_id} on {best.instance.name} in {best.zone} at {render.rate(best.spot_price)} (AMI {plan.ami})"
+            f"would launch {plan.job_id} on {_nodes_of(plan.spec.compute.nodes)}{best.instance.name} in {best.zone} "
+            f"at {render.rate(best.spot_price)}{_each(plan.spec.compute.nodes, best.spot_price)} (AMI {plan.ami})"
         )
         out.print("user-data:")
         out.print(plan.user_data, markup=False, highlight=False)
@@ -118,6 +119,7 @@ def command(
                     "zone": attempt.zone,
                     "spot_price": attempt.spot_price,
                     "job_url": record.job_url,
+                    "nodes": [{"rank": n.rank, "instance_id": n.instance_id} for n in attempt.nodes or []],
                     "care": {"by": care.by, "detail": care.detail, "fix": care.fix},
                 },
                 indent=2,
@@ -129,7 +131,9 @@ def command(
     )
     if not as_json:
         click.echo(
-            f"launched {record.job_id}: {attempt.instance_type} in {attempt.zone} at {render.rate(attempt.spot_price)} spot{saving} ({attempt.instance_id})"
+            f"launched {record.job_id}: {_nodes_of(len(attempt.nodes or []))}{attempt.instance_type} in {attempt.zone} "
+            f"at {render.rate(attempt.spot_price)} spot{_each(len(attempt.nodes or []), attempt.spot_price)}{saving} "
+            f"({', '.join(n.instance_id or '?' for n in attempt.nodes) if attempt.nodes else attempt.instance_id})"
         )
     if then_watch:
         from orchestrator.cli.watch import follow
@@ -163,3 +167,12 @@ def _follow_up_flags(app: App, storage: str, profile: str | None, remembered: bo
     if app.local is not None:
         return " --local"
     return f" --storage {storage}" + (f" --profile {profile}" if profile else "")
+
+
+def _nodes_of(nodes: int) -> str:
+    return f"{nodes} x " if nodes > 1 else ""
+
+
+def _each(nodes: int, price: float) -> str:
+    """Several nodes: the price is each one's, and what all of them cost an hour."""
+    return f" each ({render.rate(price * nodes)} for all {nodes})" if nodes > 1 else ""

@@ -12,7 +12,8 @@ from orchestrator.cli import options, render
 from orchestrator.cli.context import App
 
 
-def offer_rows(offers: list[Offer]) -> list[list]:
+def offer_rows(offers: list[Offer], nodes: int = 1) -> list[list]:
+    """One row per offer; with several nodes, the last column is what all of them cost an hour."""
     return [
         [
             o.instance.name,
@@ -26,8 +27,13 @@ def offer_rows(offers: list[Offer]) -> list[list]:
             render.price(o.on_demand_price),
             "-" if o.saving is None else f"{o.saving:.0%}",
         ]
+        + ([render.price(o.spot_price * nodes)] if nodes > 1 else [])
         for o in offers
     ]
+
+
+def offer_headers(nodes: int = 1) -> list[str]:
+    return OFFER_HEADERS + ([f"spot $/h x {nodes} nodes"] if nodes > 1 else [])
 
 
 OFFER_HEADERS = ["type", "GPUs", "GPU", "GPU memory", "vCPUs", "memory", "zone", "spot $/h", "on-demand $/h", "saving"]
@@ -60,6 +66,7 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, to
     cloud = app.cloud(spec.region, profile)
     found = find_offers(cloud, spec.compute, app.prices(cloud), describe_image(cloud, spec.compute.ami))
     shown = found.ranked[:top] if top else found.ranked
+    nodes = spec.compute.nodes
     if as_json:
         ami = found.ami
         for note in found.notes:
@@ -67,7 +74,8 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, to
         click.echo(
             json.dumps(
                 {
-                    "offers": [o.as_dict() for o in shown],
+                    "nodes": nodes,
+                    "offers": [{**o.as_dict(), "spot_price_all_nodes": round(o.spot_price * nodes, 6)} for o in shown],
                     "count": len(found.ranked),
                     "dropped": [{"instance_type": t, "zone": z, "reason": why} for (t, z), why in found.dropped],
                     "excluded": [{"instance_type": t, "reason": why} for t, why in found.excluded.items()],
@@ -92,7 +100,9 @@ def command(app: App, job_file: str, region: str | None, profile: str | None, to
     title = f"{len(found.ranked)} offers in {cloud.region}" + (
         f", the {len(shown)} cheapest shown" if len(shown) < len(found.ranked) else ""
     )
-    out.print(render.table(OFFER_HEADERS, offer_rows(shown), title=title))
+    if nodes > 1:
+        title += f"; prices are per instance-hour, the last column for all {nodes} nodes (compute.nodes)"
+    out.print(render.table(offer_headers(nodes), offer_rows(shown, nodes), title=title))
     out.print(found.ami.describe(), markup=False)
     if found.excluded:
         out.print(f"{len(found.excluded)} instance types not considered:", markup=False)

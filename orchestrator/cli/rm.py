@@ -2,7 +2,7 @@
 one unless `--force` (orchestrator.jobs.remove). Exit code 0 when every job named was removed, 1
 otherwise (each refusal is one line; the others are still removed).
 
-`--json` prints `{"removed": [{"job_id", "context", "prefix", "objects", "stopped", "terminated"}],
+`--json` prints `{"removed": [{"job_id", "context", "prefix", "objects", "stopped", "terminated", "groups_left"}],
 "errors": [{"job", "error", "hint"}]}`.
 """
 
@@ -73,9 +73,16 @@ def _line(r: Removed) -> str:
     parts = Counter(o.split("/", 1)[0] if "/" in o else o for o in r.objects)
     what = ", ".join(f"{name} {count}" if count > 1 else name for name, count in sorted(parts.items()))
     count = f"{len(r.objects)} object{'' if len(r.objects) == 1 else 's'}"
+    left = (
+        f"; placement group {', '.join(r.groups_left)} still in use: delete it once its machines are gone "
+        f"(aws ec2 delete-placement-group --group-name {r.groups_left[0]})"
+        if r.groups_left
+        else ""
+    )
     return (
         f"removed {r.job_id}: "
         + (f"{'; '.join(before)}; " if before else "")
         + f"{count} under {r.prefix}/"
         + (f" ({what})" if what else "")
+        + left
     )

@@ -375,7 +375,17 @@ def job_panel(view: dict):
         ]
         for a in view["attempts"]
     ]
-    return Group(*lines, render.table(ATTEMPT_HEADERS, rows, title="attempts", ids=("instance",)))
+    nodes = [Text(f"attempt {a['number']} nodes: {node_list(a['nodes'])}") for a in view["attempts"] if a.get("nodes")]
+    return Group(*lines, render.table(ATTEMPT_HEADERS, rows, title="attempts", ids=("instance",)), *nodes)
+
+
+def node_list(nodes: list[dict]) -> str:
+    """`0 i-0abc (kept), 1 i-0def (lost)`: a multi-node attempt's machines by node rank."""
+    said = []
+    for node in nodes:
+        notes = [word for word in ("kept", "lost") if node.get(word)]
+        said.append(f"{node['rank']} {node['instance_id'] or '?'}" + (f" ({', '.join(notes)})" if notes else ""))
+    return ", ".join(said)
 
 
 ATTEMPT_HEADERS = ["#", "type", "zone", "spot $/h", "instance", "started", "ended", "cost", "end / state"]

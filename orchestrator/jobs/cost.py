@@ -98,21 +98,24 @@ def attempt_cost(
     on_demand_usd_per_hour: float | None = None,
     extras: Extras = Extras(),
     launched: datetime | None = None,
+    first_running: datetime | None = None,
 ) -> AttemptCost:
     """One attempt whose instance ran from `start` (`running`) to `end`; its volume and address exist
-    from `launched` (default: `start`) to `end`."""
+    from `launched` (default: `start`) to `end`. `first_running`: when the instance itself started
+    running, if before `start` (a node kept from the previous attempt): its minute was billed there, and
+    the first-hour rule counts from it."""
     seconds = max(0.0, (end - start).total_seconds())
     held_h = max(0.0, (end - min(launched or start, start)).total_seconds()) / 3600
     ebs = None if extras.ebs_usd_per_hour is None else extras.ebs_usd_per_hour * held_h
     ipv4 = extras.public_ipv4_usd_per_hour * held_h
     besides = (ebs or 0.0) + ipv4  # charged however the attempt ended: the first-hour rule waives instance usage only
+    minimum = MINIMUM_BILLED_S if first_running is None else 0.0
     on_demand = (
-        None
-        if on_demand_usd_per_hour is None
-        else max(seconds, MINIMUM_BILLED_S) * on_demand_usd_per_hour / 3600 + besides
+        None if on_demand_usd_per_hour is None else max(seconds, minimum) * on_demand_usd_per_hour / 3600 + besides
     )
-    free = interrupted_by_ec2 and seconds < FREE_IF_INTERRUPTED_WITHIN_S
-    billed_until = max(end, start + timedelta(seconds=MINIMUM_BILLED_S))  # a started instance bills a minute at least
+    lived = seconds if first_running is None else max(0.0, (end - first_running).total_seconds())
+    free = interrupted_by_ec2 and lived < FREE_IF_INTERRUPTED_WITHIN_S
+    billed_until = max(end, start + timedelta(seconds=minimum))  # a started instance bills a minute at least
     usage = integrate(prices, start, billed_until)
     instance = 0.0 if free else usage
     return AttemptCost(
@@ -272,12 +275,17 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
         # EC2's reason once it has one; until then the trainer's word that a spot notice came.
         reason = attempt.state_reason or (instance.reason_code if instance else None)
         by_ec2 = reason == SPOT_TERMINATION if reason else attempt.end_reason == EndReason.INTERRUPTED
-        history = prices.history((attempt.instance_type, attempt.zone), start, end) or [_launch_price(attempt, start)]
         extras, said = extras_of(attempt, record.region)
         notes += [n for n in said if n not in notes]
-        costs.append(
-            attempt_cost(attempt.number, history, start, end, by_ec2, attempt.on_demand_price, extras, launched)
-        )
+        if attempt.nodes:
+            costs.append(_nodes_cost(attempt, prices, start, end, by_ec2, extras))
+        else:
+            history = prices.history((attempt.instance_type, attempt.zone), start, end) or [
+                _launch_price(attempt, start)
+            ]
+            costs.append(
+                attempt_cost(attempt.number, history, start, end, by_ec2, attempt.on_demand_price, extras, launched)
+            )
         counted.append(attempt)
         if attempt.on_demand_price is None and savings_unknown is None:
             savings_unknown = f"no on-demand price for {attempt.instance_type} in {record.region}"
@@ -289,7 +297,7 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
         spot = prices.spot_prices([(current.instance_type, current.zone)]).get(
             (current.instance_type, current.zone), current.spot_price
         )
-        rate = spot + extras_of(current, record.region)[0].usd_per_hour
+        rate = (spot + extras_of(current, record.region)[0].usd_per_hour) * live_nodes(current)
     eta = eta_left_s(view.heartbeat, now) if view.heartbeat else None
     projected = total.total_usd + eta / 3600 * rate if running and eta is not None and rate is not None else None
     return replace(
@@ -298,6 +306,58 @@ def cost_of(view: JobView, prices: PriceSource, now: datetime | None = None) -> 
         projected_total_usd=projected,
         savings_unknown=savings_unknown if total.savings is None else None,
         notes=tuple(notes),
+    )
+
+
+def live_nodes(attempt: Attempt) -> int:
+    """The machines an attempt pays for now: every node not yet ended (1 for a single instance)."""
+    if not attempt.nodes:
+        return 1
+    return sum(1 for node in attempt.nodes if node.ended_at is None) or len(attempt.nodes)
+
+
+def _nodes_cost(
+    attempt: Attempt, prices: PriceSource, start: datetime, end: datetime, by_ec2: bool, extras: Extras
+) -> AttemptCost:
+    """A multi-node attempt: each node billed over its own part of the attempt (a replaced node from
+    its launch, a kept one from `since`), to its own end or the attempt's; the sum of them as one
+    attempt's cost. A kept node's minute and first hour count from its instance's first `running`."""
+    parts = []
+    for node in attempt.nodes or []:
+        node_end = min(datetime.fromisoformat(node.ended_at), end) if node.ended_at else end
+        since = datetime.fromisoformat(node.since or node.launched_at) if (node.since or node.launched_at) else start
+        running = datetime.fromisoformat(node.running_at) if node.running_at else None
+        node_start = min(max(since, running or start), node_end)
+        first = running if node.kept and running is not None else None
+        interrupted = node.state_reason == SPOT_TERMINATION if node.state_reason else (by_ec2 and node.lost)
+        history = prices.history((node.instance_type, node.zone), node_start, node_end) or [
+            PricePoint(node_start, node.spot_price)
+        ]
+        parts.append(
+            attempt_cost(
+                attempt.number,
+                history,
+                node_start,
+                node_end,
+                interrupted,
+                attempt.on_demand_price,
+                extras,
+                since,
+                first_running=first,
+            )
+        )
+    ebs = [p.ebs_usd for p in parts]
+    on_demand = [p.on_demand_usd for p in parts]
+    return AttemptCost(
+        attempt.number,
+        max((p.seconds for p in parts), default=0.0),
+        sum(p.usd for p in parts),
+        None if any(v is None for v in on_demand) else sum(on_demand),
+        any(p.free_by_first_hour_rule for p in parts),
+        sum(p.instance_usd for p in parts),
+        None if any(v is None for v in ebs) else sum(ebs),
+        sum(p.public_ipv4_usd for p in parts),
+        waived_usd=sum(p.waived_usd for p in parts),
     )
 
 

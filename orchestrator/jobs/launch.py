@@ -20,9 +20,9 @@ from urllib.parse import urlparse
 import botocore.exceptions
 
 from orchestrator import __version__
-from orchestrator.aws import infra
+from orchestrator.aws import infra, placement
 from orchestrator.aws.amis import Image
-from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe
+from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe, error_code
 from orchestrator.aws.ec2 import describe_image, describe_instance, live_instances, resolve_ami, run_instance, terminate
 from orchestrator.aws.offers import Offer, Offers, find_offers, summarize_drops
 from orchestrator.aws.prices import PriceSource
@@ -34,7 +34,8 @@ from orchestrator.jobs.targets import store_targets
 from orchestrator.jobs.userdata import Bootstrap, render
 from orchestrator.jobs.wheel import build_wheel
 from trainer.job import catalog, layout
-from trainer.job.documents import Attempt, JobRecord, JobState, now_iso
+from trainer.job.documents import Attempt, JobRecord, JobState, Node, now_iso
+from trainer.job.rendezvous import plan_document, same_plan
 from trainer.job.spec import ComputeSpec, JobSpec, is_weights_name
 from trainer.job.spec_file import dump_spec
 from trainer.job.storage import file_sha256
@@ -128,6 +129,24 @@ def save_time_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
     return notes
 
 
+def nodes_notes(spec: JobSpec, offers: list[Offer]) -> list[str]:
+    """compute.nodes > 1: each type that cannot join a cluster placement group (its nodes are then
+    placed anywhere in the zone), and each with EFA that spotctl does not use yet."""
+    nodes, notes, seen = spec.compute.nodes, [], set()
+    for offer in offers:
+        if nodes < 2 or offer.instance.name in seen:
+            continue
+        seen.add(offer.instance.name)
+        if not offer.instance.cluster_placement:
+            notes.append(
+                f"{offer.instance.name} cannot join a cluster placement group: its {nodes} nodes share a zone, not a rack"
+            )
+        efa = placement.efa_note(nodes, offer.instance)
+        if efa:
+            notes.append(efa)
+    return notes
+
+
 def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | None = None) -> Plan:
     # The deployed stack describes an AWS account; a cloud at an endpoint (the local one) is another.
     check_reachable_from_instance(spec, None if cloud.endpoint else infra.read_profile())
@@ -135,6 +154,7 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
     image = describe_image(cloud, spec.compute.ami)
     offers = find_offers(cloud, spec.compute, prices, image)
     offers.notes.extend(save_time_notes(spec, offers.ranked))
+    offers.notes.extend(nodes_notes(spec, offers.ranked))
     if not offers.ranked:
         cap = (
             f" under max_price_per_hour ${spec.compute.max_price_per_hour:g}" if spec.compute.max_price_per_hour else ""
@@ -158,7 +178,7 @@ def plan_launch(spec: JobSpec, cloud: Cloud, prices: PriceSource, job_id: str | 
     return Plan(spec, job_id, offers, image.id, wheel, digest, wheel_url, bootstrap_script(spec, job_id, 1, wheel_url))
 
 
-def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -> str:
+def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str, node_rank: int = 0) -> str:
     return render(
         Bootstrap(
             job_id,
@@ -169,6 +189,8 @@ def bootstrap_script(spec: JobSpec, job_id: str, attempt: int, wheel_url: str) -
             wheel_url,
             __version__,
             layout.wheel_sha256(wheel_url) or "",  # the bootstrap checks the wheel against it
+            node_rank=node_rank,
+            nodes=spec.compute.nodes,
         )
     )
 
@@ -253,8 +275,10 @@ def start_attempt(
         if adopted is not None:
             return adopted
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
-    user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     image = image or describe_image(cloud, record.ami)  # the caller's, if it has described it already
+    if spec.compute.nodes > 1:
+        return _start_nodes(record, spec, offers, cloud, store, image, number, owner)
+    user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = image.id, image.root_device
     refusals = Refusals()
     for offer in offers:
@@ -315,6 +339,135 @@ def start_attempt(
         return written.attempts[-1]
     store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
     raise refusals.error()
+
+
+def node_token(job_id: str, number: int, rank: int, offer: Offer) -> str:
+    """One node's RunInstances ClientToken: per job, attempt, node rank and pool (and version, as above)."""
+    key = f"{job_id}/{number}/node{rank}/{offer.instance.name}/{offer.zone}/{__version__}"
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def _start_nodes(
+    record: JobRecord,
+    spec: JobSpec,
+    offers: list[Offer],
+    cloud: Cloud,
+    store: JobStore,
+    image: Image,
+    number: int,
+    owner: str,
+) -> Attempt | None:
+    """compute.nodes > 1: start every node of the attempt in one pool (one type, one zone), in the
+    job's cluster placement group where the type may join one. All or nothing per pool: a node EC2
+    refuses ends the ones already started there, and the next offer is tried for all of them. The
+    claim is the attempt's, as for one instance; each node has its own ClientToken (node_token), so a
+    repeated call starts no second machine for a node."""
+    nodes = spec.compute.nodes
+    refusals = Refusals()
+    for offer in offers:
+        if refusals.quota_of(offer) is not None:
+            continue
+        tokens = [node_token(record.job_id, number, rank, offer) for rank in range(nodes)]
+        claimed = store.update_record(
+            record.job_id,
+            lambda r, offer=offer, tokens=tokens: _claim_nodes(r, number, offer, tokens, owner, spec.compute),
+        )
+        if claimed is None:
+            log.info("launch: attempt %d of %s is another orchestrator's", number, record.job_id)
+            return None
+        group = placement.ensure_group(cloud, record.job_id) if placement.wanted(nodes, offer.instance) else None
+        started: list[str] = []
+        try:
+            for rank in range(nodes):
+                user_data = bootstrap_script(spec, record.job_id, number, record.wheel_url, node_rank=rank)
+                started.append(
+                    run_instance(
+                        cloud,
+                        spec,
+                        record.job_id,
+                        number,
+                        offer,
+                        image.id,
+                        image.root_device,
+                        user_data,
+                        tokens[rank],
+                        node=rank,
+                        placement_group=group,
+                    )
+                )
+        except botocore.exceptions.ClientError as exc:
+            if started:
+                terminate(cloud, started)  # a gang: part of one is worth nothing
+            kind = classify(exc)
+            if kind in (ErrorKind.CAPACITY, ErrorKind.QUOTA) or error_code(exc) == placement.IN_USE:
+                log.info(
+                    "launch: %d x %s in %s refused at node %d (%s); trying the next offer",
+                    nodes,
+                    offer.instance.name,
+                    offer.zone,
+                    len(started),
+                    describe(exc),
+                )
+                refusals.add(offer, kind, describe(exc))
+                continue
+            store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
+            raise as_user_error(exc, f"starting {nodes} x {offer.instance.name} in {offer.zone}") from None
+        except UserError as exc:
+            if started:
+                terminate(cloud, started)
+            log.info("launch: %s in %s skipped: %s", offer.instance.name, offer.zone, exc.message)
+            refusals.add(offer, None, exc.message, exc.hint)
+            continue
+        except BaseException:
+            if started:
+                terminate(cloud, started)
+            store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
+            raise
+        written = store.update_record(
+            record.job_id,
+            lambda r, tokens=tokens, started=started: _started_nodes(r, number, tokens, started, owner),
+        )
+        if written is None:
+            log.warning(
+                "launch: attempt %d of %s was taken over or stopped meanwhile; terminating %s",
+                number,
+                record.job_id,
+                started,
+            )
+            terminate(cloud, started)
+            return None
+        record.attempts[:] = written.attempts
+        # Each node's bootstrap finds its rank here too: a node kept for the next attempt learns it from its plan.
+        instances = dict(enumerate(started))
+        try:
+            store.write(record.job_id, layout.node_plan(number), plan_document(number, instances), create=True)
+        except FileExistsError:  # written by the call this one repeats
+            same_plan(store.read_bytes(record.job_id, layout.node_plan(number)) or b"", number, instances)
+        return written.attempts[-1]
+    store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
+    raise refusals.error()
+
+
+def _claim_nodes(
+    record: JobRecord, number: int, offer: Offer, tokens: list[str], owner: str, compute: ComputeSpec
+) -> bool:
+    """The attempt's claim (as `_claim`), listing its nodes by rank, none started yet."""
+    if not _claim(record, number, offer, tokens[0], owner, compute):
+        return False
+    record.attempts[-1].nodes = [
+        Node(rank, offer.instance.name, offer.zone, offer.spot_price, token) for rank, token in enumerate(tokens)
+    ]
+    return True
+
+
+def _started_nodes(record: JobRecord, number: int, tokens: list[str], instance_ids: list[str], owner: str) -> bool:
+    if not _started(record, number, tokens[0], instance_ids[0], owner):
+        return False
+    attempt = record.attempts[-1]
+    for node, instance_id in zip(attempt.nodes or [], instance_ids, strict=True):
+        node.instance_id, node.launched_at = instance_id, attempt.launched_at
+        node.since = attempt.launched_at
+    return True
 
 
 @dataclass

@@ -33,9 +33,10 @@ class BudgetNeed:
 
     usd: float
     seconds: float  # the minimum charge plus the checkpoint interval (when known)
-    usd_per_hour: float  # the offer's spot price plus its volume and address
+    usd_per_hour: float  # the offer's spot price plus its volume and address, times the nodes
     extras_usd_per_hour: float
     interval_s: float | None  # None: not known before the run (every_steps at an unmeasured pace)
+    nodes: int = 1  # compute.nodes: usd_per_hour is all of them
 
     @property
     def smallest_budget(self) -> float:
@@ -52,9 +53,9 @@ def budget_need(
     the budget look-ahead of a running job (jobs.policy)."""
     interval = spec.train.checkpoint.seconds_to_next(seconds_per_step=seconds_per_step)
     extras = spec_extras(spec.compute.disk_gib, spec.compute.public_ip, spec.region).usd_per_hour
-    rate = offer.spot_price + extras
+    rate = (offer.spot_price + extras) * spec.compute.nodes  # every node pays its instance, volume and address
     seconds = MINIMUM_BILLED_S + (interval or 0.0)
-    return BudgetNeed(spent_usd + rate * seconds / 3600, seconds, rate, extras, interval)
+    return BudgetNeed(spent_usd + rate * seconds / 3600, seconds, rate, extras, interval, spec.compute.nodes)
 
 
 def budget_checks(spec: JobSpec, offers: Offers) -> list[Check]:
@@ -85,9 +86,11 @@ def _what(need: BudgetNeed, offer: Offer) -> str:
         else " (the time to the first checkpoint is not known before the run: every_steps at an unmeasured pace)"
     )
     besides = f" + ${need.extras_usd_per_hour:.4f}/h volume and address" if need.extras_usd_per_hour else ""
+    on = f"{need.nodes} x {offer.instance.name}" if need.nodes > 1 else offer.instance.name
+    each = " each" if need.nodes > 1 else ""
     return (
-        f"one {MINIMUM_BILLED_S:.0f} s minimum charge{interval} on {offer.instance.name} "
-        f"(${offer.spot_price:.4f}/h spot{besides}): ${need.usd:.4f}"
+        f"one {MINIMUM_BILLED_S:.0f} s minimum charge{interval} on {on} "
+        f"(${offer.spot_price:.4f}/h spot{besides}{each}): ${need.usd:.4f}"
     )
 
 

@@ -8,9 +8,11 @@ and `spotctl rm` can finish, never objects no command names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from orchestrator.aws import placement
 from orchestrator.aws.clients import Cloud
 from orchestrator.aws.ec2 import live_instances, terminate
 from orchestrator.errors import UserError
@@ -22,6 +24,20 @@ from orchestrator.jobs.views import find_job
 from trainer.job import layout
 
 LAST = (layout.RECORD, layout.JOB_FILE)  # what makes it a job, removed after everything else
+GROUP_WAIT_S = 60.0  # how long rm waits for EC2 to finish terminating a multi-node job's machines
+
+
+def delete_groups(cloud: Cloud, job_id: str, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> list[str]:
+    """Delete the job's placement groups (compute.nodes > 1); EC2 refuses while a machine of one is
+    still terminating, so each is tried every few seconds for `wait_s`. The names still there."""
+    left = placement.groups_of(cloud, job_id)
+    deadline = time.monotonic() + wait_s
+    while left:
+        left = [name for name in left if not placement.delete_group(cloud, name)]
+        if not left or time.monotonic() >= deadline:
+            break
+        sleep(3.0)
+    return left
 
 
 @dataclass
@@ -31,6 +47,7 @@ class Removed:
     objects: list[str] = field(default_factory=list)  # paths relative to the job's prefix
     stopped: bool = False  # --force stopped it first
     terminated: list[str] = field(default_factory=list)  # instances --force terminated
+    groups_left: list[str] = field(default_factory=list)  # placement groups EC2 would not delete yet (in use)
 
 
 def live_reason(view: JobView, live: list[str]) -> str | None:
@@ -44,7 +61,12 @@ def live_reason(view: JobView, live: list[str]) -> str | None:
 
 
 def remove_job(
-    store: JobStore, job_id: str, clouds: Callable[[str], Cloud], force: bool = False, stop_wait_s: float = 0.0
+    store: JobStore,
+    job_id: str,
+    clouds: Callable[[str], Cloud],
+    force: bool = False,
+    stop_wait_s: float = 0.0,
+    group_wait_s: float = GROUP_WAIT_S,
 ) -> Removed:
     """Delete every object of the job; refuse a live one unless `force` (then stop it first)."""
     view = find_job(store, job_id, clouds)
@@ -69,6 +91,8 @@ def remove_job(
         if left:
             terminate(clouds(view.record.region), left)
         removed.terminated = sorted(set(live) | set(left))
+    if view.record is not None and any(a.nodes for a in view.record.attempts):  # a multi-node job's
+        removed.groups_left = delete_groups(clouds(view.record.region), job_id, group_wait_s)
     objects = store.objects(job_id)
     delete_targets(store, job_id)  # outside the job's prefix: its webhook URLs go with it
     store.delete_objects(job_id, [o for o in objects if o not in LAST])

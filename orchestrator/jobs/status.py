@@ -20,6 +20,21 @@ class _Part(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
 
+class NodeStatus(_Part):
+    """One machine of a multi-node attempt (compute.nodes > 1), by node rank."""
+
+    rank: int
+    instance_id: str | None
+    instance_type: str
+    zone: str
+    spot_price: float
+    kept: bool = False
+    """the machine carried on from the previous attempt (a survivor), not launched for this one"""
+    lost: bool = False
+    """this node's machine went (interrupted, crashed, gone): the one the next attempt replaced"""
+    state_reason: str | None = None
+
+
 class AttemptStatus(_Part):
     """One attempt as recorded (trainer.job.documents.Attempt); the current one also with EC2's view."""
 
@@ -50,6 +65,8 @@ class AttemptStatus(_Part):
     """why it ended, in words, where the end reason alone does not say: for `crashed`, the signal, a probable out-of-memory kill and the memory high-water marks"""
     instance_state: str | None = None
     """EC2's state of the current attempt's instance (only on the current attempt)"""
+    nodes: list[NodeStatus] | None = None
+    """compute.nodes > 1: every machine of the attempt by node rank (instance_id above is node 0's); null for one instance"""
 
 
 class Progress(_Part):

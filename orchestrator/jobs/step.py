@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 
 import botocore.exceptions
 
+from orchestrator.aws import placement
 from orchestrator.aws.clients import Cloud, as_user_error
 from orchestrator.aws.ec2 import live_instances, terminate
 from orchestrator.aws.prices import Pool, PriceSource
@@ -89,6 +90,7 @@ class StepMemory(Document):
     delay: float | None = None  # the current backoff, doubling up to capacity_retry_max_s
     state: str | None = None  # the job's state as last told
     flags: list[str] = []  # the health flags last told
+    group_deleted: bool = False  # compute.nodes > 1: the job is over and its placement group is gone
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=1).encode()
@@ -159,6 +161,9 @@ class Stepper:
             self.give_up(
                 job_id, decision.outcome, decision.reason, view.record.current.number if view.record.current else 0
             )
+        elif decision.action is Action.DONE and spec.compute.nodes > 1 and not memory.group_deleted:
+            # EC2 refuses to delete it while a machine of it is still terminating: again at the next step.
+            memory.group_deleted = placement.delete_group(cloud, placement.group_name(job_id))
         fresh = view
         if decision.action not in (Action.WAIT, Action.DONE):
             fresh = read_views(self.store, [view.job_id], self.clouds)[0]

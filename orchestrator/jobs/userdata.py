@@ -1,7 +1,8 @@
 """The instance's bootstrap script (EC2 user-data), rendered from the job.
 
 It logs everything to a file shipped to the attempt's bootstrap log (trainer.job.layout) every
-minute and at exit, installs the spotctl wheel, runs `python -m trainer run` with the job's id, and
+minute and at exit, installs the spotctl wheel, runs `python -m trainer run` with the job's id (under
+`torchrun --nproc-per-node=<GPUs>` on a machine with several GPUs: one DDP rank per GPU), and
 shuts the instance down when the trainer is done. Not at once when it was interrupted (exit 75, or
 killed after a spot notice): EC2 is taking the instance, and the next attempt resumes from the
 checkpoint. What the script reports itself, before the machine shuts down, so that the orchestrator
@@ -38,6 +39,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.wheel import CONSTRAINTS_MEMBER, IMAGE_STACK
 from trainer.job import layout
 from trainer.job.documents import Final, Outcome, now_iso
+from trainer.job.rendezvous import DEFAULT_PORT
 
 # Filled in by the script when it reports a failure (they stand for values only it knows).
 ERROR_MARK, TIME_MARK = "@error@", "@now@"
@@ -62,6 +64,7 @@ JOB_PREFIX={job_prefix}
 WHEEL_URL={wheel_url}
 WHEEL_SHA256={wheel_sha256}
 export SPOTCTL_JOB_URL="$JOB_URL" SPOTCTL_JOB_ID={job_id} SPOTCTL_ATTEMPT={attempt} AWS_DEFAULT_REGION={region} AWS_REGION={region}
+export SPOTCTL_NODES={nodes} SPOTCTL_NODE_RANK={node_rank}
 BOOTSTRAP_LOG_URL={bootstrap_log_url}
 FINAL_URL={final_url}
 CRASH_URL={crash_url}
@@ -241,9 +244,48 @@ if command -v nvidia-smi >/dev/null 2>&1 && ! nvidia-smi -L >"$WORK/gpus" 2>&1; 
 fi
 export SPOTCTL_INSTANCE_ID
 SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
+# One training process per GPU: torchrun, when the machine has more than one (nvidia-smi's listing).
+GPUS="$(grep -c '^GPU ' "$WORK/gpus" 2>/dev/null)" || GPUS=0
+TRAINER=("$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+NPROC=$(( GPUS > 1 ? GPUS : 1 ))
+FIRST_RANK=$(( SPOTCTL_NODE_RANK * NPROC ))  # this node's first global rank (its exit file names it)
+DISTRIBUTED=$(( GPUS > 1 || SPOTCTL_NODES > 1 ))
+if [ "$SPOTCTL_NODES" -gt 1 ]; then
+  # compute.nodes: meet the other nodes in storage (trainer.job.rendezvous); node 0's address is the master.
+  ADDRESS="${{SPOTCTL_NODE_ADDRESS:-$(imds local-ipv4):{master_port}}}"
+  export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
+  rm -f "$SPOTCTL_EXIT_FILE".*
+  if RDZV="$("$PYTHON" -m trainer.job.rendezvous join --storage "$JOB_PREFIX" --attempt "$SPOTCTL_ATTEMPT" \
+      --rank "$SPOTCTL_NODE_RANK" --nodes "$SPOTCTL_NODES" --address "$ADDRESS" --instance-id "$SPOTCTL_INSTANCE_ID")"; then
+    echo "spotctl: node $SPOTCTL_NODE_RANK of $SPOTCTL_NODES met the others: $RDZV"
+    # shellcheck disable=SC2206  # the rendezvous prints four --name=value words
+    TRAINER=("$PYTHON" -m torch.distributed.run $RDZV --nproc-per-node "$NPROC" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+  else
+    # Not the job's fault (a node lost before it joined): a crash report, recovered up to recovery.max_crashes.
+    echo "spotctl: node $SPOTCTL_NODE_RANK could not meet the other nodes; this attempt cannot train"
+    TRAINER=(bash -c 'exit 70')
+  fi
+elif [ "$GPUS" -gt 1 ]; then
+  # No restarts: a lost rank ends the attempt and the orchestrator resumes it from the checkpoint.
+  export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
+  rm -f "$SPOTCTL_EXIT_FILE".*
+  TRAINER=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+fi
 # In a subshell that becomes the trainer (exec): its pid, which the kernel log names if it kills it.
-( echo "$BASHPID" >"$WORK/trainer.pid"; exec "$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID" )
+( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
 CODE=$?
+if [ "$DISTRIBUTED" -eq 1 ] && [ "$CODE" -ne 0 ]; then
+  # torchrun exits 1 for any rank's end but 0: this node's first rank's word is the trainer's (75, 3, 2...)
+  # when each of its ranks left one; a rank without one died without a word (a signal): a crash.
+  for ((RANK_NO = FIRST_RANK; RANK_NO < FIRST_RANK + NPROC; RANK_NO++)); do
+    if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
+      # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
+      SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
+      echo "spotctl: rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
+    fi
+  done
+  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.$FIRST_RANK")}}"
+fi
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
   0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself
@@ -270,6 +312,8 @@ class Bootstrap:
     wheel_url: str  # s3://.../wheels/<sha256>/<file>.whl
     version: str
     wheel_sha256: str  # the wheel's digest: the script refuses a wheel with other bytes
+    node_rank: int = 0  # compute.nodes > 1: this machine's node rank
+    nodes: int = 1  # compute.nodes
 
 
 def render(boot: Bootstrap) -> str:
@@ -279,6 +323,8 @@ def render(boot: Bootstrap) -> str:
         raise UserError(f"'{boot.region}' is not an AWS region")
     if not isinstance(boot.attempt, int) or boot.attempt < 1:
         raise UserError(f"attempt must be a positive number, got {boot.attempt!r}")
+    if not (isinstance(boot.nodes, int) and isinstance(boot.node_rank, int) and 0 <= boot.node_rank < boot.nodes):
+        raise UserError(f"node rank {boot.node_rank!r} is not one of {boot.nodes!r} nodes")
     if not SHA256.fullmatch(boot.wheel_sha256):
         raise UserError(
             f"wheel_sha256 must be 64 lower-case hex digits (the sha256 its URL {boot.wheel_url} names), got {boot.wheel_sha256!r}"
@@ -290,6 +336,9 @@ def render(boot: Bootstrap) -> str:
     script = TEMPLATE.format(
         job_id=boot.job_id,
         attempt=boot.attempt,
+        nodes=boot.nodes,
+        node_rank=boot.node_rank,
+        master_port=DEFAULT_PORT,
         region=boot.region,
         version=re.sub(r"[^A-Za-z0-9.+-]", "", boot.version),
         job_url=shlex.quote(boot.job_url),
@@ -302,10 +351,10 @@ def render(boot: Bootstrap) -> str:
         most_s=RETRY_MOST_S,
         constraints_member=CONSTRAINTS_MEMBER,
         image_stack=shlex.quote(IMAGE_STACK),
-        bootstrap_log_url=shlex.quote(f"{boot.job_prefix}/{layout.bootstrap_log(boot.attempt)}"),
+        bootstrap_log_url=shlex.quote(f"{boot.job_prefix}/{layout.bootstrap_log(boot.attempt, boot.node_rank)}"),
         final_url=shlex.quote(f"{boot.job_prefix}/{layout.FINAL}"),
         crash_url=shlex.quote(f"{boot.job_prefix}/{layout.crash_of(boot.attempt)}"),
-        bootstrap_log=layout.bootstrap_log(boot.attempt),
+        bootstrap_log=layout.bootstrap_log(boot.attempt, boot.node_rank),
         trainer_log=layout.trainer_log(boot.attempt),
         failure=shlex.quote(
             # Checked with a real time (finished_at must be a date-time), then given the mark the instance replaces.

@@ -28,6 +28,8 @@ the IAM user guide on eventual consistency; the EC2 API reference's StateReason)
   EntityAlreadyExists).
 - Service Quotas: GetServiceQuota for the EC2 Spot quotas answers the configured values (moto
   knows only VPC quotas).
+- EC2 placement groups, which moto lacks: Create/Describe/DeletePlacementGroup and RunInstances'
+  `Placement.GroupName` checked as AWS does (orchestrator.local.placement_groups).
 
 `Strictness` is the configuration; `POST /_strict/config` changes it on a running proxy (JSON of
 its fields), `GET /_strict/config` and `GET /_strict/calls` (calls per action, with the answer) read
@@ -55,6 +57,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from orchestrator.aws import quotas
 from orchestrator.aws.instances import SPOT_SERVICE, SPOT_SERVICE_LINKED_ROLE
+from orchestrator.local.placement_groups import PLACEMENT_ACTIONS, PlacementGroups
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,8 @@ class StrictProxy:
         }
         self._spot_role_seen = False
         self._vcpus: dict[str, int] = {}
+        self._cluster_ok: dict[str, bool] = {}
+        self.placement_groups = PlacementGroups(self._not_terminated)
 
     # ------------------------------------------------------------------ the request path
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
@@ -330,6 +335,10 @@ class StrictProxy:
         if young:
             self.calls[f"ec2:{action}:InvalidInstanceID.NotFound"] += 1
             return ec2_error(400, "InvalidInstanceID.NotFound", f"The instance ID '{young[0]}' does not exist")
+        if action in PLACEMENT_ACTIONS:
+            self.calls[f"ec2:{action}"] += 1
+            status, body = self.placement_groups.answer(action, params, region)
+            return Answer(status, [("Content-Type", "text/xml;charset=UTF-8")], body)
         if action != "RunInstances":
             return None
         token = params.get("ClientToken")
@@ -377,6 +386,9 @@ class StrictProxy:
             used = self._spot_vcpus_in_use(quota, region)
             if used + needed > strict.quota(quota.code):
                 return 400, "MaxSpotInstanceCountExceeded", "Max spot instance count exceeded"
+        placed = self.placement_groups.refusal(params, region, zone, lambda t: self._cluster_supported(t, region))
+        if placed is not None:
+            return placed.status, placed.code, placed.message
         if _pool_matches(strict.refused_pools, instance_type, zone):
             return (
                 500,
@@ -408,6 +420,7 @@ class StrictProxy:
             ids = [i.decode() for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", answer.body)]
             for instance_id in ids:
                 self._young[instance_id] = time.monotonic() + self.strictness.consistency_s
+        self.placement_groups.launched(params, region, ids)
         reason = _pool_lookup(
             self.strictness.launch_failures, params.get("InstanceType", ""), self._zone_of(params, region)
         )
@@ -552,6 +565,31 @@ class StrictProxy:
             info = described["InstanceTypes"][0]["VCpuInfo"] if described["InstanceTypes"] else {}
             self._vcpus[instance_type] = int(info.get("DefaultVCpus", 1))
         return self._vcpus[instance_type]
+
+    def _cluster_supported(self, instance_type: str, region: str) -> bool:
+        if instance_type not in self._cluster_ok:
+            described = self._client("ec2", region).describe_instance_types(InstanceTypes=[instance_type])
+            info = described["InstanceTypes"][0] if described["InstanceTypes"] else {}
+            strategies = info.get("PlacementGroupInfo", {}).get("SupportedStrategies", ["cluster"])
+            self._cluster_ok[instance_type] = "cluster" in strategies
+        return self._cluster_ok[instance_type]
+
+    def _not_terminated(self, region: str, instance_ids: list[str]) -> dict[str, str]:
+        """{id: zone} of those instances moto does not list as terminated."""
+        if not instance_ids:
+            return {}
+        pages = (
+            self._client("ec2", region)
+            .get_paginator("describe_instances")
+            .paginate(Filters=[{"Name": "instance-id", "Values": instance_ids}])
+        )
+        return {
+            i["InstanceId"]: i["Placement"]["AvailabilityZone"]
+            for page in pages
+            for r in page["Reservations"]
+            for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"
+        }
 
     def _spot_vcpus_in_use(self, quota: quotas.SpotQuota, region: str) -> int:
         pages = (

@@ -11,6 +11,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -56,6 +58,12 @@ if [ "$1 $2" = "-m trainer" ]; then
   if [ -n "${FAKE_TRAINER_SIGNAL:-}" ]; then kill -s "$FAKE_TRAINER_SIGNAL" $$; fi  # killed, as the OOM killer or a segfault does
   exit "${FAKE_TRAINER_EXIT:-0}"
 fi
+if [ "$1 $2" = "-m torch.distributed.run" ]; then  # torchrun: each rank's word as a test gives it, then torchrun's exit
+  echo "torchrun $0 ${*:3}" >>"$FAKE_STATE/calls"; echo "$$" >"$FAKE_STATE/trainer-pid"
+  rank=0; for code in ${FAKE_RANK_EXITS:-}; do [ "$code" = - ] || echo "$code" >"$SPOTCTL_EXIT_FILE.$rank"; rank=$((rank + 1)); done
+  if [ -n "${FAKE_TORCHRUN_SAYS:-}" ]; then echo "$FAKE_TORCHRUN_SAYS" >&2; fi
+  exit "${FAKE_TRAINER_EXIT:-0}"
+fi
 exec @python@ "$@"
 """
 
@@ -99,11 +107,10 @@ class Instance:
         self.s3 = boto3.client("s3")
         self.s3.create_bucket(Bucket=BUCKET)
 
-    def run(self, wheel_url: str, sha256: str, **env: str) -> int:
-        script = self.root / "user-data.sh"
-        script.write_text(
-            render(Bootstrap(JOB, 1, "us-east-1", f"{PREFIX}/job.yaml", PREFIX, wheel_url, "0.1.0", sha256))
-        )
+    def run(self, wheel_url: str, sha256: str, nodes: int = 1, node_rank: int = 0, **env: str) -> int:
+        script = self.root / f"user-data-{node_rank}.sh"
+        boot = Bootstrap(JOB, 1, "us-east-1", f"{PREFIX}/job.yaml", PREFIX, wheel_url, "0.1.0", sha256)
+        script.write_text(render(replace(boot, nodes=nodes, node_rank=node_rank)))
         environment = trainer_env(
             {
                 **self.aws.environment(),
@@ -383,3 +390,77 @@ def test_gpus_the_amis_driver_cannot_drive_fail_the_boot_before_training(instanc
         "communicate with the NVIDIA driver. (choose instance types the AMI supports: `spotctl offers` lists them)"
     )
     assert not [c for c in instance.recorded("calls") if c.startswith("trainer ")]
+
+
+def two_gpus(instance) -> None:
+    smi = instance.bin / "nvidia-smi"
+    smi.write_text("#!/bin/bash\necho 'GPU 0: NVIDIA A10G (UUID: a)'\necho 'GPU 1: NVIDIA A10G (UUID: b)'\n")
+    smi.chmod(0o755)
+
+
+def test_a_machine_with_several_gpus_runs_one_rank_per_gpu_under_torchrun(instance, tmp_path):
+    two_gpus(instance)
+    assert run_trainer(instance, tmp_path, FAKE_RANK_EXITS="0 0") == 0
+    (call,) = [c for c in instance.recorded("calls") if c.startswith("torchrun ")]
+    assert " --standalone --nproc-per-node 2 --max-restarts 0 -m trainer run --job " in call
+    assert instance.final() is None and instance.crash() is None
+
+
+def test_one_gpu_runs_the_trainer_alone(instance, tmp_path):
+    smi = instance.bin / "nvidia-smi"
+    smi.write_text("#!/bin/bash\necho 'GPU 0: NVIDIA A10G (UUID: a)'\n")
+    smi.chmod(0o755)
+    assert run_trainer(instance, tmp_path) == 0
+    assert [c.split()[0] for c in instance.recorded("calls")] == ["trainer"]
+
+
+@pytest.mark.parametrize("code", [75, 3, 2])
+def test_torchruns_exit_1_gives_way_to_rank_0s_own_word(instance, tmp_path, code):
+    """torchrun exits 1 whenever a rank ends with anything but 0; what the trainer meant is rank 0's code."""
+    two_gpus(instance)
+    assert run_trainer(instance, tmp_path, FAKE_RANK_EXITS=f"{code} {code}", FAKE_TRAINER_EXIT="1") == code
+    assert instance.crash() is None
+    assert (instance.final() or {}).get("outcome") == ("failed" if code == 2 else None)
+
+
+def test_a_rank_that_died_without_a_word_is_a_crash_with_torchruns_signal(instance, tmp_path):
+    two_gpus(instance)
+    says = "[0]:\n  time      : 2026-12-01_10:00:00\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 4242)"
+    code = run_trainer(instance, tmp_path, FAKE_RANK_EXITS="75 -", FAKE_TRAINER_EXIT="1", FAKE_TORCHRUN_SAYS=says)
+    assert code == 137
+    assert instance.final() is None and instance.crash()["signal"] == "SIGKILL"
+    assert "spotctl: rank 1 died without an exit code" in instance.log()
+
+
+# ------------------------------------------------------------------------------ compute.nodes > 1
+def test_two_nodes_meet_in_storage_and_run_torchrun_with_node_0_as_master(instance, tmp_path):
+    codes = {}
+
+    def node(rank: int) -> None:
+        exits = "0" if rank == 0 else "- 0"  # each node's own first rank (global rank = node rank here)
+        codes[rank] = run_trainer(
+            instance, tmp_path, nodes=2, node_rank=rank, FAKE_RANK_EXITS=exits, FAKE_TRAINER_EXIT="1",
+            SPOTCTL_NODE_ADDRESS=f"127.0.0.1:{29600 + rank}",
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == {0: 0, 1: 0}  # torchrun's 1 gives way to each node's own rank's word
+    calls = sorted(c for c in instance.recorded("calls") if c.startswith("torchrun "))
+    assert len(calls) == 2
+    for rank in (0, 1):
+        expected = f"--nnodes=2 --node-rank={rank} --master-addr=127.0.0.1 --master-port=29600 --nproc-per-node 1 --max-restarts 0 -m trainer run"
+        assert any(expected in c for c in calls), calls
+    joined = Storage(PREFIX).list(layout.rendezvous_of(1))
+    assert sorted(joined) == ["node-0.json", "node-1.json"]
+
+
+def test_a_node_the_others_never_meet_gives_up_in_time_as_a_crash_not_a_failure(instance, tmp_path):
+    code = run_trainer(instance, tmp_path, nodes=2, node_rank=0, SPOTCTL_RENDEZVOUS_TIMEOUT_S="1")
+    assert code == 70
+    assert not [c for c in instance.recorded("calls") if c.startswith("torchrun ")]
+    assert "rendezvous: attempt 1: node 1 of 2 did not register within 1 s" in instance.log()
+    assert instance.final() is None and instance.crash()["exit_code"] == 70

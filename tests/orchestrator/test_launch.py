@@ -68,6 +68,24 @@ def test_offers_are_ranked_by_spot_price_with_savings(account, spotctl):
     assert "2 pools dropped, e.g. g4dn.xlarge in us-east-1c: no spot price (no spot capacity offered)" in out
 
 
+def test_offers_price_every_node(account, spotctl, tmp_path):
+    """compute.nodes: 3 prices three instances: the per-instance price stays, the total is beside it."""
+    path = tmp_path / "job.yaml"
+    path.write_text(EXAMPLE.read_text().replace("  disk_gib: 120\n", "  disk_gib: 120\n  nodes: 3\n"))
+    code, out, err = spotctl("offers", str(path), "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert found["nodes"] == 3
+    first = found["offers"][0]
+    assert (first["instance_type"], first["spot_price"], first["spot_price_all_nodes"]) == ("g4dn.xlarge", 0.21, 0.63)
+    code, out, err = spotctl("offers", str(path))
+    assert code == 0, err
+    assert "prices are per instance-hour, the last column for all 3 nodes (compute.nodes)" in out
+    assert "x 3 nodes" in out
+    row = next(line for line in out.splitlines() if "us-east-1a" in line and "g4dn.xlarge" in line)
+    assert row.split()[-1] == "$0.6300"
+
+
 def job_file(tmp_path, instance_types: str | None = None, ami: str | None = None) -> str:
     """The example with other compute.instance_types (a YAML list, or a `gpu:` mapping) and AMI."""
     text = EXAMPLE.read_text()

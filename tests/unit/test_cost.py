@@ -13,6 +13,7 @@ from orchestrator.aws.prices import FixedPrices, PricePoint, on_demand_table
 from orchestrator.jobs.cost import Extras, attempt_cost, cost_of, integrate, job_cost
 from orchestrator.jobs.state import settle
 from tests.unit.jobs import NOW, ago, attempt, instance, record, view
+from trainer.job.documents import Node
 
 # 100 GiB of gp3 at us-east-1's $0.08/GiB-month over a 730-hour month, and one public IPv4 address.
 EBS_PER_HOUR = 100 * 0.08 / 730  # $0.010959/h
@@ -219,3 +220,73 @@ def test_a_first_look_long_after_the_launch_keeps_the_launch_time():
     unwatched = record(attempt(launched=900))  # nobody looked for 15 minutes: when it began running is unknown
     assert settle(unwatched, {1: instance("running")}, None, None, NOW)
     assert unwatched.attempts[0].running_at == unwatched.attempts[0].launched_at == ago(900)
+
+
+# ----------------------------------------------------------------------------- several nodes (compute.nodes)
+def nodes_of(*nodes: dict) -> list[Node]:
+    return [
+        Node(rank=i, instance_type="g5.xlarge", zone="us-east-1a", spot_price=0.4, client_token=f"t{i}", **fields)
+        for i, fields in enumerate(nodes)
+    ]
+
+
+def test_every_node_of_an_attempt_is_billed_over_its_own_time():
+    # Two nodes of one attempt, each running 50 min and terminated by their user: twice one instance.
+    both = recorded(launched=3060, running=3000, ended=0, end="terminated", state_reason="Client.UserInitiatedShutdown")
+    one = cost_of(view(record(both)), SPOT, NOW)
+    two_nodes = nodes_of(
+        *[{"instance_id": f"i-{i}", "launched_at": ago(3060), "running_at": ago(3000)} for i in (0, 1)]
+    )
+    two = cost_of(view(record(replace(both, nodes=two_nodes))), SPOT, NOW)
+    assert two.instance_usd == pytest.approx(2 * one.instance_usd) and two.instance_usd == pytest.approx(
+        2 * 0.4 * 50 / 60
+    )
+    assert two.ebs_usd == pytest.approx(2 * one.ebs_usd) and two.total_usd == pytest.approx(2 * one.total_usd)
+
+
+def test_a_kept_node_is_billed_from_the_last_attempts_end_and_a_replaced_one_from_its_own_running():
+    # Attempt 1 ran nodes 0 and 1 for 30 min; node 1 was interrupted 60 min ago (free: its first hour).
+    # Attempt 2 kept node 0 (running since 90 min ago; no new minimum) and replaced node 1 (running 55 min ago).
+    first = recorded(
+        launched=5460, running=5400, ended=3600, end="interrupted", state_reason="Server.SpotInstanceTermination"
+    )
+    first = replace(
+        first,
+        nodes=nodes_of(
+            {"instance_id": "i-0", "launched_at": ago(5460), "running_at": ago(5400), "ended_at": ago(3600)},
+            {
+                "instance_id": "i-1",
+                "launched_at": ago(5460),
+                "running_at": ago(5400),
+                "ended_at": ago(3600),
+                "lost": True,
+                "state_reason": "Server.SpotInstanceTermination",
+            },
+        ),
+    )
+    second = recorded(number=2, launched=3600, running=3300, ended=0, end="terminated")
+    second = replace(
+        second,
+        state_reason="Client.UserInitiatedShutdown",
+        nodes=nodes_of(
+            {"instance_id": "i-0", "launched_at": ago(5460), "running_at": ago(5400), "since": ago(3600), "kept": True},
+            {"instance_id": "i-2", "launched_at": ago(3360), "running_at": ago(3300)},
+        ),
+    )
+    cost = cost_of(view(record(first, second)), SPOT, NOW)
+    a1, a2 = cost.attempts
+    # Attempt 1: node 0 pays its 30 min; node 1, interrupted by EC2 within its first hour, pays none.
+    assert a1.instance_usd == pytest.approx(0.4 * 30 / 60) and a1.waived_usd == pytest.approx(0.4 * 30 / 60)
+    # Attempt 2: node 0 its next 60 min (not its first hour: no waiver), node 2 its 55 min.
+    assert a2.instance_usd == pytest.approx(0.4 * 60 / 60 + 0.4 * 55 / 60)
+    assert not a2.free_by_first_hour_rule
+    # No instance-hour counted twice: node 0's 90 minutes are split between the attempts.
+    assert cost.instance_usd == pytest.approx(0.4 * (30 + 60 + 55) / 60)
+
+
+def test_the_rate_now_counts_every_live_node():
+    live = replace(
+        recorded(ended=None), nodes=nodes_of({"instance_id": "i-0"}, {"instance_id": "i-1"}, {"instance_id": "i-2"})
+    )
+    cost = cost_of(view(record(live), instance("running"), None), SPOT, NOW)
+    assert cost.current_usd_per_hour == pytest.approx(3 * (0.4 + EBS_PER_HOUR + IPV4_PER_HOUR))

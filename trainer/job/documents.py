@@ -206,6 +206,31 @@ def _is(value: Any, member: enum.Enum) -> bool:
 
 # --------------------------------------------------------------------- the orchestrator's record
 @dataclass(config=_LENIENT)
+class Node:
+    """One machine of a multi-node attempt (Attempt.nodes[], compute.nodes > 1): the node rank it ran
+    as and the instance it was. A node that survived the previous attempt's loss of another is `kept`:
+    the same instance, listed again, billed in this attempt from `since` (the previous attempt's end)."""
+
+    rank: Count
+    instance_type: str
+    zone: str
+    spot_price: Price
+    client_token: str  # this node's RunInstances token (jobs.launch.node_token); a kept node keeps its own
+    instance_id: str | None = None  # None while EC2 has not answered yet
+    launched_at: Timestamp | None = None  # the instance's launch (a kept node's first attempt's)
+    running_at: Timestamp | None = (
+        None  # the instance first seen running (billing starts; the first-hour rule counts from it)
+    )
+    since: Timestamp | None = (
+        None  # when it began serving this attempt: its launch, or the previous attempt's end if kept
+    )
+    ended_at: Timestamp | None = None  # when it stopped serving this attempt (its machine ended, or the attempt did)
+    kept: bool = False  # a survivor of the previous attempt, not launched for this one
+    lost: bool = False  # this node's machine went (interrupted, crashed, gone): the one a next attempt replaces
+    state_reason: str | None = None  # EC2's code for a lost node, e.g. Server.SpotInstanceTermination
+
+
+@dataclass(config=_LENIENT)
 class Attempt:
     """One instance started for the job (record.json's attempts[])."""
 
@@ -231,6 +256,9 @@ class Attempt:
     # Why it ended, in words, where the end reason alone does not say (a crash: the signal, a probable
     # out-of-memory kill and the memory figures; orchestrator.jobs.crash). None: nothing more to say.
     end_detail: str | None = None
+    # compute.nodes > 1: every machine of the attempt by node rank (rank 0's is also instance_id above).
+    # None for a single-instance attempt (and in records written before spotctl ran several nodes).
+    nodes: list[Node] | None = None
 
 
 @dataclass(config=_LENIENT)
@@ -381,6 +409,7 @@ class Heartbeat(Document):
     data_wait_fraction: float | None = None
     batch_size: int | None = None
     data_workers: int | None = None
+    ranks: int | None = None  # training processes (torchrun's WORLD_SIZE); batch_size is their global batch
     resumed_from_step: int | None = None  # the checkpoint this attempt started from (0: the beginning)
     # metrics
     loss: float | None = None
@@ -499,6 +528,28 @@ class Crash(Document):
     oom_killed: bool | None = None  # the kernel log says its OOM killer killed the trainer; None: log unreadable
     kernel_log: list[str] | None = None  # the kernel's lines about the trainer's process, if any
     reported_at: str | None = None
+
+
+class NodeJoin(Document):
+    """rendezvous/attempt-<k>/node-<r>.json: one node of a multi-node attempt, registered create-only
+    (trainer.job.rendezvous) with the address its ranks listen on; node 0's is torchrun's master."""
+
+    attempt: int
+    rank: int  # the node rank
+    host: str  # its private address (on AWS the instance's private IPv4; locally 127.0.0.1)
+    port: int  # node 0's: torchrun's --master-port; the others' are informational
+    instance_id: str | None = None
+    joined_at: Timestamp | None = None
+
+
+class NodePlan(Document):
+    """rendezvous/attempt-<k>/plan.json: which machine is which node rank in attempt k, written
+    create-only by the orchestrator when it starts a multi-node attempt. A survivor of attempt k-1
+    (a kept node) waits for the plan that names its instance to learn its attempt and rank."""
+
+    attempt: int
+    nodes: dict[str, str]  # node rank (as a string: JSON keys) -> instance id
+    written_at: Timestamp | None = None
 
 
 class StopRequest(Document):

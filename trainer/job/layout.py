@@ -17,6 +17,8 @@
         artifacts/<export id>/<file>        the exported models
         care/watch.json                     a running `spotctl watch`'s lease on the job (jobs.caretaker)
         care/controller.json                what the controller remembers of the job between steps
+        rendezvous/attempt-<k>/plan.json    compute.nodes > 1: which instance is which node rank in attempt k
+        rendezvous/attempt-<k>/node-<r>.json  node r's address, registered create-only (trainer.job.rendezvous)
     <storage>/sweeps/<sweep id>/            a sweep's prefix (sweep_prefix; orchestrator.sweeps)
         sweep.yaml                          the sweep as launched, its base job resolved
         study/<nnnnnnnn>.json               the Optuna study's journal: one create-only segment per append
@@ -101,11 +103,31 @@ def crash_of(attempt: int) -> str:
     return f"status/crash-attempt-{attempt}.json"
 
 
+RENDEZVOUS = "rendezvous"
+
+
+def rendezvous_of(attempt: int) -> str:
+    """The folder of attempt k's rendezvous (compute.nodes > 1)."""
+    return f"{RENDEZVOUS}/attempt-{attempt}"
+
+
+def node_join(attempt: int, rank: int) -> str:
+    return f"{rendezvous_of(attempt)}/node-{rank}.json"
+
+
+def node_plan(attempt: int) -> str:
+    return f"{rendezvous_of(attempt)}/plan.json"
+
+
 def trainer_log(attempt: int) -> str:
     return f"{LOGS}/attempt-{attempt}.log"
 
 
-def bootstrap_log(attempt: int) -> str:
+def bootstrap_log(attempt: int, node: int = 0) -> str:
+    """The instance's bootstrap log; each further node of a multi-node attempt has its own (node 0's
+    keeps the one-instance name, which `spotctl logs` shows)."""
+    if node:
+        return f"{LOGS}/attempt-{attempt}.node-{node}.bootstrap.log"
     return f"{LOGS}/attempt-{attempt}.bootstrap.log"
 
 

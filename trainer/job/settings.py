@@ -53,6 +53,20 @@ VARIABLES = (
     Variable(
         "SPOTCTL_INSTANCE_ID", "", "the instance the trainer runs on, read from IMDS by the user-data", "user-data"
     ),
+    Variable("SPOTCTL_NODES", "1", "the machines the job trains on together (compute.nodes)", "user-data"),
+    Variable("SPOTCTL_NODE_RANK", "0", "this machine's node rank among them (0: the rendezvous' master)", "user-data"),
+    Variable(
+        "SPOTCTL_RENDEZVOUS_TIMEOUT_S",
+        "900",
+        "seconds a node of a multi-node job waits for the others to register before its attempt gives up",
+        "you",
+    ),
+    Variable(
+        "SPOTCTL_NODE_ADDRESS",
+        "",
+        "HOST:PORT this machine's ranks listen on for the other nodes (default: its private IPv4 from IMDS, port 29500)",
+        "local cloud",
+    ),
     Variable("SPOTCTL_LOG_DIR", "/var/log/spotctl", "where the user-data writes the bootstrap log", "local cloud"),
     Variable(
         "SPOTCTL_SKIP_INSTALL",
@@ -65,6 +79,18 @@ VARIABLES = (
     ),
     Variable("SPOTCTL_HEARTBEAT_SECONDS", "15", "seconds between the trainer's heartbeats", "local cloud"),
     Variable("SPOTCTL_IMDS_POLL_SECONDS", "5", "seconds between the trainer's polls of the spot notice", "local cloud"),
+    Variable(
+        "SPOTCTL_COLLECTIVE_TIMEOUT_S",
+        "300",
+        "seconds a multi-GPU trainer's collective waits for a silent peer before it exits as interrupted",
+        "you",
+    ),
+    Variable(
+        "SPOTCTL_EXIT_FILE",
+        "",
+        "under torchrun: each rank writes its exit code to `<this>.<rank>`, which the user-data reads",
+        "user-data",
+    ),
 )
 
 
@@ -82,6 +108,9 @@ class Settings:
     wheel: Path | None
     heartbeat_seconds: float
     imds_poll_seconds: float
+    collective_timeout_s: float = 300.0
+    exit_file: str | None = None
+    rendezvous_timeout_s: float = 900.0
     region: str | None = None  # AWS_REGION (else AWS_DEFAULT_REGION): the controller's own region
 
     @classmethod
@@ -94,6 +123,9 @@ class Settings:
             wheel=Path(env["SPOTCTL_WHEEL"]) if env.get("SPOTCTL_WHEEL") else None,
             heartbeat_seconds=float(env.get("SPOTCTL_HEARTBEAT_SECONDS") or 15),
             imds_poll_seconds=float(env.get("SPOTCTL_IMDS_POLL_SECONDS") or 5),
+            collective_timeout_s=float(env.get("SPOTCTL_COLLECTIVE_TIMEOUT_S") or 300),
+            exit_file=env.get("SPOTCTL_EXIT_FILE") or None,
+            rendezvous_timeout_s=float(env.get("SPOTCTL_RENDEZVOUS_TIMEOUT_S") or 900),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )
 
@@ -106,6 +138,8 @@ class BootEnv:
     job_url: str | None = None
     attempt: int | None = None
     instance_id: str | None = None
+    nodes: int = 1  # compute.nodes: the machines of the job
+    node_rank: int = 0  # this machine's node rank (trainer.job.rendezvous)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BootEnv:
@@ -116,6 +150,8 @@ class BootEnv:
             env.get("SPOTCTL_JOB_URL") or None,
             int(attempt) if attempt else None,
             env.get("SPOTCTL_INSTANCE_ID") or None,
+            int(env.get("SPOTCTL_NODES") or 1),
+            int(env.get("SPOTCTL_NODE_RANK") or 0),
         )
 
 

@@ -36,6 +36,9 @@ LEGACY_GPU_MODELS = ("V100", "K80", "M60")
 """Pre-Turing GPUs: the open-source NVIDIA driver (the default AMI's) cannot drive them. A GPU
 requirement matches them only when `models` names them (for an AMI with NVIDIA's proprietary driver)."""
 LOSS_METRICS = ("val_loss", "train_loss")
+MAX_NODES = 64
+"""The most instances one job trains on together (compute.nodes): a cluster placement group's
+practical size for one instance type, and the most one RunInstances per node keeps track of."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,13 @@ class ComputeSpec(Section):
     """Give the instance a public IPv4 address. Off by default: the subnet then needs a route to S3
     and to the package index (a NAT gateway, or an S3 gateway endpoint and a mirror). Turn it on in a
     default VPC without one; with no inbound rules the address only carries outbound traffic."""
+    nodes: int = Field(1, ge=1, le=MAX_NODES, examples=[2])
+    """Instances to train on together (multi-node DDP through torchrun, met through the job's storage):
+    all of one instance type, in one zone, in a cluster placement group where the type supports it.
+    Prices, budgets and costs count every node; `train.batch_size` stays the global batch. A lost node
+    ends the attempt for all (every rank checkpoints on a notice; without one the others' collective
+    times out) and the next attempt resumes from the checkpoint. Their machines need to reach each
+    other: see the README's multi-node notes."""
 
     @field_validator("ami")
     @classmethod
@@ -614,7 +624,7 @@ class TrainSpec(Section):
     epochs: int = Field(10, ge=1, le=10000)
     """Passes over the training data."""
     batch_size: int = Field(32, ge=1, le=65536)
-    """Images per optimizer step."""
+    """Images per optimizer step: the global batch, split across the GPUs of a multi-GPU machine."""
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     """Mixed precision. auto: bf16 on GPUs that support it, else fp16 with a grad scaler; off on CPU."""
     grad_clip_norm: float | None = Field(None, gt=0)
@@ -629,6 +639,10 @@ class TrainSpec(Section):
     """Seed of every random choice: shuffling, augmentation, the val split, the new head's init."""
     export: ExportSpec = Field(default_factory=ExportSpec)
     """Deployable artifacts."""
+    max_batch_per_gpu: int | None = Field(None, ge=1, le=65536)
+    """The most images one GPU processes in one forward; a GPU's share of batch_size above it is
+    trained in micro-batches whose gradients add up to the whole batch's (gradient accumulation).
+    null: a GPU's whole share at once."""
 
     @field_validator("amp", mode="before")
     @classmethod

@@ -1,0 +1,77 @@
+"""Which nodes a multi-node job keeps and which it replaces when one is lost (orchestrator.jobs.nodes)."""
+
+from __future__ import annotations
+
+from orchestrator.aws.instances import Instance
+from orchestrator.aws.offers import InstanceType, Offer
+from orchestrator.jobs.nodes import fitting, replacement
+from tests.unit.jobs import attempt
+from trainer.job.documents import Node
+
+GPUS = {"g5.xlarge": 1, "g6.xlarge": 1, "g5.12xlarge": 4}
+
+
+def three_nodes():
+    made = attempt(1, ("g5.xlarge", "us-east-1a"))
+    made.nodes = [
+        Node(
+            rank=r,
+            instance_type="g5.xlarge",
+            zone="us-east-1a",
+            spot_price=0.4,
+            client_token=f"t{r}",
+            instance_id=f"i-{r}",
+        )
+        for r in range(3)
+    ]
+    return made
+
+
+def machine(instance_id: str, state: str, reason: str | None = None) -> Instance:
+    return Instance(instance_id, state, reason, None, 1)
+
+
+def offer(name: str, zone: str) -> Offer:
+    return Offer(InstanceType(name, GPUS[name], "A10G", 22.4, 4, 16.0), zone, 0.4, 1.0, None)
+
+
+def test_one_node_interrupted_only_its_rank_is_replaced_the_others_keep_their_machines():
+    machines = {
+        "i-0": machine("i-0", "running"),
+        "i-1": machine("i-1", "terminated", "Server.SpotInstanceTermination"),
+        "i-2": machine("i-2", "running"),
+    }
+    plan = replacement(three_nodes(), machines, GPUS)
+    assert [n.rank for n in plan.kept] == [0, 2] and plan.lost == [1]
+    assert (plan.zone, plan.gpus, plan.whole) == ("us-east-1a", 1, False)
+
+
+def test_a_machine_ec2_no_longer_lists_or_a_node_marked_lost_is_replaced():
+    plan = replacement(three_nodes(), {"i-0": machine("i-0", "running"), "i-2": machine("i-2", "shutting-down")}, GPUS)
+    assert [n.rank for n in plan.kept] == [0] and plan.lost == [1, 2]
+    marked = three_nodes()
+    marked.nodes[0].lost = True  # its trainer's collective timed out on it: gone, whatever EC2 says yet
+    plan = replacement(marked, {f"i-{r}": machine(f"i-{r}", "running") for r in range(3)}, GPUS)
+    assert plan.lost == [0] and [n.rank for n in plan.kept] == [1, 2]
+
+
+def test_with_nothing_kept_everything_starts_again_anywhere():
+    plan = replacement(three_nodes(), {}, GPUS)
+    assert plan.whole and plan.lost == [0, 1, 2] and plan.zone is None
+    offers = [offer("g5.xlarge", "us-east-1b"), offer("g6.xlarge", "us-east-1a")]
+    assert fitting(offers, plan) == offers
+
+
+def test_a_replacement_fits_the_kept_nodes_zone_and_gpu_count_in_failover_order():
+    machines = {"i-0": machine("i-0", "running"), "i-2": machine("i-2", "running")}
+    plan = replacement(three_nodes(), machines, GPUS)
+    offers = [
+        offer("g5.xlarge", "us-east-1b"),  # another zone: the placement group refuses it
+        offer("g6.xlarge", "us-east-1a"),  # same zone, same GPU count: fits
+        offer("g5.12xlarge", "us-east-1a"),  # 4 GPUs: another world size than the checkpoint's run
+        offer("g5.xlarge", "us-east-1a"),
+    ]
+    assert [(o.instance.name, o.zone) for o in fitting(offers, plan)] == [
+        ("g6.xlarge", "us-east-1a"),
+        ("g5.xlarge", "us-east-1a"),
+    ]
