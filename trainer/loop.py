@@ -19,9 +19,10 @@ from torch import nn
 
 import trainer
 from trainer import data as data_mod
-from trainer import rng
+from trainer import recipe, rng
 from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
+from trainer.ema import WeightsEma
 from trainer.fetch import DataError, fetch
 from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
@@ -150,7 +151,20 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.train, self.data.steps_per_epoch)
         self.amp = amp_dtype(self.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)  # takes soft targets too
+        self.mixer = recipe.build_mixer(self.train.data.augmentation, len(self.classes), self.train.seed)
+        self.ema = (
+            WeightsEma(
+                self.model, self.train.ema, self.train.batch_size, self.train.epochs, self.train.scheduler.warmup_epochs
+            )
+            if self.train.ema
+            else None
+        )
+        # With EMA on, the averaged model is the one kept as best and exported, picked by its own metric.
+        metric = self.train.early_stopping.metric
+        self.best_metric = f"ema_{metric}" if self.ema and metric.startswith("val_") else metric
+        # Compiled for training only: state dicts, validation and export use the plain module.
+        self.forward_model = torch.compile(self.model) if self.train.compile else self.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         for line in setup_lines(self.train, self.model, self.optimizer, self.amp, self.device):
             log.info("%s", line)
@@ -237,7 +251,7 @@ class Trainer:
         if self.stopper.should_stop:
             log.info(
                 "early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                self.stopper.spec.metric,
+                self.best_metric,
                 self.stopper.bad_epochs,
                 self.stopper.best,
                 self.stopper.best_epoch + 1,
@@ -295,7 +309,7 @@ class Trainer:
         if images is None:  # every image of the batch failed to decode: keep the lr schedule in step
             self.scheduler.step()
             return
-        logits, targets, loss = self._forward(images, targets)
+        logits, targets, loss = self._forward(images, targets, mix_at=(self.position.epoch, self.position.batch))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.train.grad_clip_norm:
@@ -304,8 +318,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        meter.add(loss, logits, targets)
-        self.epoch_meter.add(loss, logits, targets)
+        if self.ema is not None:
+            self.ema.after_step(self.model, self.position.epoch, self.position.batch)
+        labels = recipe.hard_labels(targets)  # with mixup/cutmix: each mixed image's dominant class
+        meter.add(loss, logits, labels)
+        self.epoch_meter.add(loss, logits, labels)
 
     def _next_batch(self, batches):
         """The loader's next batch; None at its end; _DATA_LOST when a data worker died after a stop
@@ -360,6 +377,11 @@ class Trainer:
         val_metrics = self.evaluate(stop_early=True)
         if val_metrics is None:
             return False
+        if self.ema is not None:
+            ema_metrics = self.evaluate(stop_early=True, model=self.ema.module, prefix="ema_val_")
+            if ema_metrics is None:
+                return False
+            val_metrics.update(ema_metrics)
         record = {
             "epoch": epoch + 1,
             "step": self.position.step,
@@ -370,10 +392,11 @@ class Trainer:
         self.history.append(record)
         self.reporter.metrics.record("epoch", **record)
         log.info("epoch %d/%d done: %s", epoch + 1, self.train.epochs, _brief(record))
-        metric = self.stopper.spec.metric
+        metric = self.best_metric
         if self.stopper.update(record[metric], epoch):
             log.info("best model so far (%s %.4f); saving it under best/", metric, record[metric])
-            best = {"model": self.model.state_dict(), "classes": self.classes, "epoch": epoch + 1, "metrics": record}
+            kept = self.ema.module if self.ema is not None else self.model
+            best = {"model": kept.state_dict(), "classes": self.classes, "epoch": epoch + 1, "metrics": record}
             self.best.save(
                 self.position.step,
                 lambda: best,
@@ -382,36 +405,52 @@ class Trainer:
             )
         self.position = Position(epoch + 1, 0, self.position.step)
         self.epoch_meter = Meter(self.device)
-        self.reporter.update(phase="training", **{k: v for k, v in record.items() if k.startswith("val_")})
+        self.reporter.update(
+            phase="training", **{k: v for k, v in record.items() if k.startswith(("val_", "ema_val_"))}
+        )
         self.reporter.beat_now()
         return True
 
     @torch.no_grad()
-    def evaluate(self, stop_early: bool = False) -> dict[str, float] | None:
-        """Validation loss and accuracy; None if `stop_early` and a stop arrived meanwhile, or if the
-        data workers went with the machine after a stop."""
-        self.model.eval()
+    def evaluate(
+        self, stop_early: bool = False, model: nn.Module | None = None, prefix: str = "val_"
+    ) -> dict[str, float] | None:
+        """Validation loss and accuracy of `model` (default: the one trained); None if `stop_early` and
+        a stop arrived meanwhile, or if the data workers went with the machine after a stop."""
+        model = model if model is not None else self.model
+        model.eval()
         meter = Meter(self.device)
         batches = iter(self.data.val_loader)
         while (batch := self._next_batch(batches)) is not None:
             if batch is _DATA_LOST or (stop_early and self._stop_requested()):
-                self.model.train()
+                model.train()
                 return None
             images, targets, bad = batch
             self._count_bad(bad)
             if images is None:
                 continue
-            logits, targets, loss = self._forward(images, targets)
+            logits, targets, loss = self._forward(images, targets, model=model)
             meter.add(loss, logits, targets)
-        self.model.train()
-        return meter.read("val_")
+        model.train()
+        return meter.read(prefix)
 
-    def _forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, targets on the device, loss) under the run's autocast."""
+    def _forward(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        mix_at: tuple[int, int] | None = None,
+        model: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, targets on the device, loss) under the run's autocast. `mix_at`: a training batch's
+        (epoch, batch), which seeds its mixup/cutmix (the targets come back soft then); training runs
+        the compiled model when `compile` is on, `model` (default: the one trained) otherwise."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
+        if mix_at is not None and self.mixer is not None:
+            images, targets = self.mixer(images, targets, *mix_at)
+        forward = self.forward_model if mix_at is not None else (model if model is not None else self.model)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.model(images)
+            logits = forward(images)
             return logits, targets, self.criterion(logits, targets)
 
     # ----------------------------------------------------------------------------- state and restore
@@ -432,6 +471,7 @@ class Trainer:
             "param_groups": [group["name"] for group in self.optimizer.param_groups],
             "threads": torch.get_num_threads(),
             "amp": str(self.amp),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def _meta(self) -> dict:
@@ -473,6 +513,8 @@ class Trainer:
         self.stopper.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
         self.bad_images = set(state["bad_images"])
+        if self.ema is not None:  # the spec's fingerprint makes sure the checkpoint had one too
+            self.ema.load_state_dict(state["ema"])
         rng.restore(state["rng"])
         if state["threads"] != torch.get_num_threads():
             log.warning(
@@ -559,7 +601,7 @@ class Trainer:
         best = None
         if self.stopper.best is not None:
             best = {
-                "metric": self.stopper.spec.metric,
+                "metric": self.best_metric,
                 "value": self.stopper.best,
                 "epoch": self.stopper.best_epoch + 1,
             }
