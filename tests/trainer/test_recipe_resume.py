@@ -57,6 +57,12 @@ def dataset(tmp_path_factory):
 _references: dict[str, tuple[str, str, str | None]] = {}
 
 
+def env() -> dict[str, str]:
+    # One torch thread: several trainers share the test machine's cores, and oversubscribed OpenMP
+    # threads slow each of them down tenfold (every run here, reference included, uses the same).
+    return trainer_env({"OMP_NUM_THREADS": "1"})
+
+
 def digests(state: dict) -> tuple[str, str, str | None]:
     ema = state.get("ema")
     return tensor_digest(state["model"]), optimizer_digest(state["optimizer"]), tensor_digest(ema) if ema else None
@@ -74,7 +80,7 @@ def reference(name: str, dataset, root) -> tuple[str, str, str | None]:
             train__epochs=EPOCHS,
             **TECHNIQUES[name],
         )
-        assert run_trainer(str(job), trainer_env(), log=root / "out.log") == 0, (root / "out.log").read_text()[-3000:]
+        assert run_trainer(str(job), env(), log=root / "out.log") == 0, (root / "out.log").read_text()[-3000:]
         state = final_state(str(root / "runs/jobs/reference"))
         assert state["position"] == {"epoch": EPOCHS, "batch": 0, "step": STEPS}
         _references[name] = digests(state)
@@ -98,15 +104,17 @@ def test_each_technique_resumes_bitwise(dataset, tmp_path_factory, tmp_path, nam
     sig = getattr(signal, signame)
     chooser = random.Random(f"{name}-{workers}-{signame}")
     step = chooser.randrange(2, STEPS - 2, 2)  # mid-epoch or at the epoch's end, never the last
-    process = start_trainer(str(job), trainer_env(), log=tmp_path / "out.log")
+    process = start_trainer(str(job), env(), log=tmp_path / "out.log")
     code = kill_when(
-        process, lambda: exists(f"{prefix}/checkpoints/step-{step}/state.pt"), sig, delay=chooser.uniform(0, 0.2)
+        process,
+        lambda: exists(f"{prefix}/checkpoints/step-{step}/state.pt"),
+        sig,
+        delay=chooser.uniform(0, 0.2),
+        timeout=300,
     )
     assert code == (75 if sig == signal.SIGTERM else -signal.SIGKILL), (tmp_path / "out.log").read_text()[-3000:]
 
-    assert run_trainer(str(job), trainer_env(), log=tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()[
-        -3000:
-    ]
+    assert run_trainer(str(job), env(), log=tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()[-3000:]
     assert "resumed from checkpoint step" in (tmp_path / "out.log").read_text()
     state = final_state(prefix)
     assert state["position"]["step"] == STEPS
@@ -128,12 +136,12 @@ def test_compiled_training_trains_and_resumes(dataset, tmp_path):
         train__compile=True,
     )
     prefix = str(tmp_path / "runs/jobs/compiled")
-    process = start_trainer(str(job), trainer_env(), log=tmp_path / "out.log")
+    process = start_trainer(str(job), env(), log=tmp_path / "out.log")
     code = kill_when(process, lambda: exists(f"{prefix}/checkpoints/LATEST.json"), signal.SIGTERM, timeout=600)
     assert code == 75, (tmp_path / "out.log").read_text()[-3000:]
-    assert run_trainer(str(job), trainer_env(), timeout=600, log=tmp_path / "out.log") == 0, (
-        tmp_path / "out.log"
-    ).read_text()[-3000:]
+    assert run_trainer(str(job), env(), timeout=600, log=tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()[
+        -3000:
+    ]
     out = (tmp_path / "out.log").read_text()
     assert "resumed from checkpoint step" in out
     state = final_state(prefix)

@@ -81,3 +81,14 @@ def test_ema_decay_is_adjusted_for_batch_size_and_epochs(batch_size, every_steps
     spec = EmaSpec(every_steps=every_steps)
     assert spec.effective_decay(batch_size, epochs) == pytest.approx(expected)
     assert EmaSpec(every_steps=every_steps, adjust=False).effective_decay(batch_size, epochs) == 0.99998
+
+
+def test_validate_shows_what_the_recipe_expanded_to(tmp_path, spotctl):
+    job = tmp_path / "job.yaml"
+    job.write_text(MINIMAL + "  recipe: torchvision-v2\n  label_smoothing: 0.2\n")
+    code, out, err = spotctl("validate", str(job))
+    assert (code, err) == (0, "")
+    lines = [line.split("── ", 1)[-1] for line in out.splitlines()]
+    for shown in ("policy: trivialaugment", "random_erasing: 0.1", "mixup_alpha: 0.2", "cutmix_alpha: 1.0"):
+        assert shown in lines
+    assert "label_smoothing: 0.2" in lines and "norm_weight_decay: 0.0" in lines and "decay: 0.99998" in lines
