@@ -48,9 +48,9 @@ SEEDS = (0, 1, 2)
 SETTINGS = {
     "model": "resnet18",
     "image_size": 32,
-    "epochs": 8,
-    "batch_size": 32,
-    "lr": 0.1,
+    "epochs": 6,
+    "batch_size": 16,
+    "lr": 0.05,
     "warmup_epochs": 1,
     "label_smoothing": 0.1,
     "mixup_alpha": 0.2,
@@ -219,7 +219,7 @@ def summary(runs: list[dict], key: str) -> tuple[float, float]:
 def main() -> None:
     args = parser(__doc__).parse_args()
     settings = dict(SETTINGS)
-    per_class = 60
+    per_class = 40
     if args.quick:
         settings["epochs"], per_class = 2, 16
     torch.set_num_threads(1)

@@ -136,12 +136,15 @@ def test_compiled_training_trains_and_resumes(dataset, tmp_path):
         train__compile=True,
     )
     prefix = str(tmp_path / "runs/jobs/compiled")
-    process = start_trainer(str(job), env(), log=tmp_path / "out.log")
-    code = kill_when(process, lambda: exists(f"{prefix}/checkpoints/LATEST.json"), signal.SIGTERM, timeout=600)
+    # Inductor compiles C++ kernels on CPU (minutes on 2 cores); the resumed run finds them in the
+    # same cache, as a recovery on one machine would.
+    compiled_env = {**env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    process = start_trainer(str(job), compiled_env, log=tmp_path / "out.log")
+    code = kill_when(process, lambda: exists(f"{prefix}/checkpoints/LATEST.json"), signal.SIGTERM, timeout=1500)
     assert code == 75, (tmp_path / "out.log").read_text()[-3000:]
-    assert run_trainer(str(job), env(), timeout=600, log=tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()[
-        -3000:
-    ]
+    assert run_trainer(str(job), compiled_env, timeout=1500, log=tmp_path / "out.log") == 0, (
+        tmp_path / "out.log"
+    ).read_text()[-3000:]
     out = (tmp_path / "out.log").read_text()
     assert "resumed from checkpoint step" in out
     state = final_state(prefix)
