@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import models, transforms
 
+from trainer import recipe
 from trainer.fetch import DataError
 from trainer.job.imagefolder import IMAGE_EXTENSIONS
 from trainer.job.spec import DataSpec, ModelSpec, is_weights_name
@@ -122,7 +123,10 @@ def train_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
         steps.append(transforms.RandomHorizontalFlip())
     if aug.color_jitter:
         steps.append(transforms.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
-    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)])
+    steps += recipe.policy_transforms(aug)
+    return transforms.Compose(
+        [*steps, transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std), *recipe.erasing_transforms(aug)]
+    )
 
 
 def val_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:

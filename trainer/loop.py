@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -21,10 +22,11 @@ from torch import nn
 
 import trainer
 from trainer import data as data_mod
-from trainer import rng
+from trainer import recipe, rng
 from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
 from trainer.distributed import Group, Ranks, backward_in_micro_batches, split_batch
+from trainer.ema import WeightsEma
 from trainer.fetch import DataError, fetch
 from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
@@ -172,7 +174,22 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.train, self.data.steps_per_epoch)
         self.amp = amp_dtype(self.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)  # takes soft targets too
+        self.mixer = recipe.build_mixer(self.train.data.augmentation, len(self.classes), self.train.seed)
+        self.ema = (
+            WeightsEma(
+                self.model, self.train.ema, self.train.batch_size, self.train.epochs, self.train.scheduler.warmup_epochs
+            )
+            if self.train.ema
+            else None
+        )
+        # With EMA on, the averaged model is the one kept as best and exported, picked by its own metric.
+        metric = self.train.early_stopping.metric
+        self.best_metric = f"ema_{metric}" if self.ema and metric.startswith("val_") else metric
+        # Compiled for training only (DDP inside, as torch.compile expects): state dicts, validation
+        # and export use the plain module.
+        if self.train.compile:
+            self.forward_model = torch.compile(self.forward_model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         for line in setup_lines(self.train, self.model, self.optimizer, self.amp, self.device):
             log.info("%s", line)
@@ -265,7 +282,7 @@ class Trainer:
         if self.stopper.should_stop:
             log.info(
                 "early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                self.stopper.spec.metric,
+                self.best_metric,
                 self.stopper.bad_epochs,
                 self.stopper.best,
                 self.stopper.best_epoch + 1,
@@ -324,9 +341,12 @@ class Trainer:
             self.scheduler.step()
             return
         self.optimizer.zero_grad(set_to_none=True)
+        # Each micro-batch of each rank mixes with its own draws, keyed by its place in the global batch.
+        epoch, batch = self.position.epoch, self.position.batch
+        parts = itertools.count(self.ranks.rank * self.plan.accumulation)
         trained = backward_in_micro_batches(
             self.forward_model,
-            lambda model, x, y: self._forward(x, y, model),
+            lambda model, x, y: self._forward(x, y, mix_at=(epoch, batch, next(parts)), model=model),
             images,
             targets,
             self.plan,
@@ -335,14 +355,17 @@ class Trainer:
             backward=lambda loss: self.scaler.scale(loss).backward(),
         )
         for logits, micro_targets, loss in trained:
-            meter.add(loss, logits, micro_targets)
-            self.epoch_meter.add(loss, logits, micro_targets)
+            labels = recipe.hard_labels(micro_targets)  # with mixup/cutmix: each mixed image's dominant class
+            meter.add(loss, logits, labels)
+            self.epoch_meter.add(loss, logits, labels)
         if self.train.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
             nn.utils.clip_grad_norm_(self.trainable, self.train.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.after_step(self.model, self.position.epoch, self.position.batch)
 
     def _next_batch(self, batches):
         """The loader's next batch; None at its end; _DATA_LOST when a data worker died after a stop
@@ -410,6 +433,11 @@ class Trainer:
         val_metrics = self.evaluate(stop_early=True)
         if val_metrics is None:
             return False
+        if self.ema is not None:
+            ema_metrics = self.evaluate(stop_early=True, model=self.ema.module, prefix="ema_val_")
+            if ema_metrics is None:
+                return False
+            val_metrics.update(ema_metrics)
         record = {
             "epoch": epoch + 1,
             "step": self.position.step,
@@ -420,10 +448,11 @@ class Trainer:
         self.history.append(record)
         self.reporter.metrics.record("epoch", **record)
         log.info("epoch %d/%d done: %s", epoch + 1, self.train.epochs, _brief(record))
-        metric = self.stopper.spec.metric
+        metric = self.best_metric
         if self.stopper.update(record[metric], epoch):
             log.info("best model so far (%s %.4f); saving it under best/", metric, record[metric])
-            best = {"model": self.model.state_dict(), "classes": self.classes, "epoch": epoch + 1, "metrics": record}
+            kept = self.ema.module if self.ema is not None else self.model
+            best = {"model": kept.state_dict(), "classes": self.classes, "epoch": epoch + 1, "metrics": record}
             self.best.save(
                 self.position.step,
                 lambda: best,
@@ -432,30 +461,35 @@ class Trainer:
             )
         self.position = Position(epoch + 1, 0, self.position.step)
         self.epoch_meter = Meter(self.device)
-        self.reporter.update(phase="training", **{k: v for k, v in record.items() if k.startswith("val_")})
+        self.reporter.update(
+            phase="training", **{k: v for k, v in record.items() if k.startswith(("val_", "ema_val_"))}
+        )
         self.reporter.beat_now()
         return True
 
     @torch.no_grad()
-    def evaluate(self, stop_early: bool = False) -> dict[str, float] | None:
-        """Validation loss and accuracy; None if `stop_early` and a stop arrived meanwhile, or if the
-        data workers went with the machine after a stop."""
-        self.model.eval()
+    def evaluate(
+        self, stop_early: bool = False, model: nn.Module | None = None, prefix: str = "val_"
+    ) -> dict[str, float] | None:
+        """Validation loss and accuracy of `model` (default: the one trained); None if `stop_early` and
+        a stop arrived meanwhile, or if the data workers went with the machine after a stop."""
+        model = model if model is not None else self.model
+        model.eval()
         meter = Meter(self.device)
         batches = iter(self.data.val_loader)
-        self.group.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics are the model's
+        self.group.broadcast_buffers(model)  # rank 0's BatchNorm statistics are the model's
         while (batch := self._next_batch(batches)) is not None:
             if batch is _DATA_LOST or (stop_early and self._agree_on_stop()[0]):
-                self.model.train()
+                model.train()
                 return None
             images, targets, bad = batch
             self._count_bad(bad)
             if images is None:
                 continue
-            logits, targets, loss = self._forward(images, targets)
+            logits, targets, loss = self._forward(images, targets, model=model)
             meter.add(loss, logits, targets)
-        self.model.train()
-        return self._read(meter, "val_")
+        model.train()
+        return self._read(meter, prefix)
 
     def _read(self, meter: Meter, prefix: str) -> dict[str, float]:
         """A meter's figures over every rank's images (each rank measured its own shard)."""
@@ -467,13 +501,22 @@ class Trainer:
         return total.read(prefix)
 
     def _forward(
-        self, images: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        mix_at: tuple[int, int, int] | None = None,
+        model: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, targets on the device, loss) under the run's autocast."""
+        """(logits, targets on the device, loss) under the run's autocast. `mix_at`: a training
+        micro-batch's (epoch, batch, part), which seeds its mixup/cutmix (the targets come back soft
+        then); `model`: the module to run (default: the one trained, unwrapped)."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
+        if mix_at is not None and self.mixer is not None:
+            images, targets = self.mixer(images, targets, *mix_at)
+        forward = model if model is not None else self.model
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = (model or self.model)(images)
+            logits = forward(images)
             return logits, targets, self.criterion(logits, targets)
 
     # ----------------------------------------------------------------------------- state and restore
@@ -503,6 +546,7 @@ class Trainer:
             "param_groups": [group["name"] for group in self.optimizer.param_groups],
             "threads": torch.get_num_threads(),
             "amp": str(self.amp),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def _meta(self) -> dict:
@@ -545,6 +589,8 @@ class Trainer:
         self.stopper.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
         self.bad_images = set(state["bad_images"])
+        if self.ema is not None:  # the spec's fingerprint makes sure the checkpoint had one too
+            self.ema.load_state_dict(state["ema"])
         rng.restore(generators)
         if state["threads"] != torch.get_num_threads():
             log.warning(
@@ -655,7 +701,7 @@ class Trainer:
         best = None
         if self.stopper.best is not None:
             best = {
-                "metric": self.stopper.spec.metric,
+                "metric": self.best_metric,
                 "value": self.stopper.best,
                 "epoch": self.stopper.best_epoch + 1,
             }

@@ -154,15 +154,57 @@ def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[ParamGroup]:
         for i, g in enumerate(spec.param_groups)
     ]
     default = ParamGroup("default", [], spec.lr, spec.weight_decay)
+    # With norm_weight_decay / bias_weight_decay set, each group splits into its own parameters and
+    # its ":norm" and ":bias" ones (the reference's set_weight_decay: a bias goes by its name first,
+    # then a parameter of a normalisation layer by its module), which keep the group's lr.
+    special: dict[str, list[ParamGroup]] = {}
+    kinds = _decay_kinds(model, spec)
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         index = next((i for i, g in enumerate(spec.param_groups) if any(_under(name, p) for p in g.prefixes)), None)
-        (groups[index] if index is not None else default).params.append(parameter)
+        group = groups[index] if index is not None else default
+        kind = kinds.get(name)
+        if kind is None:
+            group.params.append(parameter)
+            continue
+        split = special.setdefault(group.name, [])
+        target = next((g for g in split if g.name == f"{group.name}:{kind}"), None)
+        if target is None:
+            decay = spec.norm_weight_decay if kind == "norm" else spec.bias_weight_decay
+            target = ParamGroup(f"{group.name}:{kind}", [], group.lr, decay)
+            split.append(target)
+        target.params.append(parameter)
     for group in groups:
-        if not group.params:
+        if not group.params and not special.get(group.name):
             log.warning("optimizer: param group %s matches no trainable parameter (frozen?)", group.name)
-    return [g for g in [*groups, default] if g.params]
+    ordered = []
+    for group in [*groups, default]:
+        ordered += [group, *sorted(special.get(group.name, []), key=lambda g: g.name)]
+    return [g for g in ordered if g.params]
+
+
+NORM_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
+"""What the reference's set_weight_decay counts as normalisation layers."""
+
+
+def _decay_kinds(model: nn.Module, spec: OptimizerSpec) -> dict[str, str]:
+    """Parameter name -> "bias" or "norm" for those that get bias_weight_decay or norm_weight_decay."""
+    kinds = {}
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if spec.bias_weight_decay is not None and name == "bias":
+                kinds[full] = "bias"
+            elif spec.norm_weight_decay is not None and isinstance(module, NORM_LAYERS):
+                kinds[full] = "norm"
+    return kinds
 
 
 def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:

@@ -419,6 +419,9 @@ class Heartbeat(Document):
     val_loss: float | None = None
     val_acc1: float | None = None
     val_acc5: float | None = None
+    ema_val_loss: float | None = None  # the weights' moving average (train.ema), validated beside them
+    ema_val_acc1: float | None = None
+    ema_val_acc5: float | None = None
     # checkpoints
     last_checkpoint_step: int | None = None
     last_checkpoint_age_s: float | None = None  # at updated_at

@@ -433,6 +433,21 @@ class AugmentationSpec(Section):
     """Flip training images left-right at random."""
     color_jitter: float = Field(0.0, ge=0, le=1)
     """Strength of random brightness/contrast/saturation changes; 0 turns it off."""
+    policy: Literal["none", "trivialaugment", "randaugment", "autoaugment"] = "none"
+    """An automatic augmentation policy after the crop and flip, as torchvision's reference recipe's
+    `--auto-augment`: trivialaugment (`ta_wide`, TrivialAugmentWide), randaugment (`ra`, magnitude 9),
+    autoaugment (`imagenet`, the ImageNet policy); none: off. Each image's draw is seeded by (seed,
+    epoch, index), so a resumed run sees the same images."""
+    random_erasing: float = Field(0.0, ge=0, le=1)
+    """Probability of erasing a random rectangle of each training image (after normalisation), as the
+    reference's `--random-erase`; 0 turns it off."""
+    mixup_alpha: float = Field(0.0, ge=0, le=10)
+    """Mixup: blend each batch with itself rolled by one, weight drawn from Beta(alpha, alpha) (the
+    reference recipe uses 0.2); 0 turns it off. With cutmix also on, each batch gets one of the two at
+    random. Targets become soft; train accuracy is measured against each mixed image's dominant label."""
+    cutmix_alpha: float = Field(0.0, ge=0, le=10)
+    """CutMix: paste a box of the batch rolled by one, its area drawn from Beta(alpha, alpha) (the
+    reference recipe uses 1.0); 0 turns it off. Each batch's draw is seeded by (seed, epoch, batch)."""
 
     @field_validator("crop_scale")
     @classmethod
@@ -491,6 +506,12 @@ class OptimizerSpec(Section):
     """Weight decay (decoupled for adamw)."""
     param_groups: list[ParamGroupSpec] = []
     """Parameter groups with their own lr (discriminative fine-tuning); the rest use `lr`."""
+    norm_weight_decay: float | None = Field(None, ge=0, le=1, examples=[0.0])
+    """Weight decay of normalisation layers' parameters (BatchNorm, LayerNorm, GroupNorm, InstanceNorm),
+    as the reference's `--norm-weight-decay` (its recipe: 0.0); null: the group's weight decay."""
+    bias_weight_decay: float | None = Field(None, ge=0, le=1, examples=[0.0])
+    """Weight decay of every parameter named `bias` (normalisation layers' too), as the reference's
+    `--bias-weight-decay`; null: the group's weight decay."""
 
     @field_validator("betas")
     @classmethod
@@ -612,6 +633,49 @@ class ExportSpec(Section):
         return formats
 
 
+class EmaSpec(Section):
+    decay: float = Field(0.99998, gt=0, lt=1)
+    """Decay per update before the adjustment below (the reference's `--model-ema-decay`)."""
+    every_steps: int = Field(32, ge=1, le=100_000)
+    """Update the average at every this many batches of an epoch (the reference's `--model-ema-steps`)."""
+    adjust: bool = True
+    """Adjust the decay for batch size and epochs as the reference does, so the averaging horizon does
+    not depend on them: alpha = min(1, (1 - decay) * batch_size * every_steps / epochs), decay = 1 - alpha."""
+    warmup_epochs: float | None = Field(None, ge=0, le=1000)
+    """Epochs during which the average only copies the weights (the reference: the lr warm-up's);
+    null: `scheduler.warmup_epochs`."""
+
+    def effective_decay(self, batch_size: int, epochs: int) -> float:
+        if not self.adjust:
+            return self.decay
+        return 1.0 - min(1.0, (1.0 - self.decay) * batch_size * self.every_steps / epochs)
+
+
+RECIPES: dict[str, dict] = {
+    "torchvision-v2": {
+        "label_smoothing": 0.1,
+        "data": {
+            "augmentation": {"policy": "trivialaugment", "random_erasing": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}
+        },
+        "optimizer": {"weight_decay": 0.00002, "norm_weight_decay": 0.0},
+        "ema": {"decay": 0.99998, "every_steps": 32},
+    }
+}
+"""What each `train.recipe` sets (https://github.com/pytorch/vision/pull/5201, the ResNet-50 V2 recipe's
+flags); fields the file sets win."""
+
+
+def _under_recipe(recipe: dict, given: dict) -> dict:
+    """`given` with the recipe's values filled in where the file left a field out (nested sections too)."""
+    merged = dict(given)
+    for key, value in recipe.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _under_recipe(value, merged[key])
+    return merged
+
+
 class TrainSpec(Section):
     model: ModelSpec
     """What to fine-tune."""
@@ -643,6 +707,27 @@ class TrainSpec(Section):
     """The most images one GPU processes in one forward; a GPU's share of batch_size above it is
     trained in micro-batches whose gradients add up to the whole batch's (gradient accumulation).
     null: a GPU's whole share at once."""
+    ema: EmaSpec | None = None
+    """Keep an exponential moving average of the weights (the reference's `--model-ema`): validated
+    beside the raw model each epoch (`ema_val_*` metrics), it picks and is the best model (best/ and the
+    exported artifacts hold the averaged weights). null: off."""
+    compile: bool = False
+    """Run the training forward and backward through `torch.compile` (opt-in: compiling takes minutes
+    for a large model and needs a C++ compiler on CPU). Checkpoints and exports hold the plain model."""
+    recipe: Literal["torchvision-v2"] | None = None
+    """A shorthand for a published recipe's settings; any field set in the file overrides it.
+    torchvision-v2 (torchvision's ResNet-50 "V2" recipe, its regularisation part): label_smoothing 0.1,
+    augmentation policy trivialaugment, random_erasing 0.1, mixup_alpha 0.2, cutmix_alpha 1.0,
+    optimizer weight_decay 0.00002 and norm_weight_decay 0.0, ema {decay 0.99998, every_steps 32}.
+    It leaves lr, epochs, batch size and the schedule to you (the recipe's 600 epochs at lr 0.5 train
+    from scratch); `spotctl validate` shows the expanded values."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_recipe(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("recipe"), str) and data["recipe"] in RECIPES:
+            return _under_recipe(RECIPES[data["recipe"]], data)
+        return data
 
     @field_validator("amp", mode="before")
     @classmethod
