@@ -83,9 +83,10 @@ def _native_bf16() -> bool:
 
 def train_fingerprint(train: TrainSpec) -> dict:
     """The spec fields a checkpoint must agree with to be resumed (not: how often to save, export
-    formats, worker count or the bad-image threshold, which never change the result)."""
+    formats, TensorBoard, worker count or the bad-image threshold, which never change the result)."""
     return train.model_dump(
-        mode="json", exclude={"checkpoint": True, "export": True, "data": {"workers", "max_bad_images"}}
+        mode="json",
+        exclude={"checkpoint": True, "export": True, "tensorboard": True, "data": {"workers", "max_bad_images"}},
     )
 
 
@@ -177,6 +178,8 @@ class Trainer:
         self.throughput = Throughput()
         self._loud_worker_exits: Callable[[], None] | None = None  # undoes quiet_worker_exits_after_a_stop
         self._restore()
+        if reporter.events is not None:  # TensorBoard: this attempt's plot continues from the step resumed
+            reporter.events.begin(self.position.step)
         marks["restore"] = time.monotonic()
         self.startup = {
             "imports_s": marks["start"] - trainer.STARTED,
@@ -337,6 +340,8 @@ class Trainer:
         """Commit this step's state (after the upload in flight) and leave: interrupted or stopped."""
         self.reporter.update(phase="checkpointing")
         self.reporter.beat_now()
+        if self.reporter.events is not None:  # its last segment uploads beside the checkpoint, not after it
+            self.reporter.events.rotate()
         try:
             self.checkpoints.wait()
         except Exception as exc:  # an older save failed; this one is what matters now

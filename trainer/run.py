@@ -110,12 +110,15 @@ def run(
     log.info("job %s attempt %d: %s -> %s", job_id, attempt, job_url, prefix)
 
     # Imported here: torch takes seconds to import, and a bad job file should fail at once.
+    from trainer import tensorboard
     from trainer.display import ConsoleProgress
     from trainer.loop import Trainer
     from trainer.preemption import InterruptionWatcher
 
     interval = heartbeat_seconds or Settings.from_env().heartbeat_seconds
-    reporter = Reporter(storage, attempt, log_file, interval=interval).start()
+    # Only the main process writes TensorBoard events (under DDP: rank 0; for_process reads RANK).
+    events = tensorboard.for_process(storage, attempt, spec.train.tensorboard)
+    reporter = Reporter(storage, attempt, log_file, interval=interval, events=events).start()
     watcher = InterruptionWatcher().start()
     display = ConsoleProgress(console, live=console.is_terminal)
     outcome = trainer = None

@@ -602,6 +602,18 @@ class ExportSpec(Section):
         return formats
 
 
+class TensorBoardSpec(Section):
+    enabled: bool = True
+    """Write TensorBoard event files (losses, accuracies, lr, images/s, data wait, GPU utilisation,
+    memory and power) and upload them under the job's `tensorboard/` as closed segments, each once;
+    `spotctl tensorboard JOB` shows them. On by default: a few KB and one upload per segment."""
+    segment_seconds: float = Field(300, ge=10, le=86400)
+    """Close and upload the open segment after this many seconds: the most of the plot a crash can
+    lose (a spot notice, a stop and the end of the run close it at once)."""
+    segment_mib: float = Field(8, gt=0, le=1024)
+    """Close and upload the open segment once it holds this many MiB."""
+
+
 class TrainSpec(Section):
     model: ModelSpec
     """What to fine-tune."""
@@ -629,6 +641,8 @@ class TrainSpec(Section):
     """Seed of every random choice: shuffling, augmentation, the val split, the new head's init."""
     export: ExportSpec = Field(default_factory=ExportSpec)
     """Deployable artifacts."""
+    tensorboard: TensorBoardSpec = Field(default_factory=TensorBoardSpec)
+    """TensorBoard event files under the job's prefix (never part of the checkpoint's identity)."""
 
     @field_validator("amp", mode="before")
     @classmethod
