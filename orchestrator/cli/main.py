@@ -22,6 +22,7 @@ from orchestrator.cli import (
     schema,
     status,
     stop,
+    tensorboard,
     validate,
     watch,
 )
@@ -62,6 +63,7 @@ for module in (
     watch,
     status,
     logs,
+    tensorboard,
     stop,
     resume,
     artifacts,
