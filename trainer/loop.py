@@ -413,7 +413,7 @@ class Trainer:
 
     def _forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, targets on the device, loss) under the run's autocast."""
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        images = self.data.to_device(images, self.device, self.memory_format)  # uint8 moved, normalised there
         targets = targets.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.model(images)

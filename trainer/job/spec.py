@@ -448,6 +448,10 @@ class DataSpec(Section):
     """Data-loading worker processes (0 loads in the training process)."""
     max_bad_images: float = Field(0.01, ge=0, le=1)
     """Share of images that may fail to decode (skipped, counted and logged) before the run fails."""
+    decode: Literal["cpu", "gpu"] = "cpu"
+    """Where JPEGs are decoded. cpu: in the data workers (torchvision.io, PIL for other formats). gpu:
+    whole batches by nvJPEG on the training GPU, for machines whose few CPUs cannot keep the GPU fed
+    (CUDA only; the run fails at once without it)."""
 
     @field_validator("train", "val")
     @classmethod
