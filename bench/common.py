@@ -124,6 +124,25 @@ def _aws_pointed_at(endpoint: str, bucket: str) -> Iterator[str]:
         os.environ.update(saved)
 
 
+def pil_train_transform(spec, norm):
+    """The trainer's training transform (trainer.data.train_transform) as the standard loader writes
+    it: torchvision's v1 transforms on PIL images, then ToTensor and Normalize. The comparison loaders
+    of the benches (ImageFolder + PIL) use it."""
+    from torchvision import transforms
+
+    aug, size = spec.augmentation, spec.image_size
+    steps = (
+        [transforms.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True)]
+        if aug.random_resized_crop
+        else [transforms.Resize(round(size * norm.resize_ratio), antialias=True), transforms.CenterCrop(size)]
+    )
+    if aug.horizontal_flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    if aug.color_jitter:
+        steps.append(transforms.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)])
+
+
 def running_job(store, spec_text: str, ami: str, job_id: str) -> str:
     """A job as `spotctl launch` leaves it: its job file, a record, and attempt 1 running on a tagged
     g4dn.xlarge spot instance in us-east-1a (the moto server the environment points at). Returns the

@@ -8,7 +8,7 @@ Measures steady-state training images/s of
            and a checkpoint of the full state (model + momentum, ~94 MB) every 5 s, the shortest interval a
            job may ask for. Storage is a local folder (--storage s3: a moto server running in this
            process, so its CPU is charged to the trainer: pessimistic).
-Both train one epoch of the same PNGs (resnet18, 64 px, batch 32) with the same transforms (trainer.data's),
+Both train one epoch of the same PNGs (resnet18, 64 px, batch 32) with the same transforms (trainer.data's; the plain loop's as v1 on PIL, bench.common.pil_train_transform),
 seed, torch threads and loader workers.
 
 Threads: all cores but one by default (1 on a 2-core machine). The trainer is built for GPU instances,
@@ -45,11 +45,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from bench.common import moto_bucket, parser, print_table, quiet_logging, verdict, write_json
+from bench.common import moto_bucket, parser, pil_train_transform, print_table, quiet_logging, verdict, write_json
 from testbed.harness import make_image_folder
 from testbed.trainer_runs import write_job
 from trainer.checkpoint import Checkpointer
-from trainer.data import normalization, train_transform
+from trainer.data import normalization
 from trainer.display import ConsoleProgress
 from trainer.job.layout import HEARTBEAT
 from trainer.job.spec import JobSpec
@@ -108,7 +108,7 @@ class HeartbeatCountingStorage(Storage):
 
 def run_plain(spec: JobSpec, train_root: str, warmup: int) -> dict:
     train = spec.train
-    dataset = ImageFolder(train_root, transform=train_transform(train.data, normalization(train.model)))
+    dataset = ImageFolder(train_root, transform=pil_train_transform(train.data, normalization(train.model)))
     loader = Stamped(
         DataLoader(dataset, batch_size=train.batch_size, shuffle=True, drop_last=True, num_workers=train.data.workers)
     )

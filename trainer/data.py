@@ -21,10 +21,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import models, transforms
+from torchvision import models
+from torchvision.transforms import v2
 
+from trainer import decode as decoding
 from trainer import recipe
 from trainer.fetch import DataError
 from trainer.job.imagefolder import IMAGE_EXTENSIONS
@@ -112,33 +113,28 @@ def normalization(spec: ModelSpec) -> Normalization:
     return Normalization(IMAGENET_MEAN, IMAGENET_STD, 256 / 224)
 
 
-def train_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
+# transforms.v2 on CHW uint8 tensors (trainer.decode); the output stays uint8 and is normalised on
+# the device after the transfer (TrainingData.to_device).
+def train_transform(spec: DataSpec, norm: Normalization) -> v2.Compose:
     aug, size = spec.augmentation, spec.image_size
     steps = (
-        [transforms.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True)]
+        [v2.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True)]
         if aug.random_resized_crop
         else val_transform(spec, norm).transforms[:2]
     )
     if aug.horizontal_flip:
-        steps.append(transforms.RandomHorizontalFlip())
+        steps.append(v2.RandomHorizontalFlip())
     if aug.color_jitter:
-        steps.append(transforms.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
+        steps.append(v2.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
     steps += recipe.policy_transforms(aug)
-    return transforms.Compose(
-        [*steps, transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std), *recipe.erasing_transforms(aug)]
-    )
+    # Random erasing fills with the mean colour: what the reference's zeros are once normalised.
+    steps += recipe.erasing_transforms(aug, fill=[round(255 * m) for m in norm.mean])
+    return v2.Compose(steps)
 
 
-def val_transform(spec: DataSpec, norm: Normalization) -> transforms.Compose:
+def val_transform(spec: DataSpec, norm: Normalization) -> v2.Compose:
     size = spec.image_size
-    return transforms.Compose(
-        [
-            transforms.Resize(round(size * norm.resize_ratio), antialias=True),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize(norm.mean, norm.std),
-        ]
-    )
+    return v2.Compose([v2.Resize(round(size * norm.resize_ratio), antialias=True), v2.CenterCrop(size)])
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -213,10 +209,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ImageDataset(Dataset):
-    """Samples addressed by (epoch, index) keys, so augmentation randomness follows the sample."""
+    """Samples addressed by (epoch, index) keys, so augmentation randomness follows the sample.
+    A sample is a CHW uint8 tensor, transformed (trainer.decode); with `gpu_split` (decode: gpu), a
+    JPEG's bytes and its seed instead, which TrainingData.to_device decodes and transforms with the
+    transform of that split's loader."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform, seed: int):
-        self.samples, self.transform, self.seed = samples, transform, seed
+    def __init__(self, samples: list[tuple[str, int]], transform, seed: int, gpu_split: str | None = None):
+        self.samples, self.transform, self.seed, self.gpu_split = samples, transform, seed, gpu_split
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -224,15 +223,17 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         path, label = self.samples[index]
+        seed = sample_seed(self.seed, epoch, index)
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            if self.gpu_split:
+                return decoding.encoded(path, seed, self.gpu_split), label
+            image = decoding.decode(path)
+        except decoding.DECODE_ERRORS as exc:
             return BadImage(path, f"{type(exc).__name__}: {exc}")
         # Transforms draw from torch's global generator: give them their own seed and leave the
         # caller's state untouched (with 0 workers this runs in the training process, next to dropout).
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            torch.default_generator.manual_seed(seed)
             return self.transform(image), label
 
 
@@ -242,7 +243,10 @@ def collate(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list
     bad = [item for item in batch if isinstance(item, BadImage)]
     if not good:
         return None, None, bad
-    return torch.stack([image for image, _ in good]), torch.tensor([label for _, label in good]), bad
+    labels = torch.tensor([label for _, label in good])
+    if isinstance(good[0][0], decoding.Encoded):  # decode: gpu: decoded after the transfer
+        return [sample for sample, _ in good], labels, bad
+    return torch.stack([image for image, _ in good]), labels, bad
 
 
 class ResumableBatchSampler:
@@ -297,6 +301,18 @@ class TrainingData:
     val_size: int
     calibration_set: ImageDataset  # the training images with the validation transform (see calibration_batches)
     seed: int
+    norm: Normalization
+    inference_set: ImageDataset  # the validation images decoded on the CPU (validation_spread)
+
+    def to_device(self, images, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+        """A loader's uint8 batch as the model's input on `device`: moved as uint8, normalised there.
+        Under decode: gpu, decoded and transformed there first (each sample under its own seed)."""
+        if isinstance(images, list):
+            loader = self.train_loader if images[0].split == "train" else self.val_loader
+            images = decoding.decode_on_gpu(images, loader.dataset.transform, device)
+        else:
+            images = images.to(device, non_blocking=True)
+        return decoding.normalize(images, self.norm.mean, self.norm.std).to(memory_format=memory_format)
 
     def close(self) -> None:
         """End the loaders' data workers (see shut_down_workers)."""
@@ -316,18 +332,18 @@ class TrainingData:
         for start in range(0, len(order), batch_size):
             images, _, _ = collate([self.calibration_set[(0, index)] for index in order[start : start + batch_size]])
             if images is not None:
-                yield images
+                yield decoding.normalize(images, self.norm.mean, self.norm.std)
 
     def validation_spread(self, count: int, batch_size: int = 64) -> Iterator[torch.Tensor]:
         """Up to `count` validation images spread evenly over the set (which is sorted by class, so
         the first N would be the first classes only), in batches; bad images are left out."""
-        dataset = self.val_loader.dataset
+        dataset = self.inference_set
         take = min(count, len(dataset))
         indices = [i * len(dataset) // take for i in range(take)] if take else []
         for start in range(0, len(indices), batch_size):
             images, _, _ = collate([dataset[(0, index)] for index in indices[start : start + batch_size]])
             if images is not None:
-                yield images
+                yield decoding.normalize(images, self.norm.mean, self.norm.std)
 
 
 def build(
@@ -352,8 +368,11 @@ def build(
         train_samples = [train_index.samples[i] for i in train_ids]
         val_samples = [train_index.samples[i] for i in val_ids]
     norm = normalization(model)
-    train_set = ImageDataset(train_samples, train_transform(spec, norm), seed)
-    val_set = ImageDataset(val_samples, val_transform(spec, norm), seed)
+    on_gpu = spec.decode == "gpu"
+    if on_gpu:
+        decoding.require_cuda()
+    train_set = ImageDataset(train_samples, train_transform(spec, norm), seed, "train" if on_gpu else None)
+    val_set = ImageDataset(val_samples, val_transform(spec, norm), seed, "val" if on_gpu else None)
     sampler = ResumableBatchSampler(len(train_set), batch_size, seed, rank=rank, world_size=world_size)
 
     def loader(dataset: ImageDataset, batches: ResumableBatchSampler) -> DataLoader:
@@ -386,4 +405,6 @@ def build(
         val_size=len(val_set),
         calibration_set=ImageDataset(train_samples, val_transform(spec, norm), seed),
         seed=seed,
+        norm=norm,
+        inference_set=ImageDataset(val_samples, val_transform(spec, norm), seed),
     )

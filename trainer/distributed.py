@@ -135,7 +135,7 @@ def backward_in_micro_batches(
     whole = parts == 1 and not distributed
     done = []
     for index, (micro_images, micro_targets) in enumerate(
-        zip(images.tensor_split(parts), targets.tensor_split(parts), strict=True)
+        zip(_split(images, parts), targets.tensor_split(parts), strict=True)
     ):
         if not len(micro_targets):  # fewer images than micro-batches: bad ones left the batch
             continue
@@ -146,6 +146,16 @@ def backward_in_micro_batches(
             backward(loss if share == 1.0 else loss * share)
         done.append((logits, micro_targets, loss))
     return done
+
+
+def _split(images, parts: int) -> list:
+    """`parts` near-equal slices, as `tensor_split` cuts them; a list (encoded images, for decode: gpu)
+    is cut the same way."""
+    if not isinstance(images, list):
+        return list(images.tensor_split(parts))
+    size, extra = divmod(len(images), parts)
+    bounds = [index * size + min(index, extra) for index in range(parts + 1)]
+    return [images[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def peer_lost(exc: BaseException) -> bool:

@@ -88,11 +88,17 @@ def _native_bf16() -> bool:
 
 def train_fingerprint(train: TrainSpec) -> dict:
     """The spec fields a checkpoint must agree with to be resumed (not: how often to save, export
-    formats, worker count or the bad-image threshold, which never change the result)."""
+    formats, TensorBoard, worker count or the bad-image threshold, which never change the result)."""
     return train.model_dump(
         mode="json",
         # max_batch_per_gpu: micro-batches add up to the same gradient, so another GPU may resume with its own.
-        exclude={"checkpoint": True, "export": True, "max_batch_per_gpu": True, "data": {"workers", "max_bad_images"}},
+        exclude={
+            "checkpoint": True,
+            "export": True,
+            "tensorboard": True,
+            "max_batch_per_gpu": True,
+            "data": {"workers", "max_bad_images"},
+        },
     )
 
 
@@ -221,6 +227,8 @@ class Trainer:
         self.throughput = Throughput()
         self._loud_worker_exits: Callable[[], None] | None = None  # undoes quiet_worker_exits_after_a_stop
         self._restore()
+        if reporter.events is not None:  # TensorBoard: this attempt's plot continues from the step resumed
+            reporter.events.begin(self.position.step)
         marks["restore"] = time.monotonic()
         self.startup = {
             "imports_s": marks["start"] - trainer.STARTED,
@@ -410,6 +418,8 @@ class Trainer:
         """Commit this step's state (after the upload in flight) and leave: interrupted or stopped."""
         self.reporter.update(phase="checkpointing")
         self.reporter.beat_now()
+        if self.reporter.events is not None:  # its last segment uploads beside the checkpoint, not after it
+            self.reporter.events.rotate()
         try:
             self.checkpoints.wait()
         except Exception as exc:  # an older save failed; this one is what matters now
@@ -510,7 +520,7 @@ class Trainer:
         """(logits, targets on the device, loss) under the run's autocast. `mix_at`: a training
         micro-batch's (epoch, batch, part), which seeds its mixup/cutmix (the targets come back soft
         then); `model`: the module to run (default: the one trained, unwrapped)."""
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        images = self.data.to_device(images, self.device, self.memory_format)  # uint8 moved, normalised there
         targets = targets.to(self.device, non_blocking=True)
         if mix_at is not None and self.mixer is not None:
             images, targets = self.mixer(images, targets, *mix_at)

@@ -107,6 +107,7 @@ class MetricsLog:
 
     def __init__(self, storage, attempt: int):
         self.storage, self.attempt = storage, attempt
+        self.listeners: list = []  # called with (kind, record) for each record (trainer.tensorboard)
         self._pending: list[dict] = []
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
@@ -115,6 +116,8 @@ class MetricsLog:
     def record(self, kind: str, **values) -> None:
         with self._lock:
             self._pending.append({"kind": kind, "attempt": self.attempt, **values})
+        for listener in self.listeners:
+            listener(kind, values)
 
     def flush(self) -> None:
         with self._flushing:  # one flush at a time: part numbers are never reused

@@ -7,7 +7,9 @@ waits on S3 for it:
   same figures averaged over the last HEALTH_WINDOW_S seconds of training (orchestrator.jobs.health);
 - metric records, flushed as new JSON-lines objects (trainer.metrics.MetricsLog);
 - the log file, shipped to `logs/attempt-<k>.log` every few heartbeats;
-- the control object `control/stop`, polled with the heartbeat: when present the loop stops gracefully.
+- the control object `control/stop`, polled with the heartbeat: when present the loop stops gracefully;
+- TensorBoard event files (trainer.tensorboard, `events`): the metric records and each heartbeat's
+  telemetry, the last segment uploaded at close.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.job import layout
 from trainer.job.documents import Heartbeat, StopRequest, now_iso
@@ -28,6 +31,9 @@ from trainer.job.settings import BootEnv
 from trainer.job.storage import Storage
 from trainer.metrics import MetricsLog
 from trainer.telemetry import GpuMonitor, HostMemory
+
+if TYPE_CHECKING:
+    from trainer.tensorboard import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +96,15 @@ class Reporter:
         ship_log_every: int = 4,
         clock: Callable[[], float] = time.monotonic,
         writes: bool = True,
+        events: EventLog | None = None,
     ):
         self.storage, self.attempt, self.log_file = storage, attempt, log_file
         # Under DDP only rank 0 reports; another rank's reporter keeps the loop's calls and writes nothing.
         self.writes = writes
         self.metrics = MetricsLog(storage, attempt)
+        self.events = events
+        if events is not None:
+            self.metrics.listeners.append(events.record)
         self.gpu = gpu or GpuMonitor()
         self.memory = HostMemory()
         self.interval, self.ship_log_every = interval, ship_log_every
@@ -140,13 +150,15 @@ class Reporter:
         self.update(phase=phase)
         self._tick(ship_log=True, poll_control=False)
         self.gpu.close()
+        if self.events is not None:
+            self.events.close()
 
     def heartbeat(self) -> dict:
         with self._lock:
             status = dict(self._status)
         checkpoint_time = status.pop("last_checkpoint_time", None)
         gpu = self.gpu.read_and_reset()
-        return {
+        beat = {
             "attempt": self.attempt,
             **status,
             "last_checkpoint_age_s": round(time.time() - checkpoint_time, 1) if checkpoint_time else None,
@@ -159,6 +171,9 @@ class Reporter:
             "started_at": self._started,
             "updated_at": now_iso(),
         }
+        if self.events is not None:
+            self.events.telemetry(beat)
+        return beat
 
     def _health_window(self, status: dict, gpu: dict) -> dict:
         """This heartbeat's sample joins the window; its averages, for the orchestrator's health flags."""

@@ -123,15 +123,17 @@ def _run(spec: JobSpec, job_url: str, job_id: str | None, attempt: int | None, h
     log.info("job %s attempt %d: %s -> %s", job_id, attempt, job_url, prefix)
 
     # Imported here: torch takes seconds to import, and a bad job file should fail at once.
+    from trainer import tensorboard
     from trainer.display import ConsoleProgress
     from trainer.distributed import Group, peer_lost
     from trainer.loop import Trainer
     from trainer.preemption import InterruptionWatcher
 
     interval = heartbeat_seconds or Settings.from_env().heartbeat_seconds
-    # Under torchrun, rank 0 alone reports and writes; each machine's local rank 0 polls its IMDS
-    # (its notice reaches the other ranks through the step boundary's agreement).
-    reporter = Reporter(storage, attempt, log_file, interval=interval, writes=ranks.is_main).start()
+    # Under torchrun, rank 0 alone reports and writes (TensorBoard too); each machine's local rank 0
+    # polls its IMDS (its notice reaches the other ranks through the step boundary's agreement).
+    events = tensorboard.for_process(storage, attempt, spec.train.tensorboard, is_main=ranks.is_main)
+    reporter = Reporter(storage, attempt, log_file, interval=interval, writes=ranks.is_main, events=events).start()
     watcher = InterruptionWatcher(poll_imds=ranks.local_rank == 0).start()
     display = ConsoleProgress(console, live=console.is_terminal and ranks.is_main)
     group = Group(ranks)

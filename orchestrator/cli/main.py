@@ -23,6 +23,7 @@ from orchestrator.cli import (
     status,
     stop,
     sweep,
+    tensorboard,
     validate,
     watch,
 )
@@ -63,6 +64,7 @@ for module in (
     watch,
     status,
     logs,
+    tensorboard,
     stop,
     resume,
     artifacts,

@@ -9,6 +9,7 @@
         status/crash-attempt-<k>.json       attempt k's crash report: how its trainer died without a final word
         control/stop                        a stop request
         metrics/a<kkk>-<nnnnnn>.jsonl       metric records, in parts
+        tensorboard/events.out.tfevents.a<kkk>-<nnnnnn>  TensorBoard event files, closed segments
         logs/attempt-<k>.log                the trainer's log
         logs/attempt-<k>.bootstrap.log      the instance's bootstrap log
         checkpoints/step-<N>/               committed checkpoints (trainer.checkpoint)
@@ -46,6 +47,7 @@ HEARTBEAT = "status/heartbeat.json"
 FINAL = "status/final.json"
 CONTROL_STOP = "control/stop"
 METRICS = "metrics"
+TENSORBOARD = "tensorboard"
 LOGS = "logs"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -67,6 +69,7 @@ SWEEP_STOP = "stop"
 
 _TRAINER_LOG = re.compile(r"attempt-(\d+)(\.bootstrap)?\.log")
 _METRICS_PART = re.compile(r"a(\d+)-\d+\.jsonl")
+_TENSORBOARD_SEGMENT = re.compile(r"events\.out\.tfevents\.a\d+-\d+")
 _WHEEL = re.compile(rf"(?:^|/){WHEELS}/([0-9a-f]{{64}})/[^/]+\.whl\Z")
 
 
@@ -133,6 +136,17 @@ def bootstrap_log(attempt: int, node: int = 0) -> str:
 
 def metrics_part(attempt: int, part: int) -> str:
     return f"{METRICS}/a{attempt:03d}-{part:06d}.jsonl"
+
+
+def tensorboard_segment(attempt: int, segment: int) -> str:
+    """An event file the trainer closed and uploaded. "tfevents" in the name is what TensorBoard
+    looks for; the names sort by attempt, then segment, the order TensorBoard reads a folder in."""
+    return f"{TENSORBOARD}/events.out.tfevents.a{attempt:03d}-{segment:06d}"
+
+
+def is_tensorboard_segment(name: str) -> bool:
+    """Whether `name` (a name under tensorboard/) is one of tensorboard_segment's."""
+    return _TENSORBOARD_SEGMENT.fullmatch(name) is not None
 
 
 def attempt_of_log(name: str) -> int | None:

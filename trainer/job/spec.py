@@ -473,6 +473,10 @@ class DataSpec(Section):
     """Data-loading worker processes (0 loads in the training process)."""
     max_bad_images: float = Field(0.01, ge=0, le=1)
     """Share of images that may fail to decode (skipped, counted and logged) before the run fails."""
+    decode: Literal["cpu", "gpu"] = "cpu"
+    """Where JPEGs are decoded. cpu: in the data workers (torchvision.io, PIL for other formats). gpu:
+    whole batches by nvJPEG on the training GPU, for machines whose few CPUs cannot keep the GPU fed
+    (CUDA only; the run fails at once without it)."""
 
     @field_validator("train", "val")
     @classmethod
@@ -676,6 +680,18 @@ def _under_recipe(recipe: dict, given: dict) -> dict:
     return merged
 
 
+class TensorBoardSpec(Section):
+    enabled: bool = True
+    """Write TensorBoard event files (losses, accuracies, lr, images/s, data wait, GPU utilisation,
+    memory and power) and upload them under the job's `tensorboard/` as closed segments, each once;
+    `spotctl tensorboard JOB` shows them. On by default: a few KB and one upload per segment."""
+    segment_seconds: float = Field(300, ge=10, le=86400)
+    """Close and upload the open segment after this many seconds: the most of the plot a crash can
+    lose (a spot notice, a stop and the end of the run close it at once)."""
+    segment_mib: float = Field(8, gt=0, le=1024)
+    """Close and upload the open segment once it holds this many MiB."""
+
+
 class TrainSpec(Section):
     model: ModelSpec
     """What to fine-tune."""
@@ -721,6 +737,9 @@ class TrainSpec(Section):
     optimizer weight_decay 0.00002 and norm_weight_decay 0.0, ema {decay 0.99998, every_steps 32}.
     It leaves lr, epochs, batch size and the schedule to you (the recipe's 600 epochs at lr 0.5 train
     from scratch); `spotctl validate` shows the expanded values."""
+
+    tensorboard: TensorBoardSpec = Field(default_factory=TensorBoardSpec)
+    """TensorBoard event files under the job's prefix (never part of the checkpoint's identity)."""
 
     @model_validator(mode="before")
     @classmethod
