@@ -94,9 +94,9 @@ def run(
     code = _run(spec, job_url, job_id, attempt, heartbeat_seconds, ranks)
     exit_file = Settings.from_env().exit_file
     if exit_file and ranks.distributed:
-        # torchrun says only "a worker failed" (exit 1); the user-data reads each rank's own word.
+        # torchrun says only "a worker failed" (exit 1); the user-data reads each local rank's own word.
         with contextlib.suppress(OSError):
-            Path(f"{exit_file}.{ranks.rank}").write_text(f"{code}\n")
+            Path(f"{exit_file}.{ranks.local_rank}").write_text(f"{code}\n")
     return code
 
 

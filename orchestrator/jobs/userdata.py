@@ -255,13 +255,13 @@ fi
 ( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
 CODE=$?
 if [ "$GPUS" -gt 1 ] && [ "$CODE" -ne 0 ]; then
-  # torchrun exits 1 for any rank's end but 0: rank 0's word is the trainer's (75, 3, 2...) when
-  # every rank left one; a rank without one died without a word (a signal): a crash.
+  # torchrun exits 1 for any rank's end but 0: local rank 0's word is the trainer's (75, 3, 2...)
+  # when every rank on this machine left one; a rank without one died without a word (a signal): a crash.
   for ((RANK_NO = 0; RANK_NO < GPUS; RANK_NO++)); do
     if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
       # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
       SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
-      echo "spotctl: rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
+      echo "spotctl: local rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
     fi
   done
   CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.0")}}"

@@ -428,4 +428,4 @@ def test_a_rank_that_died_without_a_word_is_a_crash_with_torchruns_signal(instan
     code = run_trainer(instance, tmp_path, FAKE_RANK_EXITS="75 -", FAKE_TRAINER_EXIT="1", FAKE_TORCHRUN_SAYS=says)
     assert code == 137
     assert instance.final() is None and instance.crash()["signal"] == "SIGKILL"
-    assert "spotctl: rank 1 died without an exit code" in instance.log()
+    assert "spotctl: local rank 1 died without an exit code" in instance.log()
