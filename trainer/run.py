@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from trainer.checkpoint import CheckpointMismatch
+from trainer.distributed import BatchSplitError
 from trainer.fetch import DataError, default_cache_dir
 from trainer.job import layout
 from trainer.job.documents import Crash, Final, Outcome, now_iso
@@ -51,7 +52,7 @@ WORKER_DIED = re.compile(
 SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
 
 # Errors whose message says all a user needs: no traceback in the log or final.json.
-USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError)
+USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError, BatchSplitError)
 
 
 def job_prefix(spec: JobSpec, job_url: str, job_id: str | None = None) -> tuple[str, str]:
