@@ -64,6 +64,10 @@ class Ranks:
         return cls(rank, local, world)
 
 
+class BatchSplitError(ValueError):
+    """The global batch cannot be split over this machine's GPUs (a user error: its message says the fix)."""
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """How one rank trains its share of a global batch."""
@@ -81,12 +85,12 @@ def split_batch(global_batch: int, world_size: int, per_gpu_cap: int | None = No
     """The plan for `global_batch` images per step over `world_size` ranks, each forward holding at
     most `per_gpu_cap` images (None: a rank's whole share in one forward)."""
     if global_batch < world_size:
-        raise ValueError(
+        raise BatchSplitError(
             f"train.batch_size {global_batch} is smaller than the {world_size} training processes (GPUs); "
             f"raise it to at least {world_size}"
         )
     if per_gpu_cap is not None and per_gpu_cap < 1:
-        raise ValueError(f"train.max_batch_per_gpu must be at least 1, got {per_gpu_cap}")
+        raise BatchSplitError(f"train.max_batch_per_gpu must be at least 1, got {per_gpu_cap}")
     per_rank = math.ceil(global_batch / world_size)
     accumulation = 1 if per_gpu_cap is None else math.ceil(per_rank / per_gpu_cap)
     # Every rank runs the same number of forwards (DDP's all_reduce pairs them); the smallest share

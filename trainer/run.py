@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from trainer.checkpoint import CheckpointMismatch
+from trainer.distributed import BatchSplitError
 from trainer.fetch import DataError, default_cache_dir
 from trainer.job import layout
 from trainer.job.documents import Crash, Final, Outcome, now_iso
@@ -51,7 +52,7 @@ WORKER_DIED = re.compile(
 SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
 
 # Errors whose message says all a user needs: no traceback in the log or final.json.
-USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError)
+USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError, BatchSplitError)
 
 
 def job_prefix(spec: JobSpec, job_url: str, job_id: str | None = None) -> tuple[str, str]:
@@ -94,9 +95,9 @@ def run(
     code = _run(spec, job_url, job_id, attempt, heartbeat_seconds, ranks)
     exit_file = Settings.from_env().exit_file
     if exit_file and ranks.distributed:
-        # torchrun says only "a worker failed" (exit 1); the user-data reads each rank's own word.
+        # torchrun says only "a worker failed" (exit 1); the user-data reads each local rank's own word.
         with contextlib.suppress(OSError):
-            Path(f"{exit_file}.{ranks.rank}").write_text(f"{code}\n")
+            Path(f"{exit_file}.{ranks.local_rank}").write_text(f"{code}\n")
     return code
 
 

@@ -248,7 +248,6 @@ SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
 GPUS="$(grep -c '^GPU ' "$WORK/gpus" 2>/dev/null)" || GPUS=0
 TRAINER=("$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
 NPROC=$(( GPUS > 1 ? GPUS : 1 ))
-FIRST_RANK=$(( SPOTCTL_NODE_RANK * NPROC ))  # this node's first global rank (its exit file names it)
 DISTRIBUTED=$(( GPUS > 1 || SPOTCTL_NODES > 1 ))
 if [ "$SPOTCTL_NODES" -gt 1 ]; then
   # compute.nodes: meet the other nodes in storage (trainer.job.rendezvous); node 0's address is the master.
@@ -275,16 +274,16 @@ fi
 ( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
 CODE=$?
 if [ "$DISTRIBUTED" -eq 1 ] && [ "$CODE" -ne 0 ]; then
-  # torchrun exits 1 for any rank's end but 0: this node's first rank's word is the trainer's (75, 3, 2...)
-  # when each of its ranks left one; a rank without one died without a word (a signal): a crash.
-  for ((RANK_NO = FIRST_RANK; RANK_NO < FIRST_RANK + NPROC; RANK_NO++)); do
+  # torchrun exits 1 for any rank's end but 0: local rank 0's word is the trainer's (75, 3, 2...)
+  # when every rank on this machine left one; a rank without one died without a word (a signal): a crash.
+  for ((RANK_NO = 0; RANK_NO < NPROC; RANK_NO++)); do
     if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
       # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
       SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
-      echo "spotctl: rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
+      echo "spotctl: local rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
     fi
   done
-  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.$FIRST_RANK")}}"
+  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.0")}}"
 fi
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in

@@ -274,3 +274,17 @@ def test_a_local_machine_of_a_family_the_ami_does_not_support_has_no_usable_gpu(
     done = subprocess.run([str(smi), "-L"], capture_output=True, text=True)
     assert (done.returncode == 0) is usable
     assert ("GPU 0: NVIDIA" in done.stdout) is usable
+
+
+def test_a_local_machine_shows_at_most_2_of_its_types_gpus_so_each_runs_as_a_gloo_rank(account, tmp_path):
+    """g5.12xlarge has 4 A10G: its local machine lists 2, and its bootstrap runs 2 ranks under torchrun."""
+    import subprocess
+
+    from orchestrator.local.runner import LOCAL_GPUS_MAX, InstanceRunner
+
+    runner = InstanceRunner(boto3.client("ec2"), "us-east-1", tmp_path, {})
+    described = boto3.client("ec2").describe_instance_types(InstanceTypes=["g5.12xlarge"])["InstanceTypes"]
+    assert sum(g["Count"] for g in described[0]["GpuInfo"]["Gpus"]) == 4
+    runner._install_driver(tmp_path / "bin", {"InstanceType": "g5.12xlarge", "ImageId": account})
+    done = subprocess.run([str(tmp_path / "bin" / "nvidia-smi"), "-L"], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == [f"GPU {i}: NVIDIA A10G (local)" for i in range(LOCAL_GPUS_MAX)]

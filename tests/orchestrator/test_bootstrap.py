@@ -429,7 +429,7 @@ def test_a_rank_that_died_without_a_word_is_a_crash_with_torchruns_signal(instan
     code = run_trainer(instance, tmp_path, FAKE_RANK_EXITS="75 -", FAKE_TRAINER_EXIT="1", FAKE_TORCHRUN_SAYS=says)
     assert code == 137
     assert instance.final() is None and instance.crash()["signal"] == "SIGKILL"
-    assert "spotctl: rank 1 died without an exit code" in instance.log()
+    assert "spotctl: local rank 1 died without an exit code" in instance.log()
 
 
 # ------------------------------------------------------------------------------ compute.nodes > 1
@@ -437,7 +437,7 @@ def test_two_nodes_meet_in_storage_and_run_torchrun_with_node_0_as_master(instan
     codes = {}
 
     def node(rank: int) -> None:
-        exits = "0" if rank == 0 else "- 0"  # each node's own first rank (global rank = node rank here)
+        exits = "0"  # each node's own local rank 0
         codes[rank] = run_trainer(
             instance, tmp_path, nodes=2, node_rank=rank, FAKE_RANK_EXITS=exits, FAKE_TRAINER_EXIT="1",
             SPOTCTL_NODE_ADDRESS=f"127.0.0.1:{29600 + rank}",

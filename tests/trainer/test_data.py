@@ -209,3 +209,20 @@ def test_a_cache_reached_through_a_symlink_is_reused(s3_bucket, image_folder, tm
     seen = []
     fetch(made.split("train"), "train.data.train", tmp_path / "link", progress=lambda done, total: seen.append(done))
     assert seen == []  # nothing downloaded again
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_the_ranks_shards_are_the_single_process_batches_from_any_position(world, shuffle):
+    """Each rank's batch is its slice of the one process's batch, so the ranks together see the same
+    samples in the same order (and, keyed by (seed, epoch, index), the same augmentations), also
+    from a resumed position, and whichever number of ranks resumes a checkpoint."""
+    count, batch, seed = 29, 7, 3
+    one = data.ResumableBatchSampler(count, batch, seed, shuffle)
+    ranks = [data.ResumableBatchSampler(count, batch, seed, shuffle, rank=r, world_size=world) for r in range(world)]
+    for epoch, start in ((0, 0), (1, 2), (4, 3)):
+        for sampler in (one, *ranks):
+            sampler.set_position(epoch, start)
+        shards, batches = [list(sampler) for sampler in ranks], list(one)
+        assert all(len(s) == len(batches) for s in shards)  # every rank goes through as many batches
+        assert [sum((s[i] for s in shards), []) for i in range(len(batches))] == batches

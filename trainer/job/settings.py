@@ -88,7 +88,7 @@ VARIABLES = (
     Variable(
         "SPOTCTL_EXIT_FILE",
         "",
-        "under torchrun: each rank writes its exit code to `<this>.<rank>`, which the user-data reads",
+        "under torchrun: each rank writes its exit code to `<this>.<LOCAL_RANK>`, which the user-data reads",
         "user-data",
     ),
 )
