@@ -105,6 +105,7 @@ def shard(items: list, rank: int, world_size: int) -> list:
 
 
 def _split(items, parts: int) -> list:
+    """`parts` near-equal contiguous slices of a list, range or tensor (as `tensor_split` cuts them)."""
     size, extra = divmod(len(items), parts)
     bounds = [0]
     for part in range(parts):
@@ -150,16 +151,6 @@ def backward_in_micro_batches(
             backward(loss if share == 1.0 else loss * share)
         done.append((logits, micro_targets, loss))
     return done
-
-
-def _split(images, parts: int) -> list:
-    """`parts` near-equal slices, as `tensor_split` cuts them; a list (encoded images, for decode: gpu)
-    is cut the same way."""
-    if not isinstance(images, list):
-        return list(images.tensor_split(parts))
-    size, extra = divmod(len(images), parts)
-    bounds = [index * size + min(index, extra) for index in range(parts + 1)]
-    return [images[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def peer_lost(exc: BaseException) -> bool:
