@@ -22,6 +22,7 @@ from trainer import data as data_mod
 from trainer import rng
 from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
+from trainer.distill import distiller_for
 from trainer.fetch import DataError, fetch
 from trainer.job import layout
 from trainer.job.spec import JobSpec, TrainSpec
@@ -152,6 +153,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.distiller = distiller_for(spec, self.classes, self.device, self.memory_format)
         for line in setup_lines(self.train, self.model, self.optimizer, self.amp, self.device):
             log.info("%s", line)
 
@@ -295,7 +297,7 @@ class Trainer:
         if images is None:  # every image of the batch failed to decode: keep the lr schedule in step
             self.scheduler.step()
             return
-        logits, targets, loss = self._forward(images, targets)
+        logits, targets, loss = self._forward(images, targets, teach=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.train.grad_clip_norm:
@@ -406,13 +408,19 @@ class Trainer:
         self.model.train()
         return meter.read("val_")
 
-    def _forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, targets on the device, loss) under the run's autocast."""
+    def _forward(
+        self, images: torch.Tensor, targets: torch.Tensor, teach: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, targets on the device, loss) under the run's autocast; `teach`: the training loss,
+        with the teacher's term when distilling (validation's loss is the labels' alone)."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.model(images)
-            return logits, targets, self.criterion(logits, targets)
+            loss = self.criterion(logits, targets)
+            if teach and self.distiller is not None:
+                loss = self.distiller.loss(images, logits, loss)
+            return logits, targets, loss
 
     # ----------------------------------------------------------------------------- state and restore
     def _state(self) -> dict:
@@ -432,7 +440,7 @@ class Trainer:
             "param_groups": [group["name"] for group in self.optimizer.param_groups],
             "threads": torch.get_num_threads(),
             "amp": str(self.amp),
-        }
+        } | ({"teacher": self.distiller.identity} if self.distiller else {})
 
     def _meta(self) -> dict:
         return {
@@ -440,7 +448,7 @@ class Trainer:
             "batch": self.position.batch,
             "attempt": self.attempt,
             "metrics": self.history[-1] if self.history else None,
-        }
+        } | ({"teacher": self.distiller.identity} if self.distiller else {})
 
     def _restore(self) -> None:
         # On the CPU: load_state_dict copies to the parameters' device, and RNG states must stay on the CPU.
@@ -455,6 +463,8 @@ class Trainer:
             raise CheckpointMismatch(
                 f"checkpoint step {committed.step} has parameter groups {state['param_groups']}, this run has {groups}; use a new job name"
             )
+        if self.distiller is not None:
+            self.distiller.check_resume(state.get("teacher"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic_core import PydanticCustomError
 
 from trainer.job import catalog as model_catalog
+from trainer.job import layout
 from trainer.job.secret import Secret, masked
 
 DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.12-ubuntu-24.04/latest/ami-id"
@@ -602,6 +603,78 @@ class ExportSpec(Section):
         return formats
 
 
+def _teacher_job(job: str | None) -> str | None:
+    if job is None:
+        return None
+    job = job.strip()
+    if "://" in job or job.startswith(("/", ".")):
+        return _check_url(job.rstrip("/"), STORAGE_SCHEMES, "teacher.job")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", job):
+        raise _spec_error(
+            f"'{job[:80]}' is neither a job id (like flowers-resnet50-250101-ab12) nor a job's URL (s3://bucket/spotctl/jobs/<id>)"
+        )
+    return job
+
+
+class TeacherSpec(Section):
+    """The model distilled from: exactly one of `job` (a finished spotctl job), or `model` + `weights`."""
+
+    job: Annotated[str | None, AfterValidator(_teacher_job)] = Field(
+        None, examples=["flowers-resnet152-250101-ab12", "s3://bucket/spotctl/jobs/flowers-resnet152-250101-ab12"]
+    )
+    """A finished spotctl job whose best model (its best/) teaches: its job id under this job's storage,
+    or its prefix URL. It must have been trained on the same class folders."""
+    model: str | None = Field(None, examples=["resnet152"])
+    """With `weights`: the teacher's torchvision architecture."""
+    weights: str | None = Field(None, examples=["s3://bucket/teachers/resnet152-flowers.pt"])
+    """With `model`: the URL of the teacher's whole state dict (head included, trained for this job's
+    classes, in the order of their folder names)."""
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the `weights` file: the trainer refuses a file that does not match."""
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str | None) -> str | None:
+        return None if name is None else ModelSpec._known_model(name)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_location(cls, weights: str | None, info: ValidationInfo) -> str | None:
+        if weights is None:
+            return None
+        if is_weights_name(weights):
+            raise _spec_error(
+                f"'{weights}' is a torchvision weights name: those heads know ImageNet's classes, not this job's; "
+                "give the URL of a teacher fine-tuned on these classes, or teacher.job"
+            )
+        return _resolve_local(_check_url(weights, DATA_SCHEMES, "teacher.weights"), info)
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> TeacherSpec:
+        if self.job is not None and (self.model or self.weights or self.weights_sha256):
+            raise _spec_error("give teacher.job or teacher.model + teacher.weights, not both")
+        if self.job is None and not (self.model and self.weights):
+            raise _spec_error(
+                "name the teacher: job: <a finished job id> or model: <torchvision name> with weights: <state dict URL>"
+            )
+        return self
+
+    def job_prefix(self, storage: str) -> str:
+        """The URL of the teacher job's prefix: a job id is under this job's `storage`."""
+        return self.job if "/" in self.job else layout.job_prefix(storage, self.job)
+
+
+class DistillSpec(Section):
+    teacher: TeacherSpec
+    """The model distilled from. It runs online on every training batch (eval mode, no gradients, the
+    run's AMP), on the same augmented images the student sees; nothing of it is saved but its identity."""
+    temperature: float = Field(4.0, gt=0, le=100)
+    """Softmax temperature T of both models' logits in the distillation term."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the distillation term: loss = alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE.
+    1 learns from the teacher alone (function matching); 0.5 keeps the labels' say when the teacher errs."""
+
+
 class TrainSpec(Section):
     model: ModelSpec
     """What to fine-tune."""
@@ -629,6 +702,8 @@ class TrainSpec(Section):
     """Seed of every random choice: shuffling, augmentation, the val split, the new head's init."""
     export: ExportSpec = Field(default_factory=ExportSpec)
     """Deployable artifacts."""
+    distill: DistillSpec | None = None
+    """Knowledge distillation from a teacher model; null: plain fine-tuning on the labels."""
 
     @field_validator("amp", mode="before")
     @classmethod
