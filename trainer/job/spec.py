@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from trainer.job import catalog as model_catalog
 from trainer.job import layout
@@ -675,6 +675,37 @@ class DistillSpec(Section):
     1 learns from the teacher alone (function matching); 0.5 keeps the labels' say when the teacher errs."""
 
 
+class AutoBatch(Section):
+    """`batch_size: auto` (no cap) or `batch_size: {auto: N}`."""
+
+    auto: int | None = Field(None, ge=1, le=65536)
+    """The largest batch auto may choose; null: as large as fits (and the training images allow)."""
+
+
+def _batch_size_form(value):
+    """auto / {auto: N} / a number; anything else is one message naming the three forms."""
+    if value == "auto" or value == {"auto": None}:
+        return AutoBatch()
+    if isinstance(value, dict) and set(value) == {"auto"}:
+        cap = value["auto"]
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= 65536:
+            raise _spec_error(f"auto's cap is the largest batch it may choose, 1 to 65536 images, not {str(cap)[:40]}")
+        return AutoBatch(auto=cap)
+    # The union would report a number's range once per form; checked here, it is one message.
+    if isinstance(value, float) and not value.is_integer():
+        raise PydanticKnownError("int_from_float")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 1:
+            raise PydanticKnownError("greater_than_equal", {"ge": 1})
+        if value > 65536:
+            raise PydanticKnownError("less_than_equal", {"le": 65536})
+        return int(value)
+    raise _spec_error(
+        f"'{str(value)[:40]}' is no batch size: give a number of images (64), auto (the largest that fits the GPU) "
+        "or auto with a cap ({auto: 256})"
+    )
+
+
 class TrainSpec(Section):
     model: ModelSpec
     """What to fine-tune."""
@@ -686,8 +717,10 @@ class TrainSpec(Section):
     """Learning-rate schedule."""
     epochs: int = Field(10, ge=1, le=10000)
     """Passes over the training data."""
-    batch_size: int = Field(32, ge=1, le=65536)
-    """Images per optimizer step."""
+    batch_size: Annotated[int, Field(ge=1, le=65536)] | AutoBatch = Field(32, examples=[32, "auto", {"auto": 256}])
+    """Images per optimizer step. `auto`: the largest batch the first attempt's GPU trains (a probe, with
+    a 5 % margin), kept for the whole run (a recovery on a GPU holding less accumulates gradients);
+    `{auto: N}`: the same, at most N."""
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     """Mixed precision. auto: bf16 on GPUs that support it, else fp16 with a grad scaler; off on CPU."""
     grad_clip_norm: float | None = Field(None, gt=0)
@@ -704,6 +737,11 @@ class TrainSpec(Section):
     """Deployable artifacts."""
     distill: DistillSpec | None = None
     """Knowledge distillation from a teacher model; null: plain fine-tuning on the labels."""
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size_forms(cls, value):
+        return _batch_size_form(value)
 
     @field_validator("amp", mode="before")
     @classmethod
