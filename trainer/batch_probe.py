@@ -106,10 +106,11 @@ def search(fits: Callable[[int], bool], bound: int, start: int = START, resoluti
         else:
             bad = size
             break
-    if good == 0:
-        if bad > 1 and trial(1):
-            return Search(1, bad, trials)
-        raise BatchProbeError(f"not even a batch of {bad if bad == 1 else '1 or ' + str(bad)} fits")
+    if good == 0:  # not 1 either: BatchNorm cannot train on one image (and it would be no batch)
+        raise BatchProbeError(
+            f"train.batch_size auto: not even {bad} images fit this GPU's memory; set a smaller "
+            "train.data.image_size, freeze the backbone, turn train.amp on, or choose a GPU with more memory"
+        )
     while bad is not None and bad - good > max(1, good // resolution):
         middle = (good + bad) // 2
         if trial(middle):
@@ -246,16 +247,21 @@ def choose(
     train_images: int,
     subject: Callable[[], ProbeSubject],
     attempt: int,
+    agree: Callable[[int], int] = lambda figure: figure,
+    writes: bool = True,
 ) -> BatchChoice:
     """The batch of a run with `batch_size: auto` (see the module's docstring); `subject` builds what
-    the probe trains, only when no cached figure exists for `key`."""
+    the probe trains, only when no cached figure exists for `key`. With several ranks, each probes its
+    own GPU, `agree` gives the smallest figure of all, and only the rank that `writes` records."""
     auto = train.batch_size
     assert isinstance(auto, AutoBatch)
-    per_gpu = _cached_or_probed(storage, key, train_images, auto, subject)
+    per_gpu = agree(_cached_or_probed(storage, key, train_images, auto, subject, writes))
     chosen = _read_json(storage, layout.BATCH_CHOSEN)
+    if chosen is None and not writes:  # the writing rank fixes it; every rank is handed its choice
+        chosen = {"global_batch": _first_global(per_gpu, key, auto, train_images)}
     if chosen is None:
-        global_batch = min(per_gpu * key.world_size, auto.auto or math.inf, max(train_images, key.world_size))
-        chosen = {"global_batch": int(global_batch), "attempt": attempt, "per_gpu": per_gpu, "probe": asdict(key)}
+        global_batch = _first_global(per_gpu, key, auto, train_images)
+        chosen = {"global_batch": global_batch, "attempt": attempt, "per_gpu": per_gpu, "probe": asdict(key)}
         try:
             storage.write_bytes(layout.BATCH_CHOSEN, json.dumps(chosen, indent=1).encode(), create_only=True)
         except FileExistsError:  # another rank (or a racing attempt) fixed it first: theirs stands
@@ -275,8 +281,18 @@ def choose(
     return BatchChoice(global_batch, cap)
 
 
+def _first_global(per_gpu: int, key: ProbeKey, auto: AutoBatch, train_images: int) -> int:
+    """The first attempt's global batch: every rank's figure, at most the cap and the training images."""
+    return int(min(per_gpu * key.world_size, auto.auto or math.inf, max(train_images, key.world_size)))
+
+
 def _cached_or_probed(
-    storage: Storage, key: ProbeKey, train_images: int, auto: AutoBatch, subject: Callable[[], ProbeSubject]
+    storage: Storage,
+    key: ProbeKey,
+    train_images: int,
+    auto: AutoBatch,
+    subject: Callable[[], ProbeSubject],
+    writes: bool = True,
 ) -> int:
     path = layout.batch_probe(key.name)
     cached = _read_json(storage, path)
@@ -303,8 +319,56 @@ def _cached_or_probed(
         "trials": [{"batch": size, "fit": ok} for size, ok in found.trials],
         "probed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    storage.write_bytes(path, json.dumps(record, indent=1).encode())
+    if writes:
+        storage.write_bytes(path, json.dumps(record, indent=1).encode())
     return per_gpu
+
+
+def resolve(
+    train: TrainSpec,
+    storage: Storage,
+    device: torch.device,
+    amp: torch.dtype | None,
+    memory_format: torch.memory_format,
+    classes: list[str],
+    train_images: int,
+    attempt: int,
+    group,
+    teacher: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> TrainSpec:
+    """`train` with `batch_size: auto` resolved: the global batch and max_batch_per_gpu this attempt
+    trains with (rank 0's choice on every rank of `group`, a trainer.distributed.Group)."""
+    from trainer.model import build_model, build_optimizer
+
+    def subject() -> ProbeSubject:
+        # Random weights (nothing downloaded) drawn off the run's RNG: the stand-in shapes memory only.
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(train.model.model_copy(update={"weights": None, "weights_sha256": None}), len(classes))
+        model = model.to(device, memory_format=memory_format)
+        optimizer = build_optimizer(model, train.optimizer)
+        return ProbeSubject(model, optimizer, device, amp, train.data.image_size, len(classes), memory_format, teacher)
+
+    ranks = group.ranks
+    key = ProbeKey(train.model.name, train.data.image_size, gpu_name(device), str(amp), ranks.world_size)
+    choice = choose(
+        train,
+        storage,
+        key,
+        train_images,
+        subject,
+        attempt,
+        agree=lambda figure: min(group.gather(figure)),
+        writes=ranks.is_main,
+    )
+    choice = group.broadcast_object(choice)
+    log.info(
+        "batch: auto -> global batch %d%s",
+        choice.global_batch,
+        f", at most {choice.max_batch_per_gpu} per GPU forward" if choice.max_batch_per_gpu else "",
+    )
+    given = train.max_batch_per_gpu  # the job's own limit still holds
+    cap = min(x for x in (choice.max_batch_per_gpu, given) if x) if choice.max_batch_per_gpu or given else None
+    return train.model_copy(update={"batch_size": choice.global_batch, "max_batch_per_gpu": cap})
 
 
 def _read_json(storage: Storage, path: str) -> dict | None:

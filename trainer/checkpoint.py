@@ -94,8 +94,13 @@ class Checkpointer:
         clock: Callable[[], float] = time.monotonic,
         kind: str = "checkpoint",
         depends_on: Checkpointer | None = None,
+        writes: bool = True,
+        world_size: int = 1,
     ):
         self.storage = storage
+        # Under DDP only rank 0 writes; the other ranks still go through save() at the same steps,
+        # since building the state takes collectives every rank must join (trainer.distributed).
+        self.writes, self.world_size = writes, world_size
         self.prefix = prefix
         # S3 object tag `spotctl:kind` of what this writes: the bucket's optional lifecycle rule
         # (infra/spotctl.yaml, CheckpointExpirationDays) expires `checkpoint` objects, never `best`.
@@ -136,6 +141,10 @@ class Checkpointer:
         if step == self._last_saved_step or not (force or self.due(step)):
             return False
         self.wait()  # one upload at a time; also surfaces the previous upload's error
+        if not self.writes:
+            state_fn()
+            self._last_save_time, self._last_saved_step = self._clock(), step
+            return True
         snapshot = to_host(state_fn())
         self._last_save_time = self._clock()
         self._last_saved_step = step
@@ -191,7 +200,7 @@ class Checkpointer:
             **self.identity,
             "files": {STATE_FILE: {"sha256": digest, "size": size}},
             "torch": torch.__version__,
-            "world_size": 1,
+            "world_size": self.world_size,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         body = json.dumps(manifest, indent=1, sort_keys=True).encode()

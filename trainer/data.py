@@ -242,10 +242,18 @@ def collate(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list
 
 
 class ResumableBatchSampler:
-    """Batches of (epoch, index) keys: the seed+epoch permutation, starting at the first unconsumed batch."""
+    """Batches of (epoch, index) keys: the seed+epoch permutation, starting at the first unconsumed batch.
 
-    def __init__(self, count: int, batch_size: int, seed: int, shuffle: bool = True):
+    Under DDP every rank builds the same global batches and takes its contiguous slice of each
+    (`trainer.distributed.shard`), so the ranks together see exactly the samples, and the
+    augmentations, of a single-process run with the same global batch size.
+    """
+
+    def __init__(
+        self, count: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ):
         self.count, self.batch_size, self.seed, self.shuffle = count, batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
         # Full batches only while training (a batch of one breaks BatchNorm), unless the set is smaller than one batch.
         self.drop_last = shuffle and count >= batch_size
         self.epoch, self.start_batch = 0, 0
@@ -257,13 +265,22 @@ class ResumableBatchSampler:
         full, rest = divmod(self.count, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def global_batches(self) -> Iterator[list[tuple[int, int]]]:
+        """The whole batches (every rank's share), from the first unconsumed one."""
         if self.shuffle:
             order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else:
             order = list(range(self.count))
         for batch in range(self.start_batch, len(self)):
             yield [(self.epoch, index) for index in order[batch * self.batch_size : (batch + 1) * self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        from trainer.distributed import shard
+
+        for batch in self.global_batches():
+            # A rank whose slice of a short last (validation) batch is empty still yields it: every
+            # rank then goes through the same number of batches, which the per-batch agreement needs.
+            yield shard(batch, self.rank, self.world_size) if self.world_size > 1 else batch
 
 
 @dataclass
@@ -317,6 +334,8 @@ def build(
     train_root: Path,
     val_root: Path | None,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainingData:
     """Datasets and loaders from local ImageFolders (see trainer.fetch for getting them there)."""
     train_index = scan(train_root, "train.data.train")
@@ -331,7 +350,7 @@ def build(
     norm = normalization(model)
     train_set = ImageDataset(train_samples, train_transform(spec, norm), seed)
     val_set = ImageDataset(val_samples, val_transform(spec, norm), seed)
-    sampler = ResumableBatchSampler(len(train_set), batch_size, seed)
+    sampler = ResumableBatchSampler(len(train_set), batch_size, seed, rank=rank, world_size=world_size)
 
     def loader(dataset: ImageDataset, batches: ResumableBatchSampler) -> DataLoader:
         return DataLoader(
@@ -354,7 +373,10 @@ def build(
     return TrainingData(
         classes=train_index.classes,
         train_loader=loader(train_set, sampler),
-        val_loader=loader(val_set, ResumableBatchSampler(len(val_set), batch_size, seed, shuffle=False)),
+        val_loader=loader(
+            val_set,
+            ResumableBatchSampler(len(val_set), batch_size, seed, shuffle=False, rank=rank, world_size=world_size),
+        ),
         train_sampler=sampler,
         train_size=len(train_set),
         val_size=len(val_set),

@@ -8,6 +8,8 @@ next step is in `_state()`, so a run restored from any boundary continues bit fo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import time
 from collections.abc import Callable
@@ -18,14 +20,15 @@ import torch
 from torch import nn
 
 import trainer
+from trainer import batch_probe, rng
 from trainer import data as data_mod
-from trainer import rng
 from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
 from trainer.distill import distiller_for
+from trainer.distributed import Group, Ranks, split_batch
 from trainer.fetch import DataError, fetch
 from trainer.job import layout
-from trainer.job.spec import JobSpec, TrainSpec
+from trainer.job.spec import AutoBatch, JobSpec, TrainSpec
 from trainer.job.storage import Storage
 from trainer.metrics import EarlyStopping, Meter, Throughput
 from trainer.model import build_model, build_optimizer, setup_lines
@@ -86,7 +89,9 @@ def train_fingerprint(train: TrainSpec) -> dict:
     """The spec fields a checkpoint must agree with to be resumed (not: how often to save, export
     formats, worker count or the bad-image threshold, which never change the result)."""
     return train.model_dump(
-        mode="json", exclude={"checkpoint": True, "export": True, "data": {"workers", "max_bad_images"}}
+        mode="json",
+        # max_batch_per_gpu: micro-batches add up to the same gradient, so another GPU may resume with its own.
+        exclude={"checkpoint": True, "export": True, "max_batch_per_gpu": True, "data": {"workers", "max_bad_images"}},
     )
 
 
@@ -107,6 +112,7 @@ class Trainer:
         cache_dir: Path,
         attempt: int = 1,
         sample_every: int | None = None,
+        group: Group | None = None,
     ):
         self.spec, self.train, self.job_id = spec, spec.train, job_id
         self.storage, self.reporter, self.watcher, self.display, self.attempt = (
@@ -116,19 +122,33 @@ class Trainer:
             display,
             attempt,
         )
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # The process group (one process: a group of one whose collectives do nothing).
+        self.group = group or Group(Ranks())
+        self.ranks = self.group.ranks
+        self.device = self.group.device
         # channels_last feeds cuDNN's fastest convolution kernels; on CPU it brings nothing here.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
 
         reporter.update(phase="downloading data")
         reporter.beat_now()
         marks = {"start": time.monotonic()}
-        train_root = fetch(self.train.data.train, "train.data.train", cache_dir, display.downloading)
-        val_root = (
-            fetch(self.train.data.val, "train.data.val", cache_dir, display.downloading)
-            if self.train.data.val
-            else None
-        )
+        with one_machine_process_at_a_time(cache_dir):  # a machine's ranks share one download
+            train_root = fetch(self.train.data.train, "train.data.train", cache_dir, display.downloading)
+            val_root = (
+                fetch(self.train.data.val, "train.data.val", cache_dir, display.downloading)
+                if self.train.data.val
+                else None
+            )
+        self.amp = amp_dtype(self.train.amp, self.device)
+        auto = isinstance(self.train.batch_size, AutoBatch)
+        found = data_mod.scan(train_root, "train.data.train") if auto or self.train.distill else None
+        self.distiller = distiller_for(spec, found.classes, self.device, self.memory_format) if found else None
+        if auto:  # the spec as this attempt trains it: the global batch fixed by the first attempt
+            self.train = batch_probe.resolve(
+                self.train, storage, self.device, self.amp, self.memory_format, found.classes, len(found.samples),
+                attempt, self.group, self.distiller.loss if self.distiller else None,
+            )  # fmt: skip
+        self.plan = split_batch(self.train.batch_size, self.ranks.world_size, self.train.max_batch_per_gpu)
         self.data = data_mod.build(
             self.train.data,
             self.train.model,
@@ -137,6 +157,8 @@ class Trainer:
             train_root,
             val_root,
             pin_memory=self.device.type == "cuda",
+            rank=self.ranks.rank,
+            world_size=self.ranks.world_size,
         )
         self.classes = self.data.classes
         marks["data"] = time.monotonic()
@@ -147,20 +169,30 @@ class Trainer:
 
         torch.manual_seed(self.train.seed)  # the new head's initial weights are part of the run
         self.model = build_model(self.train.model, len(self.classes)).to(self.device, memory_format=self.memory_format)
+        # The forward and backward of training go through DDP (gradients averaged over the ranks in
+        # buckets, overlapped with the backward); state, validation and exports use the module itself.
+        self.forward_model: nn.Module = self.model
+        if self.ranks.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.optimizer = build_optimizer(self.model, self.train.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.train, self.data.steps_per_epoch)
-        self.amp = amp_dtype(self.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.distiller = distiller_for(spec, self.classes, self.device, self.memory_format)
         for line in setup_lines(self.train, self.model, self.optimizer, self.amp, self.device):
             log.info("%s", line)
 
         marks["model"] = time.monotonic()
-        identity = checkpoint_identity(self.train, self.classes)
+        identity = checkpoint_identity(spec.train, self.classes)  # as written: batch_size auto, not its figure
         ckpt = self.train.checkpoint
-        self.best = Checkpointer(storage, layout.BEST, keep=1, identity=identity, kind="best")
+        writes, world = self.ranks.is_main, self.ranks.world_size
+        self.best = Checkpointer(
+            storage, layout.BEST, keep=1, identity=identity, kind="best", writes=writes, world_size=world
+        )
         self.checkpoints = Checkpointer(
             storage,
             layout.CHECKPOINTS,
@@ -169,6 +201,8 @@ class Trainer:
             every_seconds=ckpt.every_seconds,
             identity=identity,
             depends_on=self.best,  # a checkpoint that records a new best commits only after best/ holds that model
+            writes=writes,
+            world_size=world,
         )
         self.stopper = EarlyStopping(self.train.early_stopping)
         self.position = Position()
@@ -205,6 +239,7 @@ class Trainer:
                 total_steps=spe * epochs,
                 batch_size=self.train.batch_size,
                 data_workers=self.train.data.workers,
+                ranks=self.ranks.world_size,
             )
             window = _Window(self.device)
             batches = iter(self.data.train_loader)
@@ -248,7 +283,7 @@ class Trainer:
         self.checkpoints.wait()
         self.best.wait()
         self._note_checkpoint()
-        if self.train.export.formats:
+        if self.train.export.formats and self.ranks.is_main:
             try:
                 self.export()
             except Exception as exc:  # the training succeeded: an export problem (storage, say) must not say otherwise
@@ -297,17 +332,30 @@ class Trainer:
         if images is None:  # every image of the batch failed to decode: keep the lr schedule in step
             self.scheduler.step()
             return
-        logits, targets, loss = self._forward(images, targets, teach=True)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        parts = self.plan.accumulation
+        whole = parts == 1 and not self.ranks.distributed
+        for index, (micro_images, micro_targets) in enumerate(
+            zip(images.tensor_split(parts), targets.tensor_split(parts), strict=True)
+        ):
+            if not len(micro_targets):  # fewer images than micro-batches (bad ones left the batch)
+                continue
+            last = index == parts - 1
+            # DDP averages gradients over the ranks when the last micro-batch's backward runs; the
+            # others only accumulate (no_sync). Scaled by its share of the global batch, each
+            # micro-batch's mean loss adds up to the global batch's mean gradient.
+            with contextlib.nullcontext() if last or not self.ranks.distributed else self.forward_model.no_sync():
+                logits, micro_targets, loss = self._forward(micro_images, micro_targets, self.forward_model, teach=True)
+                share = 1.0 if whole else len(micro_targets) * self.ranks.world_size / self.train.batch_size
+                self.scaler.scale(loss if share == 1.0 else loss * share).backward()
+            meter.add(loss, logits, micro_targets)
+            self.epoch_meter.add(loss, logits, micro_targets)
         if self.train.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
             nn.utils.clip_grad_norm_(self.trainable, self.train.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        meter.add(loss, logits, targets)
-        self.epoch_meter.add(loss, logits, targets)
 
     def _next_batch(self, batches):
         """The loader's next batch; None at its end; _DATA_LOST when a data worker died after a stop
@@ -323,15 +371,28 @@ class Trainer:
     def _stop_requested(self) -> bool:
         return self.watcher.interrupt.is_set() or self.reporter.stop_requested.is_set()
 
+    def _agree_on_stop(self, save_due: bool = False) -> tuple[bool, bool]:
+        """(stop, save) as every rank sees them: any rank's notice, SIGTERM or control stop, and rank
+        0's checkpoint clock, in one all_reduce; a rank told by another takes up its reason."""
+        agreed = self.group.agree(
+            interrupt=self.watcher.interrupt.is_set(), stop=self.reporter.stop_requested.is_set(), save=save_due
+        )
+        if agreed["interrupt"] and not self.watcher.interrupt.is_set():
+            self.watcher.trigger("another training process was interrupted")
+        if agreed["stop"] and not self.reporter.stop_requested.is_set():
+            self.reporter.stop_reason = self.reporter.stop_reason or "stop requested"
+            self.reporter.stop_requested.set()
+        return agreed["interrupt"] or agreed["stop"], agreed["save"]
+
     def _boundary(self, periodic: bool = True, force: bool = False) -> Outcome | None:
         """Between two steps: stop if asked to, else let the checkpointer save when due (forced at an
         epoch end and on a rebalance recommendation)."""
-        if self._stop_requested():
-            return self._stop_now()
         rebalance = self.watcher.take_rebalance()
-        if (periodic or force) and self.checkpoints.save(
-            self.position.step, self._state, self._meta(), force=force or rebalance
-        ):
+        due = (periodic or force) and (force or rebalance or self.checkpoints.due(self.position.step))
+        stop, save = self._agree_on_stop(save_due=due and self.ranks.is_main or rebalance)
+        if stop:
+            return self._stop_now()
+        if save and self.checkpoints.save(self.position.step, self._state, self._meta(), force=True):
             self._note_checkpoint()
         return None
 
@@ -357,7 +418,7 @@ class Trainer:
         """Validate, record the epoch, keep the best model and move to the next epoch. False when a
         stop arrived during validation (nothing of this epoch's end is recorded then)."""
         epoch = self.position.epoch
-        train_metrics = self.epoch_meter.read("train_")
+        train_metrics = self._read(self.epoch_meter, "train_")
         self.reporter.update(phase="validating")
         val_metrics = self.evaluate(stop_early=True)
         if val_metrics is None:
@@ -395,8 +456,9 @@ class Trainer:
         self.model.eval()
         meter = Meter(self.device)
         batches = iter(self.data.val_loader)
+        self.group.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics are the model's
         while (batch := self._next_batch(batches)) is not None:
-            if batch is _DATA_LOST or (stop_early and self._stop_requested()):
+            if batch is _DATA_LOST or (stop_early and self._agree_on_stop()[0]):
                 self.model.train()
                 return None
             images, targets, bad = batch
@@ -406,17 +468,26 @@ class Trainer:
             logits, targets, loss = self._forward(images, targets)
             meter.add(loss, logits, targets)
         self.model.train()
-        return meter.read("val_")
+        return self._read(meter, "val_")
+
+    def _read(self, meter: Meter, prefix: str) -> dict[str, float]:
+        """A meter's figures over every rank's images (each rank measured its own shard)."""
+        if not self.ranks.distributed:
+            return meter.read(prefix)
+        total = Meter(self.device)
+        total.sums = self.group.sum_(meter.sums.clone())
+        total.count = int(self.group.sum_(torch.tensor([meter.count], device=self.device)).item())
+        return total.read(prefix)
 
     def _forward(
-        self, images: torch.Tensor, targets: torch.Tensor, teach: bool = False
+        self, images: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None, teach: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, targets on the device, loss) under the run's autocast; `teach`: the training loss,
         with the teacher's term when distilling (validation's loss is the labels' alone)."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.model(images)
+            logits = (model or self.model)(images)
             loss = self.criterion(logits, targets)
             if teach and self.distiller is not None:
                 loss = self.distiller.loss(images, logits, loss)
@@ -424,8 +495,17 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- state and restore
     def _state(self) -> dict:
-        """Everything that shapes the next step. Called only when the checkpointer decides to save."""
+        """Everything that shapes the next step. Called only when the checkpointer decides to save, on
+        every rank at once (its collectives: rank 0's BatchNorm statistics, every rank's RNG and meter)."""
+        self.group.broadcast_buffers(self.model)
+        per_rank = self.group.gather(
+            {
+                "rng": rng.capture(),
+                "epoch_meter": {"sums": self.epoch_meter.sums.cpu(), "count": self.epoch_meter.count},
+            }
+        )
         return {
+            "ranks": per_rank if self.ranks.distributed else None,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -478,12 +558,13 @@ class Trainer:
                 amp,
             )
         self.position = Position(**state["position"])
-        self.epoch_meter.sums.copy_(state["epoch_meter"]["sums"])
-        self.epoch_meter.count = state["epoch_meter"]["count"]
+        meter, generators = self._rank_state(state)
+        self.epoch_meter.sums.copy_(meter["sums"])
+        self.epoch_meter.count = meter["count"]
         self.stopper.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
         self.bad_images = set(state["bad_images"])
-        rng.restore(state["rng"])
+        rng.restore(generators)
         if state["threads"] != torch.get_num_threads():
             log.warning(
                 "resume: the checkpoint was written with %d CPU threads, this process has %d; results may differ in the last bits",
@@ -501,6 +582,28 @@ class Trainer:
             self.data.steps_per_epoch,
         )
 
+    def _rank_state(self, state: dict) -> tuple[dict, dict]:
+        """(epoch meter, RNG states) of this rank in a checkpoint. Written by as many ranks as run now:
+        each rank's own, bit for bit. Written by another number of ranks (a recovery on another
+        machine): the same samples in the same order, equal in expectation, not bitwise. Rank 0 takes
+        the first rank's RNG states and the meters' total, the others start their meters at zero."""
+        saved = state.get("ranks") or [{"rng": state["rng"], "epoch_meter": state["epoch_meter"]}]
+        if len(saved) == self.ranks.world_size:
+            own = saved[self.ranks.rank]
+            return own["epoch_meter"], own["rng"]
+        log.warning(
+            "resume: the checkpoint was written by %d training processes, this run has %d; "
+            "the same samples follow in the same order, results equal in expectation, not bit for bit",
+            len(saved),
+            self.ranks.world_size,
+        )
+        if self.ranks.is_main:
+            sums = sum(entry["epoch_meter"]["sums"] for entry in saved)
+            count = sum(entry["epoch_meter"]["count"] for entry in saved)
+        else:
+            sums, count = torch.zeros_like(self.epoch_meter.sums), 0
+        return {"sums": sums, "count": count}, saved[0]["rng"]
+
     # --------------------------------------------------------------------------------------- helpers
     def _count_bad(self, bad: list) -> None:
         for item in bad:
@@ -515,12 +618,14 @@ class Trainer:
             )
 
     def _report_window(self, window: _Window, now: float) -> None:
-        values = window.meter.read("")
+        values = self._read(window.meter, "")
         if values and not torch.isfinite(torch.tensor(values["loss"])):
             raise FloatingPointError(
                 f"the training loss became {values['loss']} at step {self.position.step}; lower optimizer.lr or set grad_clip_norm"
             )
-        self.throughput.add(now, max(now - window.started, 1e-9), window.images, window.steps, window.waited)
+        # Every rank trains its share at the same pace: the machine's images are world_size times one rank's.
+        images = window.images * self.ranks.world_size
+        self.throughput.add(now, max(now - window.started, 1e-9), images, window.steps, window.waited)
         images_per_sec, data_wait, seconds_per_step = self.throughput.read()
         fields = {
             "step": self.position.step,
@@ -583,6 +688,19 @@ class Trainer:
             len(self.classes),
             self.data.val_size,
         )
+
+
+@contextlib.contextmanager
+def one_machine_process_at_a_time(cache_dir: Path):
+    """Hold the data cache's lock: a machine's DDP ranks fetch in turn, so the first downloads and the
+    others find the cache (a file lock, not a collective: a download may outlast the collective timeout)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".fetch.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _DATA_LOST = object()  # _next_batch: the data went with the machine after a stop request

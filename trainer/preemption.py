@@ -29,7 +29,11 @@ TOKEN_TTL_SECONDS = 21600
 
 
 class InterruptionWatcher:
-    def __init__(self, endpoint: str | None = None, interval: float | None = None, timeout: float = 2.0):
+    def __init__(
+        self, endpoint: str | None = None, interval: float | None = None, timeout: float = 2.0, poll_imds: bool = True
+    ):
+        # poll_imds False: signals only (a machine's other DDP ranks; its local rank 0 polls for them all).
+        self.poll_imds = poll_imds
         self.endpoint = (endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or "").rstrip("/")
         # Every 5 s, well inside AWS's two-minute notice; the local cloud's short notices poll faster.
         self.interval = interval or Settings.from_env().imds_poll_seconds
@@ -47,6 +51,8 @@ class InterruptionWatcher:
     def start(self) -> InterruptionWatcher:
         self._install_signal_handlers()
         explicit = bool(self.endpoint)
+        if not self.poll_imds:
+            return self
         if not explicit and os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
             log.info("preemption: instance metadata disabled; watching for SIGTERM only")
             return self

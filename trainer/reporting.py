@@ -89,8 +89,11 @@ class Reporter:
         interval: float = 15.0,
         ship_log_every: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        writes: bool = True,
     ):
         self.storage, self.attempt, self.log_file = storage, attempt, log_file
+        # Under DDP only rank 0 reports; another rank's reporter keeps the loop's calls and writes nothing.
+        self.writes = writes
         self.metrics = MetricsLog(storage, attempt)
         self.gpu = gpu or GpuMonitor()
         self.memory = HostMemory()
@@ -119,6 +122,8 @@ class Reporter:
         self._wake.set()
 
     def start(self) -> Reporter:
+        if not self.writes:
+            return self
         self.gpu.start()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         self._thread.start()
@@ -126,6 +131,8 @@ class Reporter:
 
     def close(self, phase: str) -> None:
         """Final heartbeat, metrics and log, written before returning."""
+        if not self.writes:
+            return
         self._closed.set()
         self._wake.set()
         if self._thread is not None:

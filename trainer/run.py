@@ -27,6 +27,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from trainer.batch_probe import BatchProbeError
 from trainer.checkpoint import CheckpointMismatch
 from trainer.fetch import DataError, default_cache_dir
 from trainer.job import layout
@@ -51,7 +52,7 @@ WORKER_DIED = re.compile(
 SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
 
 # Errors whose message says all a user needs: no traceback in the log or final.json.
-USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError)
+USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError, BatchProbeError)
 
 
 def job_prefix(spec: JobSpec, job_url: str, job_id: str | None = None) -> tuple[str, str]:
@@ -88,6 +89,19 @@ def run(
     spec = spec or load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
+    from trainer.distributed import Ranks
+
+    ranks = Ranks.from_env()
+    code = _run(spec, job_url, job_id, attempt, heartbeat_seconds, ranks)
+    exit_file = Settings.from_env().exit_file
+    if exit_file and ranks.distributed:
+        # torchrun says only "a worker failed" (exit 1); the user-data reads each rank's own word.
+        with contextlib.suppress(OSError):
+            Path(f"{exit_file}.{ranks.rank}").write_text(f"{code}\n")
+    return code
+
+
+def _run(spec: JobSpec, job_url: str, job_id: str | None, attempt: int | None, heartbeat_seconds, ranks) -> int:
     job_id, prefix = job_prefix(spec, job_url, job_id)
     try:
         storage = Storage(prefix)
@@ -96,7 +110,7 @@ def run(
         if previous and previous.is_(Outcome.SUCCEEDED):
             print(f"job {job_id} already succeeded (status/final.json under {prefix}); nothing to do", file=sys.stderr)
             return EXIT_SUCCEEDED
-        if previous:  # a stopped or failed job being resumed: it is running again
+        if previous and ranks.is_main:  # a stopped or failed job being resumed: it is running again
             storage.delete(layout.FINAL)
         attempt = attempt or next_attempt(storage)
     except Exception as exc:  # nowhere to report to: say it here, once
@@ -111,16 +125,25 @@ def run(
 
     # Imported here: torch takes seconds to import, and a bad job file should fail at once.
     from trainer.display import ConsoleProgress
+    from trainer.distributed import Group, peer_lost
     from trainer.loop import Trainer
     from trainer.preemption import InterruptionWatcher
 
     interval = heartbeat_seconds or Settings.from_env().heartbeat_seconds
-    reporter = Reporter(storage, attempt, log_file, interval=interval).start()
-    watcher = InterruptionWatcher().start()
-    display = ConsoleProgress(console, live=console.is_terminal)
+    # Under torchrun, rank 0 alone reports and writes; each machine's local rank 0 polls its IMDS
+    # (its notice reaches the other ranks through the step boundary's agreement).
+    reporter = Reporter(storage, attempt, log_file, interval=interval, writes=ranks.is_main).start()
+    watcher = InterruptionWatcher(poll_imds=ranks.local_rank == 0).start()
+    display = ConsoleProgress(console, live=console.is_terminal and ranks.is_main)
+    group = Group(ranks)
     outcome = trainer = None
     try:
-        trainer = Trainer(spec, job_id, storage, reporter, watcher, display, default_cache_dir(), attempt)
+        group.start()
+        if ranks.distributed:
+            log.info(
+                "rank %d of %d (local rank %d) on %s", ranks.rank, ranks.world_size, ranks.local_rank, group.device
+            )
+        trainer = Trainer(spec, job_id, storage, reporter, watcher, display, default_cache_dir(), attempt, group=group)
         outcome = trainer.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: leave at once, resumable from the last checkpoint
         log.warning("stopped without a final checkpoint; run the same command to resume from the last one")
@@ -135,27 +158,41 @@ def run(
             )
             reporter.close("interrupted")
             return EXIT_INTERRUPTED
+        if ranks.distributed and peer_lost(exc):
+            # Another training process (or its machine) went without a word: this one cannot go on
+            # alone, and nothing is wrong with the job. Resumable from the last checkpoint.
+            log.warning("interrupted: a collective failed (%s: %s); a peer was lost", type(exc).__name__, exc)
+            reporter.close("interrupted")
+            return EXIT_INTERRUPTED
         died = worker_death(exc)
         if died is not None:
             _record_crash(storage, reporter, attempt, exc, died)
             return EXIT_CRASHED
-        _record_failure(storage, reporter, attempt, exc)
+        if ranks.is_main:
+            _record_failure(storage, reporter, attempt, exc)
+        else:
+            log.error("failed: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, USER_ERRORS))
         return EXIT_FAILED
     finally:
         if trainer is not None:
             trainer.close()  # its data workers ignore SIGTERM: they are ended here, not at exit
         display.close()
         watcher.close()
+        group.close()
 
     if outcome.status == "interrupted":
         log.warning("interrupted (%s) at step %d; run the same command to resume", outcome.reason, outcome.step)
         reporter.close("interrupted")
         return EXIT_INTERRUPTED
     if outcome.status == "stopped":
+        if not ranks.is_main:
+            return EXIT_STOPPED
         _write_final(storage, {"outcome": Outcome.STOPPED, "reason": outcome.reason, **_summary(outcome, attempt)})
         log.info("stopped (%s) at step %d; final checkpoint committed", outcome.reason, outcome.step)
         reporter.close("stopped")
         return EXIT_STOPPED
+    if not ranks.is_main:
+        return EXIT_SUCCEEDED
     _write_final(storage, {"outcome": Outcome.SUCCEEDED, **_summary(outcome, attempt)})
     best = (
         f"; best {outcome.best['metric']} {outcome.best['value']:.4f} at epoch {outcome.best['epoch']} (under best/)"

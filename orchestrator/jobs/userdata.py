@@ -1,7 +1,8 @@
 """The instance's bootstrap script (EC2 user-data), rendered from the job.
 
 It logs everything to a file shipped to the attempt's bootstrap log (trainer.job.layout) every
-minute and at exit, installs the spotctl wheel, runs `python -m trainer run` with the job's id, and
+minute and at exit, installs the spotctl wheel, runs `python -m trainer run` with the job's id (under
+`torchrun --nproc-per-node=<GPUs>` on a machine with several GPUs: one DDP rank per GPU), and
 shuts the instance down when the trainer is done. Not at once when it was interrupted (exit 75, or
 killed after a spot notice): EC2 is taking the instance, and the next attempt resumes from the
 checkpoint. What the script reports itself, before the machine shuts down, so that the orchestrator
@@ -241,9 +242,30 @@ if command -v nvidia-smi >/dev/null 2>&1 && ! nvidia-smi -L >"$WORK/gpus" 2>&1; 
 fi
 export SPOTCTL_INSTANCE_ID
 SPOTCTL_INSTANCE_ID="$(imds instance-id)" || SPOTCTL_INSTANCE_ID=""
+# One training process per GPU: torchrun, when the machine has more than one (nvidia-smi's listing).
+GPUS="$(grep -c '^GPU ' "$WORK/gpus" 2>/dev/null)" || GPUS=0
+TRAINER=("$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+if [ "$GPUS" -gt 1 ]; then
+  # No restarts: a lost rank ends the attempt and the orchestrator resumes it from the checkpoint.
+  export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
+  rm -f "$SPOTCTL_EXIT_FILE".*
+  TRAINER=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+fi
 # In a subshell that becomes the trainer (exec): its pid, which the kernel log names if it kills it.
-( echo "$BASHPID" >"$WORK/trainer.pid"; exec "$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID" )
+( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
 CODE=$?
+if [ "$GPUS" -gt 1 ] && [ "$CODE" -ne 0 ]; then
+  # torchrun exits 1 for any rank's end but 0: rank 0's word is the trainer's (75, 3, 2...) when
+  # every rank left one; a rank without one died without a word (a signal): a crash.
+  for ((RANK_NO = 0; RANK_NO < GPUS; RANK_NO++)); do
+    if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
+      # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
+      SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
+      echo "spotctl: rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
+    fi
+  done
+  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.0")}}"
+fi
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
   0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself

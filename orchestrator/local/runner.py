@@ -23,6 +23,7 @@ disk (a folder). The package install is skipped: this environment already is spo
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import random
@@ -47,6 +48,9 @@ from trainer.job.documents import Heartbeat
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL when a machine goes away
+# A local machine shows at most this many of its type's GPUs: each becomes a gloo rank on this
+# computer's CPUs (a g5.12xlarge's 4 ranks would only share the same cores more thinly).
+LOCAL_GPUS_MAX = 2
 
 
 @dataclass
@@ -204,7 +208,7 @@ class InstanceRunner:
                     f"the trainer of {instance_id} has not reported its pid yet (no heartbeat of attempt {machine.attempt})"
                 )
             try:
-                if os.getpgid(pid) != machine.process.pid:  # the bootstrap leads the machine's process group
+                if pid not in machine_processes(machine.process.pid):
                     raise LookupError(f"process {pid} (its heartbeat's) is not on {instance_id}")
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -315,6 +319,7 @@ class InstanceRunner:
         boots all the same, as on EC2). A CPU type gets none."""
         described = self.ec2.describe_instance_types(InstanceTypes=[entry["InstanceType"]])["InstanceTypes"]
         gpus = [g for t in described for g in t.get("GpuInfo", {}).get("Gpus", []) for _ in range(g.get("Count", 0))]
+        gpus = gpus[:LOCAL_GPUS_MAX]
         if not gpus:
             return
         images = self.ec2.describe_images(ImageIds=[entry["ImageId"]])["Images"]
@@ -357,16 +362,23 @@ class InstanceRunner:
         process = machine.process
         if process.poll() is not None:
             return
+        # The bootstrap's process group and every group its descendants lead: torchrun starts each
+        # rank in a session of its own, which a signal to the bootstrap's group alone would miss.
+        seen = machine_processes(process.pid)
         for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
+            seen |= machine_processes(process.pid)
+            for group in {process.pid} | {g for p in seen if (g := _group_of(p)) is not None}:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, sig)
             try:
                 process.wait(wait)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
+        for pid in seen - {process.pid}:  # a rank that outlived the bootstrap (reparented, so no longer its descendant)
+            if _group_of(pid) is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _spotctl_instances(self) -> list[dict]:
         pages = self.ec2.get_paginator("describe_instances").paginate(
@@ -377,3 +389,32 @@ class InstanceRunner:
     def snapshot(self) -> list[dict]:
         with self._lock:
             return [m.as_dict() for m in self.machines.values()]
+
+
+def machine_processes(root: int) -> set[int]:
+    """`root` and every process descended from it (read from /proc): what runs on one local machine."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: the fields after its last ')'.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

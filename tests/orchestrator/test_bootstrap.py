@@ -56,6 +56,12 @@ if [ "$1 $2" = "-m trainer" ]; then
   if [ -n "${FAKE_TRAINER_SIGNAL:-}" ]; then kill -s "$FAKE_TRAINER_SIGNAL" $$; fi  # killed, as the OOM killer or a segfault does
   exit "${FAKE_TRAINER_EXIT:-0}"
 fi
+if [ "$1 $2" = "-m torch.distributed.run" ]; then  # torchrun: each rank's word as a test gives it, then torchrun's exit
+  echo "torchrun $0 ${*:3}" >>"$FAKE_STATE/calls"; echo "$$" >"$FAKE_STATE/trainer-pid"
+  rank=0; for code in ${FAKE_RANK_EXITS:-}; do [ "$code" = - ] || echo "$code" >"$SPOTCTL_EXIT_FILE.$rank"; rank=$((rank + 1)); done
+  if [ -n "${FAKE_TORCHRUN_SAYS:-}" ]; then echo "$FAKE_TORCHRUN_SAYS" >&2; fi
+  exit "${FAKE_TRAINER_EXIT:-0}"
+fi
 exec @python@ "$@"
 """
 
@@ -383,3 +389,43 @@ def test_gpus_the_amis_driver_cannot_drive_fail_the_boot_before_training(instanc
         "communicate with the NVIDIA driver. (choose instance types the AMI supports: `spotctl offers` lists them)"
     )
     assert not [c for c in instance.recorded("calls") if c.startswith("trainer ")]
+
+
+def two_gpus(instance) -> None:
+    smi = instance.bin / "nvidia-smi"
+    smi.write_text("#!/bin/bash\necho 'GPU 0: NVIDIA A10G (UUID: a)'\necho 'GPU 1: NVIDIA A10G (UUID: b)'\n")
+    smi.chmod(0o755)
+
+
+def test_a_machine_with_several_gpus_runs_one_rank_per_gpu_under_torchrun(instance, tmp_path):
+    two_gpus(instance)
+    assert run_trainer(instance, tmp_path, FAKE_RANK_EXITS="0 0") == 0
+    (call,) = [c for c in instance.recorded("calls") if c.startswith("torchrun ")]
+    assert " --standalone --nproc-per-node 2 --max-restarts 0 -m trainer run --job " in call
+    assert instance.final() is None and instance.crash() is None
+
+
+def test_one_gpu_runs_the_trainer_alone(instance, tmp_path):
+    smi = instance.bin / "nvidia-smi"
+    smi.write_text("#!/bin/bash\necho 'GPU 0: NVIDIA A10G (UUID: a)'\n")
+    smi.chmod(0o755)
+    assert run_trainer(instance, tmp_path) == 0
+    assert [c.split()[0] for c in instance.recorded("calls")] == ["trainer"]
+
+
+@pytest.mark.parametrize("code", [75, 3, 2])
+def test_torchruns_exit_1_gives_way_to_rank_0s_own_word(instance, tmp_path, code):
+    """torchrun exits 1 whenever a rank ends with anything but 0; what the trainer meant is rank 0's code."""
+    two_gpus(instance)
+    assert run_trainer(instance, tmp_path, FAKE_RANK_EXITS=f"{code} {code}", FAKE_TRAINER_EXIT="1") == code
+    assert instance.crash() is None
+    assert (instance.final() or {}).get("outcome") == ("failed" if code == 2 else None)
+
+
+def test_a_rank_that_died_without_a_word_is_a_crash_with_torchruns_signal(instance, tmp_path):
+    two_gpus(instance)
+    says = "[0]:\n  time      : 2026-12-01_10:00:00\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 4242)"
+    code = run_trainer(instance, tmp_path, FAKE_RANK_EXITS="75 -", FAKE_TRAINER_EXIT="1", FAKE_TORCHRUN_SAYS=says)
+    assert code == 137
+    assert instance.final() is None and instance.crash()["signal"] == "SIGKILL"
+    assert "spotctl: rank 1 died without an exit code" in instance.log()

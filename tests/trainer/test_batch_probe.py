@@ -49,7 +49,7 @@ def test_a_bound_that_fits_is_taken_whole_and_tried_once():
 
 
 def test_nothing_fitting_is_an_error_not_a_zero():
-    with pytest.raises(BatchProbeError, match="not even a batch of 1 or 2 fits"):
+    with pytest.raises(BatchProbeError, match="auto: not even 2 images fit this GPU's memory; set a smaller"):
         search(lambda size: False, bound=256)
 
 
@@ -142,3 +142,66 @@ def test_the_cap_and_the_training_images_bound_the_search(tmp_path, monkeypatch)
     two_ranks = ProbeKey("tiny", 16, "cpu", "None", 2)
     shared = choose(auto_spec({"auto": 12}), Storage(str(tmp_path / "c")), two_ranks, 1000, subject, attempt=1)
     assert shared == BatchChoice(12, None)  # 6 a rank, both tried and fit
+
+
+# ---------------------------------------------------------------------------------- a real run
+@pytest.mark.slow
+def test_a_job_with_auto_batch_probes_once_and_a_recovery_on_a_smaller_gpu_keeps_the_global_batch(
+    tmp_path, image_folder, trainer_in_process, monkeypatch
+):
+    """Attempt 1 probes (an injected budget stands for the GPU's memory) and fixes the global batch;
+    attempt 2 on the same GPU type reads the cache; attempt 3 on a GPU holding less keeps the global
+    batch in micro-batches."""
+    from testbed.trainer_runs import final_state, write_job
+    from trainer.run import EXIT_SUCCEEDED, run
+
+    data = image_folder(per_class={"train": 8, "val": 2})
+    job = write_job(
+        tmp_path / "job.yaml", str(tmp_path / "runs"), data.split("train"), data.split("val"), name="auto",
+        train__batch_size="auto", train__epochs=1, train__checkpoint={"every_steps": 1, "every_seconds": None},
+    )  # fmt: skip
+    prefix = tmp_path / "runs/jobs/auto"
+    probe = batch_probe.probe
+    probes = []
+    monkeypatch.setattr(batch_probe, "probe", lambda subject, bound: probes.append(bound) or probe(subject, bound))
+
+    def per_image() -> int:  # mobilenet_v3_small at 32 px, measured through the same hook
+        budget = ActivationBudget(1 << 40)
+        monkeypatch.setattr(batch_probe, "memory_limit", budget)
+        from torchvision import models
+
+        from trainer.model import replace_head
+
+        model = models.get_model("mobilenet_v3_small", weights=None)
+        replace_head(model, 3)
+        assert fits(
+            ProbeSubject(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), None, 32, 3), 4
+        )
+        four = budget.peak
+        assert fits(
+            ProbeSubject(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), None, 32, 3), 8
+        )
+        unit = (budget.peak - four) // 4
+        return unit, four - 4 * unit  # per image, and what does not grow with the batch
+
+    unit, fixed = per_image()
+    monkeypatch.setattr(batch_probe, "memory_limit", ActivationBudget(fixed + unit * 12))
+    assert run(str(job), heartbeat_seconds=0.2) == EXIT_SUCCEEDED
+    chosen = json.loads((prefix / layout.BATCH_CHOSEN).read_text())
+    assert 8 <= chosen["global_batch"] <= 12 and probes == [24]  # bound: the 24 training images
+    assert final_state(str(prefix))["position"]["step"] == 24 // chosen["global_batch"]
+
+    (prefix / "status/final.json").unlink()  # as if interrupted at its last step: attempt 2 resumes
+    assert run(str(job), heartbeat_seconds=0.2) == EXIT_SUCCEEDED
+    assert probes == [24]  # read from the cache
+    log2 = (prefix / "logs/attempt-2.log").read_text()
+    assert "measured before on cpu" in log2 and f"global batch {chosen['global_batch']}" in log2
+
+    (prefix / "status/final.json").unlink()
+    monkeypatch.setattr(batch_probe, "gpu_name", lambda device: "Tesla T4")
+    monkeypatch.setattr(batch_probe, "memory_limit", ActivationBudget(fixed + unit * 5))
+    assert run(str(job), heartbeat_seconds=0.2) == EXIT_SUCCEEDED
+    assert probes == [24, 24]
+    log3 = (prefix / "logs/attempt-3.log").read_text()
+    assert f"global batch {chosen['global_batch']}, at most " in log3 and "micro-batches per step" in log3
+    assert json.loads((prefix / layout.BATCH_CHOSEN).read_text()) == chosen

@@ -381,6 +381,7 @@ class Heartbeat(Document):
     data_wait_fraction: float | None = None
     batch_size: int | None = None
     data_workers: int | None = None
+    ranks: int | None = None  # training processes (torchrun's WORLD_SIZE); batch_size is their global batch
     resumed_from_step: int | None = None  # the checkpoint this attempt started from (0: the beginning)
     # metrics
     loss: float | None = None

@@ -65,6 +65,18 @@ VARIABLES = (
     ),
     Variable("SPOTCTL_HEARTBEAT_SECONDS", "15", "seconds between the trainer's heartbeats", "local cloud"),
     Variable("SPOTCTL_IMDS_POLL_SECONDS", "5", "seconds between the trainer's polls of the spot notice", "local cloud"),
+    Variable(
+        "SPOTCTL_COLLECTIVE_TIMEOUT_S",
+        "300",
+        "seconds a multi-GPU trainer's collective waits for a silent peer before it exits as interrupted",
+        "you",
+    ),
+    Variable(
+        "SPOTCTL_EXIT_FILE",
+        "",
+        "under torchrun: each rank writes its exit code to `<this>.<rank>`, which the user-data reads",
+        "user-data",
+    ),
 )
 
 
@@ -82,6 +94,8 @@ class Settings:
     wheel: Path | None
     heartbeat_seconds: float
     imds_poll_seconds: float
+    collective_timeout_s: float = 300.0
+    exit_file: str | None = None
     region: str | None = None  # AWS_REGION (else AWS_DEFAULT_REGION): the controller's own region
 
     @classmethod
@@ -94,6 +108,8 @@ class Settings:
             wheel=Path(env["SPOTCTL_WHEEL"]) if env.get("SPOTCTL_WHEEL") else None,
             heartbeat_seconds=float(env.get("SPOTCTL_HEARTBEAT_SECONDS") or 15),
             imds_poll_seconds=float(env.get("SPOTCTL_IMDS_POLL_SECONDS") or 5),
+            collective_timeout_s=float(env.get("SPOTCTL_COLLECTIVE_TIMEOUT_S") or 300),
+            exit_file=env.get("SPOTCTL_EXIT_FILE") or None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )
 

@@ -718,9 +718,9 @@ class TrainSpec(Section):
     epochs: int = Field(10, ge=1, le=10000)
     """Passes over the training data."""
     batch_size: Annotated[int, Field(ge=1, le=65536)] | AutoBatch = Field(32, examples=[32, "auto", {"auto": 256}])
-    """Images per optimizer step. `auto`: the largest batch the first attempt's GPU trains (a probe, with
-    a 5 % margin), kept for the whole run (a recovery on a GPU holding less accumulates gradients);
-    `{auto: N}`: the same, at most N."""
+    """Images per optimizer step: the global batch, split across the GPUs of a multi-GPU machine. `auto`:
+    the largest batch the first attempt's GPUs train (a probe, with a 5 % margin), kept for the whole run
+    (a recovery on a GPU holding less accumulates gradients); `{auto: N}`: the same, at most N."""
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     """Mixed precision. auto: bf16 on GPUs that support it, else fp16 with a grad scaler; off on CPU."""
     grad_clip_norm: float | None = Field(None, gt=0)
@@ -735,6 +735,10 @@ class TrainSpec(Section):
     """Seed of every random choice: shuffling, augmentation, the val split, the new head's init."""
     export: ExportSpec = Field(default_factory=ExportSpec)
     """Deployable artifacts."""
+    max_batch_per_gpu: int | None = Field(None, ge=1, le=65536)
+    """The most images one GPU processes in one forward; a GPU's share of batch_size above it is
+    trained in micro-batches whose gradients add up to the whole batch's (gradient accumulation).
+    null: a GPU's whole share at once."""
     distill: DistillSpec | None = None
     """Knowledge distillation from a teacher model; null: plain fine-tuning on the labels."""
 
