@@ -141,7 +141,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class ActivationBudget:
     """A stand-in for device memory, for tests and CPU benches: raises torch.OutOfMemoryError when the
-    bytes autograd keeps for the backward (the activations: what grows with the batch) pass `budget`."""
+    bytes autograd keeps for one step's backward (the activations: what grows with the batch) pass
+    `budget`. Entered once per step."""
 
     def __init__(self, budget: int):
         self.budget, self.used, self.peak = budget, 0, 0
@@ -186,8 +187,8 @@ def fits(subject: ProbeSubject, size: int) -> bool:
     """Whether `STEPS_PER_TRIAL` training steps of `size` images run without running out of memory."""
     scaler = torch.amp.GradScaler(subject.device.type, enabled=subject.amp == torch.float16)
     try:
-        with memory_limit():
-            for _ in range(STEPS_PER_TRIAL):
+        for _ in range(STEPS_PER_TRIAL):
+            with memory_limit():
                 images = torch.randn(size, 3, subject.image_size, subject.image_size, device=subject.device)
                 images = images.contiguous(memory_format=subject.memory_format)
                 targets = torch.randint(0, subject.num_classes, (size,), device=subject.device)
@@ -324,6 +325,25 @@ def _cached_or_probed(
     return per_gpu
 
 
+def subject_for(
+    train: TrainSpec,
+    num_classes: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    memory_format: torch.memory_format = torch.preserve_format,
+    teacher: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> ProbeSubject:
+    """The job's model (architecture, head, frozen parameters) and optimizer on `device`, to probe."""
+    from trainer.model import build_model, build_optimizer
+
+    # Random weights (nothing downloaded) drawn off the run's RNG: the stand-in shapes memory only.
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(train.model.model_copy(update={"weights": None, "weights_sha256": None}), num_classes)
+    model = model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(model, train.optimizer)
+    return ProbeSubject(model, optimizer, device, amp, train.data.image_size, num_classes, memory_format, teacher)
+
+
 def resolve(
     train: TrainSpec,
     storage: Storage,
@@ -338,15 +358,9 @@ def resolve(
 ) -> TrainSpec:
     """`train` with `batch_size: auto` resolved: the global batch and max_batch_per_gpu this attempt
     trains with (rank 0's choice on every rank of `group`, a trainer.distributed.Group)."""
-    from trainer.model import build_model, build_optimizer
 
     def subject() -> ProbeSubject:
-        # Random weights (nothing downloaded) drawn off the run's RNG: the stand-in shapes memory only.
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(train.model.model_copy(update={"weights": None, "weights_sha256": None}), len(classes))
-        model = model.to(device, memory_format=memory_format)
-        optimizer = build_optimizer(model, train.optimizer)
-        return ProbeSubject(model, optimizer, device, amp, train.data.image_size, len(classes), memory_format, teacher)
+        return subject_for(train, len(classes), device, amp, memory_format, teacher)
 
     ranks = group.ranks
     key = ProbeKey(train.model.name, train.data.image_size, gpu_name(device), str(amp), ranks.world_size)
