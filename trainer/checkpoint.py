@@ -38,7 +38,7 @@ from trainer.job.storage import Storage
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
-POINTER = "LATEST.json"
+POINTER = layout.POINTER
 STATE_FILE = "state.pt"
 KIND_TAG = "spotctl:kind"  # S3 object tag: checkpoint | best
 FORMAT_VERSION = 1

@@ -21,15 +21,16 @@ import torch
 from torch import nn
 
 import trainer
+from trainer import batch_probe, recipe, rng
 from trainer import data as data_mod
-from trainer import recipe, rng
 from trainer.checkpoint import Checkpointer, CheckpointMismatch
 from trainer.display import ConsoleProgress, format_metrics
+from trainer.distill import distiller_for
 from trainer.distributed import Group, Ranks, backward_in_micro_batches, split_batch
 from trainer.ema import WeightsEma
 from trainer.fetch import DataError, fetch
 from trainer.job import layout
-from trainer.job.spec import JobSpec, TrainSpec
+from trainer.job.spec import AutoBatch, JobSpec, TrainSpec
 from trainer.job.storage import Storage
 from trainer.metrics import EarlyStopping, Meter, Throughput
 from trainer.model import build_model, build_optimizer, setup_lines
@@ -133,7 +134,6 @@ class Trainer:
         self.group = group or Group(Ranks())
         self.ranks = self.group.ranks
         self.device = self.group.device
-        self.plan = split_batch(self.train.batch_size, self.ranks.world_size, self.train.max_batch_per_gpu)
         # channels_last feeds cuDNN's fastest convolution kernels; on CPU it brings nothing here.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
 
@@ -147,6 +147,16 @@ class Trainer:
                 if self.train.data.val
                 else None
             )
+        self.amp = amp_dtype(self.train.amp, self.device)
+        auto = isinstance(self.train.batch_size, AutoBatch)
+        found = data_mod.scan(train_root, "train.data.train") if auto or self.train.distill else None
+        self.distiller = distiller_for(spec, found.classes, self.device, self.memory_format) if found else None
+        if auto:  # the spec as this attempt trains it: the global batch fixed by the first attempt
+            self.train = batch_probe.resolve(
+                self.train, storage, self.device, self.amp, self.memory_format, found.classes, len(found.samples),
+                attempt, self.group, self.distiller.loss if self.distiller else None,
+            )  # fmt: skip
+        self.plan = split_batch(self.train.batch_size, self.ranks.world_size, self.train.max_batch_per_gpu)
         self.data = data_mod.build(
             self.train.data,
             self.train.model,
@@ -178,7 +188,6 @@ class Trainer:
             )
         self.optimizer = build_optimizer(self.model, self.train.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.train, self.data.steps_per_epoch)
-        self.amp = amp_dtype(self.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)  # takes soft targets too
         self.mixer = recipe.build_mixer(self.train.data.augmentation, len(self.classes), self.train.seed)
@@ -201,7 +210,7 @@ class Trainer:
             log.info("%s", line)
 
         marks["model"] = time.monotonic()
-        identity = checkpoint_identity(self.train, self.classes)
+        identity = checkpoint_identity(spec.train, self.classes)  # as written: batch_size auto, not its figure
         ckpt = self.train.checkpoint
         writes, world = self.ranks.is_main, self.ranks.world_size
         self.best = Checkpointer(
@@ -354,7 +363,7 @@ class Trainer:
         parts = itertools.count(self.ranks.rank * self.plan.accumulation)
         trained = backward_in_micro_batches(
             self.forward_model,
-            lambda model, x, y: self._forward(x, y, mix_at=(epoch, batch, next(parts)), model=model),
+            lambda model, x, y: self._forward(x, y, mix_at=(epoch, batch, next(parts)), model=model, teach=True),
             images,
             targets,
             self.plan,
@@ -516,10 +525,12 @@ class Trainer:
         targets: torch.Tensor,
         mix_at: tuple[int, int, int] | None = None,
         model: nn.Module | None = None,
+        teach: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, targets on the device, loss) under the run's autocast. `mix_at`: a training
         micro-batch's (epoch, batch, part), which seeds its mixup/cutmix (the targets come back soft
-        then); `model`: the module to run (default: the one trained, unwrapped)."""
+        then); `model`: the module to run (default: the one trained, unwrapped); `teach`: the
+        training loss, with the teacher's term when distilling (validation's loss is the labels' alone)."""
         images = self.data.to_device(images, self.device, self.memory_format)  # uint8 moved, normalised there
         targets = targets.to(self.device, non_blocking=True)
         if mix_at is not None and self.mixer is not None:
@@ -527,7 +538,10 @@ class Trainer:
         forward = model if model is not None else self.model
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = forward(images)
-            return logits, targets, self.criterion(logits, targets)
+            loss = self.criterion(logits, targets)
+            if teach and self.distiller is not None:
+                loss = self.distiller.loss(images, logits, loss)
+            return logits, targets, loss
 
     # ----------------------------------------------------------------------------- state and restore
     def _state(self) -> dict:
@@ -557,7 +571,7 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "amp": str(self.amp),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-        }
+        } | ({"teacher": self.distiller.identity} if self.distiller else {})
 
     def _meta(self) -> dict:
         return {
@@ -565,7 +579,7 @@ class Trainer:
             "batch": self.position.batch,
             "attempt": self.attempt,
             "metrics": self.history[-1] if self.history else None,
-        }
+        } | ({"teacher": self.distiller.identity} if self.distiller else {})
 
     def _restore(self) -> None:
         # On the CPU: load_state_dict copies to the parameters' device, and RNG states must stay on the CPU.
@@ -580,6 +594,8 @@ class Trainer:
             raise CheckpointMismatch(
                 f"checkpoint step {committed.step} has parameter groups {state['param_groups']}, this run has {groups}; use a new job name"
             )
+        if self.distiller is not None:
+            self.distiller.check_resume(state.get("teacher"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -49,26 +49,7 @@ def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
 def load_state_dict_url(model: nn.Module, url: str, sha256: str | None = None) -> None:
     """Load a state dict saved with torch.save from any fsspec URL (s3://, https://, a path): only
     tensors and plain containers (weights_only), and only the file `sha256` names when given."""
-    try:
-        with fsspec.open(url, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise WeightsError(f"weights {url} do not exist; check train.model.weights") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise WeightsError(
-            f"weights {url} have sha256 {hashlib.sha256(data).hexdigest()}, not train.model.weights_sha256 {sha256}; "
-            "the file changed: check where it came from, then fix the URL or the hash"
-        )
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, or one holding more than tensors (refused by weights_only)
-        raise WeightsError(
-            f"weights {url} cannot be loaded as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # a common wrapper (Lightning and others)
-    if not isinstance(state, dict):
-        raise WeightsError(f"weights {url} hold a {type(state).__name__}, not a state dict")
+    state, _ = read_state_dict(url, sha256, "train.model.weights")
     head_name, _ = find_head(model)
     # The head's shape differs when the weights come from another task: it is replaced anyway.
     body = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
@@ -84,6 +65,34 @@ def load_state_dict_url(model: nn.Module, url: str, sha256: str | None = None) -
             f"weights {url} do not fit {type(model).__name__}: {len(missing)} missing keys (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
+
+
+def read_state_dict(url: str, sha256: str | None, field: str) -> tuple[dict, str]:
+    """(the state dict at `url`, the file's sha256): only tensors and plain containers (weights_only),
+    and only the file `sha256` names when given (`field` names the spec field of the URL; its hash is
+    `<field>_sha256`)."""
+    try:
+        with fsspec.open(url, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise WeightsError(f"weights {url} do not exist; check {field}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise WeightsError(
+            f"weights {url} have sha256 {digest}, not {field}_sha256 {sha256}; "
+            "the file changed: check where it came from, then fix the URL or the hash"
+        )
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or one holding more than tensors (refused by weights_only)
+        raise WeightsError(
+            f"weights {url} cannot be loaded as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # a common wrapper (Lightning and others)
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights {url} hold a {type(state).__name__}, not a state dict")
+    return state, digest
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module]:

@@ -62,6 +62,9 @@ def export_job(
     return EXIT_SUCCEEDED if all(manifest["formats"][name]["status"] == "ok" for name in asked) else EXIT_FAILED
 
 
+EXPORT_BATCH = 32  # images per batch of an export's data when the job's batch was `auto`
+
+
 def _export(spec, storage: Storage, job_id: str, formats: list[str] | None, console) -> dict | None:
     from trainer import data as data_mod
     from trainer.checkpoint import Checkpointer
@@ -75,8 +78,11 @@ def _export(spec, storage: Storage, job_id: str, formats: list[str] | None, cons
     cache = default_cache_dir()
     train_root = fetch(train.data.train, "train.data.train", cache, display.downloading)
     val_root = fetch(train.data.val, "train.data.val", cache, display.downloading) if train.data.val else None
+    identity_train = train
+    if not isinstance(train.batch_size, int):  # auto: the batch only sizes the export's loaders here
+        train = train.model_copy(update={"batch_size": EXPORT_BATCH})
     data = data_mod.build(train.data, train.model, train.seed, train.batch_size, train_root, val_root)
-    identity = checkpoint_identity(train, data.classes)
+    identity = checkpoint_identity(identity_train, data.classes)
     best = Checkpointer(storage, layout.BEST, keep=1, identity=identity).load_latest(repair=False)
     loaded = best or Checkpointer(storage, layout.CHECKPOINTS, identity=identity).load_latest(repair=False)
     if loaded is None:

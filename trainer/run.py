@@ -27,6 +27,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from trainer.batch_probe import BatchProbeError
 from trainer.checkpoint import CheckpointMismatch
 from trainer.distributed import BatchSplitError
 from trainer.fetch import DataError, default_cache_dir
@@ -52,7 +53,7 @@ WORKER_DIED = re.compile(
 SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
 
 # Errors whose message says all a user needs: no traceback in the log or final.json.
-USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError, BatchSplitError)
+USER_ERRORS = (DataError, WeightsError, CheckpointMismatch, FloatingPointError, BatchSplitError, BatchProbeError)
 
 
 def job_prefix(spec: JobSpec, job_url: str, job_id: str | None = None) -> tuple[str, str]:

@@ -20,6 +20,7 @@ import botocore.exceptions
 
 from orchestrator.aws.checks import Check, Verdict
 from orchestrator.aws.clients import Cloud, ErrorKind, classify, error_code
+from trainer.job import layout
 from trainer.job.imagefolder import IMAGE_EXTENSIONS, is_archive, is_image
 from trainer.job.spec import JobSpec, close_match, is_weights_name
 
@@ -69,6 +70,29 @@ def weights_checks(cloud: Cloud, spec: JobSpec) -> list[Check]:
     if weights is None or is_weights_name(weights):
         return []
     return [_object(cloud, "weights", "train.model.weights", weights)]
+
+
+def teacher_checks(cloud: Cloud, spec: JobSpec) -> list[Check]:
+    """The distillation teacher: its weights file, or the teacher job's best model (best/LATEST.json)."""
+    distill = spec.train.distill
+    if distill is None:
+        return []
+    teacher = distill.teacher
+    if teacher.weights is not None:
+        return [_object(cloud, "teacher", "train.distill.teacher.weights", teacher.weights)]
+    prefix = teacher.job_prefix(spec.storage)
+    check = _object(cloud, "teacher", "train.distill.teacher.job", f"{prefix}/{layout.BEST_POINTER}")
+    if check.verdict is Verdict.PROBLEM:
+        return [
+            _problem(
+                "train.distill.teacher.job",
+                teacher.job,
+                f"no best model under {prefix}/{layout.BEST}/",
+                "name a job that has trained an epoch (`spotctl status` lists them), or wait for it",
+                "teacher",
+            )
+        ]
+    return [Check("teacher", Verdict.OK, f"train.distill.teacher.job {teacher.job}: has a best model")]
 
 
 # ------------------------------------------------------------------------------------------ datasets

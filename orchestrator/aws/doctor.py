@@ -80,6 +80,7 @@ def run_checks(
     attempt("bucket", lambda: [_bucket(cloud, spec)])
     attempt("data", lambda: datasets.data_checks(cloud, spec))
     attempt("weights", lambda: datasets.weights_checks(cloud, spec))
+    attempt("teacher", lambda: datasets.teacher_checks(cloud, spec))
     attempt("instance role", lambda: _instance_role(cloud, spec))
     attempt("ami", lambda: _ami(cloud, spec, found))
     return checks

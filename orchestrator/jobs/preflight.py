@@ -2,7 +2,8 @@
 started. `launch` refuses a job that fails one (nothing started, nothing written); `launch --dry-run`
 and `spotctl doctor` list them with the account's checks.
 
-- the data URLs exist and are ImageFolders, the weights URL is there (orchestrator.aws.datasets);
+- the data URLs exist and are ImageFolders, the weights URL is there, so is the distillation teacher
+  (its weights, or the teacher job's best model) (orchestrator.aws.datasets);
 - the budget covers at least one minimum charge plus one checkpoint interval on the chosen offer,
   with its root volume and public address (`smallest_budget`): a smaller one stops the job before
   anything is saved, after paying for the boot.
@@ -20,7 +21,7 @@ import botocore.exceptions
 
 from orchestrator.aws.checks import Check, Verdict
 from orchestrator.aws.clients import Cloud, describe
-from orchestrator.aws.datasets import data_checks, weights_checks
+from orchestrator.aws.datasets import data_checks, teacher_checks, weights_checks
 from orchestrator.aws.offers import Offer, Offers
 from orchestrator.errors import UserError
 from orchestrator.jobs.cost import MINIMUM_BILLED_S, spec_extras
@@ -95,11 +96,12 @@ def _what(need: BudgetNeed, offer: Offer) -> str:
 
 
 def before_boot(spec: JobSpec, cloud: Cloud, offers: Offers) -> list[Check]:
-    """The data, the weights and the budget, in that order; a check that cannot run says why."""
+    """The data, the weights, the teacher and the budget, in that order; a check that cannot run says why."""
     checks: list[Check] = []
     for name, check in (
         ("data", lambda: data_checks(cloud, spec)),
         ("weights", lambda: weights_checks(cloud, spec)),
+        ("teacher", lambda: teacher_checks(cloud, spec)),
         ("budget", lambda: budget_checks(spec, offers)),
     ):
         try:

@@ -728,6 +728,25 @@ def test_missing_weights_at_a_url_are_refused(account, aws, spotctl, tmp_path):
     assert f"ok       weights: train.model.weights {weights}: exists (10 bytes)" in out
 
 
+def test_a_teacher_job_without_a_best_model_is_refused_before_the_boot(account, aws, spotctl, tmp_path):
+    teacher = "flowers-resnet152-250101-ab12"
+    job = edited_example(
+        tmp_path, ("  epochs: 20\n", f"  epochs: 20\n  distill:\n    teacher:\n      job: {teacher}\n")
+    )
+    code, _, err = spotctl("launch", job)
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: not launched (nothing started): train.distill.teacher.job {teacher}: no best model under "
+        f"s3://{BUCKET}/spotctl/jobs/{teacher}/best/",
+        "hint: name a job that has trained an epoch (`spotctl status` lists them), or wait for it",
+    ]
+    assert run_instances_calls(aws) == 0
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"spotctl/jobs/{teacher}/best/LATEST.json", Body=b"{}")
+    code, out, err = spotctl("launch", job, "--dry-run")
+    assert code == 0, err
+    assert f"ok       teacher: train.distill.teacher.job {teacher}: has a best model" in out
+
+
 def test_a_budget_below_the_first_checkpoint_is_refused_with_the_smallest_that_would_do(
     account, aws, spotctl, tmp_path
 ):

@@ -61,8 +61,61 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(
     job = write_job(
         tmp_path / "job.yaml", storage, data.split("train"), data.split("val"), name="cut", train__data__workers=workers
     )
-    prefix = f"{storage}/jobs/cut"
-    sig = SIGNALS[signame]
+    interrupt_twice_then_finish(job, env, f"{storage}/jobs/cut", tmp_path, SIGNALS[signame], f"{where}-{signame}")
+    state = final_state(f"{storage}/jobs/cut")
+    assert tensor_digest(state["model"]) == model_digest
+    assert optimizer_digest(state["optimizer"]) == optimizer_state_digest
+
+
+@pytest.fixture(scope="module")
+def distilled_reference(reference, tmp_path_factory):
+    """An uninterrupted run distilling from a mobilenet_v3_small teacher of another seed (a weights file), and its digests."""
+    import torch
+    from torchvision import models
+
+    from trainer.model import replace_head
+
+    data = reference[0]
+    root = tmp_path_factory.mktemp("distilled")
+    torch.manual_seed(3)
+    teacher = models.get_model("mobilenet_v3_small", weights=None)
+    replace_head(teacher, len(data.classes))
+    torch.save(teacher.state_dict(), root / "teacher.pt")
+    distill = {"teacher": {"model": "mobilenet_v3_small", "weights": str(root / "teacher.pt")}, "alpha": 0.7}
+    job = write_job(
+        root / "job.yaml",
+        str(root / "runs"),
+        data.split("train"),
+        data.split("val"),
+        name="ref",
+        train__distill=distill,
+    )
+    assert run_trainer(str(job), trainer_env(), log=root / "out.log") == 0, (root / "out.log").read_text()
+    state = final_state(str(root / "runs/jobs/ref"))
+    assert state["teacher"]["model"] == "mobilenet_v3_small"
+    assert tensor_digest(state["model"]) != reference[1]  # the teacher had its say
+    return distill, tensor_digest(state["model"]), optimizer_digest(state["optimizer"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_distilled_run_killed_twice_ends_bitwise_equal(reference, distilled_reference, tmp_path, workers):
+    """The teacher runs online on each augmented batch; killed at random instants, the student resumes exactly."""
+    data = reference[0]
+    distill, model_digest, optimizer_state_digest = distilled_reference
+    job = write_job(
+        tmp_path / "job.yaml", str(tmp_path / "runs"), data.split("train"), data.split("val"), name="cut",
+        train__data__workers=workers, train__distill=distill,
+    )  # fmt: skip
+    prefix = str(tmp_path / "runs/jobs/cut")
+    interrupt_twice_then_finish(job, trainer_env(), prefix, tmp_path, signal.SIGKILL, f"distill-{workers}")
+    state = final_state(prefix)
+    assert tensor_digest(state["model"]) == model_digest
+    assert optimizer_digest(state["optimizer"]) == optimizer_state_digest
+
+
+def interrupt_twice_then_finish(job, env, prefix: str, tmp_path, sig, seed: str) -> None:
+    """Interrupt the run twice with `sig` at random steps (SIGKILL: at random instants, then corrupt
+    the latest checkpoint), run it to the end, and check it resumed twice and finished."""
 
     from trainer.checkpoint import Checkpointer
     from trainer.job.storage import Storage
@@ -73,7 +126,7 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(
         committed = Checkpointer(store).latest()
         return committed.step if committed else 0
 
-    chooser = random.Random(f"{where}-{signame}")
+    chooser = random.Random(seed)
     for last in (STEPS // 3, STEPS - 4):
         # A step past where the next attempt starts (the first kill in the first third). Once its state
         # file appears, wait a random instant: SIGKILL then lands anywhere from mid-upload (a state file
@@ -105,7 +158,4 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(
     if sig == signal.SIGKILL:
         assert "is corrupt" in out and "trying the previous one" in out
 
-    state = final_state(prefix)
-    assert state["position"]["step"] == STEPS
-    assert tensor_digest(state["model"]) == model_digest
-    assert optimizer_digest(state["optimizer"]) == optimizer_state_digest
+    assert final_state(prefix)["position"]["step"] == STEPS

@@ -16,6 +16,8 @@
         best/step-<N>/                      the best model so far
         artifacts/manifest.json             the exported models, described (written last)
         artifacts/<export id>/<file>        the exported models
+        batch/chosen.json                   batch_size: auto's global batch, fixed by the first attempt
+        batch/probe-<key>.json              its probe's figure per (model, image size, GPU type, AMP, ranks)
         care/watch.json                     a running `spotctl watch`'s lease on the job (jobs.caretaker)
         care/controller.json                what the controller remembers of the job between steps
         rendezvous/attempt-<k>/plan.json    compute.nodes > 1: which instance is which node rank in attempt k
@@ -51,6 +53,8 @@ TENSORBOARD = "tensorboard"
 LOGS = "logs"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+POINTER = "LATEST.json"  # under checkpoints/ and best/: the newest committed step (trainer.checkpoint)
+BEST_POINTER = f"{BEST}/{POINTER}"
 ARTIFACTS = "artifacts"
 MANIFEST = f"{ARTIFACTS}/manifest.json"
 WHEELS = "wheels"
@@ -58,6 +62,7 @@ LAMBDA_CODE = "lambda"
 CONTROLLER = "controller"
 CONTROLLER_TICK = f"{CONTROLLER}/tick.json"
 SECRETS = "secrets"  # outside every job's prefix; infra/spotctl.yaml denies the trainer role all of it
+BATCH_CHOSEN = "batch/chosen.json"  # batch_size: auto's global batch, fixed by the first attempt
 WATCH_LEASE = "care/watch.json"
 CONTROLLER_MEMORY = "care/controller.json"
 
@@ -164,6 +169,11 @@ def attempt_of_metrics(name: str) -> int | None:
 def artifact(export_id: str, name: str) -> str:
     """An exported file; the manifest names it by `export_id/name`, relative to artifacts/."""
     return f"{ARTIFACTS}/{export_id}/{name}"
+
+
+def batch_probe(key: str) -> str:
+    """batch_size: auto's probe of one (model, image size, GPU type, AMP, world size), `key` naming it."""
+    return f"batch/probe-{key}.json"
 
 
 def notify_targets(job_id: str) -> str:

@@ -20,9 +20,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from trainer.job import catalog as model_catalog
+from trainer.job import layout
 from trainer.job.secret import Secret, masked
 
 DEFAULT_AMI = "ssm:/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.12-ubuntu-24.04/latest/ami-id"
@@ -692,6 +693,109 @@ class TensorBoardSpec(Section):
     """Close and upload the open segment once it holds this many MiB."""
 
 
+def _teacher_job(job: str | None) -> str | None:
+    if job is None:
+        return None
+    job = job.strip()
+    if "://" in job or job.startswith(("/", ".")):
+        return _check_url(job.rstrip("/"), STORAGE_SCHEMES, "teacher.job")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", job):
+        raise _spec_error(
+            f"'{job[:80]}' is neither a job id (like flowers-resnet50-250101-ab12) nor a job's URL (s3://bucket/spotctl/jobs/<id>)"
+        )
+    return job
+
+
+class TeacherSpec(Section):
+    """The model distilled from: exactly one of `job` (a finished spotctl job), or `model` + `weights`."""
+
+    job: Annotated[str | None, AfterValidator(_teacher_job)] = Field(
+        None, examples=["flowers-resnet152-250101-ab12", "s3://bucket/spotctl/jobs/flowers-resnet152-250101-ab12"]
+    )
+    """A finished spotctl job whose best model (its best/) teaches: its job id under this job's storage,
+    or its prefix URL. It must have been trained on the same class folders."""
+    model: str | None = Field(None, examples=["resnet152"])
+    """With `weights`: the teacher's torchvision architecture."""
+    weights: str | None = Field(None, examples=["s3://bucket/teachers/resnet152-flowers.pt"])
+    """With `model`: the URL of the teacher's whole state dict (head included, trained for this job's
+    classes, in the order of their folder names)."""
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the `weights` file: the trainer refuses a file that does not match."""
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str | None) -> str | None:
+        return None if name is None else ModelSpec._known_model(name)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_location(cls, weights: str | None, info: ValidationInfo) -> str | None:
+        if weights is None:
+            return None
+        if is_weights_name(weights):
+            raise _spec_error(
+                f"'{weights}' is a torchvision weights name: those heads know ImageNet's classes, not this job's; "
+                "give the URL of a teacher fine-tuned on these classes, or teacher.job"
+            )
+        return _resolve_local(_check_url(weights, DATA_SCHEMES, "teacher.weights"), info)
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> TeacherSpec:
+        if self.job is not None and (self.model or self.weights or self.weights_sha256):
+            raise _spec_error("give teacher.job or teacher.model + teacher.weights, not both")
+        if self.job is None and not (self.model and self.weights):
+            raise _spec_error(
+                "name the teacher: job: <a finished job id> or model: <torchvision name> with weights: <state dict URL>"
+            )
+        return self
+
+    def job_prefix(self, storage: str) -> str:
+        """The URL of the teacher job's prefix: a job id is under this job's `storage`."""
+        return self.job if "/" in self.job else layout.job_prefix(storage, self.job)
+
+
+class DistillSpec(Section):
+    teacher: TeacherSpec
+    """The model distilled from. It runs online on every training batch (eval mode, no gradients, the
+    run's AMP), on the same augmented images the student sees; nothing of it is saved but its identity."""
+    temperature: float = Field(4.0, gt=0, le=100)
+    """Softmax temperature T of both models' logits in the distillation term."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the distillation term: loss = alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE.
+    1 learns from the teacher alone (function matching); 0.5 keeps the labels' say when the teacher errs."""
+
+
+class AutoBatch(Section):
+    """`batch_size: auto` (no cap) or `batch_size: {auto: N}`."""
+
+    auto: int | None = Field(None, ge=1, le=65536)
+    """The largest batch auto may choose; null: as large as fits (and the training images allow)."""
+
+
+def _batch_size_form(value):
+    """auto / {auto: N} / a number; anything else is one message naming the three forms."""
+    if value == "auto" or value == {"auto": None}:
+        return AutoBatch()
+    if isinstance(value, dict) and set(value) == {"auto"}:
+        cap = value["auto"]
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= 65536:
+            raise _spec_error(f"auto's cap is the largest batch it may choose, 1 to 65536 images, not {str(cap)[:40]}")
+        return AutoBatch(auto=cap)
+    # The union would report a number's range once per form; checked here, it is one message.
+    if isinstance(value, float) and not value.is_integer():
+        raise PydanticKnownError("int_from_float")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 1:
+            raise PydanticKnownError("greater_than_equal", {"ge": 1})
+        if value > 65536:
+            raise PydanticKnownError("less_than_equal", {"le": 65536})
+        return int(value)
+    raise _spec_error(
+        f"'{str(value)[:40]}' is no batch size: give a number of images (64), auto (the largest that fits the GPU) "
+        "or auto with a cap ({auto: 256})"
+    )
+
+
 class TrainSpec(Section):
     model: ModelSpec
     """What to fine-tune."""
@@ -703,8 +807,10 @@ class TrainSpec(Section):
     """Learning-rate schedule."""
     epochs: int = Field(10, ge=1, le=10000)
     """Passes over the training data."""
-    batch_size: int = Field(32, ge=1, le=65536)
-    """Images per optimizer step: the global batch, split across the GPUs of a multi-GPU machine."""
+    batch_size: Annotated[int, Field(ge=1, le=65536)] | AutoBatch = Field(32, examples=[32, "auto", {"auto": 256}])
+    """Images per optimizer step: the global batch, split across the GPUs of a multi-GPU machine. `auto`:
+    the largest batch the first attempt's GPUs train (a probe, with a 5 % margin), kept for the whole run
+    (a recovery on a GPU holding less accumulates gradients); `{auto: N}`: the same, at most N."""
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     """Mixed precision. auto: bf16 on GPUs that support it, else fp16 with a grad scaler; off on CPU."""
     grad_clip_norm: float | None = Field(None, gt=0)
@@ -741,12 +847,20 @@ class TrainSpec(Section):
     tensorboard: TensorBoardSpec = Field(default_factory=TensorBoardSpec)
     """TensorBoard event files under the job's prefix (never part of the checkpoint's identity)."""
 
+    distill: DistillSpec | None = None
+    """Knowledge distillation from a teacher model; null: plain fine-tuning on the labels."""
+
     @model_validator(mode="before")
     @classmethod
     def _expand_recipe(cls, data):
         if isinstance(data, dict) and isinstance(data.get("recipe"), str) and data["recipe"] in RECIPES:
             return _under_recipe(RECIPES[data["recipe"]], data)
         return data
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size_forms(cls, value):
+        return _batch_size_form(value)
 
     @field_validator("amp", mode="before")
     @classmethod
