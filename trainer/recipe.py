@@ -33,9 +33,11 @@ def policy_transforms(aug: AugmentationSpec) -> list:
     return []
 
 
-def erasing_transforms(aug: AugmentationSpec) -> list:
-    """Random erasing, placed after normalisation (it fills with zeros: the mean, once normalised)."""
-    return [v2.RandomErasing(p=aug.random_erasing)] if aug.random_erasing > 0 else []
+def erasing_transforms(aug: AugmentationSpec, fill: list[int] | None = None) -> list:
+    """Random erasing, last of an image's transforms. The images are uint8 until the device normalises
+    them, so the erased box is filled with `fill`, the mean colour (the reference erases after
+    normalising, with zeros: the same colour)."""
+    return [v2.RandomErasing(p=aug.random_erasing, value=fill or 0)] if aug.random_erasing > 0 else []
 
 
 def batch_seed(seed: int, epoch: int, batch: int, part: int = 0) -> int:

@@ -21,6 +21,7 @@ from trainer.job.spec_file import (
     Defaults,
     LocatedProblem,
     SpecError,
+    holds_values,
     load_checked,
     locate,
     locate_errors,
@@ -277,6 +278,7 @@ def _path_problem(path: str) -> str | None:
     if parts[0] in UNSEARCHABLE:
         return f"'{parts[0]}' is not searched (the sweep sets it, or it is the account's); search train.* or compute.* fields"
     done: list[str] = []
+    values = False
     for part in parts:
         if model is None:
             return f"'{'.'.join(done)}' holds a value, not fields; search '{'.'.join(done)}' itself"
@@ -284,8 +286,9 @@ def _path_problem(path: str) -> str | None:
             where = f"'{'.'.join(done)}'" if done else "a job"
             return f"names no field: {where} has no '{part}'{did_you_mean(part, list(model.model_fields))}"
         done.append(part)
-        model = model_in(model.model_fields[part].annotation)
-    if model is not None:
+        annotation = model.model_fields[part].annotation
+        model, values = model_in(annotation), holds_values(annotation)
+    if model is not None and not values:
         return f"'{path}' is a section; name one of its fields, e.g. {path}.{next(iter(model.model_fields))}"
     return None
 

@@ -11,6 +11,7 @@ within fixed limits, and every problem is printed as one line with the user's te
 from __future__ import annotations
 
 import re
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -489,6 +490,16 @@ def _model_in(annotation) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def holds_values(annotation) -> bool:
+    """Whether a field takes plain values too (`int | AutoBatch`: a number, or a section)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return holds_values(typing.get_args(annotation)[0])
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(holds_values(a) for a in arguments if a is not type(None))
+    return _model_in(annotation) is None
 
 
 model_in = _model_in  # for readers of other files that name job fields by path (orchestrator.sweeps.spec)
