@@ -387,6 +387,14 @@ def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: s
     ).deploy()
     runner = functions.FunctionRunner(sqs, bus.queue_url, bus.queue_arn, REGION, bus.account, handler, settings.handler)
     logging.info("controller deployed: %s, queue %s, tick every %gs", settings.handler, bus.queue_url, settings.tick_s)
+    # A first tick, handled before the cloud answers `local up`: controller/tick.json then says the
+    # controller runs, so a job launched right away is told it is looked after (jobs.caretaker), not
+    # warned that nobody recovers it until the schedule's first minute has passed.
+    bus.tick()
+    try:
+        runner.poll_once(1)
+    except Exception as exc:  # the schedule's next tick comes all the same
+        logging.warning("controller: the first tick failed: %s: %s", type(exc).__name__, exc)
     return Controller(bus.start(), runner.start())
 
 

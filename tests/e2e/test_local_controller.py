@@ -102,7 +102,14 @@ def _recovered_and_notified(local_home, tmp_path, spotctl, monkeypatch, events, 
         assert started["pool"] == f"{second['instance_type']} {second['zone']}"
         assert started["spot price"] == rate(second["spot_price"])
         end = bodies["end"]
-        assert end["event"] == "succeeded" and set(end["fields"]) >= {"val_acc1", "total cost", "savings", "artifacts"}
+        assert end["event"] == "succeeded" and set(end["fields"]) >= {
+            "val_acc1",
+            "best",
+            "total cost",
+            "savings",
+            "artifacts",
+        }
+        assert re.fullmatch(r"val_acc1 [\d.]+ \(epoch \d\)", end["fields"]["best"]), end["fields"]
         code, out, _ = spotctl("status", job_id, "--local", "--json")
         cost = json.loads(out)["cost"]
         assert abs(float(end["fields"]["total cost"].removeprefix("$")) - cost["total_usd"]) < 1e-4
