@@ -291,6 +291,14 @@ def prices_for(cloud: Cloud) -> PriceSource:
     return AwsPrices(cloud, cache=False)  # a Lambda's file system is read-only but /tmp: no price cache file
 
 
+def price_with(source: Callable[[Cloud], PriceSource]) -> None:
+    """Price offers and cost with `source` instead of AWS's Price List API and spot price history: the
+    local cloud's simulated market (orchestrator.local.daemon), which prices everything `spotctl --local`
+    shows, so the attempts the controller starts there and the cost it notifies agree with `status`."""
+    global prices_for
+    prices_for = source
+
+
 def from_environment(on_event: Callable[[Event], None] | None = None) -> Controller:
     """The controller the environment configures (trainer.job.settings): SPOTCTL_STORAGE, AWS_REGION."""
     settings = Settings.from_env()
