@@ -13,8 +13,8 @@ exec > >(tee "$TRANSCRIPT") 2>&1
 STARTED=$SECONDS
 
 HOME_DIR="${SPOTCTL_HOME:-$HOME/.spotctl}"
-# A job's state is one of these once it is over (orchestrator.jobs.state: JobState.terminal).
-OVER='import json, sys; sys.exit(json.load(sys.stdin)["state"] not in ("succeeded", "failed", "cancelled", "budget_exceeded", "no_capacity"))'
+# Over: a terminal state (orchestrator.jobs.state: JobState.terminal), and every machine's end known (its cost final).
+OVER='import json, sys; j = json.load(sys.stdin); sys.exit(j["state"] not in ("succeeded", "failed", "cancelled", "budget_exceeded", "no_capacity") or any(a["instance_id"] and not a["ended_at"] for a in j["attempts"]))'
 
 echo "== 1. the local cloud: EC2, S3, a spot market and spotctl's controller on this machine (interrupting each job's first attempt at step 40)"
 "$SPOTCTL" local up --seed 7 --interrupt-at-step 40

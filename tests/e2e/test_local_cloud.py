@@ -137,7 +137,12 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
         assert code == 0 and "warning" not in err, err + launched
         job_id = launched.split()[1].rstrip(":")
         deadline, view = time.monotonic() + 900, {}
-        while time.monotonic() < deadline and view.get("state") not in ("succeeded", "failed", "cancelled"):
+
+        def over(view: dict) -> bool:  # as the demo waits: the end, and every machine's end known
+            ended = view.get("state") in ("succeeded", "failed", "cancelled")
+            return ended and all(a["ended_at"] or not a["instance_id"] for a in view["attempts"])
+
+        while time.monotonic() < deadline and not over(view):
             time.sleep(2)
             code, out, _ = spotctl("status", job_id, "--local", "--json")
             view = json.loads(out) if code == 0 else {}
