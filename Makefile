@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)  ## the main job: the quickstart on the local cloud (launch, spot interruption, recovery, cost); transcript in runs/demo.txt
 	bash scripts/demo.sh
 
-readme-demo:  ## copy the last `make demo` transcript's launch-and-watch step into README.md's quickstart
+readme-demo:  ## copy the last `make demo` transcript's launch step (launch, no watch; the recovered job's status) into README.md's quickstart
 	$(PYTHON) scripts/update_readme_demo.py
 
 test: $(STAMP)  ## lint and format checks, then the whole test suite

@@ -1,4 +1,5 @@
-"""Copy the demo's launch-and-watch step from its transcript into README.md's quickstart (`make readme-demo`).
+"""Copy the demo's launch step (the launch, then the status of the job the controller recovered) from
+its transcript into README.md's quickstart (`make readme-demo`).
 
     python scripts/update_readme_demo.py [TRANSCRIPT]     default runs/demo.txt, which `make demo` writes
 

@@ -1,7 +1,8 @@
 """The README's quickstart transcript and the demo's, compared by the shape of their lines.
 
 `make demo` writes its whole output to runs/demo.txt (scripts/demo.sh); `make readme-demo`
-(scripts/update_readme_demo.py) copies its launch-and-watch step into README.md between the
+(scripts/update_readme_demo.py) copies its launch step (the launch, then the job's status once the
+controller recovered and finished it) into README.md between the
 markers below. tests/e2e/test_local_cloud.py runs a smaller quickstart through the same command and
 checks that its lines have the shapes of the README's: the same format strings, whatever the times,
 ids, prices, counts and column widths were. A change of output format then fails that test until
@@ -15,7 +16,9 @@ import re
 START = "<!-- demo-transcript:start -->"
 END = "<!-- demo-transcript:end -->"
 DEFAULT_TRANSCRIPT = "runs/demo.txt"  # scripts/demo.sh's $DEMO_TRANSCRIPT default
-STEP = "== 3. "  # scripts/demo.sh's header of the step the README shows: `spotctl launch ... --local --watch`
+STEP = (
+    "== 3. "  # scripts/demo.sh's header of the step the README shows: `spotctl launch ... --local`, then `status JOB`
+)
 
 # What varies from run to run, most specific first: (pattern, placeholder).
 _VARYING = [

@@ -228,6 +228,7 @@ def operator_policy(deployed: Deployed) -> dict:
         ("Account", deployed.role_arn.split(":")[4]),
         ("Region", deployed.region),
         ("Vpc", deployed.vpc),
+        ("Stack", deployed.stack),
     ):
         text = text.replace("${" + name + "}", value)
     return json.loads(text)
@@ -844,7 +845,7 @@ def controller_health(
 
     tick            the last tick document (controller/tick.json under the storage root), as written,
                     or None; read leniently, field by field as a dict
-    tick_age_s      seconds since its `time`
+    tick_age_s      seconds since its `at` (trainer.job.documents.ControllerTick)
     queue           messages waiting, and in flight (received, not yet deleted)
     dead_letters    messages that failed maxReceiveCount times (or EventBridge could not deliver)
     errors_last_hour  log events with ERROR in the function's log group over the last hour
@@ -855,7 +856,7 @@ def controller_health(
         return None
     now = now or datetime.now(timezone.utc)
     tick = _read_tick(cloud, outputs)
-    age = _age_s(tick.get("time") if tick else None, now)
+    age = _age_s(tick.get("at") if tick else None, now)
     sqs = cloud.client("sqs")
 
     def depth(url: str) -> dict[str, int]:

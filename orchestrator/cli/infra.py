@@ -213,7 +213,7 @@ def _controller_lines(controller: dict | None) -> list[str]:
     else:
         errors = tick.get("errors")
         count = len(errors) if isinstance(errors, list) else errors if isinstance(errors, int) else None
-        last = f"{tick.get('time', '?')}" + (f" ({age:.0f} s ago)" if age is not None else "")
+        last = f"{tick.get('at', '?')}" + (f" ({age:.0f} s ago)" if age is not None else "")
         last += f", {count} error{'s' if count != 1 else ''}" if count is not None else ""
     queue = controller["queue"]
     return [

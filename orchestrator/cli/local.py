@@ -158,7 +158,7 @@ def up(
 
 def describe_contents(cloud: client.LocalCloud, contents) -> str:
     """What a cloud started now holds: nothing, or what `local down --keep` kept (`launch --local` says it too)."""
-    if contents.empty:
+    if not (contents.jobs or contents.wheels or contents.data):  # at most the controller's first tick
         return (
             f"the local cloud is new: bucket {BUCKET} holds no data; "
             f"`spotctl local data {datasets.QUICKSTART.name}` uploads the quickstart's"

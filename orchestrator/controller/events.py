@@ -29,6 +29,14 @@ STATE_CHANGE = "EC2 Instance State-change Notification"
 # The states that end (or pause) an instance's work: pending and running say nothing to act on.
 ENDING_STATES = ("shutting-down", "terminated", "stopped")
 
+# After a spot warning the trainer checkpoints and reports within seconds, long before EC2 takes the
+# machine (two minutes) and the tick (a minute): the controller sends the warning back to its own
+# queue, delayed (SQS DelaySeconds), and looks again, until the attempt's end is recorded or the notice's
+# two minutes (and a margin) have passed. Each look is a short invocation of its own: nothing sleeps.
+LOOK_AGAIN_S = 10  # the delay of each look
+MAX_LOOKS = 15  # 150 s of looks: past the notice's two minutes; then EC2's state change and the tick
+LOOK_KEY = "spotctl-look"  # the warning's body as re-queued: EC2's document plus this count
+
 SCHEDULE_EXPRESSION = "rate(1 minute)"
 TICK_DETAIL_TYPE = "Scheduled Event"  # what an EventBridge schedule's events carry (source aws.events)
 
@@ -62,6 +70,7 @@ class InstanceEvent:
     kind: Kind
     region: str | None
     time: str | None
+    look: int = 0  # how many times the controller re-queued this warning to look again (LOOK_KEY)
 
 
 class NotAnInstanceEvent(ValueError):
@@ -95,10 +104,27 @@ def parse(event: dict[str, Any]) -> InstanceEvent:
         kind = Kind(state)
     else:
         raise NotAnInstanceEvent(f"detail-type {detail_type!r} is not an EC2 event the controller selects")
-    region, time = event.get("region"), event.get("time")
+    region, time, look = event.get("region"), event.get("time"), event.get(LOOK_KEY)
     return InstanceEvent(
-        instance_id, kind, region if isinstance(region, str) else None, time if isinstance(time, str) else None
+        instance_id,
+        kind,
+        region if isinstance(region, str) else None,
+        time if isinstance(time, str) else None,
+        look if isinstance(look, int) and not isinstance(look, bool) and look > 0 else 0,
     )
+
+
+def look_again(event: dict[str, Any], look: int) -> dict[str, Any]:
+    """The warning's body as the controller re-queues it for its `look`-th look."""
+    return {**event, LOOK_KEY: look}
+
+
+def queue_of(arn: str) -> tuple[str, str, str] | None:
+    """(region, account, queue name) of an SQS queue's ARN (a record's eventSourceARN); None if it is none."""
+    parts = arn.split(":") if isinstance(arn, str) else []
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sqs" or not all(parts[3:]):
+        return None
+    return parts[3], parts[4], parts[5]
 
 
 def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:

@@ -11,6 +11,8 @@ runs (orchestrator.jobs.step) on the jobs they concern.
 
 Nothing waits inside an invocation (Lambda stops one at 15 minutes): a job waiting for capacity, for
 the trainer's checkpoint or for EC2 to take the machine is looked at again at the next event or tick,
+or, after a spot warning, when the warning comes back: the controller sends it to its own queue again
+with a delay (events.LOOK_AGAIN_S, up to events.MAX_LOOKS times) until the attempt's end is recorded,
 with what its step must remember kept in the job's care/controller.json (jobs.step.StepMemory). A tick
 steps jobs for at most TICK_BUDGET_S and leaves the rest to the next one.
 
@@ -97,6 +99,8 @@ class Controller:
         # Epoch seconds: a StepMemory outlives the invocation (care/controller.json).
         self.stepper = Stepper(store, clouds, prices, OPTIONS, clock, self._on_event)
         self.tick_budget_s = tick_budget_s
+        self.last_view: JobView | None = None  # the job as the last step left it
+        self._queue_urls: dict[str, str] = {}  # queue ARN -> URL
 
     def _on_event(self, event: Event) -> None:
         log.log(event.level, "%s: %s", event.job_id, event.message)
@@ -109,7 +113,7 @@ class Controller:
         for message in batch.get("Records") or ():
             message_id = message.get("messageId", "")
             try:
-                self.handle_message(message.get("body") or "")
+                self.handle_message(message.get("body") or "", message.get("eventSourceARN"))
             except Exception as exc:  # noqa: BLE001 - one message's trouble must not fail the batch
                 if isinstance(exc, Transient) or transient(exc):  # e.g. S3 throttled listing the jobs
                     log.warning("message %s: will be delivered again: %s", message_id, exc)
@@ -118,7 +122,8 @@ class Controller:
                     log.exception("message %s: cannot be handled", message_id)
         return {"batchItemFailures": failures}
 
-    def handle_message(self, body: str) -> None:
+    def handle_message(self, body: str, queue_arn: str | None = None) -> None:
+        """One message; `queue_arn`: the queue it came from (a warning is sent back there to look again)."""
         try:
             event = json.loads(body)
         except ValueError as exc:
@@ -132,7 +137,9 @@ class Controller:
         except events.NotAnInstanceEvent as exc:
             log.warning("not an event the controller acts on (%s): ignored", exc)
             return
-        self.on_instance(found)
+        job_id = self.on_instance(found)
+        if job_id is not None and found.kind is events.Kind.INTERRUPTION and queue_arn:
+            self._look_again(event, found, queue_arn)
 
     # ------------------------------------------------------------------------------ one EC2 event
     def on_instance(self, found: events.InstanceEvent) -> str | None:
@@ -149,6 +156,36 @@ class Controller:
         if isinstance(error, Transient):
             raise error
         return job_id
+
+    def _look_again(self, event: dict, found: events.InstanceEvent, queue_arn: str) -> None:
+        """Send the warning back to the queue, delayed, while its attempt's end is not recorded: the next
+        look comes in LOOK_AGAIN_S, not at the next tick. A failed send is only logged: the state change
+        and the tick still come."""
+        view = self.last_view
+        if view is None or view.record is None or view.state.terminal or found.look >= events.MAX_LOOKS:
+            return
+        attempt = next((a for a in view.record.attempts if a.instance_id == found.instance_id), None)
+        if attempt is None or attempt.end_reason is not None:
+            return  # its end is recorded (the next attempt is started or the job decided): no need
+        queue = events.queue_of(queue_arn)
+        if queue is None:
+            return
+        region, account, name = queue
+        sqs = self.clouds(region).client("sqs")
+        try:
+            if queue_arn not in self._queue_urls:
+                self._queue_urls[queue_arn] = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)[
+                    "QueueUrl"
+                ]
+            sqs.send_message(
+                QueueUrl=self._queue_urls[queue_arn],
+                MessageBody=json.dumps(events.look_again(event, found.look + 1)),
+                DelaySeconds=events.LOOK_AGAIN_S,
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.warning("%s: cannot look again in %ds: %s", view.job_id, events.LOOK_AGAIN_S, said(exc, "re-queuing"))
+            return
+        log.info("%s: %s of %s: looking again in %ds", view.job_id, found.kind, found.instance_id, events.LOOK_AGAIN_S)
 
     def _job_of(self, found: events.InstanceEvent) -> str | None:
         cloud = self.clouds(found.region or self.region)
@@ -212,12 +249,13 @@ class Controller:
         """The job's step with its remembered StepMemory; what stopped it (a Transient when trying again
         may work), or None."""
         job_id = view.job_id
+        self.last_view = None
         try:
             if view.unreadable is not None:
                 raise Unreadable(job_id, view.unreadable)
             memory = StepMemory.parse(self.store.read_bytes(job_id, layout.CONTROLLER_MEMORY)) or StepMemory()
             before = memory.to_json()
-            self.stepper.step(view, memory)
+            self.last_view = self.stepper.step(view, memory).view
             if memory.to_json() != before:
                 self.store.write(job_id, layout.CONTROLLER_MEMORY, memory.to_json())
             return None
@@ -251,6 +289,14 @@ def cloud_for(region: str) -> Cloud:
 
 def prices_for(cloud: Cloud) -> PriceSource:
     return AwsPrices(cloud, cache=False)  # a Lambda's file system is read-only but /tmp: no price cache file
+
+
+def price_with(source: Callable[[Cloud], PriceSource]) -> None:
+    """Price offers and cost with `source` instead of AWS's Price List API and spot price history: the
+    local cloud's simulated market (orchestrator.local.daemon), which prices everything `spotctl --local`
+    shows, so the attempts the controller starts there and the cost it notifies agree with `status`."""
+    global prices_for
+    prices_for = source
 
 
 def from_environment(on_event: Callable[[Event], None] | None = None) -> Controller:

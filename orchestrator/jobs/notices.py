@@ -204,11 +204,17 @@ def _succeeded(
 ) -> Message:
     final, name = view.final, printable(view.job_id)
     fields: list[tuple[str, str]] = []
-    metrics = (final.best or final.metrics or {}) if final else {}
+    # The trainer's final word: `metrics` of the last epoch, `best` as {metric, value, epoch} (trainer.loop).
+    metrics = (final.metrics if final else None) or {}
     for metric in ("val_acc1", "val_acc5", "val_loss", "acc1", "loss"):
         value = metrics.get(metric)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _number(value):
             fields.append((metric, f"{value:.4g}"))
+    best = (final.best if final else None) or {}
+    if isinstance(best.get("metric"), str) and _number(best.get("value")):
+        epoch = best.get("epoch")
+        at = f" (epoch {epoch})" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
+        fields.append(("best", f"{printable(best['metric'])[:40]} {best['value']:.4g}{at}"))
     attempts = len(view.record.attempts)
     fields.append(("attempts", str(attempts)))
     fields.append(("total cost", money(cost.total_usd) if cost else "-"))
@@ -232,6 +238,10 @@ def _succeeded(
         f"The job succeeded{step} after {attempts} attempt{'s' if attempts != 1 else ''}.{where}",
         tuple(fields),
     )
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _beat_step(view: JobView, number: int) -> int | None:

@@ -49,6 +49,8 @@ class Contents:
             parts.append(_count(self.wheels, "wheel"))
         if self.data:
             parts.append(f"{_count(sum(self.data.values()), 'object')} of data ({', '.join(sorted(self.data))})")
+        if not parts:  # the controller's tick and the like: no job, wheel or data
+            parts.append("only spotctl's bookkeeping")
         listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
         size = f"{self.bytes / 2**20:.1f} MiB" if self.bytes >= 2**20 else f"{self.bytes / 2**10:.1f} KiB"
         return f"{listed}; {_count(self.objects, 'object')}, {size} in all"

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -165,7 +166,9 @@ def serve(
         Cloud(REGION, endpoint=Endpoint(endpoint, *CREDENTIALS.values()))
     )  # as `infra deploy` does
     deployed = (
-        deploy_controller(home, controller, moto_endpoint) if controller else Controller(None, None, "--no-controller")
+        deploy_controller(home, controller, moto_endpoint, seed)
+        if controller
+        else Controller(None, None, "--no-controller")
     )
     runner = InstanceRunner(
         ec2,
@@ -353,12 +356,13 @@ def _quietly(read):
         return None
 
 
-def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: str) -> Controller:
+def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: str, seed: int = 0) -> Controller:
     """The controller as the stack deploys it on AWS: rules feeding a queue, a function consuming it.
     Its parts that play AWS (the events' source, the queue's consumer) talk to moto itself; the
     handler runs in this process, whose environment is the function's: SPOTCTL_STORAGE and the
-    endpoint of the strict proxy. A handler or events module that cannot be imported deploys nothing
-    (`local status` says why)."""
+    endpoint of the strict proxy; it prices with the market of `seed`, as `spotctl --local` does (a
+    handler module's `price_with`, if it has one). A handler or events module that cannot be imported
+    deploys nothing (`local status` says why)."""
     import boto3
 
     try:
@@ -367,6 +371,11 @@ def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: s
     except (ImportError, AttributeError) as exc:
         logging.warning("controller not deployed: %s", exc)
         return Controller(None, None, f"{type(exc).__name__}: {exc}")
+    price_with = getattr(sys.modules.get(handler.__module__), "price_with", None)
+    if price_with is not None:  # moto's spot price history is not the local market's
+        from orchestrator.local.market import SimulatedMarket
+
+        price_with(lambda cloud: SimulatedMarket(seed))
     function_environment = {"SPOTCTL_STORAGE": f"s3://{BUCKET}/{STORAGE_PREFIX}"}  # what the stack's function is given
     os.environ.update(function_environment)  # written for the handler; it reads it through Settings
     to_file = logging.FileHandler(home / CONTROLLER_LOG)
@@ -387,6 +396,14 @@ def deploy_controller(home: Path, settings: ControllerSettings, moto_endpoint: s
     ).deploy()
     runner = functions.FunctionRunner(sqs, bus.queue_url, bus.queue_arn, REGION, bus.account, handler, settings.handler)
     logging.info("controller deployed: %s, queue %s, tick every %gs", settings.handler, bus.queue_url, settings.tick_s)
+    # A first tick, handled before the cloud answers `local up`: controller/tick.json then says the
+    # controller runs, so a job launched right away is told it is looked after (jobs.caretaker), not
+    # warned that nobody recovers it until the schedule's first minute has passed.
+    bus.tick()
+    try:
+        runner.poll_once(1)
+    except Exception as exc:  # the schedule's next tick comes all the same
+        logging.warning("controller: the first tick failed: %s: %s", type(exc).__name__, exc)
     return Controller(bus.start(), runner.start())
 
 

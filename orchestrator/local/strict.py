@@ -30,6 +30,11 @@ the IAM user guide on eventual consistency; the EC2 API reference's StateReason)
   knows only VPC quotas).
 - EC2 placement groups, which moto lacks: Create/Describe/DeletePlacementGroup and RunInstances'
   `Placement.GroupName` checked as AWS does (orchestrator.local.placement_groups).
+- EventBridge PutEvents: an entry whose Source starts with `aws.` (AWS's own services' events, e.g.
+  EC2's `aws.ec2`) fails alone with `NotAuthorizedForSourceException` "Not authorized for the source."
+  (counted in FailedEntryCount; the other entries go to moto). moto accepts any source, so a client
+  could otherwise forge EC2's events to the controller's rules. The local cloud's own publisher
+  (orchestrator.local.eventbus) plays AWS and publishes to moto directly, past this proxy.
 
 `Strictness` is the configuration; `POST /_strict/config` changes it on a running proxy (JSON of
 its fields), `GET /_strict/config` and `GET /_strict/calls` (calls per action, with the answer) read
@@ -63,6 +68,7 @@ log = logging.getLogger(__name__)
 
 PROXY_ACCESS_KEY = "strict-proxy"  # the proxy's own questions to moto sign with this (not the client's calls)
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+AWS_SOURCE_PREFIX = "aws."  # EventBridge reserves these event sources for AWS's services
 # EC2's documented request-rate buckets (ec2/latest/devguide/ec2-api-throttling.html): size, refill/s.
 RUN_INSTANCES_BUCKET = (5, 2.0)
 NON_MUTATING_BUCKET = (100, 20.0)
@@ -299,6 +305,8 @@ class StrictProxy:
             return self._iam_before(_form(body))
         if service == "servicequotas":
             return self._service_quotas(handler.headers.get("X-Amz-Target", ""), body, region)
+        if service == "events" and handler.headers.get("X-Amz-Target", "").endswith(".PutEvents"):
+            return self._put_events(handler, body)
         if service == "s3" and handler.command in ("GET", "HEAD"):
             return self._s3_refused(handler)
         return None
@@ -513,6 +521,35 @@ class StrictProxy:
                 "GlobalQuota": False,
             }
         }
+        return Answer(200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(document).encode())
+
+    # ------------------------------------------------------------------ EventBridge
+    def _put_events(self, handler, body: bytes) -> Answer | None:
+        """PutEvents with AWS's reserved sources refused entry by entry; the rest sent to moto."""
+        try:
+            request = json.loads(body or b"{}")
+            entries = request["Entries"]
+            reserved = [isinstance(e.get("Source"), str) and e["Source"].startswith(AWS_SOURCE_PREFIX) for e in entries]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None  # malformed: moto's own validation error
+        if not any(reserved):
+            return None
+        self.calls["events:PutEvents:NotAuthorizedForSourceException"] += sum(reserved)
+        allowed = [e for e, refused in zip(entries, reserved, strict=True) if not refused]
+        accepted: list[dict] = []
+        failed = 0
+        if allowed:
+            answer = self._forward(
+                handler.command, handler.path, handler.headers, json.dumps({**request, "Entries": allowed}).encode()
+            )
+            if answer.status != 200:
+                return answer
+            document = json.loads(answer.body)
+            accepted, failed = document.get("Entries", []), int(document.get("FailedEntryCount", 0))
+        refusal = {"ErrorCode": "NotAuthorizedForSourceException", "ErrorMessage": "Not authorized for the source."}
+        answers = iter(accepted)
+        merged = [dict(refusal) if refused else next(answers, {}) for refused in reserved]
+        document = {"FailedEntryCount": failed + sum(reserved), "Entries": merged}
         return Answer(200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(document).encode())
 
     # ------------------------------------------------------------------ moto, asked directly

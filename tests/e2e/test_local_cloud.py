@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
     assert code == 0, err
     cloud = json.loads(out)
     assert cloud["started"] and cloud["endpoint"].startswith("http://127.0.0.1:")
-    assert cloud["contents"]["objects"] == 0
+    contents = cloud["contents"]  # nothing but the controller's first tick
+    assert (contents["jobs"], contents["wheels"], contents["data"]) == ([], 0, {}) and contents["objects"] <= 1
     code, out, _ = spotctl("local", "up")
     assert (code, out.splitlines()[0]) == (
         0,
@@ -129,23 +131,34 @@ def test_the_quickstart_recovers_from_a_spot_interruption_on_the_local_cloud(
         job = tmp_path / "quickstart.yaml"
         job.write_text(yaml.safe_dump(spec))
 
-        code, out, err = spotctl("launch", str(job), "--local", "--watch", "--poll", "1")
-        assert code == 0, err + out[-3000:]
-        job_id = out.split()[1].rstrip(":")
-        # The README shows the demo's run of this command: the same lines, whatever the numbers
+        # As the demo does: no --watch, nothing of the user's running; the controller `local up`
+        # deployed recovers the interruption; then `status JOB` shows the job.
+        code, launched, err = spotctl("launch", str(job), "--local")
+        assert code == 0 and "warning" not in err, err + launched
+        job_id = launched.split()[1].rstrip(":")
+        deadline, view = time.monotonic() + 900, {}
+
+        def over(view: dict) -> bool:  # as the demo waits: the end, and every machine's end known
+            ended = view.get("state") in ("succeeded", "failed", "cancelled")
+            return ended and all(a["ended_at"] or not a["instance_id"] for a in view["attempts"])
+
+        while time.monotonic() < deadline and not over(view):
+            time.sleep(2)
+            code, out, _ = spotctl("status", job_id, "--local", "--json")
+            view = json.loads(out) if code == 0 else {}
+        code, shown, err = spotctl("status", job_id, "--local")
+        assert code == 0, err
+        # The README shows the demo's run of these commands: the same lines, whatever the numbers
         # (`make demo`, then `make readme-demo`, rewrites it after a change of format).
         readme = transcript.shapes(transcript.readme_block((REPO / "README.md").read_text()))
-        printed = transcript.shapes(out)
+        printed = transcript.shapes(launched + shown)
         assert (sorted(printed - readme), sorted(readme - printed)) == ([], []), "printed now / only in the README"
-        assert re.search(
-            r"attempt 1 on \S+ \S+ ended: interrupted( \(Server.SpotInstanceTermination\))? at step \d+", out
-        ), out
-        assert "resuming from the latest checkpoint: attempt 2" in out
 
         code, out, err = spotctl("status", job_id, "--local", "--json")
         assert code == 0, err
         view = json.loads(out)
         first, second = view["attempts"]
+        assert second["claimed_by"].split("/")[1] == str(cloud["pid"])  # started by the controller, in the cloud
         assert view["state"] == "succeeded" and view["final"]["outcome"] == "succeeded"
         assert (first["end_reason"], first["state_reason"]) == ("interrupted", "Server.SpotInstanceTermination")
         assert (first["instance_type"], first["zone"]) != (second["instance_type"], second["zone"])  # another pool

@@ -110,6 +110,47 @@ def test_an_ec2_event_recovers_its_job_and_others_are_ignored(deployed, spotctl,
     assert [i["attempt"] for i in instances(job_id)] == [1, 2]
 
 
+def test_a_warning_is_looked_at_again_shortly_until_the_attempts_end_is_recorded(deployed, spotctl, aws):
+    """No sleep in the handler: the warning goes back to its own queue, delayed, and the next look
+    starts the next attempt as soon as the trainer reports its checkpoint, not at the next tick."""
+    from orchestrator.controller import events
+
+    queue = boto3.client("sqs")
+    url = queue.create_queue(QueueName="spotctl-ControllerQueue-X")["QueueUrl"]
+    arn = queue.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    job_id = launch(spotctl)
+    first = live(job_id)[0]["InstanceId"]
+    settled_ec2()
+    batch = sqs(notice(first))
+    batch["Records"][0]["eventSourceARN"] = arn
+
+    assert deployed(batch, None) == {"batchItemFailures": []}  # the trainer has not checkpointed yet: nothing to do
+    assert [i["attempt"] for i in live(job_id)] == [1]
+    assert queue.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages") is None  # delayed
+    attributes = queue.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1"
+    [again] = queue.receive_message(QueueUrl=url, WaitTimeSeconds=events.LOOK_AGAIN_S + 2)["Messages"]
+    body = json.loads(again["Body"])
+    assert body == {**notice(first), "spotctl-look": 1}  # EC2's document, and the count of looks
+
+    beat(job_id, 1, phase="interrupted", step=120, resumed_from_step=0, last_checkpoint_step=120)
+    batch = sqs(body)
+    batch["Records"][0]["eventSourceARN"] = arn
+    assert deployed(batch, None) == {"batchItemFailures": []}
+    assert [i["attempt"] for i in live(job_id)] == [1, 2]  # the look found the checkpoint: attempt 2 started
+    assert record_of(job_id)["attempts"][0]["end_reason"] == "interrupted"
+    attributes = queue.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "0"  # its end is recorded: no more looks
+
+    second = next(i["InstanceId"] for i in live(job_id) if i["attempt"] == 2)
+    settled_ec2()
+    last = sqs({**notice(second), "spotctl-look": events.MAX_LOOKS})  # the notice's time is over: EC2's events follow
+    last["Records"][0]["eventSourceARN"] = arn
+    assert deployed(last, None) == {"batchItemFailures": []}
+    attributes = queue.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "0"
+
+
 def test_the_tick_recovers_a_job_whose_events_were_lost_and_says_so(deployed, spotctl, aws):
     job_id = launch(spotctl)
     aws.interrupt(live(job_id)[0]["InstanceId"])  # and no event reaches the controller

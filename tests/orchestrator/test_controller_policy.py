@@ -139,9 +139,14 @@ def test_it_reaches_only_the_prefix_its_queue_and_its_log_group():
     assert allowed("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": f"{PREFIX}/jobs/"})
     assert not allowed("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": "other/"})
     assert not allowed("s3:PutBucketPolicy", f"arn:aws:s3:::{BUCKET}")
-    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+    # its queue: drained, and a spot warning sent back to it to look again (controller.events.LOOK_AGAIN_S)
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"):
         assert allowed(action, QUEUE) and not allowed(action, QUEUE + "-other"), action
-    assert not allowed("sqs:SendMessage", QUEUE) and not allowed("sqs:PurgeQueue", QUEUE)
+    assert allowed("sqs:SendMessage", QUEUE)
+    assert not allowed("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:spotctl-ControllerDeadLetterQueue-X")
+    assert not allowed("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:someone-elses-queue")
+    for action in ("sqs:PurgeQueue", "sqs:SetQueueAttributes", "sqs:DeleteQueue", "sqs:CreateQueue"):
+        assert not allowed(action, QUEUE), action
     stream = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{LOG_GROUP}:log-stream:s"
     assert allowed("logs:PutLogEvents", stream) and allowed("logs:CreateLogStream", stream)
     assert not allowed("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/other:log-stream:s")
@@ -153,9 +158,16 @@ def test_it_reaches_only_the_prefix_its_queue_and_its_log_group():
     assert not allowed("sns:CreateTopic", f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts")
 
 
+def test_it_reads_on_demand_prices_and_nothing_else_of_the_price_list():
+    assert allowed("pricing:GetProducts", "*")  # the Price List API has no resources to scope it to
+    for action in ("pricing:DescribeServices", "pricing:GetPriceListFileUrl", "pricing:ListPriceLists"):
+        assert not allowed(action, "*"), action
+
+
 def test_no_statement_grants_everything():
+    unscoped = ("ec2:Describe", "pricing:GetProducts")  # reads that IAM cannot scope to a resource
     for statement in POLICY["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert all(a != "*" and not a.endswith(":*") for a in actions), statement["Sid"]
-        if statement["Resource"] == "*":  # only reads that IAM cannot scope to a resource
-            assert all(a.startswith("ec2:Describe") for a in actions), statement["Sid"]
+        if statement["Resource"] == "*":
+            assert all(a.startswith(unscoped) for a in actions), statement["Sid"]

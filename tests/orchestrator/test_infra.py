@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 
 import boto3
 import botocore.exceptions
@@ -21,6 +22,7 @@ from orchestrator.aws.clients import Cloud
 from orchestrator.errors import UserError
 from testbed import REPO
 from tests.cloud import EXAMPLE_AS_WRITTEN, launched_id, seed_image_folder
+from trainer.job.documents import ControllerTick
 
 ACCOUNT = "123456789012"  # moto's
 BUCKET = f"spotctl-{ACCOUNT}-us-east-1"
@@ -202,7 +204,9 @@ def test_infra_status_reports_the_controllers_tick_queue_dead_letters_and_errors
     outputs = infra.outputs_of(boto3.client("cloudformation").describe_stacks(StackName="spotctl")["Stacks"][0])
     tick = (datetime.now(timezone.utc) - timedelta(seconds=30)).isoformat(timespec="seconds")
     s3, sqs, logs = boto3.client("s3"), boto3.client("sqs"), boto3.client("logs")
-    s3.put_object(Bucket=BUCKET, Key="spotctl/controller/tick.json", Body=json.dumps({"time": tick, "errors": []}))
+    # What the controller writes (orchestrator.controller.handler: a ControllerTick).
+    written = ControllerTick(at=tick, version="1.0", jobs_seen=[], errors=[]).model_dump_json()
+    s3.put_object(Bucket=BUCKET, Key="spotctl/controller/tick.json", Body=written)
     sqs.send_message(QueueUrl=outputs["ControllerQueueUrl"], MessageBody="{}")
     code, out, _ = spotctl("infra", "status", "--json")
     controller = json.loads(out)["controller"]
@@ -211,7 +215,9 @@ def test_infra_status_reports_the_controllers_tick_queue_dead_letters_and_errors
         0,
         "ok",
     )
-    assert controller["tick"] == {"time": tick, "errors": []} and 29 <= controller["tick_age_s"] < 120
+    assert controller["tick"] == json.loads(written) and 29 <= controller["tick_age_s"] < 120
+    code, out, _ = spotctl("infra", "status")
+    assert re.search(rf"^  last tick          {re.escape(tick)} \(\d+ s ago\), 0 errors$", out, re.M), out
 
     # A message that failed its five receives, and an error logged: failing, exit 1.
     sqs.send_message(QueueUrl=outputs["ControllerDeadLetterQueueUrl"], MessageBody="{}")

@@ -48,6 +48,8 @@ def test_the_contents_are_told_apart_as_jobs_wheels_and_data(aws):
     )
     assert found.describe() == ("2 jobs, 1 wheel and 2 objects of data (datasets/shapes); 7 objects, 2.0 KiB in all")
     assert bucket.Contents().describe() == "no objects"
+    tick_only = bucket.Contents(objects=1, bytes=300)  # the controller's tick: no job, wheel or data
+    assert tick_only.describe() == "only spotctl's bookkeeping; 1 object, 0.3 KiB in all"
 
 
 def test_kept_objects_come_back_whole_in_a_new_bucket(aws, tmp_path):

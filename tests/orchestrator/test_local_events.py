@@ -301,3 +301,26 @@ def _wait(until):
             return found
         time.sleep(0.1)
     raise AssertionError(f"not reached within {WAIT_S}s: {until}")
+
+
+def test_only_the_local_cloud_may_publish_ec2s_events_a_client_is_refused_as_on_aws(bus):
+    """EventBridge reserves `aws.*` sources for AWS's services: a client's PutEvents entry with one fails
+    alone (NotAuthorizedForSourceException), so nobody forges an interruption to the controller; the local
+    cloud's publisher, which plays EC2, reaches moto past the strict proxy and still delivers."""
+    built, runner = bus()
+    client = boto3.client("events")  # through the strict proxy, as every client
+    forged = {"Source": "aws.ec2", "DetailType": eventbus.SPOT_WARNING, "Detail": json.dumps({"instance-id": "i-1"})}
+    own = {"Source": "com.example.app", "DetailType": "Order placed", "Detail": "{}"}
+    answer = client.put_events(Entries=[forged, own, {**forged, "Source": "aws.events"}])
+    refused = {"ErrorCode": "NotAuthorizedForSourceException", "ErrorMessage": "Not authorized for the source."}
+    assert answer["FailedEntryCount"] == 2
+    assert [answer["Entries"][0], answer["Entries"][2]] == [refused, refused]
+    assert "EventId" in answer["Entries"][1] and "ErrorCode" not in answer["Entries"][1]
+    assert client.put_events(Entries=[own])["FailedEntryCount"] == 0
+
+    built.interruption_warning("i-0123456789abcdef0")  # the local cloud, as EC2
+    assert built.snapshot()["published"] == 1 and built.snapshot()["refused"] == 0
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and not records():
+        runner.poll_once(1)
+    assert [b["detail"] for b in bodies()] == [{"instance-id": "i-0123456789abcdef0", "instance-action": "terminate"}]

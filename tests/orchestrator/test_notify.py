@@ -61,7 +61,13 @@ def run_three_attempts(job_id: str, polls) -> None:
     beat(job_id, 2, phase="interrupted", step=700, resumed_from_step=300, last_checkpoint_step=700)
     polls()  # notice:2, checkpoint:2, attempt:3
     boto_interrupt(job_id, attempt=2)  # EC2 takes the machine that checkpointed on the notice
-    finish(job_id, 3, step=2000, best={"val_acc1": 0.9312, "val_loss": 0.241})
+    finish(  # the trainer's final word, as it writes it (trainer.run)
+        job_id,
+        3,
+        step=2000,
+        metrics={"epoch": 8, "val_acc1": 0.9312, "val_loss": 0.241},
+        best={"metric": "val_acc1", "value": 0.9312, "epoch": 8},
+    )
     polls()  # end (succeeded), once its machine is gone
 
 

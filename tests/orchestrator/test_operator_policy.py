@@ -21,6 +21,9 @@ from orchestrator.cli import context
 from orchestrator.local.strict import PROXY_ACCESS_KEY
 from testbed import REPO
 from tests.cloud import EXAMPLE, STORAGE, launched_id
+from tests.orchestrator.test_infra import controller_cache
+
+__all__ = ["controller_cache"]  # the fixture, used by name
 
 POLICY = REPO / "infra" / "operator-policy.json"
 FREE = {"sts:GetCallerIdentity"}  # needs no permission
@@ -92,7 +95,16 @@ def allowed(policy: dict) -> set[str]:
     }
 
 
-def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws, spotctl, monkeypatch, tmp_path):
+def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(
+    account, aws, spotctl, monkeypatch, tmp_path, controller_cache
+):
+    from orchestrator.aws import infra
+
+    # The stack, deployed before (by whoever may: not the operator); its profile set aside, so the job's
+    # life is the one without a stack's defaults (spotctl makes the job's security group).
+    code, _, err = spotctl("infra", "deploy", "--region", "us-east-1")
+    assert code == 0, err
+    infra.profile_path().unlink()
     monkeypatch.setattr(context, "aws_prices", lambda cloud: AwsPrices(cloud))  # the real price calls, too
     # moto has no Pricing API and fails such a request before recording it: botocore's own events see
     # every call a Cloud's clients make (not s3fs's, which the recorder sees).
@@ -135,6 +147,8 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws,
         assert code == 0, err
         spotctl("logs", job_id, "--storage", STORAGE)  # nothing shipped yet: an error, after the calls it makes
         spotctl("artifacts", job_id, "--storage", STORAGE)
+        code, out, err = spotctl("infra", "status", "--region", "us-east-1")  # the controller's health view
+        assert "  health             waiting for the first tick" in out.splitlines(), out + err
     finally:
         recorder(aws, "stop-recording")
     recorded = [json.loads(line) for line in recorder(aws, "download-recording").decode().splitlines() if line.strip()]
@@ -142,6 +156,7 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(account, aws,
     used = (set().union(*(iam_actions(r) for r in requests)) | called) - FREE
     used |= set().union(*(IMPLIED_BY.get(action, set()) for action in used))
     assert "pricing:GetProducts" in called and "ec2:RunInstances" in used
+    assert {"cloudformation:DescribeStacks", "sqs:GetQueueAttributes", "logs:FilterLogEvents"} <= used
     policy = json.loads(POLICY.read_text())
     assert sorted(used - allowed(policy)) == [], "spotctl calls these; add them to infra/operator-policy.json"
     assert sorted(allowed(policy) - used) == [], "infra/operator-policy.json allows these and spotctl never calls them"
@@ -253,6 +268,22 @@ def test_the_operator_policy_allows_spotctls_own_launch_and_refuses_any_other(ac
     def creates_role(service: str, name: str) -> bool:
         arn = f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/{service}/{name}"
         return evaluate(policy, "iam:CreateServiceLinkedRole", arn, {"iam:AWSServiceName": service})
+
+    # `infra status`: this stack, its controller's two queues and its log group; nobody else's.
+    stack = f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/spotctl/0a1b2c3d"
+    assert evaluate(policy, "cloudformation:DescribeStacks", stack, {})
+    assert not evaluate(policy, "cloudformation:DescribeStacks", stack.replace("/spotctl/", "/other/"), {})
+    assert not evaluate(policy, "cloudformation:UpdateStack", stack, {})
+    for queue in ("spotctl-ControllerQueue-AbC", "spotctl-ControllerDeadLetterQueue-DeF"):
+        arn = f"arn:aws:sqs:us-east-1:{ACCOUNT}:{queue}"
+        assert evaluate(policy, "sqs:GetQueueAttributes", arn, {}), queue
+        for action in ("sqs:ReceiveMessage", "sqs:SendMessage", "sqs:PurgeQueue", "sqs:DeleteMessage"):
+            assert not evaluate(policy, action, arn, {}), action  # reads its depth; never takes or adds a message
+    assert not evaluate(policy, "sqs:GetQueueAttributes", f"arn:aws:sqs:us-east-1:{ACCOUNT}:other-queue", {})
+    group = f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/lambda/spotctl-controller:*"
+    assert evaluate(policy, "logs:FilterLogEvents", group, {})
+    assert not evaluate(policy, "logs:FilterLogEvents", group.replace("spotctl-controller", "payments"), {})
+    assert not evaluate(policy, "logs:DeleteLogGroup", group, {})
 
     assert creates_role("spot.amazonaws.com", "AWSServiceRoleForEC2Spot")
     assert not creates_role("autoscaling.amazonaws.com", "AWSServiceRoleForAutoScaling")

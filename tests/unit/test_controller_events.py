@@ -138,3 +138,20 @@ def test_what_does_not_fit_is_said(event, said):
 def test_an_event_without_region_or_time_still_names_its_instance():
     event = _without(_without(INTERRUPTION, "region"), "time")
     assert parse(event) == InstanceEvent("i-1234567890abcdef0", Kind.INTERRUPTION, None, None)
+
+
+def test_a_warning_sent_back_to_look_again_carries_its_count_and_stays_ec2s_document():
+    from orchestrator.controller.events import LOOK_KEY, look_again, queue_of
+
+    again = look_again(INTERRUPTION, 3)
+    assert {k: v for k, v in again.items() if k != LOOK_KEY} == INTERRUPTION and parse(again).look == 3
+    assert parse(INTERRUPTION).look == 0
+    for odd in ("3", True, -1, None):  # what no controller wrote: a first look
+        assert parse({**INTERRUPTION, LOOK_KEY: odd}).look == 0
+    assert queue_of("arn:aws:sqs:eu-west-1:123456789012:spotctl-ControllerQueue-X") == (
+        "eu-west-1",
+        "123456789012",
+        "spotctl-ControllerQueue-X",
+    )
+    for odd in ("", "arn:aws:sns:eu-west-1:123456789012:topic", "arn:aws:sqs:eu-west-1::q", None):
+        assert queue_of(odd) is None

@@ -122,7 +122,13 @@ def test_each_target_gets_the_attempt_started_message_in_its_own_format():
 def test_the_success_message_has_metrics_cost_savings_and_artifacts():
     from trainer.job.documents import Manifest
 
-    final = Final(outcome="succeeded", attempt=2, step=2000, best={"val_acc1": 0.93124, "val_loss": 0.25})
+    final = Final(  # as the trainer writes it: the last epoch's metrics, the best epoch's metric
+        outcome="succeeded",
+        attempt=2,
+        step=2000,
+        metrics={"epoch": 8, "val_acc1": 0.93124, "val_loss": 0.25},
+        best={"metric": "val_acc1", "value": 0.95, "epoch": 7},
+    )
     shown = view(attempt(1, end_reason="interrupted", ended_at=ENDED), attempt(2, ended_at=ENDED), final=final)
     cost = JobCost([], 1.2345, 4.0, 0.6914, 0, 0.0)
     manifest = Manifest.model_validate(
@@ -144,6 +150,7 @@ def test_the_success_message_has_metrics_cost_savings_and_artifacts():
     assert dict(note.fields) == {
         "val_acc1": "0.9312",
         "val_loss": "0.25",
+        "best": "val_acc1 0.95 (epoch 7)",
         "attempts": "2",
         "total cost": "$1.23",
         "savings": "69% vs on-demand $4.00",
