@@ -32,9 +32,7 @@ def command(app: App, job_file: str, as_json: bool) -> int:
     except SpecError as exc:
         if not as_json:
             raise
-        problems = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in exc.problems]
-        click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
-        return exc.exit_code
+        return _refused(exc)
     warnings = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in app.job_warnings]
     if as_json:
         click.echo(
@@ -49,6 +47,13 @@ def command(app: App, job_file: str, as_json: bool) -> int:
     title = f"{printable(job_file)}: valid"  # a file name may hold a terminal escape
     render.console().print(render.spec_tree(spec, title=title, filled_in=app.filled_in))
     return 0
+
+
+def _refused(exc: SpecError) -> int:
+    """The problems of a file, as `--json` tells them."""
+    problems = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in exc.problems]
+    click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
+    return exc.exit_code
 
 
 def _is_sweep(path: str) -> bool:
@@ -70,9 +75,7 @@ def _validate_sweep(app: App, path: str, as_json: bool) -> int:
     except SpecError as exc:
         if not as_json:
             raise
-        problems = [{"file": p.source, "line": p.line, "field": p.path, "message": p.message} for p in exc.problems]
-        click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
-        return exc.exit_code
+        return _refused(exc)
     settings = sweep.settings
     if as_json:
         click.echo(
