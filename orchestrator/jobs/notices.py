@@ -67,7 +67,7 @@ def due(view: JobView, now: datetime | None = None) -> list[tuple[str, str]]:
         noticed = beat is not None and beat.of_attempt(k) and beat.in_phase(Phase.INTERRUPTED)
         if noticed or attempt.end_reason == EndReason.INTERRUPTED:
             found.append((f"notice:{k}", "notice"))
-        if noticed and beat.last_checkpoint_step is not None:
+        if saved_on_notice(view, index) is not None:
             found.append((f"checkpoint:{k}", "checkpoint"))
         if lost_steps(view, index) is not None:
             found.append((f"lost:{k}", "work_lost"))
@@ -86,6 +86,24 @@ def _settled(view: JobView, now: datetime | None) -> bool:
         return True
     finished = view.final.finished_at if view.final else None
     return age_s(finished, now) >= END_SETTLE_S if finished else False
+
+
+def saved_on_notice(view: JobView, index: int) -> int | None:
+    """The step attempt `index` checkpointed on its spot notice, if it did. Its own "interrupted"
+    heartbeat says so while it is the latest; once the next attempt's heartbeat has replaced it, the
+    record does: the attempt ended interrupted and its successor resumed from the very step it reached
+    (no driver may have stepped the job in between: events lost, only the tick)."""
+    attempts, beat = view.record.attempts, view.heartbeat
+    attempt = attempts[index]
+    if beat is not None and beat.of_attempt(attempt.number) and beat.in_phase(Phase.INTERRUPTED):
+        return beat.last_checkpoint_step
+    if attempt.end_reason != EndReason.INTERRUPTED or attempt.end_step is None or index + 1 >= len(attempts):
+        return None
+    after = attempts[index + 1]
+    resumed = after.start_step
+    if resumed is None and beat is not None and beat.of_attempt(after.number):
+        resumed = beat.resumed_from_step
+    return attempt.end_step if resumed == attempt.end_step else None
 
 
 def lost_steps(view: JobView, index: int) -> tuple[int, int, int] | None:
@@ -133,7 +151,7 @@ def message(
                 "warning",
             )
         if event == "checkpoint":
-            saved = view.heartbeat.last_checkpoint_step
+            saved = saved_on_notice(view, next(i for i, a in enumerate(record.attempts) if a.number == number))
             return Message(
                 key,
                 event,

@@ -31,6 +31,7 @@ TOKEN = "T000/B000/controller-secret"  # in the webhook's URL: must appear nowhe
 # started, the end (no step lost: attempt 2 resumes from the notice's checkpoint). The checkpoint's may
 # come before or after the next attempt's: whichever the controller saw first (the trainer's word, or
 # EC2 taking the machine).
+# The notice gives 15 s (AWS: 120 s): room for the save on a loaded 2-core machine.
 EXPECTED = ["notice:1", "checkpoint:1", "attempt:2", "end"]
 
 
@@ -43,7 +44,7 @@ def test_the_controller_recovers_a_job_nobody_watches(local_home, tmp_path, spot
 
 
 def _recovered_and_notified(local_home, tmp_path, spotctl, monkeypatch, events, receiver):
-    up = ["local", "up", "--seed", "3", "--interrupt-at-step", "4", "--notice", "5", "--tick", "3", "--json"]
+    up = ["local", "up", "--seed", "3", "--interrupt-at-step", "4", "--notice", "15", "--tick", "3", "--json"]
     code, out, err = spotctl(*up, *([] if events else ["--no-events"]))
     assert code == 0, err
     cloud = json.loads(out)

@@ -54,11 +54,11 @@ def test_events_are_read_off_the_record_and_the_trainers_documents():
     noticed = Heartbeat(attempt=1, phase="interrupted", step=340, last_checkpoint_step=340)
     assert due(view(attempt(1), beat=noticed)) == [("notice:1", "notice"), ("checkpoint:1", "checkpoint")]
     assert due(view(attempt(1), beat=Heartbeat(attempt=1, phase="training", step=5))) == []
-    # Resumed from where it stopped: nothing lost.
-    assert due(view(interrupted, attempt(2, start_step=340, end_step=900))) == [
-        ("notice:1", "notice"),
-        ("attempt:2", "attempt_started"),
-    ]
+    # Resumed from where it stopped: nothing lost, and the record shows the notice's checkpoint even
+    # once attempt 2's heartbeat has replaced attempt 1's (no driver stepped the job in between).
+    resumed = view(interrupted, attempt(2, start_step=340, end_step=900))
+    assert due(resumed) == [("notice:1", "notice"), ("checkpoint:1", "checkpoint"), ("attempt:2", "attempt_started")]
+    assert dict(message("checkpoint:1", "checkpoint", resumed, None).fields)["steps saved"] == "340"
     assert due(view(attempt(1), outcome="budget_exceeded", stop_requested_at=ENDED)) == [("budget", "budget_stop")]
 
 
