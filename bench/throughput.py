@@ -25,8 +25,14 @@ steps: metrics, reports, checkpoint copies, and the background uploads and heart
 same cores. Runs alternate (plain, trainer, plain, trainer, ...) so drifting machine load hits both
 sides; the medians are compared.
 
-Run:    python -m bench.throughput [--quick] [--json PATH]   (from the repository root)
-Target: trainer images/s / plain images/s >= 0.95
+Features: with --features, the same run also trains with each feature on alone (in the same
+alternation) and reports its images/s as a ratio against the trainer with every feature off: mixup +
+cutmix, TrivialAugment, random erasing, EMA (every 4 steps), gradient accumulation (2 micro-batches
+of 16), distillation (an online resnet18 teacher from a weights file) and TensorBoard event files.
+The ratios are costs, not targets (a teacher's forward is real work).
+
+Run:    python -m bench.throughput [--quick] [--features] [--json PATH]   (from the repository root)
+Target: trainer images/s / plain images/s >= 0.95 (every feature off)
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from torchvision.datasets import ImageFolder
 
 from bench.common import moto_bucket, parser, pil_train_transform, print_table, quiet_logging, verdict, write_json
 from testbed.harness import make_image_folder
-from testbed.trainer_runs import write_job
+from testbed.trainer_runs import teacher_file, write_job
+from trainer import tensorboard
 from trainer.checkpoint import Checkpointer
 from trainer.data import normalization
 from trainer.display import ConsoleProgress
@@ -65,6 +72,17 @@ TARGET = 0.95
 MODEL, IMAGE_SIZE, BATCH_SIZE = "resnet18", 64, 32
 HEARTBEAT_SECONDS = 2.0
 CHECKPOINT_SECONDS = 5  # the spec's minimum
+TEACHER = "<the teacher's weights file>"  # written by measure()
+# Each feature alone, as job.yaml overrides of the features-off job (write_job's dotted keys).
+FEATURES = {
+    "mixup+cutmix": {"train__data__augmentation": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}},
+    "trivialaugment": {"train__data__augmentation": {"policy": "trivialaugment"}},
+    "random erasing": {"train__data__augmentation": {"random_erasing": 0.25}},
+    "ema": {"train__ema": {"every_steps": 4}},
+    "accumulation": {"train__max_batch_per_gpu": BATCH_SIZE // 2},
+    "distillation": {"train__distill": {"teacher": {"model": MODEL, "weights": TEACHER}}},
+    "tensorboard": {"train__tensorboard": {"enabled": True}},
+}
 
 
 class Stamped:
@@ -132,7 +150,8 @@ def run_plain(spec: JobSpec, train_root: str, warmup: int) -> dict:
 
 def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dict:
     storage = HeartbeatCountingStorage(prefix)
-    reporter = Reporter(storage, attempt=1, interval=HEARTBEAT_SECONDS).start()
+    events = tensorboard.for_process(storage, 1, spec.train.tensorboard, is_main=True)
+    reporter = Reporter(storage, attempt=1, interval=HEARTBEAT_SECONDS, events=events).start()
     watcher = InterruptionWatcher().start()
     display = ConsoleProgress(Console(stderr=True), live=False)
     try:
@@ -158,24 +177,22 @@ def run_trainer(spec: JobSpec, prefix: str, cache_dir: Path, warmup: int) -> dic
     }
 
 
-def job_spec(folder: Path, storage: str, train: str, val: str, workers: int) -> JobSpec:
-    path = write_job(
-        folder / "job.yaml",
-        storage,
-        train,
-        val,
-        name="bench-throughput",
-        train__model__name=MODEL,
-        train__data__image_size=IMAGE_SIZE,
-        train__data__workers=workers,
-        train__data__augmentation={},  # the defaults: random-resized crop and flip
-        train__optimizer={"name": "sgd", "lr": 0.05},
-        train__scheduler={"name": "cosine"},
-        train__epochs=1,
-        train__batch_size=BATCH_SIZE,
+def job_spec(folder: Path, storage: str, train: str, val: str, workers: int, **feature) -> JobSpec:
+    """The features-off job (TensorBoard off too), or with one `feature`'s overrides."""
+    overrides = {
+        "train__model__name": MODEL,
+        "train__data__image_size": IMAGE_SIZE,
+        "train__data__workers": workers,
+        "train__data__augmentation": {},  # the defaults: random-resized crop and flip
+        "train__optimizer": {"name": "sgd", "lr": 0.05},
+        "train__scheduler": {"name": "cosine"},
+        "train__epochs": 1,
+        "train__batch_size": BATCH_SIZE,
         # keep: every checkpoint stays listable, to count the saves made while measuring.
-        train__checkpoint={"every_seconds": CHECKPOINT_SECONDS, "every_steps": None, "keep": 1000},
-    )
+        "train__checkpoint": {"every_seconds": CHECKPOINT_SECONDS, "every_steps": None, "keep": 1000},
+        "train__tensorboard": {"enabled": False},
+    } | feature
+    path = write_job(folder / "job.yaml", storage, train, val, name="bench-throughput", **overrides)
     return load_spec(path)
 
 
@@ -189,6 +206,15 @@ def measure(args) -> list[dict]:
             folder / "data", SHAPES, {"train": args.images // len(SHAPES), "val": 2}, size=IMAGE_SIZE
         )
         spec = job_spec(folder, root, data.split("train"), data.split("val"), args.workers)
+        features = {}
+        if args.features:
+            teacher, _ = teacher_file(folder / "teacher.pt", classes=len(SHAPES), seed=3, name=MODEL)
+            for name, overrides in FEATURES.items():
+                if "train__distill" in overrides:
+                    overrides = {"train__distill": {"teacher": {"model": MODEL, "weights": teacher}}}
+                features[name] = job_spec(
+                    folder, root, data.split("train"), data.split("val"), args.workers, **overrides
+                )
         for repeat in range(1, args.repeats + 1):
             runs.append({"loop": "plain", "repeat": repeat, **run_plain(spec, data.split("train"), args.warmup)})
             # A prefix of its own: a trainer finding an earlier run's checkpoints would resume from them.
@@ -203,13 +229,19 @@ def measure(args) -> list[dict]:
                 f"repeat {repeat}: plain {runs[-2]['images_per_sec']:.1f} img/s, trainer {runs[-1]['images_per_sec']:.1f} img/s",
                 flush=True,
             )
+            # Reversed every other repeat, so a drift in the machine's load does not favour the first ones.
+            for name, feature_spec in list(features.items())[:: 1 if repeat % 2 else -1]:
+                prefix = f"{root}/run-{repeat}-{name.replace(' ', '-').replace('+', '-')}"
+                runs.append(
+                    {"loop": name, "repeat": repeat, **run_trainer(feature_spec, prefix, folder / "cache", args.warmup)}
+                )
+                print(f"repeat {repeat}: {name} {runs[-1]['images_per_sec']:.1f} img/s", flush=True)
     return runs
 
 
 def report(args, runs: list[dict]) -> None:
-    median = {
-        loop: statistics.median(r["images_per_sec"] for r in runs if r["loop"] == loop) for loop in ("plain", "trainer")
-    }
+    loops = list(dict.fromkeys(r["loop"] for r in runs))
+    median = {loop: statistics.median(r["images_per_sec"] for r in runs if r["loop"] == loop) for loop in loops}
     ratio = median["trainer"] / median["plain"]
     print()
     print_table(
@@ -228,6 +260,13 @@ def report(args, runs: list[dict]) -> None:
         ],
     )
     print(f"\nmedian images/s: plain {median['plain']:.2f}, trainer {median['trainer']:.2f}")
+    overhead = {loop: median[loop] / median["trainer"] for loop in loops if loop not in ("plain", "trainer")}
+    if overhead:
+        print("\neach feature on alone, images/s vs the trainer with every feature off:")
+        print_table(
+            ["feature", "median images/s", "ratio"],
+            [["none (trainer)", median["trainer"], 1.0]] + [[loop, median[loop], overhead[loop]] for loop in overhead],
+        )
     passed = verdict(ratio, TARGET, higher_is_better=True)
     config = {k: v for k, v in vars(args).items() if k != "json"} | {
         "model": MODEL,
@@ -244,6 +283,7 @@ def report(args, runs: list[dict]) -> None:
             "runs": runs,
             "median_images_per_sec": median,
             "ratio": ratio,
+            "feature_ratios": overhead,
             "target": TARGET,
             "pass": passed,
         },
@@ -264,6 +304,9 @@ def main() -> None:
     )
     options.add_argument(
         "--storage", choices=("local", "s3"), default="local", help="the trainer's storage (default local)"
+    )
+    options.add_argument(
+        "--features", action="store_true", help="also each feature on alone, vs the trainer with all off (see above)"
     )
     args = options.parse_args()
     if args.quick:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -190,6 +191,70 @@ def optimizer_digest(optimizer_state: dict) -> str:
 
 
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+
+
+def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, steps: int, kills: int = 2) -> None:
+    """Interrupt the run `kills` times (1 or 2) with `sig` at random steps (SIGKILL: at random
+    instants, then corrupt the latest checkpoint), run it to the end, and check that it resumed each
+    time and finished at `steps`. The run checkpoints every 2 steps."""
+    from trainer.checkpoint import Checkpointer
+
+    def latest_step() -> int:
+        store = Storage(prefix)
+        store.fs.invalidate_cache()
+        committed = Checkpointer(store).latest()
+        return committed.step if committed else 0
+
+    log = log_dir / "out.log"
+    chooser = random.Random(seed)
+    for index, last in enumerate((steps // 3, steps - 4)[-kills:]):
+        # A step past where the next attempt starts (of two kills, the first in the first third). Once
+        # its state file appears, wait a random instant: SIGKILL then lands anywhere from mid-upload (a
+        # state file without its manifest) to a few steps later.
+        start = latest_step() // 2 * 2 + 2  # checkpoints are every 2 steps; a SIGTERM one may be odd
+        if index == kills - 1:
+            start = max(start, 4)  # two checkpoints by then: the corrupted latest has one before it
+        step = chooser.randrange(start, last + 1, 2)
+        process = start_trainer(str(job), env, log=log)
+        code = kill_when(
+            process,
+            lambda step=step: exists(f"{prefix}/checkpoints/step-{step}/state.pt"),
+            sig,
+            delay=chooser.uniform(0, 0.2),
+            timeout=300,
+        )
+        assert code == (75 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
+
+    if sig == signal.SIGKILL:  # also survive a checkpoint that was corrupted after its commit
+        store = Storage(prefix)
+        latest = Checkpointer(store).latest()
+        store.write_bytes(f"checkpoints/step-{latest.step}/state.pt", b"garbage")
+
+    assert run_trainer(str(job), env, log=log) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    resumed_from = [
+        int(line.split("resumed from checkpoint step ")[1].split()[0])
+        for line in out.splitlines()
+        if "resumed from checkpoint step" in line
+    ]
+    assert len(resumed_from) == kills and all(step > 0 for step in resumed_from), out[-3000:]
+    if sig == signal.SIGKILL:
+        assert "is corrupt" in out and "trying the previous one" in out
+
+    assert final_state(prefix)["position"]["step"] == steps
+
+
+def teacher_file(path: Path, classes: int = 3, seed: int = 1, name: str = "resnet18") -> tuple[str, str]:
+    """A whole teacher state dict (head of `classes` outputs) saved with torch.save: (path, sha256)."""
+    from torchvision import models
+
+    from trainer.model import replace_head
+
+    torch.manual_seed(seed)
+    model = models.get_model(name, weights=None)
+    replace_head(model, classes)
+    torch.save(model.state_dict(), path)
+    return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class RefusingDeletes(Storage):

@@ -199,7 +199,7 @@ class App:
 
         def defaults(data: dict) -> dict:
             found, source = self.job_defaults({**data, "region": region} if region else data)
-            self.filled_in = {path: source for path in _missing_paths(data, found)}
+            self.filled_in = {path: source for path in _missing_paths(data, found)} | _from_recipe(data)
             return found
 
         spec, self.job_warnings = load_checked(job_file, defaults=defaults)
@@ -217,6 +217,17 @@ class App:
 
         deployed = infra.read_profile()
         return infra.job_defaults(data), f"the deployed stack {deployed.stack}" if deployed else ""
+
+
+def _from_recipe(data: dict) -> dict[str, str]:
+    """The dotted paths `train.recipe` sets because the file left them out -> "recipe NAME"."""
+    from trainer.job.spec import RECIPES
+
+    train = data.get("train") if isinstance(data, dict) else None
+    name = train.get("recipe") if isinstance(train, dict) else None
+    if not isinstance(name, str) or name not in RECIPES:
+        return {}
+    return {path: f"recipe {name}" for path in _missing_paths(train, RECIPES[name], "train.")}
 
 
 def _missing_paths(data: dict, defaults: dict, prefix: str = "") -> list[str]:

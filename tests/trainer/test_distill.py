@@ -1,10 +1,9 @@
 """Knowledge distillation (`train.distill`): the loss, the two kinds of teacher, and what a run with one
 keeps (the teacher's identity, never its weights; the student exported). Its bitwise resume is in
-test_exact_resume.py."""
+test_recipe_resume.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import models
 
-from testbed.trainer_runs import final_state, write_job
+from testbed.trainer_runs import final_state, teacher_file, write_job
 from trainer.checkpoint import CheckpointMismatch
 from trainer.distill import Distiller, Teacher, TeacherError, distillation_loss, load_teacher
 from trainer.job.spec import DistillSpec, JobSpec
@@ -21,15 +20,6 @@ from trainer.model import WeightsError, replace_head
 from trainer.run import EXIT_FAILED, EXIT_SUCCEEDED, run
 
 CLASSES = ["circle", "square", "triangle"]
-
-
-def teacher_file(path: Path, classes: int = 3, seed: int = 1, name: str = "resnet18") -> tuple[str, str]:
-    """A whole teacher state dict (head of `classes` outputs) saved with torch.save: (path, sha256)."""
-    torch.manual_seed(seed)
-    model = models.get_model(name, weights=None)
-    replace_head(model, classes)
-    torch.save(model.state_dict(), path)
-    return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def spec_with(tmp_path: Path, teacher: dict, **distill) -> JobSpec:

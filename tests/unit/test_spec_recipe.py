@@ -89,6 +89,8 @@ def test_validate_shows_what_the_recipe_expanded_to(tmp_path, spotctl):
     code, out, err = spotctl("validate", str(job))
     assert (code, err) == (0, "")
     lines = [line.split("── ", 1)[-1] for line in out.splitlines()]
+    recipe = "  (from recipe torchvision-v2)"  # what the recipe set, the file's own fields plain
     for shown in ("policy: trivialaugment", "random_erasing: 0.1", "mixup_alpha: 0.2", "cutmix_alpha: 1.0"):
-        assert shown in lines
-    assert "label_smoothing: 0.2" in lines and "norm_weight_decay: 0.0" in lines and "decay: 0.99998" in lines
+        assert shown + recipe in lines
+    assert "norm_weight_decay: 0.0" + recipe in lines and "decay: 0.99998" + recipe in lines
+    assert "label_smoothing: 0.2" in lines and "recipe: torchvision-v2" in lines
