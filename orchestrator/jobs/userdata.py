@@ -5,7 +5,9 @@ minute and at exit, installs the spotctl wheel, runs `python -m trainer run` wit
 `torchrun --nproc-per-node=<GPUs>` on a machine with several GPUs: one DDP rank per GPU), and
 shuts the instance down when the trainer is done. Not at once when it was interrupted (exit 75, or
 killed after a spot notice): EC2 is taking the instance, and the next attempt resumes from the
-checkpoint. What the script reports itself, before the machine shuts down, so that the orchestrator
+checkpoint. A node of a multi-node job whose trainer exited 75 with no notice of its own (another node
+was lost) waits instead for the next attempt's plan naming its instance and, if one comes in time,
+trains on as that attempt's node (trainer.job.rendezvous). What the script reports itself, before the machine shuts down, so that the orchestrator
 tells each end from the others:
 
 - a failure before the trainer ran (no python, download, sha256, install, unusable GPUs), and a
