@@ -28,10 +28,10 @@ def test_two_local_nodes_train_one_job_to_success(local_home, tmp_path, spotctl,
         point_aws_tools_at_the_local_cloud(spotctl, monkeypatch)
         from trainer.sample_data import render
 
-        render(f"s3://{BUCKET}/datasets/shapes", per_split={"train": 16, "val": 2}, size=32)
+        render(f"s3://{BUCKET}/datasets/shapes", per_split={"train": 8, "val": 2}, size=32)
         spec = yaml.safe_load((REPO / "examples/quickstart.yaml").read_text())
         spec["compute"]["nodes"] = 2
-        spec["train"].update(epochs=3, batch_size=8, checkpoint={"every_steps": 2, "keep": 2})
+        spec["train"].update(epochs=2, batch_size=8, checkpoint={"every_steps": 2, "keep": 2})
         spec["train"]["data"].update(image_size=32, workers=0)
         spec["train"]["export"] = {"formats": ["state_dict"]}
         job = tmp_path / "nodes.yaml"
