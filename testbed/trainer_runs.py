@@ -59,20 +59,32 @@ def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_trainer(
-    job: str, env: dict[str, str], log: Path | None = None, own_group: bool = False, ranks: int = 1
+    job: str,
+    env: dict[str, str],
+    log: Path | None = None,
+    own_group: bool = False,
+    ranks: int = 1,
+    node: tuple[int, int, int] | None = None,
 ) -> subprocess.Popen:
     """`own_group`: in a new session, so the test can signal its whole process group (data workers
     included), as `timeout`, systemd at shutdown and Slurm do. `ranks` above 1: under torchrun, as
-    the bootstrap runs it on a machine with that many GPUs (gloo ranks on the CPU here)."""
+    the bootstrap runs it on a machine with that many GPUs (gloo ranks on the CPU here). `node`
+    (node rank, nodes, master port): one node of several under torchrun, node 0 on 127.0.0.1 the
+    master, as the bootstrap runs it after the rendezvous."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child writes to it after we return
     launcher = [sys.executable]
-    if ranks > 1:
+    if ranks > 1 or node is not None:
         # One CPU thread per rank: the ranks share this machine's cores (and a checkpoint records it).
         env = {"OMP_NUM_THREADS": "1", **env}
+        where = (
+            [f"--nnodes={node[1]}", f"--node-rank={node[0]}", "--master-addr=127.0.0.1", f"--master-port={node[2]}"]
+            if node is not None
+            else ["--standalone"]
+        )
         launcher += [
             "-m",
             "torch.distributed.run",
-            "--standalone",
+            *where,
             "--nproc-per-node",
             str(ranks),
             "--max-restarts",

@@ -162,9 +162,12 @@ def peer_lost(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, dist.DistError):
             return True
-        # gloo reports a dead peer as a plain RuntimeError from its transport.
+        # gloo reports a dead peer as a plain RuntimeError from its transport, and a peer that hangs
+        # (a frozen machine, its connections open) as one that timed out ("gloo/transport/tcp/...:
+        # Timed out waiting 10000ms for recv operation to complete").
         if isinstance(exc, RuntimeError) and any(
-            word in str(exc) for word in ("Connection closed by peer", "Connection reset by peer", "Gloo", "NCCL")
+            word in str(exc)
+            for word in ("Connection closed by peer", "Connection reset by peer", "Gloo", "gloo/transport", "NCCL")
         ):
             return True
         exc = exc.__cause__ or exc.__context__

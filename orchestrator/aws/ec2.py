@@ -63,8 +63,24 @@ def _instance_not_found(error: BaseException) -> bool:
 def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instance]]:
     """Every instance of each job by attempt number, found by tag (one paginated call for many jobs).
     If one attempt somehow has several instances, a live one wins."""
+    return {job: by_attempt(machines) for job, machines in machines_of(cloud, job_ids).items()}
+
+
+def by_attempt(machines: list[Instance]) -> dict[int, Instance]:
+    """One instance per attempt (its `spotctl:attempt` tag), a live one first."""
+    found: dict[int, Instance] = {}
+    for instance in machines:
+        known = found.get(instance.attempt)
+        if known is None or known.state in GONE:
+            found[instance.attempt] = instance
+    return found
+
+
+def machines_of(cloud: Cloud, job_ids: list[str]) -> dict[str, list[Instance]]:
+    """Every instance of each job EC2 lists, found by tag (one paginated call per 150 jobs): a
+    multi-node attempt's nodes each, a kept node under the attempt it serves now."""
     ec2 = cloud.client("ec2", retries="adaptive")  # one call per 150 jobs, every poll
-    found: dict[str, dict[int, Instance]] = {}
+    found: dict[str, list[Instance]] = {}
     for chunk in (job_ids[i : i + 150] for i in range(0, len(job_ids), 150)):
         pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": f"tag:{TAG_JOB}", "Values": chunk}])
         for page in pages:
@@ -75,17 +91,16 @@ def instances_of(cloud: Cloud, job_ids: list[str]) -> dict[str, dict[int, Instan
                     if not job or not attempt.isdigit():
                         continue
                     reason = entry.get("StateReason") or {}
-                    instance = Instance(
-                        entry["InstanceId"],
-                        entry["State"]["Name"],
-                        reason.get("Code"),
-                        reason.get("Message"),
-                        int(attempt),
-                        entry.get("StateTransitionReason") or None,
+                    found.setdefault(job, []).append(
+                        Instance(
+                            entry["InstanceId"],
+                            entry["State"]["Name"],
+                            reason.get("Code"),
+                            reason.get("Message"),
+                            int(attempt),
+                            entry.get("StateTransitionReason") or None,
+                        )
                     )
-                    known = found.setdefault(job, {}).get(int(attempt))
-                    if known is None or known.state in GONE:
-                        found[job][int(attempt)] = instance
     return found
 
 
@@ -361,3 +376,10 @@ def terminate(cloud: Cloud, instance_ids: list[str]) -> None:
         NEW_INSTANCE_VISIBLE_S,
         f"terminating {', '.join(instance_ids)}",
     )
+
+
+def retag_attempt(cloud: Cloud, instance_ids: list[str], attempt: int) -> None:
+    """Kept nodes serve the next attempt: their `spotctl:attempt` tag says which (what IAM scopes and
+    `instances_of` file them under)."""
+    if instance_ids:
+        cloud.client("ec2").create_tags(Resources=instance_ids, Tags=[{"Key": TAG_ATTEMPT, "Value": str(attempt)}])

@@ -23,11 +23,21 @@ from orchestrator import __version__
 from orchestrator.aws import infra, placement
 from orchestrator.aws.amis import Image
 from orchestrator.aws.clients import Cloud, ErrorKind, as_user_error, classify, describe, error_code
-from orchestrator.aws.ec2 import describe_image, describe_instance, live_instances, resolve_ami, run_instance, terminate
+from orchestrator.aws.ec2 import (
+    describe_image,
+    describe_instance,
+    live_instances,
+    machines_of,
+    resolve_ami,
+    retag_attempt,
+    run_instance,
+    terminate,
+)
 from orchestrator.aws.offers import Offer, Offers, find_offers, summarize_drops
 from orchestrator.aws.prices import PriceSource
 from orchestrator.aws.quotas import SpotQuota, spot_quota_of
 from orchestrator.errors import UserError
+from orchestrator.jobs import nodes as node_loss
 from orchestrator.jobs.record import JobStore
 from orchestrator.jobs.state import stale_claim
 from orchestrator.jobs.targets import store_targets
@@ -363,46 +373,59 @@ def _start_nodes(
     claim is the attempt's, as for one instance; each node has its own ClientToken (node_token), so a
     repeated call starts no second machine for a node."""
     nodes = spec.compute.nodes
+    keep = survivors(record, number, nodes, offers, cloud)
+    if keep is not None and not keep.whole and not keep.lost:
+        # Every machine still runs (jobs.nodes.none_lost_yet; the Stepper waits before it comes here).
+        log.info("launch: attempt %d of %s waits until its lost node's machine goes", number - 1, record.job_id)
+        return None
+    if keep is not None and not keep.whole:
+        fits = node_loss.fitting(offers, keep)
+        if fits:
+            offers = fits
+        else:  # no pool in the survivors' zone with their GPU count now: every node starts again elsewhere
+            log.info("launch: no offer fits the kept nodes of %s; starting all %d nodes again", record.job_id, nodes)
+            keep = None
+    if keep is not None and keep.whole:
+        keep = None
+    ranks = keep.lost if keep else list(range(nodes))
     refusals = Refusals()
     for offer in offers:
         if refusals.quota_of(offer) is not None:
             continue
-        tokens = [node_token(record.job_id, number, rank, offer) for rank in range(nodes)]
+        tokens = {rank: node_token(record.job_id, number, rank, offer) for rank in ranks}
         claimed = store.update_record(
             record.job_id,
-            lambda r, offer=offer, tokens=tokens: _claim_nodes(r, number, offer, tokens, owner, spec.compute),
+            lambda r, offer=offer, tokens=tokens: _claim_nodes(r, number, offer, tokens, owner, spec.compute, keep),
         )
         if claimed is None:
             log.info("launch: attempt %d of %s is another orchestrator's", number, record.job_id)
             return None
         group = placement.ensure_group(cloud, record.job_id) if placement.wanted(nodes, offer.instance) else None
-        started: list[str] = []
+        started: dict[int, str] = {}
         try:
-            for rank in range(nodes):
+            for rank in ranks:
                 user_data = bootstrap_script(spec, record.job_id, number, record.wheel_url, node_rank=rank)
-                started.append(
-                    run_instance(
-                        cloud,
-                        spec,
-                        record.job_id,
-                        number,
-                        offer,
-                        image.id,
-                        image.root_device,
-                        user_data,
-                        tokens[rank],
-                        node=rank,
-                        placement_group=group,
-                    )
+                started[rank] = run_instance(
+                    cloud,
+                    spec,
+                    record.job_id,
+                    number,
+                    offer,
+                    image.id,
+                    image.root_device,
+                    user_data,
+                    tokens[rank],
+                    node=rank,
+                    placement_group=group,
                 )
         except botocore.exceptions.ClientError as exc:
             if started:
-                terminate(cloud, started)  # a gang: part of one is worth nothing
+                terminate(cloud, list(started.values()))  # a gang: part of one is worth nothing
             kind = classify(exc)
             if kind in (ErrorKind.CAPACITY, ErrorKind.QUOTA) or error_code(exc) == placement.IN_USE:
                 log.info(
                     "launch: %d x %s in %s refused at node %d (%s); trying the next offer",
-                    nodes,
+                    len(ranks),
                     offer.instance.name,
                     offer.zone,
                     len(started),
@@ -411,34 +434,36 @@ def _start_nodes(
                 refusals.add(offer, kind, describe(exc))
                 continue
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
-            raise as_user_error(exc, f"starting {nodes} x {offer.instance.name} in {offer.zone}") from None
+            raise as_user_error(exc, f"starting {len(ranks)} x {offer.instance.name} in {offer.zone}") from None
         except UserError as exc:
             if started:
-                terminate(cloud, started)
+                terminate(cloud, list(started.values()))
             log.info("launch: %s in %s skipped: %s", offer.instance.name, offer.zone, exc.message)
             refusals.add(offer, None, exc.message, exc.hint)
             continue
         except BaseException:
             if started:
-                terminate(cloud, started)
+                terminate(cloud, list(started.values()))
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise
+        instances = {**({n.rank: n.instance_id for n in keep.kept} if keep else {}), **started}
         written = store.update_record(
             record.job_id,
-            lambda r, tokens=tokens, started=started: _started_nodes(r, number, tokens, started, owner),
+            lambda r, tokens=tokens, instances=instances: _started_nodes(r, number, tokens, instances, owner),
         )
         if written is None:
             log.warning(
                 "launch: attempt %d of %s was taken over or stopped meanwhile; terminating %s",
                 number,
                 record.job_id,
-                started,
+                list(started.values()),
             )
-            terminate(cloud, started)
+            terminate(cloud, list(started.values()))
             return None
         record.attempts[:] = written.attempts
-        # Each node's bootstrap finds its rank here too: a node kept for the next attempt learns it from its plan.
-        instances = dict(enumerate(started))
+        if keep:  # the survivors serve this attempt now: its tag, then the plan their bootstraps wait for
+            retag_attempt(cloud, [n.instance_id for n in keep.kept], number)
+        # Each node's bootstrap finds its rank here too: a kept node learns its next attempt and rank from it.
         try:
             store.write(record.job_id, layout.node_plan(number), plan_document(number, instances), create=True)
         except FileExistsError:  # written by the call this one repeats
@@ -448,24 +473,64 @@ def _start_nodes(
     raise refusals.error()
 
 
+def survivors(
+    record: JobRecord, number: int, nodes: int, offers: list[Offer], cloud: Cloud
+) -> node_loss.Replacement | None:
+    """What attempt `number` keeps of the one before (jobs.nodes.replacement), from EC2's view now;
+    None when there is nothing to keep (no previous multi-node attempt of this size)."""
+    previous = next((a for a in reversed(record.attempts) if a.number < number and a.instance_id), None)
+    if previous is None or not previous.nodes or len(previous.nodes) != nodes:
+        return None
+    machines = {m.instance_id: m for m in machines_of(cloud, [record.job_id]).get(record.job_id, [])}
+    gpus_of = {o.instance.name: o.instance.gpus for o in offers}
+    return node_loss.replacement(previous, machines, gpus_of)
+
+
 def _claim_nodes(
-    record: JobRecord, number: int, offer: Offer, tokens: list[str], owner: str, compute: ComputeSpec
+    record: JobRecord,
+    number: int,
+    offer: Offer,
+    tokens: dict[int, str],
+    owner: str,
+    compute: ComputeSpec,
+    keep: node_loss.Replacement | None = None,
 ) -> bool:
-    """The attempt's claim (as `_claim`), listing its nodes by rank, none started yet."""
-    if not _claim(record, number, offer, tokens[0], owner, compute):
+    """The attempt's claim (as `_claim`, on the first new node's token), listing its nodes by rank: the
+    kept ones with their machines (billed in this attempt from the previous one's end), the new ones
+    not started yet."""
+    if not _claim(record, number, offer, next(iter(tokens.values())), owner, compute):
         return False
-    record.attempts[-1].nodes = [
-        Node(rank, offer.instance.name, offer.zone, offer.spot_price, token) for rank, token in enumerate(tokens)
+    previous_end = next((a.ended_at for a in reversed(record.attempts[:-1]) if a.instance_id), None) or now_iso()
+    kept = [
+        Node(
+            n.rank,
+            n.instance_type,
+            n.zone,
+            n.spot_price,
+            n.client_token,
+            n.instance_id,
+            n.launched_at,
+            n.running_at,
+            since=previous_end,
+            kept=True,
+        )
+        for n in (keep.kept if keep else [])
     ]
+    new = [Node(rank, offer.instance.name, offer.zone, offer.spot_price, token) for rank, token in tokens.items()]
+    record.attempts[-1].nodes = sorted(kept + new, key=lambda n: n.rank)
     return True
 
 
-def _started_nodes(record: JobRecord, number: int, tokens: list[str], instance_ids: list[str], owner: str) -> bool:
-    if not _started(record, number, tokens[0], instance_ids[0], owner):
+def _started_nodes(
+    record: JobRecord, number: int, tokens: dict[int, str], instance_ids: dict[int, str], owner: str
+) -> bool:
+    if not _started(record, number, next(iter(tokens.values())), instance_ids[0], owner):
         return False
     attempt = record.attempts[-1]
-    for node, instance_id in zip(attempt.nodes or [], instance_ids, strict=True):
-        node.instance_id, node.launched_at = instance_id, attempt.launched_at
+    for node in attempt.nodes or []:
+        if node.kept:
+            continue
+        node.instance_id, node.launched_at = instance_ids[node.rank], attempt.launched_at
         node.since = attempt.launched_at
     return True
 

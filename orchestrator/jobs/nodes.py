@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator.aws.instances import LIVE
+from orchestrator.aws.instances import GONE, LIVE
 
 if TYPE_CHECKING:
     from orchestrator.aws.instances import Instance
@@ -57,8 +57,42 @@ def replacement(attempt: Attempt, instances: dict[str, Instance], gpus_of: dict[
     return Replacement(kept, lost, zone, gpus_of.get(kept[0].instance_type))
 
 
+def standing_for(attempt: Attempt, machines: dict[str, Instance], listed_by_now: bool) -> Instance | None:
+    """The one instance that tells a multi-node attempt's state (jobs.state reads one per attempt): the
+    first node whose machine is gone, or no longer listed once `listed_by_now` (the attempt is older
+    than EC2's listing grace): one node lost ends the attempt for all, with that node's reason and
+    time; else node 0's machine. None: nothing of it is listed (yet, or any more)."""
+    first = None
+    for node in sorted(attempt.nodes or [], key=lambda n: n.rank):
+        machine = machines.get(node.instance_id or "")
+        if machine is None:
+            if listed_by_now and node.instance_id:
+                return None  # EC2 has forgotten it: lost (jobs.state settles it from the last heartbeat)
+            continue
+        if machine.state in GONE:
+            return machine
+        first = first or machine
+    return first
+
+
+def none_lost_yet(attempt: Attempt | None, machines: dict[str, Instance] | None) -> bool:
+    """A multi-node attempt every machine of which EC2 still lists live: after the trainer's
+    `interrupted` (a spot notice reached one node) the noticed machine has not gone yet, so which rank
+    to replace is not known; EC2 takes it within two minutes. The next attempt waits until then."""
+    if attempt is None or not attempt.nodes or machines is None:
+        return False
+    listed = [machines.get(n.instance_id or "") for n in attempt.nodes]
+    return all(m is not None and m.state in LIVE for m in listed)
+
+
 def fitting(offers: list[Offer], plan: Replacement) -> list[Offer]:
     """The offers a replacement may take, in the order given (empty: wait, or start everything again)."""
     if plan.whole:
         return list(offers)
-    return [o for o in offers if o.zone == plan.zone and (plan.gpus is None or o.instance.gpus == plan.gpus)]
+    # A kept type no offer names now (priced out): only that type is known to have the same GPU count.
+    same = (
+        (lambda o: o.instance.gpus == plan.gpus)
+        if plan.gpus is not None
+        else (lambda o: o.instance.name == plan.kept[0].instance_type)
+    )
+    return [o for o in offers if o.zone == plan.zone and same(o)]

@@ -88,9 +88,12 @@ def settle_view(store: JobStore, view: JobView) -> None:
     """Record how the job's ended attempts ended (jobs.state.settle), if that changed."""
     if view.record is None:
         return
-    if settle(view.record, view.instances or {}, view.final, view.heartbeat, crash=view.crash):
+    if settle(view.record, view.instances or {}, view.final, view.heartbeat, crash=view.crash, machines=view.machines):
         written = store.update_record(
-            view.job_id, lambda r: settle(r, view.instances or {}, view.final, view.heartbeat, crash=view.crash)
+            view.job_id,
+            lambda r: settle(
+                r, view.instances or {}, view.final, view.heartbeat, crash=view.crash, machines=view.machines
+            ),
         )
         if written is not None:
             view.record = written

@@ -70,6 +70,7 @@ class JobView:
     unreadable: Problem | None = None  # record.json is there and cannot be read: the job is `unreadable`
     problems: list[Problem] = field(default_factory=list)  # the trainer's documents that failed: parts unknown
     crash: Crash | None = None  # the current attempt's crash report, read where it may have ended (jobs.views)
+    machines: dict[str, Instance] | None = None  # every instance of the job EC2 lists, by id (a multi-node job's nodes)
 
     @property
     def state(self) -> JobState:
@@ -165,7 +166,7 @@ def settled(view: JobView, now: datetime | None = None) -> JobView:
     if view.record is None or view.instances is None:  # EC2 was not asked (a cancelled job): nothing to go by
         return view
     record = copy.deepcopy(view.record)
-    if not settle(record, view.instances or {}, view.final, view.heartbeat, now, view.crash):
+    if not settle(record, view.instances or {}, view.final, view.heartbeat, now, view.crash, view.machines):
         return view
     return replace(view, record=record)
 
@@ -177,16 +178,21 @@ def settle(
     heartbeat: Heartbeat | None,
     now: datetime | None = None,
     crash: Crash | None = None,
+    machines: dict[str, Instance] | None = None,
 ) -> bool:
     """Fill in end_reason / end_detail / ended_at / state_reason / steps of attempts that have ended,
     and running_at of those seen running for the first time. `crash` is the bootstrap's crash report
-    (of whichever attempt it names). Returns whether anything changed (then the caller writes the
-    record). Idempotent: run it every poll."""
+    (of whichever attempt it names). A multi-node attempt's `instances` entry is the node that stands
+    for it (jobs.nodes.standing_for); `machines` (every instance by id) gives each node its own
+    running_at, and, once the attempt ended, `lost` or its end. Returns whether anything changed (then
+    the caller writes the record). Idempotent: run it every poll."""
     now = now or datetime.now(timezone.utc)
     changed = False
     for attempt in record.attempts:
         if attempt.instance_id is None or attempt.ended_at is not None:
             continue
+        if attempt.nodes and machines is not None:
+            changed |= _nodes_seen(attempt, machines, now)
         instance = instances.get(attempt.number)
         if attempt.running_at is None and instance is not None and instance.state == "running":
             seen_late = age_s(attempt.launched_at, now) > RUNNING_SEEN_WITHIN_S
@@ -212,11 +218,38 @@ def settle(
             continue
         if attempt.end_reason == EndReason.CRASHED and attempt.end_detail is None:
             attempt.end_detail = crashes.describe(reported, beat)
+        if attempt.nodes and machines is not None:
+            _nodes_ended(attempt, machines)
         if beat:  # the steps it trained: what an interruption costs in repeated work
             attempt.start_step = beat.resumed_from_step if beat.resumed_from_step is not None else attempt.start_step
             attempt.end_step = beat.step if beat.step is not None else attempt.end_step
         changed = True
     return changed
+
+
+def _nodes_seen(attempt: Attempt, machines: dict[str, Instance], now: datetime) -> bool:
+    """Each node's running_at, as Attempt.running_at (its own billing starts there)."""
+    changed = False
+    for node in attempt.nodes or []:
+        machine = machines.get(node.instance_id or "")
+        if node.running_at is None and machine is not None and machine.state == "running":
+            seen_late = age_s(node.launched_at, now) > RUNNING_SEEN_WITHIN_S
+            node.running_at = node.launched_at if seen_late else now.isoformat(timespec="seconds")
+            changed = True
+    return changed
+
+
+def _nodes_ended(attempt: Attempt, machines: dict[str, Instance]) -> None:
+    """The attempt ended: a node whose machine is gone (or forgotten) is lost, with EC2's reason and
+    time; the others stop serving it at its end (a survivor kept for the next one goes on from there)."""
+    for node in attempt.nodes or []:
+        machine = machines.get(node.instance_id or "")
+        if machine is None or machine.state in GONE:
+            node.lost = True
+            node.state_reason = machine.reason_code if machine else node.state_reason
+            node.ended_at = node.ended_at or (_transition_time(machine) if machine else None) or attempt.ended_at
+        else:
+            node.ended_at = node.ended_at or attempt.ended_at
 
 
 def _trainer_reason(final: Final | None, beat: Heartbeat | None) -> EndReason | None:

@@ -33,6 +33,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.cost import JobCost, cost_of
 from orchestrator.jobs.health import Flag, job_health
 from orchestrator.jobs.launch import NoCapacity, QuotaExceeded
+from orchestrator.jobs.nodes import none_lost_yet
 from orchestrator.jobs.notify import SEND_TIMEOUT_S, Notifier
 from orchestrator.jobs.policy import Action, decide
 from orchestrator.jobs.record import JobStore
@@ -182,6 +183,8 @@ class Stepper:
         job_id = view.job_id
         if memory.next_try is not None and self.clock() < memory.next_try:
             return
+        if not retry and none_lost_yet(view.record.current, view.machines):
+            return  # a multi-node attempt interrupted with every machine still up: the noticed one goes first
         if retry:
             set_aside_final(self.store, view)
         expected = view.record.current.number if view.record.current else 0

@@ -96,7 +96,7 @@ def request_stop(store: JobStore, job_id: str, reason: str, outcome: JobState | 
 def _cancel(
     record: JobRecord, view: JobView, terminated: list[str], final: Final | None, end_reason: EndReason
 ) -> None:
-    settle(record, view.instances or {}, final, view.heartbeat, crash=view.crash)
+    settle(record, view.instances or {}, final, view.heartbeat, crash=view.crash, machines=view.machines)
     record.cancelled_at = now_iso()
     for attempt in record.attempts:
         if attempt.instance_id in terminated:

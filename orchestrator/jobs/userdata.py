@@ -5,7 +5,9 @@ minute and at exit, installs the spotctl wheel, runs `python -m trainer run` wit
 `torchrun --nproc-per-node=<GPUs>` on a machine with several GPUs: one DDP rank per GPU), and
 shuts the instance down when the trainer is done. Not at once when it was interrupted (exit 75, or
 killed after a spot notice): EC2 is taking the instance, and the next attempt resumes from the
-checkpoint. What the script reports itself, before the machine shuts down, so that the orchestrator
+checkpoint. A node of a multi-node job whose trainer exited 75 with no notice of its own (another node
+was lost) waits instead for the next attempt's plan naming its instance and, if one comes in time,
+trains on as that attempt's node (trainer.job.rendezvous). What the script reports itself, before the machine shuts down, so that the orchestrator
 tells each end from the others:
 
 - a failure before the trainer ran (no python, download, sha256, install, unusable GPUs), and a
@@ -99,7 +101,11 @@ if src.startswith("s3://"): s3.download_file(*split(src), dst)
 else: s3.upload_file(src, *split(dst))
 PY
 }}
-ship_log() {{ s3_copy "$LOG" "$BOOTSTRAP_LOG_URL" >/dev/null 2>&1 || true; }}
+ship_log() {{  # the log of the attempt this machine serves now ($WORK/shipping: a kept node's next one)
+  local file="$LOG" url="$BOOTSTRAP_LOG_URL"
+  if [ -s "$WORK/shipping" ]; then read -r file url <"$WORK/shipping"; fi
+  s3_copy "$file" "$url" >/dev/null 2>&1 || true
+}}
 SHIPPER=""
 INTERRUPTED=""
 finish() {{  # CODE: ship the log last (no older copy can land after it), then leave
@@ -249,42 +255,63 @@ GPUS="$(grep -c '^GPU ' "$WORK/gpus" 2>/dev/null)" || GPUS=0
 TRAINER=("$PYTHON" -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
 NPROC=$(( GPUS > 1 ? GPUS : 1 ))
 DISTRIBUTED=$(( GPUS > 1 || SPOTCTL_NODES > 1 ))
-if [ "$SPOTCTL_NODES" -gt 1 ]; then
-  # compute.nodes: meet the other nodes in storage (trainer.job.rendezvous); node 0's address is the master.
-  ADDRESS="${{SPOTCTL_NODE_ADDRESS:-$(imds local-ipv4):{master_port}}}"
-  export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
-  rm -f "$SPOTCTL_EXIT_FILE".*
-  if RDZV="$("$PYTHON" -m trainer.job.rendezvous join --storage "$JOB_PREFIX" --attempt "$SPOTCTL_ATTEMPT" \
-      --rank "$SPOTCTL_NODE_RANK" --nodes "$SPOTCTL_NODES" --address "$ADDRESS" --instance-id "$SPOTCTL_INSTANCE_ID")"; then
-    echo "spotctl: node $SPOTCTL_NODE_RANK of $SPOTCTL_NODES met the others: $RDZV"
-    # shellcheck disable=SC2206  # the rendezvous prints four --name=value words
-    TRAINER=("$PYTHON" -m torch.distributed.run $RDZV --nproc-per-node "$NPROC" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
-  else
-    # Not the job's fault (a node lost before it joined): a crash report, recovered up to recovery.max_crashes.
-    echo "spotctl: node $SPOTCTL_NODE_RANK could not meet the other nodes; this attempt cannot train"
-    TRAINER=(bash -c 'exit 70')
-  fi
-elif [ "$GPUS" -gt 1 ]; then
-  # No restarts: a lost rank ends the attempt and the orchestrator resumes it from the checkpoint.
-  export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
-  rm -f "$SPOTCTL_EXIT_FILE".*
-  TRAINER=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
-fi
-# In a subshell that becomes the trainer (exec): its pid, which the kernel log names if it kills it.
-( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
-CODE=$?
-if [ "$DISTRIBUTED" -eq 1 ] && [ "$CODE" -ne 0 ]; then
-  # torchrun exits 1 for any rank's end but 0: local rank 0's word is the trainer's (75, 3, 2...)
-  # when every rank on this machine left one; a rank without one died without a word (a signal): a crash.
-  for ((RANK_NO = 0; RANK_NO < NPROC; RANK_NO++)); do
-    if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
-      # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
-      SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
-      echo "spotctl: local rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
+while :; do  # once, or again for each next attempt that keeps this node (compute.nodes > 1)
+  if [ "$SPOTCTL_NODES" -gt 1 ]; then
+    # compute.nodes: meet the other nodes in storage (trainer.job.rendezvous); node 0's address is the master.
+    ADDRESS="${{SPOTCTL_NODE_ADDRESS:-$(imds local-ipv4):{master_port}}}"
+    export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
+    rm -f "$SPOTCTL_EXIT_FILE".*
+    if RDZV="$("$PYTHON" -m trainer.job.rendezvous join --storage "$JOB_PREFIX" --attempt "$SPOTCTL_ATTEMPT" \
+        --rank "$SPOTCTL_NODE_RANK" --nodes "$SPOTCTL_NODES" --address "$ADDRESS" --instance-id "$SPOTCTL_INSTANCE_ID")"; then
+      echo "spotctl: node $SPOTCTL_NODE_RANK of $SPOTCTL_NODES met the others: $RDZV"
+      # shellcheck disable=SC2206  # the rendezvous prints four --name=value words
+      TRAINER=("$PYTHON" -m torch.distributed.run $RDZV --nproc-per-node "$NPROC" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+    else
+      # Not the job's fault (a node lost before it joined): a crash report, recovered up to recovery.max_crashes.
+      echo "spotctl: node $SPOTCTL_NODE_RANK could not meet the other nodes; this attempt cannot train"
+      TRAINER=(bash -c 'exit 70')
     fi
-  done
-  CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.0")}}"
-fi
+  elif [ "$GPUS" -gt 1 ]; then
+    # No restarts: a lost rank ends the attempt and the orchestrator resumes it from the checkpoint.
+    export SPOTCTL_EXIT_FILE="$WORK/trainer.exit"
+    rm -f "$SPOTCTL_EXIT_FILE".*
+    TRAINER=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" --max-restarts 0 -m trainer run --job "$JOB_URL" --job-id "$SPOTCTL_JOB_ID")
+  fi
+  # In a subshell that becomes the trainer (exec): its pid, which the kernel log names if it kills it.
+  ( echo "$BASHPID" >"$WORK/trainer.pid"; exec "${{TRAINER[@]}}" )
+  CODE=$?
+  if [ "$DISTRIBUTED" -eq 1 ] && [ "$CODE" -ne 0 ]; then
+    # torchrun exits 1 for any rank's end but 0: local rank 0's word is the trainer's (75, 3, 2...)
+    # when every rank on this machine left one; a rank without one died without a word (a signal): a crash.
+    for ((RANK_NO = 0; RANK_NO < NPROC; RANK_NO++)); do
+      if [ ! -s "$SPOTCTL_EXIT_FILE.$RANK_NO" ]; then
+        # torchrun's summary names the signal ("exitcode  : -9"); else a code the trainer never gives.
+        SIG="$(grep -oE 'exitcode +: -[0-9]+' "$LOG" | tail -n 1 | grep -oE '[0-9]+$')"
+        echo "spotctl: local rank $RANK_NO died without an exit code"; LOST_RANK=$((${{SIG:-0}} ? 128 + ${{SIG:-0}} : 70)); break
+      fi
+    done
+    CODE="${{LOST_RANK:-$(cat "$SPOTCTL_EXIT_FILE.0")}}"
+  fi
+  # A survivor of another node's loss (exit 75, no notice of its own): the next attempt keeps this
+  # machine if its plan names it (trainer.job.rendezvous wait_for_plan, SPOTCTL_RENDEZVOUS_TIMEOUT_S);
+  # then it joins that attempt's rendezvous with its rank there. Else it shuts down as below.
+  if [ "$SPOTCTL_NODES" -gt 1 ] && [ "$CODE" -eq 75 ] && [ -n "$SPOTCTL_INSTANCE_ID" ] && ! imds spot/instance-action >/dev/null 2>&1; then
+    echo "spotctl: node $SPOTCTL_NODE_RANK exited 75 with no notice of its own: waiting for an attempt that keeps it"
+    if NEXT="$("$PYTHON" -m trainer.job.rendezvous plan --storage "$JOB_PREFIX" --instance-id "$SPOTCTL_INSTANCE_ID" --after "$SPOTCTL_ATTEMPT")"; then
+      read -r SPOTCTL_ATTEMPT SPOTCTL_NODE_RANK <<<"$NEXT"
+      export SPOTCTL_ATTEMPT SPOTCTL_NODE_RANK
+      ship_log  # the previous attempt's log, complete; then this attempt's own
+      read -r CRASH_URL BOOTSTRAP_LOG_URL <<<"$("$PYTHON" -m trainer.job.rendezvous urls --storage "$JOB_PREFIX" --attempt "$SPOTCTL_ATTEMPT" --rank "$SPOTCTL_NODE_RANK")"
+      LOG="$LOG_DIR/attempt-$SPOTCTL_ATTEMPT.log"
+      echo "$LOG $BOOTSTRAP_LOG_URL" >"$WORK/shipping"
+      exec >>"$LOG" 2>&1
+      echo "spotctl: kept for attempt $SPOTCTL_ATTEMPT as node $SPOTCTL_NODE_RANK at $(date -u +%FT%TZ)"
+      unset LOST_RANK
+      continue
+    fi
+  fi
+  break
+done
 echo "spotctl: trainer exited with $CODE at $(date -u +%FT%TZ)"
 case "$CODE" in
   0|3|75) ;;  # succeeded, stopped, interrupted: the trainer said so itself

@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from orchestrator.aws.clients import Cloud
-from orchestrator.aws.ec2 import instances_of
+from orchestrator.aws.ec2 import by_attempt, machines_of
 from orchestrator.aws.instances import LIVE
 from orchestrator.errors import UserError
+from orchestrator.jobs.nodes import standing_for
 from orchestrator.jobs.record import JobStore, Unreadable, repair_hint
-from orchestrator.jobs.state import JobView
+from orchestrator.jobs.state import NOT_LISTED_GRACE_S, JobView, age_s
 from trainer.job import layout
 from trainer.job.documents import WORKING_PHASES, Crash, Final, Heartbeat, JobState, Manifest
 from trainer.job.spec import did_you_mean
@@ -52,9 +53,16 @@ def read_views(
             if view.record and view.record.attempts and not view.record.cancelled_at:
                 by_region.setdefault(view.record.region, []).append(view)
         for region, group in by_region.items():
-            instances = instances_of(cloud_for_region(region), [v.job_id for v in group])
+            machines = machines_of(cloud_for_region(region), [v.job_id for v in group])
             for view in group:
-                view.instances = instances.get(view.job_id, {})
+                listed = machines.get(view.job_id, [])
+                view.machines = {m.instance_id: m for m in listed}
+                view.instances = by_attempt(listed)
+                for attempt in view.record.attempts:
+                    if attempt.nodes:  # several machines: one lost node stands for the attempt
+                        view.instances[attempt.number] = standing_for(
+                            attempt, view.machines, age_s(attempt.launched_at) > NOT_LISTED_GRACE_S
+                        )
                 # Only the current attempt's instance tells about now; older ones are history.
                 view.instance = view.instances.get(view.record.attempts[-1].number)
         # A job without a record (the trainer alone, `python -m trainer run`) is told by its final word too.

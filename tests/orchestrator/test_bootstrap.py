@@ -24,7 +24,7 @@ from orchestrator.jobs.wheel import image_provided
 from testbed import REPO
 from testbed.harness import FakeImds
 from testbed.trainer_runs import trainer_env
-from trainer.job import layout
+from trainer.job import layout, rendezvous
 from trainer.job.documents import Crash
 from trainer.job.storage import Storage, file_sha256
 
@@ -59,8 +59,10 @@ if [ "$1 $2" = "-m trainer" ]; then
   exit "${FAKE_TRAINER_EXIT:-0}"
 fi
 if [ "$1 $2" = "-m torch.distributed.run" ]; then  # torchrun: each rank's word as a test gives it, then torchrun's exit
-  echo "torchrun $0 ${*:3}" >>"$FAKE_STATE/calls"; echo "$$" >"$FAKE_STATE/trainer-pid"
-  rank=0; for code in ${FAKE_RANK_EXITS:-}; do [ "$code" = - ] || echo "$code" >"$SPOTCTL_EXIT_FILE.$rank"; rank=$((rank + 1)); done
+  exits="${FAKE_RANK_EXITS:-}"  # a kept node's second run (its next attempt) answers FAKE_NEXT_RANK_EXITS
+  if [ -n "${FAKE_NEXT_RANK_EXITS:-}" ] && grep -q '^torchrun' "$FAKE_STATE/calls" 2>/dev/null; then exits="$FAKE_NEXT_RANK_EXITS"; fi
+  echo "torchrun $0 ${*:3} attempt=${SPOTCTL_ATTEMPT}" >>"$FAKE_STATE/calls"; echo "$$" >"$FAKE_STATE/trainer-pid"
+  rank=0; for code in $exits; do [ "$code" = - ] || echo "$code" >"$SPOTCTL_EXIT_FILE.$rank"; rank=$((rank + 1)); done
   if [ -n "${FAKE_TORCHRUN_SAYS:-}" ]; then echo "$FAKE_TORCHRUN_SAYS" >&2; fi
   exit "${FAKE_TRAINER_EXIT:-0}"
 fi
@@ -464,3 +466,37 @@ def test_a_node_the_others_never_meet_gives_up_in_time_as_a_crash_not_a_failure(
     assert not [c for c in instance.recorded("calls") if c.startswith("torchrun ")]
     assert "rendezvous: attempt 1: node 1 of 2 did not register within 1 s" in instance.log()
     assert instance.final() is None and instance.crash()["exit_code"] == 70
+
+
+def test_a_survivor_of_another_nodes_loss_keeps_its_machine_and_joins_the_next_attempt_named_in_its_plan(
+    instance, tmp_path
+):
+    """Node 1 went (no notice here: the collective timed out, exit 75); the orchestrator's plan for attempt 2
+    keeps this machine as node 0 beside a new node 1, which has registered."""
+    storage = Storage(PREFIX)
+    rendezvous.register(storage, 1, 1, "127.0.0.1", 29601, "i-lost")
+    rendezvous.write_plan(storage, 2, {0: "i-0123456789abcdef0", 1: "i-new"})
+    rendezvous.register(storage, 2, 1, "127.0.0.1", 29602, "i-new")
+    code = run_trainer(
+        instance, tmp_path, nodes=2, node_rank=0, FAKE_RANK_EXITS="75", FAKE_NEXT_RANK_EXITS="0",
+        FAKE_TRAINER_EXIT="1", SPOTCTL_NODE_ADDRESS="127.0.0.1:29600", SPOTCTL_RENDEZVOUS_TIMEOUT_S="5",
+    )  # fmt: skip
+    assert code == 0
+    calls = [c for c in instance.recorded("calls") if c.startswith("torchrun ")]
+    assert len(calls) == 2 and calls[0].endswith("attempt=1") and calls[1].endswith("attempt=2")
+    assert "--nnodes=2 --node-rank=0 --master-addr=127.0.0.1 --master-port=29600" in calls[1]
+    assert instance.crash() is None and instance.final() is None
+    second = instance.s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{JOB}/{layout.bootstrap_log(2)}")
+    assert "spotctl: kept for attempt 2 as node 0" in second["Body"].read().decode()
+
+
+def test_a_survivor_no_next_plan_names_shuts_down_as_interrupted(instance, tmp_path):
+    storage = Storage(PREFIX)
+    rendezvous.register(storage, 1, 1, "127.0.0.1", 29601, "i-lost")
+    rendezvous.write_plan(storage, 2, {0: "i-other", 1: "i-new"})  # every node started again elsewhere
+    code = run_trainer(
+        instance, tmp_path, nodes=2, node_rank=0, FAKE_RANK_EXITS="75", FAKE_TRAINER_EXIT="1",
+        SPOTCTL_NODE_ADDRESS="127.0.0.1:29600", SPOTCTL_RENDEZVOUS_TIMEOUT_S="5",
+    )  # fmt: skip
+    assert code == 75 and len([c for c in instance.recorded("calls") if c.startswith("torchrun ")]) == 1
+    assert "rendezvous: attempt 2 goes on without i-0123456789abcdef0" in instance.log()

@@ -9,7 +9,7 @@ import re
 from cfnlint.decode import decode_str
 
 from testbed import REPO
-from tests.orchestrator.test_operator_policy import ACCOUNT, VPC, evaluate, run_instances_allowed
+from tests.orchestrator.test_operator_policy import ACCOUNT, VPC, evaluate, placement_checks, run_instances_allowed
 
 REGION, BUCKET, PREFIX, STACK = "us-east-1", "b", "spotctl", "spotctl"
 TRAINER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/spotctl-TrainerRole-X"
@@ -112,6 +112,23 @@ def test_it_tags_only_while_starting_and_ends_only_spotctls_instances():
     for action in ("ec2:StopInstances", "ec2:ModifyInstanceAttribute", "ec2:CreateSecurityGroup", "ec2:DeleteTags"):
         assert not allowed(action, INSTANCE, {"aws:ResourceTag/spotctl:job": "j-1"}), action
     assert allowed("ec2:DescribeInstances", "*") and allowed("ec2:DescribeSpotPriceHistory", "*")
+
+
+def test_it_makes_uses_and_deletes_only_spotctls_placement_groups_and_retags_only_the_attempt():
+    # Its RunInstances also wants the volume tagged (RunWithEncryptedTaggedVolumes): the model's launch
+    # carries no volume tags, so that statement is relaxed here as in the first test.
+    policy = {
+        **POLICY,
+        "Statement": [
+            {**s, "Condition": {"Bool": {"ec2:Encrypted": "true"}}}
+            if s["Sid"] == "RunWithEncryptedTaggedVolumes"
+            else s
+            for s in POLICY["Statement"]
+        ],
+    }
+    placement_checks(policy, REGION)
+    other_region = f"arn:aws:ec2:eu-west-1:{ACCOUNT}:placement-group/spotctl-j-1"
+    assert not allowed("ec2:DeletePlacementGroup", other_region, {"aws:ResourceTag/spotctl:job": "j-1"})
 
 
 def test_it_passes_only_the_trainer_role_to_ec2():

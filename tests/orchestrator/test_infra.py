@@ -143,7 +143,10 @@ def test_deploy_creates_the_stack_secures_the_bucket_and_records_the_outputs(dep
     }  # --data-read, read-only
     assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     [group] = boto3.client("ec2").describe_security_groups(GroupIds=[outputs["SecurityGroup"]])["SecurityGroups"]
-    assert group["IpPermissions"] == []
+    # Inbound from its own members only (a multi-node job's nodes), from no address range.
+    [rule] = group["IpPermissions"]
+    assert rule["IpProtocol"] == "-1" and rule["IpRanges"] == [] and rule["Ipv6Ranges"] == []
+    assert [pair["GroupId"] for pair in rule["UserIdGroupPairs"]] == [outputs["SecurityGroup"]]
 
     recorded = infra.read_profile()
     [default_vpc] = boto3.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
@@ -384,7 +387,17 @@ def test_the_template_denies_plain_http_keeps_the_bucket_and_opens_nothing():
     )  # the bucket and its objects
     assert resources["Bucket"]["DeletionPolicy"] == "Retain"  # checkpoints and models outlive the stack
     assert "SecurityGroupIngress" not in resources["SecurityGroup"]["Properties"]
-    assert [r["Type"] for r in resources.values() if r["Type"].startswith("AWS::EC2::SecurityGroupIngress")] == []
+    # One ingress rule: the group's own members (a multi-node job's nodes reach each other), nobody else.
+    ingress = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert ingress == [
+        {
+            "GroupId": {"Fn::GetAtt": ["SecurityGroup", "GroupId"]},
+            "SourceSecurityGroupId": {"Fn::GetAtt": ["SecurityGroup", "GroupId"]},
+            "IpProtocol": "-1",
+            "Description": "spotctl nodes of one job reach each other",
+        }
+    ]
+    assert not any("CidrIp" in r or "CidrIpv6" in r or "SourcePrefixListId" in r for r in ingress)
     role = resources["TrainerRole"]["Properties"]
     assert "ManagedPolicyArns" not in role and role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
         "Service": "ec2.amazonaws.com"

@@ -100,3 +100,73 @@ def test_rm_force_terminates_every_node_and_deletes_the_placement_group(account,
     assert sorted(removed["terminated"]) == sorted(n.instance_id for n in attempt.nodes)
     assert removed["groups_left"] == []
     assert settled_ec2().describe_placement_groups()["PlacementGroups"] == []
+
+
+def watcher(job_id: str):
+    from orchestrator.cli import context
+    from orchestrator.jobs.watch import Watcher, WatchOptions
+    from trainer.job.settings import Settings
+
+    return Watcher(
+        JobStore(STORAGE),
+        [job_id],
+        context.App(Settings.from_env()).clouds(None),
+        context.aws_prices,
+        WatchOptions(),
+    )
+
+
+def heartbeat(job_id: str, attempt: int, phase: str) -> None:
+    from datetime import datetime, timezone
+
+    body = {"attempt": attempt, "phase": phase, "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    JobStore(STORAGE).write(job_id, layout.HEARTBEAT, json.dumps(body).encode())
+
+
+def test_one_lost_node_of_two_is_replaced_alone_and_the_survivor_keeps_its_machine(account, aws, spotctl, tmp_path):
+    code, out, err = spotctl("launch", nodes_job(tmp_path))
+    assert code == 0, err
+    job = launched_id(out)
+    store = JobStore(STORAGE)
+    first = store.read_record(job).attempts[-1]
+    survivor, lost = first.nodes[0].instance_id, first.nodes[1].instance_id
+    # The spot notice on node 1: both ranks checkpoint and exit 75 (rank 0 says so); EC2 has not taken it yet.
+    heartbeat(job, 1, "interrupted")
+    before = aws.calls().get("ec2:RunInstances:sent", 0)
+    watcher(job).poll()
+    assert len(store.read_record(job).attempts) == 1  # which node to replace is not known until one goes
+    assert aws.calls().get("ec2:RunInstances:sent", 0) == before
+
+    aws.interrupt(lost)
+    watcher(job).poll()
+    record = store.read_record(job)
+    ended, attempt = record.attempts
+    assert [(n.rank, n.lost, n.kept) for n in ended.nodes] == [(0, False, False), (1, True, False)]
+    assert ended.nodes[1].state_reason == "Server.SpotInstanceTermination" and ended.ended_at
+    assert ended.nodes[0].ended_at == ended.ended_at  # the survivor served attempt 1 until it ended
+    assert aws.calls()["ec2:RunInstances:sent"] == before + 1  # the lost rank only
+    assert [(n.rank, n.kept) for n in attempt.nodes] == [(0, True), (1, False)]
+    assert attempt.nodes[0].instance_id == survivor == attempt.instance_id and attempt.nodes[0].since == ended.ended_at
+    replaced = attempt.nodes[1].instance_id
+    assert replaced not in (survivor, lost) and attempt.nodes[1].zone == ended.nodes[1].zone
+    live = {i["InstanceId"]: i for i in instances()}
+    assert tags_of(live[survivor])[TAG_ATTEMPT] == "2" and tags_of(live[replaced])[TAG_ATTEMPT] == "2"
+    assert tags_of(live[replaced])[TAG_NODE] == "1"
+    assert aws.strict.placement_groups.group_of("us-east-1", replaced) == f"spotctl-{job}"
+    plan = NodePlan.parse(store.read_bytes(job, layout.node_plan(2)))
+    assert plan.nodes == {"0": survivor, "1": replaced}  # where the survivor's bootstrap learns it goes on
+
+    # A second driver (another watch, the controller) starts nothing more.
+    watcher(job).poll()
+    assert aws.calls()["ec2:RunInstances:sent"] == before + 1 and len(store.read_record(job).attempts) == 2
+    code, out, err = spotctl("status", job, "--storage", STORAGE, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert [(n["rank"], n["instance_id"], n["kept"], n["lost"]) for n in shown["attempts"][1]["nodes"]] == [
+        (0, survivor, True, False),
+        (1, replaced, False, False),
+    ]
+    code, out, err = spotctl("status", job, "--storage", STORAGE)
+    assert code == 0, err
+    assert f"attempt 1 nodes: 0 {survivor}, 1 {lost} (lost)" in out
+    assert f"attempt 2 nodes: 0 {survivor} (kept), 1 {replaced}" in out

@@ -145,6 +145,20 @@ def test_the_operator_policy_allows_exactly_what_a_jobs_life_calls(
         assert code == 0, err
         code, _, err = spotctl("stop", job_id, "--wait", "0", "--storage", STORAGE)
         assert code == 0, err
+        # compute.nodes: 2 in the job's placement group; one node lost, only it replaced (the survivor
+        # retagged with the next attempt); rm deletes the group.
+        nodes = tmp_path / "nodes.yaml"
+        nodes.write_text(EXAMPLE.read_text().replace("  disk_gib: 120\n", "  disk_gib: 120\n  nodes: 2\n"))
+        code, out, err = spotctl("launch", str(nodes))
+        assert code == 0, err
+        gang = launched_id(out)
+        from orchestrator.jobs.record import JobStore
+
+        aws.interrupt(JobStore(STORAGE).read_record(gang).attempts[-1].nodes[1].instance_id)
+        code, _, err = spotctl("resume", gang, "--storage", STORAGE)
+        assert code == 0, err
+        code, _, err = spotctl("rm", gang, "--force", "--storage", STORAGE)
+        assert code == 0, err
         spotctl("logs", job_id, "--storage", STORAGE)  # nothing shipped yet: an error, after the calls it makes
         spotctl("artifacts", job_id, "--storage", STORAGE)
         code, out, err = spotctl("infra", "status", "--region", "us-east-1")  # the controller's health view
@@ -188,9 +202,14 @@ def evaluate(policy: dict, action: str, resource: str, context: dict[str, str]) 
             continue
         met = True
         for operator, keys in statement.get("Condition", {}).items():
+            # ForAllValues: every value of a multi-valued key (here comma-separated) matches one expected.
+            # A key the request lacks is not met here, though IAM's ForAllValues holds it met: each such
+            # statement must also test a key every request carries.
+            every, _, base = operator.rpartition(":")
             for key, expected in keys.items():
                 expected = expected if isinstance(expected, list) else [expected]
-                if key not in context or not any(OPERATORS[operator](e, context[key]) for e in expected):
+                values = context[key].split(",") if every == "ForAllValues" and key in context else [context.get(key)]
+                if key not in context or not all(any(OPERATORS[base](e, v) for e in expected) for v in values):
                     met = False
         if met:
             return True
@@ -221,6 +240,9 @@ def run_instances_allowed(policy: dict, request: dict, owner: str, vpc: str = VP
         (f"arn:aws:ec2:{region}:{ACCOUNT}:security-group/sg-1", in_vpc),
         (f"arn:aws:ec2:{region}:{ACCOUNT}:volume/*", {"ec2:Encrypted": str(encrypted).lower()}),
     ]
+    group = request.get("Placement", {}).get("GroupName")
+    if group:  # compute.nodes > 1: the job's placement group, tagged with the job (aws/placement)
+        checks.append((f"arn:aws:ec2:{region}:{ACCOUNT}:placement-group/{group}", request.get("GroupTags", {})))
     return all(evaluate(policy, "ec2:RunInstances", arn, context) for arn, context in checks)
 
 
@@ -285,9 +307,53 @@ def test_the_operator_policy_allows_spotctls_own_launch_and_refuses_any_other(ac
     assert not evaluate(policy, "logs:FilterLogEvents", group.replace("spotctl-controller", "payments"), {})
     assert not evaluate(policy, "logs:DeleteLogGroup", group, {})
 
+    # compute.nodes > 1: placement groups tagged on create, used and deleted while tagged; an instance's
+    # attempt tag alone retagged, on spotctl's instances only.
+    placement_checks(policy)
+
     assert creates_role("spot.amazonaws.com", "AWSServiceRoleForEC2Spot")
     assert not creates_role("autoscaling.amazonaws.com", "AWSServiceRoleForAutoScaling")
     assert not creates_role("spotfleet.amazonaws.com", "AWSServiceRoleForEC2SpotFleet")
+
+
+def placement_checks(policy: dict, region: str = "us-east-1") -> None:
+    """A multi-node job's IAM, both ways (the operator's policy and the controller's role alike)."""
+    group = f"arn:aws:ec2:{region}:{ACCOUNT}:placement-group/spotctl-j-1"
+    instance = f"arn:aws:ec2:{region}:{ACCOUNT}:instance/i-1"
+    job_tag, owned = {"aws:RequestTag/spotctl:job": "j-1"}, {"aws:ResourceTag/spotctl:job": "j-1"}
+    assert evaluate(policy, "ec2:CreatePlacementGroup", group, job_tag)
+    assert not evaluate(policy, "ec2:CreatePlacementGroup", group, {})  # untagged
+    assert evaluate(policy, "ec2:CreateTags", group, {"ec2:CreateAction": "CreatePlacementGroup", **job_tag})
+    assert not evaluate(policy, "ec2:CreateTags", group, job_tag)  # retagging a group later
+    assert evaluate(policy, "ec2:DeletePlacementGroup", group, owned)
+    assert not evaluate(policy, "ec2:DeletePlacementGroup", group, {})  # someone else's group
+    assert evaluate(policy, "ec2:DescribePlacementGroups", "*", {})
+    request = {**SPOT_GANG, "Placement": {"GroupName": "spotctl-j-1"}}
+    assert run_instances_allowed(policy, {**request, "GroupTags": owned}, owner="amazon")
+    assert not run_instances_allowed(policy, request, owner="amazon")  # a group spotctl did not make
+    retag = {**owned, "aws:RequestTag/spotctl:attempt": "2", "aws:TagKeys": "spotctl:attempt"}
+    assert evaluate(policy, "ec2:CreateTags", instance, retag)
+    assert not evaluate(policy, "ec2:CreateTags", instance, {**retag, "aws:ResourceTag/spotctl:job": ""})
+    assert not evaluate(policy, "ec2:CreateTags", instance, {k: v for k, v in retag.items() if "Resource" not in k})
+    assert not evaluate(
+        policy,
+        "ec2:CreateTags",
+        instance,
+        {**retag, "aws:RequestTag/spotctl:job": "other", "aws:TagKeys": "spotctl:attempt,spotctl:job"},
+    )  # any other tag of one of spotctl's instances stays as it was launched
+    for action in ("ec2:ModifyPlacementGroup", "ec2:ModifyInstancePlacement"):
+        assert not evaluate(policy, action, group, owned), action
+
+
+# What a gang launch sends (an instance of compute.nodes: 2), for the placement checks.
+SPOT_GANG = {
+    "InstanceType": "g5.xlarge",
+    "ImageId": "ami-1",
+    "InstanceMarketOptions": {"MarketType": "spot"},
+    "MetadataOptions": {"HttpTokens": "required"},
+    "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": "spotctl:job", "Value": "j-1"}]}],
+    "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {"Encrypted": True}}],
+}
 
 
 def test_an_ec2_refusal_says_how_to_decode_its_message():

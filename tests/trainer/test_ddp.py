@@ -9,6 +9,9 @@ ranks on the CPU (the user-data's command, orchestrator.jobs.userdata).
   expectation, not bitwise (BatchNorm sees each rank's shard), so this asserts that it continues
   and finishes.
 - Gradient accumulation under DDP gives the full batch's gradient (trainer.distributed).
+- A node lost without a word (frozen: its connections stay open) stops the other within the
+  collective timeout (SPOTCTL_COLLECTIVE_TIMEOUT_S), as interrupted (exit 75): the survivor's
+  bootstrap then waits for the next attempt's plan (orchestrator.jobs.userdata).
 """
 
 from __future__ import annotations
@@ -119,6 +122,52 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_the_checkpoint_resumes_o
     assert "written by 2 training processes, this run has 1" in one
     assert final_state(prefix)["position"]["step"] == STEPS
     assert read_json(f"{prefix}/status/final.json")["outcome"] == "succeeded"
+
+
+def test_a_node_frozen_without_notice_stops_the_other_within_the_collective_timeout(reference, tmp_path):
+    import os
+    import socket
+    import time
+
+    from orchestrator.local.runner import machine_processes
+
+    data, _, _ = reference
+    job = ddp_job(tmp_path, data, "frozen")
+    prefix = f"{tmp_path}/runs/jobs/frozen"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    timeout_s = 10
+    nodes = [
+        start_trainer(
+            str(job),
+            trainer_env(
+                {
+                    "SPOTCTL_EXIT_FILE": str(tmp_path / f"node{rank}.exit"),
+                    "SPOTCTL_COLLECTIVE_TIMEOUT_S": str(timeout_s),
+                }
+            ),
+            log=tmp_path / f"node{rank}.log",
+            node=(rank, 2, port),
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        assert wait_for(lambda: exists(f"{prefix}/checkpoints/step-2/state.pt") or nodes[0].poll() is not None)
+        frozen = machine_processes(nodes[1].pid)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)  # a machine that hangs: nothing closes its connections
+        stopped = time.monotonic()
+        assert nodes[0].wait(timeout=timeout_s * 6) == 1  # torchrun's "a worker failed"; the rank's word is 75
+        waited = time.monotonic() - stopped
+        out = (tmp_path / "node0.log").read_text()
+        assert (tmp_path / "node0.exit.0").read_text() == "75\n", out[-3000:]
+        assert "a collective failed" in out and "a peer was lost" in out
+        assert read_json(f"{prefix}/status/heartbeat.json")["phase"] == "interrupted"
+        assert not exists(f"{prefix}/status/final.json")
+        print(f"the survivor left {waited:.1f}s after its peer froze (collective timeout {timeout_s}s)")
+    finally:
+        kill_machine(nodes[1])  # SIGKILL ends stopped processes too
 
 
 def test_a_single_process_checkpoint_resumes_on_two_ranks(reference, tmp_path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from orchestrator.aws.instances import Instance
 from orchestrator.aws.offers import InstanceType, Offer
-from orchestrator.jobs.nodes import fitting, replacement
+from orchestrator.jobs.nodes import fitting, none_lost_yet, replacement, standing_for
+from orchestrator.jobs.state import derive_state, settle
 from tests.unit.jobs import attempt
-from trainer.job.documents import Node
+from trainer.job.documents import JobRecord, JobState, Node
 
 GPUS = {"g5.xlarge": 1, "g6.xlarge": 1, "g5.12xlarge": 4}
 
@@ -75,3 +76,43 @@ def test_a_replacement_fits_the_kept_nodes_zone_and_gpu_count_in_failover_order(
         ("g6.xlarge", "us-east-1a"),
         ("g5.xlarge", "us-east-1a"),
     ]
+
+
+def test_a_kept_type_no_offer_names_now_is_replaced_by_that_type_only():
+    plan = replacement(three_nodes(), {"i-0": machine("i-0", "running")}, {})  # priced out: its GPUs unknown
+    offers = [offer("g6.xlarge", "us-east-1a"), offer("g5.xlarge", "us-east-1a")]
+    assert [o.instance.name for o in fitting(offers, plan)] == ["g5.xlarge"]
+
+
+def test_one_gone_node_stands_for_the_attempt_else_node_0():
+    nodes = three_nodes()
+    live = {f"i-{r}": machine(f"i-{r}", "running") for r in range(3)}
+    assert standing_for(nodes, live, listed_by_now=True).instance_id == "i-0"
+    gone = {**live, "i-2": machine("i-2", "terminated", "Server.SpotInstanceTermination")}
+    assert standing_for(nodes, gone, listed_by_now=True).instance_id == "i-2"
+    forgotten = {k: v for k, v in live.items() if k != "i-1"}
+    assert standing_for(nodes, forgotten, listed_by_now=True) is None  # EC2 forgot it: lost
+    assert standing_for(nodes, forgotten, listed_by_now=False).instance_id == "i-0"  # not listed yet: booting
+    assert none_lost_yet(nodes, live) and not none_lost_yet(nodes, gone) and not none_lost_yet(nodes, forgotten)
+    assert not none_lost_yet(attempt(1, ("g5.xlarge", "us-east-1a")), live)  # one instance: not this rule
+
+
+def test_one_node_lost_ends_the_attempt_as_interrupted_and_marks_only_that_node_lost():
+    record = JobRecord("j", "j", "us-east-1", "s3://b/p", "s3://b/p/job.yaml", "s3://b/w.whl", "ami-1")
+    first = three_nodes()
+    first.launched_at = "2026-12-01T10:00:00+00:00"
+    record.attempts.append(first)
+    lost = Instance(
+        "i-1", "terminated", "Server.SpotInstanceTermination", None, 1, "Service initiated (2026-12-01 10:30:00 GMT)"
+    )
+    machines = {"i-0": machine("i-0", "running"), "i-1": lost, "i-2": machine("i-2", "running")}
+    stands = standing_for(first, machines, listed_by_now=True)
+    assert derive_state(record, None, None, stands) is JobState.INTERRUPTED  # two of three still run
+    assert settle(record, {1: stands}, None, None, machines=machines)
+    assert (first.end_reason, first.ended_at) == ("interrupted", "2026-12-01T10:30:00+00:00")
+    assert [(n.lost, n.state_reason, n.ended_at) for n in first.nodes] == [
+        (False, None, first.ended_at),
+        (True, "Server.SpotInstanceTermination", first.ended_at),
+        (False, None, first.ended_at),
+    ]
+    assert not settle(record, {1: stands}, None, None, machines=machines)  # idempotent

@@ -215,7 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--instance-id", required=True)
     w.add_argument("--after", type=int, required=True)
     w.add_argument("--timeout", type=float, default=Settings.from_env().rendezvous_timeout_s)
+    u = sub.add_parser("urls", help="a kept node: print its crash report's and bootstrap log's URLs in an attempt")
+    u.add_argument("--storage", required=True)
+    u.add_argument("--attempt", type=int, required=True)
+    u.add_argument("--rank", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command == "urls":
+        prefix = args.storage.rstrip("/")
+        print(f"{prefix}/{layout.crash_of(args.attempt)} {prefix}/{layout.bootstrap_log(args.attempt, args.rank)}")
+        return 0
     storage = Storage(args.storage)
     try:
         if args.command == "join":
