@@ -4,6 +4,8 @@ cluster group in one zone, types that cannot join one, deleting one in use) as A
 
 from __future__ import annotations
 
+import time
+
 import boto3
 import botocore.exceptions
 import pytest
@@ -71,6 +73,19 @@ def test_a_group_of_that_name_that_is_not_the_jobs_is_refused_with_the_fix(aws):
     assert "aws ec2 delete-placement-group --group-name spotctl-demo-261202-abcd" in caught.value.hint
 
 
+def terminate_once_visible(ids: list[str]) -> None:
+    """As on AWS, a new instance cannot be named by id for a moment (eventual consistency)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            ec2().terminate_instances(InstanceIds=ids)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if exc.response["Error"]["Code"] != "InvalidInstanceID.NotFound" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_a_cluster_group_lies_in_one_zone_and_cannot_be_deleted_while_in_use(spot_account):
     cloud = Cloud("us-east-1")
     name = placement.ensure_group(cloud, "demo-261202-abcd")
@@ -82,7 +97,7 @@ def test_a_cluster_group_lies_in_one_zone_and_cannot_be_deleted_while_in_use(spo
     )
     assert placement.delete_group(cloud, name) is False  # instances still in it: later
     ids = [i["InstanceId"] for r in ec2().describe_instances()["Reservations"] for i in r["Instances"]]
-    ec2().terminate_instances(InstanceIds=ids)
+    terminate_once_visible(ids)
     assert first in ids
     assert placement.delete_group(cloud, name) is True
     assert placement.describe_group(cloud, name) is None
