@@ -43,7 +43,8 @@ SOURCE_PATTERNS = (
 CONSTRAINTS_MEMBER = "orchestrator/data/constraints.txt"
 # What the image brings and the instance keeps (names normalised: lower case, runs of -_. as one -):
 # torch and torchvision, what only they need, and what torch pins exactly (CUDA, cuDNN, NCCL, triton;
-# sympy in torch 2.5 and 2.6, though onnxruntime needs it too). nvidia-ml-py is spotctl's own
+# sympy in torch 2.5 and 2.6, though onnxruntime needs it too; setuptools and markupsafe, though
+# tensorboard needs them too). nvidia-ml-py is spotctl's own
 # (telemetry) and stays pinned. tests/orchestrator/test_wheel.py checks this against the metadata.
 IMAGE_STACK = (
     r"torch|torchvision|torchaudio|triton|sympy|mpmath|networkx|filelock|jinja2|markupsafe|setuptools"
