@@ -39,11 +39,13 @@ def sweep_status(
         values = epoch_values(store.jobs, job_id, objective.metric) if view.record else {}
         best = (max if objective.maximize else min)(values.values()) if values else None
         if cost is not None:
-            total += cost.total_usd
+            # The sweep's cost is the sum of its trials' as shown (each rounded to the micro-dollar), so
+            # the table adds up to its total to the last digit.
+            total += round(cost.total_usd, 6)
             if cost.on_demand_usd is None:
                 known = False
             else:
-                on_demand += cost.on_demand_usd
+                on_demand += round(cost.on_demand_usd, 6)
         rows.append(
             {
                 "trial": trial.number,
