@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.job import layout
 from trainer.job.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,7 +210,7 @@ def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, 
     """Interrupt the run `kills` times (1 or 2) with `sig` at random steps (SIGKILL: at random
     instants, then corrupt the latest checkpoint), run it to the end, and check that it resumed each
     time and finished at `steps`. The run checkpoints every 2 steps."""
-    from trainer.checkpoint import Checkpointer
+    from trainer.checkpoint import STATE_FILE, Checkpointer, step_folder
 
     def latest_step() -> int:
         store = Storage(prefix)
@@ -219,6 +220,10 @@ def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, 
 
     log = log_dir / "out.log"
     chooser = random.Random(seed)
+
+    def state_of(step: int) -> str:
+        return f"{layout.CHECKPOINTS}/{step_folder(step)}/{STATE_FILE}"
+
     for index, last in enumerate((steps // 3, steps - 4)[-kills:]):
         # A step past where the next attempt starts (of two kills, the first in the first third). Once
         # its state file appears, wait a random instant: SIGKILL then lands anywhere from mid-upload (a
@@ -230,7 +235,7 @@ def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, 
         process = start_trainer(str(job), env, log=log)
         code = kill_when(
             process,
-            lambda step=step: exists(f"{prefix}/checkpoints/step-{step}/state.pt"),
+            lambda step=step: exists(f"{prefix}/{state_of(step)}"),
             sig,
             delay=chooser.uniform(0, 0.2),
             timeout=300,
@@ -240,7 +245,7 @@ def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, 
     if sig == signal.SIGKILL:  # also survive a checkpoint that was corrupted after its commit
         store = Storage(prefix)
         latest = Checkpointer(store).latest()
-        store.write_bytes(f"checkpoints/step-{latest.step}/state.pt", b"garbage")
+        store.write_bytes(state_of(latest.step), b"garbage")
 
     assert run_trainer(str(job), env, log=log) == 0, log.read_text()[-3000:]
     out = log.read_text()
