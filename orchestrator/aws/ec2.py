@@ -380,6 +380,14 @@ def terminate(cloud: Cloud, instance_ids: list[str]) -> None:
 
 def retag_attempt(cloud: Cloud, instance_ids: list[str], attempt: int) -> None:
     """Kept nodes serve the next attempt: their `spotctl:attempt` tag says which (what IAM scopes and
-    `instances_of` file them under)."""
+    `instances_of` file them under). A survivor may itself be seconds old (a node lost right after the
+    launch), so EC2 may not know its id yet: that is waited for, as terminating one is."""
     if instance_ids:
-        cloud.client("ec2").create_tags(Resources=instance_ids, Tags=[{"Key": TAG_ATTEMPT, "Value": str(attempt)}])
+        _until(
+            lambda: cloud.client("ec2").create_tags(
+                Resources=instance_ids, Tags=[{"Key": TAG_ATTEMPT, "Value": str(attempt)}]
+            ),
+            _instance_not_found,
+            NEW_INSTANCE_VISIBLE_S,
+            f"tagging {', '.join(instance_ids)} with attempt {attempt}",
+        )

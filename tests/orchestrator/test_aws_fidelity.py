@@ -163,6 +163,22 @@ def test_an_instance_stopped_right_after_its_launch_is_terminated_not_orphaned(a
     assert live(job_id) == []
 
 
+
+def test_an_instance_retagged_right_after_its_launch_is_waited_for_not_failed(account, aws):
+    # A multi-node attempt keeps its survivors and retags them; a survivor may be seconds old (a node lost
+    # right after the launch) and still "InvalidInstanceID.NotFound" to CreateTags by id.
+    from orchestrator.aws.clients import Cloud
+    from orchestrator.aws.ec2 import retag_attempt
+    from orchestrator.aws.instances import TAG_ATTEMPT
+
+    aws.be_strict(consistency_s=2.0)
+    ec2 = boto3.client("ec2")
+    [instance] = ec2.run_instances(ImageId=account, InstanceType="g4dn.xlarge", MinCount=1, MaxCount=1)["Instances"]
+    retag_attempt(Cloud("us-east-1"), [instance["InstanceId"]], 2)
+    assert aws.calls()["ec2:CreateTags:InvalidInstanceID.NotFound"] >= 1
+    [shown] = settled_ec2().describe_instances(InstanceIds=[instance["InstanceId"]])["Reservations"][0]["Instances"]
+    assert {t["Key"]: t["Value"] for t in shown["Tags"]}[TAG_ATTEMPT] == "2"
+
 def test_a_repeated_client_token_returns_the_same_instance(account, aws):
     ec2 = boto3.client("ec2")
     request = dict(ImageId=account, InstanceType="g4dn.xlarge", MinCount=1, MaxCount=1, ClientToken="same-token")
