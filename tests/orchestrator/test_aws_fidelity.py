@@ -163,7 +163,6 @@ def test_an_instance_stopped_right_after_its_launch_is_terminated_not_orphaned(a
     assert live(job_id) == []
 
 
-
 def test_an_instance_retagged_right_after_its_launch_is_waited_for_not_failed(account, aws):
     # A multi-node attempt keeps its survivors and retags them; a survivor may be seconds old (a node lost
     # right after the launch) and still "InvalidInstanceID.NotFound" to CreateTags by id.
@@ -178,6 +177,7 @@ def test_an_instance_retagged_right_after_its_launch_is_waited_for_not_failed(ac
     assert aws.calls()["ec2:CreateTags:InvalidInstanceID.NotFound"] >= 1
     [shown] = settled_ec2().describe_instances(InstanceIds=[instance["InstanceId"]])["Reservations"][0]["Instances"]
     assert {t["Key"]: t["Value"] for t in shown["Tags"]}[TAG_ATTEMPT] == "2"
+
 
 def test_a_repeated_client_token_returns_the_same_instance(account, aws):
     ec2 = boto3.client("ec2")

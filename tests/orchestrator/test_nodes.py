@@ -170,4 +170,3 @@ def test_one_lost_node_of_two_is_replaced_alone_and_the_survivor_keeps_its_machi
     assert code == 0, err
     assert f"attempt 1 nodes: 0 {survivor}, 1 {lost} (lost)" in out
     assert f"attempt 2 nodes: 0 {survivor} (kept), 1 {replaced}" in out
-
