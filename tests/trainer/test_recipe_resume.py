@@ -1,7 +1,8 @@
 """The training techniques keep the trainer's bar: a run SIGKILLed at a random instant and resumed
 ends bitwise equal to an uninterrupted one, each technique on its own and all at once (the
 torchvision-v2 recipe's label smoothing, TrivialAugment, random erasing, mixup/cutmix and EMA, with
-gradient accumulation and distillation from a teacher's weights file), with 0 and 2 data workers.
+gradient accumulation, distillation from a teacher's weights file and `batch_size: auto`), with 0
+and 2 data workers.
 The EMA's averaged weights are compared too. `batch_size: auto` (a CPU's probe under an injected
 memory limit, SPOTCTL_TEST_PROBE_MEMORY) probes once, and its resumed attempts read the cached figure;
 a recovery on a GPU that holds less keeps the global batch in micro-batches (not bitwise: BatchNorm
@@ -57,17 +58,18 @@ TECHNIQUES = {
     "auto": {"train__batch_size": {"auto": 8}, **ACCUMULATION},
     "distill": {"train__distill": DISTILL},
     # every technique at once: the recipe (label smoothing, TrivialAugment, erasing, mixup/cutmix, EMA,
-    # no decay on norm layers) with EMA updates frequent enough to matter in 16 steps, accumulation and
-    # a teacher running online on each mixed micro-batch
+    # no decay on norm layers) with EMA updates frequent enough to matter in 16 steps, accumulation, a
+    # teacher running online on each mixed micro-batch and the batch probed (as "auto")
     "all": {
         "train__recipe": "torchvision-v2",
+        "train__batch_size": {"auto": 8},
         "train__ema": {"every_steps": 2},
         "train__optimizer__bias_weight_decay": 0.0,
         **ACCUMULATION,
         "train__distill": DISTILL,
     },
 }
-PROBE_HOLDS = {"auto": 7.5}  # the images an injected memory limit holds (SPOTCTL_TEST_PROBE_MEMORY)
+PROBE_HOLDS = {"auto": 7.5, "all": 7.5}  # the images an injected memory limit holds (SPOTCTL_TEST_PROBE_MEMORY)
 REFERENCE_OF = {"auto": "accumulation"}  # a technique whose run is another's, bit for bit
 # Each technique alone on one process with 2 workers; all at once with 0 and 2.
 CASES = [(name, 2) for name in TECHNIQUES if name not in ("all", "accumulation")] + [
@@ -127,7 +129,9 @@ def reference(name: str, dataset, teacher: tuple[str, str], root) -> tuple[str, 
     """The digests of an uninterrupted run with 0 workers (once per technique)."""
     if name not in _references:
         job = technique_job(root, dataset, teacher[0], name, "reference")
-        assert run_trainer(str(job), env(), log=root / "out.log") == 0, (root / "out.log").read_text()[-3000:]
+        assert run_trainer(str(job), env(PROBE_HOLDS.get(name)), log=root / "out.log") == 0, (
+            root / "out.log"
+        ).read_text()[-3000:]
         state = final_state(str(root / "runs/jobs/reference"))
         assert state["position"] == {"epoch": EPOCHS, "batch": 0, "step": STEPS}
         if "train__distill" in TECHNIQUES[name]:  # the teacher's identity, never its weights
