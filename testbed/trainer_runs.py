@@ -203,6 +203,29 @@ def optimizer_digest(optimizer_state: dict) -> str:
     return tensor_digest(flat)
 
 
+def probe_budget(images: float, model: str = "mobilenet_v3_small", image_size: int = 32, classes: int = 3) -> int:
+    """The bytes of an injected memory limit (`SPOTCTL_TEST_PROBE_MEMORY`, or an ActivationBudget) in
+    which batch_size auto's probe of `model` at `image_size` fits `images` (7.5: 7 fit, 8 do not). The
+    activations are measured through the probe's own steps at 4 and 8 images (they grow linearly)."""
+    from trainer import batch_probe
+    from trainer.job.spec import TrainSpec
+
+    train = TrainSpec.model_validate(
+        {"model": {"name": model, "weights": None}, "data": {"train": "/unused", "image_size": image_size}}
+    )
+    subject = batch_probe.subject_for(train, classes, torch.device("cpu"), None)
+    peaks, limit = [], batch_probe.memory_limit
+    try:
+        for size in (4, 8):
+            batch_probe.memory_limit = budget = batch_probe.ActivationBudget(1 << 62)
+            assert batch_probe.fits(subject, size)
+            peaks.append(budget.peak)
+    finally:
+        batch_probe.memory_limit = limit
+    per_image = (peaks[1] - peaks[0]) / 4
+    return int(peaks[0] + (images - 4) * per_image)
+
+
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 
 

@@ -23,7 +23,11 @@ its GPU holds: its own probe's figure becomes `max_batch_per_gpu` (gradient accu
 run's optimisation (and a CPU run's bits) is unchanged by where a recovery landed.
 
 On a CPU there is no device memory to exhaust (the kernel's OOM killer would end the process, not
-raise): the search is bounded by `CPU_BOUND`. Tests inject a memory limit instead (`memory_limit`).
+raise): the search is bounded by `CPU_BOUND`. Tests inject a memory limit instead: in-process by
+setting `memory_limit`, in a trainer subprocess through the test hook `SPOTCTL_TEST_PROBE_MEMORY`
+(`<bytes>[@<GPU name>]`: an `ActivationBudget` of that many bytes, and the GPU name the probe's
+cache key and log then carry, to model a recovery on a GPU type that holds less). `trainer.run`
+parses it once at start (`inject`); production runs never set it.
 """
 
 from __future__ import annotations
@@ -165,6 +169,40 @@ class ActivationBudget:
 memory_limit: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 """Entered around each probe step: the device's own memory in production; tests put an
 ActivationBudget here."""
+injected: InjectedMemory | None = None
+"""The test hook's value once `inject` installed it (its budget in `memory_limit`, its GPU name
+reported by `gpu_name`)."""
+
+HOOK = "SPOTCTL_TEST_PROBE_MEMORY"
+
+
+@dataclass(frozen=True)
+class InjectedMemory:
+    """The test hook's value (`<bytes>[@<GPU name>]`), parsed."""
+
+    budget: int
+    """The bytes of activations one probe step may keep (an ActivationBudget)."""
+    gpu: str | None = None
+    """The GPU name to report instead of the device's (None: the device's, "cpu" on a CPU)."""
+
+    @classmethod
+    def parse(cls, value: str) -> InjectedMemory:
+        budget, at, gpu = value.partition("@")
+        if not re.fullmatch(r"\s*[0-9]+\s*", budget) or int(budget) < 1 or (at and not gpu.strip()):
+            raise ValueError(
+                f"{HOOK} is {value!r}: expected <bytes>[@<GPU name>], e.g. 3000000 or 3000000@Tesla T4 "
+                "(a test hook: the batch probe's memory limit on a CPU); fix it or unset it"
+            )
+        return cls(int(budget), gpu.strip() or None)
+
+
+def inject(value: str | None) -> None:
+    """Install the test hook's memory limit (and GPU name) for this process's probes; nothing when
+    unset (a test's own `memory_limit` then stands). Raises ValueError, naming the variable, on a bad value."""
+    global memory_limit, injected
+    if value:
+        injected = InjectedMemory.parse(value)
+        memory_limit = ActivationBudget(injected.budget)
 
 
 # -------------------------------------------------------------------------------------- the probe
@@ -244,6 +282,8 @@ class BatchChoice:
 
 
 def gpu_name(device: torch.device) -> str:
+    if injected is not None and injected.gpu:
+        return injected.gpu
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
@@ -368,6 +408,13 @@ def resolve(
     def subject() -> ProbeSubject:
         return subject_for(train, len(classes), device, amp, memory_format, teacher)
 
+    if injected is not None:
+        log.warning(
+            "batch probe: %s is set (a test hook): at most %d bytes of activations%s",
+            HOOK,
+            injected.budget,
+            f", the GPU named {injected.gpu!r}" if injected.gpu else "",
+        )
     ranks = group.ranks
     key = ProbeKey(train.model.name, train.data.image_size, gpu_name(device), str(amp), ranks.world_size)
     choice = choose(

@@ -27,6 +27,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from trainer import batch_probe
 from trainer.batch_probe import BatchProbeError
 from trainer.checkpoint import CheckpointMismatch
 from trainer.distributed import BatchSplitError
@@ -90,6 +91,11 @@ def run(
     spec = spec or load_or_report(job_url)
     if spec is None:
         return EXIT_BAD_SPEC
+    try:  # a test hook (never set in production): read once, before anything is written
+        batch_probe.inject(Settings.from_env().test_probe_memory)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     from trainer.distributed import Ranks
 
     ranks = Ranks.from_env()

@@ -17,6 +17,7 @@ from trainer.batch_probe import (
     ActivationBudget,
     BatchChoice,
     BatchProbeError,
+    InjectedMemory,
     ProbeKey,
     ProbeSubject,
     choose,
@@ -96,6 +97,25 @@ def test_an_error_that_is_not_out_of_memory_is_raised():
         fits(subject(nn.Sequential(nn.Flatten(), nn.Linear(5, 3))), 4)
 
 
+def test_the_test_hook_takes_bytes_and_a_gpu_name_and_a_bad_value_stops_the_trainer_first(
+    tmp_path, monkeypatch, capsys
+):
+    assert InjectedMemory.parse("3000000") == InjectedMemory(3000000)
+    assert InjectedMemory.parse("3000000@Tesla T4") == InjectedMemory(3000000, "Tesla T4")
+    for bad in ("3MB", "0", "-5", "12@", "@Tesla T4", "1.5e6"):
+        with pytest.raises(ValueError, match=r"SPOTCTL_TEST_PROBE_MEMORY is .*: expected <bytes>\[@<GPU name>\]"):
+            InjectedMemory.parse(bad)
+
+    from testbed.trainer_runs import write_job
+    from trainer.run import EXIT_FAILED, run
+
+    job = write_job(tmp_path / "job.yaml", str(tmp_path / "runs"), str(tmp_path / "data"))
+    monkeypatch.setenv("SPOTCTL_TEST_PROBE_MEMORY", "3MB")
+    assert run(str(job)) == EXIT_FAILED
+    assert "error: SPOTCTL_TEST_PROBE_MEMORY is '3MB': expected" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
 # ------------------------------------------------------------------------ the cache and the record
 def auto_spec(batch_size) -> TrainSpec:
     return TrainSpec.model_validate(
@@ -152,7 +172,7 @@ def test_a_job_with_auto_batch_probes_once_and_a_recovery_on_a_smaller_gpu_keeps
     """Attempt 1 probes (an injected budget stands for the GPU's memory) and fixes the global batch;
     attempt 2 on the same GPU type reads the cache; attempt 3 on a GPU holding less keeps the global
     batch in micro-batches."""
-    from testbed.trainer_runs import final_state, write_job
+    from testbed.trainer_runs import final_state, probe_budget, write_job
     from trainer.run import EXIT_SUCCEEDED, run
 
     data = image_folder(per_class={"train": 8, "val": 2})
@@ -165,27 +185,7 @@ def test_a_job_with_auto_batch_probes_once_and_a_recovery_on_a_smaller_gpu_keeps
     probes = []
     monkeypatch.setattr(batch_probe, "probe", lambda subject, bound: probes.append(bound) or probe(subject, bound))
 
-    def per_image() -> int:  # mobilenet_v3_small at 32 px, measured through the same hook
-        budget = ActivationBudget(1 << 40)
-        monkeypatch.setattr(batch_probe, "memory_limit", budget)
-        from torchvision import models
-
-        from trainer.model import replace_head
-
-        model = models.get_model("mobilenet_v3_small", weights=None)
-        replace_head(model, 3)
-        assert fits(
-            ProbeSubject(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), None, 32, 3), 4
-        )
-        four = budget.peak
-        assert fits(
-            ProbeSubject(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), None, 32, 3), 8
-        )
-        unit = (budget.peak - four) // 4
-        return unit, four - 4 * unit  # per image, and what does not grow with the batch
-
-    unit, fixed = per_image()
-    monkeypatch.setattr(batch_probe, "memory_limit", ActivationBudget(fixed + unit * 12))
+    monkeypatch.setattr(batch_probe, "memory_limit", ActivationBudget(probe_budget(12)))
     assert run(str(job), heartbeat_seconds=0.2) == EXIT_SUCCEEDED
     chosen = json.loads((prefix / layout.BATCH_CHOSEN).read_text())
     assert 8 <= chosen["global_batch"] <= 12 and probes == [24]  # bound: the 24 training images
@@ -199,7 +199,7 @@ def test_a_job_with_auto_batch_probes_once_and_a_recovery_on_a_smaller_gpu_keeps
 
     (prefix / "status/final.json").unlink()
     monkeypatch.setattr(batch_probe, "gpu_name", lambda device: "Tesla T4")
-    monkeypatch.setattr(batch_probe, "memory_limit", ActivationBudget(fixed + unit * 5))
+    monkeypatch.setattr(batch_probe, "memory_limit", ActivationBudget(probe_budget(5)))
     assert run(str(job), heartbeat_seconds=0.2) == EXIT_SUCCEEDED
     assert probes == [24, 24]
     log3 = (prefix / "logs/attempt-3.log").read_text()

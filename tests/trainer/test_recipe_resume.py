@@ -1,9 +1,13 @@
 """The training techniques keep the trainer's bar: a run SIGKILLed at a random instant and resumed
 ends bitwise equal to an uninterrupted one, each technique on its own and all at once (the
 torchvision-v2 recipe's label smoothing, TrivialAugment, random erasing, mixup/cutmix and EMA, with
-gradient accumulation and distillation from a teacher's weights file), with 0 and 2 data workers.
-The EMA's averaged weights are compared too. `torch.compile` trains and resumes (not compared
-bitwise: compiled kernels may round differently from the eager reference).
+gradient accumulation, distillation from a teacher's weights file and `batch_size: auto`), with 0
+and 2 data workers.
+The EMA's averaged weights are compared too. `batch_size: auto` (a CPU's probe under an injected
+memory limit, SPOTCTL_TEST_PROBE_MEMORY) probes once, and its resumed attempts read the cached figure;
+a recovery on a GPU that holds less keeps the global batch in micro-batches (not bitwise: BatchNorm
+sees smaller batches). `torch.compile` trains and resumes (not compared bitwise: compiled kernels may
+round differently from the eager reference).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from testbed.trainer_runs import (
     interrupt_then_finish,
     kill_when,
     optimizer_digest,
+    probe_budget,
+    read_json,
     run_trainer,
     start_trainer,
     teacher_file,
@@ -26,6 +32,8 @@ from testbed.trainer_runs import (
     trainer_env,
     write_job,
 )
+from trainer.batch_probe import ProbeKey
+from trainer.job import layout
 
 pytestmark = pytest.mark.slow
 
@@ -44,18 +52,25 @@ TECHNIQUES = {
     "ema": {"train__ema": {"every_steps": 2, "decay": 0.99}},
     "no-decay-norm-bias": {"train__optimizer__norm_weight_decay": 0.0, "train__optimizer__bias_weight_decay": 0.0},
     "accumulation": ACCUMULATION,
+    # At most 8, and the injected memory holds 7 images (PROBE_HOLDS), not 8: the probe's 95 % of 7 is
+    # the global batch 6, trained in the job's micro-batches of 2: the accumulation technique's run
+    # exactly, which it is compared with (the probe leaves the run's RNG alone).
+    "auto": {"train__batch_size": {"auto": 8}, **ACCUMULATION},
     "distill": {"train__distill": DISTILL},
     # every technique at once: the recipe (label smoothing, TrivialAugment, erasing, mixup/cutmix, EMA,
-    # no decay on norm layers) with EMA updates frequent enough to matter in 16 steps, accumulation and
-    # a teacher running online on each mixed micro-batch
+    # no decay on norm layers) with EMA updates frequent enough to matter in 16 steps, accumulation, a
+    # teacher running online on each mixed micro-batch and the batch probed (as "auto")
     "all": {
         "train__recipe": "torchvision-v2",
+        "train__batch_size": {"auto": 8},
         "train__ema": {"every_steps": 2},
         "train__optimizer__bias_weight_decay": 0.0,
         **ACCUMULATION,
         "train__distill": DISTILL,
     },
 }
+PROBE_HOLDS = {"auto": 7.5, "all": 7.5}  # the images an injected memory limit holds (SPOTCTL_TEST_PROBE_MEMORY)
+REFERENCE_OF = {"auto": "accumulation"}  # a technique whose run is another's, bit for bit
 # Each technique alone on one process with 2 workers; all at once with 0 and 2.
 CASES = [(name, 2) for name in TECHNIQUES if name not in ("all", "accumulation")] + [
     ("accumulation", 0),
@@ -81,10 +96,14 @@ def teacher(dataset, tmp_path_factory) -> tuple[str, str]:
 _references: dict[str, tuple[str, str, str | None]] = {}
 
 
-def env() -> dict[str, str]:
+def env(probe_holds: float | None = None, gpu: str | None = None) -> dict[str, str]:
+    """`probe_holds`: the images batch_size auto's probe finds fit (an injected memory limit), on `gpu`."""
     # One torch thread: several trainers share the test machine's cores, and oversubscribed OpenMP
     # threads slow each of them down tenfold (every run here, reference included, uses the same).
-    return trainer_env({"OMP_NUM_THREADS": "1"})
+    extra = {"OMP_NUM_THREADS": "1"}
+    if probe_holds is not None:
+        extra["SPOTCTL_TEST_PROBE_MEMORY"] = f"{probe_budget(probe_holds)}{f'@{gpu}' if gpu else ''}"
+    return trainer_env(extra)
 
 
 def digests(state: dict) -> tuple[str, str, str | None]:
@@ -110,7 +129,9 @@ def reference(name: str, dataset, teacher: tuple[str, str], root) -> tuple[str, 
     """The digests of an uninterrupted run with 0 workers (once per technique)."""
     if name not in _references:
         job = technique_job(root, dataset, teacher[0], name, "reference")
-        assert run_trainer(str(job), env(), log=root / "out.log") == 0, (root / "out.log").read_text()[-3000:]
+        assert run_trainer(str(job), env(PROBE_HOLDS.get(name)), log=root / "out.log") == 0, (
+            root / "out.log"
+        ).read_text()[-3000:]
         state = final_state(str(root / "runs/jobs/reference"))
         assert state["position"] == {"epoch": EPOCHS, "batch": 0, "step": STEPS}
         if "train__distill" in TECHNIQUES[name]:  # the teacher's identity, never its weights
@@ -121,15 +142,50 @@ def reference(name: str, dataset, teacher: tuple[str, str], root) -> tuple[str, 
 
 @pytest.mark.parametrize("name, workers", CASES)
 def test_each_technique_and_all_at_once_resume_bitwise(dataset, teacher, tmp_path_factory, tmp_path, name, workers):
-    expected = reference(name, dataset, teacher, tmp_path_factory.mktemp(f"reference-{name}"))
+    compared = REFERENCE_OF.get(name, name)
+    expected = reference(compared, dataset, teacher, tmp_path_factory.mktemp(f"reference-{compared}"))
     job = technique_job(tmp_path, dataset, teacher[0], name, "cut", train__data__workers=workers)
     prefix = str(tmp_path / "runs/jobs/cut")
     # Killed once at a random instant (the latest checkpoint then corrupted); all at once: twice.
     kills = 2 if name == "all" else 1
-    interrupt_then_finish(job, env(), prefix, tmp_path, signal.SIGKILL, f"{name}-{workers}", STEPS, kills=kills)
+    run_env = env(PROBE_HOLDS.get(name))
+    interrupt_then_finish(job, run_env, prefix, tmp_path, signal.SIGKILL, f"{name}-{workers}", STEPS, kills=kills)
     assert digests(final_state(prefix)) == expected
     if name in ("ema", "all"):
         assert expected[2] is not None and expected[2] != expected[0]  # the average is not the weights
+    if name in PROBE_HOLDS:  # probed by the first attempt alone; every resumed one read its figure
+        out = (tmp_path / "out.log").read_text()
+        assert out.count("batch probe: 7 images fit, 8 did not") == 1, out[-3000:]
+        assert out.count("batch probe: 6 images per GPU, measured before on cpu") == kills, out[-3000:]
+        chosen = read_json(f"{prefix}/{layout.BATCH_CHOSEN}")
+        assert (chosen["attempt"], chosen["global_batch"]) == (1, 6)
+
+
+def test_auto_batch_recovered_on_a_gpu_that_holds_less_keeps_the_global_batch(dataset, tmp_path):
+    """Attempt 1 fixes the global batch 6 (its memory holds 7); killed, the run resumes on a "GPU"
+    holding 3 (2 with the margin): the same batch in 3 micro-batches, the same steps, finished."""
+    job = write_job(
+        tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="moved",
+        train__epochs=1, train__batch_size={"auto": 8},
+    )  # fmt: skip
+    prefix = str(tmp_path / "runs/jobs/moved")
+    log = tmp_path / "out.log"
+    process = start_trainer(str(job), env(probe_holds=7.5), log=log)
+    code = kill_when(process, lambda: exists(f"{prefix}/checkpoints/LATEST.json"), signal.SIGKILL)
+    assert code == -signal.SIGKILL, log.read_text()[-3000:]
+    chosen = read_json(f"{prefix}/{layout.BATCH_CHOSEN}")
+    assert chosen["global_batch"] == 6 and chosen["per_gpu"] == 6
+
+    assert run_trainer(str(job), env(probe_holds=3.5, gpu="Tesla T4"), log=log) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "resumed from checkpoint step" in out
+    assert "this GPU (Tesla T4) holds 2 of the 6 images a rank trains per step: 3 micro-batches per step" in out
+    assert "batch: auto -> global batch 6, at most 2 per GPU forward" in out
+    assert read_json(f"{prefix}/{layout.BATCH_CHOSEN}") == chosen
+    for gpu, per_gpu in (("cpu", 6), ("Tesla T4", 2)):  # a probe file per GPU type, each its own figure
+        probed = read_json(f"{prefix}/{layout.batch_probe(ProbeKey('mobilenet_v3_small', 32, gpu, 'None', 1).name)}")
+        assert probed["per_gpu"] == per_gpu and probed["key"]["gpu"] == gpu
+    assert final_state(prefix)["position"] == {"epoch": 1, "batch": 0, "step": STEPS // EPOCHS}
 
 
 def test_compiled_training_trains_and_resumes(dataset, tmp_path):

@@ -1,8 +1,9 @@
 """Every SPOTCTL_* environment variable, defined and documented once (README.md lists them, from here).
 
-Three kinds: what a person may set (where spotctl keeps its state, a default storage root, a prebuilt
-wheel), what the instance's user-data passes to the trainer (the job, the attempt, the instance), and
-the knobs the local cloud turns on its instances. Code reads them through `Settings.from_env()` (or
+Four kinds: what a person may set (where spotctl keeps its state, a default storage root, a prebuilt
+wheel), what the instance's user-data passes to the trainer (the job, the attempt, the instance), the
+knobs the local cloud turns on its instances, and the hooks tests and CPU benches set (never a
+production run). Code reads them through `Settings.from_env()` (or
 `BootEnv.from_env()` on the instance), never through os.environ.
 """
 
@@ -19,7 +20,7 @@ class Variable:
     name: str
     default: str
     meaning: str
-    set_by: str  # "you", "user-data" or "local cloud"
+    set_by: str  # "you", "user-data", "local cloud" or "tests"
 
 
 VARIABLES = (
@@ -91,6 +92,13 @@ VARIABLES = (
         "under torchrun: each rank writes its exit code to `<this>.<LOCAL_RANK>`, which the user-data reads",
         "user-data",
     ),
+    Variable(
+        "SPOTCTL_TEST_PROBE_MEMORY",
+        "",
+        "`<bytes>[@<GPU name>]`: batch_size auto's probe runs out of memory past that many bytes of "
+        "activations, on that GPU name (a CPU test's stand-in for a GPU; trainer/batch_probe.py)",
+        "tests",
+    ),
 )
 
 
@@ -112,6 +120,7 @@ class Settings:
     exit_file: str | None = None
     rendezvous_timeout_s: float = 900.0
     region: str | None = None  # AWS_REGION (else AWS_DEFAULT_REGION): the controller's own region
+    test_probe_memory: str | None = None  # SPOTCTL_TEST_PROBE_MEMORY, parsed by trainer.batch_probe.inject
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +136,7 @@ class Settings:
             exit_file=env.get("SPOTCTL_EXIT_FILE") or None,
             rendezvous_timeout_s=float(env.get("SPOTCTL_RENDEZVOUS_TIMEOUT_S") or 900),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            test_probe_memory=env.get("SPOTCTL_TEST_PROBE_MEMORY") or None,
         )
 
 
