@@ -24,7 +24,7 @@ from orchestrator.aws.clients import (
     error_code,
     profile_not_propagated,
 )
-from orchestrator.aws.instances import GONE, TAG_ATTEMPT, TAG_JOB, TAG_NODE, Instance
+from orchestrator.aws.instances import GONE, LIVE, TAG_ATTEMPT, TAG_JOB, TAG_NODE, Instance, NodeMachine
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -156,6 +156,33 @@ def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> lis
         filters.append({"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]})
     pages = cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters)
     return sorted(i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"])
+
+
+def node_machines(cloud: Cloud, job_id: str, attempt: int) -> list[NodeMachine]:
+    """The live machines tagged as nodes of one attempt of the job, by rank (a kept node is tagged
+    with the attempt it served until the one that keeps it is recorded)."""
+    filters = [
+        {"Name": f"tag:{TAG_JOB}", "Values": [job_id]},
+        {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]},
+        {"Name": "tag-key", "Values": [TAG_NODE]},
+        {"Name": "instance-state-name", "Values": list(LIVE)},
+    ]
+    found = []
+    for page in cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters):
+        for entry in (i for r in page["Reservations"] for i in r["Instances"]):
+            rank = {t["Key"]: t["Value"] for t in entry.get("Tags", [])}.get(TAG_NODE, "")
+            if rank.isdigit():
+                found.append(
+                    NodeMachine(
+                        entry["InstanceId"],
+                        int(rank),
+                        entry["InstanceType"],
+                        entry["Placement"]["AvailabilityZone"],
+                        entry.get("ClientToken") or None,
+                        entry["LaunchTime"].isoformat(timespec="seconds"),
+                    )
+                )
+    return sorted(found, key=lambda m: (m.rank, m.launched_at, m.instance_id))
 
 
 def run_instance(
