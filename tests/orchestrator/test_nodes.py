@@ -49,6 +49,13 @@ def test_two_nodes_start_in_one_pool_and_one_cluster_group_recorded_by_rank(acco
         assert machine["Placement"]["AvailabilityZone"] == "us-east-1a"
         assert aws.strict.placement_groups.group_of("us-east-1", node.instance_id) == f"spotctl-{job}"
     assert aws.calls()["ec2:CreatePlacementGroup"] == 1
+    # No stack's group: spotctl's group for several nodes admits its own members, nothing else.
+    groups = {g["GroupId"] for i in live.values() for g in i["NetworkInterfaces"][0]["Groups"]}
+    [group] = settled_ec2().describe_security_groups(GroupIds=list(groups))["SecurityGroups"]
+    assert group["GroupName"] == "spotctl-own-nodes-only"
+    [rule] = group["IpPermissions"]
+    assert rule["IpProtocol"] == "-1" and [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [group["GroupId"]]
+    assert not rule.get("IpRanges") and not rule.get("Ipv6Ranges") and not rule.get("PrefixListIds")
     # The rendezvous' plan: which instance is which node rank (a kept node reads its next rank there).
     store = JobStore(STORAGE)
     plan = NodePlan.parse(store.read_bytes(job, layout.node_plan(1)))
