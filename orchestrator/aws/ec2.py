@@ -1,5 +1,6 @@
 """EC2 as spotctl calls it: the instances of a job (found by tag), its AMI, starting one with the
-network it needs (subnet, egress, a no-inbound security group), terminating. The job lifecycle
+network it needs (subnet, egress, a no-inbound security group; for several nodes one that admits
+only its own members), terminating. The job lifecycle
 (orchestrator.jobs) calls these; they know nothing of records or claims. EC2's vocabulary (tags,
 states, reason codes) is orchestrator.aws.instances.
 """
@@ -24,7 +25,7 @@ from orchestrator.aws.clients import (
     error_code,
     profile_not_propagated,
 )
-from orchestrator.aws.instances import GONE, TAG_ATTEMPT, TAG_JOB, TAG_NODE, Instance
+from orchestrator.aws.instances import GONE, LIVE, TAG_ATTEMPT, TAG_JOB, TAG_NODE, Instance, NodeMachine
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
     from trainer.job.spec import JobSpec
 
 SECURITY_GROUP_NAME = "spotctl-no-inbound"
+# compute.nodes > 1: torchrun's master port and the ranks' collectives (gloo, NCCL over TCP, on ports
+# of their choosing) need node-to-node traffic. A group of its own, so a single node keeps no inbound
+# rule at all; it admits its own members only, as the stack's group does (SecurityGroupSelfIngress).
+NODES_SECURITY_GROUP_NAME = "spotctl-own-nodes-only"
+NODES_GROUP_TAG = ("spotctl:admits", "its-own-members")  # what IAM lets the operator add ingress to
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # EC2 is eventually consistent: an instance RunInstances just returned can be "InvalidInstanceID.NotFound"
@@ -158,6 +164,33 @@ def live_instances(cloud: Cloud, job_id: str, attempt: int | None = None) -> lis
     return sorted(i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"])
 
 
+def node_machines(cloud: Cloud, job_id: str, attempt: int) -> list[NodeMachine]:
+    """The live machines tagged as nodes of one attempt of the job, by rank (a kept node is tagged
+    with the attempt it served until the one that keeps it is recorded)."""
+    filters = [
+        {"Name": f"tag:{TAG_JOB}", "Values": [job_id]},
+        {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(attempt)]},
+        {"Name": "tag-key", "Values": [TAG_NODE]},
+        {"Name": "instance-state-name", "Values": list(LIVE)},
+    ]
+    found = []
+    for page in cloud.client("ec2").get_paginator("describe_instances").paginate(Filters=filters):
+        for entry in (i for r in page["Reservations"] for i in r["Instances"]):
+            rank = {t["Key"]: t["Value"] for t in entry.get("Tags", [])}.get(TAG_NODE, "")
+            if rank.isdigit():
+                found.append(
+                    NodeMachine(
+                        entry["InstanceId"],
+                        int(rank),
+                        entry["InstanceType"],
+                        entry["Placement"]["AvailabilityZone"],
+                        entry.get("ClientToken") or None,
+                        entry["LaunchTime"].isoformat(timespec="seconds"),
+                    )
+                )
+    return sorted(found, key=lambda m: (m.rank, m.launched_at, m.instance_id))
+
+
 def run_instance(
     cloud: Cloud,
     spec: JobSpec,
@@ -216,7 +249,8 @@ def run_instance(
         request["Placement"] = {"GroupName": placement_group}
     if not spec.compute.public_ip:
         require_private_egress(cloud, subnet, vpc, offer.zone)
-    group = spec.compute.security_group or security_group(cloud, vpc, create=not dry_run)
+    spotctls = nodes_security_group if spec.compute.nodes > 1 else security_group
+    group = spec.compute.security_group or spotctls(cloud, vpc, create=not dry_run)
     # The zone is chosen through the subnet. No public address unless the job asks for one: with no
     # inbound rules it would only carry outbound traffic, which a NAT gateway or VPC endpoints can.
     interface = {
@@ -332,28 +366,78 @@ def require_private_egress(cloud: Cloud, subnet: str, vpc: str, zone: str) -> No
 
 def security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
     """spotctl's security group of this VPC: no inbound rules at all (found by name, created once)."""
+    found = _own_group(cloud, vpc, SECURITY_GROUP_NAME, "spotctl training instances: no inbound access", create)
+    return found["GroupId"] if found else None
+
+
+def nodes_security_group(cloud: Cloud, vpc: str, create: bool = True) -> str | None:
+    """spotctl's group of this VPC for multi-node jobs: all traffic from its own members, nothing from
+    anywhere else (found by name, created once; the rule added if a launch that died left it out)."""
+    found = _own_group(
+        cloud,
+        vpc,
+        NODES_SECURITY_GROUP_NAME,
+        "spotctl multi-node training instances: inbound only from this group's members",
+        create,
+        (NODES_GROUP_TAG,),
+    )
+    if found is None:
+        return None
+    group = found["GroupId"]
+    admits_itself = any(
+        rule.get("IpProtocol") == "-1"
+        and any(pair.get("GroupId") == group for pair in rule.get("UserIdGroupPairs", []))
+        for rule in found.get("IpPermissions", [])
+    )
+    if not admits_itself and create:
+        try:
+            cloud.client("ec2").authorize_security_group_ingress(
+                GroupId=group,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "-1",
+                        "UserIdGroupPairs": [
+                            {"GroupId": group, "Description": "spotctl nodes of one job reach each other"}
+                        ],
+                    }
+                ],
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "InvalidPermission.Duplicate":  # another launch added it just now
+                raise as_user_error(exc, f"letting the nodes in {group} reach each other") from None
+    return group
+
+
+def _own_group(
+    cloud: Cloud, vpc: str, name: str, description: str, create: bool, tags: tuple[tuple[str, str], ...] = ()
+) -> dict | None:
+    """spotctl's security group `name` of this VPC as EC2 describes it (with its rules), created with no
+    inbound rule if missing (tagged spotctl:managed and `tags`); None: missing and not `create`."""
     ec2 = cloud.client("ec2")
     found = ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP_NAME]}, {"Name": "vpc-id", "Values": [vpc]}]
+        Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}]
     )["SecurityGroups"]
     if found:
-        return found[0]["GroupId"]
+        return found[0]
     if not create:
         return None
     try:
         created = ec2.create_security_group(
-            GroupName=SECURITY_GROUP_NAME,
-            Description="spotctl training instances: no inbound access",
+            GroupName=name,
+            Description=description,
             VpcId=vpc,
             TagSpecifications=[
-                {"ResourceType": "security-group", "Tags": [{"Key": "spotctl:managed", "Value": "true"}]}
+                {
+                    "ResourceType": "security-group",
+                    "Tags": [{"Key": k, "Value": v} for k, v in [("spotctl:managed", "true"), *tags]],
+                }
             ],
         )
     except botocore.exceptions.ClientError as exc:
         if "Duplicate" in describe(exc):  # another launch created it just now
-            return security_group(cloud, vpc)
+            return _own_group(cloud, vpc, name, description, False)
         raise as_user_error(exc, "creating the security group") from None
-    return created["GroupId"]
+    return {"GroupId": created["GroupId"], "IpPermissions": []}
 
 
 def describe_instance(cloud: Cloud, instance_id: str) -> dict:

@@ -45,3 +45,16 @@ class Instance:
     reason: str | None
     attempt: int | None
     transition: str | None = None  # StateTransitionReason, e.g. "User initiated (2026-11-25 10:00:00 GMT)"
+
+
+@dataclass(frozen=True)
+class NodeMachine:
+    """A live machine tagged as one node of a multi-node attempt (`spotctl:node`), as EC2 describes it:
+    what a launcher that died before recording its nodes may have left running (ec2.node_machines)."""
+
+    instance_id: str
+    rank: int  # its `spotctl:node` tag
+    instance_type: str
+    zone: str
+    client_token: str | None  # the RunInstances ClientToken it was started with
+    launched_at: str  # EC2's LaunchTime, ISO: billing is counted from the machine's own start

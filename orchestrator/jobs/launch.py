@@ -28,6 +28,7 @@ from orchestrator.aws.ec2 import (
     describe_instance,
     live_instances,
     machines_of,
+    node_machines,
     resolve_ami,
     retag_attempt,
     run_instance,
@@ -281,13 +282,14 @@ def start_attempt(
     if abandoned is not None:
         # Taking over a claim whose orchestrator died: it may have started an instance before dying.
         # Adopt that one; else try its pool first (on AWS the same ClientToken returns the same instance).
-        adopted = _adopt(record, number, cloud, store, owner)
+        # Several nodes: _start_nodes adopts those it started, node by node, and starts the rest.
+        adopted = _adopt(record, number, cloud, store, owner) if spec.compute.nodes == 1 else None
         if adopted is not None:
             return adopted
         offers = sorted(offers, key=lambda o: o.pool != (abandoned.instance_type, abandoned.zone))
     image = image or describe_image(cloud, record.ami)  # the caller's, if it has described it already
     if spec.compute.nodes > 1:
-        return _start_nodes(record, spec, offers, cloud, store, image, number, owner)
+        return _start_nodes(record, spec, offers, cloud, store, image, number, owner, abandoned)
     user_data = user_data or bootstrap_script(spec, record.job_id, number, record.wheel_url)
     ami, root_device = image.id, image.root_device
     refusals = Refusals()
@@ -366,12 +368,14 @@ def _start_nodes(
     image: Image,
     number: int,
     owner: str,
+    abandoned: Attempt | None = None,
 ) -> Attempt | None:
     """compute.nodes > 1: start every node of the attempt in one pool (one type, one zone), in the
     job's cluster placement group where the type may join one. All or nothing per pool: a node EC2
     refuses ends the ones already started there, and the next offer is tried for all of them. The
     claim is the attempt's, as for one instance; each node has its own ClientToken (node_token), so a
-    repeated call starts no second machine for a node."""
+    repeated call starts no second machine for a node. Taking over an `abandoned` claim, the nodes
+    its dead launcher started are adopted (jobs.nodes.adoption) and only the other ranks started."""
     nodes = spec.compute.nodes
     keep = survivors(record, number, nodes, offers, cloud)
     if keep is not None and not keep.whole and not keep.lost:
@@ -388,11 +392,19 @@ def _start_nodes(
     if keep is not None and keep.whole:
         keep = None
     ranks = keep.lost if keep else list(range(nodes))
+    leftover = _left_by(abandoned, cloud, record.job_id, ranks, offers, keep)
     refusals = Refusals()
     for offer in offers:
         if refusals.quota_of(offer) is not None:
             continue
-        tokens = {rank: node_token(record.job_id, number, rank, offer) for rank in ranks}
+        # The dead launcher's machines count as started in their pool (always the first offer then):
+        # refused there, they end with the rest of the gang.
+        adopted = leftover.adopted if leftover.pool == offer.pool else {}
+        tokens = {
+            rank: (adopted[rank].client_token if rank in adopted else None)
+            or node_token(record.job_id, number, rank, offer)
+            for rank in ranks
+        }
         claimed = store.update_record(
             record.job_id,
             lambda r, offer=offer, tokens=tokens: _claim_nodes(r, number, offer, tokens, owner, spec.compute, keep),
@@ -400,10 +412,13 @@ def _start_nodes(
         if claimed is None:
             log.info("launch: attempt %d of %s is another orchestrator's", number, record.job_id)
             return None
+        if leftover.ended:  # only once the claim is ours: another taker's machines are never ended here
+            _end_leftovers(cloud, leftover.ended, number, record.job_id)
+        leftover = node_loss.Adoption({}, [])
         group = placement.ensure_group(cloud, record.job_id) if placement.wanted(nodes, offer.instance) else None
-        started: dict[int, str] = {}
+        started: dict[int, str] = {rank: machine.instance_id for rank, machine in adopted.items()}
         try:
-            for rank in ranks:
+            for rank in (r for r in ranks if r not in adopted):
                 user_data = bootstrap_script(spec, record.job_id, number, record.wheel_url, node_rank=rank)
                 started[rank] = run_instance(
                     cloud,
@@ -447,9 +462,12 @@ def _start_nodes(
             store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
             raise
         instances = {**({n.rank: n.instance_id for n in keep.kept} if keep else {}), **started}
+        launched = {rank: machine.launched_at for rank, machine in adopted.items()}
         written = store.update_record(
             record.job_id,
-            lambda r, tokens=tokens, instances=instances: _started_nodes(r, number, tokens, instances, owner),
+            lambda r, tokens=tokens, instances=instances, launched=launched: _started_nodes(
+                r, number, tokens, instances, owner, launched
+            ),
         )
         if written is None:
             log.warning(
@@ -461,6 +479,13 @@ def _start_nodes(
             terminate(cloud, list(started.values()))
             return None
         record.attempts[:] = written.attempts
+        if adopted:
+            log.warning(
+                "launch: adopted %s, started for attempt %d of %s by an orchestrator that stopped before recording them",
+                ", ".join(f"{m.instance_id} (node {rank})" for rank, m in adopted.items()),
+                number,
+                record.job_id,
+            )
         if keep:  # the survivors serve this attempt now: its tag, then the plan their bootstraps wait for
             retag_attempt(cloud, [n.instance_id for n in keep.kept], number)
         # Each node's bootstrap finds its rank here too: a kept node learns its next attempt and rank from it.
@@ -471,6 +496,38 @@ def _start_nodes(
         return written.attempts[-1]
     store.update_record(record.job_id, lambda r: _unclaim(r, number, owner))
     raise refusals.error()
+
+
+def _left_by(
+    abandoned: Attempt | None,
+    cloud: Cloud,
+    job_id: str,
+    ranks: list[int],
+    offers: list[Offer],
+    keep: node_loss.Replacement | None,
+) -> node_loss.Adoption:
+    """The node machines a dead launcher left for the `abandoned` (stale) claim: those this launch
+    adopts, and those it ends once the claim is its own (another pool's, a second of one rank; all of
+    them when their pool is no offer now, priced out or no longer fitting: a gang elsewhere does not
+    need them)."""
+    if abandoned is None or not stale_claim(abandoned):  # a live claim: its launcher records them
+        return node_loss.Adoption({}, [])
+    kept = {n.instance_id for n in keep.kept} if keep else set()  # survivors: never the leftovers' to end
+    machines = [m for m in node_machines(cloud, job_id, abandoned.number) if m.instance_id not in kept]
+    found = node_loss.adoption(abandoned, machines, ranks)
+    if found.adopted and (not offers or offers[0].pool != found.pool):  # the caller orders the claim's pool first
+        found = node_loss.Adoption({}, found.ended + [m.instance_id for m in found.adopted.values()])
+    return found
+
+
+def _end_leftovers(cloud: Cloud, instance_ids: list[str], number: int, job_id: str) -> None:
+    log.warning(
+        "launch: terminating %s, started for attempt %d of %s by an orchestrator that stopped before recording them",
+        ", ".join(instance_ids),
+        number,
+        job_id,
+    )
+    terminate(cloud, instance_ids)
 
 
 def survivors(
@@ -522,16 +579,23 @@ def _claim_nodes(
 
 
 def _started_nodes(
-    record: JobRecord, number: int, tokens: dict[int, str], instance_ids: dict[int, str], owner: str
+    record: JobRecord,
+    number: int,
+    tokens: dict[int, str],
+    instance_ids: dict[int, str],
+    owner: str,
+    launched: dict[int, str] | None = None,
 ) -> bool:
+    """The attempt's nodes started: each new node's machine, serving (and billed) from its launch now,
+    or an adopted one's own (`launched`, by rank: EC2's LaunchTime)."""
     if not _started(record, number, next(iter(tokens.values())), instance_ids[0], owner):
         return False
     attempt = record.attempts[-1]
     for node in attempt.nodes or []:
         if node.kept:
             continue
-        node.instance_id, node.launched_at = instance_ids[node.rank], attempt.launched_at
-        node.since = attempt.launched_at
+        node.instance_id = instance_ids[node.rank]
+        node.launched_at = node.since = (launched or {}).get(node.rank) or attempt.launched_at
     return True
 
 

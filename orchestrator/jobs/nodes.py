@@ -11,6 +11,10 @@ and the record, this decides.
   zone: EC2 refuses another while the group holds a machine, `InvalidPlacementGroup.InUse`) whose type
   has the kept nodes' GPU count (the world size, and so the batch split, stays that of the checkpoint's
   run). The order among them is the failover order the caller gives.
+- Taking over a launch whose spotctl died after starting some nodes (a stale claim, jobs.launch):
+  the machines it left in the claim's pool are **adopted**, one per rank the attempt starts (the one
+  with the claim's token for that rank first); any other (another pool's, a second of one rank) is
+  **ended**, so the attempt has exactly one machine per rank and nothing is left billing unrecorded.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING
 from orchestrator.aws.instances import GONE, LIVE
 
 if TYPE_CHECKING:
-    from orchestrator.aws.instances import Instance
+    from orchestrator.aws.instances import Instance, NodeMachine
     from orchestrator.aws.offers import Offer
     from trainer.job.documents import Attempt, Node
 
@@ -96,3 +100,30 @@ def fitting(offers: list[Offer], plan: Replacement) -> list[Offer]:
         else (lambda o: o.instance.name == plan.kept[0].instance_type)
     )
     return [o for o in offers if o.zone == plan.zone and same(o)]
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What a takeover of a dead launcher's claim does with the node machines it left."""
+
+    adopted: dict[int, NodeMachine]  # by rank: the machine that serves that rank now
+    ended: list[str]  # instance ids to terminate: not wanted by this attempt
+
+    @property
+    def pool(self) -> tuple[str, str] | None:
+        """(type, zone) of the adopted machines; None: nothing adopted."""
+        first = next(iter(self.adopted.values()), None)
+        return (first.instance_type, first.zone) if first else None
+
+
+def adoption(claim: Attempt, machines: list[NodeMachine], ranks: list[int]) -> Adoption:
+    """Which of `machines` (the live nodes tagged with the claimed attempt) the takeover adopts: in the
+    claim's pool, one per rank among `ranks` (the ranks this attempt starts), the claim's token first."""
+    tokens = {n.rank: n.client_token for n in claim.nodes or []}
+    adopted: dict[int, NodeMachine] = {}
+    for machine in sorted(machines, key=lambda m: (m.rank, m.client_token != tokens.get(m.rank))):
+        pool = (machine.instance_type, machine.zone)
+        if machine.rank in ranks and machine.rank not in adopted and pool == (claim.instance_type, claim.zone):
+            adopted[machine.rank] = machine
+    taken = {m.instance_id for m in adopted.values()}
+    return Adoption(adopted, [m.instance_id for m in machines if m.instance_id not in taken])

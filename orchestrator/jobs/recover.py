@@ -14,6 +14,7 @@ from orchestrator.aws.prices import Pool, PriceSource
 from orchestrator.errors import UserError
 from orchestrator.jobs.cost import cost_of
 from orchestrator.jobs.launch import NoCapacity, start_attempt
+from orchestrator.jobs.nodes import none_lost_yet
 from orchestrator.jobs.policy import failover_order
 from orchestrator.jobs.record import JobStore, Unreadable
 from orchestrator.jobs.state import JobView, settle, unfinished_claim
@@ -130,6 +131,16 @@ def resume(
                 f"job {job_id}: not resumed, it has spent {spent_text} of its budget {budget_text}",
                 f"`spotctl resume JOB --budget NEW` with NEW above {spent_text}",
             )
+    if none_lost_yet(view.record.current, view.machines):
+        # A multi-node attempt is replaced node by node, and which node goes is not known while every
+        # machine still runs (jobs.nodes): nothing to start yet, so nothing is reopened or set aside.
+        current = view.record.current
+        machines = ", ".join(n.instance_id or "?" for n in sorted(current.nodes or [], key=lambda n: n.rank))
+        raise UserError(
+            f"job {job_id}: not resumed, it is running (attempt {current.number} on {machines})",
+            "every node's machine still runs: `spotctl resume JOB` again once one is gone (a spot notice's goes "
+            "within two minutes); `spotctl status JOB` shows it; `spotctl stop JOB` stops it",
+        )
     spec = job_spec(store, job_id)
 
     def reopen(record: JobRecord) -> None:

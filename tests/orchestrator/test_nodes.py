@@ -49,6 +49,13 @@ def test_two_nodes_start_in_one_pool_and_one_cluster_group_recorded_by_rank(acco
         assert machine["Placement"]["AvailabilityZone"] == "us-east-1a"
         assert aws.strict.placement_groups.group_of("us-east-1", node.instance_id) == f"spotctl-{job}"
     assert aws.calls()["ec2:CreatePlacementGroup"] == 1
+    # No stack's group: spotctl's group for several nodes admits its own members, nothing else.
+    groups = {g["GroupId"] for i in live.values() for g in i["NetworkInterfaces"][0]["Groups"]}
+    [group] = settled_ec2().describe_security_groups(GroupIds=list(groups))["SecurityGroups"]
+    assert group["GroupName"] == "spotctl-own-nodes-only"
+    [rule] = group["IpPermissions"]
+    assert rule["IpProtocol"] == "-1" and [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [group["GroupId"]]
+    assert not rule.get("IpRanges") and not rule.get("Ipv6Ranges") and not rule.get("PrefixListIds")
     # The rendezvous' plan: which instance is which node rank (a kept node reads its next rank there).
     store = JobStore(STORAGE)
     plan = NodePlan.parse(store.read_bytes(job, layout.node_plan(1)))
@@ -170,3 +177,96 @@ def test_one_lost_node_of_two_is_replaced_alone_and_the_survivor_keeps_its_machi
     assert code == 0, err
     assert f"attempt 1 nodes: 0 {survivor}, 1 {lost} (lost)" in out
     assert f"attempt 2 nodes: 0 {survivor} (kept), 1 {replaced}" in out
+
+
+def test_a_dead_launchers_half_started_gang_is_adopted_node_by_node_and_completed(account, aws, spotctl, tmp_path):
+    """A spotctl that died mid-launch left attempt 2 claimed with its nodes' tokens, ranks 0 and 2
+    started, rank 1 not: the resume adopts the two (found by their tags, no RunInstances for them) and
+    starts rank 1 only."""
+    from datetime import datetime, timedelta, timezone
+
+    from orchestrator.aws import placement
+    from orchestrator.aws.ec2 import describe_image, run_instance
+    from orchestrator.aws.offers import find_offers
+    from orchestrator.cli import context
+    from orchestrator.jobs.launch import _claim_nodes, bootstrap_script, node_token
+    from orchestrator.jobs.recover import job_spec, settle_view
+    from orchestrator.jobs.views import read_views
+    from trainer.job.settings import Settings
+
+    code, out, err = spotctl("launch", nodes_job(tmp_path, nodes=3))
+    assert code == 0, err
+    job, store = launched_id(out), JobStore(STORAGE)
+    for node in store.read_record(job).attempts[-1].nodes:
+        aws.interrupt(node.instance_id)  # the whole gang lost: attempt 2 starts all three again
+    clouds = context.App(Settings.from_env()).clouds(None)
+    settle_view(store, read_views(store, [job], clouds)[0])
+    # The dead launcher, with spotctl's own steps: its claim, then RunInstances for ranks 0 and 2.
+    record, spec, cloud = store.read_record(job), job_spec(store, job), clouds("us-east-1")
+    image = describe_image(cloud, record.ami)
+    offer = find_offers(cloud, spec.compute, context.aws_prices(cloud), image).ranked[0]
+    tokens = {rank: node_token(job, 2, rank, offer) for rank in range(3)}
+    store.update_record(job, lambda r: _claim_nodes(r, 2, offer, tokens, "gone/1/x", spec.compute))
+    group = placement.ensure_group(cloud, job)
+    orphans = {
+        rank: run_instance(
+            cloud,
+            spec,
+            job,
+            2,
+            offer,
+            image.id,
+            image.root_device,
+            bootstrap_script(spec, job, 2, record.wheel_url, node_rank=rank),
+            tokens[rank],
+            node=rank,
+            placement_group=group,
+        )
+        for rank in (0, 2)
+    }
+
+    def died_long_ago(r):
+        r.attempts[-1].requested_at = (datetime.now(timezone.utc) - timedelta(minutes=6)).isoformat(timespec="seconds")
+
+    store.update_record(job, died_long_ago)
+    settled_ec2()  # minutes later: EC2 lists the machines it left
+    before = aws.calls()["ec2:RunInstances:sent"]
+    code, out, err = spotctl("resume", job, "--storage", STORAGE, "--json")
+    assert code == 0, err
+    assert aws.calls()["ec2:RunInstances:sent"] == before + 1  # rank 1's machine, the one never started
+    attempt = store.read_record(job).attempts[-1]
+    assert attempt.number == 2 and attempt.instance_id == orphans[0] == attempt.nodes[0].instance_id
+    assert attempt.nodes[2].instance_id == orphans[2] and attempt.nodes[1].instance_id not in orphans.values()
+    live = [i for i in instances() if tags_of(i)[TAG_ATTEMPT] == "2" and i["State"]["Name"] in ("pending", "running")]
+    assert sorted((tags_of(i)[TAG_NODE], i["InstanceId"]) for i in live) == [
+        (str(n.rank), n.instance_id) for n in attempt.nodes
+    ]  # exactly one machine per rank: none doubled, none orphaned
+    plan = NodePlan.parse(store.read_bytes(job, layout.node_plan(2)))
+    assert plan.nodes == {str(n.rank): n.instance_id for n in attempt.nodes}
+
+
+def test_resume_while_every_node_still_runs_refuses_as_for_a_running_job_and_changes_nothing(
+    account, aws, spotctl, tmp_path
+):
+    code, out, err = spotctl("launch", nodes_job(tmp_path))
+    assert code == 0, err
+    job, store = launched_id(out), JobStore(STORAGE)
+    nodes = store.read_record(job).attempts[-1].nodes
+    code, _, err = spotctl("resume", job, "--storage", STORAGE)
+    assert code == 1 and err.splitlines() == [
+        f"error: job {job}: not resumed, it is running (attempt 1 on {nodes[0].instance_id})",
+        "hint: `spotctl status JOB` shows it; `spotctl stop JOB` stops it",
+    ]  # what a single-node job says
+    # The spot notice reached one node (every rank checkpointed and said so); EC2 has not taken it yet.
+    heartbeat(job, 1, "interrupted")
+    code, _, err = spotctl("resume", job, "--storage", STORAGE)
+    ids = ", ".join(n.instance_id for n in nodes)
+    assert code == 1 and err.splitlines() == [
+        f"error: job {job}: not resumed, it is running (attempt 1 on {ids})",
+        "hint: every node's machine still runs: `spotctl resume JOB` again once one is gone (a spot notice's goes "
+        "within two minutes); `spotctl status JOB` shows it; `spotctl stop JOB` stops it",
+    ]
+    assert len(store.read_record(job).attempts) == 1 and aws.calls()["ec2:RunInstances:sent"] == 2  # nothing started
+    aws.interrupt(nodes[1].instance_id)  # now it is known which node to replace
+    code, out, err = spotctl("resume", job, "--storage", STORAGE)
+    assert code == 0 and out.startswith(f"resumed {job}: attempt 2 "), err

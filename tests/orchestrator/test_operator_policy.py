@@ -285,6 +285,19 @@ def test_the_operator_policy_allows_spotctls_own_launch_and_refuses_any_other(ac
     assert not evaluate(policy, "ec2:CreateSecurityGroup", group, {})
     assert evaluate(policy, "ec2:CreateSecurityGroup", f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/{VPC}", {})
     assert not evaluate(policy, "ec2:CreateSecurityGroup", f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/vpc-0other", {})
+    # compute.nodes > 1: ingress is added only to spotctl's multi-node group (its own members), in the
+    # stack's VPC; never to the no-inbound group or anyone else's.
+    in_vpc = {"ec2:Vpc": f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/{VPC}"}
+    nodes_group = {"aws:ResourceTag/spotctl:admits": "its-own-members", **in_vpc}
+    assert evaluate(policy, "ec2:AuthorizeSecurityGroupIngress", group, nodes_group)
+    for other in ({"aws:ResourceTag/spotctl:managed": "true", **in_vpc}, in_vpc):
+        assert not evaluate(policy, "ec2:AuthorizeSecurityGroupIngress", group, other)
+    assert not evaluate(
+        policy,
+        "ec2:AuthorizeSecurityGroupIngress",
+        group,
+        {**nodes_group, "ec2:Vpc": f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/vpc-0other"},
+    )
 
     # One service-linked role, EC2 Spot's; no other service's.
     def creates_role(service: str, name: str) -> bool:

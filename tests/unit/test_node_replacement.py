@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from orchestrator.aws.instances import Instance
+from orchestrator.aws.instances import Instance, NodeMachine
 from orchestrator.aws.offers import InstanceType, Offer
-from orchestrator.jobs.nodes import fitting, none_lost_yet, replacement, standing_for
+from orchestrator.jobs.nodes import adoption, fitting, none_lost_yet, replacement, standing_for
 from orchestrator.jobs.state import derive_state, settle
 from tests.unit.jobs import attempt
 from trainer.job.documents import JobRecord, JobState, Node
@@ -116,3 +116,29 @@ def test_one_node_lost_ends_the_attempt_as_interrupted_and_marks_only_that_node_
         (False, None, first.ended_at),
     ]
     assert not settle(record, {1: stands}, None, None, machines=machines)  # idempotent
+
+
+def test_a_dead_launchers_nodes_are_adopted_one_per_rank_in_its_pool_and_the_rest_ended():
+    claim = three_nodes()  # claimed in g5.xlarge / us-east-1a, tokens t0..t2
+    for node in claim.nodes:
+        node.instance_id = None
+
+    def left(instance_id, rank, token, pool=("g5.xlarge", "us-east-1a")):
+        return NodeMachine(instance_id, rank, *pool, token, "2026-12-01T10:00:00+00:00")
+
+    found = adoption(
+        claim,
+        [
+            left("i-a", 0, "t0"),
+            left("i-b", 2, "other-version"),  # started by another spotctl version: its rank all the same
+            left("i-c", 2, "t2"),  # a second machine of rank 2: the one with the claim's token wins
+            left("i-d", 1, "t1", ("g6.xlarge", "us-east-1b")),  # a pool the claim moved off
+        ],
+        ranks=[0, 1, 2],
+    )
+    assert {r: m.instance_id for r, m in found.adopted.items()} == {0: "i-a", 2: "i-c"}
+    assert sorted(found.ended) == ["i-b", "i-d"] and found.pool == ("g5.xlarge", "us-east-1a")
+    # A replacement starts rank 1 only: another machine of a kept rank is not this attempt's to adopt.
+    found = adoption(claim, [left("i-a", 0, "t0"), left("i-e", 1, "t1")], ranks=[1])
+    assert {r: m.instance_id for r, m in found.adopted.items()} == {1: "i-e"} and found.ended == ["i-a"]
+    assert adoption(claim, [], ranks=[0, 1, 2]) == type(found)({}, [])

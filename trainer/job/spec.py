@@ -240,7 +240,8 @@ class ComputeSpec(Section):
     """The subnet to launch in, per zone (for a VPC of your own, or an account without a default
     VPC). Only these zones are used. Default: each zone's default subnet."""
     security_group: str | None = Field(None, examples=["sg-0123456789abcdef0"])
-    """Security group id; default: one with no inbound rules, created at launch."""
+    """Security group id; default: one with no inbound rules, created at launch (several nodes: one
+    that admits only its own members)."""
     public_ip: bool = False
     """Give the instance a public IPv4 address. Off by default: the subnet then needs a route to S3
     and to the package index (a NAT gateway, or an S3 gateway endpoint and a mirror). Turn it on in a
