@@ -78,7 +78,14 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     shape = (-1, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape)
     std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(shape)
-    return images.float().div_(255).sub_(mean_t).div_(std_t)
+    if images.device.type != "cpu" or images.ndim != 4:
+        return images.float().div_(255).sub_(mean_t).div_(std_t)
+    # On the CPU a batch's four passes (convert, /255, -mean, /std) each stream ~19 MB through memory;
+    # one image at a time (~600 KB) they stay in cache: ~25% less time, the same arithmetic bit for bit.
+    out = torch.empty(images.shape, dtype=torch.float32)
+    for image, target in zip(images, out, strict=True):
+        target.copy_(image).div_(255).sub_(mean_t).div_(std_t)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- GPU decode

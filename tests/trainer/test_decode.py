@@ -78,7 +78,14 @@ def test_normalising_on_the_device_matches_to_tensor_and_normalize():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = transforms.Normalize(mean, std)(transforms.ToTensor()(image))
     pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    assert torch.allclose(decode.normalize(pixels[None], mean, std)[0], expected, atol=1e-6)
+    batch = torch.stack([pixels, pixels.flip(-1)])
+    normalised = decode.normalize(batch, mean, std)
+    assert torch.allclose(normalised[0], expected, atol=1e-6)
+    # A CPU batch is normalised one image at a time (in cache): bit for bit what the whole-tensor
+    # arithmetic (a single CHW image, and a batch on the GPU) gives.
+    assert all(
+        torch.equal(row, decode.normalize(image, mean, std)) for row, image in zip(normalised, batch, strict=True)
+    )
 
 
 def test_gpu_decoding_without_cuda_is_one_clear_error(image_folder):
