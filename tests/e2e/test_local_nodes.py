@@ -2,17 +2,21 @@
 loopback port of its own) meet through the bucket, run one torchrun each (gloo over 127.0.0.1), and
 train one job to success; the record holds both nodes by rank, the rendezvous both registrations.
 Node 1 is interrupted on the way: only it is replaced, node 0 keeps its machine (its instance id in
-attempt 2 is attempt 1's) and joins attempt 2 as the same rank, and the job still succeeds."""
+attempt 2 is attempt 1's) and joins attempt 2 as the same rank, and the job still succeeds, its final
+checkpoint (model and optimizer) bitwise equal to an uninterrupted run of the same job file on the same
+data: the real trainer under torchrun as 2 ranks of one machine (world size 2 as well)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
 import yaml
 
 from testbed import REPO
+from testbed.trainer_runs import final_state, optimizer_digest, run_trainer, tensor_digest, trainer_env
 from tests.e2e.test_local_cloud import local_home, point_aws_tools_at_the_local_cloud  # noqa: F401
 
 BUCKET = "spotctl-local"
@@ -80,5 +84,26 @@ def test_two_local_nodes_train_one_job_to_success(local_home, tmp_path, spotctl,
         ]
         assert [j["instance_id"] for j in joins] == [n["instance_id"] for n in attempt["nodes"]]
         assert {j["host"] for j in joins} == {"127.0.0.1"} and joins[0]["port"] != joins[1]["port"]
+
+        # The uninterrupted reference: the job file as launched (its own storage) on the same data in the
+        # bucket, under torchrun as 2 gloo ranks of one machine: world size 2 either way, the same global
+        # ranks. Each node's trainer ran with torch's default CPU threads (torchrun sets
+        # OMP_NUM_THREADS=1 only for 2+ processes per node): the reference uses the count the job
+        # recorded, as a convolution's sums may differ in the last bits with another.
+        trained = final_state(f"s3://{BUCKET}/spotctl/jobs/{job_id}")
+        launched = yaml.safe_load(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/job.yaml")["Body"].read())
+        launched["storage"] = str(tmp_path / "reference")
+        reference_job = tmp_path / "reference.yaml"
+        reference_job.write_text(yaml.safe_dump(launched))
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        env = trainer_env(
+            {**aws, "SPOTCTL_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": str(trained["threads"])}
+        )
+        log = tmp_path / "reference.log"
+        assert run_trainer(str(reference_job), env, log=log, ranks=2) == 0, log.read_text()[-3000:]
+        reference = final_state(f"{tmp_path}/reference/jobs/{launched['name']}")
+        assert trained["position"] == reference["position"] and trained["threads"] == reference["threads"]
+        assert tensor_digest(trained["model"]) == tensor_digest(reference["model"])
+        assert optimizer_digest(trained["optimizer"]) == optimizer_digest(reference["optimizer"])
     finally:
         spotctl("local", "down")
