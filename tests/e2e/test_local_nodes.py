@@ -18,6 +18,7 @@ import yaml
 from testbed import REPO
 from testbed.trainer_runs import final_state, optimizer_digest, run_trainer, tensor_digest, trainer_env
 from tests.e2e.test_local_cloud import local_home, point_aws_tools_at_the_local_cloud  # noqa: F401
+from trainer.job import layout
 
 BUCKET = "spotctl-local"
 
@@ -90,8 +91,10 @@ def test_two_local_nodes_train_one_job_to_success(local_home, tmp_path, spotctl,
         # ranks. Each node's trainer ran with torch's default CPU threads (torchrun sets
         # OMP_NUM_THREADS=1 only for 2+ processes per node): the reference uses the count the job
         # recorded, as a convolution's sums may differ in the last bits with another.
-        trained = final_state(f"s3://{BUCKET}/spotctl/jobs/{job_id}")
-        launched = yaml.safe_load(s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/job.yaml")["Body"].read())
+        trained = final_state(layout.job_prefix(f"s3://{BUCKET}/spotctl", job_id))
+        launched = yaml.safe_load(
+            s3.get_object(Bucket=BUCKET, Key=f"spotctl/{layout.in_job(job_id, layout.JOB_FILE)}")["Body"].read()
+        )
         launched["storage"] = str(tmp_path / "reference")
         reference_job = tmp_path / "reference.yaml"
         reference_job.write_text(yaml.safe_dump(launched))
@@ -101,7 +104,7 @@ def test_two_local_nodes_train_one_job_to_success(local_home, tmp_path, spotctl,
         )
         log = tmp_path / "reference.log"
         assert run_trainer(str(reference_job), env, log=log, ranks=2) == 0, log.read_text()[-3000:]
-        reference = final_state(f"{tmp_path}/reference/jobs/{launched['name']}")
+        reference = final_state(layout.job_prefix(f"{tmp_path}/reference", launched["name"]))
         assert trained["position"] == reference["position"] and trained["threads"] == reference["threads"]
         assert tensor_digest(trained["model"]) == tensor_digest(reference["model"])
         assert optimizer_digest(trained["optimizer"]) == optimizer_digest(reference["optimizer"])

@@ -171,7 +171,7 @@ def test_auto_batch_recovered_on_a_gpu_that_holds_less_keeps_the_global_batch(da
     prefix = str(tmp_path / "runs/jobs/moved")
     log = tmp_path / "out.log"
     process = start_trainer(str(job), env(probe_holds=7.5), log=log)
-    code = kill_when(process, lambda: exists(f"{prefix}/checkpoints/LATEST.json"), signal.SIGKILL)
+    code = kill_when(process, lambda: exists(f"{prefix}/{layout.CHECKPOINTS}/{layout.POINTER}"), signal.SIGKILL)
     assert code == -signal.SIGKILL, log.read_text()[-3000:]
     chosen = read_json(f"{prefix}/{layout.BATCH_CHOSEN}")
     assert chosen["global_batch"] == 6 and chosen["per_gpu"] == 6
@@ -208,7 +208,9 @@ def test_compiled_training_trains_and_resumes(dataset, tmp_path):
     # as a recovery on one machine would.
     compiled_env = {**env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     process = start_trainer(str(job), compiled_env, log=tmp_path / "out.log")
-    code = kill_when(process, lambda: exists(f"{prefix}/checkpoints/LATEST.json"), signal.SIGTERM, timeout=1500)
+    code = kill_when(
+        process, lambda: exists(f"{prefix}/{layout.CHECKPOINTS}/{layout.POINTER}"), signal.SIGTERM, timeout=1500
+    )
     assert code == 75, (tmp_path / "out.log").read_text()[-3000:]
     assert run_trainer(str(job), compiled_env, timeout=1500, log=tmp_path / "out.log") == 0, (
         tmp_path / "out.log"
