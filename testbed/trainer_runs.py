@@ -251,9 +251,12 @@ def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, 
         # A step past where the next attempt starts (of two kills, the first in the first third). Once
         # its state file appears, wait a random instant: SIGKILL then lands anywhere from mid-upload (a
         # state file without its manifest) to a few steps later.
-        start = latest_step() // 2 * 2 + 2  # checkpoints are every 2 steps; a SIGTERM one may be odd
-        if index == kills - 1:
-            start = max(start, 4)  # two checkpoints by then: the corrupted latest has one before it
+        # Checkpoints are every 2 steps (a SIGTERM one may be odd), one upload at a time: once step 4's
+        # state file exists, step 2 is committed. So a kill at step 4 or later always leaves a
+        # checkpoint to resume from (a SIGKILL mid-way through step 2's upload would leave none, and
+        # the next attempt would start over), and the last kill leaves two: the corrupted latest has
+        # one before it.
+        start = max(latest_step() // 2 * 2 + 2, 4)
         step = chooser.randrange(start, last + 1, 2)
         process = start_trainer(str(job), env, log=log)
         code = kill_when(
