@@ -247,7 +247,7 @@ def interrupt_then_finish(job, env, prefix: str, log_dir: Path, sig, seed: str, 
     def state_of(step: int) -> str:
         return f"{layout.CHECKPOINTS}/{step_folder(step)}/{STATE_FILE}"
 
-    for index, last in enumerate((steps // 3, steps - 4)[-kills:]):
+    for last in (steps // 3, steps - 4)[-kills:]:
         # A step past where the next attempt starts (of two kills, the first in the first third). Once
         # its state file appears, wait a random instant: SIGKILL then lands anywhere from mid-upload (a
         # state file without its manifest) to a few steps later.

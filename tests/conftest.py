@@ -32,12 +32,25 @@ os.environ.setdefault(
 )
 
 
+# The order the layers run in, longest tests first: `make test` hands whole files to its workers in
+# this order (pytest-xdist's --dist loadfile), so the long end-to-end and trainer files start at once
+# and the many short control-plane and unit files fill in at the end, instead of one worker finishing
+# alone with the longest file.
+LONGEST_FIRST = ("e2e", "trainer", "orchestrator", "unit")
+
+
+def _layer(item) -> str:
+    return Path(str(item.path)).relative_to(Path(__file__).parent).parts[0]
+
+
 def pytest_collection_modifyitems(items):
-    """Each test is marked with its layer, from its folder."""
+    """Each test is marked with its layer, from its folder; the layers run longest first (a stable
+    sort: each file's tests stay together and in order)."""
     for item in items:
-        folder = Path(str(item.path)).relative_to(Path(__file__).parent).parts[0]
-        if folder in LAYERS:
-            item.add_marker(LAYERS[folder])
+        if _layer(item) in LAYERS:
+            item.add_marker(LAYERS[_layer(item)])
+    order = {layer: rank for rank, layer in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(_layer(item), len(order)))
 
 
 @pytest.fixture(autouse=True)
