@@ -19,7 +19,7 @@ readme-demo:  ## copy the last `make demo` transcript's launch step (launch, no 
 test: $(STAMP)  ## lint and format checks, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("spotctl needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'

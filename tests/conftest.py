@@ -33,9 +33,9 @@ os.environ.setdefault(
 
 
 # The order the layers run in, longest tests first: `make test` hands whole files to its workers in
-# this order (pytest-xdist's --dist loadfile), so the long end-to-end and trainer files start at once
-# and the many short control-plane and unit files fill in at the end, instead of one worker finishing
-# alone with the longest file.
+# this order (pytest-xdist's --dist loadfile --no-loadscope-reorder; without that flag the files with
+# the most tests go first), so the long end-to-end and trainer files start at once and the many short
+# control-plane and unit files fill in at the end, instead of two end-to-end files finishing last.
 LONGEST_FIRST = ("e2e", "trainer", "orchestrator", "unit")
 
 
