@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Test processes (pytest-xdist), each given whole files, longest first (tests/conftest.py). On CI's
-# 2 cores two finish the suite in about 5/6 of one's time (it is mostly CPU-bound: a trainer
+# 2 cores two finish the suite in about 2/3 of one's time (it is mostly CPU-bound: a trainer
 # subprocess imports torch each time); 1 runs it in one process.
 TEST_WORKERS ?= 2
 
