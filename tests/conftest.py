@@ -47,8 +47,8 @@ def pytest_collection_modifyitems(items):
     """Each test is marked with its layer, from its folder; the layers run longest first (a stable
     sort: each file's tests stay together and in order)."""
     for item in items:
-        if _layer(item) in LAYERS:
-            item.add_marker(LAYERS[_layer(item)])
+        if (layer := _layer(item)) in LAYERS:
+            item.add_marker(LAYERS[layer])
     order = {layer: rank for rank, layer in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: order.get(_layer(item), len(order)))
 

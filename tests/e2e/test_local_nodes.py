@@ -48,7 +48,7 @@ def test_two_local_nodes_train_one_job_to_success(local_home, tmp_path, spotctl,
         assert " 2 x " in out
 
         s3 = boto3.client("s3")
-        beat_key = f"spotctl/jobs/{job_id}/status/heartbeat.json"
+        beat_key = f"spotctl/{layout.in_job(job_id, layout.HEARTBEAT)}"
         deadline = time.monotonic() + 600
         while True:  # node 1 goes once the job has trained a checkpointed step
             try:
@@ -77,7 +77,7 @@ def test_two_local_nodes_train_one_job_to_success(local_home, tmp_path, spotctl,
         assert second["nodes"][1]["instance_id"] != attempt["nodes"][1]["instance_id"]
         joins = [
             json.loads(
-                s3.get_object(Bucket=BUCKET, Key=f"spotctl/jobs/{job_id}/rendezvous/attempt-1/node-{r}.json")[
+                s3.get_object(Bucket=BUCKET, Key=f"spotctl/{layout.in_job(job_id, layout.node_join(1, r))}")[
                     "Body"
                 ].read()
             )

@@ -22,6 +22,7 @@ from testbed.trainer_runs import (
     trainer_env,
     write_job,
 )
+from trainer.job import layout
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def reference(tmp_path_factory):
     data = make_image_folder(root / "data", per_class={"train": 16, "val": 4})
     job = write_job(root / "job.yaml", str(root / "runs"), data.split("train"), data.split("val"), name="reference")
     assert run_trainer(str(job), trainer_env(), log=root / "out.log") == 0, (root / "out.log").read_text()
-    state = final_state(str(root / "runs/jobs/reference"))
+    state = final_state(layout.job_prefix(str(root / "runs"), "reference"))
     assert state["position"] == {"epoch": 3, "batch": 0, "step": STEPS}
     return data, tensor_digest(state["model"]), optimizer_digest(state["optimizer"])
 
@@ -57,7 +58,8 @@ def test_interrupted_runs_end_bitwise_equal_to_an_uninterrupted_one(
     job = write_job(
         tmp_path / "job.yaml", storage, data.split("train"), data.split("val"), name="cut", train__data__workers=workers
     )
-    interrupt_then_finish(job, env, f"{storage}/jobs/cut", tmp_path, SIGNALS[signame], f"{where}-{signame}", STEPS)
-    state = final_state(f"{storage}/jobs/cut")
+    prefix = layout.job_prefix(storage, "cut")
+    interrupt_then_finish(job, env, prefix, tmp_path, SIGNALS[signame], f"{where}-{signame}", STEPS)
+    state = final_state(prefix)
     assert tensor_digest(state["model"]) == model_digest
     assert optimizer_digest(state["optimizer"]) == optimizer_state_digest

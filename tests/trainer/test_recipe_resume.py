@@ -132,7 +132,7 @@ def reference(name: str, dataset, teacher: tuple[str, str], root) -> tuple[str, 
         assert run_trainer(str(job), env(PROBE_HOLDS.get(name)), log=root / "out.log") == 0, (
             root / "out.log"
         ).read_text()[-3000:]
-        state = final_state(str(root / "runs/jobs/reference"))
+        state = final_state(layout.job_prefix(str(root / "runs"), "reference"))
         assert state["position"] == {"epoch": EPOCHS, "batch": 0, "step": STEPS}
         if "train__distill" in TECHNIQUES[name]:  # the teacher's identity, never its weights
             assert state["teacher"] == {"weights": teacher[0], "model": "mobilenet_v3_small", "sha256": teacher[1]}
@@ -145,7 +145,7 @@ def test_each_technique_and_all_at_once_resume_bitwise(dataset, teacher, tmp_pat
     compared = REFERENCE_OF.get(name, name)
     expected = reference(compared, dataset, teacher, tmp_path_factory.mktemp(f"reference-{compared}"))
     job = technique_job(tmp_path, dataset, teacher[0], name, "cut", train__data__workers=workers)
-    prefix = str(tmp_path / "runs/jobs/cut")
+    prefix = layout.job_prefix(str(tmp_path / "runs"), "cut")
     # Killed once at a random instant (the latest checkpoint then corrupted); all at once: twice.
     kills = 2 if name == "all" else 1
     run_env = env(PROBE_HOLDS.get(name))
@@ -168,7 +168,7 @@ def test_auto_batch_recovered_on_a_gpu_that_holds_less_keeps_the_global_batch(da
         tmp_path / "job.yaml", str(tmp_path / "runs"), dataset.split("train"), dataset.split("val"), name="moved",
         train__epochs=1, train__batch_size={"auto": 8},
     )  # fmt: skip
-    prefix = str(tmp_path / "runs/jobs/moved")
+    prefix = layout.job_prefix(str(tmp_path / "runs"), "moved")
     log = tmp_path / "out.log"
     process = start_trainer(str(job), env(probe_holds=7.5), log=log)
     code = kill_when(process, lambda: exists(f"{prefix}/{layout.CHECKPOINTS}/{layout.POINTER}"), signal.SIGKILL)
@@ -203,7 +203,7 @@ def test_compiled_training_trains_and_resumes(dataset, tmp_path):
         # under a minute on one core, mobilenet_v3_small's (squeeze-excitation, hardswish) take three
         train__model={"name": "resnet18", "weights": None},
     )
-    prefix = str(tmp_path / "runs/jobs/compiled")
+    prefix = layout.job_prefix(str(tmp_path / "runs"), "compiled")
     # Inductor compiles C++ kernels on CPU; the resumed run finds them in the same cache (seconds),
     # as a recovery on one machine would.
     compiled_env = {**env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
